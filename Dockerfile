@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# Two targets from one base: `web` (no TensorFlow) and `worker` (TensorFlow, ImageNet weights baked in
+# at build time so containers start offline). Both install with the Makefile's own step, as `make run` does.
+
+FROM python:3.11-slim AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 app \
+    && mkdir -p /data/uploads \
+    && chown app:app /data/uploads
+WORKDIR /srv
+COPY pyproject.toml Makefile README.md ./
+COPY app app
+COPY migrations migrations
+
+FROM base AS web
+RUN make venv EXTRAS= VENV=/opt/venv
+COPY templates templates
+COPY static static
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=2)"]
+CMD ["uvicorn", "--factory", "app.asgi:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+
+FROM base AS worker
+RUN make venv EXTRAS=worker VENV=/opt/venv
+USER 10001:10001
+# Fetch the ImageNet weights now (into ~/.keras/models), so a worker starts without a network.
+RUN python -c "from app.worker.model import load_classifier; load_classifier('imagenet')"
+CMD ["python", "-m", "app.worker"]

@@ -1,0 +1,96 @@
+"""Accounts: registration, sign-in with throttling, the admin bootstrap. Used by the API and the pages."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+from litestar.exceptions import ClientException, NotAuthorizedException
+from litestar.status_codes import HTTP_409_CONFLICT
+from tortoise.exceptions import IntegrityError
+
+from app.models import User
+from app.security import LoginThrottle, hash_password, verify_password
+from app.settings import Settings
+
+# Domain labels exclude the dot, so matching is linear: no backtracking on hostile input.
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+$"
+PASSWORD_MIN, PASSWORD_MAX = 8, 128
+
+Email = Annotated[str, msgspec.Meta(pattern=EMAIL_PATTERN, max_length=254, examples=["ada@example.com"])]
+NewPassword = Annotated[str, msgspec.Meta(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=PASSWORD_MAX)]
+Name = Annotated[str, msgspec.Meta(max_length=100)]
+
+BAD_CREDENTIALS = "Wrong email or password"
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def email_problem(email: str) -> str | None:
+    if len(email) > 254 or not re.match(EMAIL_PATTERN, email):
+        return "Enter a valid email address"
+    return None
+
+
+def password_problem(password: str) -> str | None:
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        return f"The password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters long"
+    return None
+
+
+class EmailTaken(ClientException):
+    status_code = HTTP_409_CONFLICT
+
+
+async def register(email: str, password: str, name: str = "") -> User:
+    """Create an account; EmailTaken (409) when the email is in use. Inputs are already validated."""
+    email = normalize_email(email)
+    if await User.exists(email=email):
+        raise EmailTaken("An account with this email already exists")
+    try:
+        return await User.create(email=email, name=name.strip(), password_hash=await hash_password(password))
+    except IntegrityError as exc:  # a concurrent registration won the race
+        raise EmailTaken("An account with this email already exists") from exc
+
+
+async def authenticate(email: str, password: str, address: str, throttle: LoginThrottle) -> User:
+    """The user for these credentials; the same 401 for an unknown email and a wrong password."""
+    email = normalize_email(email)
+    await throttle.check(email, address)
+    user = await User.get_or_none(email=email)
+    if user is None:
+        await hash_password(password)  # spend the same time as a real check: no user enumeration
+        ok, new_hash = False, None
+    else:
+        ok, new_hash = await verify_password(user.password_hash, password)
+    if not ok or user is None:
+        await throttle.failed(email, address)
+        raise NotAuthorizedException(BAD_CREDENTIALS)
+    await throttle.succeeded(email)
+    if new_hash:
+        user.password_hash = new_hash
+        await user.save(update_fields=["password_hash"])
+    return user
+
+
+async def ensure_admin(settings: Settings) -> User:
+    """The admin account from settings exists and is an admin (its password is set on creation only)."""
+    user = await User.get_or_none(email=settings.admin_email)
+    if user is None:
+        try:
+            return await User.create(
+                email=settings.admin_email,
+                name="Administrator",
+                password_hash=await hash_password(settings.admin_password),
+                is_admin=True,
+            )
+        except IntegrityError:  # another web process starting at the same time made it first
+            user = await User.get(email=settings.admin_email)
+    if not user.is_admin:
+        user.is_admin = True
+        await user.save(update_fields=["is_admin"])
+    return user

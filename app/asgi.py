@@ -1,0 +1,116 @@
+"""The web application: routes, plugins and the lifespan of its connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from litestar import Litestar, Router
+from litestar.config.csrf import CSRFConfig
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.htmx import HTMXPlugin
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.plugins.prometheus import PrometheusConfig
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from app import accounts, db, metrics, queue, recovery
+from app.errors import handle
+from app.routes import admin, api, auth, collection_pages, collections, health, pages
+from app.security import LoginThrottle, build_jwt_auth
+from app.services import Services
+from app.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+# Multipart framing adds a little to the file itself.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    jwt_auth = build_jwt_auth(settings)
+    jwt_auth.revoked_token_handler = auth.is_revoked
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if not settings.redis_url:
+            raise RuntimeError("REDIS_URL is not set: start the system with `make run` or set REDIS_URL")
+        await db.init_db(settings.database_url)
+        redis = queue.connect(settings.redis_url)
+        waiter = queue.ResultWaiter(redis)
+        requeuing: asyncio.Task[None] | None = None
+        try:
+            await accounts.ensure_admin(settings)
+            await queue.ensure_group(redis)
+            await waiter.start()
+            app.state.services = services = Services(settings, redis, waiter, LoginThrottle(redis, settings))
+            requeuing = asyncio.create_task(recovery.requeue_forever(services), name="requeue")
+            yield
+        finally:
+            if requeuing:
+                requeuing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await requeuing
+            await waiter.stop()
+            await redis.aclose()
+            await db.close_db()
+
+    return Litestar(
+        route_handlers=[
+            *auth.routes,
+            *api.routes,
+            # Collections carry many images, through the API or the classify form: their own, larger, body limit.
+            Router(
+                path="/",
+                route_handlers=[*collections.routes, *pages.upload_routes],
+                request_max_body_size=settings.max_collection_bytes + MULTIPART_OVERHEAD,
+            ),
+            *health.routes,
+            *pages.routes,
+            *collection_pages.routes,
+            *admin.routes,
+            metrics.metrics,
+            create_static_files_router(path="/static", directories=[ROOT / "static"], include_in_schema=False),
+        ],
+        lifespan=[lifespan],
+        on_app_init=[jwt_auth.on_app_init],
+        state=State({"jwt_auth": jwt_auth, "settings": settings}),
+        plugins=[HTMXPlugin()],
+        middleware=[
+            PrometheusConfig(
+                app_name="app", prefix="app", group_path=True, exclude=["^/metrics", "^/static"]
+            ).middleware
+        ],
+        template_config=TemplateConfig(
+            directory=ROOT / "templates", engine=JinjaTemplateEngine, engine_callback=pages.configure_templates
+        ),
+        csrf_config=CSRFConfig(
+            secret=settings.secret_key,
+            cookie_secure=settings.production,
+            cookie_httponly=False,
+            exclude=["^/api/", "^/health", "^/metrics", "^/schema"],
+        ),
+        exception_handlers={Exception: handle},
+        request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD,
+        multipart_form_part_limit=settings.max_collection_files + 8,
+        openapi_config=OpenAPIConfig(
+            title="Image classification service",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        logging_config=None,
+        debug=False,
+    )
+
+
+def app() -> Litestar:
+    """Factory for `uvicorn --factory app.asgi:app`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app()

@@ -1,0 +1,52 @@
+"""Tortoise ORM configuration, shared by the web app, the worker and the `tortoise` CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tortoise import Tortoise
+from tortoise.context import TortoiseContext
+from tortoise.migrations.api.migrate import migrate
+
+from app.settings import get_settings
+
+
+def tortoise_config(database_url: str | None = None) -> dict[str, Any]:
+    url = database_url or get_settings().database_url
+    if url.startswith("sqlite://") and url != "sqlite://:memory:":
+        Path(url.removeprefix("sqlite://")).parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "connections": {"default": url},
+        "apps": {
+            "app": {
+                "models": ["app.models"],
+                "default_connection": "default",
+                "migrations": "migrations",
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+# For the `tortoise` CLI (`tortoise makemigrations`, `tortoise migrate`), named in pyproject.toml.
+TORTOISE_ORM = tortoise_config()
+
+
+async def apply_migrations(database_url: str | None = None) -> None:
+    """Bring the schema up to date with Tortoise's built-in migrations.
+
+    In a context of its own, so that it leaves the process's ORM state (a running app's) untouched.
+    """
+    async with TortoiseContext():
+        await migrate(config=tortoise_config(database_url))
+
+
+async def init_db(database_url: str | None = None) -> None:
+    # The global fallback lets requests (other tasks than the lifespan's) see the connections.
+    await Tortoise.init(config=tortoise_config(database_url), _enable_global_fallback=True)
+
+
+async def close_db() -> None:
+    await Tortoise.close_connections()

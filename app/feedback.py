@@ -1,0 +1,80 @@
+"""Feedback on predictions: one per prediction and user, editable. Used by the API and the pages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from litestar.exceptions import ClientException
+from litestar.status_codes import HTTP_409_CONFLICT
+from tortoise.queryset import QuerySet
+
+from app import labels
+from app.models import Feedback, Prediction, Status, User
+
+COMMENT_MAX = 1000
+
+
+@dataclass(frozen=True)
+class FeedbackFilter:
+    wrong_only: bool = False
+    label: str = ""
+
+    def apply(self, query: QuerySet[Feedback]) -> QuerySet[Feedback]:
+        if self.wrong_only:
+            query = query.filter(is_correct=False)
+        if self.label:
+            query = query.filter(prediction__label=self.label)
+        return query
+
+    def query_string(self, **extra: Any) -> str:
+        """These filters (and `extra`) as a query string for links: the CSV, other pages."""
+        params = {"wrong_only": "true" if self.wrong_only else None, "label": self.label or None, **extra}
+        return urlencode({k: v for k, v in params.items() if v})
+
+
+class NotFinished(ClientException):
+    status_code = HTTP_409_CONFLICT
+
+
+def resolve_label(is_correct: bool, correct_label: str | None) -> labels.Label | None:
+    """The corrected class for a wrong prediction; a name or WordNet id from the 1,000 classes."""
+    if is_correct or not correct_label or not correct_label.strip():
+        return None
+    found = labels.find(correct_label.strip())
+    if found is None:
+        raise ClientException(f"Unknown class {correct_label!r}: pick one of the 1,000 ImageNet classes")
+    return found
+
+
+async def give(
+    user: User, prediction: Prediction, is_correct: bool, correct_label: str | None, comment: str
+) -> Feedback:
+    if prediction.status != Status.DONE:
+        raise NotFinished("Feedback can be given once the prediction is done")
+    if len(comment) > COMMENT_MAX:
+        raise ClientException(f"The comment must be at most {COMMENT_MAX} characters")
+    label = resolve_label(is_correct, correct_label)
+    values = {
+        "is_correct": is_correct,
+        "correct_label": label.name if label else None,
+        "correct_wnid": label.wnid if label else None,
+        "comment": comment.strip(),
+    }
+    feedback, _ = await Feedback.update_or_create(defaults=values, prediction=prediction, user=user)
+    return feedback
+
+
+def to_dict(feedback: Feedback) -> dict[str, Any]:
+    return {
+        "id": feedback.id,
+        "prediction_id": str(feedback.prediction_id),  # type: ignore[attr-defined]
+        "user_id": feedback.user_id,  # type: ignore[attr-defined]
+        "is_correct": feedback.is_correct,
+        "correct_label": feedback.correct_label,
+        "correct_wnid": feedback.correct_wnid,
+        "comment": feedback.comment,
+        "created_at": feedback.created_at.isoformat(),
+        "updated_at": feedback.updated_at.isoformat(),
+    }

@@ -1,0 +1,42 @@
+"""Every Redis key and channel name. The web app and the worker import them from here only."""
+
+from __future__ import annotations
+
+JOBS = "jobs"  # stream of pending interactive jobs: workers read it first
+BULK_USERS = "bulk:users"  # set of user ids with bulk work waiting in their own stream
+WORKERS_GROUP = "workers"  # the consumer group every worker joins
+DEAD_JOBS = "jobs:dead"  # stream of jobs that failed MAX_DELIVERIES times
+RESULTS = "results"  # pub/sub channel: one message per finished job
+WORKER_PREFIX = "worker:"  # heartbeats: worker:<name> -> JSON stats, with a TTL
+REQUEUE_LOCK = "lock:requeue"  # one web process at a time looks for stale predictions
+
+
+def bulk_jobs(user_id: int | str) -> str:
+    """One bulk stream per user: workers take a share from each, so no one user starves the rest."""
+    return f"jobs:bulk:{user_id}"
+
+
+def queued_marker(prediction_id: str) -> str:
+    """Set with the job, deleted with its acknowledgement: a queued prediction without one has lost its
+    job (Redis restarted) and is enqueued again."""
+    return f"queued:{prediction_id}"
+
+
+def result_cache(model_id: str, sha256: str) -> str:
+    return f"result:{model_id}:{sha256}"
+
+
+def heartbeat(worker_name: str) -> str:
+    return f"{WORKER_PREFIX}{worker_name}"
+
+
+def login_throttle_account(email: str) -> str:
+    return f"throttle:login:account:{email.lower()}"
+
+
+def login_throttle_address(address: str) -> str:
+    return f"throttle:login:addr:{address}"
+
+
+def revoked_token(jti: str) -> str:
+    return f"revoked:{jti}"

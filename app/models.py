@@ -1,0 +1,101 @@
+"""The system of record: users, their predictions and their feedback."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class User(Model):
+    id = fields.IntField(primary_key=True)
+    email = fields.CharField(max_length=254, unique=True)
+    name = fields.CharField(max_length=100, default="")
+    password_hash = fields.CharField(max_length=255)
+    is_admin = fields.BooleanField(default=False)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    predictions: fields.ReverseRelation[Prediction]
+
+    class Meta:
+        table = "users"
+
+
+# Many images classified together (a folder, a zip); each image is a Prediction of it.
+# (A comment, not a docstring: Tortoise turns docstrings into table comments, which SQLite refuses.)
+class Collection(Model):
+    id = fields.UUIDField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "app.User", related_name="collections", on_delete=fields.CASCADE
+    )
+    name = fields.CharField(max_length=255, default="")
+    total = fields.IntField(default=0)
+    created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
+
+    predictions: fields.ReverseRelation[Prediction]
+
+    class Meta:
+        table = "collections"
+        ordering = ["-created_at"]
+
+
+class Prediction(Model):
+    # A random UUID: ids in URLs must not be guessable.
+    id = fields.UUIDField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "app.User", related_name="predictions", on_delete=fields.CASCADE
+    )
+    collection: fields.ForeignKeyNullableRelation[Collection] = fields.ForeignKeyField(
+        "app.Collection", related_name="predictions", on_delete=fields.CASCADE, null=True
+    )
+    image_sha256 = fields.CharField(max_length=64, db_index=True)
+    image_path = fields.CharField(max_length=255)
+    file_name = fields.CharField(max_length=255, default="")
+    status = fields.CharEnumField(Status, max_length=10, default=Status.QUEUED, db_index=True)
+    label = fields.CharField(max_length=100, null=True)
+    wnid = fields.CharField(max_length=16, null=True)
+    score = fields.FloatField(null=True)
+    top5: fields.Field[list[dict[str, Any]] | None] = fields.JSONField(null=True)
+    model_name = fields.CharField(max_length=50)
+    model_version = fields.CharField(max_length=50, default="")
+    model_weights = fields.CharField(max_length=100)
+    cached = fields.BooleanField(default=False)
+    latency_ms = fields.FloatField(null=True)
+    error = fields.TextField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+    finished_at = fields.DatetimeField(null=True)
+
+    feedback: fields.ReverseRelation[Feedback]
+
+    class Meta:
+        table = "predictions"
+        ordering = ["-created_at"]
+
+
+class Feedback(Model):
+    id = fields.IntField(primary_key=True)
+    prediction: fields.ForeignKeyRelation[Prediction] = fields.ForeignKeyField(
+        "app.Prediction", related_name="feedback", on_delete=fields.CASCADE
+    )
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "app.User", related_name="feedback", on_delete=fields.CASCADE
+    )
+    is_correct = fields.BooleanField()
+    correct_label = fields.CharField(max_length=100, null=True)
+    correct_wnid = fields.CharField(max_length=16, null=True)
+    comment = fields.TextField(default="")
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "feedback"
+        unique_together = (("prediction", "user"),)

@@ -1,0 +1,135 @@
+"""Submitting an image for classification and waiting for its result. Used by the API and the pages."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
+from litestar.status_codes import HTTP_504_GATEWAY_TIMEOUT
+
+from app import images, queue
+from app.models import Collection, Prediction, Status, User
+from app.services import Services
+
+Owned = TypeVar("Owned", Prediction, Collection)
+
+NO_WORKER = "No worker is running, so nothing can be classified now; start one with `python -m app.worker`"
+
+
+class ResultTimeout(HTTPException):
+    status_code = HTTP_504_GATEWAY_TIMEOUT
+
+
+def unavailable(detail: str, retry_after: int) -> ServiceUnavailableException:
+    return ServiceUnavailableException(detail=detail, headers={"Retry-After": str(retry_after)})
+
+
+async def _check_capacity(services: Services) -> None:
+    """Refuse work that cannot finish within the wait timeout, instead of queueing it forever."""
+    capacity = await queue.capacity(services.redis)
+    if capacity.workers == 0:
+        raise unavailable(NO_WORKER, retry_after=10)
+    seconds = capacity.seconds_to_clear()
+    if seconds > services.settings.wait_timeout:
+        raise unavailable(
+            f"The service is busy ({capacity.depth} images waiting); try again shortly",
+            retry_after=max(1, math.ceil(seconds - services.settings.wait_timeout)),
+        )
+
+
+async def submit(services: Services, user: User, data: bytes, file_name: str = "") -> Prediction:
+    """Check, store and classify an upload: from the cache when possible, else through the queue."""
+    started = time.perf_counter()
+    settings = services.settings
+    image = await asyncio.to_thread(images.check, data, settings.max_upload_bytes, settings.max_image_pixels)
+    await asyncio.to_thread(images.store, image, settings.upload_dir)
+    record: dict[str, Any] = {
+        "user": user,
+        "image_sha256": image.sha256,
+        "image_path": image.relative_path,
+        "file_name": file_name[:255],
+        "model_name": settings.model_name,
+        "model_weights": settings.model_weights,
+    }
+    cached = await queue.cached_result(services.redis, settings.model_id, image.sha256)
+    if cached is not None:
+        return await Prediction.create(
+            **record,
+            **cached,
+            status=Status.DONE,
+            cached=True,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            finished_at=datetime.now(UTC),
+        )
+    await _check_capacity(services)
+    prediction = await Prediction.create(**record, status=Status.QUEUED)
+    job = queue.Job(str(prediction.id), image.sha256, settings.model_id, image.pixels)
+    try:
+        await queue.enqueue(services.redis, job)
+    except Exception:
+        await Prediction.filter(id=prediction.id, status=Status.QUEUED).update(
+            status=Status.FAILED, error="The queue was unavailable"
+        )
+        raise
+    return prediction
+
+
+async def wait(services: Services, prediction: Prediction, seconds: float) -> Prediction:
+    """The prediction once finished; 504 (with its id, to fetch later) past the timeout."""
+    prediction_id = str(prediction.id)
+    future = services.waiter.expect(prediction_id)  # before the check below, so no result slips by
+    try:
+        await prediction.refresh_from_db()
+        if prediction.status == Status.QUEUED:
+            await asyncio.wait_for(future, seconds)
+            await prediction.refresh_from_db()
+    except TimeoutError:
+        raise ResultTimeout(
+            detail=f"No result within {seconds:g} s; fetch it later from /api/predictions/{prediction_id}",
+            headers={"Location": f"/api/predictions/{prediction_id}"},
+            extra={"id": prediction_id},
+        ) from None
+    finally:
+        services.waiter.forget(prediction_id, future)
+    return prediction
+
+
+async def visible(model: type[Owned], user: User, object_id: Any, what: str) -> Owned:
+    """A row its owner (or an admin) may see; 404 for everyone else, as if it did not exist."""
+    found = await model.get_or_none(id=object_id)
+    if found is None or (found.user_id != user.id and not user.is_admin):  # type: ignore[attr-defined]
+        raise NotFoundException(f"No such {what}")
+    return found
+
+
+async def get_visible(user: User, prediction_id: UUID | str) -> Prediction:
+    return await visible(Prediction, user, prediction_id, "prediction")
+
+
+def to_dict(prediction: Prediction) -> dict[str, Any]:
+    return {
+        "id": str(prediction.id),
+        "status": str(prediction.status),
+        "label": prediction.label,
+        "wnid": prediction.wnid,
+        "score": prediction.score,
+        "top5": prediction.top5 or [],
+        "model": {
+            "name": prediction.model_name,
+            "version": prediction.model_version,
+            "weights": prediction.model_weights,
+        },
+        "untrained": prediction.model_weights == "random",
+        "cached": prediction.cached,
+        "latency_ms": prediction.latency_ms,
+        "image_sha256": prediction.image_sha256,
+        "file_name": prediction.file_name,
+        "error": prediction.error,
+        "created_at": prediction.created_at.isoformat(),
+        "finished_at": prediction.finished_at.isoformat() if prediction.finished_at else None,
+    }

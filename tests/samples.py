@@ -1,0 +1,69 @@
+"""Images made on the fly for the tests: every format, mode and kind of bad file."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+
+from PIL import Image
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def photo(seed: int = 0, size: tuple[int, int] = (320, 240), fmt: str = "JPEG") -> bytes:
+    """A distinct image per seed (distinct bytes, so distinct hashes)."""
+    image = Image.new("RGB", size, ((seed * 37) % 256, (seed * 91) % 256, (seed * 13) % 256))
+    for x in range(0, size[0], 16):
+        image.paste(((x + seed) % 256, (seed * 7) % 256, x % 256), (x, 0, x + 8, size[1]))
+    image.putpixel((0, 0), (seed % 256, (seed // 256) % 256, (seed // 65536) % 256))
+    return encode(image, fmt)
+
+
+def half_red_half_blue(size: tuple[int, int] = (300, 200)) -> Image.Image:
+    """Left half red, right half blue: shows whether orientation and cropping were applied."""
+    image = Image.new("RGB", size, (255, 0, 0))
+    image.paste((0, 0, 255), (size[0] // 2, 0, size[0], size[1]))
+    return image
+
+
+def with_exif_orientation(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims a huge image: decoding it would take gigabytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def truncated_jpeg() -> bytes:
+    data = photo(1, (640, 480))
+    return data[: len(data) // 2]
+
+
+def corrupt_png() -> bytes:
+    data = bytearray(photo(2, fmt="PNG"))
+    data[60:120] = b"\xff" * 60
+    return bytes(data)
+
+
+def zipped(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive of these entries, written as given (unsafe names included, on purpose)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
