@@ -35,6 +35,10 @@ PY = sys.executable
 DOCS = ROOT / "docs"
 PREDICT = "POST /api/predictions"
 ME = "GET /api/users/me"
+# locustfile.py: predictions are 3 of every 4 requests; the original shape waits 1 to 5 s between them.
+PREDICT_SHARE = 0.75
+MEAN_THINK_S = 3.0
+MAX_BATCH = 32  # the worker's default batch, at which the raw model is compared with the system
 
 
 def say(message: str) -> None:
@@ -51,9 +55,24 @@ class Load:
     backend: str = "tensorflow"
     seconds: float = 0.0
     endpoints: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The raw model at MAX_BATCH on the workers' cores, measured just before and after this system ran.
+    raw: tuple[float, float] = (0.0, 0.0)
 
     def get(self, name: str, column: str) -> float:
         return self.endpoints.get(name, {}).get(column, 0.0)
+
+    @property
+    def reference(self) -> float:
+        return sum(self.raw) / 2
+
+    @property
+    def offered(self) -> float:
+        """Predictions/s the users would send if every answer were instant (the original shape only)."""
+        return self.users * PREDICT_SHARE / MEAN_THINK_S
+
+    def kept_up(self) -> bool:
+        """Served nearly all the offered load with no queue building up."""
+        return self.get(PREDICT, "rps") >= 0.85 * self.offered and self.get(PREDICT, "median") < 1000
 
 
 def machine() -> dict[str, str]:
@@ -80,10 +99,12 @@ def pin(cores: str | None) -> list[str]:
     return ["taskset", "-c", cores] if cores and shutil.which("taskset") else []
 
 
-def raw_model(seconds: float, cores: str | None, threads: int, backend: str = "tensorflow") -> list[dict[str, Any]]:
+def raw_model(
+    seconds: float, cores: str | None, threads: int, backend: str = "tensorflow", batches: str = "1,2,4,8,16,32"
+) -> list[dict[str, Any]]:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     command = [*pin(cores), PY, str(ROOT / "bench/raw_model.py"), "--seconds", str(seconds)]
-    command += ["--threads", str(threads), "--backend", backend, "--json", str(out)]
+    command += ["--threads", str(threads), "--backend", backend, "--batches", batches, "--json", str(out)]
     subprocess.run(command, check=True, timeout=900, cwd=ROOT)
     rows: list[dict[str, Any]] = json.loads(out.read_text())["results"]
     return rows
@@ -299,18 +320,25 @@ def plot(loads: list[Load], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    series = [("tensorflow", 1, "original"), ("tensorflow", 2, "original"), ("tensorflow", 1, "saturation")]
-    series += [("tensorflow", 2, "saturation"), ("openvino", 1, "original")]
-    for (backend, workers, shape), marker in zip(series, "os^vD", strict=True):
+    series = [
+        ("tensorflow", True, 1, "original"),
+        ("tensorflow", True, 2, "original"),
+        ("tensorflow", True, 1, "saturation"),
+        ("tensorflow", False, 1, "original"),
+        ("tensorflow", False, 2, "original"),
+        ("openvino", False, 1, "original"),
+        ("openvino", False, 2, "original"),
+    ]
+    for (backend, pinned, workers, shape), marker in zip(series, "os^vD<>", strict=True):
         rows = [
             x
             for x in loads
-            if x.pinned and (x.backend, x.workers, x.shape) == (backend, workers, shape) and x.images == "distinct"
+            if (x.backend, x.pinned, x.workers, x.shape) == (backend, pinned, workers, shape) and x.images == "distinct"
         ]
         if len(rows) < 2:
             continue
         users = [x.users for x in rows]
-        label = f"{backend}, {workers} worker{'s' if workers > 1 else ''}, {shape}"
+        label = f"{backend}, {plural(workers)}, {where(pinned)}, {shape}"
         left.plot(users, [x.get(PREDICT, "rps") for x in rows], marker=marker, label=label)
         right.plot(users, [x.get(PREDICT, "median") for x in rows], marker=marker, label=label)
     left.set(title="Predictions per second", xlabel="users", ylabel="predictions/s")
@@ -329,19 +357,26 @@ def raw_key(backend: str, pinned: bool) -> str:
     return f"{backend} {'pinned' if pinned else 'unpinned'}"
 
 
+def plural(workers: int) -> str:
+    return f"{workers} worker{'s' if workers > 1 else ''}"
+
+
+def where(pinned: bool) -> str:
+    return "pinned" if pinned else "unpinned"
+
+
 def report(
     info: dict[str, str],
     raw: dict[str, RawRows],
     agreed: dict[str, Any],
     bulk_rows: list[dict[str, Any]],
     loads: list[Load],
-    seconds: float,
+    args: argparse.Namespace,
     started: float,
 ) -> str:
-    def best(backend: str, pinned: bool) -> float:
-        return max(r["images_per_s"] for r in raw[raw_key(backend, pinned)])
+    def single_ms(backend: str, pinned: bool) -> float:
+        return float(next(r["ms_per_batch"] for r in raw[raw_key(backend, pinned)] if r["batch"] == 1))
 
-    single_ms = next(r["ms_per_batch"] for r in raw[raw_key("tensorflow", True)] if r["batch"] == 1)
     lines = [
         "# Benchmarks",
         "",
@@ -352,11 +387,17 @@ def report(
         "",
         "How: the raw model is `bench/raw_model.py` (the worker's own compiled function, no web app, no Redis), "
         "for each engine. The system is the web app (uvicorn, one process), Redis, the database and 1 or 2 "
-        f"workers, driven by Locust (`locustfile.py`) for {seconds:.0f} s per row after all users are started "
-        "(`--reset-stats`). Every prediction uploads a new image, so the result cache hides no model work. "
-        "Pinned (`taskset`): workers on core 0 with 1 inference thread each; web app, Locust, Redis and "
-        "PostgreSQL on core 1; the raw model on core 0 with 1 thread. Unpinned: nothing pinned, a lone "
-        "worker uses 2 threads, two workers 1 each (`MODEL_THREADS`), so workers never oversubscribe the cores.",
+        f"workers, driven by Locust (`locustfile.py`) for {args.seconds:.0f} s per row after all users are "
+        f"started (`--reset-stats`), and {args.ratio_seconds:.0f} s for the saturation rows at "
+        f"{max(x.users for x in loads)} users that are compared with the raw model. Every prediction uploads a "
+        "new image, so the result cache hides no model work. Pinned (`taskset`): workers on core 0 with 1 "
+        "inference thread each; web app, Locust, Redis and PostgreSQL on core 1; the raw model on core 0 with "
+        "1 thread. Unpinned: nothing pinned, a lone worker uses 2 threads, two workers 1 each (`MODEL_THREADS`), "
+        "so workers never oversubscribe the cores.",
+        "",
+        f"Timing on this machine drifts by several per cent from minute to minute, so each system is compared "
+        f"with the raw model at batch {MAX_BATCH} measured on the same cores just before it started and just "
+        "after it stopped (the mean of the two; both are shown).",
         "",
         "## Raw model (images/s by batch size)",
         "",
@@ -384,70 +425,130 @@ def report(
         "",
         "## The system under load",
         "",
-        "Predictions (`POST /api/predictions`) and the light request (`GET /api/users/me`), 3 to 1. Latencies in ms.",
+        "Predictions (`POST /api/predictions`) and the light request (`GET /api/users/me`), 3 to 1. Latencies in "
+        f"ms. Offered: the predictions/s the users of the original shape would send if every answer were instant "
+        f"(users x {PREDICT_SHARE} / {MEAN_THINK_S:.0f} s); it keeps up when it serves at least 85% of that with "
+        "a median under 1 s.",
         "",
-        "| engine | workers | shape | pinned | users | failures % | req/s | predictions/s | prediction median | "
-        "prediction p95 | me median | me p95 |",
-        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| engine | workers | shape | pinned | users | failures % | req/s | predictions/s | offered | kept up | "
+        "prediction median | prediction p95 | me median | me p95 |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for x in loads:
         total = x.get("Aggregated", "requests")
         failures = 100 * x.get("Aggregated", "failures") / total if total else 0.0
+        original = x.shape == "original"
         lines.append(
             f"| {x.backend} | {x.workers} | {x.shape}{' (cached image)' if x.images == 'cached' else ''} | "
             f"{'yes' if x.pinned else 'no'} | {x.users} | {failures:.2f} | {x.get('Aggregated', 'rps'):.1f} | "
-            f"{x.get(PREDICT, 'rps'):.1f} | {x.get(PREDICT, 'median'):.0f} | {x.get(PREDICT, 'p95'):.0f} | "
+            f"{x.get(PREDICT, 'rps'):.1f} | {f'{x.offered:.1f}' if original else ''} | "
+            f"{('yes' if x.kept_up() else '**no**') if original else ''} | "
+            f"{x.get(PREDICT, 'median'):.0f} | {x.get(PREDICT, 'p95'):.0f} | "
             f"{x.get(ME, 'median'):.0f} | {x.get(ME, 'p95'):.0f} |"
         )
     lines += ["", "## Against the raw model", ""]
     top = max(y.users for y in loads)
-    for x in loads:
-        if x.shape == "saturation" and x.images == "distinct" and x.users == top:
-            reference = best(x.backend, x.pinned)
-            lines.append(
-                f"- {x.backend}, {x.workers} worker{'s' if x.workers > 1 else ''}, "
-                f"{'pinned' if x.pinned else 'unpinned'}, saturation at {x.users} users: "
-                f"{x.get(PREDICT, 'rps'):.1f} predictions/s = **{100 * x.get(PREDICT, 'rps') / reference:.0f}%** "
-                f"of the raw model's best batched throughput ({reference:.1f} images/s, "
-                f"{'one core' if x.pinned else 'unpinned'})."
-            )
-    fewest = min(y.users for y in loads)
-    for x in loads:
-        if x.shape == "original" and x.users == fewest and x.pinned:
-            reference_ms = next(r["ms_per_batch"] for r in raw[raw_key(x.backend, True)] if r["batch"] == 1)
-            lines.append(
-                f"- {x.backend}, {x.workers} worker{'s' if x.workers > 1 else ''}, original shape at {x.users} "
-                f"users: median prediction {x.get(PREDICT, 'median'):.0f} ms against {reference_ms:.0f} ms for "
-                f"one image through the raw model (ratio {x.get(PREDICT, 'median') / reference_ms:.1f})."
-            )
-    for row in bulk_rows:
-        reference = best(row["backend"], True)
+    saturated = [x for x in loads if x.shape == "saturation" and x.images == "distinct" and x.users == top]
+    for x in saturated:
         lines.append(
-            f"- Bulk, {row['backend']}, {row['workers']} worker{'s' if row['workers'] > 1 else ''}, pinned: "
-            f"{row['images']:.0f} new images in one collection (`POST /api/collections`, accepted in "
-            f"{row['upload_s']:.1f} s) classified in {row['seconds']:.1f} s = {row['images_per_s']:.1f} images/s "
-            f"= **{100 * row['images_per_s'] / reference:.0f}%** of the raw model's best batched throughput."
+            f"- {x.backend}, {plural(x.workers)}, {where(x.pinned)}, saturation at {x.users} users: "
+            f"{x.get(PREDICT, 'rps'):.1f} predictions/s = **{100 * x.get(PREDICT, 'rps') / x.reference:.0f}%** "
+            f"of the raw model at batch {MAX_BATCH} on the same cores ({x.reference:.1f} images/s: "
+            f"{x.raw[0]:.1f} before, {x.raw[1]:.1f} after)."
         )
-    lines += [
-        "",
-        f"(One image through the raw TensorFlow model on one core: {single_ms:.0f} ms.)",
-        "",
-        "![Throughput and latency against users](benchmarks.png)",
-        "",
-    ]
+    for row in bulk_rows:
+        reference = sum(row["raw"]) / 2
+        lines.append(
+            f"- Bulk, {row['backend']}, {plural(row['workers'])}, pinned: {row['images']:.0f} new images in one "
+            f"collection (`POST /api/collections`, accepted in {row['upload_s']:.1f} s) classified in "
+            f"{row['seconds']:.1f} s = {row['images_per_s']:.1f} images/s = "
+            f"**{100 * row['images_per_s'] / reference:.0f}%** of the raw model at batch {MAX_BATCH} "
+            f"({reference:.1f} images/s)."
+        )
+    lines += ["", "## Does it keep up with the original's load?", ""]
+    fewest = min(y.users for y in loads)
+    groups = sorted({(x.backend, x.pinned, x.workers) for x in loads if x.shape == "original"})
+    for backend, pinned, workers in groups:
+        rows = [
+            x for x in loads if x.shape == "original" and (x.backend, x.pinned, x.workers) == (backend, pinned, workers)
+        ]
+        kept = [str(x.users) for x in rows if x.kept_up()]
+        missed = [str(x.users) for x in rows if not x.kept_up()]
+        verdict = f"keeps up at {', '.join(kept) or 'no level'}"
+        verdict += f"; not at {', '.join(missed)} users" if missed else " users (every level)"
+        first = next((x for x in rows if x.users == fewest), None)
+        latency = ""
+        if first is not None:
+            ms = single_ms(backend, pinned)
+            latency = (
+                f" At {fewest} users the median prediction takes {first.get(PREDICT, 'median'):.0f} ms against "
+                f"{ms:.0f} ms for one image through the raw model on the same cores "
+                f"(ratio {first.get(PREDICT, 'median') / ms:.1f})."
+            )
+        lines.append(f"- {backend}, {plural(workers)}, {where(pinned)}: {verdict}.{latency}")
+    lines += ["", "## Two workers against one", ""]
+    for backend, pinned in sorted({(x.backend, x.pinned) for x in saturated}):
+        by_workers = {x.workers: x.get(PREDICT, "rps") for x in saturated if (x.backend, x.pinned) == (backend, pinned)}
+        if len(by_workers) > 1:
+            lines.append(
+                f"- {backend}, {where(pinned)}, saturation at {top} users: "
+                + ", ".join(f"{plural(w)} {rps:.1f} predictions/s" for w, rps in sorted(by_workers.items()))
+                + "."
+            )
+    lines += ["", "![Throughput and latency against users](benchmarks.png)", ""]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One system started: an engine, its workers, pinned or not, and the loads it is measured under."""
+
+    backend: str
+    pinned: bool
+    workers: int
+    plan: list[tuple[str, int, str]]
+    bulk: bool = False
+
+
+def plan_runs(levels: list[int], worker_counts: list[int]) -> list[Run]:
+    top = max(levels)
+    original = [("original", users, "distinct") for users in levels]
+    saturation = [("saturation", users, "distinct") for users in levels]
+    runs: list[Run] = []
+    for workers in worker_counts:
+        cached = [("saturation", top, "cached")] if workers == 1 else []
+        runs.append(Run("tensorflow", True, workers, original + saturation + cached, bulk=True))
+    for workers in worker_counts:  # both cores: does the default engine keep up with the original's load?
+        runs.append(Run("tensorflow", False, workers, [*original, ("saturation", top, "distinct")]))
+    runs.append(Run("openvino", True, 1, [("saturation", top, "distinct")], bulk=True))
+    for workers in worker_counts:  # the faster engine on both cores
+        runs.append(Run("openvino", False, workers, [*original, ("saturation", top, "distinct")]))
+    return runs
+
+
+def raw_reference(run: Run, seconds: float) -> float:
+    """The raw model at MAX_BATCH on the cores and threads the run's workers get (unpinned: all of them)."""
+    cores, threads = ("0", 1) if run.pinned else (None, 0)
+    rows = raw_model(seconds, cores, threads, run.backend, batches=str(MAX_BATCH))
+    return float(rows[0]["images_per_s"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20, help="Locust time per row")
+    parser.add_argument(
+        "--ratio-seconds",
+        type=float,
+        default=60,
+        help="Locust time for the saturation rows compared with the raw model",
+    )
     parser.add_argument("--levels", default="10,25,50,100")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--bulk", type=int, default=1000, help="images in the bulk collection row")
     parser.add_argument("--quick", action="store_true", help="a short smoke run: 5 s rows, 2 levels")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.levels, args.bulk = 5, "10,50", 100
+        args.seconds, args.ratio_seconds, args.levels, args.bulk = 5, 10, "10,50", 100
     levels = [int(x) for x in args.levels.split(",")]
     worker_counts = [int(x) for x in args.workers.split(",")]
     started = time.time()
@@ -464,49 +565,48 @@ def main() -> None:
     agreed = agreement(64)
     loads: list[Load] = []
     bulk_rows: list[dict[str, Any]] = []
-
-    def measure(system: System, plan: list[tuple[str, int, str]], workers: int, pinned: bool, backend: str) -> None:
-        for shape, users, images in plan:
-            load = Load(workers, shape, users, pinned, images=images, backend=backend, seconds=args.seconds)
-            say(
-                f"{backend}, {workers} worker(s), {'pinned' if pinned else 'unpinned'}, {shape}, {users} users "
-                f"({images} images)"
-            )
-            run_locust(system, load, workdir, "1" if pinned else None)
-            loads.append(load)
-            say(
-                f"  -> {load.get(PREDICT, 'rps'):.1f} predictions/s, median {load.get(PREDICT, 'median'):.0f} ms, "
-                f"failures {load.get('Aggregated', 'failures'):.0f}"
-            )
-        if pinned:
-            say(f"bulk: a collection of {args.bulk} images")
-            bulk_rows.append(run_bulk(system, workers, args.bulk) | {"backend": backend})
-            say(f"  -> {bulk_rows[-1]['images_per_s']:.1f} images/s")
-
     top = max(levels)
     every = f"0-{(os.cpu_count() or 1) - 1}"
+    reference_seconds = max(4.0, args.ratio_seconds / 5)
     with database(os.environ.get("DATABASE_URL"), workdir) as database_url:
-        runs: list[tuple[str, bool, int, list[tuple[str, int, str]]]] = []
-        for workers in worker_counts:
-            plan = [(shape, users, "distinct") for shape in ("original", "saturation") for users in levels]
-            if workers == 1:
-                plan.append(("saturation", top, "cached"))
-            runs.append(("tensorflow", True, workers, plan))
-        runs += [("tensorflow", False, workers, [("saturation", top, "distinct")]) for workers in worker_counts]
-        # The faster engine: does it keep up with the original's load at every level?
-        ov_plan = [("original", users, "distinct") for users in levels] + [("saturation", top, "distinct")]
-        runs.append(("openvino", True, 1, ov_plan))
-        runs += [("openvino", False, workers, [("saturation", top, "distinct")]) for workers in worker_counts]
-        for backend, pinned, workers, plan in runs:
-            with postgres_on_core("1", every) if pinned else nullcontext():
-                system = System(workdir, database_url, workers, pinned, backend)
+        for run in plan_runs(levels, worker_counts):
+            where = "pinned" if run.pinned else "unpinned"
+            say(f"raw model before: {run.backend}, {where}, batch {MAX_BATCH}")
+            before = raw_reference(run, reference_seconds)
+            measured: list[Load] = []
+            with postgres_on_core("1", every) if run.pinned else nullcontext():
+                system = System(workdir, database_url, run.workers, run.pinned, run.backend)
                 try:
-                    measure(system, plan, workers, pinned, backend)
+                    for shape, users, images in run.plan:
+                        long = shape == "saturation" and users == top and images == "distinct"
+                        seconds = args.ratio_seconds if long else args.seconds
+                        load = Load(run.workers, shape, users, run.pinned, images, run.backend, seconds)
+                        say(
+                            f"{run.backend}, {run.workers} worker(s), {where}, {shape}, {users} users ({images} images)"
+                        )
+                        run_locust(system, load, workdir, "1" if run.pinned else None)
+                        measured.append(load)
+                        say(
+                            f"  -> {load.get(PREDICT, 'rps'):.1f} predictions/s, median "
+                            f"{load.get(PREDICT, 'median'):.0f} ms, failures {load.get('Aggregated', 'failures'):.0f}"
+                        )
+                    if run.bulk:
+                        say(f"bulk: a collection of {args.bulk} images")
+                        bulk_rows.append(run_bulk(system, run.workers, args.bulk) | {"backend": run.backend})
+                        say(f"  -> {bulk_rows[-1]['images_per_s']:.1f} images/s")
                 finally:
                     system.stop()
+            say("raw model after")
+            after = raw_reference(run, reference_seconds)
+            say(f"  -> {before:.1f} before, {after:.1f} after")
+            for load in measured:
+                load.raw = (before, after)
+            if run.bulk:
+                bulk_rows[-1]["raw"] = (before, after)
+            loads += measured
     DOCS.mkdir(exist_ok=True)
     plot(loads, DOCS / "benchmarks.png")
-    (DOCS / "benchmarks.md").write_text(report(info, raw, agreed, bulk_rows, loads, args.seconds, started))
+    (DOCS / "benchmarks.md").write_text(report(info, raw, agreed, bulk_rows, loads, args, started))
     (DOCS / "benchmarks.json").write_text(
         json.dumps(
             {

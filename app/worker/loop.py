@@ -81,6 +81,8 @@ class Worker:
         self.heartbeat = queue.Heartbeat(name=self.name, model_id=classifier.info.id, started_at=time.time())
         self._last_reclaim = 0.0
         self._turn = 0
+        # The previous batch being stored and acknowledged while this one is inferred.
+        self._finishing: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set; the batch in hand is always finished first."""
@@ -93,6 +95,8 @@ class Worker:
                     entries = await self._reclaim() or await self._read()
                     if entries:
                         await self._process(entries)
+                    else:
+                        await self._wait_finished()
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
@@ -108,6 +112,10 @@ class Worker:
                     log.exception("unexpected error; retrying in 1 s")
                     await asyncio.sleep(1)
         finally:
+            try:
+                await self._wait_finished()
+            except Exception:  # its jobs stay unacknowledged and another worker retries them
+                log.exception("could not store the last batch")
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
@@ -221,6 +229,8 @@ class Worker:
         await self._ack([Delivery(stream, entry_id, {})], ids)
 
     async def _process(self, deliveries: list[Delivery]) -> None:
+        """Classify a batch, then hand it to a task that stores and acknowledges it, so the next batch's
+        inference overlaps this one's database and Redis round trips (at most one batch is in that state)."""
         jobs: list[tuple[Delivery, queue.Job]] = []
         for delivery in deliveries:
             try:
@@ -230,20 +240,37 @@ class Worker:
                 log.error("bad job %s: %s", delivery.entry_id, exc)
         if not jobs:
             return
-        # Not a TaskGroup: it would wrap a dependency error in an ExceptionGroup the loop cannot catch.
-        keeper = asyncio.create_task(self._keep_claimed([d for d, _ in jobs]))  # noqa: RUF006 - awaited below
+        keeper = asyncio.create_task(self._keep_claimed([d for d, _ in jobs]))  # noqa: RUF006 - _finish cancels it
         try:
             started = time.perf_counter()
             results = await self._predict([job for _, job in jobs])
             batch_ms = (time.perf_counter() - started) * 1000
-            done = [(d, job, top) for (d, job), top in zip(jobs, results, strict=True) if top is not None]
+            await self._wait_finished()
+        except BaseException:
+            await _cancel(keeper)
+            raise
+        done = [(d, job, top) for (d, job), top in zip(jobs, results, strict=True) if top is not None]
+        self._finishing = asyncio.create_task(self._finish(done, keeper, len(jobs), batch_ms))
+
+    async def _wait_finished(self) -> None:
+        """Wait for the previous batch to be stored and acknowledged; its failure is raised here."""
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None:
+            await finishing
+
+    async def _finish(
+        self,
+        done: list[tuple[Delivery, queue.Job, list[tuple[int, float]]]],
+        keeper: asyncio.Task[None],
+        size: int,
+        ms: float,
+    ) -> None:
+        try:
             await self._store(done)
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await _cancel(keeper)
         await self._ack([delivery for delivery, _, _ in done], [i for _, job, _ in done for i in job.prediction_ids])
-        self._record_batch(len(jobs), batch_ms)
+        self._record_batch(size, ms)
         await queue.beat(self.redis, self.heartbeat, self.settings.heartbeat_ttl)  # fresh stats at once
 
     async def _keep_claimed(self, deliveries: list[Delivery]) -> None:
@@ -339,3 +366,9 @@ class Worker:
         self.heartbeat = metrics.observe_batch(self.heartbeat, size, batch_ms / 1000)
         if self.on_batch:
             self.on_batch(size, batch_ms)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
