@@ -8,6 +8,9 @@ WORKERS_GROUP = "workers"  # the consumer group every worker joins
 DEAD_JOBS = "jobs:dead"  # stream of jobs that failed MAX_DELIVERIES times
 RESULTS = "results"  # pub/sub channel: one message per finished job
 WORKER_PREFIX = "worker:"  # heartbeats: worker:<name> -> JSON stats, with a TTL
+# Sorted set of worker names scored by when their heartbeat expires: live workers are found without
+# scanning the keyspace, which holds a result per image ever classified.
+WORKER_NAMES = "workers:live"
 REQUEUE_LOCK = "lock:requeue"  # one web process at a time looks for stale predictions
 
 

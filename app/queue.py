@@ -182,14 +182,28 @@ async def publish_result(redis: Redis, prediction_id: str, status: str) -> None:
 
 
 async def beat(redis: Redis, heartbeat: Heartbeat, ttl: int) -> None:
-    await redis.set(keys.heartbeat(heartbeat.name), json.dumps(asdict(heartbeat)), ex=ttl)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(keys.heartbeat(heartbeat.name), json.dumps(asdict(heartbeat)), ex=ttl)
+        pipe.zadd(keys.WORKER_NAMES, {heartbeat.name: time.time() + ttl})
+        await pipe.execute()
+
+
+async def forget_worker(redis: Redis, name: str) -> None:
+    """A worker stopping: gone from the live ones at once, not when its heartbeat expires."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.heartbeat(name))
+        pipe.zrem(keys.WORKER_NAMES, name)
+        await pipe.execute()
 
 
 async def live_workers(redis: Redis) -> list[Heartbeat]:
-    names = [name async for name in redis.scan_iter(match=f"{keys.WORKER_PREFIX}*", count=100)]
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zremrangebyscore(keys.WORKER_NAMES, "-inf", time.time())
+        pipe.zrange(keys.WORKER_NAMES, 0, -1)
+        _, names = await pipe.execute()
     if not names:
         return []
-    beats = await redis.mget(names)
+    beats = await redis.mget([keys.heartbeat(n.decode() if isinstance(n, bytes) else n) for n in names])
     known = {f.name for f in fields(Heartbeat)}
     # Ignore fields a worker of another version may send (rolling deploys).
     return [Heartbeat(**{k: v for k, v in json.loads(raw).items() if k in known}) for raw in beats if raw]

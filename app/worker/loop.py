@@ -120,7 +120,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
             with contextlib.suppress(Exception):
-                await self.redis.delete(keys.heartbeat(self.name))
+                await queue.forget_worker(self.redis, self.name)
             log.info("worker %s stopped", self.name)
 
     async def _beat_forever(self) -> None:

@@ -59,7 +59,7 @@ def classifier(settings: Settings) -> Any:
 
 async def reset_queue(redis: Redis) -> None:
     """An empty jobs stream with its consumer group, and no heartbeats."""
-    await redis.delete(keys.JOBS, keys.DEAD_JOBS)
+    await redis.delete(keys.JOBS, keys.DEAD_JOBS, keys.WORKER_NAMES)
     async for key in redis.scan_iter(match=f"{keys.WORKER_PREFIX}*"):
         await redis.delete(key)
     await queue.ensure_group(redis)

@@ -210,6 +210,17 @@ async def test_no_live_worker_is_503_at_once(
     assert await redis.xlen(keys.JOBS) == 0
 
 
+async def test_live_workers_are_those_whose_heartbeat_has_not_expired(no_worker: None, redis: Redis) -> None:
+    for name, ttl in (("short", 1), ("long", 30), ("leaving", 30)):
+        await queue.beat(redis, queue.Heartbeat(name=name, model_id="m", started_at=time.time()), ttl=ttl)
+    await redis.set("result:m:" + "0" * 64, "{}")  # other keys are never looked at
+    assert sorted(w.name for w in await queue.live_workers(redis)) == ["leaving", "long", "short"]
+    await queue.forget_worker(redis, "leaving")
+    await asyncio.sleep(1.1)
+    assert [w.name for w in await queue.live_workers(redis)] == ["long"]
+    assert await redis.zrange(keys.WORKER_NAMES, 0, -1) == [b"long"]  # the expired one is pruned
+
+
 async def fake_worker(redis: Redis, rate: float) -> queue.Heartbeat:
     """A heartbeat of a worker that takes no jobs: work queues up behind it."""
     heartbeat = queue.Heartbeat(name="fake", model_id="resnet50-random", started_at=time.time(), images_per_second=rate)

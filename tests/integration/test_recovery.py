@@ -42,7 +42,7 @@ async def test_stale_queued_predictions_are_requeued_from_their_originals(
     await Prediction.filter(id=prediction_id).update(updated_at=datetime.now(UTC) - timedelta(days=30))
     assert await recovery.requeue_stale(services) == 1
     assert await recovery.requeue_stale(services) == 0  # just enqueued: not again
-    await redis.delete(keys.heartbeat("fake"))
+    await queue.forget_worker(redis, "fake")
     async with running_worker(redis, classifier, settings) as worker:
         for _ in range(200):
             if (await Prediction.get(id=prediction_id)).status != Status.QUEUED:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from app import keys
+from app import keys, queue
 from app.models import Prediction, Status
 from app.settings import Settings
 from tests import samples
@@ -140,6 +140,7 @@ async def test_sigterm_finishes_the_batch_in_hand_and_exits(
     assert await asyncio.to_thread(process.wait, 60) == 0
     assert await pending_for(redis, name) == 0, "the batch in hand was not finished and acknowledged"
     assert not await redis.exists(keys.heartbeat(name))
+    assert name not in [w.name for w in await queue.live_workers(redis)]
     assert "stopped" in await asyncio.to_thread(log.read_text)
     async with running_worker(redis, classifier, settings):
         await wait_for(lambda: all_finished(ids), 120, "the rest of the jobs")
