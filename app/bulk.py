@@ -7,7 +7,6 @@ before, cost no model work.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import io
@@ -112,20 +111,15 @@ async def _create_items(
     settings = services.settings
     first: dict[str, tuple[Prediction, images.CheckedImage]] = {}
     followers: dict[str, list[str]] = {}
-    common: dict[str, Any] = {
-        "user": user,
-        "collection": collection,
-        "model_name": settings.model_name,
-        "model_weights": settings.model_weights,
-    }
     for upload in uploads:
         try:
-            image = await asyncio.to_thread(
-                images.check, upload.data, settings.max_upload_bytes, settings.max_image_pixels
-            )
+            image, cached = await predictions.accept(services, upload.data)
         except images.ImageRejected as exc:
             await Prediction.create(
-                **common,
+                user=user,
+                collection=collection,
+                model_name=settings.model_name,
+                model_weights=settings.model_weights,
                 file_name=upload.name[:255],
                 image_sha256=hashlib.sha256(upload.data).hexdigest(),
                 image_path="",
@@ -134,12 +128,9 @@ async def _create_items(
                 finished_at=datetime.now(UTC),
             )
             continue
-        await asyncio.to_thread(images.store, image, settings.upload_dir)
-        record = {**common, "file_name": upload.name[:255], "image_sha256": image.sha256}
-        record["image_path"] = image.relative_path
-        cached = await queue.cached_result(services.redis, settings.model_id, image.sha256)
+        record = predictions.record_of(services, user, image, upload.name) | {"collection": collection}
         if cached is not None:
-            await Prediction.create(**record, **cached, status=Status.DONE, cached=True, finished_at=datetime.now(UTC))
+            await predictions.create_cached(record, cached)
         elif image.sha256 in first:
             follower = await Prediction.create(**record, status=Status.QUEUED)
             followers.setdefault(image.sha256, []).append(str(follower.id))

@@ -42,33 +42,43 @@ async def _check_capacity(services: Services) -> None:
         )
 
 
-async def submit(services: Services, user: User, data: bytes, file_name: str = "") -> Prediction:
-    """Check, store and classify an upload: from the cache when possible, else through the queue."""
-    started = time.perf_counter()
+async def accept(services: Services, data: bytes) -> tuple[images.CheckedImage, dict[str, Any] | None]:
+    """Check and store an upload, and find its result in the cache: what every upload goes through,
+    alone or in a collection. Raises images.ImageRejected."""
     settings = services.settings
     image = await asyncio.to_thread(images.check, data, settings.max_upload_bytes, settings.max_image_pixels)
     await asyncio.to_thread(images.store, image, settings.upload_dir)
-    record: dict[str, Any] = {
+    return image, await queue.cached_result(services.redis, settings.model_id, image.sha256)
+
+
+def record_of(services: Services, user: User, image: images.CheckedImage, file_name: str) -> dict[str, Any]:
+    """The fields of a new Prediction for an accepted image."""
+    return {
         "user": user,
         "image_sha256": image.sha256,
         "image_path": image.relative_path,
         "file_name": file_name[:255],
-        "model_name": settings.model_name,
-        "model_weights": settings.model_weights,
+        "model_name": services.settings.model_name,
+        "model_weights": services.settings.model_weights,
     }
-    cached = await queue.cached_result(services.redis, settings.model_id, image.sha256)
+
+
+async def create_cached(record: dict[str, Any], cached: dict[str, Any], latency_ms: float | None = None) -> Prediction:
+    return await Prediction.create(
+        **record, **cached, status=Status.DONE, cached=True, latency_ms=latency_ms, finished_at=datetime.now(UTC)
+    )
+
+
+async def submit(services: Services, user: User, data: bytes, file_name: str = "") -> Prediction:
+    """Check, store and classify an upload: from the cache when possible, else through the queue."""
+    started = time.perf_counter()
+    image, cached = await accept(services, data)
+    record = record_of(services, user, image, file_name)
     if cached is not None:
-        return await Prediction.create(
-            **record,
-            **cached,
-            status=Status.DONE,
-            cached=True,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            finished_at=datetime.now(UTC),
-        )
+        return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
     await _check_capacity(services)
     prediction = await Prediction.create(**record, status=Status.QUEUED)
-    job = queue.Job(str(prediction.id), image.sha256, settings.model_id, image.pixels)
+    job = queue.Job(str(prediction.id), image.sha256, services.settings.model_id, image.pixels)
     try:
         await queue.enqueue(services.redis, job)
     except Exception:

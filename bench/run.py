@@ -38,6 +38,7 @@ ME = "GET /api/users/me"
 # locustfile.py: predictions are 3 of every 4 requests; the original shape waits 1 to 5 s between them.
 PREDICT_SHARE = 0.75
 MEAN_THINK_S = 3.0
+KEPT_UP_SHARE = 0.8  # a 20 s row at 10 users holds about 50 predictions: its count varies by about 10%
 MAX_BATCH = 32  # the worker's default batch, at which the raw model is compared with the system
 
 
@@ -71,8 +72,9 @@ class Load:
         return self.users * PREDICT_SHARE / MEAN_THINK_S
 
     def kept_up(self) -> bool:
-        """Served nearly all the offered load with no queue building up."""
-        return self.get(PREDICT, "rps") >= 0.85 * self.offered and self.get(PREDICT, "median") < 1000
+        """Served the offered load (within the noise of a short row) with no queue building up: users who
+        wait for their answers send less when answers come late, so a backlog shows in the latency."""
+        return self.get(PREDICT, "rps") >= KEPT_UP_SHARE * self.offered and self.get(PREDICT, "median") < 1000
 
 
 def machine() -> dict[str, str]:
@@ -427,8 +429,9 @@ def report(
         "",
         "Predictions (`POST /api/predictions`) and the light request (`GET /api/users/me`), 3 to 1. Latencies in "
         f"ms. Offered: the predictions/s the users of the original shape would send if every answer were instant "
-        f"(users x {PREDICT_SHARE} / {MEAN_THINK_S:.0f} s); it keeps up when it serves at least 85% of that with "
-        "a median under 1 s.",
+        f"(users x {PREDICT_SHARE} / {MEAN_THINK_S:.0f} s); it keeps up when it serves at least "
+        f"{100 * KEPT_UP_SHARE:.0f}% of that with a median under 1 s (a closed loop: users who wait for slow answers "
+        "send less, so a backlog shows as latency).",
         "",
         "| engine | workers | shape | pinned | users | failures % | req/s | predictions/s | offered | kept up | "
         "prediction median | prediction p95 | me median | me p95 |",

