@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             raise RuntimeError("REDIS_URL is not set: start the system with `make run` or set REDIS_URL")
         await db.init_db(settings.database_url)
         redis = queue.connect(settings.redis_url)
-        waiter = queue.ResultWaiter(redis)
+        waiter = queue.ResultWaiter(queue.connect(settings.redis_url, command_timeout=None))
         requeuing: asyncio.Task[None] | None = None
         try:
             await accounts.ensure_admin(settings)

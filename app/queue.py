@@ -87,8 +87,14 @@ class Heartbeat:
     inference_seconds_total: float = 0.0
 
 
-def connect(url: str) -> Redis:
-    return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=5)
+# A reply that never comes (a dead peer that sent no reset) is an error, not a request hung for good.
+# Longer than any blocking read the worker makes.
+COMMAND_TIMEOUT_S = 15
+
+
+def connect(url: str, command_timeout: float | None = COMMAND_TIMEOUT_S) -> Redis:
+    """A client; `command_timeout=None` for a subscription, which waits for messages indefinitely."""
+    return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=command_timeout)
 
 
 async def ensure_group(redis: Redis, stream: str = keys.JOBS) -> None:
@@ -226,7 +232,8 @@ async def capacity(redis: Redis) -> Capacity:
 
 
 class ResultWaiter:
-    """One Redis subscription per process that hands finished results to the requests awaiting them."""
+    """One Redis subscription per process that hands finished results to the requests awaiting them.
+    It owns `redis`, a client without a command timeout (`connect(url, command_timeout=None)`)."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -245,6 +252,7 @@ class ResultWaiter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.redis.aclose()
 
     def expect(self, prediction_id: str) -> asyncio.Future[str]:
         """Register interest before checking the stored result, so no message can slip between."""

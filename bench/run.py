@@ -521,11 +521,13 @@ def plan_runs(levels: list[int], worker_counts: list[int]) -> list[Run]:
     for workers in worker_counts:
         cached = [("saturation", top, "cached")] if workers == 1 else []
         runs.append(Run("tensorflow", True, workers, original + saturation + cached, bulk=True))
-    for workers in worker_counts:  # both cores: does the default engine keep up with the original's load?
-        runs.append(Run("tensorflow", False, workers, [*original, ("saturation", top, "distinct")]))
-    runs.append(Run("openvino", True, 1, [("saturation", top, "distinct")], bulk=True))
-    for workers in worker_counts:  # the faster engine on both cores
-        runs.append(Run("openvino", False, workers, [*original, ("saturation", top, "distinct")]))
+    # Both cores: does each engine keep up with the original's load? (Several workers: the top level only.)
+    for backend in ("tensorflow", "openvino"):
+        if backend == "openvino":
+            runs.append(Run("openvino", True, 1, [("saturation", top, "distinct")], bulk=True))
+        for workers in worker_counts:
+            levels_here = original if workers == 1 else [("original", top, "distinct")]
+            runs.append(Run(backend, False, workers, [*levels_here, ("saturation", top, "distinct")]))
     return runs
 
 
