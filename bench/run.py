@@ -477,8 +477,8 @@ def report(
         ]
         kept = [str(x.users) for x in rows if x.kept_up()]
         missed = [str(x.users) for x in rows if not x.kept_up()]
-        verdict = f"keeps up at {', '.join(kept) or 'no level'}"
-        verdict += f"; not at {', '.join(missed)} users" if missed else " users (every level)"
+        verdict = f"measured at {', '.join(str(x.users) for x in rows)} users: "
+        verdict += f"keeps up at {', '.join(kept) or 'none'}" + (f"; not at {', '.join(missed)}" if missed else "")
         first = next((x for x in rows if x.users == fewest), None)
         latency = ""
         if first is not None:
