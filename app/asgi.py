@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +19,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from app import accounts, db, metrics, queue, recovery
+from app.background import Every
 from app.errors import handle
 from app.routes import admin, api, auth, collection_pages, collections, health, pages
 from app.security import LoginThrottle, build_jwt_auth
@@ -44,19 +43,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await db.init_db(settings.database_url)
         redis = queue.connect(settings.redis_url)
         waiter = queue.ResultWaiter(queue.connect(settings.redis_url, command_timeout=None))
-        requeuing: asyncio.Task[None] | None = None
+        requeuing: Every | None = None
         try:
             await accounts.ensure_admin(settings)
             await queue.ensure_group(redis)
             await waiter.start()
             app.state.services = services = Services(settings, redis, waiter, LoginThrottle(redis, settings))
-            requeuing = asyncio.create_task(recovery.requeue_forever(services), name="requeue")
+            requeuing = recovery.requeue_forever(services)
             yield
         finally:
             if requeuing:
-                requeuing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await requeuing
+                await requeuing.stop()
             await waiter.stop()
             await redis.aclose()
             await db.close_db()

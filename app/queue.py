@@ -240,6 +240,8 @@ class ResultWaiter:
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        # Checked as well as cancelling: a cancellation inside a Redis call may come out as an error.
+        self._stopping = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="result-waiter")
@@ -248,6 +250,7 @@ class ResultWaiter:
             await asyncio.wait_for(self._ready.wait(), timeout=5)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -279,7 +282,7 @@ class ResultWaiter:
                 future.set_result(status)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(keys.RESULTS)

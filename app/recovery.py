@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from app import images, keys, queue
+from app.background import Every
 from app.models import Prediction, Status
 from app.services import Services
 
@@ -55,13 +56,15 @@ async def requeue_stale(services: Services) -> int:
     return requeued
 
 
-async def requeue_forever(services: Services) -> None:
+async def _requeue_round(services: Services, every: float) -> None:
+    try:
+        if await services.redis.set(keys.REQUEUE_LOCK, "1", nx=True, ex=max(int(every), 1)):
+            await requeue_stale(services)
+    except Exception:  # a dependency is down: try again next round
+        log.warning("could not look for stale predictions", exc_info=True)
+
+
+def requeue_forever(services: Services) -> Every:
     """Every web process runs this; a Redis lock lets one of them do the work each round."""
     every = max(services.settings.requeue_after / 5, 1.0)
-    while True:
-        await asyncio.sleep(every)
-        try:
-            if await services.redis.set(keys.REQUEUE_LOCK, "1", nx=True, ex=max(int(every), 1)):
-                await requeue_stale(services)
-        except Exception:  # a dependency is down: try again next round
-            log.warning("could not look for stale predictions", exc_info=True)
+    return Every(every, lambda: _requeue_round(services, every), name="requeue", wait_first=True)

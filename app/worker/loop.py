@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from app import keys, labels, metrics, queue
+from app.background import Every
 from app.errors import DEPENDENCY_ERRORS
 from app.models import Prediction, Status
 from app.settings import Settings
@@ -87,7 +88,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set; the batch in hand is always finished first."""
         await queue.ensure_group(self.redis)
-        beating = asyncio.create_task(self._beat_forever(), name="heartbeat")
+        beating = Every(max(self.settings.heartbeat_ttl / 3, 0.2), self._beat, name="heartbeat")
         log.info("worker %s ready (model %s)", self.name, self.classifier.info.id)
         try:
             while not stop.is_set():
@@ -116,19 +117,13 @@ class Worker:
                 await self._wait_finished()
             except Exception:  # its jobs stay unacknowledged and another worker retries them
                 log.exception("could not store the last batch")
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beating
+            await beating.stop()
             with contextlib.suppress(Exception):
                 await queue.forget_worker(self.redis, self.name)
             log.info("worker %s stopped", self.name)
 
-    async def _beat_forever(self) -> None:
-        ttl = self.settings.heartbeat_ttl
-        while True:
-            with contextlib.suppress(Exception):
-                await queue.beat(self.redis, self.heartbeat, ttl)
-            await asyncio.sleep(max(ttl / 3, 0.2))
+    async def _beat(self) -> None:
+        await queue.beat(self.redis, self.heartbeat, self.settings.heartbeat_ttl)
 
     async def _xread(self, streams: list[str], count: int, block: int | None = None) -> list[Delivery]:
         response = cast(
@@ -240,14 +235,14 @@ class Worker:
                 log.error("bad job %s: %s", delivery.entry_id, exc)
         if not jobs:
             return
-        keeper = asyncio.create_task(self._keep_claimed([d for d, _ in jobs]))  # noqa: RUF006 - _finish cancels it
+        keeper = self._keep_claimed([d for d, _ in jobs])
         try:
             started = time.perf_counter()
             results = await self._predict([job for _, job in jobs])
             batch_ms = (time.perf_counter() - started) * 1000
             await self._wait_finished()
         except BaseException:
-            await _cancel(keeper)
+            await keeper.stop()
             raise
         done = [(d, job, top) for (d, job), top in zip(jobs, results, strict=True) if top is not None]
         self._finishing = asyncio.create_task(self._finish(done, keeper, len(jobs), batch_ms))
@@ -261,31 +256,32 @@ class Worker:
     async def _finish(
         self,
         done: list[tuple[Delivery, queue.Job, list[tuple[int, float]]]],
-        keeper: asyncio.Task[None],
+        keeper: Every,
         size: int,
         ms: float,
     ) -> None:
         try:
             await self._store(done)
         finally:
-            await _cancel(keeper)
+            await keeper.stop()
         await self._ack([delivery for delivery, _, _ in done], [i for _, job, _ in done for i in job.prediction_ids])
         self._record_batch(size, ms)
         await queue.beat(self.redis, self.heartbeat, self.settings.heartbeat_ttl)  # fresh stats at once
 
-    async def _keep_claimed(self, deliveries: list[Delivery]) -> None:
+    def _keep_claimed(self, deliveries: list[Delivery]) -> Every:
         """While a batch is in hand, keep claiming its entries (JUSTID: no delivery is counted), so a
         slow batch is never mistaken for a dead worker's and classified twice."""
         by_stream: dict[str, list[Any]] = {}
         for delivery in deliveries:
             by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
-        while True:
-            await asyncio.sleep(self.settings.claim_idle_ms / 3000)
+
+        async def claim() -> None:
             for stream, entry_ids in by_stream.items():
-                with contextlib.suppress(Exception):
-                    await self.redis.xclaim(
-                        stream, keys.WORKERS_GROUP, self.name, min_idle_time=0, message_ids=entry_ids, justid=True
-                    )
+                await self.redis.xclaim(
+                    stream, keys.WORKERS_GROUP, self.name, min_idle_time=0, message_ids=entry_ids, justid=True
+                )
+
+        return Every(self.settings.claim_idle_ms / 3000, claim, name="keep-claimed", wait_first=True)
 
     async def _predict(self, jobs: list[queue.Job]) -> list[list[tuple[int, float]] | None]:
         """One batched inference; if it fails, each job alone, so one bad job fails only itself."""
@@ -366,9 +362,3 @@ class Worker:
         self.heartbeat = metrics.observe_batch(self.heartbeat, size, batch_ms / 1000)
         if self.on_batch:
             self.on_batch(size, batch_ms)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
