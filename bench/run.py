@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,10 +63,6 @@ class Load:
         return self.endpoints.get(name, {}).get(column, 0.0)
 
     @property
-    def reference(self) -> float:
-        return sum(self.raw) / 2
-
-    @property
     def offered(self) -> float:
         """Predictions/s the users would send if every answer were instant (the original shape only)."""
         return self.users * PREDICT_SHARE / MEAN_THINK_S
@@ -102,8 +98,10 @@ def pin(cores: str | None) -> list[str]:
 
 
 def raw_model(
-    seconds: float, cores: str | None, threads: int, backend: str = "tensorflow", batches: str = "1,2,4,8,16,32"
+    seconds: float, pinned: bool, backend: str = "tensorflow", batches: str = "1,2,4,8,16,32"
 ) -> list[dict[str, Any]]:
+    """Pinned: on the workers' core (0) with their one thread; else every core, the backend's own threads."""
+    cores, threads = ("0", 1) if pinned else (None, 0)
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     command = [*pin(cores), PY, str(ROOT / "bench/raw_model.py"), "--seconds", str(seconds)]
     command += ["--threads", str(threads), "--backend", backend, "--batches", batches, "--json", str(out)]
@@ -363,6 +361,15 @@ def plural(workers: int) -> str:
     return f"{workers} worker{'s' if workers > 1 else ''}"
 
 
+def against_raw(rate: float, raw: Sequence[float]) -> str:
+    """`rate` as a share of the raw model measured before and after the system ran (their mean)."""
+    reference = sum(raw) / len(raw)
+    return (
+        f"**{100 * rate / reference:.0f}%** of the raw model at batch {MAX_BATCH} on the same cores "
+        f"({reference:.1f} images/s: {raw[0]:.1f} before, {raw[1]:.1f} after)"
+    )
+
+
 def where(pinned: bool) -> str:
     return "pinned" if pinned else "unpinned"
 
@@ -455,18 +462,14 @@ def report(
     for x in saturated:
         lines.append(
             f"- {x.backend}, {plural(x.workers)}, {where(x.pinned)}, saturation at {x.users} users: "
-            f"{x.get(PREDICT, 'rps'):.1f} predictions/s = **{100 * x.get(PREDICT, 'rps') / x.reference:.0f}%** "
-            f"of the raw model at batch {MAX_BATCH} on the same cores ({x.reference:.1f} images/s: "
-            f"{x.raw[0]:.1f} before, {x.raw[1]:.1f} after)."
+            f"{x.get(PREDICT, 'rps'):.1f} predictions/s = {against_raw(x.get(PREDICT, 'rps'), x.raw)}."
         )
     for row in bulk_rows:
-        reference = sum(row["raw"]) / 2
         lines.append(
             f"- Bulk, {row['backend']}, {plural(row['workers'])}, pinned: {row['images']:.0f} new images in one "
             f"collection (`POST /api/collections`, accepted in {row['upload_s']:.1f} s) classified in "
             f"{row['seconds']:.1f} s = {row['images_per_s']:.1f} images/s = "
-            f"**{100 * row['images_per_s'] / reference:.0f}%** of the raw model at batch {MAX_BATCH} "
-            f"({reference:.1f} images/s)."
+            f"{against_raw(row['images_per_s'], row['raw'])}."
         )
     lines += ["", "## Does it keep up with the original's load?", ""]
     fewest = min(y.users for y in loads)
@@ -533,8 +536,7 @@ def plan_runs(levels: list[int], worker_counts: list[int]) -> list[Run]:
 
 def raw_reference(run: Run, seconds: float) -> float:
     """The raw model at MAX_BATCH on the cores and threads the run's workers get (unpinned: all of them)."""
-    cores, threads = ("0", 1) if run.pinned else (None, 0)
-    rows = raw_model(seconds, cores, threads, run.backend, batches=str(MAX_BATCH))
+    rows = raw_model(seconds, run.pinned, run.backend, batches=str(MAX_BATCH))
     return float(rows[0]["images_per_s"])
 
 
@@ -564,8 +566,7 @@ def main() -> None:
     for backend in ("tensorflow", "openvino"):
         for pinned in (True, False):
             say(f"raw model: {raw_key(backend, pinned)}")
-            cores, threads = ("0", 1) if pinned else (None, 0)
-            raw[raw_key(backend, pinned)] = raw_model(max(2.0, args.seconds / 5), cores, threads, backend)
+            raw[raw_key(backend, pinned)] = raw_model(max(2.0, args.seconds / 5), pinned, backend)
     say("agreement of the engines")
     agreed = agreement(64)
     loads: list[Load] = []
@@ -575,8 +576,7 @@ def main() -> None:
     reference_seconds = max(4.0, args.ratio_seconds / 5)
     with database(os.environ.get("DATABASE_URL"), workdir) as database_url:
         for run in plan_runs(levels, worker_counts):
-            where = "pinned" if run.pinned else "unpinned"
-            say(f"raw model before: {run.backend}, {where}, batch {MAX_BATCH}")
+            say(f"raw model before: {run.backend}, {where(run.pinned)}, batch {MAX_BATCH}")
             before = raw_reference(run, reference_seconds)
             measured: list[Load] = []
             with postgres_on_core("1", every) if run.pinned else nullcontext():
@@ -587,7 +587,8 @@ def main() -> None:
                         seconds = args.ratio_seconds if long else args.seconds
                         load = Load(run.workers, shape, users, run.pinned, images, run.backend, seconds)
                         say(
-                            f"{run.backend}, {run.workers} worker(s), {where}, {shape}, {users} users ({images} images)"
+                            f"{run.backend}, {run.workers} worker(s), {where(run.pinned)}, {shape}, {users} users "
+                            f"({images} images)"
                         )
                         run_locust(system, load, workdir, "1" if run.pinned else None)
                         measured.append(load)
