@@ -28,11 +28,11 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=2)"]
-CMD ["uvicorn", "--factory", "app.asgi:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+CMD ["uvicorn", "--factory", "app.web.app:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
 
 FROM base AS worker
 RUN make venv EXTRAS=worker VENV=/opt/venv
 USER 10001:10001
 # Fetch the ImageNet weights now (into ~/.keras/models), so a worker starts without a network.
-RUN python -c "from app.worker.model import load_classifier; load_classifier('imagenet')"
+RUN python -c "from app.worker.backends import load_classifier; load_classifier('imagenet')"
 CMD ["python", "-m", "app.worker"]

@@ -7,7 +7,7 @@ EXTRAS ?= worker,dev
 HTMX_VERSION := 2.0.4
 HTMX_LOCAL := static/vendor/htmx.min.js
 
-.PHONY: run test lint format bench chaos migrations install venv clean
+.PHONY: run test lint format bench chaos migrations install venv clean settings-table
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The README's settings table, generated from app/settings.py after a change to a setting.
+settings-table: venv
+	$(PY) -m app.settings --write-readme
 
 # New migration files after a change to app/models.py.
 migrations: install

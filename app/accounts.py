@@ -1,17 +1,22 @@
-"""Accounts: registration, sign-in with throttling, the admin bootstrap. Used by the API and the pages."""
+"""Accounts: registration, sign-in with throttling, password hashing (argon2id), the admin bootstrap.
+Used by the API and the pages."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated
 
 import msgspec
-from litestar.exceptions import ClientException, NotAuthorizedException
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from litestar.exceptions import ClientException, NotAuthorizedException, TooManyRequestsException
 from litestar.status_codes import HTTP_409_CONFLICT
+from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 
+from app import keys
 from app.models import User
-from app.security import LoginThrottle, hash_password, verify_password
 from app.settings import Settings
 
 # Domain labels exclude the dot, so matching is linear: no backtracking on hostile input.
@@ -24,6 +29,67 @@ Password = Annotated[str, msgspec.Meta(min_length=1, max_length=PASSWORD_MAX)]
 Name = Annotated[str, msgspec.Meta(max_length=100)]
 
 BAD_CREDENTIALS = "Wrong email or password"
+
+_hasher = PasswordHasher()  # argon2id with argon2-cffi's current recommended parameters
+
+
+async def hash_password(password: str) -> str:
+    # Hashing costs tens of milliseconds of CPU: keep it off the event loop.
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def verify_password(password_hash: str, password: str) -> tuple[bool, str | None]:
+    """Whether the password matches, and a new hash when the parameters changed since it was made."""
+
+    def check() -> tuple[bool, str | None]:
+        try:
+            _hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False, None
+        return True, _hasher.hash(password) if _hasher.check_needs_rehash(password_hash) else None
+
+    return await asyncio.to_thread(check)
+
+
+class LoginThrottle:
+    """Counts failed logins per account and per client address in Redis; past the limit, 429."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.window = settings.login_window_seconds
+        self.limits = {
+            "account": settings.login_attempts_per_account,
+            "address": settings.login_attempts_per_address,
+        }
+
+    def _keys(self, email: str, address: str) -> dict[str, str]:
+        return {
+            "account": keys.login_throttle_account(email),
+            "address": keys.login_throttle_address(address),
+        }
+
+    async def check(self, email: str, address: str) -> None:
+        names = self._keys(email, address)
+        counts = await self.redis.mget(list(names.values()))
+        for (kind, key), count in zip(names.items(), counts, strict=True):
+            if count is not None and int(count) >= self.limits[kind]:
+                retry = max(int(await self.redis.ttl(key)), 1)
+                raise TooManyRequestsException(
+                    f"Too many failed sign-ins; try again in {retry} seconds",
+                    headers={"Retry-After": str(retry)},
+                )
+
+    async def failed(self, email: str, address: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for key in self._keys(email, address).values():
+                # The window starts at the first failure (SET NX EX; INCR keeps the TTL). Redis 6.2 has
+                # no EXPIRE ... NX, and the embedded default is 6.2.
+                pipe.set(key, 0, ex=self.window, nx=True)
+                pipe.incr(key)
+            await pipe.execute()
+
+    async def succeeded(self, email: str) -> None:
+        await self.redis.delete(keys.login_throttle_account(email))
 
 
 def normalize_email(email: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from app.bulk import to_csv
+from app.exports import to_csv
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 LOOKUP_LIMIT = 1000

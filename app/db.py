@@ -30,8 +30,12 @@ def tortoise_config(database_url: str | None = None) -> dict[str, Any]:
     }
 
 
-# For the `tortoise` CLI (`tortoise makemigrations`, `tortoise migrate`), named in pyproject.toml.
-TORTOISE_ORM = tortoise_config()
+def __getattr__(name: str) -> dict[str, Any]:
+    """`TORTOISE_ORM`, for the `tortoise` CLI (`tortoise makemigrations`, `tortoise migrate`), named in
+    pyproject.toml: made when asked for, so that importing this module reads no settings."""
+    if name == "TORTOISE_ORM":
+        return tortoise_config()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def apply_migrations(database_url: str | None = None) -> None:

@@ -10,7 +10,7 @@ from litestar.exceptions import ClientException
 from litestar.status_codes import HTTP_409_CONFLICT
 from tortoise.queryset import QuerySet
 
-from app import labels
+from app import labels, schemas
 from app.models import Feedback, Prediction, Status, User
 
 COMMENT_MAX = 1000
@@ -67,14 +67,5 @@ async def give(
 
 
 def to_dict(feedback: Feedback) -> dict[str, Any]:
-    return {
-        "id": feedback.id,
-        "prediction_id": str(feedback.prediction_id),  # type: ignore[attr-defined]
-        "user_id": feedback.user_id,  # type: ignore[attr-defined]
-        "is_correct": feedback.is_correct,
-        "correct_label": feedback.correct_label,
-        "correct_wnid": feedback.correct_wnid,
-        "comment": feedback.comment,
-        "created_at": feedback.created_at.isoformat(),
-        "updated_at": feedback.updated_at.isoformat(),
-    }
+    """The API's JSON of a piece of feedback, as a dict (for the pages)."""
+    return schemas.as_dict(schemas.feedback_out(feedback))

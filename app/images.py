@@ -1,14 +1,11 @@
-"""Upload checks, decoding to the model's input, and storage of originals by content hash."""
+"""Checks of untrusted image bytes and their decoding to the model's input (224x224 RGB). Never by name."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from litestar.exceptions import ClientException, HTTPException
 from litestar.status_codes import (
@@ -120,20 +117,3 @@ def check(data: bytes, max_bytes: int, max_pixels: int) -> CheckedImage:
     check_size(data, max_bytes)
     extension, pixels = decode(data, max_pixels)
     return CheckedImage(hashlib.sha256(data).hexdigest(), extension, data, pixels)
-
-
-def store(image: CheckedImage, upload_dir: Path) -> Path:
-    """Keep the original once, named by its hash; written to a temp file and renamed, so never half."""
-    path = upload_dir / image.relative_path
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(image.data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

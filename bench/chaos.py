@@ -151,7 +151,7 @@ class System:
             "UPLOAD_DIR": str(workdir / "uploads"),
             "LOGIN_ATTEMPTS_PER_ADDRESS": "100000",
         }
-        self.web = self._spawn("web", ["-m", "uvicorn", "--factory", "app.asgi:app", "--port", str(self.port)])
+        self.web = self._spawn("web", ["-m", "uvicorn", "--factory", "app.web.app:app", "--port", str(self.port)])
         self.workers = [self._spawn(f"worker{i}", ["-m", "app.worker"], WORKER_NAME=f"chaos-{i}") for i in range(2)]
 
     @property

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from app.settings import BACKENDS, OPENVINO_PRECISIONS
-from app.worker.model import Classifier, load_classifier
+from app.worker.backends import load_classifier
+from app.worker.classifier import Classifier
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ class System:
         web_cores, worker_cores = ("1", "0") if pinned else (None, None)
         self._start(
             "web",
-            [*pin(web_cores), PY, "-m", "uvicorn", "--factory", "app.asgi:app", "--port", str(self.port)],
+            [*pin(web_cores), PY, "-m", "uvicorn", "--factory", "app.web.app:app", "--port", str(self.port)],
         )
         for i in range(workers):
             self._start(f"worker{i}", [*pin(worker_cores), PY, "-m", "app.worker"], WORKER_NAME=f"bench-{i}")

@@ -111,14 +111,24 @@ def _configure_environment() -> None:
 
 _configure_environment()
 
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from uuid import uuid4  # noqa: E402
+
 import httpx  # noqa: E402
 from litestar import Litestar  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
-from app import db, queue  # noqa: E402
-from app.asgi import create_app  # noqa: E402
+from app import db, keys  # noqa: E402
+from app.jobs.protocol import connect, ensure_group  # noqa: E402
 from app.settings import Settings, get_settings  # noqa: E402
+from app.web.app import create_app  # noqa: E402
+from app.worker.classifier import StandInClassifier  # noqa: E402
+from app.worker.loop import Worker  # noqa: E402
 from tests.helpers import sign_up  # noqa: E402
+from tests.live import live_server  # noqa: E402
+from tests.page_helpers import Client, log_in_page, sign_up_page  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +180,7 @@ async def client(app: Litestar, migrated: None, redis: Redis) -> AsyncIterator[h
 
 @pytest.fixture(scope="session")
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    connection = queue.connect(settings.redis_url)
+    connection = connect(settings.redis_url)
     await connection.flushdb()  # the tests own this Redis database: start from nothing
     yield connection
     await connection.aclose()
@@ -217,3 +227,129 @@ def _drop_test_database() -> None:
 def _drop_database_at_end() -> Iterator[None]:
     yield
     _drop_test_database()
+
+
+# ---- workers, the live server, browsers --------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+async def _clean_throttle(redis: Redis) -> None:
+    """Failed-login counters from one test must not lock out the next."""
+    async for key in redis.scan_iter(match="throttle:*"):
+        await redis.delete(key)
+
+
+# ResNet50 on random weights here: about 25 ms for one image, 300 ms for a batch of 16.
+BATCH_SECONDS = 0.1
+
+
+@dataclass
+class CountingClassifier:
+    """A classifier, counting its batched calls. Each call takes about as long as ResNet50's batch on this
+    machine (an instant stand-in would let bulk work race ahead where the real model would not)."""
+
+    inner: Any
+    calls: int = 0
+    images: int = 0
+    batch_seconds: float = BATCH_SECONDS
+
+    @property
+    def info(self) -> Any:
+        return self.inner.info
+
+    def predict(self, pixels: Any) -> list[list[tuple[int, float]]]:
+        self.calls += 1
+        self.images += len(pixels)
+        time.sleep(self.batch_seconds)  # run in the worker's inference thread, as the model is
+        result: list[list[tuple[int, float]]] = self.inner.predict(pixels)
+        return result
+
+
+@pytest.fixture(scope="session")
+def classifier(settings: Settings) -> StandInClassifier:
+    """The worker's tests need the loop around the model, not ResNet50 (tests/worker/backends has that)."""
+    return StandInClassifier(settings.model_weights)
+
+
+async def reset_queue(redis: Redis) -> None:
+    """An empty jobs stream with its consumer group, and no heartbeats."""
+    await redis.delete(keys.JOBS, keys.DEAD_JOBS, keys.WORKER_NAMES)
+    async for key in redis.scan_iter(match=f"{keys.WORKER_PREFIX}*"):
+        await redis.delete(key)
+    await ensure_group(redis)
+
+
+@asynccontextmanager
+async def running_worker(redis: Redis, classifier: Any, settings: Settings) -> AsyncIterator[CountingClassifier]:
+    counting = CountingClassifier(classifier)
+    stop = asyncio.Event()
+    worker = Worker(redis, counting, settings, name=f"test-{uuid4().hex[:8]}")
+    task = asyncio.create_task(worker.run(stop))
+    for _ in range(100):
+        if await redis.exists(keys.heartbeat(worker.name)):
+            break
+        await asyncio.sleep(0.05)
+    try:
+        yield counting
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture
+async def worker(
+    redis: Redis, classifier: Any, settings: Settings, migrated: None
+) -> AsyncIterator[CountingClassifier]:
+    await reset_queue(redis)
+    async with running_worker(redis, classifier, settings) as counting:
+        yield counting
+
+
+@pytest.fixture
+async def no_worker(redis: Redis) -> None:
+    await reset_queue(redis)
+
+
+@pytest.fixture(scope="module")
+def live_url(tmp_path_factory: pytest.TempPathFactory, migrated: None) -> Iterator[str]:
+    """The app over real HTTP, with a worker process (per module: the worker must be gone before
+    tests that need no worker)."""
+    logs = tmp_path_factory.mktemp("live")
+    env = os.environ | {"WORKER_NAME": "live-worker", "MODEL_THREADS": "1"}
+    with (logs / "worker.log").open("wb") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "app.worker"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with live_server(logs / "web.log") as url:
+            deadline = time.monotonic() + 180
+            while httpx.get(f"{url}/health/ready").status_code != 200:
+                assert worker.poll() is None, (logs / "worker.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the worker did not become ready"
+                time.sleep(0.5)
+            yield url
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+
+
+# ---- browsers for the page tests: each its own cookie jar ----------------------------------------
+
+
+@pytest.fixture
+async def browser(app: Litestar, client: Client) -> AsyncIterator[Client]:
+    """A client with its own cookie jar, like one browser, on the app that `client` keeps running."""
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50001))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as fresh:
+        yield fresh
+
+
+@pytest.fixture
+async def user_browser(browser: Client) -> Client:
+    await sign_up_page(browser)
+    return browser
+
+
+@pytest.fixture
+async def admin_browser(browser: Client, settings: Settings) -> Client:
+    response = await log_in_page(browser, settings.admin_email, settings.admin_password)
+    assert response.status_code == 303, response.text
+    return browser

@@ -5,6 +5,12 @@ from __future__ import annotations
 from uuid import uuid4
 
 import httpx
+from redis.asyncio import Redis
+
+from app.jobs.consumer import Consumer, Limits
+from app.jobs.protocol import Heartbeat
+
+FAKE_LIMITS = Limits(max_batch=1, claim_idle_ms=60_000, max_deliveries=1)
 
 
 def unique_email() -> str:
@@ -19,3 +25,12 @@ async def sign_up(client: httpx.AsyncClient, email: str | None = None) -> dict[s
     response = await client.post("/api/auth/login", json={"email": email, "password": "correct horse"})
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def beat(redis: Redis, heartbeat: Heartbeat, ttl: int) -> None:
+    """A heartbeat as a worker sends it: a worker the web app sees as live, without running one."""
+    await Consumer(redis, heartbeat.name, FAKE_LIMITS).beat(heartbeat, ttl)
+
+
+async def forget_worker(redis: Redis, name: str) -> None:
+    await Consumer(redis, name, FAKE_LIMITS).leave()

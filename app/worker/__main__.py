@@ -7,14 +7,15 @@ import logging
 import signal
 import sys
 
-from app import db, queue
+from app import db
+from app.jobs.protocol import connect
 from app.settings import Settings, get_settings
+from app.worker.backends import load_classifier
+from app.worker.classifier import ModelLoadError
 from app.worker.loop import Worker
 
 
 async def serve(settings: Settings) -> None:
-    from app.worker.model import ModelLoadError, load_classifier  # TensorFlow or OpenVINO loads here only
-
     try:
         classifier = load_classifier(
             settings.model_weights,
@@ -32,7 +33,7 @@ async def serve(settings: Settings) -> None:
         # Stop taking jobs; the batch in hand is finished and acknowledged before exit.
         loop.add_signal_handler(signum, stop.set)
     await db.init_db(settings.database_url)
-    redis = queue.connect(settings.redis_url)
+    redis = connect(settings.redis_url)
     try:
         await Worker(redis, classifier, settings).run(stop)
     finally:

@@ -1,0 +1,212 @@
+"""The worker side of the Redis protocol: read batches fairly, take over dead workers' jobs, keep a slow
+batch claimed, acknowledge, dead-letter, and announce the worker with a heartbeat."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from app import keys
+from app.background import Every
+from app.jobs.protocol import Heartbeat, bulk_streams, ensure_group
+from app.jobs.results import publish_result
+from app.models import Status, mark_failed
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+# When nothing waits anywhere, block this long on the interactive stream, then look at bulk again.
+IDLE_BLOCK_MS = 250
+# How often pending entries are checked for dead workers' jobs.
+RECLAIM_EVERY = 1.0
+DEAD_LETTER_MAXLEN = 100_000
+
+# Drop a user from the bulk set once their stream is empty (atomic: a concurrent enqueue re-adds them).
+_FORGET_IF_EMPTY = """
+if redis.call('XLEN', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    stream: str
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int
+    claim_idle_ms: int
+    max_deliveries: int
+
+
+class Consumer:
+    """One worker's membership of the consumer group, on every jobs stream."""
+
+    def __init__(self, redis: Redis, name: str, limits: Limits) -> None:
+        self.redis = redis
+        self.name = name
+        self.limits = limits
+        self._last_reclaim = 0.0
+        self._turn = 0
+
+    async def next_batch(self) -> list[Delivery]:
+        """Jobs of dead workers first (once a second), else whatever is waiting."""
+        try:
+            return await self._reclaim() or await self._read()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis restarted without persistence: the groups are gone, make them again.
+            for stream in [keys.JOBS, *await bulk_streams(self.redis)]:
+                await ensure_group(self.redis, stream)
+            return []
+
+    async def _xread(self, streams: list[str], count: int, block: int | None = None) -> list[Delivery]:
+        response = cast(
+            "list[tuple[bytes, list[Entry]]] | None",
+            await self.redis.xreadgroup(
+                keys.WORKERS_GROUP, self.name, dict.fromkeys(streams, ">"), count=count, block=block
+            ),
+        )
+        return [
+            Delivery(stream.decode() if isinstance(stream, bytes) else stream, entry_id, fields)
+            for stream, entries in response or []
+            for entry_id, fields in entries
+            if fields
+        ]
+
+    async def _read(self) -> list[Delivery]:
+        """Whatever is waiting, up to MAX_BATCH, with no artificial delay: interactive jobs first, then
+        an equal share from each user's bulk stream, so bulk work fills the batches but never comes first
+        and no one user's collection starves another's."""
+        size = self.limits.max_batch
+        deliveries = await self._xread([keys.JOBS], size)
+        room = size - len(deliveries)
+        bulk = await bulk_streams(self.redis) if room else []
+        if bulk:
+            # COUNT is per stream: with more users than room, take one each from `room` of them,
+            # starting one further along every time so everyone gets their turn.
+            self._turn = (self._turn + 1) % len(bulk)
+            chosen = (bulk[self._turn :] + bulk[: self._turn])[:room]
+            deliveries += await self._xread(chosen, max(1, room // len(chosen)))
+        if not deliveries:
+            deliveries = await self._xread([keys.JOBS], size, block=IDLE_BLOCK_MS)
+        return deliveries
+
+    async def _reclaim(self) -> list[Delivery]:
+        """Take over jobs idle longer than CLAIM_IDLE (their worker died); dead-letter repeat offenders."""
+        now = time.monotonic()
+        if now - self._last_reclaim < RECLAIM_EVERY:
+            return []
+        self._last_reclaim = now
+        claimed: list[Delivery] = []
+        for stream in [keys.JOBS, *await bulk_streams(self.redis)]:
+            claimed += await self._reclaim_stream(stream, self.limits.max_batch - len(claimed))
+            if len(claimed) >= self.limits.max_batch:
+                break
+        return claimed
+
+    async def _reclaim_stream(self, stream: str, count: int) -> list[Delivery]:
+        idle = self.limits.claim_idle_ms
+        pending: list[dict[str, Any]] = await self.redis.xpending_range(
+            stream, keys.WORKERS_GROUP, min="-", max="+", count=count, idle=idle
+        )
+        limit = self.limits.max_deliveries
+        exhausted = [p["message_id"] for p in pending if p["times_delivered"] >= limit]
+        if exhausted:
+            # Claimed first: if two workers look at once, only the one that wins the claim dead-letters it.
+            mine = cast(
+                "list[bytes]",
+                await self.redis.xclaim(
+                    stream, keys.WORKERS_GROUP, self.name, min_idle_time=idle, message_ids=exhausted, justid=True
+                ),
+            )
+            for entry_id in mine:
+                await self._dead_letter(stream, entry_id)
+        retry = [p["message_id"] for p in pending if p["times_delivered"] < limit]
+        if not retry:
+            return []
+        claimed = cast(
+            "list[Entry]",
+            await self.redis.xclaim(stream, keys.WORKERS_GROUP, self.name, min_idle_time=idle, message_ids=retry),
+        )
+        log.info("reclaimed %d jobs of %s from dead or stuck workers", len(claimed), stream)
+        # An entry deleted meanwhile comes back with no fields: just acknowledge it.
+        await self.ack([Delivery(stream, entry_id, {}) for entry_id, fields in claimed if not fields])
+        return [Delivery(stream, entry_id, fields) for entry_id, fields in claimed if fields]
+
+    async def _dead_letter(self, stream: str, entry_id: bytes) -> None:
+        entries = cast("list[Entry]", await self.redis.xrange(stream, min=entry_id, max=entry_id))
+        fields: dict[bytes, bytes] = entries[0][1] if entries else {}
+        error = f"Could not be classified after {self.limits.max_deliveries} attempts"
+        ids = [x for x in fields.get(b"id", b"").decode(errors="replace").split(",") if x]
+        ids += [x for x in fields.get(b"also", b"").decode(errors="replace").split(",") if x]
+        log.error("dead-lettering job %s of %s (predictions %s)", entry_id, stream, ids)
+        dead_fields: dict[Any, Any] = {k: v for k, v in fields.items() if k != b"pixels"}
+        dead_fields.update({b"entry": entry_id, b"stream": stream, b"error": error.encode()})
+        await self.redis.xadd(keys.DEAD_JOBS, dead_fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+        for prediction_id in await mark_failed(ids, error):
+            await publish_result(self.redis, prediction_id, Status.FAILED)
+        await self.ack([Delivery(stream, entry_id, {})], ids)
+
+    async def ack(self, deliveries: list[Delivery], prediction_ids: Sequence[str] = ()) -> None:
+        """Acknowledge and delete (finished entries must not accumulate), and drop the predictions'
+        queued markers, in one transaction."""
+        by_stream: dict[str, list[bytes]] = {}
+        for delivery in deliveries:
+            by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
+        if not by_stream and not prediction_ids:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for stream, entry_ids in by_stream.items():
+                pipe.xack(stream, keys.WORKERS_GROUP, *entry_ids)
+                pipe.xdel(stream, *entry_ids)
+            forget_markers(pipe, prediction_ids)
+            await pipe.execute()
+        for stream in by_stream:
+            if stream != keys.JOBS:
+                await self.redis.eval(_FORGET_IF_EMPTY, 2, keys.BULK_USERS, stream, stream.rsplit(":", 1)[1])
+
+    def keep_claimed(self, deliveries: list[Delivery]) -> Every:
+        """While a batch is in hand, keep claiming its entries (JUSTID: no delivery is counted), so a
+        slow batch is never mistaken for a dead worker's and classified twice."""
+        by_stream: dict[str, list[Any]] = {}
+        for delivery in deliveries:
+            by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
+
+        async def claim() -> None:
+            for stream, entry_ids in by_stream.items():
+                await self.redis.xclaim(
+                    stream, keys.WORKERS_GROUP, self.name, min_idle_time=0, message_ids=entry_ids, justid=True
+                )
+
+        return Every(self.limits.claim_idle_ms / 3000, claim, name="keep-claimed", wait_first=True)
+
+    async def beat(self, heartbeat: Heartbeat, ttl: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.heartbeat(heartbeat.name), json.dumps(asdict(heartbeat)), ex=ttl)
+            pipe.zadd(keys.WORKER_NAMES, {heartbeat.name: time.time() + ttl})
+            await pipe.execute()
+
+    async def leave(self) -> None:
+        """The worker stopping: gone from the live ones at once, not when its heartbeat expires."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.heartbeat(self.name))
+            pipe.zrem(keys.WORKER_NAMES, self.name)
+            await pipe.execute()
+
+
+def forget_markers(pipe: Any, prediction_ids: Iterable[str]) -> None:
+    """Forget the markers of finished (or dead-lettered) predictions, in the ack transaction."""
+    markers = [keys.queued_marker(p) for p in prediction_ids]
+    if markers:
+        pipe.delete(*markers)

@@ -1,0 +1,110 @@
+"""The shapes of what goes through Redis, shared by both sides: jobs, heartbeats, result messages, and
+the connection every process opens. Names of keys and streams come from app/keys.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from app import keys
+
+PIXELS_SHAPE = (224, 224, 3)
+PIXELS_BYTES = PIXELS_SHAPE[0] * PIXELS_SHAPE[1] * PIXELS_SHAPE[2]
+
+
+@dataclass(frozen=True)
+class Job:
+    prediction_id: str
+    sha256: str
+    model_id: str
+    pixels: bytes  # 224x224x3 uint8 RGB, row-major
+    queued_at: float = field(default_factory=time.time)
+    # Other predictions of the same image (duplicates in a collection): one model call answers all.
+    also: tuple[str, ...] = ()
+
+    @property
+    def prediction_ids(self) -> list[str]:
+        return [self.prediction_id, *self.also]
+
+    def fields(self) -> dict[str, str | bytes]:
+        return {
+            "id": self.prediction_id,
+            "sha": self.sha256,
+            "model": self.model_id,
+            "pixels": self.pixels,
+            "at": repr(self.queued_at),
+            "also": ",".join(self.also),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> Job:
+        """Parse a stream entry; ValueError for a malformed one (it will be dead-lettered)."""
+        try:
+            job = cls(
+                prediction_id=fields[b"id"].decode(),
+                sha256=fields[b"sha"].decode(),
+                model_id=fields[b"model"].decode(),
+                pixels=fields[b"pixels"],
+                queued_at=float(fields[b"at"]),
+                also=tuple(x for x in fields.get(b"also", b"").decode().split(",") if x),
+            )
+            for prediction_id in job.prediction_ids:
+                UUID(prediction_id)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"malformed job: {exc!r}") from exc
+        if len(job.pixels) != PIXELS_BYTES:
+            raise ValueError(f"malformed job: {len(job.pixels)} pixel bytes, expected {PIXELS_BYTES}")
+        return job
+
+
+# Buckets of the histograms that heartbeats carry (see app/worker/stats.py and app/web/metrics.py).
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)
+INFERENCE_SECONDS_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    name: str
+    model_id: str
+    started_at: float
+    batches: int = 0
+    images: int = 0
+    last_batch_size: int = 0
+    last_batch_ms: float = 0.0
+    images_per_second: float = 0.0  # recent throughput, smoothed
+    # Histograms for /metrics: counts per bucket (the buckets above), the last one +Inf.
+    batch_size_counts: list[int] = field(default_factory=list)
+    inference_counts: list[int] = field(default_factory=list)
+    inference_seconds_total: float = 0.0
+
+
+# A reply that never comes (a dead peer that sent no reset) is an error, not a request hung for good.
+# Longer than any blocking read the worker makes.
+COMMAND_TIMEOUT_S = 15
+
+
+def connect(url: str, command_timeout: float | None = COMMAND_TIMEOUT_S) -> Redis:
+    """A client; `command_timeout=None` for a subscription, which waits for messages indefinitely."""
+    return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=command_timeout)
+
+
+async def ensure_group(redis: Redis, stream: str = keys.JOBS) -> None:
+    try:
+        await redis.xgroup_create(stream, keys.WORKERS_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def bulk_streams(redis: Redis) -> list[str]:
+    users = await redis.smembers(keys.BULK_USERS)
+    return sorted(keys.bulk_jobs(u.decode() if isinstance(u, bytes) else u) for u in users)
+
+
+def result_message(prediction_id: str, status: str) -> str:
+    return json.dumps({"id": prediction_id, "status": status})

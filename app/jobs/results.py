@@ -1,0 +1,108 @@
+"""Results, both sides: the worker caches and publishes each finished job; every web process holds one
+subscription (ResultWaiter) that hands each message to the requests awaiting it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app import keys
+from app.jobs.protocol import result_message
+
+log = logging.getLogger(__name__)
+
+# What a cached result holds: the Prediction fields that depend only on the image and the model.
+CACHED_FIELDS = ("label", "wnid", "score", "top5", "model_version")
+
+
+async def cached_result(redis: Redis, model_id: str, sha256: str) -> dict[str, Any] | None:
+    raw = await redis.get(keys.result_cache(model_id, sha256))
+    if not raw:
+        return None
+    stored = json.loads(raw)
+    return {name: stored.get(name) for name in CACHED_FIELDS}
+
+
+async def publish_result(redis: Redis, prediction_id: str, status: str) -> None:
+    await redis.publish(keys.RESULTS, result_message(prediction_id, status))
+
+
+async def publish_done(redis: Redis, results: dict[str, str], finished: list[str], status: str, ttl: int) -> None:
+    """Cache `results` (cache key -> JSON) and tell the waiters of `finished` predictions, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for key, value in results.items():
+            pipe.set(key, value, ex=ttl)
+        for prediction_id in finished:
+            pipe.publish(keys.RESULTS, result_message(prediction_id, status))
+        await pipe.execute()
+
+
+class ResultWaiter:
+    """One Redis subscription per process that hands finished results to the requests awaiting them.
+    It owns `redis`, a client without a command timeout (`connect(url, command_timeout=None)`)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        # Checked as well as cancelling: a cancellation inside a Redis call may come out as an error.
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="result-waiter")
+        # Wait briefly for the subscription so the first requests' results are not missed.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout=5)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.redis.aclose()
+
+    def expect(self, prediction_id: str) -> asyncio.Future[str]:
+        """Register interest before checking the stored result, so no message can slip between."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(prediction_id, []).append(future)
+        return future
+
+    def forget(self, prediction_id: str, future: asyncio.Future[str]) -> None:
+        waiting = self._waiters.get(prediction_id, [])
+        if future in waiting:
+            waiting.remove(future)
+        if not waiting:
+            self._waiters.pop(prediction_id, None)
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+            prediction_id, status = str(message["id"]), str(message["status"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed result message %r", data[:200])
+            return
+        for future in self._waiters.pop(prediction_id, []):
+            if not future.done():
+                future.set_result(status)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(keys.RESULTS)
+                    self._ready.set()
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self._dispatch(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis went away: resubscribe when it is back.
+                log.warning("result subscription lost; retrying in 1 s", exc_info=True)
+                await asyncio.sleep(1)

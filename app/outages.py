@@ -1,0 +1,21 @@
+"""The exceptions that mean a dependency (Redis, the database) is down, not that the code is wrong: the web
+app answers them with 503 and Retry-After, the worker waits and retries."""
+
+from __future__ import annotations
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tortoise.exceptions import DBConnectionError
+
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    DBConnectionError,
+    ConnectionError,
+)
+try:  # asyncpg is there with PostgreSQL
+    import asyncpg
+
+    DEPENDENCY_ERRORS += (asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError)
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,1 @@
+"""The web app: JSON API and HTMX pages on one Litestar app."""

@@ -1,0 +1,101 @@
+"""JSON API for collections: many images in one request, their progress and a CSV of the results."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+from litestar import Response, get, post
+from litestar.datastructures import UploadFile
+from litestar.params import FromPath, MultipartBody, QueryParameter
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from app import archives, collections
+from app.models import Collection, Status
+from app.schemas import CollectionOut, collection_out, prediction_out
+from app.web.api.schemas import CollectionDetail, CollectionPage
+from app.web.deps import AuthedRequest, Page, PerPage, services
+from app.web.rendering import csv_attachment
+from app.web.uploads import read_parts
+
+StatusFilter = Annotated[Status | None, QueryParameter(description="Only items with this status")]
+ResultLabelFilter = Annotated[str | None, QueryParameter(max_length=100, description="Only items with this label")]
+
+
+@dataclass
+class CollectionForm:
+    files: list[UploadFile] = field(default_factory=list)
+    archive: UploadFile | None = None
+    name: str = ""
+
+
+async def read_uploads(request: AuthedRequest, form: CollectionForm) -> list[archives.Upload]:
+    settings = services(request).settings
+    uploads = await read_parts(form.files, "files") + await read_parts(form.archive, "archive")
+    # Unzipping is CPU work: off the event loop.
+    return await asyncio.to_thread(
+        archives.open_archives, uploads, settings.max_collection_files, settings.max_collection_bytes
+    )
+
+
+@post(
+    "/api/collections",
+    tags=["collections"],
+    summary="Classify many images: several multipart `files`, or one zip `archive`",
+    status_code=HTTP_202_ACCEPTED,
+)
+async def create_collection(request: AuthedRequest, data: MultipartBody[CollectionForm]) -> Response[CollectionOut]:
+    uploads = await read_uploads(request, data)
+    collection = await collections.create(services(request), request.user, uploads, data.name)
+    return Response(
+        collection_out(collection, await collections.progress(collection)),
+        status_code=HTTP_202_ACCEPTED,
+        headers={"Location": f"/api/collections/{collection.id}"},
+    )
+
+
+@get("/api/collections", tags=["collections"], summary="Your collections, newest first")
+async def list_collections(request: AuthedRequest, page: Page = 1, per_page: PerPage = 20) -> CollectionPage:
+    query = Collection.filter(user=request.user).order_by("-created_at")
+    items = await query.offset((page - 1) * per_page).limit(per_page)
+    progress = await collections.progress_of(items)  # one query for the page, not one per collection
+    described = [collection_out(c, progress[str(c.id)]) for c in items]
+    return CollectionPage(described, page, per_page, await query.count())
+
+
+@get("/api/collections/{collection_id:uuid}", tags=["collections"], summary="Progress and results")
+async def read_collection(
+    request: AuthedRequest,
+    collection_id: FromPath[UUID],
+    page: Page = 1,
+    per_page: PerPage = 100,
+    status: StatusFilter = None,
+    label: ResultLabelFilter = None,
+) -> CollectionDetail:
+    collection = await collections.get_visible(request.user, collection_id)
+    query = collections.items(collection, status, label)
+    results = await query.offset((page - 1) * per_page).limit(per_page)
+    described = collection_out(collection, await collections.progress(collection))
+    return CollectionDetail(
+        **msgspec.structs.asdict(described),
+        results=[prediction_out(p) for p in results],
+        page=page,
+        per_page=per_page,
+        matching=await query.count(),
+    )
+
+
+@get(
+    "/api/collections/{collection_id:uuid}/results.csv",
+    tags=["collections"],
+    summary="One row per image: file name, sha256, label, WordNet id, score, top 5, status, error",
+    media_type="text/csv",
+)
+async def collection_csv(request: AuthedRequest, collection_id: FromPath[UUID]) -> Response[str]:
+    return csv_attachment(*await collections.results_csv(request.user, collection_id))
+
+
+routes = [create_collection, list_collections, read_collection, collection_csv]

@@ -1,0 +1,64 @@
+"""JSON API for feedback on predictions, and the class names to correct them with."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+from litestar import get, post
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_200_OK
+
+from app import feedback, labels, predictions
+from app.feedback import COMMENT_MAX
+from app.models import Feedback
+from app.schemas import FeedbackOut, feedback_out
+from app.web.api.schemas import FeedbackPage, LabelOut
+from app.web.deps import AuthedRequest, Page, PerPage
+
+
+class FeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
+    is_correct: bool
+    correct_label: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    comment: Annotated[str, msgspec.Meta(max_length=COMMENT_MAX)] = ""
+
+
+@post(
+    "/api/predictions/{prediction_id:uuid}/feedback",
+    tags=["feedback"],
+    summary="Say whether a prediction was right (creates or replaces your feedback)",
+    status_code=HTTP_200_OK,
+)
+async def give_feedback(
+    request: AuthedRequest, prediction_id: FromPath[UUID], data: JSONBody[FeedbackIn]
+) -> FeedbackOut:
+    prediction = await predictions.get_visible(request.user, prediction_id)
+    given = await feedback.give(request.user, prediction, data.is_correct, data.correct_label, data.comment)
+    return feedback_out(given)
+
+
+@get("/api/feedback", tags=["feedback"], summary="Your feedback (an admin's: everyone's)")
+async def list_feedback(
+    request: AuthedRequest,
+    page: Page = 1,
+    per_page: PerPage = 50,
+    wrong_only: Annotated[bool, QueryParameter()] = False,
+    label: Annotated[str | None, QueryParameter(max_length=100, description="Predicted label")] = None,
+) -> FeedbackPage:
+    query = Feedback.all() if request.user.is_admin else Feedback.filter(user=request.user)
+    query = feedback.FeedbackFilter(wrong_only, label or "").apply(query)
+    total = await query.count()
+    items = await query.order_by("-updated_at").offset((page - 1) * per_page).limit(per_page)
+    return FeedbackPage([feedback_out(f) for f in items], page, per_page, total)
+
+
+@get("/api/labels", tags=["labels"], summary="Search the 1,000 ImageNet class names")
+async def search_labels(
+    q: Annotated[str, QueryParameter(max_length=100)] = "",
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 20,
+) -> list[LabelOut]:
+    return [LabelOut.of(x) for x in labels.search(q, limit)]
+
+
+routes = [give_feedback, list_feedback, search_labels]

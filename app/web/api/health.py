@@ -1,0 +1,48 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.openapi import ResponseSpec
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from tortoise import connections
+
+from app.jobs.producer import capacity
+from app.web.api.schemas import Health, Readiness
+from app.web.deps import services
+
+
+@get("/health/live", tags=["health"], summary="The web process is up", exclude_from_auth=True)
+async def live() -> Health:
+    return Health("ok")
+
+
+async def _database_ok() -> bool:
+    with contextlib.suppress(Exception):
+        await connections.get("default").execute_query("SELECT 1")
+        return True
+    return False
+
+
+@get(
+    "/health/ready",
+    tags=["health"],
+    summary="Database, Redis and at least one worker are available",
+    responses={HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(Readiness, description="Something is missing")},
+)
+async def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
+    database = await _database_ok()
+    redis, workers = False, 0
+    depth: int | None = None
+    with contextlib.suppress(Exception):
+        found = await capacity(services(request).redis)
+        redis, workers, depth = True, found.workers, found.depth
+    ok = database and redis and workers > 0
+    checks = Readiness(database, redis, workers, depth, status="ready" if ok else "not ready")
+    return Response(checks, status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)
+
+
+routes = [live, ready]

@@ -1,0 +1,94 @@
+"""JSON API for predictions: classify an image, read one, list them, look them up by hash."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+from litestar import Response, get, post
+from litestar.datastructures import UploadFile
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, HeaderParameter, JSONBody, MultipartBody, QueryParameter
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+
+from app import predictions
+from app.models import Prediction
+from app.schemas import PredictionOut, prediction_out
+from app.web.api.schemas import LookupOut, PredictionPage
+from app.web.deps import AuthedRequest, Page, PerPage, services
+
+
+class PredictionForm(msgspec.Struct):
+    file: UploadFile
+
+
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+
+
+class LookupIn(msgspec.Struct, forbid_unknown_fields=True):
+    sha256: Annotated[list[Sha256], msgspec.Meta(max_length=1000)]
+
+
+def wants_async(wait: bool, prefer: str | None) -> bool:
+    return not wait or "respond-async" in (prefer or "").lower()
+
+
+@post(
+    "/api/predictions",
+    tags=["predictions"],
+    summary="Classify an image (multipart field `file`)",
+    status_code=HTTP_200_OK,
+    description="200 with the result; 202 with the id when `wait=false` or `Prefer: respond-async`; "
+    "504 with the id when the result takes longer than the wait timeout.",
+    responses={HTTP_202_ACCEPTED: ResponseSpec(PredictionOut, description="Queued: fetch it later from `Location`")},
+)
+async def create_prediction(
+    request: AuthedRequest,
+    data: MultipartBody[PredictionForm],
+    wait: Annotated[bool, QueryParameter(description="Wait for the result")] = True,
+    prefer: Annotated[str | None, HeaderParameter(name="Prefer")] = None,
+) -> Response[PredictionOut]:
+    svc = services(request)
+    content = await data.file.read()
+    prediction = await predictions.submit(svc, request.user, content, data.file.filename or "")
+    if wants_async(wait, prefer) and prediction.status == "queued":
+        location = f"/api/predictions/{prediction.id}"
+        return Response(prediction_out(prediction), status_code=HTTP_202_ACCEPTED, headers={"Location": location})
+    prediction = await predictions.wait(svc, prediction, svc.settings.wait_timeout)
+    return Response(prediction_out(prediction))
+
+
+@get("/api/predictions/{prediction_id:uuid}", tags=["predictions"], summary="One prediction")
+async def read_prediction(request: AuthedRequest, prediction_id: FromPath[UUID]) -> PredictionOut:
+    return prediction_out(await predictions.get_visible(request.user, prediction_id))
+
+
+@get("/api/predictions", tags=["predictions"], summary="The caller's predictions, newest first")
+async def list_predictions(request: AuthedRequest, page: Page = 1, per_page: PerPage = 20) -> PredictionPage:
+    query = Prediction.filter(user=request.user).order_by("-created_at")
+    total = await query.count()
+    items = await query.offset((page - 1) * per_page).limit(per_page)
+    return PredictionPage([prediction_out(p) for p in items], page, per_page, total)
+
+
+@post(
+    "/api/predictions/lookup",
+    tags=["predictions"],
+    summary="Your latest prediction of each image, by sha256 (to skip images already classified)",
+    status_code=HTTP_200_OK,
+)
+async def lookup_predictions(request: AuthedRequest, data: JSONBody[LookupIn]) -> LookupOut:
+    found: dict[str, PredictionOut] = {}
+    rows = await Prediction.filter(user=request.user, image_sha256__in=data.sha256).order_by("created_at")
+    for prediction in rows:  # oldest first: the latest of each image wins
+        found[prediction.image_sha256] = prediction_out(prediction)
+    return LookupOut(found)
+
+
+routes = [
+    create_prediction,
+    read_prediction,
+    list_predictions,
+    lookup_predictions,
+]

@@ -1,0 +1,97 @@
+"""Response bodies of the JSON API, so that /schema documents every one of them.
+
+The shapes of single predictions, feedback and collections live in app/schemas.py (the domain and the pages
+use them too); here are the ones only the API answers: pages of them, accounts and health.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from app.labels import Label
+from app.models import User
+from app.schemas import CollectionOut, FeedbackOut, PredictionOut
+
+
+class UserOut(msgspec.Struct):
+    id: int
+    email: str
+    name: str
+    is_admin: bool
+    created_at: str
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(user.id, user.email, user.name, user.is_admin, user.created_at.isoformat())
+
+
+class TokenOut(msgspec.Struct):
+    access_token: str
+    token_type: str
+    expires_in: int
+
+
+class SignedOut(msgspec.Struct):
+    detail: str
+
+
+class PredictionPage(msgspec.Struct):
+    items: list[PredictionOut]
+    page: int
+    per_page: int
+    total: int
+
+
+class LookupOut(msgspec.Struct):
+    """The latest prediction of each image asked for, by sha256; images never classified are left out."""
+
+    found: dict[str, PredictionOut]
+
+
+class FeedbackPage(msgspec.Struct):
+    items: list[FeedbackOut]
+    page: int
+    per_page: int
+    total: int
+
+
+class LabelOut(msgspec.Struct):
+    """One of the 1,000 ImageNet classes."""
+
+    index: int
+    wnid: str
+    name: str
+
+    @classmethod
+    def of(cls, label: Label) -> LabelOut:
+        return cls(label.index, label.wnid, label.name)
+
+
+class CollectionPage(msgspec.Struct):
+    items: list[CollectionOut]
+    page: int
+    per_page: int
+    total: int
+
+
+class CollectionDetail(CollectionOut):
+    """A collection with one page of its results; `matching` counts the results the filters select."""
+
+    results: list[PredictionOut]
+    page: int
+    per_page: int
+    matching: int
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    """What the service needs to classify; `status` is "ready" or "not ready" (then with a 503)."""
+
+    database: bool
+    redis: bool
+    workers: int
+    queue_depth: int | None
+    status: str

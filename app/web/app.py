@@ -1,0 +1,121 @@
+"""The web application: `create_app` wires routes, plugins, exception handling and the lifespan of its connections."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.htmx import HTMXPlugin
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.plugins.prometheus import PrometheusConfig
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from app import accounts, db, recovery
+from app.background import Every
+from app.jobs.protocol import connect, ensure_group
+from app.jobs.results import ResultWaiter
+from app.services import Services
+from app.settings import Settings, get_settings
+from app.web import metrics
+from app.web.api import accounts as accounts_api
+from app.web.api import collections as collections_api
+from app.web.api import feedback as feedback_api
+from app.web.api import health
+from app.web.api import predictions as predictions_api
+from app.web.errors import handle
+from app.web.pages import accounts as account_pages
+from app.web.pages import admin, classify, history
+from app.web.pages import collections as collection_pages
+from app.web.rendering import configure_templates
+from app.web.sessions import build_jwt_auth, csrf_config, is_revoked
+
+ROOT = Path(__file__).resolve().parents[2]
+# Multipart framing adds a little to the file itself.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    jwt_auth = build_jwt_auth(settings)
+    jwt_auth.revoked_token_handler = is_revoked
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if not settings.redis_url:
+            raise RuntimeError("REDIS_URL is not set: start the system with `make run` or set REDIS_URL")
+        await db.init_db(settings.database_url)
+        redis = connect(settings.redis_url)
+        waiter = ResultWaiter(connect(settings.redis_url, command_timeout=None))
+        requeuing: Every | None = None
+        try:
+            await accounts.ensure_admin(settings)
+            await ensure_group(redis)
+            await waiter.start()
+            app.state.services = services = Services(settings, redis, waiter, accounts.LoginThrottle(redis, settings))
+            requeuing = recovery.requeue_forever(services)
+            yield
+        finally:
+            if requeuing:
+                await requeuing.stop()
+            await waiter.stop()
+            await redis.aclose()
+            await db.close_db()
+
+    return Litestar(
+        route_handlers=[
+            *accounts_api.routes,
+            *predictions_api.routes,
+            *feedback_api.routes,
+            # Collections carry many images, through the API or the classify form: their own, larger, body limit.
+            Router(
+                path="/",
+                route_handlers=[*collections_api.routes, *classify.upload_routes],
+                request_max_body_size=settings.max_collection_bytes + MULTIPART_OVERHEAD,
+            ),
+            *health.routes,
+            *account_pages.routes,
+            *classify.routes,
+            *history.routes,
+            *collection_pages.routes,
+            *admin.routes,
+            metrics.metrics,
+            create_static_files_router(path="/static", directories=[ROOT / "static"], include_in_schema=False),
+        ],
+        lifespan=[lifespan],
+        on_app_init=[jwt_auth.on_app_init],
+        state=State({"jwt_auth": jwt_auth, "settings": settings}),
+        plugins=[HTMXPlugin()],
+        middleware=[
+            PrometheusConfig(
+                app_name="app", prefix="app", group_path=True, exclude=["^/metrics", "^/static"]
+            ).middleware
+        ],
+        template_config=TemplateConfig(
+            directory=ROOT / "templates", engine=JinjaTemplateEngine, engine_callback=configure_templates
+        ),
+        csrf_config=csrf_config(settings),
+        exception_handlers={Exception: handle},
+        request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD,
+        multipart_form_part_limit=settings.max_collection_files + 8,
+        openapi_config=OpenAPIConfig(
+            title="Image classification service",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        logging_config=None,
+        debug=False,
+    )
+
+
+def app() -> Litestar:
+    """Factory for `uvicorn --factory app.web.app:app`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app()

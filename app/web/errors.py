@@ -1,0 +1,110 @@
+"""One place that turns exceptions into responses: JSON of one shape for the API, pages for people."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from app.outages import DEPENDENCY_ERRORS
+from app.web.deps import AnyRequest
+from app.web.rendering import render, wants_partial
+from app.web.sessions import login_url, signed_out
+
+log = logging.getLogger(__name__)
+
+ERROR_TITLES = {
+    400: "That did not work",
+    403: "Not allowed",
+    404: "Page not found",
+    405: "Not allowed here",
+    409: "Conflict",
+    413: "Too large",
+    415: "Unsupported file",
+    429: "Too many attempts",
+    500: "Something went wrong",
+    503: "Temporarily unavailable",
+    504: "Taking too long",
+}
+# Instead of a bare reason phrase ("Not Found"), a sentence; and never a server error's internals.
+PLAIN_DETAILS = {
+    403: "You are not allowed to see this page.",
+    404: "There is nothing at this address: the link may be wrong, or the page has gone.",
+    405: "This address does not take that kind of request.",
+    413: "The upload is larger than this service accepts.",
+    500: "Something broke on our side. It has been logged; please try again in a moment.",
+}
+
+
+def plain_detail(status: int, detail: str) -> str:
+    try:
+        phrase = HTTPStatus(status).phrase.casefold()
+    except ValueError:
+        phrase = ""
+    if status == HTTP_500_INTERNAL_SERVER_ERROR or detail.casefold() in {phrase, "internal server error"}:
+        return PLAIN_DETAILS.get(status, detail)
+    return detail
+
+
+def error_page(request: AnyRequest, exc: Exception) -> Response[Any]:
+    """Errors for people: sign in first for 401; a message for an HTMX swap; an error page otherwise."""
+    status, detail, headers, _ = error_body(exc)
+    if status == HTTP_401_UNAUTHORIZED:
+        return signed_out(request, login_url(request))  # and drop a stale or revoked cookie
+    context = {
+        "status_code": status,
+        "title": ERROR_TITLES.get(status, "Error"),
+        "detail": plain_detail(status, detail),
+    }
+    if wants_partial(request):
+        # Shown in the page's message area, whatever the request meant to swap.
+        headers = {**headers, "HX-Retarget": "#messages", "HX-Reswap": "innerHTML"}
+    return render(request, "errors/error.html", "errors/message.html", context, status_code=status, headers=headers)
+
+
+def wants_json(request: Request[Any, Any, Any]) -> bool:
+    path = request.url.path
+    return (
+        path.startswith(("/api", "/health", "/metrics", "/schema"))
+        or "application/json" in request.headers.get("accept", "").split(",")[0]
+    )
+
+
+def error_body(exc: Exception) -> tuple[int, str, dict[str, str], Any]:
+    """(status, detail, headers, extra) for any exception."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code, exc.detail, dict(exc.headers or {}), exc.extra
+    if isinstance(exc, UnicodeDecodeError):
+        # Litestar's multipart parser raises this for a text part that is not UTF-8.
+        return HTTP_400_BAD_REQUEST, "The request body is malformed: a text field is not valid UTF-8", {}, None
+    if isinstance(exc, DEPENDENCY_ERRORS):
+        log.warning("dependency unavailable: %r", exc)
+        return (
+            HTTP_503_SERVICE_UNAVAILABLE,
+            "A service this depends on is unavailable; try again shortly",
+            {"Retry-After": "5"},
+            None,
+        )
+    log.exception("unhandled error", exc_info=exc)
+    return HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error", {}, None
+
+
+def json_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    status, detail, headers, extra = error_body(exc)
+    body: dict[str, Any] = {"status_code": status, "detail": detail}
+    if extra:
+        body["extra"] = extra
+    return Response(body, status_code=status, headers=headers, media_type=MediaType.JSON)
+
+
+def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    return json_error(request, exc) if wants_json(request) else error_page(request, exc)

@@ -1,0 +1,86 @@
+"""Prometheus metrics.
+
+Request metrics come from Litestar's Prometheus middleware (multi-process safe when
+PROMETHEUS_MULTIPROC_DIR is set). Queue and worker metrics are read from Redis at scrape time
+(workers report cumulative histograms in their heartbeats), so every web process answers the
+same, however many there are and wherever the workers run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from litestar import Request, Response, get
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from app.jobs.producer import live_workers, queue_depth
+from app.jobs.protocol import BATCH_SIZE_BUCKETS, INFERENCE_SECONDS_BUCKETS, Heartbeat
+from app.web.deps import services
+
+
+def _histogram(
+    name: str, doc: str, buckets: Sequence[float], counts: Iterable[Sequence[int]], total: float
+) -> HistogramMetricFamily:
+    summed = [0] * (len(buckets) + 1)
+    for worker_counts in counts:
+        for i, count in enumerate(worker_counts[: len(summed)]):
+            summed[i] += count
+    cumulative, running = [], 0
+    for bound, count in zip([*buckets, float("inf")], summed, strict=True):
+        running += count
+        cumulative.append((str(bound) if bound != float("inf") else "+Inf", running))
+    return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=total)
+
+
+class QueueCollector(Collector):
+    """A snapshot of Redis taken by the scrape."""
+
+    def __init__(self, depth: int, workers: list[Heartbeat]) -> None:
+        self.depth = depth
+        self.workers = workers
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("app_queue_depth", "Jobs waiting or in flight", value=self.depth)
+        yield GaugeMetricFamily("app_workers_live", "Workers with a live heartbeat", value=len(self.workers))
+        rate = GaugeMetricFamily("app_worker_images_per_second", "Recent throughput", labels=["worker"])
+        images = CounterMetricFamily("app_worker_images", "Images classified", labels=["worker"])
+        for worker in self.workers:
+            rate.add_metric([worker.name], worker.images_per_second)
+            images.add_metric([worker.name], worker.images)
+        yield rate
+        yield images
+        yield _histogram(
+            "app_batch_size",
+            "Images per batched inference",
+            BATCH_SIZE_BUCKETS,
+            (w.batch_size_counts for w in self.workers),
+            float(sum(w.images for w in self.workers)),
+        )
+        yield _histogram(
+            "app_inference_seconds",
+            "Seconds per batched inference",
+            INFERENCE_SECONDS_BUCKETS,
+            (w.inference_counts for w in self.workers),
+            sum(w.inference_seconds_total for w in self.workers),
+        )
+
+
+def _request_metrics(multiproc_dir: str) -> bytes:
+    if multiproc_dir:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+@get("/metrics", include_in_schema=False, exclude_from_auth=True)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    redis = services(request).redis
+    snapshot = CollectorRegistry()
+    snapshot.register(QueueCollector(await queue_depth(redis), await live_workers(redis)))
+    body = _request_metrics(services(request).settings.prometheus_multiproc_dir) + generate_latest(snapshot)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

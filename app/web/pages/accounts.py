@@ -1,0 +1,114 @@
+"""The account pages: sign up, sign in, sign out. Errors are shown in the form, next to their field."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Response, get, post
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException
+from litestar.params import Body, QueryParameter
+from litestar.response import Template
+from litestar.status_codes import HTTP_200_OK, HTTP_400_BAD_REQUEST, HTTP_401_UNAUTHORIZED
+
+from app import accounts
+from app.web.deps import AnyRequest, client_address, services
+from app.web.rendering import render
+from app.web.sessions import revoke, safe_next, signed_in, signed_out
+
+FormBody = Body(media_type=RequestEncodingType.URL_ENCODED)
+NAME_MAX = 100
+NextPath = Annotated[str, QueryParameter(name="next", max_length=2000, description="Where to go after signing in")]
+
+
+class LoginForm(msgspec.Struct):
+    email: str = ""
+    password: str = ""
+    next: str = ""
+
+
+class RegisterForm(msgspec.Struct):
+    email: str = ""
+    name: str = ""
+    password: str = ""
+    next: str = ""
+
+
+def account_form(
+    request: AnyRequest,
+    kind: str,
+    values: dict[str, str],
+    errors: dict[str, str],
+    status_code: int = HTTP_200_OK,
+    headers: dict[str, str] | None = None,
+) -> Template:
+    return render(
+        request,
+        f"pages/{kind}.html",
+        f"partials/{kind}.html",
+        {"values": values, "errors": errors},
+        status_code=status_code,
+        headers=headers,
+    )
+
+
+@get("/login", name="login", include_in_schema=False)
+async def login_page(request: AnyRequest, next_path: NextPath = "/") -> Template:
+    return account_form(request, "login", {"email": "", "next": safe_next(next_path)}, {})
+
+
+@post("/login", include_in_schema=False, status_code=HTTP_200_OK)
+async def login_submit(request: AnyRequest, data: Annotated[LoginForm, FormBody]) -> Response[Any]:
+    values = {"email": data.email.strip(), "next": safe_next(data.next)}
+    errors: dict[str, str] = {}
+    if problem := accounts.email_problem(accounts.normalize_email(data.email)):
+        errors["email"] = problem
+    if not data.password:
+        errors["password"] = "Enter your password"
+    elif len(data.password) > accounts.PASSWORD_MAX:  # no account has one this long: skip the hashing
+        errors["password"] = accounts.BAD_CREDENTIALS
+    if errors:
+        return account_form(request, "login", values, errors, HTTP_400_BAD_REQUEST)
+    try:
+        throttle = services(request).throttle
+        user = await accounts.authenticate(data.email, data.password, client_address(request), throttle)
+    except HTTPException as exc:  # 401 wrong email or password, 429 too many attempts
+        where = "password" if exc.status_code == HTTP_401_UNAUTHORIZED else "form"
+        return account_form(request, "login", values, {where: exc.detail}, exc.status_code, exc.headers)
+    return signed_in(request, user, values["next"])
+
+
+@get("/register", name="register", include_in_schema=False)
+async def register_page(request: AnyRequest, next_path: NextPath = "/") -> Template:
+    return account_form(request, "register", {"email": "", "name": "", "next": safe_next(next_path)}, {})
+
+
+def register_problems(data: RegisterForm) -> dict[str, str]:
+    problems = {
+        "email": accounts.email_problem(accounts.normalize_email(data.email)),
+        "name": f"The name must be at most {NAME_MAX} characters" if len(data.name.strip()) > NAME_MAX else None,
+        "password": accounts.password_problem(data.password),
+    }
+    return {name: problem for name, problem in problems.items() if problem}
+
+
+@post("/register", include_in_schema=False, status_code=HTTP_200_OK)
+async def register_submit(request: AnyRequest, data: Annotated[RegisterForm, FormBody]) -> Response[Any]:
+    values = {"email": data.email.strip(), "name": data.name.strip(), "next": safe_next(data.next)}
+    if errors := register_problems(data):
+        return account_form(request, "register", values, errors, HTTP_400_BAD_REQUEST)
+    try:
+        user = await accounts.register(data.email, data.password, data.name)
+    except accounts.EmailTaken as exc:
+        return account_form(request, "register", values, {"email": exc.detail}, exc.status_code)
+    return signed_in(request, user, values["next"])
+
+
+@post("/logout", include_in_schema=False, status_code=HTTP_200_OK)
+async def logout(request: AnyRequest) -> Response[Any]:
+    await revoke(request, request.auth)
+    return signed_out(request, "/login")
+
+
+routes: list[Any] = [login_page, login_submit, register_page, register_submit, logout]

@@ -1,0 +1,225 @@
+"""Admin pages: users, all feedback with filters and a CSV export for retraining, agreement per label,
+and the live system status. Administrators only (a 403 page for anyone else)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from litestar import Router, get
+from litestar.params import QueryParameter
+from litestar.response import Stream, Template
+from tortoise.expressions import Q
+from tortoise.functions import Count
+
+from app.exports import spreadsheet_safe
+from app.feedback import FeedbackFilter
+from app.jobs.producer import dead_jobs, live_workers, queue_depth
+from app.models import Feedback, Prediction, Status, User
+from app.outages import DEPENDENCY_ERRORS
+from app.web.deps import AnyRequest, Page, admin_guard, services
+from app.web.rendering import Pager, render
+
+USERS_PER_PAGE = 20
+FEEDBACK_PER_PAGE = 25
+AGREEMENT_ROWS = 50
+CSV_CHUNK = 500
+FEEDBACK_CSV_COLUMNS = (
+    "image_sha256",
+    "predicted_label",
+    "predicted_wnid",
+    "correct_label",
+    "correct_wnid",
+    "is_correct",
+    "comment",
+    "user_email",
+    "updated_at",
+)
+RECENT = timedelta(minutes=1)
+
+WrongOnly = Annotated[bool, QueryParameter(description="Only feedback saying the prediction was wrong")]
+LabelFilter = Annotated[str, QueryParameter(max_length=100, description="Predicted label")]
+
+
+# ---- the sections ------------------------------------------------------------------------------------
+
+
+async def counts_by_user(model: type[Prediction] | type[Feedback], user_ids: list[int]) -> dict[int, int]:
+    rows = (
+        await model.filter(user_id__in=user_ids).annotate(n=Count("id")).group_by("user_id").values_list("user_id", "n")
+    )
+    return {int(user_id): int(n) for user_id, n in rows}
+
+
+async def users_context(page: int) -> dict[str, Any]:
+    pager = Pager(page, USERS_PER_PAGE, await User.all().count())
+    users = await User.all().order_by("-created_at").offset(pager.offset).limit(pager.per_page)
+    ids = [u.id for u in users]
+    # Two grouped counts, not one query joining both: that join multiplies rows per user.
+    made, given = await counts_by_user(Prediction, ids), await counts_by_user(Feedback, ids)
+    rows = [{"user": u, "predictions": made.get(u.id, 0), "feedback": given.get(u.id, 0)} for u in users]
+    return {"users": rows, "users_pager": pager}
+
+
+async def feedback_context(filters: FeedbackFilter, page: int) -> dict[str, Any]:
+    query = filters.apply(Feedback.all())
+    pager = Pager(page, FEEDBACK_PER_PAGE, await query.count())
+    items = (
+        await query.select_related("prediction", "user")
+        .order_by("-updated_at")
+        .offset(pager.offset)
+        .limit(pager.per_page)
+    )
+    labelled = Feedback.all().distinct().order_by("prediction__label").values_list("prediction__label", flat=True)
+    return {
+        "feedback_items": items,
+        "feedback_pager": pager,
+        "filters": filters,
+        "filter_labels": [label for label in await labelled if label],
+    }
+
+
+async def agreement_context() -> dict[str, Any]:
+    rows = (
+        await Feedback.annotate(total=Count("id"), agreed=Count("id", _filter=Q(is_correct=True)))
+        .group_by("prediction__label")
+        .values("prediction__label", "total", "agreed")
+    )
+    stats = [
+        {"label": r["prediction__label"], "total": r["total"], "agreed": r["agreed"], "rate": r["agreed"] / r["total"]}
+        for r in rows
+        if r["total"]
+    ]
+    # Worst first: the labels the model most often gets wrong are the ones to look at.
+    stats.sort(key=lambda s: (s["rate"], -s["total"], s["label"] or ""))
+    return {"agreement": stats[:AGREEMENT_ROWS], "agreement_labels": len(stats)}
+
+
+async def status_context(request: AnyRequest) -> dict[str, Any]:
+    redis = services(request).redis
+    since = datetime.now(UTC) - RECENT
+    context: dict[str, Any] = {
+        "finished_recently": await Prediction.filter(finished_at__gte=since).count(),
+        "queued": await Prediction.filter(status=Status.QUEUED).count(),
+        "recent_seconds": int(RECENT.total_seconds()),
+        "redis_ok": True,
+        "now": time.time(),
+    }
+    try:
+        workers = sorted(await live_workers(redis), key=lambda w: w.name)
+        context.update(
+            workers=workers,
+            depth=await queue_depth(redis),
+            dead=await dead_jobs(redis),
+            images_per_second=sum(w.images_per_second for w in workers),
+        )
+    except DEPENDENCY_ERRORS:  # the panel says Redis is down rather than replacing itself with an error
+        context.update(redis_ok=False, workers=[], depth=None, dead=None, images_per_second=0.0)
+    return context
+
+
+# ---- the pages ---------------------------------------------------------------------------------------
+
+
+def section(request: AnyRequest, name: str, context: dict[str, Any]) -> Template:
+    """One admin section: its partial for an HTMX request, else a page holding just that section."""
+    partial = f"partials/admin_{name}.html"
+    return render(request, "pages/admin_section.html", partial, {"section": partial, "name": name, **context})
+
+
+@get("/", name="admin", include_in_schema=False)
+async def admin_page(request: AnyRequest) -> Template:
+    context = {
+        **(await users_context(1)),
+        **(await feedback_context(FeedbackFilter(), 1)),
+        **(await agreement_context()),
+        **(await status_context(request)),
+    }
+    return render(request, "pages/admin.html", "partials/admin.html", context)
+
+
+@get("/users", include_in_schema=False)
+async def admin_users(request: AnyRequest, page: Page = 1) -> Template:
+    return section(request, "users", await users_context(page))
+
+
+@get("/feedback", include_in_schema=False)
+async def admin_feedback(
+    request: AnyRequest, page: Page = 1, wrong_only: WrongOnly = False, label: LabelFilter = ""
+) -> Template:
+    return section(request, "feedback", await feedback_context(FeedbackFilter(wrong_only, label.strip()), page))
+
+
+@get("/agreement", include_in_schema=False)
+async def admin_agreement(request: AnyRequest) -> Template:
+    return section(request, "agreement", await agreement_context())
+
+
+@get("/status", include_in_schema=False)
+async def admin_status(request: AnyRequest) -> Template:
+    return section(request, "status", await status_context(request))
+
+
+def csv_row(item: Feedback) -> list[str]:
+    prediction: Prediction = item.prediction
+    # A confirmed prediction's correct class is the predicted one: every row is a training label.
+    correct_label = prediction.label if item.is_correct else item.correct_label
+    correct_wnid = prediction.wnid if item.is_correct else item.correct_wnid
+    return [
+        prediction.image_sha256,
+        prediction.label or "",
+        prediction.wnid or "",
+        correct_label or "",
+        correct_wnid or "",
+        "true" if item.is_correct else "false",
+        spreadsheet_safe(item.comment),
+        spreadsheet_safe(item.user.email),
+        item.updated_at.isoformat(),
+    ]
+
+
+async def csv_chunks(filters: FeedbackFilter) -> AsyncIterator[str]:
+    """The export, a few hundred rows at a time (keyset paging on id): memory stays flat however long."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(FEEDBACK_CSV_COLUMNS)
+    yield flush()
+    last_id = 0
+    while True:
+        query = filters.apply(Feedback.filter(id__gt=last_id)).select_related("prediction", "user")
+        chunk = await query.order_by("id").limit(CSV_CHUNK)
+        if not chunk:
+            return
+        writer.writerows(csv_row(item) for item in chunk)
+        last_id = chunk[-1].id
+        yield flush()
+
+
+@get("/feedback.csv", include_in_schema=False)
+async def admin_feedback_csv(wrong_only: WrongOnly = False, label: LabelFilter = "") -> Stream:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return Stream(
+        csv_chunks(FeedbackFilter(wrong_only, label.strip())),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="feedback-{stamp}.csv"', "Cache-Control": "no-store"},
+    )
+
+
+routes: list[Any] = [
+    Router(
+        path="/admin",
+        guards=[admin_guard],
+        route_handlers=[admin_page, admin_users, admin_feedback, admin_agreement, admin_status, admin_feedback_csv],
+    )
+]

@@ -1,0 +1,48 @@
+"""History: the signed-in user's single images, newest first, with their newest collections above them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import get
+from litestar.response import Template
+
+from app import collections, feedback, predictions
+from app.models import Collection, Feedback, Prediction, User
+from app.web.deps import AnyRequest, Page
+from app.web.rendering import Pager, render
+
+HISTORY_PER_PAGE = 12
+HISTORY_COLLECTIONS = 4  # the newest, above the single images; the rest on /history/collections
+COLLECTIONS_PER_PAGE = 20
+
+
+async def collections_context(user: User, page: int, per_page: int) -> dict[str, Any]:
+    query = Collection.filter(user=user)
+    pager = Pager(page, per_page, await query.count())
+    items = await query.order_by("-created_at").offset(pager.offset).limit(pager.per_page)
+    progress = await collections.progress_of(items)
+    rows = [{"collection": c, "progress": progress[str(c.id)]} for c in items]
+    return {"collections": rows, "collections_pager": pager}
+
+
+@get("/history", name="history", include_in_schema=False)
+async def history(request: AnyRequest, page: Page = 1) -> Template:
+    # Images of a collection are listed on its own page: here they would bury the single ones.
+    query = Prediction.filter(user=request.user, collection_id__isnull=True)
+    pager = Pager(page, HISTORY_PER_PAGE, await query.count())
+    items = await query.order_by("-created_at").offset(pager.offset).limit(pager.per_page)
+    given = await Feedback.filter(user=request.user, prediction_id__in=[p.id for p in items])
+    by_prediction = {str(f.prediction_id): feedback.to_dict(f) for f in given}  # type: ignore[attr-defined]
+    rows = [{"result": (result := predictions.to_dict(p)), "feedback": by_prediction.get(result["id"])} for p in items]
+    context = {"rows": rows, "pager": pager, **await collections_context(request.user, 1, HISTORY_COLLECTIONS)}
+    return render(request, "pages/history.html", "partials/history.html", context)
+
+
+@get("/history/collections", name="history_collections", include_in_schema=False)
+async def history_collections(request: AnyRequest, page: Page = 1) -> Template:
+    context = await collections_context(request.user, page, COLLECTIONS_PER_PAGE)
+    return render(request, "pages/history_collections.html", "partials/history_collections.html", context)
+
+
+routes: list[Any] = [history, history_collections]

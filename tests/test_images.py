@@ -1,0 +1,134 @@
+"""Upload checks and decoding, with images of every accepted format and mode, and bad files."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import images
+from tests import samples
+
+MAX_BYTES = 10 * 1024 * 1024
+MAX_PIXELS = 64_000_000
+
+
+def pixels_of(data: bytes) -> np.ndarray:
+    checked = images.check(data, MAX_BYTES, MAX_PIXELS)
+    return np.frombuffer(checked.pixels, dtype=np.uint8).reshape(224, 224, 3)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "extension"), [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"), ("BMP", "bmp")]
+)
+def test_accepted_formats(fmt: str, extension: str) -> None:
+    data = samples.photo(3, fmt=fmt)
+    checked = images.check(data, MAX_BYTES, MAX_PIXELS)
+    assert checked.extension == extension
+    assert checked.sha256 == hashlib.sha256(data).hexdigest()
+    assert len(checked.pixels) == 224 * 224 * 3
+    assert checked.relative_path == f"{checked.sha256[:2]}/{checked.sha256}.{extension}"
+
+
+def test_resize_keeps_aspect_and_crops_the_centre() -> None:
+    # 300x200 red|blue: shorter side to 224 then centre crop keeps both halves, red left, blue right.
+    pixels = pixels_of(samples.encode(samples.half_red_half_blue(), "PNG"))
+    assert tuple(pixels[112, 5]) == (255, 0, 0)
+    assert tuple(pixels[112, 218]) == (0, 0, 255)
+
+
+def test_exif_orientation_is_applied() -> None:
+    # Orientation 3 = rotated 180 degrees: blue must end up on the left.
+    pixels = pixels_of(samples.with_exif_orientation(samples.half_red_half_blue(), 3))
+    left, right = pixels[112, 10].astype(int), pixels[112, 213].astype(int)
+    assert left[2] > 200 and left[0] < 60
+    assert right[0] > 200 and right[2] < 60
+
+
+def test_palette_with_transparency_becomes_rgb_on_white() -> None:
+    image = Image.new("P", (64, 64), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.paste(1, (32, 0, 64, 64))
+    image.info["transparency"] = 0
+    pixels = pixels_of(samples.encode(image, "PNG", transparency=0))
+    assert tuple(pixels[112, 10]) == (255, 255, 255)  # the transparent half shows white
+    assert tuple(pixels[112, 213]) == (255, 0, 0)
+
+
+def test_rgba_becomes_rgb() -> None:
+    image = Image.new("RGBA", (50, 50), (0, 255, 0, 255))
+    assert tuple(pixels_of(samples.encode(image, "PNG"))[10, 10]) == (0, 255, 0)
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    image = Image.new("CMYK", (60, 60), (0, 255, 255, 0))  # pure red in CMYK
+    red = pixels_of(samples.encode(image, "JPEG"))[112, 112].astype(int)
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+
+def test_grayscale_and_16_bit_become_rgb() -> None:
+    gray = pixels_of(samples.encode(Image.new("L", (40, 40), 128), "PNG"))
+    assert tuple(gray[5, 5]) == (128, 128, 128)
+    deep = Image.new("I;16", (40, 40), 65535)
+    white = pixels_of(samples.encode(deep, "PNG"))
+    assert tuple(white[5, 5]) == (255, 255, 255)
+    mid = pixels_of(samples.encode(Image.new("I;16", (40, 40), 32768), "PNG"))
+    assert 120 <= mid[5, 5, 0] <= 135  # scaled, not clipped to white
+
+
+def test_gif_uses_the_first_frame() -> None:
+    frames = [Image.new("RGB", (40, 40), color) for color in ((255, 0, 0), (0, 0, 255))]
+    data = samples.encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert tuple(pixels_of(data)[20, 20]) == (255, 0, 0)
+
+
+def test_large_jpeg_decodes_in_draft_mode() -> None:
+    data = samples.encode(Image.new("RGB", (6000, 4000), (10, 200, 10)), "JPEG", quality=70)
+    pixel = pixels_of(data)[112, 112].astype(int)
+    assert abs(pixel[1] - 200) < 10
+
+
+def reject(data: bytes, status: int, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> str:
+    with pytest.raises(images.ImageRejected) as caught:
+        images.check(data, max_bytes, max_pixels)
+    assert caught.value.status_code == status
+    return caught.value.detail
+
+
+def test_empty_file_is_400() -> None:
+    assert "empty" in reject(b"", 400)
+
+
+def test_oversized_file_is_413() -> None:
+    assert "larger" in reject(samples.photo(4), 413, max_bytes=100)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"just some text, named cat.jpg",
+        b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n",
+        samples.encode(Image.new("RGB", (20, 20)), "TIFF"),
+        samples.encode(Image.new("RGB", (20, 20)), "ICO"),
+    ],
+)
+def test_unsupported_formats_are_415(data: bytes) -> None:
+    assert "JPEG, PNG, WebP, GIF or BMP" in reject(data, 415)
+
+
+def test_decompression_bomb_is_400() -> None:
+    assert "too large" in reject(samples.png_bomb(), 400)
+    assert "too large" in reject(samples.photo(5, (2000, 1000)), 400, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("data", [samples.truncated_jpeg(), samples.corrupt_png()])
+def test_truncated_or_corrupt_is_400(data: bytes) -> None:
+    reject(data, 400)
+
+
+def test_a_header_pillow_cannot_read_is_400() -> None:
+    data = bytearray(samples.encode(Image.new("RGB", (8, 8)), "BMP"))
+    data[14:18] = (20).to_bytes(4, "little")  # a DIB header size no BMP variant has
+    assert "truncated or corrupt" in reject(bytes(data), 400)

@@ -1,0 +1,105 @@
+"""Nothing accepted is lost, and a dependency that is down means 503, not 500."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from litestar import Litestar
+from redis.asyncio import Redis
+
+from app import keys, recovery
+from app.accounts import LoginThrottle
+from app.jobs.protocol import Heartbeat, connect
+from app.models import Prediction, Status
+from app.settings import Settings
+from tests import samples
+from tests.conftest import running_worker
+from tests.helpers import beat, forget_worker
+
+
+async def test_stale_queued_predictions_are_requeued_from_their_originals(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    app: Litestar,
+    no_worker: None,
+    redis: Redis,
+    classifier: Any,
+    settings: Settings,
+) -> None:
+    # Accepted while a (fake) worker was alive, then Redis lost the job: a restart without persistence.
+    await beat(redis, Heartbeat(name="fake", model_id="x", started_at=0, images_per_second=50), ttl=30)
+    response = await client.post(
+        "/api/predictions", headers=auth, params={"wait": "false"}, files={"file": ("a.jpg", samples.photo(1200))}
+    )
+    assert response.status_code == 202
+    prediction_id = response.json()["id"]
+    services = app.state.services
+    await Prediction.filter(id=prediction_id).update(updated_at=datetime.now(UTC) - timedelta(days=30))
+    assert await recovery.requeue_stale(services) == 0  # old, but its job is still on the stream
+    await redis.delete(keys.JOBS, keys.queued_marker(prediction_id))  # what a Redis restart does
+    assert await recovery.requeue_stale(services) == 0  # not stale: it was just looked at
+    await Prediction.filter(id=prediction_id).update(updated_at=datetime.now(UTC) - timedelta(days=30))
+    assert await recovery.requeue_stale(services) == 1
+    assert await recovery.requeue_stale(services) == 0  # just enqueued: not again
+    await forget_worker(redis, "fake")
+    async with running_worker(redis, classifier, settings) as worker:
+        for _ in range(200):
+            if (await Prediction.get(id=prediction_id)).status != Status.QUEUED:
+                break
+            await asyncio.sleep(0.05)
+    prediction = await Prediction.get(id=prediction_id)
+    assert prediction.status == Status.DONE and worker.images == 1
+
+
+async def test_a_missing_original_fails_the_prediction_clearly(
+    client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, no_worker: None, redis: Redis
+) -> None:
+    from app.models import User
+
+    user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
+    old = datetime.now(UTC) - timedelta(days=30)
+    prediction = await Prediction.create(
+        user=user, image_sha256="f" * 64, image_path="ff/missing.jpg", model_name="resnet50", model_weights="random"
+    )
+    await Prediction.filter(id=prediction.id).update(updated_at=old)
+    await recovery.requeue_stale(app.state.services)
+    await prediction.refresh_from_db()
+    assert prediction.status == Status.FAILED and "could not be read" in (prediction.error or "")
+
+
+async def test_redis_down_is_503_not_500(
+    client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, settings: Settings
+) -> None:
+    services = app.state.services
+    working, throttle = services.redis, services.throttle
+    services.redis = connect("redis://127.0.0.1:1/0")  # nothing listens there
+    services.throttle = LoginThrottle(services.redis, settings)
+    try:
+        upload = await client.post("/api/predictions", headers=auth, files={"file": ("a.jpg", samples.photo(1201))})
+        ready = await client.get("/health/ready")
+        login = await client.post("/api/auth/login", json={"email": settings.admin_email, "password": "x"})
+    finally:
+        await services.redis.aclose()
+        services.redis, services.throttle = working, throttle
+    assert upload.status_code == 503 and upload.headers["Retry-After"]
+    assert upload.json()["detail"].startswith("A service this depends on is unavailable")
+    assert ready.status_code == 503 and ready.json()["redis"] is False
+    assert login.status_code == 503
+
+
+async def test_lost_collection_items_go_back_on_their_owners_bulk_stream(
+    client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, no_worker: None, redis: Redis
+) -> None:
+    files = [("files", ("a.png", samples.photo(1300, fmt="PNG"))), ("files", ("b.png", samples.photo(1301, fmt="PNG")))]
+    response = await client.post("/api/collections", headers=auth, files=files)
+    assert response.status_code == 202
+    items = await Prediction.filter(collection_id=response.json()["id"])
+    user_id = items[0].user_id  # type: ignore[attr-defined]
+    await redis.delete(keys.bulk_jobs(user_id), *(keys.queued_marker(str(p.id)) for p in items))  # Redis lost them
+    await Prediction.filter(id__in=[p.id for p in items]).update(updated_at=datetime.now(UTC) - timedelta(days=30))
+    assert await recovery.requeue_stale(app.state.services) == 2
+    assert await redis.xlen(keys.bulk_jobs(user_id)) == 2
+    assert await redis.xlen(keys.JOBS) == 0  # not ahead of anyone's single uploads

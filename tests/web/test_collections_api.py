@@ -1,0 +1,230 @@
+"""Collections: many images at once, every one accounted for, fair to everyone else, safe zips, CSV."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import dataclasses
+import io
+import os
+import time
+import zipfile
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+from redis.asyncio import Redis
+
+from app.settings import Settings
+from tests import samples
+from tests.conftest import CountingClassifier, running_worker
+from tests.helpers import sign_up
+
+Client = httpx.AsyncClient
+
+
+def as_files(images: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes]]]:
+    return [("files", (name, data)) for name, data in images]
+
+
+async def create(client: Client, headers: dict[str, str], **kwargs: Any) -> dict[str, Any]:
+    response = await client.post("/api/collections", headers=headers, **kwargs)
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    assert response.headers["Location"] == f"/api/collections/{body['id']}"
+    return body
+
+
+async def progress(client: Client, headers: dict[str, str], collection_id: str) -> dict[str, int]:
+    response = await client.get(f"/api/collections/{collection_id}", headers=headers, params={"per_page": 1})
+    assert response.status_code == 200, response.text
+    result: dict[str, int] = response.json()["progress"]
+    return result
+
+
+async def finished(client: Client, headers: dict[str, str], collection_id: str, seconds: float = 120) -> dict[str, int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        counts = await progress(client, headers, collection_id)
+        if counts["queued"] == 0:
+            return counts
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"collection {collection_id} unfinished after {seconds} s: {counts}")
+
+
+async def test_a_few_hundred_images_are_all_accounted_for(
+    client: Client, auth: dict[str, str], worker: CountingClassifier
+) -> None:
+    distinct = [(f"img-{i:03}.png", samples.photo(5000 + i, (64, 48), fmt="PNG")) for i in range(250)]
+    duplicates = [(f"copy-{i}.png", data) for i, (_, data) in enumerate(distinct[:10])]
+    bad = [("notes.txt", b"not an image"), ("empty.jpg", b""), ("half.jpg", samples.truncated_jpeg())]
+    body = await create(client, auth, files=as_files(distinct + duplicates + bad), data={"name": "holiday"})
+    assert body["name"] == "holiday" and body["progress"]["total"] == 263
+    counts = await finished(client, auth, body["id"])
+    assert counts == {"total": 263, "queued": 0, "done": 260, "failed": 3}
+    assert worker.images == 250  # duplicates cost no model work
+    failed = (await client.get(f"/api/collections/{body['id']}", headers=auth, params={"status": "failed"})).json()
+    reasons = {item["file_name"]: item["error"] for item in failed["results"]}
+    assert "JPEG, PNG, WebP, GIF or BMP" in reasons["notes.txt"]
+    assert "empty" in reasons["empty.jpg"] and "truncated" in reasons["half.jpg"]
+    results = (await client.get(f"/api/collections/{body['id']}", headers=auth, params={"per_page": 100})).json()
+    by_name = {item["file_name"]: item for item in results["results"]}
+    assert by_name["copy-0.png"]["label"] == by_name["img-000.png"]["label"]
+
+
+async def test_images_classified_before_cost_no_model_work(
+    client: Client, auth: dict[str, str], worker: CountingClassifier
+) -> None:
+    single = await client.post("/api/predictions", headers=auth, files={"file": ("a.png", samples.photo(6000))})
+    assert single.status_code == 200
+    before = worker.images
+    body = await create(client, auth, files=as_files([("again.png", samples.photo(6000))]))
+    assert await finished(client, auth, body["id"]) == {"total": 1, "queued": 0, "done": 1, "failed": 0}
+    item = (await client.get(f"/api/collections/{body['id']}", headers=auth)).json()["results"][0]
+    assert item["cached"] is True and item["label"] == single.json()["label"] and worker.images == before
+
+
+async def test_csv_matches_the_results(client: Client, auth: dict[str, str], worker: CountingClassifier) -> None:
+    images = [(f"p{i}.jpg", samples.photo(6100 + i)) for i in range(12)] + [("bad.gif", b"GIF89a")]
+    body = await create(client, auth, files=as_files(images))
+    await finished(client, auth, body["id"])
+    response = await client.get(f"/api/collections/{body['id']}/results.csv", headers=auth)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    results = (await client.get(f"/api/collections/{body['id']}", headers=auth)).json()["results"]
+    assert len(rows) == len(results) == 13
+    by_name = {r["file_name"]: r for r in results}
+    for row in rows:
+        result = by_name[row["file_name"]]
+        assert row["sha256"] == result["image_sha256"] and row["status"] == result["status"]
+        assert row["label"] == (result["label"] or "") and row["wnid"] == (result["wnid"] or "")
+        if result["status"] == "done":
+            assert float(row["score"]) == pytest.approx(result["score"])
+            assert row["top5"].split(";")[0] == f"{result['top5'][0]['label']}:{result['top5'][0]['score']}"
+        else:
+            assert row["error"] == result["error"]
+
+
+async def test_zip_archives(client: Client, auth: dict[str, str], worker: CountingClassifier) -> None:
+    archive = samples.zipped(
+        {
+            "trip/day1/a.jpg": samples.photo(6200),
+            "trip/day2/b.png": samples.photo(6201, fmt="PNG"),
+            "__MACOSX/trip/._a.jpg": b"resource fork",
+            "trip/.DS_Store": b"junk",
+            "trip/readme.txt": b"hello",
+        }
+    )
+    body = await create(client, auth, files={"archive": ("trip.zip", archive)})
+    assert await finished(client, auth, body["id"]) == {"total": 3, "queued": 0, "done": 2, "failed": 1}
+
+
+def bomb() -> bytes:
+    return samples.zipped({"zeros.jpg": b"\x00" * 30_000_000})
+
+
+@pytest.mark.parametrize(
+    ("archive", "status", "message"),
+    [
+        (b"PK\x03\x04 not really a zip", 400, "Not a readable zip"),
+        (bomb(), 400, "zip bomb"),
+        (samples.zipped({"/etc/cron.d/evil.jpg": samples.photo(1)}), 400, "unsafe paths"),
+        (samples.zipped({"../../evil.jpg": samples.photo(1)}), 400, "unsafe paths"),
+        (samples.zipped({"ok/../../evil.jpg": samples.photo(1)}), 400, "unsafe paths"),
+        (samples.zipped({"..\\..\\evil.jpg": samples.photo(1)}), 400, "unsafe paths"),
+        (samples.zipped({f"{i}.jpg": b"x" for i in range(30)}, zipfile.ZIP_STORED), 413, "at most 20"),
+    ],
+    ids=["not-a-zip", "bomb", "absolute", "dotdot", "inner-dotdot", "backslash", "too-many"],
+)
+async def test_hostile_zips_are_refused(
+    client: Client,
+    auth: dict[str, str],
+    app: Litestar,
+    settings: Settings,
+    no_worker: None,
+    archive: bytes,
+    status: int,
+    message: str,
+) -> None:
+    services = app.state.services
+    services.settings = dataclasses.replace(settings, max_collection_files=20)
+    try:
+        response = await client.post("/api/collections", headers=auth, files={"archive": ("x.zip", archive)})
+    finally:
+        services.settings = settings
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    assert (await client.get("/api/collections", headers=auth)).json()["total"] == 0
+
+
+async def test_a_zip_that_expands_past_the_limit_is_413(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, no_worker: None
+) -> None:
+    services = app.state.services
+    services.settings = dataclasses.replace(settings, max_collection_bytes=1_000_000)
+    archive = samples.zipped({f"{i}.jpg": os.urandom(200_000) for i in range(8)}, zipfile.ZIP_STORED)
+    try:
+        response = await client.post("/api/collections", headers=auth, files={"archive": ("x.zip", archive)})
+    finally:
+        services.settings = settings
+    assert response.status_code == 413, response.text
+
+
+async def test_empty_collection_is_400(client: Client, auth: dict[str, str], no_worker: None) -> None:
+    response = await client.post("/api/collections", headers=auth, data={"name": "nothing"}, files={})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("field", ["files", "archive"])
+async def test_text_instead_of_a_file_is_400(client: Client, auth: dict[str, str], no_worker: None, field: str) -> None:
+    response = await client.post("/api/collections", headers=auth, data={field: "{}"})
+    assert response.status_code == 400, response.text
+    # A text part that is not even UTF-8 (Litestar's parser raises on it: still a 400).
+    body = b'--b\r\nContent-Disposition: form-data; name="' + field.encode() + b'"\r\n\r\n\x89PNG\r\n--b--\r\n'
+    headers = auth | {"Content-Type": "multipart/form-data; boundary=b"}
+    response = await client.post("/api/collections", headers=headers, content=body)
+    assert response.status_code == 400, response.text
+    assert "not valid UTF-8" in response.json()["detail"]
+
+
+async def test_nobody_reads_another_users_collection(client: Client, auth: dict[str, str], no_worker: None) -> None:
+    body = await create(client, auth, files=as_files([("a.jpg", samples.photo(6300))]))
+    stranger = await sign_up(client)
+    assert (await client.get(f"/api/collections/{body['id']}", headers=stranger)).status_code == 404
+    assert (await client.get(f"/api/collections/{body['id']}/results.csv", headers=stranger)).status_code == 404
+
+
+async def test_a_single_upload_goes_ahead_of_a_queued_collection(
+    client: Client, auth: dict[str, str], no_worker: None, redis: Redis, classifier: Any, settings: Settings
+) -> None:
+    big = await create(
+        client, auth, files=as_files([(f"{i}.png", samples.photo(7000 + i, (64, 48), "PNG")) for i in range(200)])
+    )
+    async with running_worker(redis, classifier, settings) as worker:
+        response = await client.post("/api/predictions", headers=auth, files={"file": ("now.jpg", samples.photo(7999))})
+        counts = await progress(client, auth, big["id"])
+        assert response.status_code == 200
+        # Answered after at most the batch in hand and its own: not behind the 200 collection images.
+        assert counts["done"] <= 2 * settings.max_batch, counts
+        assert worker.calls <= 3
+        await finished(client, auth, big["id"])
+
+
+async def test_one_users_collection_does_not_starve_anothers(
+    client: Client, no_worker: None, redis: Redis, classifier: Any, settings: Settings
+) -> None:
+    alice, bob = await sign_up(client), await sign_up(client)
+    large = await create(
+        client, alice, files=as_files([(f"{i}.png", samples.photo(8000 + i, (64, 48), "PNG")) for i in range(160)])
+    )
+    small = await create(
+        client, bob, files=as_files([(f"{i}.png", samples.photo(8500 + i, (64, 48), "PNG")) for i in range(16)])
+    )
+    async with running_worker(redis, classifier, settings):
+        await finished(client, bob, small["id"])
+        alice_done = (await progress(client, alice, large["id"]))["done"]
+        # Bob's 16 shared the batches equally with Alice's 160: she is nowhere near done.
+        assert alice_done <= 16 + settings.max_batch, alice_done
+        await finished(client, alice, large["id"])
+    assert await redis.scard("bulk:users") == 0  # emptied streams leave the set

@@ -1,0 +1,36 @@
+"""/metrics in Prometheus format: requests by route, queue depth, workers, batch sizes, inference time."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests import samples
+from tests.conftest import CountingClassifier
+
+
+def samples_of(text: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k in {"path", "le", "method"})
+            found[f"{sample.name}{{{labels}}}"] = sample.value
+    return found
+
+
+async def test_metrics(client: httpx.AsyncClient, auth: dict[str, str], worker: CountingClassifier) -> None:
+    for seed in (1000, 1001):
+        response = await client.post("/api/predictions", headers=auth, files={"file": ("a.jpg", samples.photo(seed))})
+        assert response.status_code == 200
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    metrics = samples_of(response.text)
+    assert metrics["app_queue_depth{}"] == 0
+    assert metrics["app_workers_live{}"] == 1
+    assert metrics["app_batch_size_count{}"] == worker.calls
+    assert metrics["app_batch_size_bucket{le=+Inf}"] == worker.calls
+    assert metrics["app_inference_seconds_count{}"] == worker.calls
+    assert metrics["app_inference_seconds_sum{}"] > 0
+    requests = [v for k, v in metrics.items() if k.startswith("app_requests_total{") and "path=/api/predictions" in k]
+    assert requests and sum(requests) >= 2

@@ -1,0 +1,344 @@
+"""The prediction pipeline end to end: upload -> Redis stream -> batched ResNet50 worker -> result."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any, cast
+
+import httpx
+import pytest
+from litestar import Litestar
+from redis.asyncio import Redis
+
+from app import keys, labels
+from app.jobs.producer import enqueue, live_workers
+from app.jobs.protocol import PIXELS_BYTES, Heartbeat, Job
+from app.models import Prediction, Status, User
+from app.settings import Settings
+from tests import samples
+from tests.conftest import CountingClassifier
+from tests.helpers import beat, forget_worker, sign_up
+
+Client = httpx.AsyncClient
+LABEL_NAMES = {label.name for label in labels.LABELS}
+
+
+async def upload(
+    client: Client, headers: dict[str, str], data: bytes, name: str = "photo.jpg", **params: Any
+) -> httpx.Response:
+    return await client.post("/api/predictions", headers=headers, files={"file": (name, data)}, params=params)
+
+
+async def wait_done(client: Client, headers: dict[str, str], prediction_id: str) -> dict[str, Any]:
+    timeout = 30
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = (await client.get(f"/api/predictions/{prediction_id}", headers=headers)).json()
+        if body["status"] != "queued":
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"prediction {prediction_id} still queued after {timeout} s")
+
+
+def assert_result(body: dict[str, Any]) -> None:
+    assert body["status"] == "done"
+    assert body["label"] in LABEL_NAMES and body["wnid"].startswith("n")
+    assert len(body["top5"]) == 5
+    scores = [entry["score"] for entry in body["top5"]]
+    assert scores == sorted(scores, reverse=True) and 0 <= scores[-1] <= scores[0] <= 1
+    assert body["top5"][0]["label"] == body["label"] and body["score"] == scores[0]
+    assert body["model"]["name"] == "resnet50" and body["model"]["weights"] == "random"
+    assert body["untrained"] is True
+    assert len(body["image_sha256"]) == 64 and body["latency_ms"] > 0
+
+
+async def test_end_to_end(client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings) -> None:
+    response = await upload(client, auth, samples.photo(100))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_result(body)
+    assert body["cached"] is False
+    assert worker.calls == 1
+    stored = await client.get(f"/api/predictions/{body['id']}", headers=auth)
+    assert stored.json() == body
+    listed = (await client.get("/api/predictions", headers=auth)).json()
+    assert listed["total"] == 1 and listed["items"][0]["id"] == body["id"]
+    original = settings.upload_dir / body["image_sha256"][:2] / f"{body['image_sha256']}.jpg"
+    assert original.read_bytes() == samples.photo(100)
+
+
+async def test_finished_jobs_leave_the_stream(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, redis: Redis
+) -> None:
+    assert (await upload(client, auth, samples.photo(101))).status_code == 200
+    assert await redis.xlen(keys.JOBS) == 0
+    assert (await redis.xpending(keys.JOBS, keys.WORKERS_GROUP))["pending"] == 0
+
+
+async def test_same_image_is_answered_from_the_cache(
+    client: Client, auth: dict[str, str], worker: CountingClassifier
+) -> None:
+    first = (await upload(client, auth, samples.photo(102))).json()
+    calls = worker.calls
+    other_user = await sign_up(client)
+    second = await upload(client, other_user, samples.photo(102), name="renamed.png")
+    assert second.status_code == 200
+    body = second.json()
+    assert body["cached"] is True and worker.calls == calls
+    assert (body["label"], body["top5"]) == (first["label"], first["top5"])
+    assert body["id"] != first["id"]
+
+
+async def test_concurrent_uploads_share_batches(
+    client: Client, auth: dict[str, str], worker: CountingClassifier
+) -> None:
+    count = 12
+    responses = await asyncio.gather(*(upload(client, auth, samples.photo(200 + i)) for i in range(count)))
+    assert [r.status_code for r in responses] == [200] * count
+    for response in responses:
+        assert_result(response.json())
+    assert worker.images == count
+    assert worker.calls < count, f"{count} uploads took {worker.calls} model calls"
+
+
+@pytest.mark.parametrize("how", [{"params": {"wait": "false"}}, {"headers": {"Prefer": "respond-async"}}])
+async def test_asked_not_to_wait_answers_202(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, how: dict[str, Any]
+) -> None:
+    data = samples.photo(300 + len(str(how)))
+    headers = auth | how.get("headers", {})
+    response = await upload(client, headers, data, **how.get("params", {}))
+    assert response.status_code == 202, response.text
+    prediction_id = response.json()["id"]
+    assert response.headers["Location"] == f"/api/predictions/{prediction_id}"
+    assert_result(await wait_done(client, auth, prediction_id))
+
+
+async def test_nobody_reads_another_users_prediction(
+    client: Client, auth: dict[str, str], admin_auth: dict[str, str], worker: CountingClassifier
+) -> None:
+    prediction_id = (await upload(client, auth, samples.photo(400))).json()["id"]
+    stranger = await sign_up(client)
+    response = await client.get(f"/api/predictions/{prediction_id}", headers=stranger)
+    assert response.status_code == 404 and response.json()["detail"] == "No such prediction"
+    assert (await client.get("/api/predictions", headers=stranger)).json()["total"] == 0
+    assert (await client.get(f"/api/predictions/{prediction_id}", headers=admin_auth)).status_code == 200
+    assert (await client.get("/api/predictions/not-a-uuid", headers=auth)).status_code in (400, 404)
+
+
+async def test_listing_is_paginated_newest_first(
+    client: Client, auth: dict[str, str], worker: CountingClassifier
+) -> None:
+    ids = [(await upload(client, auth, samples.photo(500 + i))).json()["id"] for i in range(3)]
+    page1 = (await client.get("/api/predictions", headers=auth, params={"per_page": 2})).json()
+    page2 = (await client.get("/api/predictions", headers=auth, params={"per_page": 2, "page": 2})).json()
+    assert page1["total"] == 3
+    assert [p["id"] for p in page1["items"] + page2["items"]] == ids[::-1]
+    assert (await client.get("/api/predictions", headers=auth, params={"per_page": 0})).status_code == 400
+
+
+BAD_UPLOADS = [
+    (b"", "empty.jpg", 400, "empty"),
+    (b"hello, I am text", "cat.jpg", 415, "JPEG, PNG, WebP, GIF or BMP"),
+    (samples.encode(samples.half_red_half_blue(), "TIFF"), "photo.jpg", 415, "JPEG, PNG, WebP, GIF or BMP"),
+    (samples.png_bomb(), "bomb.png", 400, "too large"),
+    (samples.truncated_jpeg(), "half.jpg", 400, "truncated or corrupt"),
+    (samples.corrupt_png(), "bad.png", 400, "truncated or corrupt"),
+]
+
+
+@pytest.mark.parametrize(("data", "name", "status", "message"), BAD_UPLOADS)
+async def test_bad_uploads_get_a_clear_4xx_and_never_reach_the_worker(
+    client: Client,
+    auth: dict[str, str],
+    redis: Redis,
+    no_worker: None,
+    data: bytes,
+    name: str,
+    status: int,
+    message: str,
+) -> None:
+    response = await upload(client, auth, data, name=name)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    assert await redis.xlen(keys.JOBS) == 0
+    assert (
+        await Prediction.filter(user__email=(await client.get("/api/users/me", headers=auth)).json()["email"]).count()
+        == 0
+    )
+
+
+async def test_upload_over_the_limit_is_413(
+    client: Client, auth: dict[str, str], settings: Settings, no_worker: None
+) -> None:
+    response = await upload(client, auth, b"\xff\xd8" + b"0" * settings.max_upload_bytes)
+    assert response.status_code == 413, response.text
+    assert response.json()["status_code"] == 413
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"files": {"other": ("x.jpg", b"abc")}},
+        {"json": {"file": "abc"}},
+        {"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
+    ],
+)
+async def test_missing_or_malformed_upload_is_4xx(
+    client: Client, auth: dict[str, str], request_kwargs: dict[str, Any], no_worker: None
+) -> None:
+    headers = auth | request_kwargs.pop("headers", {})
+    response = await client.post("/api/predictions", headers=headers, **request_kwargs)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["detail"]
+
+
+async def test_uploads_need_a_signed_in_user(client: Client) -> None:
+    response = await client.post("/api/predictions", files={"file": ("a.jpg", samples.photo(1))})
+    assert response.status_code == 401
+
+
+async def test_no_live_worker_is_503_at_once(
+    client: Client, auth: dict[str, str], no_worker: None, redis: Redis
+) -> None:
+    started = time.monotonic()
+    response = await upload(client, auth, samples.photo(600))
+    assert response.status_code == 503
+    assert "No worker is running" in response.json()["detail"]
+    assert int(response.headers["Retry-After"]) > 0
+    assert time.monotonic() - started < 5
+    assert await redis.xlen(keys.JOBS) == 0
+
+
+async def test_live_workers_are_those_whose_heartbeat_has_not_expired(no_worker: None, redis: Redis) -> None:
+    for name, ttl in (("short", 1), ("long", 30), ("leaving", 30)):
+        await beat(redis, Heartbeat(name=name, model_id="m", started_at=time.time()), ttl=ttl)
+    await redis.set("result:m:" + "0" * 64, "{}")  # other keys are never looked at
+    assert sorted(w.name for w in await live_workers(redis)) == ["leaving", "long", "short"]
+    await forget_worker(redis, "leaving")
+    await asyncio.sleep(1.1)
+    assert [w.name for w in await live_workers(redis)] == ["long"]
+    assert await redis.zrange(keys.WORKER_NAMES, 0, -1) == [b"long"]  # the expired one is pruned
+
+
+async def fake_worker(redis: Redis, rate: float) -> Heartbeat:
+    """A heartbeat of a worker that takes no jobs: work queues up behind it."""
+    heartbeat = Heartbeat(name="fake", model_id="resnet50-random", started_at=time.time(), images_per_second=rate)
+    await beat(redis, heartbeat, ttl=30)
+    return heartbeat
+
+
+async def test_full_backlog_is_503_with_retry_after(
+    client: Client, auth: dict[str, str], no_worker: None, redis: Redis, settings: Settings
+) -> None:
+    await fake_worker(redis, rate=1.0)
+    for _ in range(int(settings.wait_timeout) + 5):
+        await redis.xadd(keys.JOBS, {"filler": "1"})
+    response = await upload(client, auth, samples.photo(700))
+    assert response.status_code == 503, response.text
+    assert "busy" in response.json()["detail"]
+    assert int(response.headers["Retry-After"]) >= 1
+    await reset_and_forget(redis)
+
+
+async def reset_and_forget(redis: Redis) -> None:
+    from tests.conftest import reset_queue
+
+    await reset_queue(redis)
+
+
+async def test_wait_timeout_is_504_with_the_id(
+    auth: dict[str, str], client: Client, app: Litestar, no_worker: None, redis: Redis, settings: Settings
+) -> None:
+    await fake_worker(redis, rate=50.0)
+    services = app.state.services
+    services.settings = dataclasses.replace(settings, wait_timeout=0.5)
+    try:
+        response = await upload(client, auth, samples.photo(800))
+    finally:
+        services.settings = settings
+    assert response.status_code == 504, response.text
+    body = response.json()
+    prediction_id = body["extra"]["id"]
+    assert response.headers["Location"] == f"/api/predictions/{prediction_id}"
+    later = await client.get(f"/api/predictions/{prediction_id}", headers=auth)
+    assert later.status_code == 200 and later.json()["status"] == "queued"
+    await reset_and_forget(redis)
+
+
+async def test_poison_job_is_dead_lettered_and_the_rest_of_its_batch_finishes(
+    client: Client, auth: dict[str, str], no_worker: None, redis: Redis, classifier: Any, settings: Settings
+) -> None:
+    from tests.conftest import running_worker
+
+    user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
+    common: dict[str, Any] = {
+        "user": user,
+        "image_path": "x",
+        "model_name": "resnet50",
+        "model_weights": "random",
+    }
+    poisoned = await Prediction.create(image_sha256="0" * 64, **common)
+    healthy = await Prediction.create(image_sha256="1" * 64, **common)
+    await enqueue(redis, Job(str(poisoned.id), "0" * 64, "resnet50-random", b"short"))
+    pixels = bytes(range(256)) * (PIXELS_BYTES // 256)
+    await enqueue(redis, Job(str(healthy.id), "1" * 64, "resnet50-random", pixels))
+    async with running_worker(redis, classifier, settings):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            await poisoned.refresh_from_db()
+            if poisoned.status != Status.QUEUED:
+                break
+            await asyncio.sleep(0.2)
+    await healthy.refresh_from_db()
+    assert healthy.status == Status.DONE
+    assert poisoned.status == Status.FAILED
+    assert f"after {settings.max_deliveries} attempts" in (poisoned.error or "")
+    dead = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(keys.DEAD_JOBS))
+    assert len(dead) == 1 and dead[0][1][b"id"] == str(poisoned.id).encode()
+    assert await redis.xlen(keys.JOBS) == 0
+    body = (await client.get(f"/api/predictions/{poisoned.id}", headers=auth)).json()
+    assert body["status"] == "failed" and body["error"]
+
+
+async def test_health(client: Client, no_worker: None, redis: Redis, classifier: Any, settings: Settings) -> None:
+    from tests.conftest import running_worker
+
+    assert (await client.get("/health/live")).json() == {"status": "ok"}
+    not_ready = await client.get("/health/ready")
+    assert not_ready.status_code == 503
+    assert not_ready.json() == {
+        "database": True,
+        "redis": True,
+        "workers": 0,
+        "queue_depth": 0,
+        "status": "not ready",
+    }
+    async with running_worker(redis, classifier, settings):
+        ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {  # the queue was emptied (no_worker) and nothing was sent since
+        "database": True,
+        "redis": True,
+        "workers": 1,
+        "queue_depth": 0,
+        "status": "ready",
+    }
+
+
+async def test_several_workers_share_the_stream(
+    client: Client, auth: dict[str, str], no_worker: None, redis: Redis, classifier: Any, settings: Settings
+) -> None:
+    from tests.conftest import running_worker
+
+    count = 24
+    async with (
+        running_worker(redis, classifier, settings) as first,
+        running_worker(redis, classifier, settings) as second,
+    ):
+        responses = await asyncio.gather(*(upload(client, auth, samples.photo(1100 + i)) for i in range(count)))
+    assert [r.status_code for r in responses] == [200] * count
+    assert first.images + second.images == count
+    assert first.images > 0 and second.images > 0

@@ -1,0 +1,193 @@
+"""The OpenVINO backend: the Keras ResNet50 converted once, cached on disk, and agreeing with TensorFlow.
+
+Thresholds come from bench/agreement.py (random weights, 64 generated images): at f32 top-1 agreed on
+every image and probabilities within 6e-6; at bf16 (OpenVINO's default on this CPU) 98% agreed (the
+one difference a near tie) and probabilities within 0.015.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+from app.settings import SettingsError, load_settings
+from app.worker import openvino
+from app.worker.backends import load_classifier
+from app.worker.classifier import Classifier, ModelLoadError
+from app.worker.openvino import OpenVINOClassifier, openvino_cache_path
+from bench.agreement import compare, pattern_images, run
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def openvino_f32(cache_dir: Path) -> OpenVINOClassifier:
+    """The first load of this module: converts (about half a minute) and fills the cache."""
+    classifier = load_classifier("random", backend="openvino", precision="f32", cache_dir=cache_dir)
+    assert isinstance(classifier, OpenVINOClassifier)
+    return classifier
+
+
+@pytest.fixture(scope="module")
+def first_load_files(openvino_f32: OpenVINOClassifier) -> dict[Path, int]:
+    """The cached files' mtimes right after the conversion."""
+    directory = openvino_f32.cache_path.parent
+    return {path: path.stat().st_mtime_ns for path in directory.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def openvino_default(cache_dir: Path, first_load_files: dict[Path, int]) -> OpenVINOClassifier:
+    """A second load (OpenVINO's default precision): from the cache."""
+    classifier = load_classifier("random", backend="openvino", cache_dir=cache_dir, warmup_sizes=())
+    assert isinstance(classifier, OpenVINOClassifier)
+    return classifier
+
+
+@pytest.fixture(scope="module")
+def tensorflow() -> Classifier:
+    return load_classifier("random", warmup_sizes=())
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return pattern_images(21)  # three of each of the 7 kinds
+
+
+@pytest.fixture(scope="module")
+def reference(tensorflow: Classifier, images: np.ndarray) -> list[list[tuple[int, float]]]:
+    return run(tensorflow, images, batch=8)
+
+
+def test_info(openvino_f32: OpenVINOClassifier, tensorflow: Classifier) -> None:
+    info = openvino_f32.info
+    assert info.backend == "openvino" and tensorflow.info.backend == "tensorflow"
+    assert info.version.startswith("openvino-") and info.version.endswith("-f32")
+    assert info.weights == "random"
+    assert info.id == tensorflow.info.id == "resnet50-random"  # one result cache for both engines
+
+
+def test_first_load_converted(openvino_f32: OpenVINOClassifier, cache_dir: Path) -> None:
+    assert not openvino_f32.cache_hit
+    xml = openvino_f32.cache_path
+    assert xml == openvino_cache_path("random", cache_dir)
+    assert xml.is_file() and xml.with_suffix(".bin").stat().st_size > 90_000_000  # f32 weights, not f16
+    assert [p.name for p in cache_dir.iterdir()] == [xml.parent.name]  # no temporary directory left
+
+
+def test_second_load_reuses_the_cache(openvino_default: OpenVINOClassifier, first_load_files: dict[Path, int]) -> None:
+    assert openvino_default.cache_hit
+    assert {path: path.stat().st_mtime_ns for path in first_load_files} == first_load_files
+
+
+def test_top5_shape_order_and_range(openvino_default: OpenVINOClassifier, images: np.ndarray) -> None:
+    result = openvino_default.predict(images[:4])
+    assert len(result) == 4
+    for top in result:
+        assert len(top) == 5
+        indices = [i for i, _ in top]
+        probs = [p for _, p in top]
+        assert len(set(indices)) == 5 and all(isinstance(i, int) and 0 <= i < 1000 for i in indices)
+        assert all(isinstance(p, float) and 0.0 <= p <= 1.0 for p in probs)
+        assert probs == sorted(probs, reverse=True)
+        assert sum(probs) <= 1.0 + 1e-3
+
+
+def test_empty_batch_and_wrong_input(openvino_default: OpenVINOClassifier) -> None:
+    assert openvino_default.predict(np.zeros((0, 224, 224, 3), np.uint8)) == []
+    with pytest.raises(ValueError, match="uint8"):
+        openvino_default.predict(np.zeros((1, 224, 224, 3), np.float32))
+
+
+def test_any_batch_size(openvino_f32: OpenVINOClassifier, images: np.ndarray) -> None:
+    batched = openvino_f32.predict(images[:5])
+    for i in range(5):
+        single = openvino_f32.predict(images[i : i + 1])[0]
+        assert [c for c, _ in single] == [c for c, _ in batched[i]]
+        assert np.allclose([p for _, p in single], [p for _, p in batched[i]], atol=1e-5)
+
+
+def test_agrees_with_tensorflow_at_f32(
+    openvino_f32: OpenVINOClassifier, images: np.ndarray, reference: list[list[tuple[int, float]]]
+) -> None:
+    agreement = compare("f32", reference, run(openvino_f32, images, batch=8))
+    assert agreement.top1_agreement >= 0.95
+    assert agreement.top5_overlap >= 0.95
+    assert agreement.max_prob_diff <= 1e-3
+
+
+def test_close_to_tensorflow_at_default_precision(
+    openvino_default: OpenVINOClassifier, images: np.ndarray, reference: list[list[tuple[int, float]]]
+) -> None:
+    agreement = compare("default", reference, run(openvino_default, images, batch=8))
+    assert agreement.top1_agreement >= 0.85
+    assert agreement.max_prob_diff <= 0.05
+    assert agreement.max_margin_where_disagreeing <= 0.05  # any disagreement is on a near tie
+
+
+def test_damaged_cache_is_converted_again(
+    openvino_f32: OpenVINOClassifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = openvino_f32.cache_path.parent
+    xml = openvino_cache_path("random", tmp_path)
+    xml.parent.mkdir()
+    (xml.parent / "model.xml").write_text("<not a model")
+    (xml.parent / "model.bin").write_bytes(b"")
+    converted: list[Path] = []
+
+    def convert(weights: str, target: Path) -> None:  # a copy of the good conversion, to save time
+        converted.append(target)
+        shutil.copytree(good, target.parent)
+
+    monkeypatch.setattr(openvino, "_convert_in_child", convert)
+    classifier = load_classifier("random", backend="openvino", precision="f32", cache_dir=tmp_path, warmup_sizes=())
+    assert converted == [xml]
+    assert isinstance(classifier, OpenVINOClassifier) and not classifier.cache_hit
+    assert len(classifier.predict(np.zeros((1, 224, 224, 3), np.uint8))[0]) == 5
+
+
+def test_cache_is_keyed_on_the_weights_content(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "tuned.h5", tmp_path / "b" / "tuned.h5"
+    for path, content in ((first, b"one"), (second, b"two")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    paths = {openvino_cache_path(str(p), tmp_path) for p in (first, second)}
+    assert len(paths) == 2
+    assert all(p.parent.name.startswith("resnet50-tuned-") and "openvino" in p.parent.name for p in paths)
+    assert openvino_cache_path("random", tmp_path) != openvino_cache_path("imagenet", tmp_path)
+
+
+def test_conversion_errors_reach_the_caller(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not an hdf5 file")
+    with pytest.raises(ModelLoadError, match="cannot load"):  # raised in the converting child process
+        load_classifier(str(garbage), backend="openvino", cache_dir=tmp_path / "models")
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())  # nothing half-written
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_classifier(str(tmp_path / "missing.h5"), backend="openvino", cache_dir=tmp_path / "models")
+
+
+def test_unknown_precision() -> None:
+    with pytest.raises(ModelLoadError, match="OPENVINO_PRECISION='f64'"):
+        load_classifier("random", backend="openvino", precision="f64")
+
+
+def test_settings_refuse_unknown_backend_or_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERENCE_BACKEND", "pytorch")
+    with pytest.raises(SettingsError, match="INFERENCE_BACKEND"):
+        load_settings()
+    monkeypatch.setenv("INFERENCE_BACKEND", "OpenVINO")
+    monkeypatch.setenv("OPENVINO_PRECISION", "F32")
+    monkeypatch.setenv("MODEL_CACHE_DIR", "/var/cache/models")
+    settings = load_settings()
+    assert (settings.inference_backend, settings.openvino_precision) == ("openvino", "f32")
+    assert settings.model_cache_dir == Path("/var/cache/models")
+    monkeypatch.setenv("OPENVINO_PRECISION", "f64")
+    with pytest.raises(SettingsError, match="OPENVINO_PRECISION"):
+        load_settings()
