@@ -13,7 +13,7 @@ from typing import Any
 
 from tortoise.functions import Count
 
-from app import images, predictions, schemas
+from app import images, predictions
 from app.archives import Upload, refuse
 from app.exports import to_csv
 from app.jobs.producer import enqueue_bulk
@@ -87,7 +87,7 @@ async def progress(collection: Collection) -> dict[str, int]:
     return (await progress_of([collection]))[str(collection.id)]
 
 
-async def get_visible(user: User, collection_id: Any) -> Collection:
+async def visible_collection(user: User, collection_id: Any) -> Collection:
     return await predictions.visible(Collection, user, collection_id, "collection")
 
 
@@ -100,16 +100,7 @@ def items(collection: Collection, status: str | None = None, label: str | None =
     return query.order_by("file_name", "created_at")
 
 
-def describe(collection: Collection, counts: dict[str, int]) -> dict[str, Any]:
-    """The API's JSON of a collection, as a dict; `counts` from `progress_of`."""
-    return schemas.as_dict(schemas.collection_out(collection, counts))
-
-
-async def to_dict(collection: Collection) -> dict[str, Any]:
-    return describe(collection, await progress(collection))
-
-
 async def results_csv(user: User, collection_id: Any) -> tuple[str, str]:
     """(file name, CSV) of the results of a collection its owner (or an admin) may see."""
-    collection = await get_visible(user, collection_id)
-    return f"collection-{collection.id}.csv", to_csv(predictions.to_dict(p) for p in await items(collection))
+    collection = await visible_collection(user, collection_id)
+    return f"collection-{collection.id}.csv", to_csv(predictions.result_dict(p) for p in await items(collection))

@@ -17,7 +17,7 @@ def spreadsheet_safe(text: str) -> str:
 
 
 def to_csv(results: Iterable[dict[str, Any]]) -> str:
-    """One row per image, from results shaped as `predictions.to_dict` makes them (the API's own)."""
+    """One row per image, from results shaped as `predictions.result_dict` makes them (the API's own)."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(RESULT_CSV_COLUMNS)

@@ -66,6 +66,6 @@ async def give(
     return feedback
 
 
-def to_dict(feedback: Feedback) -> dict[str, Any]:
+def feedback_dict(feedback: Feedback) -> dict[str, Any]:
     """The API's JSON of a piece of feedback, as a dict (for the pages)."""
     return schemas.as_dict(schemas.feedback_out(feedback))

@@ -118,10 +118,10 @@ async def visible(model: type[Owned], user: User, object_id: Any, what: str) -> 
     return found
 
 
-async def get_visible(user: User, prediction_id: UUID | str) -> Prediction:
+async def visible_prediction(user: User, prediction_id: UUID | str) -> Prediction:
     return await visible(Prediction, user, prediction_id, "prediction")
 
 
-def to_dict(prediction: Prediction) -> dict[str, Any]:
+def result_dict(prediction: Prediction) -> dict[str, Any]:
     """The API's JSON of a prediction, as a dict (for the pages and the CSV)."""
     return schemas.as_dict(schemas.prediction_out(prediction))

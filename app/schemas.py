@@ -1,5 +1,6 @@
 """The JSON shapes of predictions, feedback and collections, written once: the API answers them as they
-are, and the pages (and the CSV) read the same shapes as dicts through each domain module's `to_dict`.
+are, and the pages (and the CSV) read the same shapes as dicts (`predictions.result_dict`,
+`feedback.feedback_dict`).
 
 Here, beside the models and not in app/web, so that the domain modules can use them too. Timestamps stay
 ISO strings (`datetime.isoformat`), as clients have always received them.

@@ -75,7 +75,7 @@ async def read_collection(
     status: StatusFilter = None,
     label: ResultLabelFilter = None,
 ) -> CollectionDetail:
-    collection = await collections.get_visible(request.user, collection_id)
+    collection = await collections.visible_collection(request.user, collection_id)
     query = collections.items(collection, status, label)
     results = await query.offset((page - 1) * per_page).limit(per_page)
     described = collection_out(collection, await collections.progress(collection))

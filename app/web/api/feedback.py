@@ -33,7 +33,7 @@ class FeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
 async def give_feedback(
     request: AuthedRequest, prediction_id: FromPath[UUID], data: JSONBody[FeedbackIn]
 ) -> FeedbackOut:
-    prediction = await predictions.get_visible(request.user, prediction_id)
+    prediction = await predictions.visible_prediction(request.user, prediction_id)
     given = await feedback.give(request.user, prediction, data.is_correct, data.correct_label, data.comment)
     return feedback_out(given)
 

@@ -61,7 +61,7 @@ async def create_prediction(
 
 @get("/api/predictions/{prediction_id:uuid}", tags=["predictions"], summary="One prediction")
 async def read_prediction(request: AuthedRequest, prediction_id: FromPath[UUID]) -> PredictionOut:
-    return prediction_out(await predictions.get_visible(request.user, prediction_id))
+    return prediction_out(await predictions.visible_prediction(request.user, prediction_id))
 
 
 @get("/api/predictions", tags=["predictions"], summary="The caller's predictions, newest first")

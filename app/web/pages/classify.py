@@ -49,7 +49,7 @@ def feedback_view(
     errors: dict[str, str] | None = None,
     saved: bool = False,
 ) -> FeedbackView:
-    stored = feedback.to_dict(given) if given else None
+    stored = feedback.feedback_dict(given) if given else None
     if values is None:
         values = {"verdict": "", "correct_label": "", "comment": ""}
         if stored:
@@ -78,7 +78,7 @@ async def result_context(
 ) -> dict[str, Any]:
     if prediction is None:
         return {"result": None, "error": error, "feedback": None}
-    result = predictions.to_dict(prediction)
+    result = predictions.result_dict(prediction)
     given = await Feedback.get_or_none(prediction=prediction, user=user)
     view = feedback_view(result, given, feedback_values, feedback_errors, saved)
     return {"result": result, "error": error, "feedback": view}
@@ -153,7 +153,7 @@ async def classify_submit(
 
 @get("/predictions/{prediction_id:uuid}", name="prediction", include_in_schema=False)
 async def prediction_page(request: AnyRequest, prediction_id: FromPath[UUID]) -> Template:
-    prediction = await predictions.get_visible(request.user, prediction_id)
+    prediction = await predictions.visible_prediction(request.user, prediction_id)
     context = await result_context(request.user, prediction)
     return render(request, "pages/prediction.html", "partials/result.html", context)
 
@@ -161,7 +161,7 @@ async def prediction_page(request: AnyRequest, prediction_id: FromPath[UUID]) ->
 @get("/predictions/{prediction_id:uuid}/image", include_in_schema=False)
 async def prediction_image(request: AnyRequest, prediction_id: FromPath[UUID]) -> Response[bytes]:
     """A preview of the upload, for its owner (and admins) only: 404 for anyone else."""
-    prediction = await predictions.get_visible(request.user, prediction_id)
+    prediction = await predictions.visible_prediction(request.user, prediction_id)
     upload_dir = services(request).settings.upload_dir
     if not prediction.image_path:  # refused at upload: nothing was stored
         raise HTTPException(status_code=404, detail="No image was stored for this prediction")
@@ -193,7 +193,7 @@ def feedback_problems(data: FeedbackForm) -> dict[str, str]:
 async def feedback_submit(
     request: AnyRequest, prediction_id: FromPath[UUID], data: Annotated[FeedbackForm, FormBody]
 ) -> Response[Any]:
-    prediction = await predictions.get_visible(request.user, prediction_id)
+    prediction = await predictions.visible_prediction(request.user, prediction_id)
     values = {"verdict": data.verdict, "correct_label": data.correct_label.strip(), "comment": data.comment}
     errors, status = feedback_problems(data), HTTP_400_BAD_REQUEST
     if not errors:

@@ -86,7 +86,7 @@ async def collection_context(
     pager = Pager(page, RESULTS_PER_PAGE, await query.count())
     items = await query.offset(pager.offset).limit(pager.per_page)
     # An image refused at upload was never stored: it has no thumbnail to ask for.
-    results = [{**predictions.to_dict(p), "has_image": bool(p.image_path)} for p in items]
+    results = [{**predictions.result_dict(p), "has_image": bool(p.image_path)} for p in items]
     finished = progress["done"] + progress["failed"]
     return {
         "collection": collection,
@@ -112,7 +112,7 @@ async def collection_page(
     status: StatusParam = "",
     label: LabelParam = "",
 ) -> Template:
-    collection = await collections.get_visible(request.user, collection_id)
+    collection = await collections.visible_collection(request.user, collection_id)
     context = await collection_context(request, collection, ResultFilter.parse(status, label), page)
     return render(request, "pages/collection.html", "partials/collection.html", context)
 

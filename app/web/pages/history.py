@@ -33,8 +33,10 @@ async def history(request: AnyRequest, page: Page = 1) -> Template:
     pager = Pager(page, HISTORY_PER_PAGE, await query.count())
     items = await query.order_by("-created_at").offset(pager.offset).limit(pager.per_page)
     given = await Feedback.filter(user=request.user, prediction_id__in=[p.id for p in items])
-    by_prediction = {str(f.prediction_id): feedback.to_dict(f) for f in given}  # type: ignore[attr-defined]
-    rows = [{"result": (result := predictions.to_dict(p)), "feedback": by_prediction.get(result["id"])} for p in items]
+    by_prediction = {str(f.prediction_id): feedback.feedback_dict(f) for f in given}  # type: ignore[attr-defined]
+    rows = [
+        {"result": (result := predictions.result_dict(p)), "feedback": by_prediction.get(result["id"])} for p in items
+    ]
     context = {"rows": rows, "pager": pager, **await collections_context(request.user, 1, HISTORY_COLLECTIONS)}
     return render(request, "pages/history.html", "partials/history.html", context)
 

@@ -1,5 +1,5 @@
-"""ResNet50 through TensorFlow with random weights (ImageNet weights cannot be downloaded here).
-The OpenVINO backend: test_openvino.py."""
+"""ResNet50 through TensorFlow with random weights; the ImageNet download failing, against local ports
+(the tests never download the 100 MB). The OpenVINO backend: test_openvino.py."""
 
 from __future__ import annotations
 
@@ -131,34 +131,51 @@ def test_unreadable_weights_file(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def uncached_imagenet(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A file name never in the Keras cache, so get_file must try the network.
-    monkeypatch.setattr(weights, "IMAGENET_WEIGHTS_FILE", f"absent-{time.time_ns()}.h5")
+def empty_keras_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty Keras cache (KERAS_HOME), so that the ImageNet weights must be downloaded."""
+    import keras.src.backend.config
+
+    home = tmp_path / "keras"
+    home.mkdir()  # Keras falls back to /tmp/.keras for a directory it cannot write to
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    # Keras reads KERAS_HOME once, when it is imported (earlier tests have imported it).
+    monkeypatch.setattr(keras.src.backend.config, "_KERAS_DIR", str(home))
+    return home
 
 
 def _assert_helpful(message: str) -> None:
     assert "MODEL_WEIGHTS=random" in message
-    assert "MODEL_WEIGHTS=/path/to/" in message
-    assert "models" in message  # where to pre-download it
+    assert f"MODEL_WEIGHTS=/path/to/{weights.IMAGENET_WEIGHTS_FILE}" in message
+    assert f"~/.keras/models/{weights.IMAGENET_WEIGHTS_FILE} (or under $KERAS_HOME)" in message  # where to put it
 
 
-def _network_reachable() -> bool:
-    try:
-        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
-    except OSError:
-        return False
-    return True
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port nothing listens on: a connection to it is refused at once, as without a network.
+    Bound (not listening) for the test's length, so that no other process can start listening there."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        yield port
 
 
-@pytest.mark.usefixtures("uncached_imagenet")
-def test_imagenet_without_network() -> None:
-    if _network_reachable():
-        pytest.skip("the network is reachable: this would download 100 MB")
+def test_imagenet_without_network(
+    monkeypatch: pytest.MonkeyPatch, empty_keras_cache: Path, closed_port: int
+) -> None:
+    url = f"http://127.0.0.1:{closed_port}/{weights.IMAGENET_WEIGHTS_FILE}"
+    monkeypatch.setattr(weights, "IMAGENET_WEIGHTS_URL", url)
     started = time.monotonic()
     with pytest.raises(ModelLoadError) as info:
         load_classifier("imagenet")
-    assert time.monotonic() - started < weights.DOWNLOAD_TIMEOUT + 10
-    _assert_helpful(str(info.value))
+    assert time.monotonic() - started < 10  # refused, not timed out
+    message = str(info.value)
+    assert message.startswith("Could not get the ImageNet weights for ResNet50 (")
+    assert url in message and "Connection refused" in message  # the reason
+    assert "This machine may have no internet access" in message
+    _assert_helpful(message)
+    # Looked for in the empty cache (the directory made there), and nothing left in it.
+    assert list((empty_keras_cache / "models").iterdir()) == []
+    assert socket.getdefaulttimeout() is None  # restored
 
 
 @pytest.fixture
@@ -171,7 +188,7 @@ def silent_server() -> Iterator[str]:
         server.close()
 
 
-@pytest.mark.usefixtures("uncached_imagenet")
+@pytest.mark.usefixtures("empty_keras_cache")
 def test_imagenet_download_that_stalls_times_out(monkeypatch: pytest.MonkeyPatch, silent_server: str) -> None:
     monkeypatch.setattr(weights, "IMAGENET_WEIGHTS_URL", silent_server)
     monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT", 1.0)

@@ -1,0 +1,103 @@
+"""The worker loop with the stand-in classifier: batches, storage, the cache, acknowledgement, duplicates.
+(`client` runs the app, which opens the database for the test.)"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+from uuid import uuid4
+
+import numpy as np
+from redis.asyncio import Redis
+
+from app import keys, labels
+from app.jobs.producer import enqueue
+from app.jobs.protocol import PIXELS_SHAPE, Job
+from app.models import Prediction, Status, User
+from app.settings import Settings
+from tests.conftest import reset_queue, running_worker
+
+
+async def queued(user: User, settings: Settings, seed: int) -> tuple[Prediction, Job]:
+    pixels = np.random.default_rng(seed).integers(0, 256, PIXELS_SHAPE, dtype=np.uint8).tobytes()
+    sha = hashlib.sha256(pixels).hexdigest()
+    prediction = await Prediction.create(
+        user=user,
+        image_sha256=sha,
+        image_path=f"{sha[:2]}/{sha}.png",
+        model_name=settings.model_name,
+        model_weights=settings.model_weights,
+        status=Status.QUEUED,
+    )
+    return prediction, Job(str(prediction.id), sha, settings.model_id, pixels)
+
+
+async def all_finished(ids: list[str], seconds: float = 20) -> list[Prediction]:
+    for _ in range(int(seconds / 0.05)):
+        rows = await Prediction.filter(id__in=ids)
+        if all(row.status != Status.QUEUED for row in rows):
+            return rows
+        await asyncio.sleep(0.05)
+    raise AssertionError("the worker did not finish the jobs")
+
+
+async def a_user() -> User:
+    return await User.create(email=f"loop-{uuid4().hex[:10]}@example.com", password_hash="not a hash")
+
+
+async def test_waiting_jobs_are_one_batch_stored_cached_and_acknowledged(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    await reset_queue(redis)
+    user = await a_user()
+    made = [await queued(user, settings, seed) for seed in range(6)]
+    for _, job in made:
+        await enqueue(redis, job)
+    async with running_worker(redis, classifier, settings) as counting:
+        rows = await all_finished([str(p.id) for p, _ in made])
+    assert (counting.calls, counting.images) == (1, 6)  # everything waiting went into one batch
+    names = {label.name for label in labels.LABELS}
+    for row in rows:
+        assert row.status == Status.DONE and row.label in names and len(row.top5 or []) == 5
+        assert row.model_version == "stand-in" and row.finished_at is not None
+        cached = json.loads(await redis.get(keys.result_cache(settings.model_id, row.image_sha256)) or "{}")
+        assert cached["label"] == row.label and cached["top5"] == row.top5
+    assert await redis.xlen(keys.JOBS) == 0
+    assert not await redis.exists(*[keys.queued_marker(str(p.id)) for p, _ in made])
+
+
+async def test_the_same_image_always_gets_the_same_answer(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    await reset_queue(redis)
+    user = await a_user()
+    first, job = await queued(user, settings, 99)
+    second, again = await queued(user, settings, 99)
+    other, different = await queued(user, settings, 100)
+    for each in (job, again, different):
+        await enqueue(redis, each)
+    async with running_worker(redis, classifier, settings):
+        rows = {str(r.id): r for r in await all_finished([str(first.id), str(second.id), str(other.id)])}
+    assert rows[str(first.id)].top5 == rows[str(second.id)].top5
+    assert rows[str(first.id)].top5 != rows[str(other.id)].top5
+
+
+async def test_a_job_delivered_twice_finishes_once(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    await reset_queue(redis)
+    prediction, job = await queued(await a_user(), settings, 7)
+    await enqueue(redis, job)
+    async with running_worker(redis, classifier, settings):
+        [row] = await all_finished([str(prediction.id)])
+        finished_at = row.finished_at
+        await enqueue(redis, job)  # re-enqueued (say, by recovery) after it was done
+        for _ in range(100):
+            if not await redis.xlen(keys.JOBS):
+                break
+            await asyncio.sleep(0.05)
+    await row.refresh_from_db()
+    assert row.status == Status.DONE and row.finished_at == finished_at  # the first result stands
+    assert await redis.xlen(keys.JOBS) == 0
