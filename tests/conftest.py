@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.skips"]
 TMP = Path(tempfile.mkdtemp(prefix="app-tests-"))
 # An async test still running after this long fails with every asyncio task's stack, and the run goes
 # on. pytest-timeout cannot interrupt a test inside the event loop; it stays as the last resort

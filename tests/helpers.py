@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from uuid import uuid4
 
 import httpx
@@ -34,3 +37,12 @@ async def beat(redis: Redis, heartbeat: Heartbeat, ttl: int) -> None:
 
 async def forget_worker(redis: Redis, name: str) -> None:
     await Consumer(redis, name, FAKE_LIMITS).leave()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5, what: str = "the condition") -> None:
+    """Wait until `check()` is true. The worker answers (publishes) before it acknowledges the job, so
+    what follows the answer (the stream emptied, the batch counted) happens a moment after it."""
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        await asyncio.sleep(0.02)

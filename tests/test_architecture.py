@@ -61,7 +61,9 @@ def imported(name: str, tree: ast.Module) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}
     return {m for m in found if m in MODULES and m != name and MODULES[m].name != "__init__.py"}
@@ -136,7 +138,9 @@ def environment_reads(tree: ast.Module) -> list[int]:
 def test_only_settings_read_the_environment() -> None:
     # The command-line client is a program of its own, run on users' machines.
     allowed = {"app.settings", "app.client"}
-    reads = {f"{name}:{line}" for name, tree in TREES.items() if name not in allowed for line in environment_reads(tree)}
+    reads = {
+        f"{name}:{line}" for name, tree in TREES.items() if name not in allowed for line in environment_reads(tree)
+    }
     assert not reads
 
 

@@ -7,6 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests import samples
 from tests.conftest import CountingClassifier
+from tests.helpers import eventually
 
 
 def samples_of(text: str) -> dict[str, float]:
@@ -22,6 +23,12 @@ async def test_metrics(client: httpx.AsyncClient, auth: dict[str, str], worker: 
     for seed in (1000, 1001):
         response = await client.post("/api/predictions", headers=auth, files={"file": ("a.jpg", samples.photo(seed))})
         assert response.status_code == 200
+
+    async def settled() -> bool:
+        metrics = samples_of((await client.get("/metrics")).text)
+        return metrics["app_queue_depth{}"] == 0 and metrics["app_batch_size_count{}"] == worker.calls
+
+    await eventually(settled, what="the last batch to be acknowledged and counted")
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")

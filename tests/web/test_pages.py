@@ -139,6 +139,7 @@ async def production_browser(
         environment="production",
         secret_key="production-secret-" + "p" * 40,
         admin_password="a real admin password",
+        inference_backend="tensorflow",
     )
     production.check()  # settings a production deployment starts with
     assert production.production

@@ -19,7 +19,7 @@ from app.models import Prediction, Status, User
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import beat, forget_worker, sign_up
+from tests.helpers import beat, eventually, forget_worker, sign_up
 
 Client = httpx.AsyncClient
 LABEL_NAMES = {label.name for label in labels.LABELS}
@@ -73,7 +73,11 @@ async def test_finished_jobs_leave_the_stream(
     client: Client, auth: dict[str, str], worker: CountingClassifier, redis: Redis
 ) -> None:
     assert (await upload(client, auth, samples.photo(101))).status_code == 200
-    assert await redis.xlen(keys.JOBS) == 0
+
+    async def acknowledged() -> bool:  # the worker answers first, then acknowledges (design, step e)
+        return await redis.xlen(keys.JOBS) == 0
+
+    await eventually(acknowledged, what="the finished job to leave the stream")
     assert (await redis.xpending(keys.JOBS, keys.WORKERS_GROUP))["pending"] == 0
 
 

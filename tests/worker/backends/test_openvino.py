@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 from app.settings import SettingsError, load_settings
 from app.worker import openvino
 from app.worker.backends import load_classifier

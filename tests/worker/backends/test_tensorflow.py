@@ -159,9 +159,7 @@ def closed_port() -> Iterator[int]:
         yield port
 
 
-def test_imagenet_without_network(
-    monkeypatch: pytest.MonkeyPatch, empty_keras_cache: Path, closed_port: int
-) -> None:
+def test_imagenet_without_network(monkeypatch: pytest.MonkeyPatch, empty_keras_cache: Path, closed_port: int) -> None:
     url = f"http://127.0.0.1:{closed_port}/{weights.IMAGENET_WEIGHTS_FILE}"
     monkeypatch.setattr(weights, "IMAGENET_WEIGHTS_URL", url)
     started = time.monotonic()
