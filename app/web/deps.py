@@ -3,7 +3,9 @@ user, paging parameters, and the admin guard."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -11,6 +13,8 @@ from litestar.exceptions import PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import QueryParameter
 from litestar.security.jwt import Token
+from tortoise.models import Model
+from tortoise.queryset import QuerySet
 
 from app.models import User
 from app.services import Services
@@ -19,6 +23,28 @@ AnyRequest = Request[Any, Any, Any]
 AuthedRequest = Request[User, Token, Any]
 Page = Annotated[int, QueryParameter(ge=1, le=1_000_000, description="Page number, from 1")]
 PerPage = Annotated[int, QueryParameter(ge=1, le=100, description="Items per page")]
+Row = TypeVar("Row", bound=Model)
+
+
+@dataclass(frozen=True)
+class Pager:
+    number: int
+    per_page: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+    @property
+    def offset(self) -> int:
+        return (self.number - 1) * self.per_page
+
+
+async def paginate(query: QuerySet[Row], number: int, per_page: int) -> tuple[list[Row], Pager]:
+    """Page `number` of an ordered query, and where it stands among all the pages (for the API and the pages)."""
+    pager = Pager(number, per_page, await query.count())
+    return await query.offset(pager.offset).limit(per_page), pager
 
 
 def services(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:

@@ -4,8 +4,6 @@ and the page otherwise. Also the filters the templates share, pagination, and na
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -74,21 +72,6 @@ def format_percent(value: float | None, digits: int = 1) -> str:
 def configure_templates(engine: Any) -> None:
     """Filters the templates share (called by the template config in app/web/app.py)."""
     engine.engine.filters.update(when=format_when, percent=format_percent)
-
-
-@dataclass(frozen=True)
-class Pager:
-    number: int
-    per_page: int
-    total: int
-
-    @property
-    def pages(self) -> int:
-        return max(1, math.ceil(self.total / self.per_page))
-
-    @property
-    def offset(self) -> int:
-        return (self.number - 1) * self.per_page
 
 
 def go(request: AnyRequest, target: str) -> Response[Any]:

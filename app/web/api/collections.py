@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Annotated
 from uuid import UUID
@@ -17,9 +16,9 @@ from app import archives, collections
 from app.models import Collection, Status
 from app.schemas import CollectionOut, collection_out, prediction_out
 from app.web.api.schemas import CollectionDetail, CollectionPage
-from app.web.deps import AuthedRequest, Page, PerPage, services
+from app.web.deps import AuthedRequest, Page, PerPage, paginate, services
 from app.web.rendering import csv_attachment
-from app.web.uploads import read_parts
+from app.web.uploads import read_parts, unpacked
 
 StatusFilter = Annotated[Status | None, QueryParameter(description="Only items with this status")]
 ResultLabelFilter = Annotated[str | None, QueryParameter(max_length=100, description="Only items with this label")]
@@ -33,12 +32,8 @@ class CollectionForm:
 
 
 async def read_uploads(request: AuthedRequest, form: CollectionForm) -> list[archives.Upload]:
-    settings = services(request).settings
     uploads = await read_parts(form.files, "files") + await read_parts(form.archive, "archive")
-    # Unzipping is CPU work: off the event loop.
-    return await asyncio.to_thread(
-        archives.open_archives, uploads, settings.max_collection_files, settings.max_collection_bytes
-    )
+    return await unpacked(uploads, services(request).settings)
 
 
 @post(
@@ -60,10 +55,10 @@ async def create_collection(request: AuthedRequest, data: MultipartBody[Collecti
 @get("/api/collections", tags=["collections"], summary="Your collections, newest first")
 async def list_collections(request: AuthedRequest, page: Page = 1, per_page: PerPage = 20) -> CollectionPage:
     query = Collection.filter(user=request.user).order_by("-created_at")
-    items = await query.offset((page - 1) * per_page).limit(per_page)
+    items, pager = await paginate(query, page, per_page)
     progress = await collections.progress_of(items)  # one query for the page, not one per collection
     described = [collection_out(c, progress[str(c.id)]) for c in items]
-    return CollectionPage(described, page, per_page, await query.count())
+    return CollectionPage(described, page, per_page, pager.total)
 
 
 @get("/api/collections/{collection_id:uuid}", tags=["collections"], summary="Progress and results")
@@ -77,14 +72,14 @@ async def read_collection(
 ) -> CollectionDetail:
     collection = await collections.visible_collection(request.user, collection_id)
     query = collections.items(collection, status, label)
-    results = await query.offset((page - 1) * per_page).limit(per_page)
+    results, pager = await paginate(query, page, per_page)
     described = collection_out(collection, await collections.progress(collection))
     return CollectionDetail(
         **msgspec.structs.asdict(described),
         results=[prediction_out(p) for p in results],
         page=page,
         per_page=per_page,
-        matching=await query.count(),
+        matching=pager.total,
     )
 
 

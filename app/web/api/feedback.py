@@ -15,7 +15,7 @@ from app.feedback import COMMENT_MAX
 from app.models import Feedback
 from app.schemas import FeedbackOut, feedback_out
 from app.web.api.schemas import FeedbackPage, LabelOut
-from app.web.deps import AuthedRequest, Page, PerPage
+from app.web.deps import AuthedRequest, Page, PerPage, paginate
 
 
 class FeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -48,9 +48,8 @@ async def list_feedback(
 ) -> FeedbackPage:
     query = Feedback.all() if request.user.is_admin else Feedback.filter(user=request.user)
     query = feedback.FeedbackFilter(wrong_only, label or "").apply(query)
-    total = await query.count()
-    items = await query.order_by("-updated_at").offset((page - 1) * per_page).limit(per_page)
-    return FeedbackPage([feedback_out(f) for f in items], page, per_page, total)
+    items, pager = await paginate(query.order_by("-updated_at"), page, per_page)
+    return FeedbackPage([feedback_out(f) for f in items], page, per_page, pager.total)
 
 
 @get("/api/labels", tags=["labels"], summary="Search the 1,000 ImageNet class names")

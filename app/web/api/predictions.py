@@ -16,7 +16,7 @@ from app import predictions
 from app.models import Prediction
 from app.schemas import PredictionOut, prediction_out
 from app.web.api.schemas import LookupOut, PredictionPage
-from app.web.deps import AuthedRequest, Page, PerPage, services
+from app.web.deps import AuthedRequest, Page, PerPage, paginate, services
 
 
 class PredictionForm(msgspec.Struct):
@@ -67,9 +67,8 @@ async def read_prediction(request: AuthedRequest, prediction_id: FromPath[UUID])
 @get("/api/predictions", tags=["predictions"], summary="The caller's predictions, newest first")
 async def list_predictions(request: AuthedRequest, page: Page = 1, per_page: PerPage = 20) -> PredictionPage:
     query = Prediction.filter(user=request.user).order_by("-created_at")
-    total = await query.count()
-    items = await query.offset((page - 1) * per_page).limit(per_page)
-    return PredictionPage([prediction_out(p) for p in items], page, per_page, total)
+    items, pager = await paginate(query, page, per_page)
+    return PredictionPage([prediction_out(p) for p in items], page, per_page, pager.total)
 
 
 @post(

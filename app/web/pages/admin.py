@@ -21,8 +21,8 @@ from app.feedback import FeedbackFilter
 from app.jobs.producer import dead_jobs, live_workers, queue_depth
 from app.models import Feedback, Prediction, Status, User
 from app.outages import DEPENDENCY_ERRORS
-from app.web.deps import AnyRequest, Page, admin_guard, services
-from app.web.rendering import Pager, render
+from app.web.deps import AnyRequest, Page, admin_guard, paginate, services
+from app.web.rendering import render
 
 USERS_PER_PAGE = 20
 FEEDBACK_PER_PAGE = 25
@@ -56,8 +56,7 @@ async def counts_by_user(model: type[Prediction] | type[Feedback], user_ids: lis
 
 
 async def users_context(page: int) -> dict[str, Any]:
-    pager = Pager(page, USERS_PER_PAGE, await User.all().count())
-    users = await User.all().order_by("-created_at").offset(pager.offset).limit(pager.per_page)
+    users, pager = await paginate(User.all().order_by("-created_at"), page, USERS_PER_PAGE)
     ids = [u.id for u in users]
     # Two grouped counts, not one query joining both: that join multiplies rows per user.
     made, given = await counts_by_user(Prediction, ids), await counts_by_user(Feedback, ids)
@@ -66,14 +65,8 @@ async def users_context(page: int) -> dict[str, Any]:
 
 
 async def feedback_context(filters: FeedbackFilter, page: int) -> dict[str, Any]:
-    query = filters.apply(Feedback.all())
-    pager = Pager(page, FEEDBACK_PER_PAGE, await query.count())
-    items = (
-        await query.select_related("prediction", "user")
-        .order_by("-updated_at")
-        .offset(pager.offset)
-        .limit(pager.per_page)
-    )
+    query = filters.apply(Feedback.all()).select_related("prediction", "user").order_by("-updated_at")
+    items, pager = await paginate(query, page, FEEDBACK_PER_PAGE)
     labelled = Feedback.all().distinct().order_by("prediction__label").values_list("prediction__label", flat=True)
     return {
         "feedback_items": items,

@@ -20,13 +20,13 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_200_OK, HTTP_303_SEE_OTHER, HTTP_400_BAD_REQUEST
 from PIL import UnidentifiedImageError
 
-from app import archives, collections, feedback, labels, predictions, thumbnails
+from app import collections, feedback, labels, predictions, thumbnails
 from app.archives import Upload
 from app.models import Collection, Feedback, Prediction, User
 from app.web.deps import AnyRequest, services
 from app.web.pages.accounts import FormBody
 from app.web.rendering import go, render, wants_partial
-from app.web.uploads import UploadForm, collection_name, is_collection, read_parts
+from app.web.uploads import UploadForm, collection_name, is_collection, read_parts, unpacked
 
 LABEL_OPTIONS = 20
 
@@ -106,10 +106,7 @@ async def classify_upload(request: AnyRequest, upload: Upload | None) -> tuple[P
 
 async def start_collection(request: AnyRequest, chosen: list[Upload]) -> Collection:
     svc = services(request)
-    limits = svc.settings
-    uploads = await asyncio.to_thread(
-        archives.open_archives, chosen, limits.max_collection_files, limits.max_collection_bytes
-    )
+    uploads = await unpacked(chosen, svc.settings)
     if not uploads:
         raise ClientException("There is nothing to classify: the files chosen hold no images")
     return await collections.create(svc, request.user, uploads, collection_name(chosen))

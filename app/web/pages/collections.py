@@ -23,8 +23,8 @@ from app import collections, predictions
 from app.jobs.producer import live_workers
 from app.models import Collection, Prediction, Status
 from app.outages import DEPENDENCY_ERRORS
-from app.web.deps import AnyRequest, Page, services
-from app.web.rendering import Pager, csv_attachment, render
+from app.web.deps import AnyRequest, Page, paginate, services
+from app.web.rendering import csv_attachment, render
 
 RESULTS_PER_PAGE = 50
 POLL_SECONDS = 2
@@ -83,8 +83,7 @@ async def collection_context(
 ) -> dict[str, Any]:
     progress = await collections.progress(collection)
     query = collections.items(collection, filters.status, filters.label)
-    pager = Pager(page, RESULTS_PER_PAGE, await query.count())
-    items = await query.offset(pager.offset).limit(pager.per_page)
+    items, pager = await paginate(query, page, RESULTS_PER_PAGE)
     # An image refused at upload was never stored: it has no thumbnail to ask for.
     results = [{**predictions.result_dict(p), "has_image": bool(p.image_path)} for p in items]
     finished = progress["done"] + progress["failed"]

@@ -9,8 +9,8 @@ from litestar.response import Template
 
 from app import collections, feedback, predictions
 from app.models import Collection, Feedback, Prediction, User
-from app.web.deps import AnyRequest, Page
-from app.web.rendering import Pager, render
+from app.web.deps import AnyRequest, Page, paginate
+from app.web.rendering import render
 
 HISTORY_PER_PAGE = 12
 HISTORY_COLLECTIONS = 4  # the newest, above the single images; the rest on /history/collections
@@ -18,9 +18,7 @@ COLLECTIONS_PER_PAGE = 20
 
 
 async def collections_context(user: User, page: int, per_page: int) -> dict[str, Any]:
-    query = Collection.filter(user=user)
-    pager = Pager(page, per_page, await query.count())
-    items = await query.order_by("-created_at").offset(pager.offset).limit(pager.per_page)
+    items, pager = await paginate(Collection.filter(user=user).order_by("-created_at"), page, per_page)
     progress = await collections.progress_of(items)
     rows = [{"collection": c, "progress": progress[str(c.id)]} for c in items]
     return {"collections": rows, "collections_pager": pager}
@@ -29,9 +27,8 @@ async def collections_context(user: User, page: int, per_page: int) -> dict[str,
 @get("/history", name="history", include_in_schema=False)
 async def history(request: AnyRequest, page: Page = 1) -> Template:
     # Images of a collection are listed on its own page: here they would bury the single ones.
-    query = Prediction.filter(user=request.user, collection_id__isnull=True)
-    pager = Pager(page, HISTORY_PER_PAGE, await query.count())
-    items = await query.order_by("-created_at").offset(pager.offset).limit(pager.per_page)
+    query = Prediction.filter(user=request.user, collection_id__isnull=True).order_by("-created_at")
+    items, pager = await paginate(query, page, HISTORY_PER_PAGE)
     given = await Feedback.filter(user=request.user, prediction_id__in=[p.id for p in items])
     by_prediction = {str(f.prediction_id): feedback.feedback_dict(f) for f in given}  # type: ignore[attr-defined]
     rows = [
