@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
 from typing import Annotated
 
 import msgspec
@@ -15,18 +16,20 @@ from litestar.status_codes import HTTP_409_CONFLICT
 from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 
-from app import keys
+from app import keys, text
 from app.models import User
 from app.settings import Settings
 
-# Domain labels exclude the dot, so matching is linear: no backtracking on hostile input.
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+$"
+# Domain labels exclude the dot, so matching is linear: no backtracking on hostile input. No control
+# characters anywhere (NUL breaks PostgreSQL text).
+EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s.\x00-\x1f\x7f]+(?:\.[^@\s.\x00-\x1f\x7f]+)+$"
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 
 Email = Annotated[str, msgspec.Meta(pattern=EMAIL_PATTERN, max_length=254, examples=["ada@example.com"])]
 NewPassword = Annotated[str, msgspec.Meta(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)]
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=PASSWORD_MAX)]
-Name = Annotated[str, msgspec.Meta(max_length=100)]
+NAME_MAX = 100
+Name = Annotated[str, msgspec.Meta(max_length=NAME_MAX)]
 
 BAD_CREDENTIALS = "Wrong email or password"
 
@@ -93,7 +96,18 @@ class LoginThrottle:
 
 
 def normalize_email(email: str) -> str:
-    return email.strip().lower()
+    """One spelling per address: compatibility forms folded (NFKC) and case folded."""
+    return unicodedata.normalize("NFKC", email.strip()).casefold()
+
+
+def normalize_name(name: str) -> str:
+    return unicodedata.normalize("NFKC", name.strip())
+
+
+def name_problem(name: str) -> str | None:
+    if len(normalize_name(name)) > NAME_MAX:
+        return f"The name must be at most {NAME_MAX} characters"
+    return text.invisible_problem(name, "The name")
 
 
 def email_problem(email: str) -> str | None:
@@ -113,12 +127,15 @@ class EmailTaken(ClientException):
 
 
 async def register(email: str, password: str, name: str = "") -> User:
-    """Create an account; EmailTaken (409) when the email is in use. Inputs are already validated."""
-    email = normalize_email(email)
+    """Create an account; 400 for a name that cannot be shown, EmailTaken (409) when the email is in use.
+    The email and password are already validated."""
+    if problem := name_problem(name):
+        raise ClientException(problem)
+    email, name = normalize_email(email), normalize_name(name)
     if await User.exists(email=email):
         raise EmailTaken("An account with this email already exists")
     try:
-        return await User.create(email=email, name=name.strip(), password_hash=await hash_password(password))
+        return await User.create(email=email, name=name, password_hash=await hash_password(password))
     except IntegrityError as exc:  # a concurrent registration won the race
         raise EmailTaken("An account with this email already exists") from exc
 

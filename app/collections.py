@@ -13,7 +13,7 @@ from typing import Any
 
 from tortoise.functions import Count
 
-from app import images, predictions
+from app import images, predictions, text
 from app.archives import Upload, refuse
 from app.exports import to_csv
 from app.jobs.producer import enqueue_bulk
@@ -36,7 +36,7 @@ async def _create_items(services: Services, collection: Collection, user: User, 
                 collection=collection,
                 model_name=settings.model_name,
                 model_weights=settings.model_weights,
-                file_name=upload.name[:255],
+                file_name=text.clean_file_name(upload.name),
                 image_sha256=hashlib.sha256(upload.data).hexdigest(),
                 image_path="",
                 status=Status.FAILED,
@@ -63,6 +63,8 @@ async def create(services: Services, user: User, uploads: list[Upload], name: st
         raise refuse("Send at least one image: several `files`, or one zip `archive`")
     if len(uploads) > services.settings.max_collection_files:
         raise refuse(f"At most {services.settings.max_collection_files} images in one collection", 413)
+    if problem := text.text_problem(name, "The collection name"):
+        raise refuse(problem)
     collection = await Collection.create(user=user, name=name[:255], total=len(uploads))
     jobs = await _create_items(services, collection, user, uploads)
     await enqueue_bulk(services.redis, user.id, jobs)

@@ -10,7 +10,7 @@ from litestar.exceptions import ClientException
 from litestar.status_codes import HTTP_409_CONFLICT
 from tortoise.queryset import QuerySet
 
-from app import labels, schemas
+from app import labels, schemas, text
 from app.models import Feedback, Prediction, Status, User
 
 COMMENT_MAX = 1000
@@ -55,6 +55,8 @@ async def give(
         raise NotFinished("Feedback can be given once the prediction is done")
     if len(comment) > COMMENT_MAX:
         raise ClientException(f"The comment must be at most {COMMENT_MAX} characters")
+    if problem := text.text_problem(comment, "The comment", multiline=True):
+        raise ClientException(problem)
     label = resolve_label(is_correct, correct_label)
     values = {
         "is_correct": is_correct,

@@ -12,7 +12,7 @@ from uuid import UUID
 from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
 from litestar.status_codes import HTTP_504_GATEWAY_TIMEOUT
 
-from app import files, images, schemas
+from app import files, images, schemas, text
 from app.jobs import producer
 from app.jobs.protocol import Job
 from app.jobs.results import cached_result
@@ -60,7 +60,7 @@ def record_of(services: Services, user: User, image: images.CheckedImage, file_n
         "user": user,
         "image_sha256": image.sha256,
         "image_path": image.relative_path,
-        "file_name": file_name[:255],
+        "file_name": text.clean_file_name(file_name),
         "model_name": services.settings.model_name,
         "model_weights": services.settings.model_weights,
     }

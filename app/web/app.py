@@ -30,6 +30,7 @@ from app.web.api import feedback as feedback_api
 from app.web.api import health
 from app.web.api import predictions as predictions_api
 from app.web.errors import handle
+from app.web.limits import LimitedRequest, RequestLimits
 from app.web.pages import accounts as account_pages
 from app.web.pages import admin, classify, history
 from app.web.pages import collections as collection_pages
@@ -93,15 +94,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State({"jwt_auth": jwt_auth, "settings": settings}),
         plugins=[HTMXPlugin()],
         middleware=[
+            RequestLimits,
             PrometheusConfig(
                 app_name="app", prefix="app", group_path=True, exclude=["^/metrics", "^/static"]
-            ).middleware
+            ).middleware,
         ],
         template_config=TemplateConfig(
             directory=ROOT / "templates", engine=JinjaTemplateEngine, engine_callback=configure_templates
         ),
         csrf_config=csrf_config(settings),
         exception_handlers={Exception: handle},
+        request_class=LimitedRequest,
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD,
         multipart_form_part_limit=settings.max_collection_files + 8,
         openapi_config=OpenAPIConfig(

@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import QueryParameter
 from litestar.security.jwt import Token
@@ -57,5 +57,9 @@ def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 
 
 def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    if not connection.user.is_admin:
+    # Read from the scope: requests that skip authentication (OPTIONS) have no user at all.
+    user = connection.scope.get("user")
+    if not isinstance(user, User):
+        raise NotAuthorizedException("Sign in first")
+    if not user.is_admin:
         raise PermissionDeniedException("Administrators only")

@@ -13,6 +13,7 @@ from litestar.status_codes import (
     HTTP_401_UNAUTHORIZED,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
+    HTTP_504_GATEWAY_TIMEOUT,
 )
 
 from app.outages import DEPENDENCY_ERRORS
@@ -21,6 +22,7 @@ from app.web.rendering import render, wants_partial
 from app.web.sessions import login_url, signed_out
 
 log = logging.getLogger(__name__)
+ANSWERED_5XX = {HTTP_503_SERVICE_UNAVAILABLE, HTTP_504_GATEWAY_TIMEOUT}
 
 ERROR_TITLES = {
     400: "That did not work",
@@ -81,7 +83,8 @@ def wants_json(request: Request[Any, Any, Any]) -> bool:
 
 def error_body(exc: Exception) -> tuple[int, str, dict[str, str], Any]:
     """(status, detail, headers, extra) for any exception."""
-    if isinstance(exc, HTTPException):
+    # Our own 503s and 504s say what to do; any other 5xx is a bug, whose detail may show internals.
+    if isinstance(exc, HTTPException) and (exc.status_code < 500 or exc.status_code in ANSWERED_5XX):
         return exc.status_code, exc.detail, dict(exc.headers or {}), exc.extra
     if isinstance(exc, UnicodeDecodeError):
         # Litestar's multipart parser raises this for a text part that is not UTF-8.

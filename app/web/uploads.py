@@ -12,6 +12,7 @@ from litestar.exceptions import ClientException
 
 from app.archives import Upload, is_archive, open_archives
 from app.settings import Settings
+from app.text import clean_file_name
 
 
 @dataclass
@@ -54,6 +55,6 @@ def is_collection(chosen: list[Upload]) -> bool:
 def collection_name(chosen: list[Upload]) -> str:
     """The name of the zip or the folder chosen, if that is what it was; else none."""
     if len(chosen) == 1:
-        return PurePosixPath(chosen[0].name).stem
+        return clean_file_name(PurePosixPath(chosen[0].name).stem)
     folders = {PurePosixPath(u.name).parts[0] if "/" in u.name else "" for u in chosen}
-    return folders.pop() if len(folders) == 1 else ""
+    return clean_file_name(folders.pop()) if len(folders) == 1 else ""

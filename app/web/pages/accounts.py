@@ -18,7 +18,6 @@ from app.web.rendering import render
 from app.web.sessions import revoke, safe_next, signed_in, signed_out
 
 FormBody = Body(media_type=RequestEncodingType.URL_ENCODED)
-NAME_MAX = 100
 NextPath = Annotated[str, QueryParameter(name="next", max_length=2000, description="Where to go after signing in")]
 
 
@@ -87,7 +86,7 @@ async def register_page(request: AnyRequest, next_path: NextPath = "/") -> Templ
 def register_problems(data: RegisterForm) -> dict[str, str]:
     problems = {
         "email": accounts.email_problem(accounts.normalize_email(data.email)),
-        "name": f"The name must be at most {NAME_MAX} characters" if len(data.name.strip()) > NAME_MAX else None,
+        "name": accounts.name_problem(data.name),
         "password": accounts.password_problem(data.password),
     }
     return {name: problem for name, problem in problems.items() if problem}

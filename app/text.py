@@ -1,0 +1,38 @@
+"""Checks of untrusted text (names, comments, file names): what may be stored and shown, and what is refused.
+
+Control characters are refused everywhere: NUL breaks PostgreSQL text, the others hide or rewrite what a
+person sees. One-line fields refuse line breaks too; display names also refuse invisible characters.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# Unicode categories nobody types on purpose: controls, format (zero-width, direction overrides),
+# surrogates, private use, and line or paragraph separators.
+_INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}
+_LINE_BREAKS = {"\n", "\r"}
+
+
+def is_control(char: str) -> bool:
+    return unicodedata.category(char) == "Cc"
+
+
+def text_problem(value: str, what: str, *, multiline: bool = False) -> str | None:
+    """Why `value` cannot be kept, or None. Tabs are allowed; line breaks only where `multiline`."""
+    allowed = {"\t", *_LINE_BREAKS} if multiline else {"\t"}
+    if any(is_control(c) and c not in allowed for c in value):
+        return f"{what} must not contain control characters" + ("" if multiline else " or line breaks")
+    return None
+
+
+def invisible_problem(value: str, what: str) -> str | None:
+    """Why a name people will see cannot be kept: no control or invisible characters."""
+    if any(unicodedata.category(c) in _INVISIBLE for c in value):
+        return f"{what} must not contain control or invisible characters"
+    return None
+
+
+def clean_file_name(name: str, limit: int = 255) -> str:
+    """A client's file name as a label (never a path): control characters dropped, cut to `limit`."""
+    return "".join(c for c in name if not is_control(c))[:limit]

@@ -1,0 +1,182 @@
+"""A corpus of hostile and careless requests, generated at test time: each gets a clear 4xx in the one error
+shape (JSON for /api, a page for people), never a 5xx or a look inside, and the service answers afterwards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import samples
+from tests.conftest import CountingClassifier
+from tests.helpers import sign_up
+
+INTERNALS = ("Traceback", "litestar.", "tortoise", "asyncpg", "sqlite3", 'File "/')
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    method: str
+    path: str
+    expected: tuple[int, ...]
+    json: Any = None
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    signed_in: bool = False
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def corpus() -> list[Case]:
+    nul, control = "a\x00b", "a\x1bb"
+    cases = [
+        Case(
+            "deeply nested JSON, signed out",
+            "POST",
+            "/api/auth/register",
+            (400,),
+            content=nested(100_000),
+            headers={"content-type": "application/json"},
+        ),
+        Case(
+            "deeply nested JSON object",
+            "POST",
+            "/api/auth/login",
+            (400,),
+            content=b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+            headers={"content-type": "application/json"},
+        ),
+        Case("JSON of the wrong type", "POST", "/api/auth/register", (400,), json=["not", "an", "object"]),
+        Case(
+            "malformed JSON",
+            "POST",
+            "/api/auth/login",
+            (400,),
+            content=b'{"email": ',
+            headers={"content-type": "application/json"},
+        ),
+        Case(
+            "NUL in a registration email",
+            "POST",
+            "/api/auth/register",
+            (400,),
+            json={"email": f"x{nul}@example.com", "password": "correct horse"},
+        ),
+        Case(
+            "NUL in a display name",
+            "POST",
+            "/api/auth/register",
+            (400,),
+            json={"email": "nul-name@example.com", "password": "correct horse", "name": nul},
+        ),
+        Case(
+            "a control character in a display name",
+            "POST",
+            "/api/auth/register",
+            (400,),
+            json={"email": "esc-name@example.com", "password": "correct horse", "name": control},
+        ),
+        Case(
+            "NUL in a password",
+            "POST",
+            "/api/auth/login",
+            (400, 401),
+            json={"email": "nobody@example.com", "password": nul},
+        ),
+        Case(
+            "an over-long password",
+            "POST",
+            "/api/auth/login",
+            (400,),
+            json={"email": "nobody@example.com", "password": "p" * 100_000},
+        ),
+        Case("NUL in a label search", "GET", "/api/labels?q=a%00b", (200, 400)),
+        Case("NUL in a static path", "GET", "/static/%00", (400, 404)),
+        Case("NUL in a page path", "GET", "/predictions/%00", (400, 404)),
+        Case("NUL in a collection name", "POST", "/api/collections", (400,), signed_in=True, content=b"", headers={}),
+        Case("NUL in a filter that reaches the database", "GET", "/api/feedback?label=a%00b", (400,), signed_in=True),
+        Case("an escape character in a page's filter", "GET", "/history?page=1%1b", (400,), signed_in=True),
+        Case("a 64 kB header", "GET", "/health/live", (431,), headers={"x-padding": "a" * 65_536}),
+        Case("200 headers", "GET", "/health/live", (431,), headers={f"x-h{i}": "1" for i in range(200)}),
+    ]
+    for method in ("OPTIONS", "HEAD", "TRACE", "PROPFIND", "PATCH", "DELETE", "PUT", "CONNECT"):
+        for path in (
+            "/",
+            "/admin",
+            "/api/predictions",
+            "/api/users/me",
+            "/login",
+            "/no/such/page",
+            "/static/css/app.css",
+        ):
+            cases.append(Case(f"{method} {path}", method, path, (200, 204, 302, 303, 400, 401, 403, 404, 405)))
+    return cases
+
+
+CORPUS = corpus()
+
+
+def multipart_collection_with_nul_name() -> tuple[bytes, str]:
+    boundary = "hostile-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbad\x00name\r\n--{boundary}--\r\n'
+    ).encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])
+async def test_hostile_request_gets_a_clear_4xx(client: httpx.AsyncClient, case: Case) -> None:
+    headers = dict(case.headers)
+    if case.signed_in:
+        headers.update(await sign_up(client))
+    content = case.content
+    if case.name == "NUL in a collection name":
+        content, headers["content-type"] = multipart_collection_with_nul_name()
+    response = await client.request(case.method, case.path, json=case.json, content=content, headers=headers)
+    assert response.status_code in case.expected, (response.status_code, response.text[:500])
+    assert not any(marker in response.text for marker in INTERNALS), response.text[:500]
+    if case.path.startswith("/api") and response.status_code >= 400 and case.method != "HEAD":
+        body = response.json()
+        assert body["status_code"] == response.status_code and isinstance(body["detail"], str)
+    assert (await client.get("/health/live")).status_code == 200
+
+
+async def test_a_nul_in_an_uploaded_file_name_is_dropped(client: httpx.AsyncClient, worker: CountingClassifier) -> None:
+    auth = await sign_up(client)
+    boundary = "nul-name"  # by hand: httpx would percent-encode the NUL in the file name
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ca\x00t.jpg"\r\n\r\n'
+    body = head.encode() + samples.photo(4242) + f"\r\n--{boundary}--\r\n".encode()
+    headers = {**auth, "content-type": f"multipart/form-data; boundary={boundary}"}
+    response = await client.post("/api/predictions", headers=headers, content=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["file_name"] == "cat.jpg"
+
+
+async def test_control_characters_in_feedback_are_refused(
+    client: httpx.AsyncClient, worker: CountingClassifier
+) -> None:
+    auth = await sign_up(client)
+    made = await client.post("/api/predictions", headers=auth, files={"file": ("a.jpg", samples.photo(4243))})
+    url = f"/api/predictions/{made.json()['id']}/feedback"
+    refused = await client.post(url, headers=auth, json={"is_correct": True, "comment": "fine\x00"})
+    assert refused.status_code == 400 and "control characters" in refused.json()["detail"]
+    kept = await client.post(url, headers=auth, json={"is_correct": True, "comment": "two\nlines"})
+    assert kept.status_code == 200 and kept.json()["comment"] == "two\nlines"
+
+
+async def test_names_and_emails_are_normalised(client: httpx.AsyncClient) -> None:
+    # Fullwidth letters (as some keyboards type them) fold to the plain ones.
+    email, name = "\uff21\uff24\uff21.Normal@Example.com", "  \uff2e\uff41\uff4d\uff45  "
+    body = {"email": email, "password": "correct horse", "name": name}
+    response = await client.post("/api/auth/register", json=body)
+    assert response.status_code == 201, response.text
+    assert (response.json()["email"], response.json()["name"]) == ("ada.normal@example.com", "Name")
+    again = {**body, "email": "ada.NORMAL@example.com"}  # the same address, spelt otherwise
+    assert (await client.post("/api/auth/register", json=again)).status_code == 409
+    invisible = {**body, "email": "zw@example.com", "name": "a\u200bb"}
+    assert (await client.post("/api/auth/register", json=invisible)).status_code == 400
