@@ -124,4 +124,5 @@ async def visible_prediction(user: User, prediction_id: UUID | str) -> Predictio
 
 def result_dict(prediction: Prediction) -> dict[str, Any]:
     """The API's JSON of a prediction, as a dict (for the pages and the CSV)."""
-    return schemas.as_dict(schemas.prediction_out(prediction))
+    # The pages show `cached` to admins only (templates/partials/result.html).
+    return schemas.as_dict(schemas.prediction_out(prediction, show_cached=True))

@@ -31,7 +31,7 @@ class ModelOut(msgspec.Struct):
     weights: str
 
 
-class PredictionOut(msgspec.Struct):
+class PredictionOut(msgspec.Struct, kw_only=True):
     id: str
     status: Status
     label: str | None
@@ -40,7 +40,8 @@ class PredictionOut(msgspec.Struct):
     top5: list[TopOut]
     model: ModelOut
     untrained: bool
-    cached: bool
+    # Whether another upload of the same image answered this one: admins only, for it tells what others sent.
+    cached: bool | msgspec.UnsetType = msgspec.UNSET
     latency_ms: float | None
     image_sha256: str
     file_name: str
@@ -77,7 +78,7 @@ class CollectionOut(msgspec.Struct):
     progress: Progress
 
 
-def prediction_out(prediction: Prediction) -> PredictionOut:
+def prediction_out(prediction: Prediction, *, show_cached: bool) -> PredictionOut:
     return PredictionOut(
         id=str(prediction.id),
         status=Status(prediction.status),
@@ -88,7 +89,7 @@ def prediction_out(prediction: Prediction) -> PredictionOut:
         top5=msgspec.convert(prediction.top5 or [], list[TopOut]),
         model=ModelOut(prediction.model_name, prediction.model_version, prediction.model_weights),
         untrained=prediction.model_weights == "random",
-        cached=prediction.cached,
+        cached=prediction.cached if show_cached else msgspec.UNSET,
         latency_ms=prediction.latency_ms,
         image_sha256=prediction.image_sha256,
         file_name=prediction.file_name,

@@ -313,7 +313,8 @@ async def test_classify_by_htmx_answers_the_result_partial(user_browser: Client,
     assert f'<h2 id="result-title" tabindex="-1" data-focus>{prediction.label}</h2>' in response.text
     assert response.text.count('<span class="top5-label">') == 5
     assert "Untrained model" in response.text and "resnet50" in response.text
-    assert "No: computed now" in response.text and " ms</dd>" in response.text
+    # Whether the cache answered is for admins only (it tells what other people uploaded).
+    assert "Cached" not in response.text and " ms</dd>" in response.text
     assert f'src="/predictions/{prediction.id}/image"' in response.text
     assert 'id="feedback"' in response.text
     again = await upload_page(user_browser, samples.photo(2001), name="cat-again.jpg")
@@ -699,3 +700,17 @@ async def test_an_unexpected_error_is_a_500_page_without_details(
     assert swapped.status_code == 500 and not is_full_page(swapped) and 'role="alert"' in swapped.text
     api = await user_browser.get("/api/labels", params={"q": "cat"})
     assert api.status_code == 500 and api.json()["detail"] == "Internal server error"
+
+
+async def test_only_admins_see_that_a_result_came_from_the_cache(
+    user_browser: Client, app: Litestar, settings: Settings
+) -> None:
+    user = await user_of(user_browser)
+    prediction = await make_prediction(user, cached=True)
+    own = await user_browser.get(f"/predictions/{prediction.id}")
+    assert own.status_code == 200 and "Cached" not in own.text
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50002))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as admin:
+        assert (await log_in_page(admin, settings.admin_email, settings.admin_password)).status_code == 303
+        seen = await admin.get(f"/predictions/{prediction.id}")
+    assert seen.status_code == 200 and "Yes: this image was seen before" in seen.text

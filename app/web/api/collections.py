@@ -76,7 +76,7 @@ async def read_collection(
     described = collection_out(collection, await collections.progress(collection))
     return CollectionDetail(
         **msgspec.structs.asdict(described),
-        results=[prediction_out(p) for p in results],
+        results=[prediction_out(p, show_cached=request.user.is_admin) for p in results],
         page=page,
         per_page=per_page,
         matching=pager.total,

@@ -54,21 +54,29 @@ async def create_prediction(
     prediction = await predictions.submit(svc, request.user, content, data.file.filename or "")
     if wants_async(wait, prefer) and prediction.status == "queued":
         location = f"/api/predictions/{prediction.id}"
-        return Response(prediction_out(prediction), status_code=HTTP_202_ACCEPTED, headers={"Location": location})
+        return Response(
+            prediction_out(prediction, show_cached=request.user.is_admin),
+            status_code=HTTP_202_ACCEPTED,
+            headers={"Location": location},
+        )
     prediction = await predictions.wait(svc, prediction, svc.settings.wait_timeout)
-    return Response(prediction_out(prediction))
+    return Response(prediction_out(prediction, show_cached=request.user.is_admin))
 
 
 @get("/api/predictions/{prediction_id:uuid}", tags=["predictions"], summary="One prediction")
 async def read_prediction(request: AuthedRequest, prediction_id: FromPath[UUID]) -> PredictionOut:
-    return prediction_out(await predictions.visible_prediction(request.user, prediction_id))
+    return prediction_out(
+        await predictions.visible_prediction(request.user, prediction_id), show_cached=request.user.is_admin
+    )
 
 
 @get("/api/predictions", tags=["predictions"], summary="The caller's predictions, newest first")
 async def list_predictions(request: AuthedRequest, page: Page = 1, per_page: PerPage = 20) -> PredictionPage:
     query = Prediction.filter(user=request.user).order_by("-created_at")
     items, pager = await paginate(query, page, per_page)
-    return PredictionPage([prediction_out(p) for p in items], page, per_page, pager.total)
+    return PredictionPage(
+        [prediction_out(p, show_cached=request.user.is_admin) for p in items], page, per_page, pager.total
+    )
 
 
 @post(
@@ -81,7 +89,7 @@ async def lookup_predictions(request: AuthedRequest, data: JSONBody[LookupIn]) -
     found: dict[str, PredictionOut] = {}
     rows = await Prediction.filter(user=request.user, image_sha256__in=data.sha256).order_by("created_at")
     for prediction in rows:  # oldest first: the latest of each image wins
-        found[prediction.image_sha256] = prediction_out(prediction)
+        found[prediction.image_sha256] = prediction_out(prediction, show_cached=request.user.is_admin)
     return LookupOut(found)
 
 
