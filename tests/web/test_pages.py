@@ -317,8 +317,10 @@ async def test_classify_by_htmx_answers_the_result_partial(user_browser: Client,
     assert "Cached" not in response.text and " ms</dd>" in response.text
     assert f'src="/predictions/{prediction.id}/image"' in response.text
     assert 'id="feedback"' in response.text
+    calls = worker.calls
     again = await upload_page(user_browser, samples.photo(2001), name="cat-again.jpg")
-    assert "Yes: this image was seen before" in again.text
+    # Answered from the cache (no model call), and it looks like any other result.
+    assert worker.calls == calls and f">{prediction.label}</h2>" in again.text and "Cached" not in again.text
 
 
 async def test_classify_without_javascript_renders_the_result_page(
