@@ -9,6 +9,7 @@ reader of the environment. The README's settings table is generated from the dec
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 from functools import lru_cache
@@ -47,6 +48,16 @@ def model_id(name: str, weights: str) -> str:
     """The id of a model in cache keys and results: `resnet50-random`, `resnet50-imagenet`, ..."""
     tag = Path(weights).stem if weights not in {"imagenet", "random"} else weights
     return re.sub(r"[^a-z0-9._-]", "-", f"{name}-{tag}".lower())
+
+
+def is_loopback(host: str) -> bool:
+    """An address (or `localhost`) that only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _hostname_pid() -> str:
@@ -178,10 +189,20 @@ class Settings:
         " reads it there too. `make run` sets it",
     )
     worker_name: str = Field(default_factory=_hostname_pid, description="This worker's consumer name in Redis")
+    metrics_token: str = Field(
+        default="",
+        description="The bearer token `GET /metrics` requires (`Authorization: Bearer ...`); empty: it answers"
+        " loopback clients only",
+    )
 
     @property
     def production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def exposed(self) -> bool:
+        """Reachable from other machines: production, or `make run` listening beyond loopback."""
+        return self.production or not is_loopback(self.host)
 
     @property
     def model_id(self) -> str:
@@ -200,13 +221,14 @@ class Settings:
                 f"OPENVINO_PRECISION must be empty or one of {', '.join(OPENVINO_PRECISIONS[1:])}, "
                 f"got {self.openvino_precision!r}"
             )
-        if not self.production:
+        if not self.exposed:
             return
+        where = "In production" if self.production else f"Listening on {self.host}"
         if self.secret_key == DEV_SECRET or len(self.secret_key) < 32:
-            raise SettingsError("In production SECRET_KEY must be set to a random string of 32+ characters")
+            raise SettingsError(f"{where} SECRET_KEY must be set to a random string of 32+ characters")
         if self.admin_password == DEV_ADMIN_PASSWORD or len(self.admin_password) < 8:
-            raise SettingsError("In production ADMIN_PASSWORD must be set to a real password (8+ characters)")
-        if self.inference_backend == "stand-in":
+            raise SettingsError(f"{where} ADMIN_PASSWORD must be set to a real password (8+ characters)")
+        if self.production and self.inference_backend == "stand-in":
             raise SettingsError(
                 "In production INFERENCE_BACKEND must be tensorflow or openvino: stand-in is a fake model for tests"
             )

@@ -144,6 +144,28 @@ def test_production_starts_with_real_secrets(monkeypatch: pytest.MonkeyPatch) ->
     assert load_settings().production
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::", "my-host.example.com"])
+def test_listening_beyond_loopback_refuses_the_published_defaults(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("HOST", host)
+    monkeypatch.setenv("SECRET_KEY", DEV_SECRET)
+    with pytest.raises(SettingsError, match=f"Listening on {host} SECRET_KEY must be set"):
+        load_settings()
+    monkeypatch.setenv("SECRET_KEY", "s" * 40)
+    monkeypatch.setenv("ADMIN_PASSWORD", DEV_ADMIN_PASSWORD)
+    with pytest.raises(SettingsError, match="ADMIN_PASSWORD must be set"):
+        load_settings()
+    monkeypatch.setenv("ADMIN_PASSWORD", "a-real-password")
+    assert load_settings().exposed
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_keeps_the_one_command_defaults(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("HOST", host)
+    monkeypatch.setenv("SECRET_KEY", DEV_SECRET)
+    monkeypatch.setenv("ADMIN_PASSWORD", DEV_ADMIN_PASSWORD)
+    assert not load_settings().exposed
+
+
 def test_stand_in_backend_is_for_tests_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERENCE_BACKEND", "Stand-In")
     assert load_settings().inference_backend == "stand-in"

@@ -8,10 +8,12 @@ same, however many there are and wherever the workers run.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.exceptions import NotAuthorizedException
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -19,7 +21,8 @@ from prometheus_client.registry import Collector
 
 from app.jobs.producer import live_workers, queue_depth
 from app.jobs.protocol import BATCH_SIZE_BUCKETS, INFERENCE_SECONDS_BUCKETS, Heartbeat
-from app.web.deps import services
+from app.settings import Settings, is_loopback
+from app.web.deps import client_address, services
 
 
 def _histogram(
@@ -77,10 +80,20 @@ def _request_metrics(multiproc_dir: str) -> bytes:
     return generate_latest(REGISTRY)
 
 
+def may_read_metrics(settings: Settings, client_host: str, authorization: str) -> bool:
+    """Queue depths, users' activity and worker names are for operators: the token, or this machine."""
+    if settings.metrics_token:
+        return hmac.compare_digest(authorization.encode(), f"Bearer {settings.metrics_token}".encode())
+    return is_loopback(client_host)
+
+
 @get("/metrics", include_in_schema=False, exclude_from_auth=True)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    settings = services(request).settings
+    if not may_read_metrics(settings, client_address(request), request.headers.get("authorization", "")):
+        raise NotAuthorizedException("Metrics need the METRICS_TOKEN bearer token, or a request from this machine")
     redis = services(request).redis
     snapshot = CollectorRegistry()
     snapshot.register(QueueCollector(await queue_depth(redis), await live_workers(redis)))
-    body = _request_metrics(services(request).settings.prometheus_multiproc_dir) + generate_latest(snapshot)
+    body = _request_metrics(settings.prometheus_multiproc_dir) + generate_latest(snapshot)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

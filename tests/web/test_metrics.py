@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import httpx
+from litestar import Litestar
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.settings import Settings
+from app.web.metrics import may_read_metrics
 from tests import samples
 from tests.conftest import CountingClassifier
 from tests.helpers import eventually
@@ -41,3 +46,21 @@ async def test_metrics(client: httpx.AsyncClient, auth: dict[str, str], worker: 
     assert metrics["app_inference_seconds_sum{}"] > 0
     requests = [v for k, v in metrics.items() if k.startswith("app_requests_total{") and "path=/api/predictions" in k]
     assert requests and sum(requests) >= 2
+
+
+def test_who_may_read_the_metrics(settings: Settings) -> None:
+    assert may_read_metrics(settings, "127.0.0.1", "") and may_read_metrics(settings, "::1", "")
+    assert not may_read_metrics(settings, "203.0.113.5", "")
+    with_token = dataclasses.replace(settings, metrics_token="s3cret-token")
+    assert may_read_metrics(with_token, "203.0.113.5", "Bearer s3cret-token")
+    assert not may_read_metrics(with_token, "127.0.0.1", "")  # with a token set, the token is the key
+    assert not may_read_metrics(with_token, "203.0.113.5", "Bearer wrong")
+
+
+async def test_metrics_are_not_public(app: Litestar, client: httpx.AsyncClient) -> None:
+    """From another machine (the session's app is running: `client`), /metrics answers 401."""
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.5", 40000))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as outsider:
+        response = await outsider.get("/metrics")
+    assert response.status_code == 401 and "app_queue_depth" not in response.text
+    assert (await client.get("/metrics")).status_code == 200  # the test client is on loopback
