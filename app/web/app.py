@@ -30,6 +30,7 @@ from app.web.api import feedback as feedback_api
 from app.web.api import health
 from app.web.api import predictions as predictions_api
 from app.web.errors import handle
+from app.web.headers import security_headers
 from app.web.limits import LimitedRequest, RequestLimits
 from app.web.pages import accounts as account_pages
 from app.web.pages import admin, classify, history
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         csrf_config=csrf_config(settings),
         exception_handlers={Exception: handle},
         request_class=LimitedRequest,
+        before_send=[security_headers(settings)],
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD,
         multipart_form_part_limit=settings.max_collection_files + 8,
         openapi_config=OpenAPIConfig(

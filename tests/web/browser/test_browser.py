@@ -48,11 +48,16 @@ def scenery(seed: int, size: tuple[int, int] = (640, 480)) -> bytes:
 
 
 async def new_page(browser: Browser, base_url: str, **options: object) -> AsyncIterator[Page]:
-    """A page in a fresh context (its own cookies) that fails the test on any uncaught script error."""
+    """A page in a fresh context (its own cookies) that fails the test on any uncaught script error or
+    anything the Content Security Policy blocked."""
     context: BrowserContext = await browser.new_context(base_url=base_url, viewport=DESKTOP, **options)  # type: ignore[arg-type]
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on(
+        "console",
+        lambda message: errors.append(message.text) if "Content Security Policy" in message.text else None,
+    )
     try:
         yield page
     finally:
