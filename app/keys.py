@@ -41,5 +41,9 @@ def login_throttle_address(address: str) -> str:
     return f"throttle:login:addr:{address}"
 
 
+def register_throttle_address(address: str) -> str:
+    return f"throttle:register:addr:{address}"
+
+
 def revoked_token(jti: str) -> str:
     return f"revoked:{jti}"

@@ -1,4 +1,4 @@
-"""What one web process shares between requests: settings, Redis, the result waiter, the login throttle.
+"""What one web process shares between requests: settings, Redis, the result waiter, the throttle.
 Built once by the web app's lifespan; the domain modules take it as an argument."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from app.accounts import LoginThrottle
 from app.jobs.results import ResultWaiter
 from app.settings import Settings
+from app.throttles import Throttle
 
 
 @dataclass
@@ -17,4 +17,4 @@ class Services:
     settings: Settings
     redis: Redis
     waiter: ResultWaiter
-    throttle: LoginThrottle
+    throttle: Throttle

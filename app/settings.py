@@ -169,6 +169,10 @@ class Settings:
     login_attempts_per_address: int = Field(
         default=20, description="Failed sign-ins allowed per client address within `LOGIN_WINDOW_SECONDS` (then 429)"
     )
+    registrations_per_address: int = Field(
+        default=20,
+        description="Sign-ups allowed per client address per hour (then 429): bounds probing for taken emails",
+    )
     login_window_seconds: int = Field(default=900, description="The window of the failed sign-in limits, in seconds")
     htmx_url: str = Field(
         default="https://unpkg.com/htmx.org@2.0.4/dist/htmx.min.js",

@@ -11,10 +11,10 @@ from litestar import Litestar
 from redis.asyncio import Redis
 
 from app import keys, recovery
-from app.accounts import LoginThrottle
 from app.jobs.protocol import Heartbeat, connect
 from app.models import Prediction, Status
 from app.settings import Settings
+from app.throttles import Throttle
 from tests import samples
 from tests.conftest import running_worker
 from tests.helpers import beat, forget_worker
@@ -76,7 +76,7 @@ async def test_redis_down_is_503_not_500(
     services = app.state.services
     working, throttle = services.redis, services.throttle
     services.redis = connect("redis://127.0.0.1:1/0")  # nothing listens there
-    services.throttle = LoginThrottle(services.redis, settings)
+    services.throttle = Throttle(services.redis, settings)
     try:
         upload = await client.post("/api/predictions", headers=auth, files={"file": ("a.jpg", samples.photo(1201))})
         ready = await client.get("/health/ready")

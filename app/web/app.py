@@ -17,12 +17,13 @@ from litestar.plugins.prometheus import PrometheusConfig
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from app import accounts, db, recovery
+from app import accounts, db, passwords, recovery
 from app.background import Every
 from app.jobs.protocol import connect, ensure_group
 from app.jobs.results import ResultWaiter
 from app.services import Services
 from app.settings import Settings, get_settings
+from app.throttles import Throttle
 from app.web import metrics
 from app.web.api import accounts as accounts_api
 from app.web.api import collections as collections_api
@@ -58,9 +59,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         requeuing: Every | None = None
         try:
             await accounts.ensure_admin(settings)
+            await passwords.warm_up()
             await ensure_group(redis)
             await waiter.start()
-            app.state.services = services = Services(settings, redis, waiter, accounts.LoginThrottle(redis, settings))
+            app.state.services = services = Services(settings, redis, waiter, Throttle(redis, settings))
             requeuing = recovery.requeue_forever(services)
             yield
         finally:

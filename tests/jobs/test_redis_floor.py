@@ -12,9 +12,9 @@ from litestar.exceptions import TooManyRequestsException
 from redis.asyncio import Redis
 
 from app import keys
-from app.accounts import LoginThrottle
 from app.jobs.protocol import connect
 from app.settings import Settings
+from app.throttles import Throttle
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,13 @@ async def test_the_embedded_server_is_redis_6_2(redis62: Redis) -> None:
 
 
 async def test_failed_sign_ins_are_counted_and_limited_on_redis_6_2(redis62: Redis, settings: Settings) -> None:
-    throttle = LoginThrottle(redis62, settings)
+    throttle = Throttle(redis62, settings)
+    limits = throttle.sign_in_limits("ada@example.com", "10.0.0.1")
     for _ in range(settings.login_attempts_per_account):
-        await throttle.check("ada@example.com", "10.0.0.1")
-        await throttle.failed("ada@example.com", "10.0.0.1")  # used EXPIRE ... NX, Redis 7 only: an error
+        await throttle.refuse_past(limits, "failed sign-ins")
+        await throttle.count(limits)  # used EXPIRE ... NX, Redis 7 only: an error
     with pytest.raises(TooManyRequestsException) as refused:
-        await throttle.check("ada@example.com", "10.0.0.1")
+        await throttle.refuse_past(limits, "failed sign-ins")
     retry = int((refused.value.headers or {})["Retry-After"])
     assert 0 < retry <= settings.login_window_seconds
     # The window starts at the first failure: later failures do not push it back.

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 
 import httpx
 import jwt
 import pytest
+from litestar import Litestar
 
+from app import passwords
 from app.settings import Settings
 from tests.helpers import sign_up, unique_email
 
@@ -160,3 +164,46 @@ async def test_logout_revokes_the_token(client: Client) -> None:
 async def test_admin_is_ensured(client: Client, admin_auth: dict[str, str]) -> None:
     me = await client.get("/api/users/me", headers=admin_auth)
     assert me.status_code == 200 and me.json()["is_admin"] is True
+
+
+async def test_sign_ups_are_limited_per_address(app: Litestar, client: Client) -> None:
+    """Every attempt counts, a taken email (409) included: that bounds how fast anyone can probe for accounts."""
+    throttle = app.state.services.throttle
+    limit = 3
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 40001))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as prober:
+        original = throttle.settings
+        throttle.settings = dataclasses.replace(original, registrations_per_address=limit)
+        try:
+            taken = unique_email()
+            answers = [
+                (await prober.post("/api/auth/register", json={"email": email, "password": "correct horse"}))
+                for email in [taken, taken, unique_email(), unique_email()]
+            ]
+        finally:
+            throttle.settings = original
+    assert [a.status_code for a in answers] == [201, 409, 201, 429]
+    assert_error(answers[-1], 429)
+    assert 0 < int(answers[-1].headers["Retry-After"]) <= 3600
+    # Other addresses are not affected.
+    assert (
+        await client.post("/api/auth/register", json={"email": unique_email(), "password": "x" * 10})
+    ).status_code == 201
+
+
+async def test_unknown_and_known_emails_cost_the_same_check(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong password for an unknown email runs the very check a known one does, on the sign-in threads."""
+    checks: list[str] = []
+    real_check = passwords._check
+
+    def counting(password_hash: str, password: str) -> tuple[bool, str | None]:
+        checks.append(threading.current_thread().name)
+        return real_check(password_hash, password)
+
+    monkeypatch.setattr(passwords, "_check", counting)
+    known = unique_email()
+    await client.post("/api/auth/register", json={"email": known, "password": "correct horse"})
+    for email in (known, unique_email()):
+        response = await client.post("/api/auth/login", json={"email": email, "password": "wrong horse"})
+        assert (response.status_code, response.json()["detail"]) == (401, "Wrong email or password")
+    assert len(checks) == 2 and all(name.startswith("sign-in") for name in checks)

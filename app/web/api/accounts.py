@@ -30,8 +30,9 @@ class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @post("/api/auth/register", tags=["auth"], summary="Create an account")
-async def api_register(data: JSONBody[RegisterIn]) -> UserOut:
-    return UserOut.of(await accounts.register(data.email, data.password, data.name))
+async def api_register(request: Request[Any, Any, Any], data: JSONBody[RegisterIn]) -> UserOut:
+    throttle = services(request).throttle
+    return UserOut.of(await accounts.register(data.email, data.password, data.name, client_address(request), throttle))
 
 
 @post(

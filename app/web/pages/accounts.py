@@ -98,9 +98,11 @@ async def register_submit(request: AnyRequest, data: Annotated[RegisterForm, For
     if errors := register_problems(data):
         return account_form(request, "register", values, errors, HTTP_400_BAD_REQUEST)
     try:
-        user = await accounts.register(data.email, data.password, data.name)
-    except accounts.EmailTaken as exc:
-        return account_form(request, "register", values, {"email": exc.detail}, exc.status_code)
+        throttle = services(request).throttle
+        user = await accounts.register(data.email, data.password, data.name, client_address(request), throttle)
+    except HTTPException as exc:  # 409 the email is taken, 429 too many sign-ups from this address
+        where = "email" if isinstance(exc, accounts.EmailTaken) else "form"
+        return account_form(request, "register", values, {where: exc.detail}, exc.status_code, exc.headers)
     return signed_in(request, user, values["next"])
 
 
