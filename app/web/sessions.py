@@ -3,6 +3,7 @@ cookie for the pages, their revocation, CSRF, and where a sign-in leads."""
 
 from __future__ import annotations
 
+import hmac
 import time
 from datetime import timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from litestar import Response
 from litestar.config.csrf import CSRFConfig
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTCookieAuth, JWTCookieAuthenticationMiddleware, Token
 
@@ -47,8 +48,14 @@ async def retrieve_user(token: Token, _connection: ASGIConnection[Any, Any, Any,
     return await User.get_or_none(id=user_id)
 
 
+# Methods that change nothing: they need no CSRF token.
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
+CSRF_CLAIM = "csrf"
+
+
 class AuthMiddleware(JWTCookieAuthenticationMiddleware):
-    """The JSON API takes only the bearer header: a cookie there would bypass CSRF protection."""
+    """The JSON API takes only the bearer header: a cookie there would bypass CSRF protection. The pages'
+    forms must carry the CSRF token of this very session (see `issue_token`)."""
 
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         if connection.scope["path"].startswith("/api"):
@@ -57,7 +64,20 @@ class AuthMiddleware(JWTCookieAuthenticationMiddleware):
             if scheme.lower() != "bearer" or not encoded:
                 raise NotAuthorizedException("Sign in: send 'Authorization: Bearer <token>'")
             return await self.authenticate_token(encoded_token=encoded, connection=connection)
-        return await super().authenticate_request(connection)
+        result = await super().authenticate_request(connection)
+        if connection.scope.get("method") not in SAFE_METHODS:
+            check_bound_csrf(connection, result.auth)
+        return result
+
+
+def check_bound_csrf(connection: ASGIConnection[Any, Any, Any, Any], token: Token) -> None:
+    """Litestar's CSRF check makes the form's token match the CSRF cookie; this makes that cookie the one the
+    session was signed in with, so a cookie planted from elsewhere (another site's subdomain, a network on
+    the way) cannot carry a form in someone's session."""
+    bound = token.extras.get(CSRF_CLAIM)
+    cookie = connection.cookies.get(connection.app.csrf_config.cookie_name) if connection.app.csrf_config else None
+    if not isinstance(bound, str) or not bound or not cookie or not hmac.compare_digest(bound, cookie):
+        raise PermissionDeniedException("This form does not belong to your session: reload the page and try again")
 
 
 def build_jwt_auth(settings: Settings) -> JWTCookieAuth[User, Token]:
@@ -91,8 +111,12 @@ def jwt_auth(connection: ASGIConnection[Any, Any, Any, Any]) -> JWTCookieAuth[Us
 
 
 def issue_token(request: AnyRequest, user: User) -> str:
-    # A jti on every token lets logout revoke exactly that token.
-    return jwt_auth(request).create_token(identifier=str(user.id), token_unique_jwt_id=uuid4().hex)
+    """A jti on every token lets logout revoke exactly that token; a page session's token also names the
+    CSRF cookie it was signed in with (the sign-in form had to carry it), which binds the two."""
+    csrf_cookie = request.cookies.get(request.app.csrf_config.cookie_name, "") if request.app.csrf_config else ""
+    return jwt_auth(request).create_token(
+        identifier=str(user.id), token_unique_jwt_id=uuid4().hex, token_extras={CSRF_CLAIM: csrf_cookie}
+    )
 
 
 async def revoke(request: AnyRequest, token: Token) -> None:
@@ -147,7 +171,7 @@ def signed_in(request: AnyRequest, user: User, target: str) -> Response[Any]:
             max_age=int(auth.default_token_expiration.total_seconds()),
             httponly=True,  # out of reach of scripts
             samesite=auth.samesite,  # lax: not sent on cross-site posts
-            secure=auth.secure,  # True in production
+            secure=auth.secure or request.url.scheme == "https",  # production, or served over https
         )
     )
     return response
@@ -157,4 +181,6 @@ def signed_out(request: AnyRequest, target: str) -> Response[Any]:
     auth = jwt_auth(request)
     response = go(request, target)
     response.delete_cookie(auth.key, path=auth.path, domain=auth.domain)
+    if request.app.csrf_config:  # the next session gets a CSRF token of its own
+        response.delete_cookie(request.app.csrf_config.cookie_name, path=request.app.csrf_config.cookie_path)
     return response

@@ -228,6 +228,36 @@ async def test_forms_without_the_csrf_token_are_refused(browser: Client) -> None
     assert forged.status_code == 403
 
 
+async def test_the_csrf_token_is_bound_to_the_session(app: Litestar, user_browser: Client) -> None:
+    """A valid CSRF cookie and token from another browser (planted, say, from a sibling subdomain) do not
+    carry a form in this session; the session's own do."""
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50004))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as elsewhere:
+        planted = await csrf(elsewhere)  # a real token, just not this session's
+    own = user_browser.cookies["csrftoken"]
+    user_browser.cookies.set("csrftoken", planted)
+    refused = await user_browser.post("/logout", data={"_csrf_token": planted})
+    assert refused.status_code == 403 and "does not belong to your session" in refused.text
+    user_browser.cookies.set("csrftoken", own)
+    assert (await user_browser.post("/logout", data={"_csrf_token": own})).status_code == 303
+
+
+async def test_the_session_cookie_is_secure_over_https(app: Litestar, client: Client) -> None:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50005))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as secure:
+        email = await sign_up_page(secure)
+        assert email
+        cookie = next(c for c in secure.cookies.jar if c.name == "token")
+    assert cookie.secure and cookie.has_nonstandard_attr("HttpOnly")
+
+
+async def test_signing_out_gives_the_next_session_a_new_csrf_token(user_browser: Client) -> None:
+    before = user_browser.cookies["csrftoken"]
+    response = await post_form(user_browser, "/logout", {})
+    assert response.status_code == 303 and "csrftoken" not in user_browser.cookies
+    assert await csrf(user_browser) != before
+
+
 async def test_logout_revokes_the_token_and_clears_the_cookie(user_browser: Client) -> None:
     token = user_browser.cookies["token"]
     response = await post_form(user_browser, "/logout", {})
