@@ -31,7 +31,11 @@ def token(live_url: str) -> str:
 
 def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(live_url: str, token: str) -> None:
     command = [str(ST), "run", f"{live_url}/schema/openapi.json", "-H", f"Authorization: Bearer {token}"]
-    command += ["--checks", "not_a_server_error,response_schema_conformance", "--max-examples", "30"]
+    # Valid and invalid data (--mode all), and every phase: examples, coverage, fuzzing, and stateful sequences
+    # that follow the schema's links (register, sign in, classify, read it back, give feedback).
+    command += ["--mode", "all", "--phases", "examples,coverage,fuzzing,stateful"]
+    command += ["--checks", "not_a_server_error,response_schema_conformance,negative_data_rejection"]
+    command += ["--max-examples", "30"]
     # Logout would revoke the token the rest of the run signs in with.
     command += ["--exclude-path", "/api/auth/logout", "--generation-deterministic", "--no-color"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)

@@ -165,6 +165,8 @@ async def test_control_characters_in_feedback_are_refused(
     url = f"/api/predictions/{made.json()['id']}/feedback"
     refused = await client.post(url, headers=auth, json={"is_correct": True, "comment": "fine\x00"})
     assert refused.status_code == 400 and "control characters" in refused.json()["detail"]
+    # Found by Schemathesis: a number passed for a boolean.
+    assert (await client.post(url, headers=auth, json={"is_correct": 0})).status_code == 400
     kept = await client.post(url, headers=auth, json={"is_correct": True, "comment": "two\nlines"})
     assert kept.status_code == 200 and kept.json()["comment"] == "two\nlines"
 

@@ -7,6 +7,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import get, post
+from litestar.exceptions import ValidationException
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
@@ -33,6 +34,10 @@ class FeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
 async def give_feedback(
     request: AuthedRequest, prediction_id: FromPath[UUID], data: JSONBody[FeedbackIn]
 ) -> FeedbackOut:
+    try:  # Litestar converts bodies leniently (0 would pass for false); the schema promises a real boolean
+        msgspec.convert(await request.json(), FeedbackIn, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ValidationException(f"Invalid feedback: {exc}") from None
     prediction = await predictions.visible_prediction(request.user, prediction_id)
     given = await feedback.give(request.user, prediction, data.is_correct, data.correct_label, data.comment)
     return feedback_out(given)
