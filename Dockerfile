@@ -21,6 +21,9 @@ COPY app app
 COPY migrations migrations
 
 FROM base AS web
+# It listens beyond loopback: it refuses to start with the published default secret or admin password.
+ENV ENVIRONMENT=production \
+    HOST=0.0.0.0
 RUN make venv EXTRAS= VENV=/opt/venv
 COPY templates templates
 COPY static static

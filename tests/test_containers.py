@@ -14,6 +14,8 @@ from typing import Any
 import compose
 import pytest
 
+from app.settings import DEV_SECRET, SettingsError, load_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = Path(compose.__file__).parent / "docker-compose"  # the real Docker Compose v2 binary
 SECRETS = {"POSTGRES_PASSWORD": "pw", "SECRET_KEY": "s" * 40, "ADMIN_PASSWORD": "a-real-password"}
@@ -78,3 +80,28 @@ def test_dockerfile_targets_run_as_non_root_and_bake_the_weights() -> None:
         assert "\nUSER 10001" in stage
     assert "EXTRAS=worker" in worker and "load_classifier('imagenet')" in worker
     assert "EXTRAS= " in web  # no TensorFlow in the web image
+
+
+def stage_environment(stage: str) -> dict[str, str]:
+    """The ENV of one Dockerfile stage (`KEY=value` pairs, continued lines joined)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    found: dict[str, str] = {}
+    current = ""
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["FROM"]:
+            current = words[-1]
+        elif words[:1] == ["ENV"] and current == stage:
+            found |= dict(word.split("=", 1) for word in words[1:])
+    return found
+
+
+def test_the_web_image_refuses_the_published_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in stage_environment("web").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SECRET_KEY", DEV_SECRET)
+    with pytest.raises(SettingsError, match="SECRET_KEY"):
+        load_settings()
+    monkeypatch.setenv("SECRET_KEY", SECRETS["SECRET_KEY"])
+    monkeypatch.setenv("ADMIN_PASSWORD", SECRETS["ADMIN_PASSWORD"])
+    assert load_settings().production
