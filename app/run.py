@@ -18,6 +18,7 @@ from typing import Any
 
 from app import db
 from app.settings import get_settings
+from app.web.server import UVICORN_ARGS
 
 METRICS_DIR = Path("data/metrics")
 
@@ -50,7 +51,7 @@ def main() -> None:
     settings = get_settings()
     print(f"database {settings.database_url}", flush=True)
     asyncio.run(db.apply_migrations(settings.database_url))
-    web = ["uvicorn", "--factory", "app.web.app:app", "--host", settings.host, "--port", str(settings.port)]
+    web = ["uvicorn", *UVICORN_ARGS, "--host", settings.host, "--port", str(settings.port)]
     web += ["--workers", str(settings.web_processes)]
     children = {
         "worker": subprocess.Popen([sys.executable, "-m", "app.worker"]),

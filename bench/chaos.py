@@ -34,6 +34,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.web.server import UVICORN_ARGS  # noqa: E402
 from bench.run import free_port  # noqa: E402
 
 PY = sys.executable
@@ -151,7 +152,7 @@ class System:
             "UPLOAD_DIR": str(workdir / "uploads"),
             "LOGIN_ATTEMPTS_PER_ADDRESS": "100000",
         }
-        self.web = self._spawn("web", ["-m", "uvicorn", "--factory", "app.web.app:app", "--port", str(self.port)])
+        self.web = self._spawn("web", ["-m", "uvicorn", *UVICORN_ARGS, "--port", str(self.port)])
         self.workers = [self._spawn(f"worker{i}", ["-m", "app.worker"], WORKER_NAME=f"chaos-{i}") for i in range(2)]
 
     @property

@@ -31,6 +31,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from app.web.server import UVICORN_ARGS  # noqa: E402
+
 PY = sys.executable
 DOCS = ROOT / "docs"
 PREDICT = "POST /api/predictions"
@@ -162,7 +164,7 @@ class System:
         web_cores, worker_cores = ("1", "0") if pinned else (None, None)
         self._start(
             "web",
-            [*pin(web_cores), PY, "-m", "uvicorn", "--factory", "app.web.app:app", "--port", str(self.port)],
+            [*pin(web_cores), PY, "-m", "uvicorn", *UVICORN_ARGS, "--port", str(self.port)],
         )
         for i in range(workers):
             self._start(f"worker{i}", [*pin(worker_cores), PY, "-m", "app.worker"], WORKER_NAME=f"bench-{i}")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from app.web.server import UVICORN_ARGS
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -25,7 +27,7 @@ def free_port() -> int:
 def live_server(log: Path, **env: str) -> Iterator[str]:
     """Serve the app with this process's environment (the tests' database and Redis) plus `env`."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.web.app:app", "--port", str(port)]
+    command = [sys.executable, "-m", "uvicorn", *UVICORN_ARGS, "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=os.environ | env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
