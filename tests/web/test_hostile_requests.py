@@ -101,6 +101,21 @@ def corpus() -> list[Case]:
         Case("NUL in a collection name", "POST", "/api/collections", (400,), signed_in=True, content=b"", headers={}),
         Case("NUL in a filter that reaches the database", "GET", "/api/feedback?label=a%00b", (400,), signed_in=True),
         Case("an escape character in a page's filter", "GET", "/history?page=1%1b", (400,), signed_in=True),
+        Case(
+            "an over-long email",
+            "POST",
+            "/api/auth/register",
+            (400,),
+            json={"email": "a" * 10_000 + "@example.com", "password": "correct horse"},
+        ),
+        Case(
+            "a body over the limit on a JSON route",
+            "POST",
+            "/api/auth/login",
+            (413,),
+            content=b" " * (11 * 1024 * 1024),
+            headers={"content-type": "application/json"},
+        ),
         Case("a 64 kB header", "GET", "/health/live", (431,), headers={"x-padding": "a" * 65_536}),
         Case("200 headers", "GET", "/health/live", (431,), headers={f"x-h{i}": "1" for i in range(200)}),
     ]
