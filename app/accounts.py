@@ -95,7 +95,8 @@ async def authenticate(email: str, password: str, address: str, throttle: Thrott
     if not ok or user is None:
         await throttle.count(limits)
         raise NotAuthorizedException(BAD_CREDENTIALS)
-    await throttle.forget(limits[0])  # the account's count; the address's runs on
+    account, _ = limits
+    await throttle.forget(account)  # a success clears the account's count; the address's runs on
     if new_hash:
         user.password_hash = new_hash
         await user.save(update_fields=["password_hash"])

@@ -6,6 +6,7 @@ A window starts at its first event: SET NX EX creates the counter with its TTL a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from litestar.exceptions import TooManyRequestsException
@@ -29,17 +30,18 @@ class Throttle:
         self.redis = redis
         self.settings = settings
 
-    def sign_in_limits(self, email: str, address: str) -> list[Limit]:
+    def sign_in_limits(self, email: str, address: str) -> tuple[Limit, Limit]:
+        """(the account's, the address's) limits on failed sign-ins."""
         window = self.settings.login_window_seconds
-        return [
+        return (
             Limit(keys.login_throttle_account(email), self.settings.login_attempts_per_account, window),
             Limit(keys.login_throttle_address(address), self.settings.login_attempts_per_address, window),
-        ]
+        )
 
     def sign_up_limit(self, address: str) -> Limit:
         return Limit(keys.register_throttle_address(address), self.settings.registrations_per_address, SIGN_UP_WINDOW)
 
-    async def refuse_past(self, limits: list[Limit], what: str) -> None:
+    async def refuse_past(self, limits: Sequence[Limit], what: str) -> None:
         """429 if any of `limits` is used up."""
         counts = await self.redis.mget([limit.key for limit in limits])
         for limit, count in zip(limits, counts, strict=True):
@@ -49,7 +51,7 @@ class Throttle:
                     f"Too many {what}; try again in {retry} seconds", headers={"Retry-After": str(retry)}
                 )
 
-    async def count(self, limits: list[Limit]) -> None:
+    async def count(self, limits: Sequence[Limit]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             for limit in limits:
                 pipe.set(limit.key, 0, ex=limit.window, nx=True)

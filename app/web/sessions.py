@@ -51,6 +51,7 @@ async def retrieve_user(token: Token, _connection: ASGIConnection[Any, Any, Any,
 # Methods that change nothing: they need no CSRF token.
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
 CSRF_CLAIM = "csrf"
+CSRF_COOKIE = "csrftoken"
 
 
 class AuthMiddleware(JWTCookieAuthenticationMiddleware):
@@ -75,7 +76,7 @@ def check_bound_csrf(connection: ASGIConnection[Any, Any, Any, Any], token: Toke
     session was signed in with, so a cookie planted from elsewhere (another site's subdomain, a network on
     the way) cannot carry a form in someone's session."""
     bound = token.extras.get(CSRF_CLAIM)
-    cookie = connection.cookies.get(connection.app.csrf_config.cookie_name) if connection.app.csrf_config else None
+    cookie = connection.cookies.get(CSRF_COOKIE)
     if not isinstance(bound, str) or not bound or not cookie or not hmac.compare_digest(bound, cookie):
         raise PermissionDeniedException("This form does not belong to your session: reload the page and try again")
 
@@ -99,6 +100,7 @@ def csrf_config(settings: Settings) -> CSRFConfig:
     """The pages' forms carry a CSRF token; the API, health, metrics and schema take none (no cookies there)."""
     return CSRFConfig(
         secret=settings.secret_key,
+        cookie_name=CSRF_COOKIE,
         cookie_secure=settings.production,
         cookie_httponly=False,
         exclude=["^/api/", "^/health", "^/metrics", "^/schema"],
@@ -113,7 +115,7 @@ def jwt_auth(connection: ASGIConnection[Any, Any, Any, Any]) -> JWTCookieAuth[Us
 def issue_token(request: AnyRequest, user: User) -> str:
     """A jti on every token lets logout revoke exactly that token; a page session's token also names the
     CSRF cookie it was signed in with (the sign-in form had to carry it), which binds the two."""
-    csrf_cookie = request.cookies.get(request.app.csrf_config.cookie_name, "") if request.app.csrf_config else ""
+    csrf_cookie = request.cookies.get(CSRF_COOKIE, "")
     return jwt_auth(request).create_token(
         identifier=str(user.id), token_unique_jwt_id=uuid4().hex, token_extras={CSRF_CLAIM: csrf_cookie}
     )
@@ -181,6 +183,5 @@ def signed_out(request: AnyRequest, target: str) -> Response[Any]:
     auth = jwt_auth(request)
     response = go(request, target)
     response.delete_cookie(auth.key, path=auth.path, domain=auth.domain)
-    if request.app.csrf_config:  # the next session gets a CSRF token of its own
-        response.delete_cookie(request.app.csrf_config.cookie_name, path=request.app.csrf_config.cookie_path)
+    response.delete_cookie(CSRF_COOKIE)  # the next session gets a CSRF token of its own
     return response
