@@ -31,7 +31,7 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=2)"]
-# The arguments of app/web/server.py's UVICORN_ARGS: the bounded HTTP protocol reads no head past 64 kB.
+# The arguments of app/run.py's UVICORN_ARGS: the bounded HTTP protocol reads no head past 64 kB.
 CMD ["uvicorn", "--factory", "app.web.app:app", "--http", "app.web.server:BoundedHttpTools", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
 
 FROM base AS worker

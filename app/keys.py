@@ -12,6 +12,8 @@ WORKER_PREFIX = "worker:"  # heartbeats: worker:<name> -> JSON stats, with a TTL
 # scanning the keyspace, which holds a result per image ever classified.
 WORKER_NAMES = "workers:live"
 REQUEUE_LOCK = "lock:requeue"  # one web process at a time looks for stale predictions
+# Uploads answered from the result cache, for /metrics (a user is not told: it would say what others sent).
+CACHE_HITS = "stats:cache_hits"
 
 
 def bulk_jobs(user_id: int | str) -> str:

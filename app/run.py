@@ -18,9 +18,12 @@ from typing import Any
 
 from app import db
 from app.settings import get_settings
-from app.web.server import UVICORN_ARGS
 
 METRICS_DIR = Path("data/metrics")
+# `uvicorn` arguments for the web app (add --host, --port, --workers): the app factory, and the HTTP protocol
+# of app/web/server.py that reads no request head past its bound. Named as strings: the launcher imports no
+# part of the app it starts.
+UVICORN_ARGS = ["--factory", "app.web.app:app", "--http", "app.web.server:BoundedHttpTools"]
 
 
 def start_embedded_redis(data_dir: Path) -> Any:

@@ -34,7 +34,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.web.server import UVICORN_ARGS  # noqa: E402
+from app.run import UVICORN_ARGS  # noqa: E402
 from bench.run import free_port  # noqa: E402
 
 PY = sys.executable

@@ -31,7 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from app.web.server import UVICORN_ARGS  # noqa: E402
+from app.run import UVICORN_ARGS  # noqa: E402
 
 PY = sys.executable
 DOCS = ROOT / "docs"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from app.web.server import UVICORN_ARGS
+from app.run import UVICORN_ARGS
 
 
 def free_port() -> int:

@@ -24,8 +24,14 @@ async def cached_result(redis: Redis, model_id: str, sha256: str) -> dict[str, A
     raw = await redis.get(keys.result_cache(model_id, sha256))
     if not raw:
         return None
+    await redis.incr(keys.CACHE_HITS)
     stored = json.loads(raw)
     return {name: stored.get(name) for name in CACHED_FIELDS}
+
+
+async def cache_hits(redis: Redis) -> int:
+    """How many uploads the result cache has answered (since Redis last started empty)."""
+    return int(await redis.get(keys.CACHE_HITS) or 0)
 
 
 async def publish_result(redis: Redis, prediction_id: str, status: str) -> None:

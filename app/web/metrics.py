@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from app.jobs.producer import live_workers, queue_depth
 from app.jobs.protocol import BATCH_SIZE_BUCKETS, INFERENCE_SECONDS_BUCKETS, Heartbeat
+from app.jobs.results import cache_hits
 from app.settings import Settings, is_loopback
 from app.web.deps import client_address, services
 
@@ -42,13 +43,15 @@ def _histogram(
 class QueueCollector(Collector):
     """A snapshot of Redis taken by the scrape."""
 
-    def __init__(self, depth: int, workers: list[Heartbeat]) -> None:
+    def __init__(self, depth: int, workers: list[Heartbeat], hits: int) -> None:
         self.depth = depth
         self.workers = workers
+        self.hits = hits
 
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily("app_queue_depth", "Jobs waiting or in flight", value=self.depth)
         yield GaugeMetricFamily("app_workers_live", "Workers with a live heartbeat", value=len(self.workers))
+        yield CounterMetricFamily("app_cache_hits", "Uploads answered from the result cache", value=self.hits)
         rate = GaugeMetricFamily("app_worker_images_per_second", "Recent throughput", labels=["worker"])
         images = CounterMetricFamily("app_worker_images", "Images classified", labels=["worker"])
         for worker in self.workers:
@@ -94,6 +97,6 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         raise NotAuthorizedException("Metrics need the METRICS_TOKEN bearer token, or a request from this machine")
     redis = services(request).redis
     snapshot = CollectorRegistry()
-    snapshot.register(QueueCollector(await queue_depth(redis), await live_workers(redis)))
+    snapshot.register(QueueCollector(await queue_depth(redis), await live_workers(redis), await cache_hits(redis)))
     body = _request_metrics(settings.prometheus_multiproc_dir) + generate_latest(snapshot)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -18,8 +18,6 @@ TOO_LARGE = (
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
 )
 TOO_LARGE_BODY = b'{"status_code":431,"detail":"The request headers are too large"}'
-# `uvicorn` arguments for this app (add --host, --port, --workers).
-UVICORN_ARGS = ["--factory", "app.web.app:app", "--http", "app.web.server:BoundedHttpTools"]
 
 
 class BoundedHttpTools(HttpToolsProtocol):

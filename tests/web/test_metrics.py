@@ -12,7 +12,7 @@ from app.settings import Settings
 from app.web.metrics import may_read_metrics
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import eventually
+from tests.helpers import eventually, sign_up
 
 
 def samples_of(text: str) -> dict[str, float]:
@@ -64,3 +64,17 @@ async def test_metrics_are_not_public(app: Litestar, client: httpx.AsyncClient) 
         response = await outsider.get("/metrics")
     assert response.status_code == 401 and "app_queue_depth" not in response.text
     assert (await client.get("/metrics")).status_code == 200  # the test client is on loopback
+
+
+async def test_cache_hits_are_counted_in_the_metrics(
+    client: httpx.AsyncClient, auth: dict[str, str], worker: CountingClassifier
+) -> None:
+    """Users are not told that someone sent the same image before; operators see how often it happens."""
+    before = samples_of((await client.get("/metrics")).text)["app_cache_hits_total{}"]
+    first = await client.post("/api/predictions", headers=auth, files={"file": ("a.jpg", samples.photo(1500))})
+    assert first.status_code == 200
+    other = await sign_up(client)
+    again = await client.post("/api/predictions", headers=other, files={"file": ("b.jpg", samples.photo(1500))})
+    assert again.status_code == 200 and "cached" not in again.json()
+    after = samples_of((await client.get("/metrics")).text)["app_cache_hits_total{}"]
+    assert after == before + 1
