@@ -137,11 +137,13 @@ CORPUS = corpus()
 
 
 def multipart_collection_with_nul_name() -> tuple[bytes, str]:
+    """A valid collection (two images) whose name carries a NUL: by hand, as httpx would refuse it."""
     boundary = "hostile-boundary"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbad\x00name\r\n--{boundary}--\r\n'
-    ).encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbad\x00name\r\n'.encode()
+    for i in range(2):
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{i}.jpg"\r\n\r\n'
+        body += head.encode() + samples.photo(4300 + i) + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])
