@@ -70,17 +70,12 @@ async def test_cache_hits_are_counted_in_the_metrics(
     client: httpx.AsyncClient, auth: dict[str, str], worker: CountingClassifier
 ) -> None:
     """Users are not told that someone sent the same image before; operators see how often it happens."""
-    before = samples_of((await client.get("/metrics")).text)[
-        "app_cache_hits_total{}"
-    ]  # PNG: lossless, so no other test's image is this one
-    first = await client.post(
-        "/api/predictions", headers=auth, files={"file": ("a.png", samples.photo(987_654, fmt="PNG"))}
-    )
+    image = samples.photo(987_654, fmt="PNG")  # lossless: no other test's image shares its hash
+    before = samples_of((await client.get("/metrics")).text)["app_cache_hits_total{}"]
+    first = await client.post("/api/predictions", headers=auth, files={"file": ("a.png", image)})
     assert first.status_code == 200
     other = await sign_up(client)
-    again = await client.post(
-        "/api/predictions", headers=other, files={"file": ("b.png", samples.photo(987_654, fmt="PNG"))}
-    )
+    again = await client.post("/api/predictions", headers=other, files={"file": ("b.png", image)})
     assert again.status_code == 200 and "cached" not in again.json()
     after = samples_of((await client.get("/metrics")).text)["app_cache_hits_total{}"]
     assert after == before + 1
