@@ -1,12 +1,18 @@
-"""Reading zip archives of images safely: limits on entries and expanded bytes, no unsafe names, no entry
-read past the size its header states. No name in an archive is ever used as a path."""
+"""Reading zip archives of images safely. The whole archive is judged from its central directory before
+anything is extracted (how many entries, how many bytes once expanded, how much each expands, unsafe
+names); then each entry is read on its own, stopping at the size its header states, and one that cannot
+be read is reported with its reason while the rest go on. No name in an archive is ever used as a path."""
 
 from __future__ import annotations
 
 import io
+import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import IO
 
 from litestar.exceptions import ClientException, HTTPException
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
@@ -17,6 +23,9 @@ MAX_COMPRESSION_RATIO = 200
 SKIPPED_PREFIXES = ("__MACOSX/", ".")
 # How a zip archive starts (a local file header, or the end record of an empty archive).
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# Compression methods Python's zipfile reads; anything else (AES, PPMd, ...) is refused per entry.
+CHUNK = 64 * 1024
+READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,10 @@ class Upload:
 
 class CollectionRejected(ClientException):
     """The whole request is refused (too many files, an unsafe or oversized archive)."""
+
+
+class EntryUnreadable(Exception):
+    """One entry of an archive cannot be read; the message says why, for the user."""
 
 
 def refuse(detail: str, status: int = 400) -> HTTPException:
@@ -48,13 +61,22 @@ def _unsafe(name: str) -> bool:
     return name.startswith(("/", "\\")) or ".." in path.parts or (len(name) > 1 and name[1] == ":")
 
 
-def read_zip(data: bytes, max_files: int, max_bytes: int) -> list[Upload]:
-    """The images in a zip archive, read within limits; no name in it is ever used as a path."""
+def _open_zip(source: bytes | IO[bytes]) -> zipfile.ZipFile:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError) as exc:
+        return zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise refuse(f"Not a readable zip archive: {exc}") from exc
-    entries = [e for e in archive.infolist() if not e.is_dir()]
+
+
+def images_in(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The entries that are meant as images: not folders, not hidden files, in the directory's order."""
+    return [e for e in archive.infolist() if not e.is_dir() and not skipped(e.filename)]
+
+
+def check_zip(data: bytes, max_files: int, max_bytes: int) -> list[zipfile.ZipInfo]:
+    """The image entries of an archive, once its central directory passes every limit (nothing is
+    extracted): the number of entries, their expanded size, how much each expands, their names."""
+    entries = [e for e in _open_zip(data).infolist() if not e.is_dir()]
     if len(entries) > max_files:
         raise refuse(f"The archive has {len(entries)} files; at most {max_files} are accepted", 413)
     if unsafe := [e.filename for e in entries if _unsafe(e.filename)]:
@@ -62,29 +84,145 @@ def read_zip(data: bytes, max_files: int, max_bytes: int) -> list[Upload]:
     total = sum(e.file_size for e in entries)
     if total > max_bytes:
         raise refuse(f"The archive expands to {total} bytes; at most {max_bytes}", HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-    uploads = []
     for entry in entries:
-        if skipped(entry.filename):
-            continue
         if entry.file_size > MAX_COMPRESSION_RATIO * max(entry.compress_size, 1):
-            raise refuse(f"{entry.filename!r} expands {entry.file_size // max(entry.compress_size, 1)}x: a zip bomb?")
-        with archive.open(entry) as member:
-            content = member.read(entry.file_size + 1)  # the header may lie: read no more than it says
-        if len(content) > entry.file_size:
-            raise refuse(f"{entry.filename!r} is larger than its header says")
-        uploads.append(Upload(entry.filename, content))
-    return uploads
+            ratio = entry.file_size // max(entry.compress_size, 1)
+            raise refuse(f"{entry.filename!r} expands {ratio}x (at most {MAX_COMPRESSION_RATIO}x): a zip bomb?")
+    return [e for e in entries if not skipped(e.filename)]
 
 
-def open_archives(uploads: list[Upload], max_files: int, max_bytes: int) -> list[Upload]:
-    """Images as they came, hidden files left out, and each zip archive replaced by the images in it.
-
-    The archives share one budget of expanded bytes, so several of them hold no more than one may."""
-    found: list[Upload] = []
+def count_images(uploads: list[Upload], max_files: int, max_bytes: int) -> int:
+    """How many images the uploads hold, each zip archive judged from its central directory. The archives
+    share one budget of expanded bytes, so several of them hold no more than one may."""
+    count, used = 0, 0
     for upload in uploads:
         if is_archive(upload):
-            room = max(max_bytes - sum(len(u.data) for u in found), 0)
-            found += read_zip(upload.data, max_files, room)
+            entries = check_zip(upload.data, max_files, max(max_bytes - used, 0))
+            count += len(entries)
+            used += sum(e.file_size for e in entries)
         elif not skipped(upload.name):
-            found.append(upload)
-    return found
+            count += 1
+            used += len(upload.data)
+    return count
+
+
+def pack(uploads: list[Upload]) -> bytes:
+    """Several uploads as one stored (uncompressed) zip, to keep until they are read: the zip archives
+    among them are opened when it is read (see `Reader`)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as packed:
+        for upload in uploads:
+            packed.writestr(zipfile.ZipInfo(upload.name or "file"), upload.data)
+    return buffer.getvalue()
+
+
+def _problem(entry: zipfile.ZipInfo) -> str | None:
+    """Why an entry will not be read, from the central directory alone."""
+    if entry.flag_bits & 0x1:
+        return "Encrypted: the entry needs a password, which is not supported"
+    if stat.S_ISLNK(entry.external_attr >> 16):
+        return "A link, not an image: links in archives are not followed"
+    if entry.compress_type not in READABLE_METHODS:
+        return f"Unsupported compression (method {entry.compress_type}): use deflate or store"
+    if entry.filename.lower().endswith(".zip"):
+        return "A nested archive: archives inside archives are not opened"
+    return None
+
+
+def _longer_than_stated(archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> bool:
+    """Whether a deflated entry's data runs on past its stated size (told apart from merely damaged
+    data): inflate its raw bytes, a chunk at a time, until one byte more than stated comes, or none."""
+    if entry.compress_type != zipfile.ZIP_DEFLATED or archive.fp is None:
+        return False
+    archive.fp.seek(entry.header_offset)
+    name_len, extra_len = struct.unpack("<HH", archive.fp.read(30)[26:30])
+    archive.fp.seek(entry.header_offset + 30 + name_len + extra_len)
+    inflate, produced, left = zlib.decompressobj(-15), 0, entry.compress_size
+    try:
+        while left > 0 and produced <= entry.file_size:
+            pending = archive.fp.read(min(CHUNK, left))
+            if not pending:
+                break
+            left -= len(pending)
+            while pending and produced <= entry.file_size:
+                produced += len(inflate.decompress(pending, entry.file_size + 1 - produced))
+                pending = inflate.unconsumed_tail
+    except zlib.error:
+        return False
+    return produced > entry.file_size
+
+
+def read_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, max_bytes: int) -> bytes:
+    """An entry's bytes, never more than its header states nor than `max_bytes` (an image's limit);
+    EntryUnreadable with the reason otherwise."""
+    if problem := _problem(entry):
+        raise EntryUnreadable(problem)
+    if entry.file_size > max_bytes:
+        raise EntryUnreadable(f"Too large: {entry.file_size} bytes, where one image may have at most {max_bytes}")
+    if entry.compress_type == zipfile.ZIP_STORED and entry.compress_size != entry.file_size:
+        raise EntryUnreadable("Size mismatch: the entry's stated sizes disagree")
+    try:
+        with archive.open(entry) as member:
+            content = member.read(entry.file_size + 1)
+    except zipfile.BadZipFile as exc:
+        if "differ" in str(exc):
+            raise EntryUnreadable("Name mismatch: the entry's name differs in the directory and its header") from exc
+        if "CRC" in str(exc) and _longer_than_stated(archive, entry):
+            raise EntryUnreadable("Size mismatch: the entry holds more data than its header says") from exc
+        if "CRC" in str(exc):
+            raise EntryUnreadable("Bad CRC: the entry's data is damaged") from exc
+        raise EntryUnreadable(f"Corrupt data: {exc}") from exc
+    except NotImplementedError as exc:
+        raise EntryUnreadable(f"Unsupported compression: {exc}") from exc
+    except RuntimeError as exc:  # zipfile's "is encrypted, password required", from the local header
+        raise EntryUnreadable("Encrypted: the entry needs a password, which is not supported") from exc
+    except (zlib.error, EOFError, OSError, ValueError) as exc:
+        raise EntryUnreadable(f"Corrupt data: {exc}") from exc
+    if len(content) != entry.file_size:
+        raise EntryUnreadable(f"Size mismatch: {len(content)} bytes where the header says {entry.file_size}")
+    if content.startswith(ZIP_MAGIC[0]):
+        raise EntryUnreadable("A nested archive: archives inside archives are not opened")
+    return content
+
+
+class Reader:
+    """The images of a stored collection, one at a time, in a fixed order (so reading can resume at any
+    index). A user's archive is read as it is; packed uploads (`pack`) are read with their zip archives
+    opened, one level deep."""
+
+    def __init__(self, path: Path, packed: bool, max_entry_bytes: int) -> None:
+        self.max_entry_bytes = max_entry_bytes
+        self._file = path.open("rb")
+        top = _open_zip(self._file)
+        self.entries: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]] = []
+        for entry in images_in(top):
+            inner = self._open_inner(top, entry) if packed and self._is_zip(top, entry) else None
+            if inner is not None:
+                self.entries += [(inner, e) for e in images_in(inner)]
+            else:
+                self.entries.append((top, entry))
+
+    @staticmethod
+    def _is_zip(top: zipfile.ZipFile, entry: zipfile.ZipInfo) -> bool:
+        with top.open(entry) as member:
+            return member.read(4) in ZIP_MAGIC or entry.filename.lower().endswith(".zip")
+
+    @staticmethod
+    def _open_inner(top: zipfile.ZipFile, entry: zipfile.ZipInfo) -> zipfile.ZipFile | None:
+        try:
+            return zipfile.ZipFile(top.open(entry))  # a stored member: seekable, read in place
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+            return None  # checked when it was uploaded; gone bad on disk since
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def name(self, index: int) -> str:
+        return self.entries[index][1].filename
+
+    def read(self, index: int) -> bytes:
+        archive, entry = self.entries[index]
+        return read_entry(archive, entry, self.max_entry_bytes)
+
+    def close(self) -> None:
+        self._file.close()

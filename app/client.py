@@ -25,6 +25,9 @@ from app.exports import to_csv
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 LOOKUP_LIMIT = 1000
+# A collection refused for now (429 or 503 with Retry-After) is sent again, up to this many times.
+BUSY_ATTEMPTS = 120
+BUSY_WAIT_S = 5.0
 
 
 class ClientError(RuntimeError):
@@ -94,14 +97,21 @@ class Service:
 
     def upload(self, images: list[LocalImage], name: str) -> str:
         files = [("files", (image.name, image.path.read_bytes())) for image in images]
-        body = self._check(self.http.post("/api/collections", files=files, data={"name": name}))
+        for _ in range(BUSY_ATTEMPTS):
+            response = self.http.post("/api/collections", files=files, data={"name": name})
+            # Too many collections in progress, or the service busy: wait as told (a little at a time,
+            # since one of ours may finish sooner), then try again.
+            if response.status_code not in (429, 503) or "Retry-After" not in response.headers:
+                break
+            time.sleep(min(float(response.headers["Retry-After"]), BUSY_WAIT_S))
+        body = self._check(response)
         collection_id: str = body["id"]
         return collection_id
 
-    def progress(self, collection_id: str) -> dict[str, int]:
-        body = self._check(self.http.get(f"/api/collections/{collection_id}", params={"per_page": 1}))
-        counts: dict[str, int] = body["progress"]
-        return counts
+    def progress(self, collection_id: str) -> dict[str, Any]:
+        """The collection's `status` (reading, classifying, done) and its `progress` counts."""
+        body: dict[str, Any] = self._check(self.http.get(f"/api/collections/{collection_id}", params={"per_page": 1}))
+        return body
 
 
 def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, poll: float = 0.5) -> dict[str, int]:
@@ -120,10 +130,11 @@ def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, p
         show(len(todo), len(todo), "uploading ")
         sys.stderr.write("\n")
     while pending:
-        counts = [service.progress(c) for c in pending]
+        described = [service.progress(c) for c in pending]
+        counts = [d["progress"] for d in described]
         finished = sum(c["done"] + c["failed"] for c in counts)
         show(finished, sum(c["total"] for c in counts), "classified")
-        if all(c["queued"] == 0 for c in counts):
+        if all(d["status"] == "done" for d in described):
             break
         time.sleep(poll)
     if pending:

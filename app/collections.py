@@ -1,74 +1,173 @@
-"""Collections: many images classified together, read from several files or one zip archive.
+"""Collections: many images classified together, sent as several files or one zip archive.
 
-Each image is checked exactly as a single upload is and becomes a Prediction of the collection; a bad
-one is recorded as failed with its reason and the rest go on. Duplicates, and images classified
-before, cost no model work.
+The request only checks the archive's directory against the limits and the user's quotas, stores it and
+answers; the archive is read in the background (`read_archive`), each image checked exactly as a single
+upload is and recorded as a Prediction of the collection that waits in the database until the feeder
+(app/feeder.py) puts it on a stream. An entry that cannot be read, or is not an acceptable image, becomes
+a failed item with its reason, and the rest go on. Images classified before cost no model work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
+from litestar.exceptions import HTTPException
 from tortoise.functions import Count
 
-from app import images, predictions, text
+from app import archives, files, keys, predictions, quotas, text
 from app.archives import Upload, refuse
 from app.exports import to_csv
-from app.jobs.producer import enqueue_bulk
-from app.jobs.protocol import Job
-from app.models import Collection, Prediction, Status, User
+from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.services import Services
 
-
-async def _create_items(services: Services, collection: Collection, user: User, uploads: list[Upload]) -> list[Job]:
-    """One Prediction per upload; the jobs to enqueue, one per distinct image needing the model."""
-    settings = services.settings
-    first: dict[str, tuple[Prediction, images.CheckedImage]] = {}
-    followers: dict[str, list[str]] = {}
-    for upload in uploads:
-        try:
-            image, cached = await predictions.accept(services, upload.data)
-        except images.ImageRejected as exc:
-            await Prediction.create(
-                user=user,
-                collection=collection,
-                model_name=settings.model_name,
-                model_weights=settings.model_weights,
-                file_name=text.clean_file_name(upload.name),
-                image_sha256=hashlib.sha256(upload.data).hexdigest(),
-                image_path="",
-                status=Status.FAILED,
-                error=exc.detail,
-                finished_at=datetime.now(UTC),
-            )
-            continue
-        record = predictions.record_of(services, user, image, upload.name) | {"collection": collection}
-        if cached is not None:
-            await predictions.create_cached(record, cached)
-        elif image.sha256 in first:
-            follower = await Prediction.create(**record, status=Status.QUEUED)
-            followers.setdefault(image.sha256, []).append(str(follower.id))
-        else:
-            first[image.sha256] = (await Prediction.create(**record, status=Status.QUEUED), image)
-    return [
-        Job(str(p.id), sha, settings.model_id, image.pixels, also=tuple(followers.get(sha, ())))
-        for sha, (p, image) in first.items()
-    ]
+log = logging.getLogger(__name__)
+ARCHIVES_DIR = "archives"  # under UPLOAD_DIR: collections waiting to be read
+PACKED_SUFFIX = ".files.zip"  # several uploads packed together (archives.pack), as opposed to a user's zip
+# A reading lock lapses after this long unless renewed (its process stopped): another process resumes.
+READING_LOCK_S = 30
+NUDGE_EVERY = 20  # entries read between telling the feeder there is more to feed
 
 
 async def create(services: Services, user: User, uploads: list[Upload], name: str = "") -> Collection:
-    if not uploads:
-        raise refuse("Send at least one image: several `files`, or one zip `archive`")
-    if len(uploads) > services.settings.max_collection_files:
-        raise refuse(f"At most {services.settings.max_collection_files} images in one collection", 413)
+    """Check, store and start a collection; its images are read in the background."""
+    settings = services.settings
     if problem := text.text_problem(name, "The collection name"):
         raise refuse(problem)
-    collection = await Collection.create(user=user, name=name[:255], total=len(uploads))
-    jobs = await _create_items(services, collection, user, uploads)
-    await enqueue_bulk(services.redis, user.id, jobs)
+    if not uploads:
+        raise refuse("Send at least one image: several `files`, or one zip `archive`")
+    limit = settings.max_collection_files
+    total = await asyncio.to_thread(archives.count_images, uploads, limit, settings.max_collection_bytes)
+    if total == 0:
+        raise refuse("There is nothing to classify: the files chosen hold no images")
+    if total > limit:
+        raise refuse(f"At most {limit} images in one collection; this one has {total}", 413)
+    size = sum(len(u.data) for u in uploads)
+    await quotas.check_collection(services, user, total, size)
+    packed = not (len(uploads) == 1 and archives.is_archive(uploads[0]))
+    data = await asyncio.to_thread(archives.pack, uploads) if packed else uploads[0].data
+    collection_id = uuid4()
+    relative = f"{ARCHIVES_DIR}/{collection_id}{PACKED_SUFFIX if packed else '.zip'}"
+    await asyncio.to_thread(files.write_atomic, settings.upload_dir / relative, data)
+    services.disk.wrote(len(data))
+    collection = await Collection.create(
+        id=collection_id,
+        user=user,
+        name=name[:255],
+        total=total,
+        status=CollectionStatus.READING,
+        archive_path=relative,
+    )
+    services.nudge_feeder()
     return collection
+
+
+async def _add_failed(services: Services, collection: Collection, name: str, data: bytes, error: str) -> None:
+    await Prediction.create(
+        user_id=collection.user_id,  # type: ignore[attr-defined]
+        collection=collection,
+        model_name=services.settings.model_name,
+        model_weights=services.settings.model_weights,
+        file_name=text.clean_file_name(name),
+        image_sha256=hashlib.sha256(data).hexdigest(),
+        image_path="",
+        status=Status.FAILED,
+        error=error,
+        finished_at=datetime.now(UTC),
+    )
+
+
+async def _add_item(services: Services, collection: Collection, user: User, name: str, data: bytes) -> None:
+    """One image of the collection: failed with its reason, done from the cache, or waiting for the feeder."""
+    try:
+        image, cached = await predictions.accept(services, user, data, quota_checked=True)
+    except HTTPException as exc:  # not an image, too costly to decode, or over a storage quota
+        await _add_failed(services, collection, name, data, exc.detail)
+        return
+    record = predictions.record_of(services, user, image, name) | {"collection": collection}
+    if cached is not None:
+        await predictions.create_cached(record, cached)
+    else:
+        await Prediction.create(**record, status=Status.QUEUED)
+
+
+class ReadingLock:
+    """Who reads a collection's archive: held by one web process, renewed as it reads. If that process
+    stops, the lock lapses and another takes the reading over where it was left; a reader that finds it
+    has lost the lock stops at once, so no entry is read twice."""
+
+    # Renew only a lock still ours (atomic): one that lapsed may be another reader's by now.
+    _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0"
+    _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+    def __init__(self, services: Services, collection_id: str) -> None:
+        self.redis = services.redis
+        self.key = keys.reading_lock(collection_id)
+        self.token = uuid4().hex
+        self.renewed = 0.0
+
+    async def take(self) -> bool:
+        self.renewed = time.monotonic()
+        return bool(await self.redis.set(self.key, self.token, nx=True, ex=READING_LOCK_S))
+
+    async def keep(self) -> bool:
+        """Renew the lock when a third of its time has passed; False if it is no longer ours."""
+        if time.monotonic() - self.renewed < READING_LOCK_S / 3:
+            return True
+        self.renewed = time.monotonic()
+        return bool(await self.redis.eval(self._RENEW, 1, self.key, self.token, READING_LOCK_S))
+
+    async def release(self) -> None:
+        await self.redis.eval(self._RELEASE, 1, self.key, self.token)
+
+
+async def _read_entries(services: Services, collection: Collection, path: Path, lock: ReadingLock) -> bool:
+    """Read the entries not read yet into items; False if the reading was taken over meanwhile."""
+    packed = path.name.endswith(PACKED_SUFFIX)
+    reader = await asyncio.to_thread(archives.Reader, path, packed, services.settings.max_upload_bytes)
+    try:
+        user = await User.get(id=collection.user_id)  # type: ignore[attr-defined]
+        # One item per entry, in order: a reading taken over from a stopped process resumes after them.
+        start = await Prediction.filter(collection=collection).count()
+        for index in range(start, len(reader)):
+            if not await lock.keep():
+                log.warning("reading of collection %s was taken over by another process", collection.id)
+                return False
+            name = reader.name(index)
+            try:
+                data = await asyncio.to_thread(reader.read, index)
+            except archives.EntryUnreadable as exc:
+                await _add_failed(services, collection, name, b"", str(exc))
+                continue
+            await _add_item(services, collection, user, name, data)
+            if index % NUDGE_EVERY == 0:
+                services.nudge_feeder()  # the first items need not wait for the whole archive
+    finally:
+        reader.close()
+    return True
+
+
+async def read_archive(services: Services, collection: Collection, lock: ReadingLock) -> None:
+    """Read a stored collection's images into items, holding its reading lock (in the background: see
+    app/feeder.py)."""
+    path = services.settings.upload_dir / collection.archive_path
+    error = None
+    try:
+        if not await _read_entries(services, collection, path, lock):
+            return
+    except (OSError, HTTPException) as exc:  # the stored archive is gone or damaged since it was checked
+        log.warning("could not read collection %s", collection.id, exc_info=True)
+        error = f"The archive could not be read to the end: {exc}"
+    await Collection.filter(id=collection.id).update(status=CollectionStatus.CLASSIFYING, archive_path="", error=error)
+    path.unlink(missing_ok=True)
+    await lock.release()
+    services.nudge_feeder()
 
 
 async def progress_of(collections: list[Collection]) -> dict[str, dict[str, int]]:

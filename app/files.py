@@ -1,10 +1,19 @@
-"""Files kept on disk: originals stored once by content hash, and the one atomic write every file uses."""
+"""Files kept on disk: originals stored once by content hash, the one atomic write every file uses, the
+running measure of how much `UPLOAD_DIR` holds, and the removal of originals by a retention run."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
+
+from app.background import Every
+
+# How often a web process walks UPLOAD_DIR again; between walks it adds what it writes itself.
+SCAN_SECONDS = 300.0
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -20,9 +29,80 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def store_original(data: bytes, relative_path: str, upload_dir: Path) -> Path:
-    """Keep an original once, under its hash-derived `relative_path` (blocking: call it in a thread)."""
+class DiskUsage:
+    """The bytes under UPLOAD_DIR as this process knows them: its last walk of the directory plus what it
+    has written since. Thread-safe: originals are written from worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._measured: int | None = None
+        self._written = 0
+
+    @property
+    def measured(self) -> bool:
+        return self._measured is not None
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return (self._measured or 0) + self._written
+
+    def wrote(self, size: int) -> None:
+        with self._lock:
+            self._written += size
+
+    async def measure(self, upload_dir: Path) -> int:
+        """Walk the directory (in a thread); the total from now on is that plus what is written after."""
+        with self._lock:
+            before = self._written
+        total = await asyncio.to_thread(directory_bytes, upload_dir)
+        with self._lock:
+            # A file written during the walk may be counted twice until the next one: an overestimate.
+            self._measured, self._written = total, self._written - before
+        return self.used
+
+
+def directory_bytes(root: Path) -> int:
+    """The size of every file under `root` (blocking); 0 if it does not exist yet."""
+    total, pending = 0, [root]
+    while pending:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:  # gone while walking
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+def measure_forever(usage: DiskUsage, upload_dir: Path, seconds: float = SCAN_SECONDS) -> Every:
+    """Measure UPLOAD_DIR now (at start-up) and every `seconds` after."""
+    return Every(seconds, lambda: usage.measure(upload_dir), name="disk-usage")
+
+
+def store_original(data: bytes, relative_path: str, upload_dir: Path, usage: DiskUsage | None = None) -> Path:
+    """Keep an original once, under its hash-derived `relative_path` (blocking: call it in a thread).
+    Storing it again marks it as just used (its modification time), which a retention run respects."""
     path = upload_dir / relative_path
-    if not path.exists():
+    try:
+        os.utime(path)
+    except FileNotFoundError:
         write_atomic(path, data)
+        if usage is not None:
+            usage.wrote(len(data))
     return path
+
+
+def remove_file(path: Path, used_since: float | None = None, dry_run: bool = False) -> int | None:
+    """Delete `path`: the bytes freed (or that would be, in a dry run; 0 if it is not there), or None if it
+    was stored again at or after `used_since` (a timestamp) and is kept. Blocking: call it in a thread."""
+    try:
+        stat = path.stat()
+        if used_since is not None and stat.st_mtime >= used_since:
+            return None
+        if not dry_run:
+            path.unlink()
+    except FileNotFoundError:
+        return 0
+    return stat.st_size

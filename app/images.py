@@ -1,9 +1,15 @@
-"""Checks of untrusted image bytes and their decoding to the model's input (224x224 RGB). Never by name."""
+"""Checks of untrusted image bytes and their decoding to the model's input (224x224 RGB). Never by name.
+
+Everything here is blocking and trusts Pillow to finish: the app runs it only in app/sandbox.py's
+processes, with a time and a memory limit. What can be judged from the header is refused before any
+pixel is decoded: too many pixels, a decode costing more than the budget, a JPEG with absurdly many scans.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -13,13 +19,35 @@ from litestar.status_codes import (
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
 )
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Pillow format name -> file extension. Anything else is refused, whatever the file is called.
-FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
+# With the plugins of FORMATS imported (they register themselves), opening a file loads none of Pillow's others.
+from PIL import (  # noqa: F401
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageMode,
+    ImageOps,
+    JpegImagePlugin,
+    MpoImagePlugin,
+    PngImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
+
+# Pillow format name -> file extension. Anything else is refused, whatever the file is called. MPO is
+# how Pillow names a JPEG carrying more pictures (a phone's depth or gain map): the first is decoded.
+FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
+OPENED = ["JPEG", "PNG", "WEBP", "GIF", "BMP"]  # what Image.open may try (JPEG's opener makes MPOs)
+JPEGS = {"JPEG", "MPO"}
 ACCEPTED = "JPEG, PNG, WebP, GIF or BMP"
 SIZE = 224
-# We refuse oversized images ourselves (see _open); Pillow's warning would only repeat it.
+# A normal progressive JPEG has about 10 scans; each scan is another pass over every block of the image.
+MAX_SCANS = 100
+# Text chunks are metadata nobody here reads: at most 8 MB of them (Pillow's own bound is 64 MB).
+PngImagePlugin.MAX_TEXT_MEMORY = 8 * 1024 * 1024
+# In entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker: anything else ends it.
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# We refuse oversized images ourselves (see open_image); Pillow's warning would only repeat it.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
@@ -50,22 +78,117 @@ def check_size(data: bytes, max_bytes: int) -> None:
         raise reject(HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"The file is larger than {max_bytes} bytes")
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def corrupt(exc: Exception) -> HTTPException:
+    if "MAX_TEXT" in str(exc):  # PngImagePlugin's bounds on text chunks
+        return reject(
+            HTTP_400_BAD_REQUEST, "The image's metadata is too large: a text chunk of over 1 MB, or 8 MB of them"
+        )
+    return reject(HTTP_400_BAD_REQUEST, f"The image is truncated or corrupt: {exc}")
+
+
+def jpeg_scans(data: bytes, limit: int = MAX_SCANS) -> int:
+    """The scans (SOS segments) of a JPEG's first image, counted up to limit + 1. Walks the segments by
+    their lengths and skips each scan's entropy-coded data, so bytes in metadata or in the data are never
+    miscounted; skips stray bytes between segments as libjpeg does, so they cannot hide a scan from it."""
+    scans, at = 0, 2
+    while scans <= limit and at + 1 < len(data):
+        if data[at] != 0xFF:
+            at = data.find(b"\xff", at)
+            if at < 0:
+                break
+            continue
+        marker = data[at + 1]
+        if marker == 0xD9:  # end of image: libjpeg reads no further
+            break
+        if marker in (0x00, 0x01, 0xFF) or 0xD0 <= marker <= 0xD7:  # no length: a fill byte, a restart
+            at += 1 if marker == 0xFF else 2
+            continue
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker == 0xDA:
+            scans += 1
+            found = _MARKER.search(data, at)
+            at = found.start() if found else len(data)
+    return scans
+
+
+def gif_frames(data: bytes, limit: int) -> int:
+    """The frames (image descriptors) of a GIF, counted up to limit + 1 by walking its blocks: Pillow's
+    n_frames walks them all, 0.6 s for the 200,000 frames 10 MB can hold."""
+    if len(data) < 13:
+        return 1
+    at, count = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0), 0
+    while count <= limit and at < len(data) and data[at] != 0x3B:  # 0x3B: the trailer
+        if data[at] == 0x2C:  # an image: its descriptor, local colour table, LZW code size, then data
+            count += 1
+            flags = data[at + 9] if at + 9 < len(data) else 0
+            at += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1
+        elif data[at] == 0x21:  # an extension: its label, then data
+            at += 2
+        else:
+            break  # not a GIF block: Pillow stops there too
+        while at < len(data) and data[at]:  # sub-blocks, each its length then its bytes, up to an empty one
+            at += data[at] + 1
+        at += 1
+    return max(count, 1)
+
+
+def frames(image: Image.Image, data: bytes, limit: int) -> int:
+    """The frames of an image, counted up to limit + 1 at the most (past it, their number does not matter)."""
+    if image.format == "GIF":
+        return gif_frames(data, limit)
+    return min(int(getattr(image, "n_frames", 1)), limit + 1)
+
+
+def decode_cost(image: Image.Image, frame_count: int = 1) -> int:
+    """What decoding `image` costs in memory, in bytes, judged from its header: pixels x frames x the bytes
+    Pillow keeps per pixel in its mode (4 for any mode of several bands), plus 4 for the RGB copy every
+    image other than RGB becomes. A JPEG counts at the size it is drafted to (call `draft` first)."""
+    try:
+        mode = ImageMode.getmode(image.mode)
+        stored = 4 if len(mode.bands) > 1 else int(mode.typestr[-1])
+    except (KeyError, ValueError):  # a mode Pillow only reads from, never keeps: count the most
+        stored = 4
+    per_pixel = stored + (0 if image.mode == "RGB" else 4)
+    return image.width * image.height * per_pixel * frame_count
+
+
+def open_image(data: bytes, max_pixels: int, max_cost: int, draft: int = SIZE * 2) -> Image.Image:
+    """`data` opened, its header checked: its format, its pixels, its scans (JPEG) and its decode cost,
+    a JPEG drafted to be decoded at no less than draft x draft. Nothing is decoded yet."""
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        image = Image.open(io.BytesIO(data), formats=list(FORMATS))
+        image = Image.open(io.BytesIO(data), formats=OPENED)
     except Image.DecompressionBombError as exc:
         raise reject(HTTP_400_BAD_REQUEST, f"The image is too large to decode safely: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise reject(HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"Not a supported image: send {ACCEPTED}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # A format plugin recognised the file but could not read its header.
-        raise reject(HTTP_400_BAD_REQUEST, f"The image is truncated or corrupt: {exc}") from exc
+        raise corrupt(exc) from exc
     # Pillow only warns between 1x and 2x the limit: the limit is the limit.
     if image.width * image.height > max_pixels:
         raise reject(
             HTTP_400_BAD_REQUEST,
             f"The image is too large to decode safely: {image.width}x{image.height} pixels is more than {max_pixels}",
+        )
+    if image.format in JPEGS:
+        if jpeg_scans(data) > MAX_SCANS:
+            raise reject(
+                HTTP_400_BAD_REQUEST,
+                f"The image is too costly to decode: a JPEG of more than {MAX_SCANS} scans (a photo has about 10)",
+            )
+        # Draft mode decodes a scaled-down JPEG directly: a 24 MP photo costs little.
+        image.draft("RGB", (draft, draft))
+    try:
+        count = frames(image, data, max_cost // max(decode_cost(image), 1))
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # counting the frames read a bad one
+        raise corrupt(exc) from exc
+    if (cost := decode_cost(image, count)) > max_cost:
+        many = f", at least {count} frames" if count > 1 else ""
+        raise reject(
+            HTTP_400_BAD_REQUEST,
+            f"The image is too large to decode: {image.width}x{image.height} pixels ({image.mode}{many}) would"
+            f" take {cost // 2**20} MB, more than {max_cost // 2**20} MB",
         )
     return image
 
@@ -82,7 +205,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
     if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
         background = Image.new("RGB", image.size, (255, 255, 255))
-        rgba = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
@@ -93,27 +216,33 @@ def _fit(image: Image.Image) -> Image.Image:
     return ImageOps.fit(image, (SIZE, SIZE), method=Image.Resampling.BILINEAR, centering=(0.5, 0.5))
 
 
-def decode(data: bytes, max_pixels: int) -> tuple[str, bytes]:
-    """Decode an upload to the model input. Returns (format extension, 224x224x3 RGB bytes)."""
-    image = _open(data, max_pixels)
-    extension = FORMATS[image.format or ""]
+def first_frame(image: Image.Image) -> Image.Image:
+    """The first frame of an opened image, decoded and turned upright (as its EXIF orientation says)."""
     try:
-        if image.format == "JPEG":
-            # Draft mode decodes a scaled-down JPEG directly: a 24 MP photo costs little.
-            image.draft("RGB", (SIZE * 2, SIZE * 2))
         image.seek(0)  # first frame of an animation
         image.load()
-        image = ImageOps.exif_transpose(image) or image
+        return ImageOps.exif_transpose(image) or image
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise corrupt(exc) from exc
+
+
+def decode(data: bytes, max_pixels: int, max_cost: int) -> tuple[str, bytes]:
+    """Decode an upload to the model input. Returns (format extension, 224x224x3 RGB bytes)."""
+    image = open_image(data, max_pixels, max_cost)
+    extension = FORMATS[image.format or ""]
+    image = first_frame(image)
+    try:
         pixels = _fit(_to_rgb(image)).tobytes()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise reject(HTTP_400_BAD_REQUEST, f"The image is truncated or corrupt: {exc}") from exc
+        raise corrupt(exc) from exc
     if len(pixels) != SIZE * SIZE * 3:  # pragma: no cover - _fit always gives RGB SIZE x SIZE
         raise reject(HTTP_400_BAD_REQUEST, "The image could not be converted")
     return extension, pixels
 
 
-def check(data: bytes, max_bytes: int, max_pixels: int) -> CheckedImage:
-    """Every check an upload must pass, by content, never by its name. Raises ImageRejected."""
+def check(data: bytes, max_bytes: int, max_pixels: int, max_cost: int) -> CheckedImage:
+    """Every check an upload must pass, by content, never by its name. Raises ImageRejected. Unbounded
+    in time and memory for a hostile file: the app calls it through app/sandbox.py only."""
     check_size(data, max_bytes)
-    extension, pixels = decode(data, max_pixels)
+    extension, pixels = decode(data, max_pixels, max_cost)
     return CheckedImage(hashlib.sha256(data).hexdigest(), extension, data, pixels)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-JOBS = "jobs"  # stream of pending interactive jobs: workers read it first
+# Sorted set: user id -> when they last enqueued an interactive job. Their streams are read first.
+JOB_USERS = "jobs:users"
 BULK_USERS = "bulk:users"  # set of user ids with bulk work waiting in their own stream
 WORKERS_GROUP = "workers"  # the consumer group every worker joins
 DEAD_JOBS = "jobs:dead"  # stream of jobs that failed MAX_DELIVERIES times
@@ -12,13 +13,25 @@ WORKER_PREFIX = "worker:"  # heartbeats: worker:<name> -> JSON stats, with a TTL
 # scanning the keyspace, which holds a result per image ever classified.
 WORKER_NAMES = "workers:live"
 REQUEUE_LOCK = "lock:requeue"  # one web process at a time looks for stale predictions
+FEED_LOCK = "lock:feed"  # one web process at a time feeds waiting work onto the bulk streams
 # Uploads answered from the result cache, for /metrics (a user is not told: it would say what others sent).
 CACHE_HITS = "stats:cache_hits"
+
+
+def jobs(user_id: int | str) -> str:
+    """One interactive stream per user: workers take from each in turn, so no one user's uploads crowd
+    out another's."""
+    return f"jobs:user:{user_id}"
 
 
 def bulk_jobs(user_id: int | str) -> str:
     """One bulk stream per user: workers take a share from each, so no one user starves the rest."""
     return f"jobs:bulk:{user_id}"
+
+
+def reading_lock(collection_id: str) -> str:
+    """Held by the web process reading a collection's archive; another takes over if it lapses."""
+    return f"lock:reading:{collection_id}"
 
 
 def queued_marker(prediction_id: str) -> str:

@@ -18,6 +18,12 @@ class Status(StrEnum):
     FAILED = "failed"
 
 
+class CollectionStatus(StrEnum):
+    READING = "reading"  # the archive is being read: items appear as they are checked
+    CLASSIFYING = "classifying"
+    DONE = "done"
+
+
 class User(Model):
     id = fields.IntField(primary_key=True)
     email = fields.CharField(max_length=254, unique=True)
@@ -41,6 +47,10 @@ class Collection(Model):
     )
     name = fields.CharField(max_length=255, default="")
     total = fields.IntField(default=0)
+    status = fields.CharEnumField(CollectionStatus, max_length=12, default=CollectionStatus.CLASSIFYING, db_index=True)
+    # The stored archive while it is read in the background (relative to UPLOAD_DIR); "" once read.
+    archive_path = fields.CharField(max_length=255, default="")
+    error = fields.TextField(null=True)  # why reading the archive stopped, if it did
     created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
 
     predictions: fields.ReverseRelation[Prediction]
@@ -60,7 +70,8 @@ class Prediction(Model):
         "app.Collection", related_name="predictions", on_delete=fields.CASCADE, null=True
     )
     image_sha256 = fields.CharField(max_length=64, db_index=True)
-    image_path = fields.CharField(max_length=255)
+    image_path = fields.CharField(max_length=255)  # "" once the original is pruned
+    image_bytes = fields.BigIntField(default=0)  # size of the original, for the storage quotas
     file_name = fields.CharField(max_length=255, default="")
     status = fields.CharEnumField(Status, max_length=10, default=Status.QUEUED, db_index=True)
     label = fields.CharField(max_length=100, null=True)
@@ -76,12 +87,16 @@ class Prediction(Model):
     created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
     updated_at = fields.DatetimeField(auto_now=True)
     finished_at = fields.DatetimeField(null=True)
+    # When its job was put on a stream; null while it waits in the database for the feeder.
+    enqueued_at = fields.DatetimeField(null=True)
 
     feedback: fields.ReverseRelation[Feedback]
 
     class Meta:
         table = "predictions"
         ordering = ["-created_at"]
+        # A user's predictions by time: the history pages and the per-user quotas (app/quotas.py).
+        indexes = (("user_id", "created_at"),)
 
 
 class Feedback(Model):

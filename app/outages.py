@@ -4,9 +4,12 @@ app answers them with 503 and Retry-After, the worker waits and retries."""
 from __future__ import annotations
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tortoise.exceptions import DBConnectionError
 
+# Redis at its `maxmemory` refuses writes: full for now, not down (and never a 500).
+FULL_ERRORS: tuple[type[BaseException], ...] = (OutOfMemoryError,)
 DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,

@@ -12,7 +12,7 @@ from uuid import UUID
 from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
 from litestar.status_codes import HTTP_504_GATEWAY_TIMEOUT
 
-from app import files, images, schemas, text
+from app import files, images, quotas, schemas, text
 from app.jobs import producer
 from app.jobs.protocol import Job
 from app.jobs.results import cached_result
@@ -32,25 +32,41 @@ def unavailable(detail: str, retry_after: int) -> ServiceUnavailableException:
     return ServiceUnavailableException(detail=detail, headers={"Retry-After": str(retry_after)})
 
 
-async def _check_capacity(services: Services) -> None:
-    """Refuse work that cannot finish within the wait timeout, instead of queueing it forever."""
-    capacity = await producer.capacity(services.redis)
+async def _check_capacity(services: Services, user: User) -> None:
+    """Refuse a synchronous upload that cannot finish within the wait timeout, instead of queueing it
+    forever. Users take turns, so the wait counts the user's own backlog, not everyone's."""
+    capacity = await producer.capacity(services.redis, user.id)
     if capacity.workers == 0:
         raise unavailable(NO_WORKER, retry_after=10)
     seconds = capacity.seconds_to_clear()
     if seconds > services.settings.wait_timeout:
         raise unavailable(
-            f"The service is busy ({capacity.depth} images waiting); try again shortly",
+            f"The service is busy ({capacity.ahead} images ahead of yours); try again shortly",
             retry_after=max(1, math.ceil(seconds - services.settings.wait_timeout)),
         )
 
 
-async def accept(services: Services, data: bytes) -> tuple[images.CheckedImage, dict[str, Any] | None]:
+async def _check_async_room(services: Services) -> None:
+    """Async jobs wait in the database, not in a request: they are bounded by a queue length."""
+    limit = services.settings.async_queue_limit
+    waiting = await Prediction.filter(status=Status.QUEUED, collection_id__isnull=True).count()
+    if waiting >= limit:
+        raise unavailable(f"The queue is full ({waiting} images waiting, at most {limit}); try again later", 30)
+
+
+async def accept(
+    services: Services, user: User, data: bytes, *, quota_checked: bool = False
+) -> tuple[images.CheckedImage, dict[str, Any] | None]:
     """Check and store an upload, and find its result in the cache: what every upload goes through,
-    alone or in a collection. Raises images.ImageRejected."""
+    alone or in a collection. Raises images.ImageRejected; before decoding anything, 507 when the disk is
+    full and 413 past the user's storage quota (unless `quota_checked`: a collection's was, for all of it)."""
     settings = services.settings
-    image = await asyncio.to_thread(images.check, data, settings.max_upload_bytes, settings.max_image_pixels)
-    await asyncio.to_thread(files.store_original, image.data, image.relative_path, settings.upload_dir)
+    if quota_checked:
+        quotas.check_disk(services, len(data))
+    else:
+        await quotas.check_storage(services, user, len(data))
+    image = await services.decoder.check(data)
+    await asyncio.to_thread(files.store_original, image.data, image.relative_path, settings.upload_dir, services.disk)
     return image, await cached_result(services.redis, settings.model_id, image.sha256)
 
 
@@ -60,6 +76,7 @@ def record_of(services: Services, user: User, image: images.CheckedImage, file_n
         "user": user,
         "image_sha256": image.sha256,
         "image_path": image.relative_path,
+        "image_bytes": len(image.data),
         "file_name": text.clean_file_name(file_name),
         "model_name": services.settings.model_name,
         "model_weights": services.settings.model_weights,
@@ -72,18 +89,28 @@ async def create_cached(record: dict[str, Any], cached: dict[str, Any], latency_
     )
 
 
-async def submit(services: Services, user: User, data: bytes, file_name: str = "") -> Prediction:
-    """Check, store and classify an upload: from the cache when possible, else through the queue."""
+async def submit(services: Services, user: User, data: bytes, file_name: str = "", wait: bool = True) -> Prediction:
+    """Check, store and classify an upload: from the cache when possible, else through the queue. A
+    synchronous one goes on the user's interactive stream at once; an async one (`wait=False`) waits in
+    the database for the feeder, behind everyone's interactive uploads."""
     started = time.perf_counter()
-    image, cached = await accept(services, data)
+    # The user's quotas first: refused cheaply, before anything is decoded or stored (even a cache hit).
+    await quotas.check_queued(services, user)
+    await quotas.check_images(services, user, 1)
+    image, cached = await accept(services, user, data)
     record = record_of(services, user, image, file_name)
     if cached is not None:
         return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
-    await _check_capacity(services)
-    prediction = await Prediction.create(**record, status=Status.QUEUED)
+    if not wait:
+        await _check_async_room(services)
+        prediction = await Prediction.create(**record, status=Status.QUEUED)
+        services.nudge_feeder()
+        return prediction
+    await _check_capacity(services, user)
+    prediction = await Prediction.create(**record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
     job = Job(str(prediction.id), image.sha256, services.settings.model_id, image.pixels)
     try:
-        await producer.enqueue(services.redis, job)
+        await producer.enqueue(services.redis, user.id, job)
     except Exception:
         await mark_failed([str(prediction.id)], "The queue was unavailable")
         raise

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from app.models import Collection, Feedback, Prediction, Status
+from app.models import Collection, CollectionStatus, Feedback, Prediction, Status
 
 
 class TopOut(msgspec.Struct):
@@ -75,7 +75,10 @@ class CollectionOut(msgspec.Struct):
     id: str
     name: str
     created_at: str
+    # reading: the archive is being read, items appear as they are checked; then classifying, then done.
+    status: CollectionStatus
     progress: Progress
+    error: str | None  # why reading the archive stopped early, if it did
 
 
 def prediction_out(prediction: Prediction, *, show_cached: bool) -> PredictionOut:
@@ -115,11 +118,16 @@ def feedback_out(feedback: Feedback) -> FeedbackOut:
 
 def collection_out(collection: Collection, counts: dict[str, int]) -> CollectionOut:
     """`counts` as `collections.progress_of` gives them: `total` and one count per status."""
+    status = CollectionStatus(collection.status)
+    if status == CollectionStatus.CLASSIFYING and not counts.get(Status.QUEUED):
+        status = CollectionStatus.DONE  # before the feeder's next round says so
     return CollectionOut(
         id=str(collection.id),
         name=collection.name,
         created_at=collection.created_at.isoformat(),
+        status=status,
         progress=msgspec.convert(counts, Progress),
+        error=collection.error,
     )
 
 

@@ -1,15 +1,23 @@
-"""What one web process shares between requests: settings, Redis, the result waiter, the throttle.
+"""What one web process shares between requests: settings, Redis, the result waiter, the throttle, the
+decode processes, the disk's use.
 Built once by the web app's lifespan; the domain modules take it as an argument."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from redis.asyncio import Redis
 
+from app.files import DiskUsage
 from app.jobs.results import ResultWaiter
+from app.sandbox import DecodePool
 from app.settings import Settings
 from app.throttles import Throttle
+
+
+class Wakeable(Protocol):
+    def nudge(self) -> None: ...
 
 
 @dataclass
@@ -18,3 +26,13 @@ class Services:
     redis: Redis
     waiter: ResultWaiter
     throttle: Throttle
+    # Every decode of uploaded bytes goes through it (app/sandbox.py).
+    decoder: DecodePool
+    # The feeder (app/feeder.py), once started: told when work starts waiting in the database.
+    feeder: Wakeable | None = None
+    # The bytes under UPLOAD_DIR, measured by a background loop (app/files.py), for the disk bound.
+    disk: DiskUsage = field(default_factory=DiskUsage)
+
+    def nudge_feeder(self) -> None:
+        if self.feeder is not None:
+            self.feeder.nudge()

@@ -8,7 +8,6 @@ reader of the environment. The README's settings table is generated from the dec
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import re
@@ -21,15 +20,15 @@ from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app import readme_table
+from app.readme_table import TABLE_END, TABLE_START  # noqa: F401 - the table's markers, for the tests
+
 DEV_SECRET = "dev-secret-change-me-0123456789abcdef"
 DEV_ADMIN_PASSWORD = "admin"
 # INFERENCE_BACKEND values, and OPENVINO_PRECISION values ("": OpenVINO's default for the CPU).
 BACKENDS = ("tensorflow", "openvino", "stand-in")
 OPENVINO_PRECISIONS = ("", "f32", "bf16", "f16")
 ENV_FILE = ".env"
-README = Path("README.md")
-TABLE_START = "<!-- settings-table:start -->"
-TABLE_END = "<!-- settings-table:end -->"
 
 
 class SettingsError(RuntimeError):
@@ -102,6 +101,23 @@ class Settings:
     max_image_pixels: int = Field(
         default=64_000_000, description="The largest accepted image, in pixels (past it: a decompression bomb, 400)"
     )
+    decode_cost_mb: int = Field(
+        default=192,
+        description="The most memory, in MB, one image may take to decode, judged from its header before decoding"
+        " (past it: 400): pixels x frames x 4 bytes for RGB, 5 for grey or palette, 8 with alpha (its RGB copy"
+        " counted), a JPEG at the 1/2 to 1/8 scale it is decoded at. 192 passes a 12 MP PNG (46 to 92), a 24 MP"
+        " one with alpha (183) and a 48 MP JPEG (3); it refuses a 7999x7999 WebP (244) or GIF (305)",
+    )
+    decode_processes: int = Field(default=2, description="Processes decoding uploads, apart from the web process")
+    decode_timeout: float = Field(
+        default=5.0, description="Seconds one image may take to decode; then its process is killed and replaced (400)"
+    )
+    decode_memory_mb: int = Field(
+        default=512,
+        description="Address space, in MB, a decode process may take above its own at start (past it: 400, and a"
+        " new process): room for the copies of the costliest image `DECODE_COST_MB` admits, and for the"
+        " full-size coefficients of a progressive JPEG (up to 384 MB at 64 MP)",
+    )
     max_collection_files: int = Field(
         default=10_000, description="The most images in one collection (`POST /api/collections`; 413 past it)"
     )
@@ -109,6 +125,12 @@ class Settings:
         default=512 * 1024 * 1024,
         description="The most bytes in one collection request, or in its zip archive once expanded (413 past it)",
     )
+    quota_queued: int = Field(default=1_000, description="Per user: most uploads and async jobs waiting (429)")
+    quota_collections: int = Field(default=3, description="Per user: most collections in progress (429)")
+    quota_images_per_day: int = Field(default=20_000, description="Per user: most images in 24 hours (429)")
+    quota_stored_bytes: int = Field(default=2 * 1024**3, description="Per user: most bytes of originals kept (413)")
+    max_stored_bytes: int = Field(default=50 * 1024**3, description="The most bytes kept under `UPLOAD_DIR`")
+    stored_high_water: float = Field(default=0.9, description="Past this part of `MAX_STORED_BYTES`, uploads get 507")
     model_weights: str = Field(
         default="imagenet",
         description="`imagenet` (Keras downloads the weights once), a path to a weights `.h5` file, or `random`"
@@ -148,10 +170,20 @@ class Settings:
     wait_timeout: float = Field(
         default=30.0, description="Seconds a request waits for its result before answering 504 with the id"
     )
+    feed_window: int = Field(
+        default=64,
+        description="The most jobs of one collection, or of one user's async jobs, on a Redis stream at once; the"
+        " rest wait in the database and are fed as results come in (Redis holds ~150 kB per job)",
+    )
+    async_queue_limit: int = Field(
+        default=10_000,
+        description="The most single uploads and async jobs waiting, everyone's together: async jobs past it get"
+        " 503 with Retry-After (synchronous uploads are bounded by `WAIT_TIMEOUT` instead)",
+    )
     requeue_after: float = Field(
         default=300.0,
-        description="A prediction still queued this many seconds after it was last enqueued is enqueued again"
-        " from its stored original (a Redis restart loses no accepted work)",
+        description="A prediction still queued this many seconds after it was put on a stream goes back to the"
+        " feeder, which enqueues it again from its stored original (a Redis restart loses no accepted work)",
     )
     result_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a finished result stays in the cache")
     heartbeat_ttl: int = Field(
@@ -290,45 +322,15 @@ def get_settings() -> Settings:
     return load_settings()
 
 
-def _shown_default(field: FieldInfo) -> str:
-    if field.default_factory is not None:
-        return (field.default_factory.__doc__ or "computed").strip()
-    if field.default == "":
-        return "empty"
-    return f"`{field.default}`"
-
-
 def settings_table() -> str:
     """The README's markdown table of every setting: its variable, its default and what it does."""
-    rows = ["| setting | default | what |", "| --- | --- | --- |"]
-    for name, field in _fields().items():
-        description = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `{name.upper()}` | {_shown_default(field)} | {description} |")
-    return "\n".join(rows) + "\n"
+    return readme_table.markdown_table(_fields())
 
 
 def with_settings_table(readme: str) -> str:
-    """`readme` with the generated table between its TABLE_START and TABLE_END markers."""
-    start, end = readme.find(TABLE_START), readme.find(TABLE_END)
-    if start < 0 or end < start:
-        raise SettingsError(f"the README has no {TABLE_START} ... {TABLE_END} markers")
-    return readme[: start + len(TABLE_START)] + "\n" + settings_table() + readme[end:]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Print the settings table, or write it into the README.")
-    parser.add_argument("--write-readme", nargs="?", const=README, type=Path, metavar="PATH", help="default: %(const)s")
-    args = parser.parse_args()
-    if args.write_readme is None:
-        print(settings_table(), end="")
-        return
-    path: Path = args.write_readme
-    text = path.read_text(encoding="utf-8")
-    updated = with_settings_table(text)
-    if updated != text:
-        path.write_text(updated, encoding="utf-8")
-    print(f"{path}: settings table {'updated' if updated != text else 'up to date'}")
+    """`readme` with the generated table between its markers (app/readme_table.py)."""
+    return readme_table.spliced(readme, settings_table())
 
 
 if __name__ == "__main__":
-    main()
+    readme_table.write_readme(settings_table)

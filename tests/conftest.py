@@ -123,7 +123,7 @@ from litestar import Litestar  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 from app import db, keys  # noqa: E402
-from app.jobs.protocol import connect, ensure_group  # noqa: E402
+from app.jobs.protocol import all_streams, connect  # noqa: E402
 from app.settings import Settings, get_settings  # noqa: E402
 from app.web.app import create_app  # noqa: E402
 from app.worker.classifier import StandInClassifier  # noqa: E402
@@ -274,11 +274,15 @@ def classifier(settings: Settings) -> StandInClassifier:
 
 
 async def reset_queue(redis: Redis) -> None:
-    """An empty jobs stream with its consumer group, and no heartbeats."""
-    await redis.delete(keys.JOBS, keys.DEAD_JOBS, keys.WORKER_NAMES)
+    """No jobs streams, no heartbeats, and no work that earlier tests left waiting in the database (the
+    feeder would hand it to this test's worker)."""
+    from app.models import Collection, CollectionStatus, Prediction, Status
+
+    await Prediction.filter(status=Status.QUEUED).update(status=Status.FAILED, error="left over by an earlier test")
+    await Collection.filter(status=CollectionStatus.CLASSIFYING).update(status=CollectionStatus.DONE)
+    await redis.delete(*await all_streams(redis), keys.JOB_USERS, keys.BULK_USERS, keys.DEAD_JOBS, keys.WORKER_NAMES)
     async for key in redis.scan_iter(match=f"{keys.WORKER_PREFIX}*"):
         await redis.delete(key)
-    await ensure_group(redis)
 
 
 @asynccontextmanager
@@ -300,7 +304,7 @@ async def running_worker(redis: Redis, classifier: Any, settings: Settings) -> A
 
 @pytest.fixture
 async def worker(
-    redis: Redis, classifier: Any, settings: Settings, migrated: None
+    redis: Redis, classifier: Any, settings: Settings, client: httpx.AsyncClient
 ) -> AsyncIterator[CountingClassifier]:
     await reset_queue(redis)
     async with running_worker(redis, classifier, settings) as counting:
@@ -308,7 +312,7 @@ async def worker(
 
 
 @pytest.fixture
-async def no_worker(redis: Redis) -> None:
+async def no_worker(redis: Redis, client: httpx.AsyncClient) -> None:
     await reset_queue(redis)
 
 

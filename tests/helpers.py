@@ -10,8 +10,9 @@ from uuid import uuid4
 import httpx
 from redis.asyncio import Redis
 
+from app import keys
 from app.jobs.consumer import Consumer, Limits
-from app.jobs.protocol import Heartbeat
+from app.jobs.protocol import Heartbeat, all_streams
 
 FAKE_LIMITS = Limits(max_batch=1, claim_idle_ms=60_000, max_deliveries=1)
 
@@ -46,3 +47,12 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5, w
     while not await check():
         assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
         await asyncio.sleep(0.02)
+
+
+async def pending(redis: Redis) -> int:
+    """Jobs delivered to a worker and not yet acknowledged, on every stream."""
+    total = 0
+    for stream in await all_streams(redis):
+        if await redis.exists(stream):
+            total += (await redis.xpending(stream, keys.WORKERS_GROUP))["pending"]
+    return total

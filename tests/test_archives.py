@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import zipfile
+from pathlib import Path
 
 import pytest
 
-from app.archives import CollectionRejected, read_zip
+from app.archives import CollectionRejected, EntryUnreadable, Reader, Upload, check_zip, count_images, pack
 from app.exports import RESULT_CSV_COLUMNS, to_csv
-from tests import samples
+from tests import broken_zips, samples
 
 
 def test_csv_neutralises_formulas_in_file_names() -> None:
@@ -28,12 +30,87 @@ def test_csv_neutralises_formulas_in_file_names() -> None:
     assert rows[1][0] == "'=HYPERLINK(evil).jpg" and rows[1][5] == "tabby:0.5" and rows[1][7] == ""
 
 
-def test_zip_names_are_labels_and_junk_is_skipped() -> None:
-    uploads = read_zip(samples.zipped({"a/b.jpg": b"1", "__MACOSX/a/._b.jpg": b"2", "a/.x.jpg": b"3"}), 10, 10_000)
-    assert [(u.name, u.data) for u in uploads] == [("a/b.jpg", b"1")]
+def read_all(path: Path, packed: bool = False) -> list[tuple[str, bytes | str]]:
+    """Every entry's name and bytes, or the reason it could not be read."""
+    reader = Reader(path, packed, max_entry_bytes=1_000_000)
+    found: list[tuple[str, bytes | str]] = []
+    try:
+        for i in range(len(reader)):
+            try:
+                found.append((reader.name(i), reader.read(i)))
+            except EntryUnreadable as exc:
+                found.append((reader.name(i), str(exc)))
+    finally:
+        reader.close()
+    return found
+
+
+def test_zip_names_are_labels_and_junk_is_skipped(tmp_path: Path) -> None:
+    archive = samples.zipped({"a/b.jpg": b"1", "__MACOSX/a/._b.jpg": b"2", "a/.x.jpg": b"3"})
+    assert [e.filename for e in check_zip(archive, 10, 10_000)] == ["a/b.jpg"]
+    (tmp_path / "a.zip").write_bytes(archive)
+    assert read_all(tmp_path / "a.zip") == [("a/b.jpg", b"1")]
 
 
 @pytest.mark.parametrize("name", ["/abs.jpg", "../up.jpg", "a/../../up.jpg", "..\\\\win.jpg", "C:/x.jpg"])
 def test_unsafe_zip_paths_are_refused(name: str) -> None:
     with pytest.raises(CollectionRejected, match="unsafe"):
-        read_zip(samples.zipped({name: b"x"}), 10, 10_000)
+        check_zip(samples.zipped({name: b"x"}), 10, 10_000)
+
+
+def test_limits_are_judged_from_the_directory_alone() -> None:
+    many = samples.zipped({f"{i}.png": b"x" for i in range(11)}, zipfile.ZIP_STORED)
+    with pytest.raises(CollectionRejected, match="at most 10") as too_many:
+        check_zip(many, 10, 10_000)
+    assert too_many.value.status_code == 413
+    with pytest.raises(CollectionRejected, match="expands to") as too_big:
+        check_zip(samples.zipped({"a.png": b"x" * 5000, "b.png": b"y" * 5001}, zipfile.ZIP_STORED), 10, 10_000)
+    assert too_big.value.status_code == 413
+    with pytest.raises(CollectionRejected, match="zip bomb"):
+        check_zip(samples.zipped({"zeros.png": b"\x00" * 1_000_000}), 10, 10_000_000)
+    # Several archives share one budget of expanded bytes.
+    half = samples.zipped({"a.png": b"x" * 6000}, zipfile.ZIP_STORED)
+    with pytest.raises(CollectionRejected, match="expands to"):
+        count_images([Upload("1.zip", half), Upload("2.zip", half)], 10, 10_000)
+
+
+@pytest.mark.parametrize("shape", [s for s in broken_zips.SHAPES if s != "not-an-image"])
+def test_each_broken_entry_is_reported_and_the_rest_are_read(tmp_path: Path, shape: str) -> None:
+    make, bad_name, reason = broken_zips.SHAPES[shape]
+    archive = make()
+    assert len(check_zip(archive, 10, 10_000_000)) == 3  # the directory itself is fine
+    (tmp_path / "x.zip").write_bytes(archive)
+    found = dict(read_all(tmp_path / "x.zip"))
+    assert reason in str(found.pop(bad_name))
+    assert found == {"good-1.png": samples.photo(9100, fmt="PNG"), "good-2.png": samples.photo(9101, fmt="PNG")}
+
+
+def test_extraction_stops_at_the_stated_size(tmp_path: Path) -> None:
+    (tmp_path / "x.zip").write_bytes(broken_zips.size_understated())
+    reader = Reader(tmp_path / "x.zip", packed=False, max_entry_bytes=1_000_000)
+    archive, entry = reader.entries[[reader.name(i) for i in range(len(reader))].index(broken_zips.BAD)]
+    received = 0
+    with archive.open(entry) as member, pytest.raises(zipfile.BadZipFile, match="CRC"):
+        while chunk := member.read1(256):  # type: ignore[attr-defined]
+            received += len(chunk)
+    assert received <= entry.file_size  # never more than stated, however much more the data holds
+    reader.close()
+
+
+def test_an_entry_larger_than_an_image_may_be_is_not_read(tmp_path: Path) -> None:
+    (tmp_path / "x.zip").write_bytes(samples.zipped({"big.png": b"x" * 5000, "ok.png": b"y"}))
+    reader = Reader(tmp_path / "x.zip", packed=False, max_entry_bytes=4000)
+    with pytest.raises(EntryUnreadable, match="Too large"):
+        reader.read(0)
+    assert reader.read(1) == b"y"
+    reader.close()
+
+
+def test_packed_uploads_open_their_archives_one_level_deep(tmp_path: Path) -> None:
+    inner = samples.zipped({"in/a.png": b"A", "in/deeper.zip": samples.zipped({"z.png": b"Z"})})
+    uploads = [Upload("x.png", b"X"), Upload("set.zip", inner), Upload(".hidden", b"H")]
+    assert count_images(uploads, 10, 10_000) == 3
+    (tmp_path / "p.zip").write_bytes(pack(uploads))
+    found = dict(read_all(tmp_path / "p.zip", packed=True))
+    assert found["x.png"] == b"X" and found["in/a.png"] == b"A"
+    assert "nested archive" in str(found["in/deeper.zip"]) and len(found) == 3

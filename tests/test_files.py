@@ -6,13 +6,37 @@ from pathlib import Path
 
 from app import files, images
 from tests import samples
-from tests.test_images import MAX_BYTES, MAX_PIXELS
+from tests.test_images import MAX_BYTES, MAX_COST, MAX_PIXELS
 
 
 def test_store_once_by_hash_atomically(tmp_path: Path) -> None:
-    checked = images.check(samples.photo(6), MAX_BYTES, MAX_PIXELS)
+    checked = images.check(samples.photo(6), MAX_BYTES, MAX_PIXELS, MAX_COST)
     path = files.store_original(checked.data, checked.relative_path, tmp_path)
     assert path == tmp_path / checked.sha256[:2] / f"{checked.sha256}.jpg"
     assert path.read_bytes() == checked.data
     assert files.store_original(checked.data, checked.relative_path, tmp_path) == path
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left behind
+
+
+async def test_disk_usage_walks_the_directory_and_counts_new_files(tmp_path: Path) -> None:
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "old.jpg").write_bytes(b"x" * 100)
+    (tmp_path / "thumbs" / "ab").mkdir(parents=True)
+    (tmp_path / "thumbs" / "ab" / "old.webp").write_bytes(b"y" * 50)
+    usage = files.DiskUsage()
+    assert not usage.measured and usage.used == 0
+    assert await usage.measure(tmp_path) == 150 and usage.measured
+    files.store_original(b"z" * 30, "cd/new.jpg", tmp_path, usage)
+    files.store_original(b"z" * 30, "cd/new.jpg", tmp_path, usage)  # stored once, counted once
+    assert usage.used == 180
+    assert await usage.measure(tmp_path) == 180  # the walk does not count it twice
+    assert await files.DiskUsage().measure(tmp_path / "nothing-yet") == 0
+
+
+def test_removing_a_file_spares_one_stored_again(tmp_path: Path) -> None:
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x" * 10)
+    assert files.remove_file(path, used_since=path.stat().st_mtime) is None and path.exists()
+    assert files.remove_file(path, dry_run=True) == 10 and path.exists()
+    assert files.remove_file(path, used_since=path.stat().st_mtime + 1) == 10 and not path.exists()
+    assert files.remove_file(path) == 0

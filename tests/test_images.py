@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from app import images
-from tests import samples
+from app.settings import Settings
+from tests import hostile, samples
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 64_000_000
+MAX_COST = Settings().decode_cost_mb * 2**20
 
 
 def pixels_of(data: bytes) -> np.ndarray:
-    checked = images.check(data, MAX_BYTES, MAX_PIXELS)
+    checked = images.check(data, MAX_BYTES, MAX_PIXELS, MAX_COST)
     return np.frombuffer(checked.pixels, dtype=np.uint8).reshape(224, 224, 3)
 
 
@@ -25,7 +30,7 @@ def pixels_of(data: bytes) -> np.ndarray:
 )
 def test_accepted_formats(fmt: str, extension: str) -> None:
     data = samples.photo(3, fmt=fmt)
-    checked = images.check(data, MAX_BYTES, MAX_PIXELS)
+    checked = images.check(data, MAX_BYTES, MAX_PIXELS, MAX_COST)
     assert checked.extension == extension
     assert checked.sha256 == hashlib.sha256(data).hexdigest()
     assert len(checked.pixels) == 224 * 224 * 3
@@ -90,9 +95,11 @@ def test_large_jpeg_decodes_in_draft_mode() -> None:
     assert abs(pixel[1] - 200) < 10
 
 
-def reject(data: bytes, status: int, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> str:
+def reject(
+    data: bytes, status: int, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, max_cost: int = MAX_COST
+) -> str:
     with pytest.raises(images.ImageRejected) as caught:
-        images.check(data, max_bytes, max_pixels)
+        images.check(data, max_bytes, max_pixels, max_cost)
     assert caught.value.status_code == status
     return caught.value.detail
 
@@ -132,3 +139,96 @@ def test_a_header_pillow_cannot_read_is_400() -> None:
     data = bytearray(samples.encode(Image.new("RGB", (8, 8)), "BMP"))
     data[14:18] = (20).to_bytes(4, "little")  # a DIB header size no BMP variant has
     assert "truncated or corrupt" in reject(bytes(data), 400)
+
+
+# ---- what is judged from the header, before decoding: scans, cost, frames, text ------------------------
+
+
+@pytest.fixture(scope="session")
+def hostile_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return hostile.write_all(tmp_path_factory.getbasetemp() / "hostile")
+
+
+def jpeg(image: Image.Image, **options: object) -> bytes:
+    return samples.encode(image, "JPEG", **options)
+
+
+def test_scans_are_counted_segment_by_segment() -> None:
+    picture = Image.effect_noise((256, 192), 40).convert("RGB")
+    assert images.jpeg_scans(jpeg(picture)) == 1
+    progressive = jpeg(picture, progressive=True)
+    assert images.jpeg_scans(progressive) == 10
+    # 0xFFDA in a comment is not a scan; stray bytes between segments do not hide the scans after them.
+    comment = b"\xff\xfe" + (2 + 300).to_bytes(2, "big") + b"\xff\xda" * 150
+    assert images.jpeg_scans(progressive[:2] + comment + progressive[2:]) == 10
+    strayed = progressive.replace(b"\xff\xda", b"junk\xff\xda")
+    assert images.jpeg_scans(strayed) == 10
+    assert images.jpeg_scans(hostile.scan_bomb_jpeg(repeats=500)) == images.MAX_SCANS + 1  # stops counting
+
+
+def test_a_jpeg_of_absurdly_many_scans_is_refused_before_decoding(hostile_files: dict[str, Path]) -> None:
+    started = time.monotonic()
+    assert "more than 100 scans" in reject(hostile_files["scan_bomb_jpeg"].read_bytes(), 400)
+    assert time.monotonic() - started < 1  # decoded, it takes about 45 s
+
+
+@pytest.mark.parametrize(("name", "megabytes"), [("huge_webp", 244), ("huge_png", 305), ("huge_gif", 305)])
+def test_a_decode_costing_more_than_the_budget_is_refused_from_the_header(
+    name: str, megabytes: int, hostile_files: dict[str, Path]
+) -> None:
+    started = time.monotonic()
+    detail = reject(hostile_files[name].read_bytes(), 400)
+    assert "7999x7999 pixels" in detail and f"would take {megabytes} MB, more than 192 MB" in detail
+    assert time.monotonic() - started < 1  # decoded, each takes 0.3 to 1 GB
+
+
+def test_gif_frames_are_counted_as_pillow_counts_them_up_to_a_limit() -> None:
+    frames = [Image.effect_noise((120, 90), 60 + i).convert("RGB") for i in range(12)]
+    animated = samples.encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    one = samples.encode(frames[0], "GIF")
+    for data, count in ((animated, 12), (one, 1), (hostile.many_frame_gif(5000, 100), 5000)):
+        assert images.gif_frames(data, 10**9) == count == getattr(Image.open(io.BytesIO(data)), "n_frames", 1)
+    assert images.gif_frames(animated, 5) == 6
+
+
+def test_every_frame_counts(hostile_files: dict[str, Path]) -> None:
+    started = time.monotonic()
+    detail = reject(hostile_files["many_frame_gif"].read_bytes(), 400)  # 200,000 frames of 1000x1000
+    assert "(P, at least 41 frames) would take 195 MB" in detail
+    assert time.monotonic() - started < 0.1  # counted no further than the budget allows
+    one = Image.new("RGB", (1000, 1000), (200, 10, 10))
+    few = [Image.new("RGB", (1000, 1000), (10 * i, 10, 10)) for i in range(10)]
+    images.check(samples.encode(one, "GIF", save_all=True, append_images=few), MAX_BYTES, MAX_PIXELS, MAX_COST)
+
+
+def test_huge_text_chunks_are_refused_clearly(hostile_files: dict[str, Path]) -> None:
+    assert "metadata is too large" in reject(hostile_files["text_bomb_png"].read_bytes(), 400)
+
+
+@pytest.mark.parametrize(
+    ("size", "mode", "fmt"),
+    [
+        ((8000, 6000), "RGB", "JPEG"),
+        ((4000, 3000), "RGB", "PNG"),
+        ((4000, 3000), "RGBA", "PNG"),
+        ((6000, 4000), "RGBA", "PNG"),
+    ],
+)
+def test_the_default_budget_takes_a_48_mp_phone_photo_and_a_12_mp_png(
+    size: tuple[int, int], mode: str, fmt: str
+) -> None:
+    data = samples.encode(Image.new(mode, size, (10, 120, 10)), fmt)
+    image = images.open_image(data, MAX_PIXELS, MAX_COST)  # only the header: the budget's judgement
+    assert images.decode_cost(image) <= MAX_COST
+    if fmt == "JPEG":
+        assert image.size == (1000, 750)  # decoded at 1/8 scale: 3 MB
+        assert [int(v) for v in pixels_of(data)[112, 112]] == pytest.approx([10, 120, 10], abs=8)
+
+
+def test_a_multi_picture_jpeg_is_a_jpeg() -> None:
+    pictures = [Image.new("RGB", (64, 48), color) for color in ((200, 0, 0), (0, 0, 200))]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format="MPO", save_all=True, append_images=pictures[1:])
+    checked = images.check(buffer.getvalue(), MAX_BYTES, MAX_PIXELS, MAX_COST)
+    assert checked.extension == "jpg"
+    assert np.frombuffer(checked.pixels, dtype=np.uint8)[0] > 150  # the first picture, red

@@ -11,16 +11,23 @@ from litestar import Litestar
 from redis.asyncio import Redis
 
 from app import keys, recovery
-from app.jobs.protocol import Heartbeat, connect
+from app.feeder import feed
+from app.jobs import producer
+from app.jobs.protocol import all_streams, connect
 from app.models import Prediction, Status
 from app.settings import Settings
 from app.throttles import Throttle
 from tests import samples
 from tests.conftest import running_worker
-from tests.helpers import beat, forget_worker
+from tests.helpers import eventually
 
 
-async def test_stale_queued_predictions_are_requeued_from_their_originals(
+async def on_a_stream(prediction_id: str) -> bool:
+    prediction = await Prediction.get(id=prediction_id)
+    return prediction.enqueued_at is not None
+
+
+async def test_stale_queued_predictions_go_back_to_the_feeder(
     client: httpx.AsyncClient,
     auth: dict[str, str],
     app: Litestar,
@@ -29,22 +36,22 @@ async def test_stale_queued_predictions_are_requeued_from_their_originals(
     classifier: Any,
     settings: Settings,
 ) -> None:
-    # Accepted while a (fake) worker was alive, then Redis lost the job: a restart without persistence.
-    await beat(redis, Heartbeat(name="fake", model_id="x", started_at=0, images_per_second=50), ttl=30)
     response = await client.post(
         "/api/predictions", headers=auth, params={"wait": "false"}, files={"file": ("a.jpg", samples.photo(1200))}
     )
     assert response.status_code == 202
     prediction_id = response.json()["id"]
+    await eventually(lambda: on_a_stream(prediction_id), what="the feeder to enqueue it")
     services = app.state.services
-    await Prediction.filter(id=prediction_id).update(updated_at=datetime.now(UTC) - timedelta(days=30))
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    await Prediction.filter(id=prediction_id).update(enqueued_at=long_ago)
     assert await recovery.requeue_stale(services) == 0  # old, but its job is still on the stream
-    await redis.delete(keys.JOBS, keys.queued_marker(prediction_id))  # what a Redis restart does
+    await redis.delete(*await all_streams(redis), keys.queued_marker(prediction_id))  # what a Redis restart does
     assert await recovery.requeue_stale(services) == 0  # not stale: it was just looked at
-    await Prediction.filter(id=prediction_id).update(updated_at=datetime.now(UTC) - timedelta(days=30))
-    assert await recovery.requeue_stale(services) == 1
+    await Prediction.filter(id=prediction_id).update(enqueued_at=long_ago)
+    assert await recovery.requeue_stale(services) == 1  # handed back to the feeder, which enqueues it again
+    await eventually(lambda: producer.has_job(redis, prediction_id), what="the feeder to enqueue it again")
     assert await recovery.requeue_stale(services) == 0  # just enqueued: not again
-    await forget_worker(redis, "fake")
     async with running_worker(redis, classifier, settings) as worker:
         for _ in range(200):
             if (await Prediction.get(id=prediction_id)).status != Status.QUEUED:
@@ -60,12 +67,10 @@ async def test_a_missing_original_fails_the_prediction_clearly(
     from app.models import User
 
     user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
-    old = datetime.now(UTC) - timedelta(days=30)
     prediction = await Prediction.create(
         user=user, image_sha256="f" * 64, image_path="ff/missing.jpg", model_name="resnet50", model_weights="random"
     )
-    await Prediction.filter(id=prediction.id).update(updated_at=old)
-    await recovery.requeue_stale(app.state.services)
+    await feed(app.state.services)
     await prediction.refresh_from_db()
     assert prediction.status == Status.FAILED and "could not be read" in (prediction.error or "")
 
@@ -96,10 +101,21 @@ async def test_lost_collection_items_go_back_on_their_owners_bulk_stream(
     files = [("files", ("a.png", samples.photo(1300, fmt="PNG"))), ("files", ("b.png", samples.photo(1301, fmt="PNG")))]
     response = await client.post("/api/collections", headers=auth, files=files)
     assert response.status_code == 202
-    items = await Prediction.filter(collection_id=response.json()["id"])
+    collection_id = response.json()["id"]
+
+    async def both_enqueued() -> bool:
+        return await Prediction.filter(collection_id=collection_id, enqueued_at__isnull=False).count() == 2
+
+    await eventually(both_enqueued, what="the collection's items on a stream")
+    items = await Prediction.filter(collection_id=collection_id)
     user_id = items[0].user_id  # type: ignore[attr-defined]
     await redis.delete(keys.bulk_jobs(user_id), *(keys.queued_marker(str(p.id)) for p in items))  # Redis lost them
-    await Prediction.filter(id__in=[p.id for p in items]).update(updated_at=datetime.now(UTC) - timedelta(days=30))
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    await Prediction.filter(id__in=[p.id for p in items]).update(enqueued_at=long_ago)
     assert await recovery.requeue_stale(app.state.services) == 2
-    assert await redis.xlen(keys.bulk_jobs(user_id)) == 2
-    assert await redis.xlen(keys.JOBS) == 0  # not ahead of anyone's single uploads
+
+    async def back_on_the_bulk_stream() -> bool:
+        return await redis.xlen(keys.bulk_jobs(user_id)) == 2
+
+    await eventually(back_on_the_bulk_stream, what="the items back on their owner's bulk stream")
+    assert not await redis.exists(keys.jobs(user_id))  # not ahead of anyone's single uploads

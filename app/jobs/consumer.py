@@ -3,6 +3,7 @@ batch claimed, acknowledge, dead-letter, and announce the worker with a heartbea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -15,15 +16,18 @@ from redis.exceptions import ResponseError
 
 from app import keys
 from app.background import Every
-from app.jobs.protocol import Heartbeat, bulk_streams, ensure_group
+from app.jobs.protocol import Heartbeat, all_streams, as_text, bulk_streams, ensure_group, interactive_streams
 from app.jobs.results import publish_result
 from app.models import Status, mark_failed
 
 log = logging.getLogger(__name__)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
-# When nothing waits anywhere, block this long on the interactive stream, then look at bulk again.
-IDLE_BLOCK_MS = 250
+# When nothing waits anywhere, block this long on the interactive streams, then look everywhere again
+# (a user new since the last look is seen then).
+IDLE_BLOCK_MS = 100
+# A user's interactive stream stays among those blocked on for this long after their last upload.
+INTERACTIVE_LINGER_S = 300
 # How often pending entries are checked for dead workers' jobs.
 RECLAIM_EVERY = 1.0
 DEAD_LETTER_MAXLEN = 100_000
@@ -31,6 +35,13 @@ DEAD_LETTER_MAXLEN = 100_000
 # Drop a user from the bulk set once their stream is empty (atomic: a concurrent enqueue re-adds them).
 _FORGET_IF_EMPTY = """
 if redis.call('XLEN', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
+"""
+# Drop a user from the interactive set once their stream is empty and they have been quiet a while.
+_FORGET_IF_QUIET = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) < tonumber(ARGV[2]) and redis.call('XLEN', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
 """
 
 
@@ -65,8 +76,8 @@ class Consumer:
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            # Redis restarted without persistence: the groups are gone, make them again.
-            for stream in [keys.JOBS, *await bulk_streams(self.redis)]:
+            # A new stream, or Redis restarted without persistence: make the missing groups.
+            for stream in await all_streams(self.redis):
                 await ensure_group(self.redis, stream)
             return []
 
@@ -86,21 +97,28 @@ class Consumer:
 
     async def _read(self) -> list[Delivery]:
         """Whatever is waiting, up to MAX_BATCH, with no artificial delay: interactive jobs first, then
-        an equal share from each user's bulk stream, so bulk work fills the batches but never comes first
-        and no one user's collection starves another's."""
+        bulk work, each taken in turns across users, so bulk work fills the batches but never comes first
+        and no one user starves another."""
         size = self.limits.max_batch
-        deliveries = await self._xread([keys.JOBS], size)
+        interactive = await interactive_streams(self.redis)
+        deliveries = await self._take_turns(interactive, size)
         room = size - len(deliveries)
-        bulk = await bulk_streams(self.redis) if room else []
-        if bulk:
-            # COUNT is per stream: with more users than room, take one each from `room` of them,
-            # starting one further along every time so everyone gets their turn.
-            self._turn = (self._turn + 1) % len(bulk)
-            chosen = (bulk[self._turn :] + bulk[: self._turn])[:room]
-            deliveries += await self._xread(chosen, max(1, room // len(chosen)))
-        if not deliveries:
-            deliveries = await self._xread([keys.JOBS], size, block=IDLE_BLOCK_MS)
+        if room:
+            deliveries += await self._take_turns(await bulk_streams(self.redis), room)
+        if not deliveries and interactive:
+            deliveries = await self._xread(interactive, max(1, size // len(interactive)), block=IDLE_BLOCK_MS)
+        elif not deliveries:
+            await asyncio.sleep(IDLE_BLOCK_MS / 1000)
         return deliveries
+
+    async def _take_turns(self, streams: list[str], room: int) -> list[Delivery]:
+        """Up to `room` jobs, an equal share from each stream. COUNT is per stream: with more streams
+        than room, one each from `room` of them, starting one further along every time."""
+        if not streams:
+            return []
+        self._turn = (self._turn + 1) % len(streams)
+        chosen = (streams[self._turn :] + streams[: self._turn])[:room]
+        return await self._xread(chosen, max(1, room // len(chosen)))
 
     async def _reclaim(self) -> list[Delivery]:
         """Take over jobs idle longer than CLAIM_IDLE (their worker died); dead-letter repeat offenders."""
@@ -108,12 +126,19 @@ class Consumer:
         if now - self._last_reclaim < RECLAIM_EVERY:
             return []
         self._last_reclaim = now
+        await self._forget_quiet_users()
         claimed: list[Delivery] = []
-        for stream in [keys.JOBS, *await bulk_streams(self.redis)]:
+        for stream in await all_streams(self.redis):
             claimed += await self._reclaim_stream(stream, self.limits.max_batch - len(claimed))
             if len(claimed) >= self.limits.max_batch:
                 break
         return claimed
+
+    async def _forget_quiet_users(self) -> None:
+        quiet_since = time.time() - INTERACTIVE_LINGER_S
+        for user in await self.redis.zrangebyscore(keys.JOB_USERS, "-inf", quiet_since):
+            user_id = as_text(user)
+            await self.redis.eval(_FORGET_IF_QUIET, 2, keys.JOB_USERS, keys.jobs(user_id), user_id, quiet_since)
 
     async def _reclaim_stream(self, stream: str, count: int) -> list[Delivery]:
         idle = self.limits.claim_idle_ms
@@ -173,7 +198,7 @@ class Consumer:
             forget_markers(pipe, prediction_ids)
             await pipe.execute()
         for stream in by_stream:
-            if stream != keys.JOBS:
+            if stream.startswith(keys.bulk_jobs("")):
                 await self.redis.eval(_FORGET_IF_EMPTY, 2, keys.BULK_USERS, stream, stream.rsplit(":", 1)[1])
 
     def keep_claimed(self, deliveries: list[Delivery]) -> Every:

@@ -1,5 +1,8 @@
-"""The web side of the Redis protocol: enqueue jobs (interactive, and bulk on each user's own stream)
-with their markers, and read what the workers report (queue depth, live workers, capacity)."""
+"""The web side of the Redis protocol: enqueue jobs on each user's own streams (interactive, and bulk) with
+their markers, and read what the workers report (queue depth, live workers, capacity).
+
+Producers never create consumer groups: a worker that meets a stream without one creates it, from the
+stream's first entry, so nothing enqueued before is missed."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app import keys
-from app.jobs.protocol import Heartbeat, Job, ensure_group
+from app.jobs.protocol import Heartbeat, Job, all_streams, interactive_streams
 
 # A worker that has not reported a rate yet is assumed to clear this many images a second.
 ASSUMED_WORKER_RATE = 10.0
@@ -28,9 +31,11 @@ def _add(pipe: Any, stream: str, job: Job) -> None:
         pipe.set(keys.queued_marker(prediction_id), stream, ex=MARKER_TTL)
 
 
-async def enqueue(redis: Redis, job: Job) -> None:
+async def enqueue(redis: Redis, user_id: int, job: Job) -> None:
+    """An interactive job, on its user's own stream: workers serve users in turn, ahead of bulk work."""
     async with redis.pipeline(transaction=True) as pipe:
-        _add(pipe, keys.JOBS, job)
+        _add(pipe, keys.jobs(user_id), job)
+        pipe.zadd(keys.JOB_USERS, {str(user_id): time.time()})
         await pipe.execute()
 
 
@@ -43,7 +48,6 @@ async def enqueue_bulk(redis: Redis, user_id: int, jobs: list[Job]) -> None:
     if not jobs:
         return
     stream = keys.bulk_jobs(user_id)
-    await ensure_group(redis, stream)
     async with redis.pipeline(transaction=True) as pipe:
         for job in jobs:
             _add(pipe, stream, job)
@@ -51,9 +55,17 @@ async def enqueue_bulk(redis: Redis, user_id: int, jobs: list[Job]) -> None:
         await pipe.execute()
 
 
+async def _lengths(redis: Redis, streams: list[str]) -> list[int]:
+    # Finished entries are deleted, so a stream's length is its waiting plus in-flight jobs.
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xlen(stream)
+        return [int(n) for n in await pipe.execute()]
+
+
 async def queue_depth(redis: Redis) -> int:
-    # Finished entries are deleted, so the stream length is waiting plus in-flight jobs.
-    return int(await redis.xlen(keys.JOBS))
+    """Jobs on every stream, waiting or in flight (bulk work waiting in the database is not counted)."""
+    return sum(await _lengths(redis, await all_streams(redis)))
 
 
 async def dead_jobs(redis: Redis) -> int:
@@ -77,14 +89,25 @@ async def live_workers(redis: Redis) -> list[Heartbeat]:
 @dataclass(frozen=True)
 class Capacity:
     workers: int
-    depth: int
+    depth: int  # interactive jobs waiting or in flight, everyone's
+    ahead: int  # of those, the ones a new upload of this user waits behind
     images_per_second: float
 
     def seconds_to_clear(self) -> float:
-        return self.depth / self.images_per_second if self.images_per_second else math.inf
+        return self.ahead / self.images_per_second if self.images_per_second else math.inf
 
 
-async def capacity(redis: Redis) -> Capacity:
+def jobs_ahead(mine: int, others: list[int]) -> int:
+    """Users take turns, so a new job waits behind the user's own and, of each other user's, as many as
+    the user has plus one: a flood slows down only the user who sends it."""
+    return mine + sum(min(theirs, mine + 1) for theirs in others)
+
+
+async def capacity(redis: Redis, user_id: int) -> Capacity:
     workers = await live_workers(redis)
     rate = sum(w.images_per_second or ASSUMED_WORKER_RATE for w in workers)
-    return Capacity(workers=len(workers), depth=await queue_depth(redis), images_per_second=rate)
+    streams = await interactive_streams(redis)
+    lengths = dict(zip(streams, await _lengths(redis, streams), strict=True))
+    mine = lengths.pop(keys.jobs(user_id), 0)
+    ahead = jobs_ahead(mine, list(lengths.values()))
+    return Capacity(len(workers), mine + sum(lengths.values()), ahead, rate)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 from redis.asyncio import Redis
@@ -93,7 +94,7 @@ def connect(url: str, command_timeout: float | None = COMMAND_TIMEOUT_S) -> Redi
     return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=command_timeout)
 
 
-async def ensure_group(redis: Redis, stream: str = keys.JOBS) -> None:
+async def ensure_group(redis: Redis, stream: str) -> None:
     try:
         await redis.xgroup_create(stream, keys.WORKERS_GROUP, id="0", mkstream=True)
     except ResponseError as exc:
@@ -101,9 +102,22 @@ async def ensure_group(redis: Redis, stream: str = keys.JOBS) -> None:
             raise
 
 
+def as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def interactive_streams(redis: Redis) -> list[str]:
+    """Every user's interactive stream that may hold jobs, oldest user first."""
+    return [keys.jobs(as_text(u)) for u in await redis.zrange(keys.JOB_USERS, 0, -1)]
+
+
 async def bulk_streams(redis: Redis) -> list[str]:
     users = await redis.smembers(keys.BULK_USERS)
-    return sorted(keys.bulk_jobs(u.decode() if isinstance(u, bytes) else u) for u in users)
+    return sorted(keys.bulk_jobs(as_text(u)) for u in users)
+
+
+async def all_streams(redis: Redis) -> list[str]:
+    return [*await interactive_streams(redis), *await bulk_streams(redis)]
 
 
 def result_message(prediction_id: str, status: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,10 +18,12 @@ from litestar.plugins.prometheus import PrometheusConfig
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from app import accounts, db, passwords, recovery
+from app import accounts, db, files, passwords, recovery
 from app.background import Every
-from app.jobs.protocol import connect, ensure_group
+from app.feeder import Feeder
+from app.jobs.protocol import connect
 from app.jobs.results import ResultWaiter
+from app.sandbox import DecodePool
 from app.services import Services
 from app.settings import Settings, get_settings
 from app.throttles import Throttle
@@ -56,19 +59,29 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await db.init_db(settings.database_url)
         redis = connect(settings.redis_url)
         waiter = ResultWaiter(connect(settings.redis_url, command_timeout=None))
+        decoder = DecodePool(settings)
         requeuing: Every | None = None
+        measuring: Every | None = None
+        feeder: Feeder | None = None
         try:
             await accounts.ensure_admin(settings)
             await passwords.warm_up()
-            await ensure_group(redis)
             await waiter.start()
-            app.state.services = services = Services(settings, redis, waiter, Throttle(redis, settings))
+            await decoder.start()
+            app.state.services = services = Services(settings, redis, waiter, Throttle(redis, settings), decoder)
             requeuing = recovery.requeue_forever(services)
+            measuring = files.measure_forever(services.disk, settings.upload_dir)
+            services.feeder = feeder = Feeder(services)
             yield
         finally:
+            if feeder:
+                await feeder.stop()
             if requeuing:
                 await requeuing.stop()
+            if measuring:
+                await measuring.stop()
             await waiter.stop()
+            await asyncio.to_thread(decoder.close)
             await redis.aclose()
             await db.close_db()
 

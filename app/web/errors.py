@@ -14,15 +14,16 @@ from litestar.status_codes import (
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
     HTTP_504_GATEWAY_TIMEOUT,
+    HTTP_507_INSUFFICIENT_STORAGE,
 )
 
-from app.outages import DEPENDENCY_ERRORS
+from app.outages import DEPENDENCY_ERRORS, FULL_ERRORS
 from app.web.deps import AnyRequest
 from app.web.rendering import render, wants_partial
 from app.web.sessions import login_url, signed_out
 
 log = logging.getLogger(__name__)
-ANSWERED_5XX = {HTTP_503_SERVICE_UNAVAILABLE, HTTP_504_GATEWAY_TIMEOUT}
+ANSWERED_5XX = {HTTP_503_SERVICE_UNAVAILABLE, HTTP_504_GATEWAY_TIMEOUT, HTTP_507_INSUFFICIENT_STORAGE}
 
 ERROR_TITLES = {
     400: "That did not work",
@@ -36,6 +37,7 @@ ERROR_TITLES = {
     500: "Something went wrong",
     503: "Temporarily unavailable",
     504: "Taking too long",
+    507: "Storage full",
 }
 # Instead of a bare reason phrase ("Not Found"), a sentence; and never a server error's internals.
 PLAIN_DETAILS = {
@@ -83,12 +85,16 @@ def wants_json(request: Request[Any, Any, Any]) -> bool:
 
 def error_body(exc: Exception) -> tuple[int, str, dict[str, str], Any]:
     """(status, detail, headers, extra) for any exception."""
-    # Our own 503s and 504s say what to do; any other 5xx is a bug, whose detail may show internals.
+    # Our own 503s, 504s and 507s say what to do; any other 5xx is a bug, whose detail may show internals.
     if isinstance(exc, HTTPException) and (exc.status_code < 500 or exc.status_code in ANSWERED_5XX):
         return exc.status_code, exc.detail, dict(exc.headers or {}), exc.extra
     if isinstance(exc, UnicodeDecodeError):
         # Litestar's multipart parser raises this for a text part that is not UTF-8.
         return HTTP_400_BAD_REQUEST, "The request body is malformed: a text field is not valid UTF-8", {}, None
+    if isinstance(exc, FULL_ERRORS):
+        log.warning("Redis is out of memory: %r", exc)
+        detail = "The service is full for now (its queue has no memory left); try again later"
+        return HTTP_503_SERVICE_UNAVAILABLE, detail, {"Retry-After": "30"}, None
     if isinstance(exc, DEPENDENCY_ERRORS):
         log.warning("dependency unavailable: %r", exc)
         return (

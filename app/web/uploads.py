@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -10,8 +9,7 @@ from typing import Any
 from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException
 
-from app.archives import Upload, is_archive, open_archives
-from app.settings import Settings
+from app.archives import Upload, is_archive
 from app.text import clean_file_name
 
 
@@ -24,11 +22,6 @@ class UploadForm:
 
     file: Any = None
     files: Any = None
-
-
-async def unpacked(uploads: list[Upload], settings: Settings) -> list[Upload]:
-    """The images among `uploads`, zip archives opened within the collection limits (CPU work: off the loop)."""
-    return await asyncio.to_thread(open_archives, uploads, settings.max_collection_files, settings.max_collection_bytes)
 
 
 async def read_parts(parts: Any, name: str) -> list[Upload]:

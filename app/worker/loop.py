@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from app import keys, labels
 from app.background import Every
 from app.jobs.consumer import Consumer, Delivery, Limits
-from app.jobs.protocol import PIXELS_SHAPE, Heartbeat, Job, ensure_group
+from app.jobs.protocol import PIXELS_SHAPE, Heartbeat, Job
 from app.jobs.results import publish_done
 from app.models import Prediction, Status
 from app.outages import DEPENDENCY_ERRORS
@@ -51,7 +51,6 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set; the batch in hand is always finished first."""
-        await ensure_group(self.redis)
         beating = Every(max(self.settings.heartbeat_ttl / 3, 0.2), self._beat, name="heartbeat")
         log.info("worker %s ready (model %s)", self.name, self.classifier.info.id)
         try:

@@ -23,10 +23,11 @@ from redis.asyncio import Redis
 from app import keys
 from app.exports import RESULT_CSV_COLUMNS
 from app.jobs.protocol import bulk_streams
-from app.models import Collection, Prediction, Status, User
+from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
+from tests.helpers import eventually
 from tests.page_helpers import (
     HX,
     Client,
@@ -78,7 +79,8 @@ async def post_files(browser: Client, files: Files, htmx: bool = False) -> httpx
 
 
 async def created(response: httpx.Response, htmx: bool = False) -> Collection:
-    """The collection a classify form post made, checking that the browser was sent to its page."""
+    """The collection a classify form post made, checking that the browser was sent to its page; once
+    its files are read (in the background), so that its items are there."""
     if htmx:
         assert response.status_code == 200, response.text
         target = response.headers["HX-Redirect"]
@@ -87,6 +89,11 @@ async def created(response: httpx.Response, htmx: bool = False) -> Collection:
         target = response.headers["location"]
     match = re.fullmatch(r"/collections/([0-9a-f-]{36})", target)
     assert match, target
+
+    async def read() -> bool:
+        return (await Collection.get(id=UUID(match.group(1)))).status != CollectionStatus.READING
+
+    await eventually(read, seconds=30, what="the files read")
     return await Collection.get(id=UUID(match.group(1)))
 
 

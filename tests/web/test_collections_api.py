@@ -16,10 +16,13 @@ import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
 
+from app import keys
+from app.collections import ReadingLock
+from app.models import Collection, Prediction
 from app.settings import Settings
-from tests import samples
+from tests import broken_zips, samples
 from tests.conftest import CountingClassifier, running_worker
-from tests.helpers import sign_up
+from tests.helpers import eventually, sign_up
 
 Client = httpx.AsyncClient
 
@@ -36,21 +39,38 @@ async def create(client: Client, headers: dict[str, str], **kwargs: Any) -> dict
     return body
 
 
-async def progress(client: Client, headers: dict[str, str], collection_id: str) -> dict[str, int]:
+async def described(client: Client, headers: dict[str, str], collection_id: str) -> dict[str, Any]:
     response = await client.get(f"/api/collections/{collection_id}", headers=headers, params={"per_page": 1})
     assert response.status_code == 200, response.text
-    result: dict[str, int] = response.json()["progress"]
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def progress(client: Client, headers: dict[str, str], collection_id: str) -> dict[str, int]:
+    result: dict[str, int] = (await described(client, headers, collection_id))["progress"]
     return result
 
 
 async def finished(client: Client, headers: dict[str, str], collection_id: str, seconds: float = 120) -> dict[str, int]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        counts = await progress(client, headers, collection_id)
-        if counts["queued"] == 0:
-            return counts
+        body = await described(client, headers, collection_id)
+        if body["status"] == "done":
+            assert body["progress"]["queued"] == 0
+            result: dict[str, int] = body["progress"]
+            return result
         await asyncio.sleep(0.1)
-    raise AssertionError(f"collection {collection_id} unfinished after {seconds} s: {counts}")
+    raise AssertionError(f"collection {collection_id} unfinished after {seconds} s: {body}")
+
+
+async def all_read(client: Client, collections: list[tuple[dict[str, str], str]]) -> None:
+    """Wait until the collections' archives are read: all their images wait for a worker."""
+
+    async def read() -> bool:
+        statuses = [(await described(client, who, which))["status"] for who, which in collections]
+        return "reading" not in statuses
+
+    await eventually(read, seconds=60, what="the archives read")
 
 
 async def test_a_few_hundred_images_are_all_accounted_for(
@@ -224,6 +244,7 @@ async def test_one_users_collection_does_not_starve_anothers(
     small = await create(
         client, bob, files=as_files([(f"{i}.png", samples.photo(8500 + i, (64, 48), "PNG")) for i in range(16)])
     )
+    await all_read(client, [(alice, large["id"]), (bob, small["id"])])
     async with running_worker(redis, classifier, settings):
         await finished(client, bob, small["id"])
         alice_done = (await progress(client, alice, large["id"]))["done"]
@@ -231,3 +252,75 @@ async def test_one_users_collection_does_not_starve_anothers(
         assert alice_done <= 16 + settings.max_batch, alice_done
         await finished(client, alice, large["id"])
     assert await redis.scard("bulk:users") == 0  # emptied streams leave the set
+
+
+@pytest.mark.parametrize("shape", list(broken_zips.SHAPES))
+async def test_a_broken_entry_fails_alone_with_its_reason(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, shape: str
+) -> None:
+    make, bad_name, reason = broken_zips.SHAPES[shape]
+    body = await create(client, auth, files={"archive": (f"{shape}.zip", make())})
+    assert await finished(client, auth, body["id"]) == {"total": 3, "queued": 0, "done": 2, "failed": 1}
+    failed = (await client.get(f"/api/collections/{body['id']}", headers=auth, params={"status": "failed"})).json()
+    [item] = failed["results"]
+    assert item["file_name"] == bad_name and reason in item["error"], item
+
+
+async def test_a_large_archive_is_answered_before_it_is_read(
+    client: Client, auth: dict[str, str], app: Litestar, redis: Redis, no_worker: None
+) -> None:
+    tiny = samples.photo(1, (1, 1), "PNG")
+    archive = samples.zipped({f"{i:05}.png": tiny for i in range(10_000)}, zipfile.ZIP_STORED)
+    started = time.monotonic()
+    body = await create(client, auth, files={"archive": ("many.zip", archive)})
+    answered = time.monotonic() - started
+    assert body["status"] == "reading" and body["progress"]["total"] == 10_000
+    # Reading 10,000 entries took 33 s inside the request before; now only the directory is read.
+    assert answered < 10, answered
+    feeder = app.state.services.feeder
+    try:
+
+        async def some_items() -> bool:
+            return (await progress(client, auth, body["id"]))["done"] + (await progress(client, auth, body["id"]))[
+                "queued"
+            ] > 0
+
+        await eventually(some_items, seconds=30, what="the first items read")
+        assert (await described(client, auth, body["id"]))["status"] == "reading"
+    finally:
+        reading = feeder.reading.pop(body["id"], None)
+        if reading:
+            reading.cancel()
+        await Collection.filter(id=body["id"]).delete()
+
+
+async def test_reading_resumes_where_a_stopped_process_left_off(
+    client: Client, auth: dict[str, str], app: Litestar, redis: Redis, worker: CountingClassifier
+) -> None:
+    images = [(f"{i:02}.png", samples.photo(9300 + i, (64, 48), "PNG")) for i in range(30)]
+    body = await create(client, auth, files=as_files(images))
+    feeder = app.state.services.feeder
+
+    async def some_read() -> bool:
+        return await Prediction.filter(collection_id=body["id"]).count() >= 5
+
+    await eventually(some_read, seconds=30, what="a few items read")
+    feeder.reading.pop(body["id"]).cancel()  # the process reading it stops
+    await redis.delete(keys.reading_lock(body["id"]))  # and its lock lapses
+    counts = await finished(client, auth, body["id"])
+    names = await Prediction.filter(collection_id=body["id"]).values_list("file_name", flat=True)
+    assert sorted(names) == [name for name, _ in images]  # each once: none skipped, none twice
+    assert counts == {"total": 30, "queued": 0, "done": 30, "failed": 0}  # each once: none skipped, none twice
+
+
+async def test_a_reader_that_lost_its_lock_stops(app: Litestar, redis: Redis, client: Client) -> None:
+    services = app.state.services
+    mine = ReadingLock(services, "some-collection")
+    assert await mine.take()
+    assert not await ReadingLock(services, "some-collection").take()  # held: nobody else reads it
+    await redis.set(keys.reading_lock("some-collection"), "another reader's")  # it lapsed and was taken over
+    mine.renewed = 0  # due for renewal
+    assert not await mine.keep()
+    await mine.release()  # not ours any more: left alone
+    assert await redis.get(keys.reading_lock("some-collection")) == b"another reader's"
+    await redis.delete(keys.reading_lock("some-collection"))

@@ -72,7 +72,7 @@ async def test_the_models_name_every_field(spec: dict[str, Any]) -> None:
     assert properties(spec, "TopOut") == {"label", "wnid", "score"}
     assert properties(spec, "ModelOut") == {"name", "version", "weights"}
     assert properties(spec, "CollectionDetail") == {
-        "id", "name", "created_at", "progress", "results", "page", "per_page", "matching",
+        "id", "name", "created_at", "status", "progress", "error", "results", "page", "per_page", "matching",
     }  # fmt: skip
     assert properties(spec, "Progress") == {"total", "queued", "done", "failed"}
     assert properties(spec, "Readiness") == {"database", "redis", "workers", "queue_depth", "status"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import httpx
@@ -13,13 +14,13 @@ from litestar import Litestar
 from redis.asyncio import Redis
 
 from app import keys, labels
-from app.jobs.producer import enqueue, live_workers
+from app.jobs.producer import enqueue, live_workers, queue_depth
 from app.jobs.protocol import PIXELS_BYTES, Heartbeat, Job
 from app.models import Prediction, Status, User
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import beat, eventually, forget_worker, sign_up
+from tests.helpers import beat, eventually, forget_worker, pending, sign_up
 
 Client = httpx.AsyncClient
 LABEL_NAMES = {label.name for label in labels.LABELS}
@@ -75,10 +76,10 @@ async def test_finished_jobs_leave_the_stream(
     assert (await upload(client, auth, samples.photo(101))).status_code == 200
 
     async def acknowledged() -> bool:  # the worker answers first, then acknowledges (design, step e)
-        return await redis.xlen(keys.JOBS) == 0
+        return await queue_depth(redis) == 0
 
     await eventually(acknowledged, what="the finished job to leave the stream")
-    assert (await redis.xpending(keys.JOBS, keys.WORKERS_GROUP))["pending"] == 0
+    assert await pending(redis) == 0
 
 
 async def test_same_image_is_answered_from_the_cache(
@@ -173,7 +174,7 @@ async def test_bad_uploads_get_a_clear_4xx_and_never_reach_the_worker(
     response = await upload(client, auth, data, name=name)
     assert response.status_code == status, response.text
     assert message in response.json()["detail"]
-    assert await redis.xlen(keys.JOBS) == 0
+    assert await queue_depth(redis) == 0
     assert (
         await Prediction.filter(user__email=(await client.get("/api/users/me", headers=auth)).json()["email"]).count()
         == 0
@@ -219,7 +220,7 @@ async def test_no_live_worker_is_503_at_once(
     assert "No worker is running" in response.json()["detail"]
     assert int(response.headers["Retry-After"]) > 0
     assert time.monotonic() - started < 5
-    assert await redis.xlen(keys.JOBS) == 0
+    assert await queue_depth(redis) == 0
 
 
 async def test_live_workers_are_those_whose_heartbeat_has_not_expired(no_worker: None, redis: Redis) -> None:
@@ -244,8 +245,10 @@ async def test_full_backlog_is_503_with_retry_after(
     client: Client, auth: dict[str, str], no_worker: None, redis: Redis, settings: Settings
 ) -> None:
     await fake_worker(redis, rate=1.0)
+    user_id = (await client.get("/api/users/me", headers=auth)).json()["id"]
     for _ in range(int(settings.wait_timeout) + 5):
-        await redis.xadd(keys.JOBS, {"filler": "1"})
+        await redis.xadd(keys.jobs(user_id), {"filler": "1"})
+    await redis.zadd(keys.JOB_USERS, {str(user_id): time.time()})
     response = await upload(client, auth, samples.photo(700))
     assert response.status_code == 503, response.text
     assert "busy" in response.json()["detail"]
@@ -289,12 +292,13 @@ async def test_poison_job_is_dead_lettered_and_the_rest_of_its_batch_finishes(
         "image_path": "x",
         "model_name": "resnet50",
         "model_weights": "random",
+        "enqueued_at": datetime.now(UTC),  # on a stream already (below): not the feeder's
     }
     poisoned = await Prediction.create(image_sha256="0" * 64, **common)
     healthy = await Prediction.create(image_sha256="1" * 64, **common)
-    await enqueue(redis, Job(str(poisoned.id), "0" * 64, "resnet50-random", b"short"))
+    await enqueue(redis, user.id, Job(str(poisoned.id), "0" * 64, "resnet50-random", b"short"))
     pixels = bytes(range(256)) * (PIXELS_BYTES // 256)
-    await enqueue(redis, Job(str(healthy.id), "1" * 64, "resnet50-random", pixels))
+    await enqueue(redis, user.id, Job(str(healthy.id), "1" * 64, "resnet50-random", pixels))
     async with running_worker(redis, classifier, settings):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -308,7 +312,7 @@ async def test_poison_job_is_dead_lettered_and_the_rest_of_its_batch_finishes(
     assert f"after {settings.max_deliveries} attempts" in (poisoned.error or "")
     dead = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(keys.DEAD_JOBS))
     assert len(dead) == 1 and dead[0][1][b"id"] == str(poisoned.id).encode()
-    assert await redis.xlen(keys.JOBS) == 0
+    assert await queue_depth(redis) == 0
     body = (await client.get(f"/api/predictions/{poisoned.id}", headers=auth)).json()
     assert body["status"] == "failed" and body["error"]
 

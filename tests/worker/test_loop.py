@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
@@ -13,7 +14,7 @@ import numpy as np
 from redis.asyncio import Redis
 
 from app import keys, labels
-from app.jobs.producer import enqueue
+from app.jobs.producer import enqueue, queue_depth
 from app.jobs.protocol import PIXELS_SHAPE, Job
 from app.models import Prediction, Status, User
 from app.settings import Settings
@@ -30,6 +31,7 @@ async def queued(user: User, settings: Settings, seed: int) -> tuple[Prediction,
         model_name=settings.model_name,
         model_weights=settings.model_weights,
         status=Status.QUEUED,
+        enqueued_at=datetime.now(UTC),  # enqueued by the test itself, not by the feeder
     )
     return prediction, Job(str(prediction.id), sha, settings.model_id, pixels)
 
@@ -54,7 +56,7 @@ async def test_waiting_jobs_are_one_batch_stored_cached_and_acknowledged(
     user = await a_user()
     made = [await queued(user, settings, seed) for seed in range(6)]
     for _, job in made:
-        await enqueue(redis, job)
+        await enqueue(redis, user.id, job)
     async with running_worker(redis, classifier, settings) as counting:
         rows = await all_finished([str(p.id) for p, _ in made])
     assert (counting.calls, counting.images) == (1, 6)  # everything waiting went into one batch
@@ -64,7 +66,7 @@ async def test_waiting_jobs_are_one_batch_stored_cached_and_acknowledged(
         assert row.model_version == "stand-in" and row.finished_at is not None
         cached = json.loads(await redis.get(keys.result_cache(settings.model_id, row.image_sha256)) or "{}")
         assert cached["label"] == row.label and cached["top5"] == row.top5
-    assert await redis.xlen(keys.JOBS) == 0
+    assert await queue_depth(redis) == 0
     assert not await redis.exists(*[keys.queued_marker(str(p.id)) for p, _ in made])
 
 
@@ -77,7 +79,7 @@ async def test_the_same_image_always_gets_the_same_answer(
     second, again = await queued(user, settings, 99)
     other, different = await queued(user, settings, 100)
     for each in (job, again, different):
-        await enqueue(redis, each)
+        await enqueue(redis, user.id, each)
     async with running_worker(redis, classifier, settings):
         rows = {str(r.id): r for r in await all_finished([str(first.id), str(second.id), str(other.id)])}
     assert rows[str(first.id)].top5 == rows[str(second.id)].top5
@@ -88,16 +90,17 @@ async def test_a_job_delivered_twice_finishes_once(
     redis: Redis, classifier: Any, settings: Settings, client: Any
 ) -> None:
     await reset_queue(redis)
-    prediction, job = await queued(await a_user(), settings, 7)
-    await enqueue(redis, job)
+    user = await a_user()
+    prediction, job = await queued(user, settings, 7)
+    await enqueue(redis, user.id, job)
     async with running_worker(redis, classifier, settings):
         [row] = await all_finished([str(prediction.id)])
         finished_at = row.finished_at
-        await enqueue(redis, job)  # re-enqueued (say, by recovery) after it was done
+        await enqueue(redis, user.id, job)  # re-enqueued (say, by recovery) after it was done
         for _ in range(100):
-            if not await redis.xlen(keys.JOBS):
+            if not await queue_depth(redis):
                 break
             await asyncio.sleep(0.05)
     await row.refresh_from_db()
     assert row.status == Status.DONE and row.finished_at == finished_at  # the first result stands
-    assert await redis.xlen(keys.JOBS) == 0
+    assert await queue_depth(redis) == 0

@@ -18,7 +18,7 @@ from app.schemas import CollectionOut, collection_out, prediction_out
 from app.web.api.schemas import CollectionDetail, CollectionPage
 from app.web.deps import AuthedRequest, Page, PerPage, paginate, services
 from app.web.rendering import csv_attachment
-from app.web.uploads import read_parts, unpacked
+from app.web.uploads import read_parts
 
 StatusFilter = Annotated[Status | None, QueryParameter(description="Only items with this status")]
 ResultLabelFilter = Annotated[str | None, QueryParameter(max_length=100, description="Only items with this label")]
@@ -31,9 +31,8 @@ class CollectionForm:
     name: str = ""
 
 
-async def read_uploads(request: AuthedRequest, form: CollectionForm) -> list[archives.Upload]:
-    uploads = await read_parts(form.files, "files") + await read_parts(form.archive, "archive")
-    return await unpacked(uploads, services(request).settings)
+async def read_uploads(form: CollectionForm) -> list[archives.Upload]:
+    return await read_parts(form.files, "files") + await read_parts(form.archive, "archive")
 
 
 @post(
@@ -43,7 +42,7 @@ async def read_uploads(request: AuthedRequest, form: CollectionForm) -> list[arc
     status_code=HTTP_202_ACCEPTED,
 )
 async def create_collection(request: AuthedRequest, data: MultipartBody[CollectionForm]) -> Response[CollectionOut]:
-    uploads = await read_uploads(request, data)
+    uploads = await read_uploads(data)
     collection = await collections.create(services(request), request.user, uploads, data.name)
     return Response(
         collection_out(collection, await collections.progress(collection)),

@@ -10,7 +10,7 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from tortoise import connections
 
-from app.jobs.producer import capacity
+from app.jobs.producer import live_workers, queue_depth
 from app.web.api.schemas import Health, Readiness
 from app.web.deps import services
 
@@ -38,8 +38,9 @@ async def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
     redis, workers = False, 0
     depth: int | None = None
     with contextlib.suppress(Exception):
-        found = await capacity(services(request).redis)
-        redis, workers, depth = True, found.workers, found.depth
+        redis_client = services(request).redis
+        workers, depth = len(await live_workers(redis_client)), await queue_depth(redis_client)
+        redis = True
     ok = database and redis and workers > 0
     checks = Readiness(database, redis, workers, depth, status="ready" if ok else "not ready")
     return Response(checks, status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)

@@ -51,8 +51,9 @@ async def create_prediction(
 ) -> Response[PredictionOut]:
     svc = services(request)
     content = await data.file.read()
-    prediction = await predictions.submit(svc, request.user, content, data.file.filename or "")
-    if wants_async(wait, prefer) and prediction.status == "queued":
+    asynchronous = wants_async(wait, prefer)
+    prediction = await predictions.submit(svc, request.user, content, data.file.filename or "", wait=not asynchronous)
+    if asynchronous and prediction.status == "queued":
         location = f"/api/predictions/{prediction.id}"
         return Response(
             prediction_out(prediction, show_cached=request.user.is_admin),

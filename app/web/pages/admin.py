@@ -14,13 +14,15 @@ from litestar import Router, get
 from litestar.params import QueryParameter
 from litestar.response import Stream, Template
 from tortoise.expressions import Q
-from tortoise.functions import Count
+from tortoise.functions import Count, Sum
 
+from app import quotas
 from app.exports import spreadsheet_safe
 from app.feedback import FeedbackFilter
 from app.jobs.producer import dead_jobs, live_workers, queue_depth
 from app.models import Feedback, Prediction, Status, User
 from app.outages import DEPENDENCY_ERRORS
+from app.services import Services
 from app.web.deps import AnyRequest, Page, admin_guard, paginate, services
 from app.web.rendering import render
 
@@ -55,12 +57,26 @@ async def counts_by_user(model: type[Prediction] | type[Feedback], user_ids: lis
     return {int(user_id): int(n) for user_id, n in rows}
 
 
+async def usage_by_user(user_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """(predictions, bytes of originals stored) per user, in one grouped query."""
+    rows = (
+        await Prediction.filter(user_id__in=user_ids)
+        .annotate(n=Count("id"), stored=Sum("image_bytes", _filter=Q(image_path__not="")))
+        .group_by("user_id")
+        .values_list("user_id", "n", "stored")
+    )
+    return {int(user_id): (int(n), int(stored or 0)) for user_id, n, stored in rows}
+
+
 async def users_context(page: int) -> dict[str, Any]:
     users, pager = await paginate(User.all().order_by("-created_at"), page, USERS_PER_PAGE)
     ids = [u.id for u in users]
-    # Two grouped counts, not one query joining both: that join multiplies rows per user.
-    made, given = await counts_by_user(Prediction, ids), await counts_by_user(Feedback, ids)
-    rows = [{"user": u, "predictions": made.get(u.id, 0), "feedback": given.get(u.id, 0)} for u in users]
+    # Two grouped queries, not one joining both tables: that join multiplies rows per user.
+    usage, given = await usage_by_user(ids), await counts_by_user(Feedback, ids)
+    rows = []
+    for u in users:
+        made, stored = usage.get(u.id, (0, 0))
+        rows.append({"user": u, "predictions": made, "stored": stored, "feedback": given.get(u.id, 0)})
     return {"users": rows, "users_pager": pager}
 
 
@@ -92,10 +108,23 @@ async def agreement_context() -> dict[str, Any]:
     return {"agreement": stats[:AGREEMENT_ROWS], "agreement_labels": len(stats)}
 
 
+def disk_context(svc: Services) -> dict[str, Any]:
+    """How full UPLOAD_DIR is, from the figure the process keeps (no walk, no query)."""
+    used, mark = svc.disk.used, quotas.high_water_mark(svc.settings)
+    return {
+        "disk_used": used,
+        "disk_max": svc.settings.max_stored_bytes,
+        "disk_mark": mark,
+        "disk_full": used >= mark,
+        "disk_measured": svc.disk.measured,
+    }
+
+
 async def status_context(request: AnyRequest) -> dict[str, Any]:
     redis = services(request).redis
     since = datetime.now(UTC) - RECENT
     context: dict[str, Any] = {
+        **disk_context(services(request)),
         "finished_recently": await Prediction.filter(finished_at__gte=since).count(),
         "queued": await Prediction.filter(status=Status.QUEUED).count(),
         "recent_seconds": int(RECENT.total_seconds()),

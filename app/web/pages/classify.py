@@ -6,7 +6,6 @@ Errors are shown in the page, next to what caused them.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from uuid import UUID
@@ -18,7 +17,6 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_200_OK, HTTP_303_SEE_OTHER, HTTP_400_BAD_REQUEST
-from PIL import UnidentifiedImageError
 
 from app import collections, feedback, labels, predictions, thumbnails
 from app.archives import Upload
@@ -26,7 +24,7 @@ from app.models import Collection, Feedback, Prediction, User
 from app.web.deps import AnyRequest, services
 from app.web.pages.accounts import FormBody
 from app.web.rendering import go, render, wants_partial
-from app.web.uploads import UploadForm, collection_name, is_collection, read_parts, unpacked
+from app.web.uploads import UploadForm, collection_name, is_collection, read_parts
 
 LABEL_OPTIONS = 20
 
@@ -105,11 +103,7 @@ async def classify_upload(request: AnyRequest, upload: Upload | None) -> tuple[P
 
 
 async def start_collection(request: AnyRequest, chosen: list[Upload]) -> Collection:
-    svc = services(request)
-    uploads = await unpacked(chosen, svc.settings)
-    if not uploads:
-        raise ClientException("There is nothing to classify: the files chosen hold no images")
-    return await collections.create(svc, request.user, uploads, collection_name(chosen))
+    return await collections.create(services(request), request.user, chosen, collection_name(chosen))
 
 
 def upload_refused(request: AnyRequest, exc: HTTPException, many: bool) -> Template:
@@ -159,12 +153,11 @@ async def prediction_page(request: AnyRequest, prediction_id: FromPath[UUID]) ->
 async def prediction_image(request: AnyRequest, prediction_id: FromPath[UUID]) -> Response[bytes]:
     """A preview of the upload, for its owner (and admins) only: 404 for anyone else."""
     prediction = await predictions.visible_prediction(request.user, prediction_id)
-    upload_dir = services(request).settings.upload_dir
     if not prediction.image_path:  # refused at upload: nothing was stored
         raise HTTPException(status_code=404, detail="No image was stored for this prediction")
-    try:
-        data = await asyncio.to_thread(thumbnails.thumbnail, upload_dir, prediction.image_sha256, prediction.image_path)
-    except (OSError, UnidentifiedImageError):
+    try:  # rendered in a decode process (app/sandbox.py), like every decode of uploaded bytes
+        data = await services(request).decoder.thumbnail(prediction.image_sha256, prediction.image_path)
+    except OSError:
         raise HTTPException(status_code=404, detail="The image is no longer stored") from None
     # Private: a shared cache must never hand one person's photo to another.
     return Response(data, media_type=thumbnails.MEDIA_TYPE, headers={"Cache-Control": "private, max-age=86400"})

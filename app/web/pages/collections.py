@@ -21,7 +21,7 @@ from tortoise.functions import Count
 
 from app import collections, predictions
 from app.jobs.producer import live_workers
-from app.models import Collection, Prediction, Status
+from app.models import Collection, CollectionStatus, Prediction, Status
 from app.outages import DEPENDENCY_ERRORS
 from app.web.deps import AnyRequest, Page, paginate, services
 from app.web.rendering import csv_attachment, render
@@ -87,12 +87,15 @@ async def collection_context(
     # An image refused at upload was never stored: it has no thumbnail to ask for.
     results = [{**predictions.result_dict(p), "has_image": bool(p.image_path)} for p in items]
     finished = progress["done"] + progress["failed"]
+    reading = collection.status == CollectionStatus.READING
     return {
         "collection": collection,
         "progress": progress,
         "finished": finished,
         "percent": 100 * finished / progress["total"] if progress["total"] else 100.0,
-        "running": progress["queued"] > 0,
+        "running": reading or progress["queued"] > 0,
+        "reading": reading,
+        "read": finished + progress["queued"],
         "no_worker": await waiting_without_worker(request, progress["queued"]),
         "poll_seconds": POLL_SECONDS,
         "results": results,

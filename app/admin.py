@@ -1,0 +1,151 @@
+"""`python -m app.admin`: administration commands, run beside the service.
+
+`prune --older-than 90d` is the retention policy: it deletes the originals (and their thumbnails) of
+finished predictions created before the cutoff and keeps their results; each such prediction's
+`image_path` becomes "" (its page shows no image). An original still used by a queued prediction, by
+one newer than the cutoff, or stored again in the last IN_FLIGHT (an upload in progress) is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+from tortoise.expressions import Q
+
+from app import db, files, thumbnails
+from app.models import Prediction, Status
+from app.quotas import size_text
+from app.settings import get_settings
+
+IN_FLIGHT = timedelta(minutes=10)  # longer than any upload takes from storing its original to its row
+PRUNE_BATCH = 500
+FINISHED = (Status.DONE, Status.FAILED)
+AGE_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1)}
+
+
+def parse_age(text: str) -> timedelta:
+    """`90d` or `12h`."""
+    match = re.fullmatch(r"(\d{1,6})([dh])", text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"an age in days or hours, like 90d or 12h; got {text!r}")
+    return int(match[1]) * AGE_UNITS[match[2]]
+
+
+def age_text(age: timedelta) -> str:
+    hours = int(age.total_seconds() // 3600)
+    return f"{hours // 24}d" if hours % 24 == 0 else f"{hours}h"
+
+
+@dataclass
+class PruneReport:
+    predictions: int = 0  # finished predictions whose original was let go (their results stay)
+    originals: int = 0  # files deleted
+    kept: int = 0  # originals kept: still used by a queued or newer prediction, or stored again just now
+    bytes_freed: int = 0  # originals and their thumbnails
+    seen: set[str] = field(default_factory=set)  # hashes already dealt with in this run
+
+    def summary(self, age: str, dry_run: bool) -> str:
+        verb = "Would prune" if dry_run else "Pruned"
+        return (
+            f"{verb} {self.predictions} finished predictions older than {age} (their results stay):"
+            f" {self.originals} originals deleted, {size_text(self.bytes_freed)} freed with their thumbnails;"
+            f" {self.kept} originals kept, still in use"
+        )
+
+
+async def _still_used(shas: set[str], cutoff: datetime) -> set[str]:
+    """Of `shas`, the originals a queued prediction or one newer than `cutoff` still needs."""
+    rows = (
+        await Prediction.filter(image_sha256__in=shas)
+        .exclude(image_path="")
+        .filter(Q(status=Status.QUEUED) | Q(created_at__gte=cutoff))
+        .distinct()
+        .order_by("image_sha256")  # not the model's default: PostgreSQL's DISTINCT needs it selected
+        .values_list("image_sha256", flat=True)
+    )
+    return {str(sha) for sha in rows}
+
+
+async def _remove(upload_dir: Path, sha: str, relative_path: str, used_since: float, dry_run: bool) -> int | None:
+    """Delete one original and its thumbnail: the bytes freed, or None if the original is kept."""
+    freed = await asyncio.to_thread(files.remove_file, upload_dir / relative_path, used_since, dry_run)
+    if freed is None:
+        return None
+    thumbnail = thumbnails.thumbnail_path(upload_dir, sha)
+    thumbnail_freed = await asyncio.to_thread(files.remove_file, thumbnail, None, dry_run)
+    return freed + (thumbnail_freed or 0)
+
+
+async def _prune_batch(
+    rows: list[tuple[UUID, datetime, str, str]], cutoff: datetime, upload_dir: Path, dry_run: bool, report: PruneReport
+) -> None:
+    used = await _still_used({sha for _, _, sha, _ in rows}, cutoff)
+    used_since = time.time() - IN_FLIGHT.total_seconds()
+    for sha, relative_path in sorted({(sha, path) for _, _, sha, path in rows}):
+        if sha in report.seen:
+            continue
+        report.seen.add(sha)
+        freed = None if sha in used else await _remove(upload_dir, sha, relative_path, used_since, dry_run)
+        if freed is None:
+            report.kept += 1
+        else:
+            report.originals += 1 if freed else 0
+            report.bytes_freed += freed
+    if not dry_run:
+        await Prediction.filter(id__in=[row[0] for row in rows]).update(image_path="")
+    report.predictions += len(rows)
+
+
+async def prune(upload_dir: Path, older_than: timedelta, dry_run: bool = False) -> PruneReport:
+    """Apply the retention policy to the predictions created more than `older_than` ago."""
+    cutoff = datetime.now(UTC) - older_than
+    report = PruneReport()
+    query = Prediction.filter(status__in=FINISHED, created_at__lt=cutoff).exclude(image_path="")
+    after: Q | None = None
+    while True:
+        page = query.filter(after) if after is not None else query
+        rows = (
+            await page.order_by("created_at", "id")
+            .limit(PRUNE_BATCH)
+            .values_list("id", "created_at", "image_sha256", "image_path")
+        )
+        if not rows:
+            return report
+        await _prune_batch(rows, cutoff, upload_dir, dry_run, report)
+        last_id, last_at = rows[-1][0], rows[-1][1]
+        after = Q(created_at__gt=last_at) | Q(created_at=last_at, id__gt=last_id)
+
+
+async def _prune_command(age: timedelta, dry_run: bool) -> PruneReport:
+    settings = get_settings()
+    await db.init_db(settings.database_url)
+    try:
+        return await prune(settings.upload_dir, age, dry_run)
+    finally:
+        await db.close_db()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m app.admin", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    pruning = commands.add_parser(
+        "prune", help="delete the originals of old finished predictions, keeping their results"
+    )
+    pruning.add_argument(
+        "--older-than", required=True, type=parse_age, metavar="AGE", help="created before this long ago: 90d, 12h"
+    )
+    pruning.add_argument("--dry-run", action="store_true", help="say what would be deleted, and delete nothing")
+    args = parser.parse_args(argv)
+    report = asyncio.run(_prune_command(args.older_than, args.dry_run))
+    print(report.summary(age_text(args.older_than), args.dry_run))
+
+
+if __name__ == "__main__":
+    main()

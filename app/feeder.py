@@ -1,0 +1,196 @@
+"""The feeder: work that waits in the database (async jobs, collection items) goes onto the bulk streams
+a window at a time, so Redis holds a bounded amount of it whatever users send.
+
+Each source of waiting work (one user's async jobs; one collection) has at most FEED_WINDOW jobs on a
+stream; as results come in, the feeder tops each window up, decoding the stored originals again in the
+sandbox. Users take turns at the workers (see app/jobs/consumer.py), interactive uploads first. Every web
+process runs a feeder; a Redis lock lets one of them feed at a time. It also starts, or takes over, the
+reading of collections whose archives are still being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tortoise.functions import Count
+
+from app import images, keys
+from app.collections import ReadingLock, read_archive
+from app.jobs import producer
+from app.jobs.protocol import Job
+from app.jobs.results import cached_result, publish_result
+from app.models import Collection, CollectionStatus, Prediction, Status, mark_failed
+from app.services import Services
+
+log = logging.getLogger(__name__)
+# How often the feeder looks when work is in flight, and when there is none.
+BUSY_ROUND_S = 0.25
+IDLE_ROUND_S = 2.0
+FEED_LOCK_S = 30
+
+
+@dataclass(frozen=True)
+class Source:
+    """Waiting work of one user: their async jobs (collection None) or one of their collections."""
+
+    user_id: int
+    collection_id: Any
+
+
+def _source(row: dict[str, Any]) -> Source:
+    return Source(row["user_id"], row["collection_id"])
+
+
+async def _counts(**where: Any) -> dict[Source, int]:
+    rows = await (
+        Prediction.filter(status=Status.QUEUED, **where)
+        .group_by("user_id", "collection_id")
+        .annotate(n=Count("id"))
+        .values("user_id", "collection_id", "n")
+    )
+    return {_source(row): row["n"] for row in rows}
+
+
+def _of(source: Source) -> Any:
+    query = Prediction.filter(status=Status.QUEUED, user_id=source.user_id)
+    if source.collection_id is None:
+        return query.filter(collection_id__isnull=True)
+    return query.filter(collection_id=source.collection_id)
+
+
+async def _finish_from_cache(services: Services, ids: list[str], cached: dict[str, Any]) -> None:
+    await Prediction.filter(id__in=ids, status=Status.QUEUED).update(
+        **cached, status=Status.DONE, cached=True, finished_at=datetime.now(UTC)
+    )
+    for prediction_id in ids:
+        await publish_result(services.redis, prediction_id, Status.DONE)
+
+
+async def _job(services: Services, first: Prediction, ids: list[str]) -> Job | None:
+    """The job for one image (several predictions of it), decoded again from its stored original; None
+    when it was finished otherwise (from the cache, or failed because the original is unreadable)."""
+    settings = services.settings
+    cached = await cached_result(services.redis, settings.model_id, first.image_sha256)
+    if cached is not None:
+        await _finish_from_cache(services, ids, cached)
+        return None
+    try:
+        data = await asyncio.to_thread(Path.read_bytes, settings.upload_dir / first.image_path)
+        image = await services.decoder.check(data)
+    except (OSError, images.ImageRejected) as exc:
+        for prediction_id in await mark_failed(ids, f"The stored original could not be read again: {exc}"):
+            await publish_result(services.redis, prediction_id, Status.FAILED)
+        return None
+    return Job(ids[0], image.sha256, settings.model_id, image.pixels, also=tuple(ids[1:]))
+
+
+async def _feed_source(services: Services, source: Source, room: int) -> int:
+    """Put up to `room` more of a source's waiting images on its user's bulk stream, oldest first; the
+    same image waiting several times makes one job."""
+    waiting = await _of(source).filter(enqueued_at__isnull=True).order_by("created_at").limit(room)
+    by_image: dict[str, list[Prediction]] = defaultdict(list)
+    for prediction in waiting:
+        by_image[prediction.image_sha256].append(prediction)
+    ids = [str(p.id) for p in waiting]
+    # Marked first: should the enqueue fail, the sweep in app/recovery.py hands them back to the feeder.
+    await Prediction.filter(id__in=ids).update(enqueued_at=datetime.now(UTC))
+    # Decoded side by side: the decode pool has a process per core.
+    made = await asyncio.gather(*(_job(services, same[0], [str(p.id) for p in same]) for same in by_image.values()))
+    jobs = [job for job in made if job is not None]
+    try:
+        await producer.enqueue_bulk(services.redis, source.user_id, jobs)
+    except Exception:
+        await Prediction.filter(id__in=ids, status=Status.QUEUED).update(enqueued_at=None)
+        raise
+    return len(waiting)
+
+
+async def _finish_collections() -> None:
+    """Collections that were classifying and have nothing left queued are done."""
+    classifying = await Collection.filter(status=CollectionStatus.CLASSIFYING).values_list("id", flat=True)
+    if not classifying:
+        return
+    busy = await _counts(collection_id__in=list(classifying))
+    still = {source.collection_id for source in busy}
+    finished = [c for c in classifying if c not in still]
+    if finished:
+        await Collection.filter(id__in=finished, status=CollectionStatus.CLASSIFYING).update(
+            status=CollectionStatus.DONE
+        )
+
+
+async def feed(services: Services) -> int:
+    """One round: top up every source's window. Returns how many predictions went onto streams."""
+    waiting = await _counts(enqueued_at__isnull=True)
+    fed = 0
+    if waiting:
+        in_flight = await _counts(enqueued_at__isnull=False)
+        window = services.settings.feed_window
+        for source in waiting:
+            room = window - in_flight.get(source, 0)
+            if room > 0:
+                fed += await _feed_source(services, source, room)
+    await _finish_collections()
+    return fed
+
+
+class Feeder:
+    """The feeding loop of one web process, and the archives it is reading."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._wake = asyncio.Event()
+        self._done = asyncio.Event()
+        self.reading: dict[str, asyncio.Task[None]] = {}
+        self._task = asyncio.create_task(self._run(), name="feeder")
+
+    def nudge(self) -> None:
+        """New work waits: feed now rather than at the next round."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        busy = True
+        while not self._done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), BUSY_ROUND_S if busy else IDLE_ROUND_S)
+            self._wake.clear()
+            try:
+                busy = await self._round()
+            except Exception:  # a dependency is down: try again next round
+                log.warning("feeding failed; trying again", exc_info=True)
+
+    async def _round(self) -> bool:
+        redis = self.services.redis
+        await self._take_over_reading()
+        if not await redis.set(keys.FEED_LOCK, "1", nx=True, ex=FEED_LOCK_S):
+            return True  # another process is feeding
+        try:
+            await feed(self.services)
+        finally:
+            await redis.delete(keys.FEED_LOCK)
+        return bool(await Prediction.filter(status=Status.QUEUED).exists())
+
+    async def _take_over_reading(self) -> None:
+        """Read the collections nobody is reading: new ones, and those of a process that stopped."""
+        self.reading = {k: t for k, t in self.reading.items() if not t.done()}
+        for collection in await Collection.filter(status=CollectionStatus.READING):
+            key = str(collection.id)
+            lock = ReadingLock(self.services, key)
+            if key not in self.reading and await lock.take():
+                self.reading[key] = asyncio.create_task(read_archive(self.services, collection, lock), name="reading")
+
+    async def stop(self) -> None:
+        self._done.set()
+        tasks = [self._task, *self.reading.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -1,0 +1,178 @@
+"""Per-user quotas and the disk bound: how many images one person may have waiting, collections in
+progress, images sent in a day and bytes of originals stored; and how full UPLOAD_DIR may get.
+
+Each check is one query on an index (predictions by user and time, by status; collections by status),
+or none (the disk: a figure kept in memory). A check and the work it lets through are not one
+transaction: concurrent requests of one person can overshoot a quota by a few images.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from litestar.exceptions import ClientException, HTTPException, TooManyRequestsException
+from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE, HTTP_507_INSUFFICIENT_STORAGE
+from tortoise.functions import Sum
+
+from app.models import Collection, CollectionStatus, Prediction, Status, User
+from app.services import Services
+from app.settings import Settings
+
+DAY = timedelta(hours=24)
+QUEUED_RETRY_SECONDS = 30
+COLLECTIONS_RETRY_SECONDS = 60
+IN_PROGRESS = (CollectionStatus.READING, CollectionStatus.CLASSIFYING)
+
+
+class StorageFull(HTTPException):
+    """UPLOAD_DIR is past its high-water mark: no new original is stored until space is freed."""
+
+    status_code = HTTP_507_INSUFFICIENT_STORAGE
+
+
+def size_text(size: int) -> str:
+    """`812 bytes`, `3.4 MiB`, `2.0 GiB`."""
+    if size < 1024:
+        return f"{size} bytes"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} TiB"
+
+
+def _numbers(quota: str, used: int, limit: int) -> dict[str, Any]:
+    """What the API's error body carries beside the sentence (`extra`), for programs."""
+    return {"quota": quota, "used": used, "limit": limit}
+
+
+def _too_many(detail: str, retry_after: int, numbers: dict[str, Any]) -> TooManyRequestsException:
+    return TooManyRequestsException(detail=detail, headers={"Retry-After": str(retry_after)}, extra=numbers)
+
+
+# ---- the disk -----------------------------------------------------------------------------------------
+
+
+def high_water_mark(settings: Settings) -> int:
+    """The bytes under UPLOAD_DIR past which uploads are refused."""
+    return int(settings.max_stored_bytes * settings.stored_high_water)
+
+
+def check_disk(services: Services, incoming_bytes: int) -> None:
+    """507 once UPLOAD_DIR is past its high-water mark: an administrator must free space."""
+    settings, used = services.settings, services.disk.used
+    if used + incoming_bytes > high_water_mark(settings):
+        raise StorageFull(
+            detail=f"The image store is full ({size_text(used)} used of {size_text(settings.max_stored_bytes)};"
+            f" uploads stop at {settings.stored_high_water:.0%}): nothing new can be stored until an"
+            " administrator frees space. Try again later",
+            extra=_numbers("disk", used, high_water_mark(settings)),
+        )
+
+
+# ---- one person's quotas ------------------------------------------------------------------------------
+
+
+async def stored_bytes(user: User) -> int:
+    """The bytes of the originals kept for `user`'s predictions (a pruned one keeps none)."""
+    rows = (
+        await Prediction.filter(user_id=user.id)
+        .exclude(image_path="")
+        .annotate(total=Sum("image_bytes"))
+        .values_list("total", flat=True)
+    )
+    total: Any = rows[0] if rows else None
+    return int(total or 0)
+
+
+async def check_stored(services: Services, user: User, incoming_bytes: int) -> None:
+    """413 when `incoming_bytes` more would take `user` past their storage quota."""
+    limit = services.settings.quota_stored_bytes
+    used = await stored_bytes(user)
+    if used + incoming_bytes > limit:
+        raise ClientException(
+            status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            detail=f"You store {size_text(used)} of originals of the {size_text(limit)} one account may keep,"
+            f" so {size_text(incoming_bytes)} more do not fit; old ones are removed by the retention policy,"
+            " or ask an administrator",
+            extra=_numbers("stored_bytes", used, limit),
+        )
+
+
+async def check_storage(services: Services, user: User, incoming_bytes: int) -> None:
+    """Before storing anything: the disk (507), then the person's share of it (413)."""
+    check_disk(services, incoming_bytes)
+    await check_stored(services, user, incoming_bytes)
+
+
+async def _seconds_until_room(user: User, now: datetime, excess: int) -> int:
+    """When the `excess` oldest images of the last 24 hours have left that window."""
+    oldest = (
+        await Prediction.filter(user_id=user.id, created_at__gte=now - DAY)
+        .order_by("created_at")
+        .offset(excess - 1)
+        .limit(1)
+        .values_list("created_at", flat=True)
+    )
+    if not oldest:  # gone meanwhile: room already
+        return 1
+    leaves = cast(datetime, oldest[0]) + DAY
+    return max(1, math.ceil((leaves - now).total_seconds()))
+
+
+async def check_images(services: Services, user: User, images: int) -> None:
+    """429 when `images` more would take `user` past their images in 24 hours, with when they fit."""
+    limit = services.settings.quota_images_per_day
+    if images > limit:
+        raise ClientException(
+            status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            detail=f"{images} images are more than one account may send in a day ({limit})",
+            extra=_numbers("images_per_day", images, limit),
+        )
+    now = datetime.now(UTC)
+    sent = await Prediction.filter(user_id=user.id, created_at__gte=now - DAY).count()
+    if sent + images > limit:
+        more = f"; {images} more do not fit" if images > 1 else ""
+        raise _too_many(
+            f"You have sent {sent} images in the last 24 hours, and {limit} a day is the most one account may"
+            f" send{more}. Try again later",
+            await _seconds_until_room(user, now, sent + images - limit),
+            _numbers("images_per_day", sent, limit),
+        )
+
+
+async def check_queued(services: Services, user: User) -> None:
+    """429 when `user` already has the most single uploads and async jobs waiting for the model."""
+    limit = services.settings.quota_queued
+    waiting = await Prediction.filter(user_id=user.id, status=Status.QUEUED, collection_id__isnull=True).count()
+    if waiting >= limit:
+        raise _too_many(
+            f"You have {waiting} images waiting to be classified, the most one account may have ({limit});"
+            " send more once some are done",
+            QUEUED_RETRY_SECONDS,
+            _numbers("queued", waiting, limit),
+        )
+
+
+async def check_collections(services: Services, user: User) -> None:
+    """429 when `user` already has the most collections being read or classified."""
+    limit = services.settings.quota_collections
+    running = await Collection.filter(user_id=user.id, status__in=IN_PROGRESS).count()
+    if running >= limit:
+        raise _too_many(
+            f"You have {running} collections in progress, the most one account may have ({limit});"
+            " start another once one is done",
+            COLLECTIONS_RETRY_SECONDS,
+            _numbers("collections", running, limit),
+        )
+
+
+async def check_collection(services: Services, user: User, images: int, incoming_bytes: int) -> None:
+    """Before a collection of `images` images (`incoming_bytes` in all) is started: collections in
+    progress, images of the day (all of them, up front) and storage."""
+    await check_collections(services, user)
+    await check_images(services, user, images)
+    await check_storage(services, user, incoming_bytes)

@@ -1,0 +1,192 @@
+"""Every decode of uploaded bytes, in a small pool of separate processes (pebble's ProcessPool).
+
+Each decode has a wall-clock limit (DECODE_TIMEOUT) and each process an address-space limit
+(DECODE_MEMORY_MB above what it holds at start): a process that runs past either is stopped and
+replaced, and the upload gets a 400 that says which. The web process sends the bytes and gets back the
+224x224 pixels (or a thumbnail): it never holds a full-size decode, and a decoder that hangs, crashes or
+runs out of memory takes only its own process down.
+
+The processes fork from a fork server (multiprocessing's `forkserver`), which imported this module
+once: they start in milliseconds, small, without the web process's threads or event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from litestar.status_codes import HTTP_400_BAD_REQUEST
+from pebble import ProcessExpired, ProcessPool
+
+from app import files, images, thumbnails
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+Result = TypeVar("Result")
+OUT_OF_MEMORY = 75  # how a decode process that ran out of address space exits (to be replaced)
+# Then a fresh process: whatever a decode leaves behind (a fragmented heap) reaches few others.
+TASKS_PER_PROCESS = 100
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An image refused in a decode process: the web process raises it as images.ImageRejected."""
+
+    status: int
+    detail: str
+
+
+def address_space() -> int:
+    """This process's address space, in bytes (what RLIMIT_AS bounds)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _start_decoding(memory: int) -> None:
+    """In each new decode process, before its first task."""
+    # pebble ends a process with SIGTERM, then SIGKILL 3 s later; its handler only runs between
+    # bytecodes, so a process busy in a C decoder would hold on to its slot (and the pool's channel)
+    # for those 3 s. The default action ends it at once. pebble stops a process only while holding
+    # the channel's locks, so the one that dies holds none.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if memory > 0:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = address_space() + memory
+        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
+def _sandboxed(work: Callable[[], Result]) -> Result | Refusal:
+    try:
+        return work()
+    except images.ImageRejected as exc:
+        return Refusal(exc.status_code, exc.detail)
+    except MemoryError:
+        os._exit(OUT_OF_MEMORY)  # the parent answers "too large"; pebble starts a fresh process
+    except Exception as exc:  # whatever else a decoder raises on hostile bytes is the file's doing
+        return Refusal(HTTP_400_BAD_REQUEST, f"The image is truncated or corrupt: {exc!r}")
+
+
+def _decoded(data: bytes, max_pixels: int, max_cost: int) -> tuple[str, str, bytes] | Refusal:
+    """In a decode process: (sha256, extension, pixels) of an upload, or why it is refused."""
+
+    def work() -> tuple[str, str, bytes]:
+        extension, pixels = images.decode(data, max_pixels, max_cost)
+        return hashlib.sha256(data).hexdigest(), extension, pixels
+
+    return _sandboxed(work)
+
+
+def _rendered(data: bytes, max_pixels: int, max_cost: int) -> bytes | Refusal:
+    """In a decode process: the thumbnail of an original."""
+    return _sandboxed(
+        lambda: thumbnails.render_thumbnail(images.open_image(data, max_pixels, max_cost, draft=thumbnails.DRAFT))
+    )
+
+
+def _alive() -> bool:
+    return True
+
+
+def _stop(pool: ProcessPool) -> None:
+    pool.stop()
+    pool.join()
+
+
+class DecodePool:
+    """The decode processes of one web process (or of a test). `start` them, `close` at the end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._closed = False
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPool:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # once per process: the fork server's first start
+        return ProcessPool(
+            max_workers=self.settings.decode_processes,
+            max_tasks=TASKS_PER_PROCESS,
+            initializer=_start_decoding,
+            initargs=(self.settings.decode_memory_mb * 2**20,),
+            context=context,
+        )
+
+    async def start(self) -> None:
+        """Start the processes (and the fork server), so that the first upload does not wait for them."""
+        await self._run(_alive)
+
+    async def check(self, data: bytes) -> images.CheckedImage:
+        """Every check an upload must pass (images.check), in a decode process. Raises images.ImageRejected."""
+        settings = self.settings
+        images.check_size(data, settings.max_upload_bytes)
+        sha256, extension, pixels = await self._run(
+            _decoded, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20
+        )
+        return images.CheckedImage(sha256, extension, data, pixels)
+
+    async def thumbnail(self, sha256: str, relative_path: str) -> bytes:
+        """The preview of a stored original (WebP), rendered once in a decode process and kept beside the
+        originals. FileNotFoundError if the original is gone; images.ImageRejected if it no longer passes."""
+        settings = self.settings
+        kept = thumbnails.thumbnail_path(settings.upload_dir, sha256)
+        try:
+            return await asyncio.to_thread(kept.read_bytes)
+        except FileNotFoundError:
+            pass
+        data = await asyncio.to_thread(Path.read_bytes, settings.upload_dir / relative_path)
+        rendered: bytes = await self._run(_rendered, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20)
+        await asyncio.to_thread(files.write_atomic, kept, rendered)
+        return rendered
+
+    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` in a decode process. Cancelling the caller stops the process (pebble
+        replaces it), so a request given up on frees its slot at once."""
+        timeout = self.settings.decode_timeout
+        for attempt in (1, 2):
+            pool = self._pool
+            try:
+                result = await asyncio.wrap_future(pool.schedule(function, args, timeout=timeout))
+            except TimeoutError:
+                raise images.reject(
+                    HTTP_400_BAD_REQUEST, f"The image took too long to decode (more than {timeout:g} s)"
+                ) from None
+            except ProcessExpired as exc:
+                raise images.reject(HTTP_400_BAD_REQUEST, self._expired(exc.exitcode)) from None
+            except (BrokenProcessPool, RuntimeError):
+                # pebble gives up on a pool whose idle process died (killed from outside): a new pool, once.
+                if self._closed or attempt == 2:
+                    raise
+                self._replace(pool)
+                continue
+            if isinstance(result, Refusal):
+                raise images.reject(result.status, result.detail)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _expired(self, exitcode: int | None) -> str:
+        if exitcode == OUT_OF_MEMORY:
+            return f"The image is too large to decode within {self.settings.decode_memory_mb} MB of memory"
+        log.warning("a decode process ended abnormally (exit status %s)", exitcode)
+        return f"The image could not be decoded: the decoder crashed (exit status {exitcode})"
+
+    def _replace(self, broken: ProcessPool) -> None:
+        if self._pool is broken:
+            log.error("the decode pool broke; starting a new one")
+            self._pool = self._new_pool()
+            threading.Thread(target=_stop, args=(broken,), name="decode-pool-stop", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop every decode process (blocking: a fraction of a second)."""
+        self._closed = True
+        _stop(self._pool)

@@ -1,0 +1,145 @@
+"""`python -m app.admin prune`: the retention policy deletes old originals and keeps the results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app import admin, quotas, thumbnails
+from app.models import Prediction, Status, User, mark_failed
+from app.settings import Settings
+from tests import samples
+from tests.conftest import CountingClassifier
+
+Client = httpx.AsyncClient
+OLD = timedelta(days=100)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def classify(client: Client, auth: dict[str, str], data: bytes) -> dict[str, Any]:
+    response = await client.post("/api/predictions", headers=auth, files={"file": ("x.png", data)})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert body["status"] == "done"
+    return body
+
+
+async def make_old(settings: Settings, *bodies: dict[str, Any], touch_files: bool = True) -> None:
+    """Predictions (and their originals, unless `touch_files` is False) as if made 100 days ago."""
+    await Prediction.filter(id__in=[b["id"] for b in bodies]).update(created_at=datetime.now(UTC) - OLD)
+    if touch_files:
+        then = time.time() - OLD.total_seconds()
+        for body in bodies:
+            os.utime(original(settings, body), (then, then))
+
+
+async def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def original(settings: Settings, body: dict[str, Any]) -> Path:
+    return settings.upload_dir / body["image_sha256"][:2] / f"{body['image_sha256']}.png"
+
+
+@pytest.mark.parametrize(
+    ("text", "age"), [("90d", timedelta(days=90)), ("12h", timedelta(hours=12)), (" 7D ", timedelta(days=7))]
+)
+def test_ages_in_days_or_hours(text: str, age: timedelta) -> None:
+    assert admin.parse_age(text) == age
+    assert admin.parse_age(admin.age_text(age)) == age
+
+
+@pytest.mark.parametrize("text", ["90", "1.5d", "-1d", "d", "90m", ""])
+def test_other_ages_are_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        admin.parse_age(text)
+
+
+async def test_prune_deletes_old_originals_and_keeps_the_results(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
+) -> None:
+    old = await classify(client, auth, samples.photo(14_001, fmt="PNG"))
+    shared_old = await classify(client, auth, samples.photo(14_002, fmt="PNG"))
+    shared_new = await classify(client, auth, samples.photo(14_002, fmt="PNG"))  # the same image, recent
+    waited_for = await classify(client, auth, samples.photo(14_003, fmt="PNG"))
+    in_flight = await classify(client, auth, samples.photo(14_004, fmt="PNG"))
+    assert (await client.get(f"/predictions/{old['id']}/image", headers=auth)).status_code == 200  # a thumbnail
+    thumbnail = thumbnails.thumbnail_path(settings.upload_dir, old["image_sha256"])
+    assert thumbnail.exists()
+    # An old prediction of the same image as `waited_for` still queued: its original must stay.
+    finished = await Prediction.get(id=waited_for["id"])
+    queued = await Prediction.create(
+        user_id=finished.user_id,  # type: ignore[attr-defined]
+        image_sha256=finished.image_sha256,
+        image_path=finished.image_path,
+        image_bytes=finished.image_bytes,
+        model_name=finished.model_name,
+        model_weights=finished.model_weights,
+        status=Status.QUEUED,
+        enqueued_at=datetime.now(UTC),  # on a stream, as far as the feeder knows
+    )
+    await make_old(settings, old, shared_old, waited_for)
+    await make_old(settings, in_flight, touch_files=False)  # its original was stored again a moment ago
+    await Prediction.filter(id=queued.id).update(created_at=datetime.now(UTC) - OLD)
+    user = await User.get(id=finished.user_id)  # type: ignore[attr-defined]
+    stored_before = await quotas.stored_bytes(user)
+    try:
+        report = await admin.prune(settings.upload_dir, timedelta(days=90))
+    finally:
+        await mark_failed([str(queued.id)], "test over")
+
+    assert not original(settings, old).exists() and not thumbnail.exists()
+    for kept in (shared_new, waited_for, in_flight):
+        assert original(settings, kept).exists()
+    assert report.predictions >= 4 and report.originals >= 1 and report.kept >= 3
+    freed = len(samples.photo(14_001, fmt="PNG"))
+    assert report.bytes_freed > freed  # the original and its thumbnail
+    paths = {str(i): path for i, path in await Prediction.filter(user=user).values_list("id", "image_path")}
+    assert [paths[p["id"]] for p in (old, shared_old, waited_for, in_flight)] == ["", "", "", ""]
+    assert paths[shared_new["id"]] and paths[str(queued.id)]  # newer, and queued: not pruned
+    assert await quotas.stored_bytes(user) < stored_before
+
+    # The results stay, through the API and the pages; the image is gone, not an error.
+    again = (await client.get(f"/api/predictions/{old['id']}", headers=auth)).json()
+    assert again | {"created_at": old["created_at"]} == old  # made "100 days ago" by this test
+    assert (await client.get(f"/predictions/{old['id']}", headers=auth)).status_code == 200
+    assert (await client.get("/history", headers=auth)).status_code == 200
+    image = await client.get(f"/predictions/{old['id']}/image", headers=auth)
+    assert image.status_code == 404
+
+
+async def test_a_dry_run_deletes_nothing(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
+) -> None:
+    old = await classify(client, auth, samples.photo(14_011, fmt="PNG"))
+    await make_old(settings, old)
+    report = await admin.prune(settings.upload_dir, timedelta(days=90), dry_run=True)
+    assert report.originals >= 1 and report.bytes_freed >= len(samples.photo(14_011, fmt="PNG"))
+    assert original(settings, old).exists()
+    assert (await Prediction.get(id=old["id"])).image_path
+    assert "Would prune" in report.summary("90d", dry_run=True)
+
+
+async def test_the_command(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
+) -> None:
+    old = await classify(client, auth, samples.photo(14_021, fmt="PNG"))
+    await make_old(settings, old)
+    command = [sys.executable, "-m", "app.admin", "prune", "--older-than", "90d"]
+    done = await run(command)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Pruned ") and "originals deleted" in done.stdout
+    assert not original(settings, old).exists()
+    assert (await Prediction.get(id=old["id"])).image_path == ""
+    wrong = await run([*command[:-1], "90"])
+    assert wrong.returncode == 2 and "90d or 12h" in wrong.stderr

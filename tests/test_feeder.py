@@ -1,0 +1,182 @@
+"""Redis holds a bounded window of work, users take turns, and interactive uploads come first: the feeder
+(app/feeder.py), the per-user streams (app/jobs) and the bounds on async jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+from redis.asyncio import Redis
+
+from app import keys
+from app.jobs.producer import jobs_ahead
+from app.models import Prediction, Status
+from app.settings import Settings
+from tests import samples
+from tests.conftest import running_worker
+from tests.helpers import beat, eventually, forget_worker, sign_up
+from tests.web.test_collections_api import as_files, create, described, finished
+
+Client = httpx.AsyncClient
+
+
+@pytest.fixture
+def settings_of(app: Litestar, settings: Settings) -> Iterator[Any]:
+    """Change the running app's settings for one test."""
+    services = app.state.services
+
+    def change(**changes: Any) -> None:
+        services.settings = dataclasses.replace(settings, **changes)
+
+    yield change
+    services.settings = settings
+
+
+async def user_id(client: Client, headers: dict[str, str]) -> int:
+    found: int = (await client.get("/api/users/me", headers=headers)).json()["id"]
+    return found
+
+
+def pngs(first_seed: int, count: int) -> list[tuple[str, bytes]]:
+    return [(f"{i}.png", samples.photo(first_seed + i, (64, 48), "PNG")) for i in range(count)]
+
+
+def test_users_take_turns_in_the_wait_estimate() -> None:
+    assert jobs_ahead(0, []) == 0
+    assert jobs_ahead(0, [500]) == 1  # a newcomer waits for one of the flood, not all of it
+    assert jobs_ahead(3, [500, 1]) == 3 + 4 + 1
+    assert jobs_ahead(500, [2]) == 502  # the flooder waits for their own
+
+
+async def test_a_collection_keeps_at_most_a_window_of_jobs_in_redis(
+    client: Client,
+    auth: dict[str, str],
+    redis: Redis,
+    no_worker: None,
+    classifier: Any,
+    settings: Settings,
+    settings_of: Any,
+) -> None:
+    settings_of(feed_window=8)
+    body = await create(client, auth, files=as_files(pngs(20_000, 40)))
+    stream = keys.bulk_jobs(await user_id(client, auth))
+
+    async def read_and_fed() -> bool:
+        return (await described(client, auth, body["id"]))["status"] == "classifying" and (
+            await redis.xlen(stream) == 8
+        )
+
+    await eventually(read_and_fed, seconds=30, what="the archive read and a window fed")
+    await asyncio.sleep(0.6)  # more feeder rounds: still one window
+    assert await redis.xlen(stream) == 8
+    waiting = await Prediction.filter(collection_id=body["id"], status=Status.QUEUED, enqueued_at__isnull=True)
+    assert len(waiting) == 32  # the rest wait in the database
+    most = 0
+    async with running_worker(redis, classifier, settings) as worker:
+        task = asyncio.create_task(finished(client, auth, body["id"]))
+        while not task.done():
+            most = max(most, await redis.xlen(stream))
+            await asyncio.sleep(0.01)
+        assert (await task)["done"] == 40
+    assert most <= 8 and worker.images == 40
+
+
+async def test_async_jobs_are_accepted_without_a_worker_up_to_the_queue_length(
+    client: Client,
+    auth: dict[str, str],
+    redis: Redis,
+    no_worker: None,
+    classifier: Any,
+    settings: Settings,
+    settings_of: Any,
+) -> None:
+    settings_of(async_queue_limit=12, feed_window=4)
+    statuses = []
+    for i in range(15):
+        response = await client.post(
+            "/api/predictions",
+            headers=auth,
+            params={"wait": "false"},
+            files={"file": ("a.png", samples.photo(21_000 + i, (64, 48), "PNG"))},
+        )
+        statuses.append(response.status_code)
+    assert statuses == [202] * 12 + [503] * 3  # no worker: still accepted, until the queue is full
+    assert "queue is full" in response.json()["detail"] and int(response.headers["Retry-After"]) > 0
+    stream = keys.bulk_jobs(await user_id(client, auth))
+    await eventually(lambda: has_length(redis, stream, 4), what="one window of async jobs fed")
+    async with running_worker(redis, classifier, settings) as worker:
+        await eventually(no_queued, seconds=30, what="every async job to finish")
+    assert worker.images == 12
+
+
+async def has_length(redis: Redis, stream: str, length: int) -> bool:
+    return await redis.xlen(stream) == length
+
+
+async def no_queued() -> bool:
+    return not await Prediction.filter(status=Status.QUEUED).exists()
+
+
+async def timed_upload(client: Client, headers: dict[str, str], seed: int) -> httpx.Response:
+    return await client.post("/api/predictions", headers=headers, files={"file": ("a.png", samples.photo(seed))})
+
+
+async def test_a_flood_from_one_user_does_not_hold_up_another(
+    client: Client, redis: Redis, no_worker: None, classifier: Any, settings: Settings
+) -> None:
+    flooder, other = await sign_up(client), await sign_up(client)
+    flood_stream = keys.jobs(await user_id(client, flooder))
+
+    async def flood_queued() -> bool:
+        return await redis.xlen(flood_stream) >= 2 * settings.max_batch
+
+    async with running_worker(redis, classifier, settings):
+        flood = [asyncio.create_task(timed_upload(client, flooder, 22_000 + i)) for i in range(4 * settings.max_batch)]
+        await eventually(flood_queued, seconds=30, what="the flood on its stream")
+        response = await timed_upload(client, other, 22_999)
+        still_waiting = sum(not task.done() for task in flood)
+        assert response.status_code == 200, response.text
+        # Served in the next batch, taking turns with the flood: not behind all of it.
+        assert still_waiting >= settings.max_batch, still_waiting
+        assert all(r.status_code == 200 for r in await asyncio.gather(*flood))
+
+
+async def test_async_jobs_and_collections_wait_behind_an_interactive_upload(
+    client: Client, redis: Redis, no_worker: None, classifier: Any, settings: Settings
+) -> None:
+    bulk, interactive = await sign_up(client), await sign_up(client)
+    for i in range(6 * settings.max_batch):
+        response = await client.post(
+            "/api/predictions",
+            headers=bulk,
+            params={"wait": "false"},
+            files={"file": ("a.png", samples.photo(23_000 + i, (64, 48), "PNG"))},
+        )
+        assert response.status_code == 202
+    async with running_worker(redis, classifier, settings):
+        response = await timed_upload(client, interactive, 23_999)
+        assert response.status_code == 200
+        # Taken in the first batch after it came: most of the async jobs still wait.
+        assert await Prediction.filter(status=Status.QUEUED).count() >= 2 * settings.max_batch
+        await eventually(no_queued, seconds=60, what="the async jobs to finish")
+
+
+async def test_redis_out_of_memory_is_503_with_retry_after(
+    client: Client, auth: dict[str, str], redis: Redis, no_worker: None
+) -> None:
+    from app.jobs.protocol import Heartbeat
+
+    await beat(redis, Heartbeat(name="fake", model_id="resnet50-random", started_at=0, images_per_second=50), 30)
+    await redis.config_set("maxmemory", "1")
+    try:
+        response = await timed_upload(client, auth, 24_000)
+    finally:
+        await redis.config_set("maxmemory", "0")
+        await forget_worker(redis, "fake")
+    assert response.status_code == 503, response.text
+    assert "full" in response.json()["detail"] and int(response.headers["Retry-After"]) > 0

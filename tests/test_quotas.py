@@ -1,0 +1,236 @@
+"""Per-user quotas (waiting uploads, collections in progress, images a day, bytes stored) and the bound on
+UPLOAD_DIR: each refusal says the numbers, with Retry-After where waiting helps."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+from litestar.exceptions import ClientException, TooManyRequestsException
+
+from app import quotas
+from app.models import Collection, CollectionStatus, Prediction, Status, User, mark_failed
+from app.services import Services
+from app.settings import Settings
+from tests import samples
+from tests.conftest import CountingClassifier
+from tests.helpers import eventually
+from tests.page_helpers import upload_page, user_of
+
+Client = httpx.AsyncClient
+
+
+@contextmanager
+def changed(app: Litestar, settings: Settings, **changes: Any) -> Iterator[Services]:
+    services: Services = app.state.services
+    services.settings = dataclasses.replace(settings, **changes)
+    try:
+        yield services
+    finally:
+        services.settings = settings
+
+
+async def user_of_token(client: Client, auth: dict[str, str]) -> User:
+    email = (await client.get("/api/users/me", headers=auth)).json()["email"]
+    return await User.get(email=email)
+
+
+async def add_rows(user: User, n: int, **fields: Any) -> list[Prediction]:
+    """Predictions straight in the database. Queued ones are marked as on a stream, so the feeder
+    leaves them alone."""
+    values: dict[str, Any] = {
+        "user": user,
+        "image_sha256": "0" * 64,
+        "image_path": "",
+        "model_name": "resnet50",
+        "model_weights": "random",
+        "status": Status.DONE,
+    }
+    if fields.get("status") == Status.QUEUED:
+        values["enqueued_at"] = datetime.now(UTC)
+    return [await Prediction.create(**(values | fields)) for _ in range(n)]
+
+
+async def upload(client: Client, auth: dict[str, str], data: bytes, **params: Any) -> httpx.Response:
+    return await client.post("/api/predictions", headers=auth, files={"file": ("x.png", data)}, params=params)
+
+
+async def finish_queued(user: User) -> None:
+    """Leave nothing of this test waiting for a later test's worker."""
+    ids = await Prediction.filter(user=user, status=Status.QUEUED).values_list("id", flat=True)
+    await mark_failed([str(i) for i in ids], "test over")
+
+
+def assert_refusal(response: httpx.Response, status: int, quota: str, used: int, limit: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["status_code"] == status
+    assert body["extra"] == {"quota": quota, "used": used, "limit": limit}
+    return body
+
+
+# ---- waiting uploads ----------------------------------------------------------------------------------
+
+
+async def test_too_many_waiting_uploads_is_429(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, no_worker: None
+) -> None:
+    user = await user_of_token(client, auth)
+    await add_rows(user, 2, status=Status.QUEUED)
+    collection = await Collection.create(user=user, total=3)
+    await add_rows(user, 3, status=Status.QUEUED, collection=collection)  # collection items: not counted here
+    try:
+        with changed(app, settings, quota_queued=2):
+            refused = await upload(client, auth, samples.photo(13_001, fmt="PNG"), wait="false")
+        body = assert_refusal(refused, 429, "queued", 2, 2)
+        assert "You have 2 images waiting" in body["detail"] and "(2)" in body["detail"]
+        assert int(refused.headers["retry-after"]) > 0
+        with changed(app, settings, quota_queued=3):
+            allowed = await upload(client, auth, samples.photo(13_001, fmt="PNG"), wait="false")
+        assert allowed.status_code != 429, allowed.text
+    finally:
+        await finish_queued(user)
+
+
+# ---- images a day -------------------------------------------------------------------------------------
+
+
+async def test_images_per_day_are_counted_over_24_hours(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, no_worker: None
+) -> None:
+    user = await user_of_token(client, auth)
+    now = datetime.now(UTC)
+    leaving, outside, _recent = await add_rows(user, 3)
+    await Prediction.filter(id=leaving.id).update(created_at=now - timedelta(hours=23))  # leaves in an hour
+    await Prediction.filter(id=outside.id).update(created_at=now - timedelta(hours=25))  # not counted
+    with changed(app, settings, quota_images_per_day=2) as services:
+        refused = await upload(client, auth, samples.photo(13_002, fmt="PNG"))
+        body = assert_refusal(refused, 429, "images_per_day", 2, 2)
+        assert "You have sent 2 images in the last 24 hours" in body["detail"]
+        assert 3500 < int(refused.headers["retry-after"]) <= 3600  # when the 23-hour-old one leaves the window
+    with changed(app, settings, quota_images_per_day=3) as services:
+        await quotas.check_images(services, user, 1)  # one more fits
+        # A collection counts all its images up front: 2 + 2 > 3.
+        with pytest.raises(TooManyRequestsException) as caught:
+            await quotas.check_collection(services, user, 2, 1000)
+        assert caught.value.extra == {"quota": "images_per_day", "used": 2, "limit": 3}
+        assert 3500 < int((caught.value.headers or {})["Retry-After"]) <= 3600
+        with pytest.raises(ClientException) as too_big:  # could never fit: no point in waiting
+            await quotas.check_collection(services, user, 4, 1000)
+        assert too_big.value.status_code == 413 and "more than one account may send in a day" in too_big.value.detail
+
+
+# ---- collections in progress --------------------------------------------------------------------------
+
+
+async def test_collections_in_progress_are_limited(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings
+) -> None:
+    user = await user_of_token(client, auth)
+    for status in (CollectionStatus.CLASSIFYING, CollectionStatus.CLASSIFYING, CollectionStatus.DONE):
+        collection = await Collection.create(user=user, total=1, status=status)
+        if status != CollectionStatus.DONE:  # still at work: the feeder must not call it done meanwhile
+            await add_rows(user, 1, status=Status.QUEUED, collection=collection)
+    try:
+        with changed(app, settings, quota_collections=2) as services:
+            with pytest.raises(TooManyRequestsException) as caught:
+                await quotas.check_collection(services, user, 1, 1000)
+            assert caught.value.extra == {"quota": "collections", "used": 2, "limit": 2}
+            assert "You have 2 collections in progress" in caught.value.detail
+            assert int((caught.value.headers or {})["Retry-After"]) > 0
+        with changed(app, settings, quota_collections=3) as services:
+            await quotas.check_collection(services, user, 1, 1000)  # the finished one does not count
+    finally:
+        await finish_queued(user)
+
+
+# ---- bytes stored -------------------------------------------------------------------------------------
+
+
+async def test_stored_bytes_past_the_quota_is_413(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, no_worker: None
+) -> None:
+    user = await user_of_token(client, auth)
+    await add_rows(user, 1, image_path="aa/kept.jpg", image_bytes=900)
+    await add_rows(user, 1, image_path="", image_bytes=10**9)  # pruned: keeps nothing
+    assert await quotas.stored_bytes(user) == 900
+    photo = samples.photo(13_003, fmt="PNG")
+    with changed(app, settings, quota_stored_bytes=900 + len(photo) - 1):
+        refused = await upload(client, auth, photo)
+    body = assert_refusal(refused, 413, "stored_bytes", 900, 900 + len(photo) - 1)
+    assert body["detail"].startswith("You store 900 bytes of originals of the ")
+    with changed(app, settings, quota_stored_bytes=900 + len(photo) - 1) as services:
+        with pytest.raises(ClientException) as caught:  # and the same for a collection, up front
+            await quotas.check_collection(services, user, 1, len(photo))
+        assert caught.value.status_code == 413
+
+
+async def test_an_accepted_upload_records_its_size(
+    client: Client, auth: dict[str, str], worker: CountingClassifier
+) -> None:
+    photo = samples.photo(13_004, fmt="PNG")
+    response = await upload(client, auth, photo)
+    assert response.status_code == 200, response.text
+    assert (await Prediction.get(id=response.json()["id"])).image_bytes == len(photo)
+    assert await quotas.stored_bytes(await user_of_token(client, auth)) == len(photo)
+
+
+# ---- the disk -----------------------------------------------------------------------------------------
+
+
+async def test_a_full_disk_refuses_uploads_with_507_and_the_admin_page_warns(
+    client: Client,
+    auth: dict[str, str],
+    admin_auth: dict[str, str],
+    user_browser: Client,
+    app: Litestar,
+    settings: Settings,
+    no_worker: None,
+) -> None:
+    photo = samples.photo(13_005, fmt="PNG")
+    with changed(app, settings, max_stored_bytes=0):
+        refused = await upload(client, auth, photo)
+        page = await upload_page(user_browser, photo, name="full.png")
+        admin = await client.get("/admin", headers=admin_auth)
+    assert refused.status_code == 507, refused.text
+    assert "The image store is full" in refused.json()["detail"] and refused.json()["extra"]["quota"] == "disk"
+    assert page.status_code == 507 and "The image store is full" in page.text
+    assert admin.status_code == 200 and "The image store is full" in admin.text
+    assert "The image store is full" not in (await client.get("/admin", headers=admin_auth)).text
+
+
+async def test_the_app_measures_the_upload_directory_and_counts_what_it_writes(
+    client: Client, auth: dict[str, str], app: Litestar, no_worker: None
+) -> None:
+    services: Services = app.state.services
+
+    async def measured() -> bool:
+        return services.disk.measured
+
+    await eventually(measured, seconds=30, what="the first walk of UPLOAD_DIR")
+    before = services.disk.used
+    photo = samples.photo(13_006, fmt="PNG")
+    await upload(client, auth, photo)  # stored, whatever happens next without a worker
+    assert services.disk.used == before + len(photo)
+    await upload(client, auth, photo)  # stored once
+    assert services.disk.used == before + len(photo)
+
+
+async def test_the_admin_page_shows_what_each_user_stores(
+    client: Client, auth: dict[str, str], admin_auth: dict[str, str], user_browser: Client
+) -> None:
+    user = await user_of(user_browser)
+    await add_rows(user, 2, image_path="aa/a.jpg", image_bytes=1536)
+    await add_rows(user, 1, image_path="", image_bytes=10**6)
+    page = (await client.get("/admin/users", headers=admin_auth)).text
+    row = re.search(rf"<td>{re.escape(user.email)}</td>.*?</tr>", page, re.S)
+    assert row, page
+    cells = re.findall(r'<td class="num[^"]*">([^<]*)</td>', row.group(0))
+    assert cells == ["3", "3.0 KiB", "0"]  # predictions, stored, feedback

@@ -1,0 +1,157 @@
+"""The decode processes (app/sandbox.py): a decode past its time or memory limit is stopped with a clear
+400, its process replaced, and the pool serves the next image; nothing is left running."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import resource
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from app import images, thumbnails
+from app.sandbox import DecodePool
+from app.settings import Settings
+from tests import hostile, samples
+from tests.helpers import eventually
+
+# 94 scans (under the limit of 100), each a pass over a 4096x4096 image: about 1.3 s to decode here.
+SLOW = hostile.scan_bomb_jpeg(repeats=84)
+
+
+@asynccontextmanager
+async def decode_pool(**changes: Any) -> AsyncIterator[DecodePool]:
+    """A pool of one process (so that its pid says whether it was replaced)."""
+    pool = DecodePool(dataclasses.replace(Settings(), decode_processes=1, **changes))
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await asyncio.to_thread(pool.close)
+
+
+async def pid_of(pool: DecodePool) -> int:
+    pid: int = await pool._run(os.getpid)
+    return pid
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def status_of(pid: int) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+
+
+def ended(pid: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return not alive(pid)
+
+    return check
+
+
+async def assert_serves(pool: DecodePool, seed: int) -> None:
+    data = samples.photo(seed)
+    assert (await pool.check(data)).pixels == images.check(data, 10**7, 10**8, 10**9).pixels
+
+
+async def test_a_decode_gives_what_the_checks_give_in_process() -> None:
+    data = samples.photo(1300, (640, 480))
+    async with decode_pool() as pool:
+        assert await pool.check(data) == images.check(data, 10**7, 10**8, 10**9)
+        with pytest.raises(images.ImageRejected) as caught:
+            await pool.check(b"not an image")
+        assert caught.value.status_code == 415
+
+
+async def test_the_process_is_small_single_threaded_and_limited_relative_to_its_start() -> None:
+    async with decode_pool(decode_memory_mb=100) as pool:
+        pid = await pid_of(pool)
+        status = status_of(pid)
+        assert int(status["Threads"]) == 1  # none of the web process's threads
+        assert int(status["VmRSS"].split()[0]) < 100_000  # kB
+        size = int(status["VmSize"].split()[0]) * 1024
+        soft, _ = await pool._run(resource.getrlimit, resource.RLIMIT_AS)
+        assert size < soft <= size + 100 * 2**20
+
+
+async def test_a_decode_past_the_time_limit_is_killed_and_the_pool_goes_on() -> None:
+    assert images.jpeg_scans(SLOW) <= images.MAX_SCANS
+    async with decode_pool(decode_timeout=0.3) as pool:
+        before = await pid_of(pool)
+        started = time.monotonic()
+        with pytest.raises(images.ImageRejected) as caught:
+            await pool.check(SLOW)
+        assert time.monotonic() - started < 1.0  # the kill is at once, not after pebble's 3 s of SIGTERM grace
+        assert caught.value.status_code == 400
+        assert caught.value.detail == "The image took too long to decode (more than 0.3 s)"
+        assert not alive(before)
+        await assert_serves(pool, 1301)
+        assert await pid_of(pool) != before
+
+
+async def test_a_decode_past_the_memory_limit_is_refused_and_its_process_replaced() -> None:
+    # 4000x3000 RGB: within the cost budget (46 MB), not within 40 MB of address space.
+    data = samples.encode(Image.new("RGB", (4000, 3000), (10, 20, 30)), "PNG")
+    async with decode_pool(decode_memory_mb=40) as pool:
+        before = await pid_of(pool)
+        with pytest.raises(images.ImageRejected) as caught:
+            await pool.check(data)
+        assert caught.value.status_code == 400
+        assert caught.value.detail == "The image is too large to decode within 40 MB of memory"
+        await eventually(ended(before), what="the process over its memory to end")
+        await assert_serves(pool, 1302)
+        assert await pid_of(pool) != before
+
+
+async def test_cancelling_a_decode_stops_its_process() -> None:
+    async with decode_pool(decode_timeout=30) as pool:
+        before = await pid_of(pool)
+        decoding = asyncio.create_task(pool.check(SLOW))
+        await asyncio.sleep(0.3)
+        decoding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await decoding
+        await eventually(ended(before), what="the cancelled decode's process to end", seconds=2)
+        await assert_serves(pool, 1303)
+
+
+async def test_an_idle_process_killed_from_outside_is_replaced() -> None:
+    async with decode_pool() as pool:
+        before = await pid_of(pool)
+        os.kill(before, signal.SIGKILL)
+        await asyncio.sleep(0.3)  # pebble notices: it gives the whole pool up, and a new one starts
+        await assert_serves(pool, 1304)
+        assert await pid_of(pool) != before
+
+
+async def test_closing_leaves_no_process() -> None:
+    async with decode_pool() as pool:
+        pid = await pid_of(pool)
+    assert not alive(pid)
+
+
+async def test_thumbnails_are_rendered_in_the_pool_and_kept(tmp_path: Path) -> None:
+    data = samples.photo(1305, (1200, 900))
+    checked = images.check(data, 10**7, 10**8, 10**9)
+    (tmp_path / checked.relative_path).parent.mkdir(parents=True)
+    (tmp_path / checked.relative_path).write_bytes(data)
+    hostile_path = tmp_path / "ff" / "hostile.webp"
+    hostile_path.parent.mkdir()
+    hostile_path.write_bytes(hostile.huge_webp())
+    async with decode_pool(upload_dir=tmp_path) as pool:
+        preview = await pool.thumbnail(checked.sha256, checked.relative_path)
+        assert Image.open(thumbnails.thumbnail_path(tmp_path, checked.sha256)).size == (384, 288)
+        assert thumbnails.thumbnail_path(tmp_path, checked.sha256).read_bytes() == preview
+        with pytest.raises(images.ImageRejected, match="too large to decode"):
+            await pool.thumbnail("f" * 64, "ff/hostile.webp")
+        with pytest.raises(FileNotFoundError):
+            await pool.thumbnail("e" * 64, "ee/gone.jpg")
