@@ -108,7 +108,7 @@ class Settings:
         " counted), a JPEG at the 1/2 to 1/8 scale it is decoded at. 192 passes a 12 MP PNG (46 to 92), a 24 MP"
         " one with alpha (183) and a 48 MP JPEG (3); it refuses a 7999x7999 WebP (244) or GIF (305)",
     )
-    decode_processes: int = Field(default=2, description="Processes decoding uploads, apart from the web process")
+    decode_processes: int = Field(default=2, description="Processes decoding uploads, per web process (apart from it)")
     decode_timeout: float = Field(
         default=5.0, description="Seconds one image may take to decode; then its process is killed and replaced (400)"
     )

@@ -103,7 +103,7 @@ def huge_webp(side: int = 7999) -> bytes:
 def slow_jpeg(side: int = 7999, repeats: int = 90) -> bytes:
     """A scan-bombed JPEG at the limit on scans (100) and within the cost budget (drafted to 1/8), on
     the largest canvas accepted: every check made from the header passes it, and decoding it takes about
-    6 s here, so only the time limit (5 s by default) stops it."""
+    6 s here (5 to 7), so the time limit (5 s by default) stops most."""
     return scan_bomb_jpeg(repeats, side)
 
 

@@ -80,7 +80,7 @@ async def test_the_process_is_small_single_threaded_and_limited_relative_to_its_
         assert int(status["VmRSS"].split()[0]) < 100_000  # kB
         size = int(status["VmSize"].split()[0]) * 1024
         soft, _ = await pool._run(resource.getrlimit, resource.RLIMIT_AS)
-        assert size < soft <= size + 100 * 2**20
+        assert abs(soft - 100 * 2**20 - size) < 32 * 2**20  # its budget above what it held at start
 
 
 async def test_a_decode_past_the_time_limit_is_killed_and_the_pool_goes_on() -> None:
@@ -90,7 +90,7 @@ async def test_a_decode_past_the_time_limit_is_killed_and_the_pool_goes_on() -> 
         started = time.monotonic()
         with pytest.raises(images.ImageRejected) as caught:
             await pool.check(SLOW)
-        assert time.monotonic() - started < 1.0  # the kill is at once, not after pebble's 3 s of SIGTERM grace
+        assert time.monotonic() - started < 2  # the kill is at once, not after pebble's 3 s of SIGTERM grace
         assert caught.value.status_code == 400
         assert caught.value.detail == "The image took too long to decode (more than 0.3 s)"
         assert not alive(before)
