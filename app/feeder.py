@@ -83,7 +83,7 @@ async def _job(services: Services, first: Prediction, ids: list[str]) -> Job | N
         return None
     try:
         data = await asyncio.to_thread(Path.read_bytes, settings.upload_dir / first.image_path)
-        image = await services.decoder.check(data)
+        image = await services.decoder.check(data, owner=first.user_id)  # type: ignore[attr-defined]
     except (OSError, images.ImageRejected) as exc:
         for prediction_id in await mark_failed(ids, f"The stored original could not be read again: {exc}"):
             await publish_result(services.redis, prediction_id, Status.FAILED)

@@ -65,7 +65,7 @@ async def accept(
         quotas.check_disk(services, len(data))
     else:
         await quotas.check_storage(services, user, len(data))
-    image = await services.decoder.check(data)
+    image = await services.decoder.check(data, owner=user.id)
     await asyncio.to_thread(files.store_original, image.data, image.relative_path, settings.upload_dir, services.disk)
     return image, await cached_result(services.redis, settings.model_id, image.sha256)
 

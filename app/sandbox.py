@@ -13,6 +13,7 @@ once: they start in milliseconds, small, without the web process's threads or ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import multiprocessing
@@ -20,7 +21,8 @@ import os
 import resource
 import signal
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +100,59 @@ def _alive() -> bool:
     return True
 
 
+class Turns:
+    """At most `slots` decodes at once; those waiting are served in turns across their owners (users), so
+    one user's many slow images hold up that user, not everyone queued behind them."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        # Owners in the order they are served (a dict keeps insertion order); each with its waiting calls.
+        self.waiting: dict[Hashable, deque[asyncio.Future[None]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, owner: Hashable) -> AsyncIterator[None]:
+        await self._take(owner)
+        try:
+            yield
+        finally:
+            self._hand_on()
+
+    async def _take(self, owner: Hashable) -> None:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(owner, deque()).append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._hand_on()  # given a slot just as the caller gave up: the next one gets it
+            else:
+                self._forget(owner, turn)
+            raise
+
+    def _hand_on(self) -> None:
+        """A slot is free: the next owner in turn gets it, and goes to the back of the line."""
+        while self.waiting:
+            owner = next(iter(self.waiting))
+            queue = self.waiting.pop(owner)
+            turn = queue.popleft()
+            if queue:
+                self.waiting[owner] = queue
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.free += 1
+
+    def _forget(self, owner: Hashable, turn: asyncio.Future[None]) -> None:
+        queue = self.waiting.get(owner)
+        if queue is not None and turn in queue:
+            queue.remove(turn)
+            if not queue:
+                del self.waiting[owner]
+
+
 def _stop(pool: ProcessPool) -> None:
     pool.stop()
     pool.join()
@@ -110,6 +165,7 @@ class DecodePool:
         self.settings = settings
         self._closed = False
         self._pool = self._new_pool()
+        self.turns = Turns(settings.decode_processes)
 
     def _new_pool(self) -> ProcessPool:
         context = multiprocessing.get_context("forkserver")
@@ -126,16 +182,18 @@ class DecodePool:
         """Start the processes (and the fork server), so that the first upload does not wait for them."""
         await self._run(_alive)
 
-    async def check(self, data: bytes) -> images.CheckedImage:
-        """Every check an upload must pass (images.check), in a decode process. Raises images.ImageRejected."""
+    async def check(self, data: bytes, owner: Hashable = None) -> images.CheckedImage:
+        """Every check an upload must pass (images.check), in a decode process, in `owner`'s turn (the
+        user's: see Turns). Raises images.ImageRejected."""
         settings = self.settings
         images.check_size(data, settings.max_upload_bytes)
-        sha256, extension, pixels = await self._run(
-            _decoded, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20
-        )
+        async with self.turns.slot(owner):
+            sha256, extension, pixels = await self._run(
+                _decoded, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20
+            )
         return images.CheckedImage(sha256, extension, data, pixels)
 
-    async def thumbnail(self, sha256: str, relative_path: str) -> bytes:
+    async def thumbnail(self, sha256: str, relative_path: str, owner: Hashable = None) -> bytes:
         """The preview of a stored original (WebP), rendered once in a decode process and kept beside the
         originals. FileNotFoundError if the original is gone; images.ImageRejected if it no longer passes."""
         settings = self.settings
@@ -145,7 +203,10 @@ class DecodePool:
         except FileNotFoundError:
             pass
         data = await asyncio.to_thread(Path.read_bytes, settings.upload_dir / relative_path)
-        rendered: bytes = await self._run(_rendered, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20)
+        async with self.turns.slot(owner):
+            rendered: bytes = await self._run(
+                _rendered, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20
+            )
         await asyncio.to_thread(files.write_atomic, kept, rendered)
         return rendered
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from app import images, thumbnails
-from app.sandbox import DecodePool
+from app.sandbox import DecodePool, Turns
 from app.settings import Settings
 from tests import hostile, samples
 from tests.helpers import eventually
@@ -155,3 +155,54 @@ async def test_thumbnails_are_rendered_in_the_pool_and_kept(tmp_path: Path) -> N
             await pool.thumbnail("f" * 64, "ff/hostile.webp")
         with pytest.raises(FileNotFoundError):
             await pool.thumbnail("e" * 64, "ee/gone.jpg")
+
+
+async def test_waiting_decodes_are_served_in_turns_across_owners() -> None:
+    turns = Turns(1)
+    served: list[str] = []
+
+    async def decode(owner: str, name: str) -> None:
+        async with turns.slot(owner):
+            served.append(name)
+            await asyncio.sleep(0.01)
+
+    first = asyncio.create_task(decode("flood", "f0"))
+    await asyncio.sleep(0)  # it holds the only slot
+    floods = [asyncio.create_task(decode("flood", f"f{i}")) for i in range(1, 6)]
+    await asyncio.sleep(0)
+    other = asyncio.create_task(decode("other", "o"))
+    await asyncio.gather(first, *floods, other)
+    assert served[:3] == ["f0", "f1", "o"]  # not behind all five of the flood
+    assert turns.free == 1 and not turns.waiting
+
+
+async def test_a_caller_that_gives_up_leaves_no_slot_taken() -> None:
+    turns = Turns(1)
+    hold = asyncio.Event()
+
+    async def holder() -> None:
+        async with turns.slot("a"):
+            await hold.wait()
+
+    held = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(turns._take("b"))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    hold.set()
+    await held
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert turns.free == 1 and not turns.waiting
+
+
+async def test_one_users_slow_images_do_not_hold_up_anothers() -> None:
+    async with decode_pool() as pool:
+        slow = [asyncio.create_task(pool.check(SLOW, owner="hostile")) for _ in range(4)]
+        await asyncio.sleep(0.2)  # the first of them is being decoded, the rest wait
+        image = await pool.check(samples.photo(1), owner="normal")
+        # One turn each: the hostile user's next image (its owner was waiting first), then this one, ahead
+        # of the other two.
+        assert [task.done() for task in slow] == [True, True, False, False]
+        await asyncio.gather(*slow, return_exceptions=True)
+    assert image.extension == "jpg"

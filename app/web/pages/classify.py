@@ -153,10 +153,11 @@ async def prediction_page(request: AnyRequest, prediction_id: FromPath[UUID]) ->
 async def prediction_image(request: AnyRequest, prediction_id: FromPath[UUID]) -> Response[bytes]:
     """A preview of the upload, for its owner (and admins) only: 404 for anyone else."""
     prediction = await predictions.visible_prediction(request.user, prediction_id)
-    if not prediction.image_path:  # refused at upload: nothing was stored
-        raise HTTPException(status_code=404, detail="No image was stored for this prediction")
+    if not prediction.image_path:  # refused at upload, or pruned since (app/admin.py)
+        raise HTTPException(status_code=404, detail="No image is kept for this prediction")
     try:  # rendered in a decode process (app/sandbox.py), like every decode of uploaded bytes
-        data = await services(request).decoder.thumbnail(prediction.image_sha256, prediction.image_path)
+        decoder = services(request).decoder
+        data = await decoder.thumbnail(prediction.image_sha256, prediction.image_path, owner=request.user.id)
     except OSError:
         raise HTTPException(status_code=404, detail="The image is no longer stored") from None
     # Private: a shared cache must never hand one person's photo to another.
