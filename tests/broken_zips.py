@@ -19,14 +19,6 @@ def _good() -> dict[str, bytes]:
     return {"good-1.png": samples.photo(9100, fmt="PNG"), "good-2.png": samples.photo(9101, fmt="PNG")}
 
 
-def _write(entries: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", method) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 def _headers(data: bytes, name: str) -> tuple[int, int]:
     """Offsets of `name`'s local header and of its central directory record."""
     archive = zipfile.ZipFile(io.BytesIO(data))
@@ -51,7 +43,7 @@ def _both(data: bytes, local_at: int, central_at: int, fmt: str, value: int, nam
 
 
 def _with_bad(data: bytes | None = None) -> bytes:
-    return _write(_good() | {BAD: data or samples.photo(9102, fmt="PNG")})
+    return samples.zipped(_good() | {BAD: data or samples.photo(9102, fmt="PNG")})
 
 
 def encrypted() -> bytes:
@@ -100,11 +92,11 @@ def name_mismatch() -> bytes:
 
 
 def nested_archive() -> bytes:
-    return _write(_good() | {"inner.zip": _write({"x.png": samples.photo(9103, fmt="PNG")})})
+    return samples.zipped(_good() | {"inner.zip": samples.zipped({"x.png": samples.photo(9103, fmt="PNG")})})
 
 
 def nested_by_content() -> bytes:
-    return _write(_good() | {BAD: _write({"x.png": samples.photo(9104, fmt="PNG")})})
+    return samples.zipped(_good() | {BAD: samples.zipped({"x.png": samples.photo(9104, fmt="PNG")})})
 
 
 def link() -> bytes:
@@ -119,7 +111,7 @@ def link() -> bytes:
 
 
 def not_an_image() -> bytes:
-    return _write(_good() | {BAD: b"just some text, not an image"})
+    return samples.zipped(_good() | {BAD: b"just some text, not an image"})
 
 
 # Each broken shape, the name of its bad entry, and words its reason must hold.
