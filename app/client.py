@@ -1,37 +1,72 @@
-"""Command-line client for scripted use: classify a whole folder.
+"""`imgclass`: classify a whole folder of images from the command line.
 
-    python -m app.client classify DIR --url http://localhost:8000 (--token T | --email E --password P)
-                                      [--out results.csv] [--chunk 50] [--name NAME]
-
-Uploads the folder's images in chunks (each a collection), shows progress, and writes one CSV row per
-image. Run it again after an interruption: images the server already has (by sha256) are not sent again.
+Installed with the package (`pip install .`) as the `imgclass` command; `python -m app.client` is the same
+program. It sends the folder's images in chunks, each a collection, shows progress, and writes one CSV row
+per image. Run it again after an interruption, or after adding photos: the collections it sent are resumed
+(a small state file under the user's cache directory remembers them, by service, account and folder, and
+each by the sha256 of its images), and images the service already classified are not sent again.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import hashlib
+import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import platformdirs
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from app.exports import to_csv
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".heic", ".heif", ".avif"}
 LOOKUP_LIMIT = 1000
 # A collection refused for now (429 or 503 with Retry-After) is sent again, up to this many times.
 BUSY_ATTEMPTS = 120
 BUSY_WAIT_S = 5.0
+# Exit statuses: every image classified; some failed (the CSV says why); bad arguments or credentials; the
+# service could not be reached or refused the work; stopped with Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_DONE, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EXAMPLES = """\
+examples:
+  imgclass classify ~/Pictures/trip --url https://images.example.com --email ada@example.com
+      asks for the password, sends the folder's images (subfolders too) 50 to a collection,
+      shows progress and writes results.csv
+
+  export APP_URL=https://images.example.com APP_TOKEN=eyJ...   # from POST /api/auth/login
+  imgclass classify ~/Pictures/trip --out trip.csv
+
+  imgclass classify ~/Pictures/trip --out trip.csv    # again, after Ctrl-C or with new photos
+      resumes the collections it sent; sends only what the service has not seen
+
+environment: APP_URL, APP_TOKEN, APP_PASSWORD (instead of --url, --token, --password)
+
+exit status:
+  0    every image classified
+  1    some images failed: the CSV's status and error columns say which and why
+  2    usage or sign-in error (bad arguments, no or wrong credentials)
+  3    the service could not be reached or refused the work
+  130  interrupted (Ctrl-C): run the same command again to resume
+"""
 
 
 class ClientError(RuntimeError):
-    pass
+    """The service could not be reached or refused the work."""
+
+
+class UsageError(ClientError):
+    """Bad arguments or credentials."""
 
 
 @dataclass(frozen=True)
@@ -41,16 +76,63 @@ class LocalImage:
     sha256: str
 
 
-def find_images(folder: Path) -> list[LocalImage]:
-    found = []
+@dataclass
+class SentCollections:
+    """The collections sent for one folder by one account of one service: what a rerun resumes, each with
+    the sha256 of its images. Saved after each collection is created; forgotten once all are done."""
+
+    path: Path
+    folder: str
+    collections: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, url: str, user_id: object, folder: Path) -> SentCollections:
+        where = str(folder.resolve())
+        key = hashlib.sha256(f"{url}\n{user_id}\n{where}".encode()).hexdigest()[:32]
+        sent = cls(Path(platformdirs.user_cache_dir("imgclass")) / f"{key}.json", where)
+        try:
+            saved = json.loads(sent.path.read_text())
+            sent.collections = {str(c): [str(h) for h in hashes] for c, hashes in saved["collections"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # none yet, or unreadable: nothing to resume
+        return sent
+
+    def keep(self, collections: dict[str, list[str]]) -> None:
+        self.collections = collections
+        self.save()
+
+    def add(self, collection_id: str, hashes: list[str]) -> None:
+        self.keep(self.collections | {collection_id: hashes})
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"folder": self.folder, "collections": self.collections}))
+        temporary.replace(self.path)
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def progress_bar(console: Console) -> Progress:
+    columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, TimeRemainingColumn(), console=console)
+
+
+def find_images(folder: Path, bar: Progress | None = None) -> list[LocalImage]:
+    """The folder's images (by their name; hidden files and folders left out), each with its sha256."""
+    paths = []
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        if (
-            path.is_file()
-            and path.suffix.lower() in IMAGE_SUFFIXES
-            and not any(p.startswith(".") for p in relative.parts)
-        ):
-            found.append(LocalImage(path, relative.as_posix(), hashlib.sha256(path.read_bytes()).hexdigest()))
+        hidden = any(p.startswith(".") for p in relative.parts)
+        if path.suffix.lower() in IMAGE_SUFFIXES and not hidden and path.is_file():
+            paths.append((path, relative.as_posix()))
+    task = bar.add_task("reading", total=len(paths)) if bar else None
+    found = []
+    for path, name in paths:
+        found.append(LocalImage(path, name, hashlib.sha256(path.read_bytes()).hexdigest()))
+        if bar and task is not None:
+            bar.advance(task)
     return found
 
 
@@ -59,19 +141,20 @@ def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
-def show(done: int, total: int, label: str) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    sys.stderr.flush()
-
-
 class Service:
-    def __init__(self, url: str, token: str | None, email: str | None, password: str | None) -> None:
-        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=300)
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        email: str | None,
+        password: str | None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=300, transport=transport)
         if not token:
             if not (email and password):
-                raise ClientError("give --token, or --email and --password")
+                raise UsageError("give --token (or APP_TOKEN), or --email and --password (or APP_PASSWORD)")
             token = self._login(email, password)
         self.http.headers["Authorization"] = f"Bearer {token}"
 
@@ -81,13 +164,18 @@ class Service:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            raise ClientError(f"{response.request.method} {response.request.url.path}: {response.status_code} {detail}")
+            error = UsageError if response.status_code in (401, 403) else ClientError
+            raise error(f"{response.request.method} {response.request.url.path}: {response.status_code} {detail}")
         return response.json()
 
     def _login(self, email: str, password: str) -> str:
         body = self._check(self.http.post("/api/auth/login", json={"email": email, "password": password}))
         token: str = body["access_token"]
         return token
+
+    def user_id(self) -> object:
+        """Who the credentials belong to (checks them before any work)."""
+        return self._check(self.http.get("/api/users/me"))["id"]
 
     def lookup(self, hashes: list[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
@@ -108,67 +196,113 @@ class Service:
         collection_id: str = body["id"]
         return collection_id
 
-    def progress(self, collection_id: str) -> dict[str, Any]:
-        """The collection's `status` (reading, classifying, done) and its `progress` counts."""
-        body: dict[str, Any] = self._check(self.http.get(f"/api/collections/{collection_id}", params={"per_page": 1}))
+    def progress(self, collection_id: str) -> dict[str, Any] | None:
+        """The collection's `status` (reading, classifying, done) and `progress` counts; None if it is gone."""
+        response = self.http.get(f"/api/collections/{collection_id}", params={"per_page": 1})
+        if response.status_code == 404:
+            return None
+        body: dict[str, Any] = self._check(response)
         return body
 
 
 def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, poll: float = 0.5) -> dict[str, int]:
-    images = find_images(folder)
-    if not images:
-        raise ClientError(f"no images in {folder}")
-    known = service.lookup([i.sha256 for i in images])
-    todo = [i for i in images if known.get(i.sha256, {}).get("status") not in ("done", "failed")]
-    skipped = len(images) - len(todo)
-    print(f"{len(images)} images, {skipped} already classified, {len(todo)} to send", file=sys.stderr)
-    pending: list[str] = []
-    for i, part in enumerate(chunks(todo, chunk)):
-        show(i * chunk, len(todo), "uploading ")
-        pending.append(service.upload(part, f"{name} ({i + 1})"))
-    if todo:
-        show(len(todo), len(todo), "uploading ")
-        sys.stderr.write("\n")
-    while pending:
-        described = [service.progress(c) for c in pending]
-        counts = [d["progress"] for d in described]
-        finished = sum(c["done"] + c["failed"] for c in counts)
-        show(finished, sum(c["total"] for c in counts), "classified")
-        if all(d["status"] == "done" for d in described):
-            break
-        time.sleep(poll)
-    if pending:
-        sys.stderr.write("\n")
-    results = service.lookup([i.sha256 for i in images])
+    console = Console(stderr=True)
+    with progress_bar(console) as bar:
+        images = find_images(folder, bar)
+        if not images:
+            raise UsageError(f"no images in {folder}")
+        hashes = {i.sha256 for i in images}
+        sent = SentCollections.load(service.url, service.user_id(), folder)
+        # Resumed: those of this folder's images (by content), still on the service.
+        sent.keep({c: h for c, h in sent.collections.items() if hashes & set(h) and service.progress(c)})
+        in_progress = {h for part in sent.collections.values() for h in part}
+        known = service.lookup(sorted(hashes))
+        finished = {h for h, r in known.items() if r.get("status") in ("done", "failed")}
+        todo = [i for i in images if i.sha256 not in finished | in_progress]
+        already = sum(i.sha256 in finished for i in images)
+        bar.console.print(
+            f"{len(images)} images, {already} already classified, {len(images) - already - len(todo)} sent before"
+            f" and resumed, {len(todo)} to send",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sending = bar.add_task("uploading", total=len(todo))
+        for part in chunks(todo, chunk):
+            collection_id = service.upload(part, f"{name} ({len(sent.collections) + 1})")
+            sent.add(collection_id, [i.sha256 for i in part])
+            bar.advance(sending, len(part))
+        classifying = bar.add_task("classifying", total=None)
+        while True:
+            described = [d for d in map(service.progress, sent.collections) if d]
+            counts = [d["progress"] for d in described]
+            total = sum(c["total"] for c in counts)
+            bar.update(classifying, total=total, completed=sum(c["done"] + c["failed"] for c in counts))
+            if all(d["status"] == "done" for d in described):
+                break
+            time.sleep(poll)
+    results = service.lookup(sorted(hashes))
     rows = [results[i.sha256] | {"file_name": i.name} for i in images if i.sha256 in results]
     out.write_text(to_csv(rows))
-    summary = {"images": len(images), "skipped": skipped, "sent": len(todo), "rows": len(rows)}
-    print(f"wrote {out}: {summary}", file=sys.stderr)
+    sent.forget()
+    failed = sum(row["status"] != "done" for row in rows) + len(images) - len(rows)
+    summary = {"images": len(images), "skipped": already, "sent": len(todo), "rows": len(rows), "failed": failed}
+    console.print(f"wrote {out}: {summary}", markup=False, highlight=False, soft_wrap=True)
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.client", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("classify", help="classify every image in a folder and write a CSV")
-    run.add_argument("folder", type=Path)
-    run.add_argument("--url", default=os.environ.get("APP_URL", "http://localhost:8000"))
-    run.add_argument("--token", default=os.environ.get("APP_TOKEN"))
-    run.add_argument("--email")
-    run.add_argument("--password", default=os.environ.get("APP_PASSWORD"))
-    run.add_argument("--out", type=Path, default=Path("results.csv"))
-    run.add_argument("--chunk", type=int, default=50, help="images per upload request")
-    run.add_argument("--name", default="", help="name for the collections (default: the folder's)")
-    args = parser.parse_args(argv)
+def parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    description = "Classify whole folders of images with the image classification service."
+    top = argparse.ArgumentParser(prog="imgclass", description=description, epilog=EXAMPLES, formatter_class=formatter)
+    commands = top.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "classify",
+        help="classify every image in a folder and write a CSV",
+        description="Classify every image in a folder (and its subfolders) and write one CSV row per image.",
+        epilog=EXAMPLES,
+        formatter_class=formatter,
+    )
+    run.add_argument("folder", type=Path, help="the folder of images (JPEG, PNG, WebP, GIF, BMP, HEIC, AVIF)")
+    run.add_argument("--url", default=os.environ.get("APP_URL", "http://localhost:8000"), help="the service")
+    run.add_argument("--token", default=os.environ.get("APP_TOKEN"), help="a bearer token, instead of signing in")
+    run.add_argument("--email", help="sign in with this account")
+    run.add_argument("--password", default=os.environ.get("APP_PASSWORD"), help="asked for when not given")
+    run.add_argument("--out", type=Path, default=Path("results.csv"), help="the CSV to write (results.csv)")
+    run.add_argument("--chunk", type=int, default=50, help="images per collection (50)")
+    run.add_argument("--name", default="", help="name of the collections (default: the folder's)")
+    return top
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    command = ["imgclass", "classify", str(args.folder), "--url", args.url, "--out", str(args.out)]
+    return shlex.join(command + (["--email", args.email] if args.email else []))
+
+
+def main(argv: list[str] | None = None, transport: httpx.BaseTransport | None = None) -> int:
+    command = parser()
+    args = command.parse_args(argv)
     if not args.folder.is_dir():
-        parser.error(f"{args.folder} is not a folder")
+        command.error(f"{args.folder} is not a folder")
     try:
-        service = Service(args.url, args.token, args.email, args.password)
-        classify(service, args.folder, args.out, max(1, args.chunk), args.name or args.folder.name)
+        if args.email and not args.password and not args.token and sys.stdin.isatty():
+            args.password = getpass.getpass(f"password for {args.email}: ")
+        service = Service(args.url, args.token, args.email, args.password, transport)
+        summary = classify(service, args.folder, args.out, max(1, args.chunk), args.name or args.folder.name)
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted. What was sent goes on being classified; to resume (nothing is sent twice), run:\n"
+            f"  {resume_hint(args)}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except (UsageError, OSError) as exc:  # OSError: a file of the folder, or --out, could not be read or written
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (ClientError, httpx.HTTPError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_UNAVAILABLE
+    return EXIT_SOME_FAILED if summary["failed"] else EXIT_DONE
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass
 
+import pillow_heif
 from litestar.exceptions import ClientException, HTTPException
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
@@ -22,6 +23,7 @@ from litestar.status_codes import (
 
 # With the plugins of FORMATS imported (they register themselves), opening a file loads none of Pillow's others.
 from PIL import (  # noqa: F401
+    AvifImagePlugin,
     BmpImagePlugin,
     GifImagePlugin,
     Image,
@@ -36,10 +38,49 @@ from PIL import (  # noqa: F401
 
 # Pillow format name -> file extension. Anything else is refused, whatever the file is called. MPO is
 # how Pillow names a JPEG carrying more pictures (a phone's depth or gain map): the first is decoded.
-FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
-OPENED = ["JPEG", "PNG", "WEBP", "GIF", "BMP"]  # what Image.open may try (JPEG's opener makes MPOs)
+# HEIF is an iPhone's HEIC (HEVC-coded; pillow-heif), AVIF is Pillow's own (its wheels carry libavif).
+FORMATS = {
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "HEIF": "heic",
+    "AVIF": "avif",
+}
+# What Image.open may try (JPEG's opener makes MPOs). AVIF before HEIF: both claim the generic `mif1` brand,
+# and the AVIF opener gives way (SyntaxError) to the next when the file is not AV1.
+OPENED = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "AVIF", "HEIF"]
 JPEGS = {"JPEG", "MPO"}
-ACCEPTED = "JPEG, PNG, WebP, GIF or BMP"
+# Decoded whole (no scaled-down decode) by libheif or libavif, which hand Pillow an 8-bit interleaved copy
+# of the image that Pillow copies again into its own: bytes per pixel of that copy (None: one per band; AVIF
+# is always RGBA). Counted in decode_cost; like every codec's working planes, their YUV planes are not.
+HANDED_OVER: dict[str, int | None] = {"HEIF": None, "AVIF": 4}
+ACCEPTED = "JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF"
+# The major brands (of the `ftyp` box) the HEIF and AVIF openers claim: such a file that neither can read is
+# a broken HEIC or AVIF (400), not a format we refuse (415).
+HEIF_BRANDS = {
+    b"heic",
+    b"heix",
+    b"heim",
+    b"heis",
+    b"hevc",
+    b"hevx",
+    b"hevm",
+    b"hevs",
+    b"mif1",
+    b"msf1",
+    b"avif",
+    b"avis",
+}
+# What decoders raise on bad data (libheif and libavif's errors come as RuntimeError too).
+BAD_DATA = (OSError, SyntaxError, ValueError, EOFError, RuntimeError)
+# Only the image itself: no embedded thumbnails, depth maps or auxiliary images are read. One decoding
+# thread: a decode process is one core's worth of work, and every thread's stack and malloc arena would
+# count against its address-space limit (app/sandbox.py).
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False, decode_threads=1)
+AvifImagePlugin.DEFAULT_MAX_THREADS = 1
 SIZE = 224
 # A normal progressive JPEG has about 10 scans; each scan is another pass over every block of the image.
 MAX_SCANS = 100
@@ -142,13 +183,17 @@ def frames(image: Image.Image, data: bytes, limit: int) -> int:
 def decode_cost(image: Image.Image, frame_count: int = 1) -> int:
     """What decoding `image` costs in memory, in bytes, judged from its header: pixels x frames x the bytes
     Pillow keeps per pixel in its mode (4 for any mode of several bands), plus 4 for the RGB copy every
-    image other than RGB becomes. A JPEG counts at the size it is drafted to (call `draft` first)."""
+    image other than RGB becomes, plus the copy a HEIF or AVIF decoder hands over (HANDED_OVER). A JPEG
+    counts at the size it is drafted to (call `draft` first)."""
     try:
         mode = ImageMode.getmode(image.mode)
-        stored = 4 if len(mode.bands) > 1 else int(mode.typestr[-1])
+        bands = len(mode.bands)
+        stored = 4 if bands > 1 else int(mode.typestr[-1])
     except (KeyError, ValueError):  # a mode Pillow only reads from, never keeps: count the most
-        stored = 4
+        bands, stored = 4, 4
     per_pixel = stored + (0 if image.mode == "RGB" else 4)
+    if image.format in HANDED_OVER:
+        per_pixel += HANDED_OVER[image.format] or bands
     return image.width * image.height * per_pixel * frame_count
 
 
@@ -161,8 +206,12 @@ def open_image(data: bytes, max_pixels: int, max_cost: int, draft: int = SIZE * 
     except Image.DecompressionBombError as exc:
         raise reject(HTTP_400_BAD_REQUEST, f"The image is too large to decode safely: {exc}") from exc
     except UnidentifiedImageError as exc:
+        if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+            raise reject(
+                HTTP_400_BAD_REQUEST, "The image is truncated or corrupt: a HEIC or AVIF file its decoder cannot read"
+            ) from exc
         raise reject(HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"Not a supported image: send {ACCEPTED}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except BAD_DATA as exc:
         # A format plugin recognised the file but could not read its header.
         raise corrupt(exc) from exc
     # Pillow only warns between 1x and 2x the limit: the limit is the limit.
@@ -181,7 +230,7 @@ def open_image(data: bytes, max_pixels: int, max_cost: int, draft: int = SIZE * 
         image.draft("RGB", (draft, draft))
     try:
         count = frames(image, data, max_cost // max(decode_cost(image), 1))
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # counting the frames read a bad one
+    except BAD_DATA as exc:  # counting the frames read a bad one
         raise corrupt(exc) from exc
     if (cost := decode_cost(image, count)) > max_cost:
         many = f", at least {count} frames" if count > 1 else ""
@@ -217,12 +266,14 @@ def _fit(image: Image.Image) -> Image.Image:
 
 
 def first_frame(image: Image.Image) -> Image.Image:
-    """The first frame of an opened image, decoded and turned upright (as its EXIF orientation says)."""
+    """The first frame of an opened image (a HEIF's primary image), decoded and turned upright (as its EXIF
+    orientation, or a HEIC or AVIF's rotation and mirroring, says)."""
     try:
-        image.seek(0)  # first frame of an animation
+        if image.format != "HEIF":  # a HEIF opens at its primary image, which need not be its first
+            image.seek(0)  # first frame of an animation
         image.load()
         return ImageOps.exif_transpose(image) or image
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except BAD_DATA as exc:
         raise corrupt(exc) from exc
 
 
@@ -233,7 +284,7 @@ def decode(data: bytes, max_pixels: int, max_cost: int) -> tuple[str, bytes]:
     image = first_frame(image)
     try:
         pixels = _fit(_to_rgb(image)).tobytes()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except BAD_DATA as exc:
         raise corrupt(exc) from exc
     if len(pixels) != SIZE * SIZE * 3:  # pragma: no cover - _fit always gives RGB SIZE x SIZE
         raise reject(HTTP_400_BAD_REQUEST, "The image could not be converted")

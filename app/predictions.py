@@ -21,11 +21,20 @@ from app.services import Services
 
 Owned = TypeVar("Owned", Prediction, Collection)
 
-NO_WORKER = "No worker is running, so nothing can be classified now; start one with `python -m app.worker`"
+# Words for the people who upload: no worker alive is, nearly always, workers still loading the model (the
+# first seconds after a start). What to do about it (`python -m app.worker`) is for admins only: the admin
+# page and the admins' views of the pages say it (templates/partials/_macros.html).
+WARMING_UP = "The classifier is warming up: your image will be classified in a moment"
+NO_WORKER = f"{WARMING_UP}; try again in a few seconds"
+NO_WORKER_RETRY_AFTER = 5
 
 
 class ResultTimeout(HTTPException):
     status_code = HTTP_504_GATEWAY_TIMEOUT
+
+
+class NoWorker(ServiceUnavailableException):
+    """No worker is alive to take a synchronous upload (503 with Retry-After)."""
 
 
 def unavailable(detail: str, retry_after: int) -> ServiceUnavailableException:
@@ -37,7 +46,7 @@ async def _check_capacity(services: Services, user: User) -> None:
     forever. Users take turns, so the wait counts the user's own backlog, not everyone's."""
     capacity = await producer.capacity(services.redis, user.id)
     if capacity.workers == 0:
-        raise unavailable(NO_WORKER, retry_after=10)
+        raise NoWorker(detail=NO_WORKER, headers={"Retry-After": str(NO_WORKER_RETRY_AFTER)})
     seconds = capacity.seconds_to_clear()
     if seconds > services.settings.wait_timeout:
         raise unavailable(
@@ -89,10 +98,19 @@ async def create_cached(record: dict[str, Any], cached: dict[str, Any], latency_
     )
 
 
-async def submit(services: Services, user: User, data: bytes, file_name: str = "", wait: bool = True) -> Prediction:
+async def submit(
+    services: Services,
+    user: User,
+    data: bytes,
+    file_name: str = "",
+    wait: bool = True,
+    *,
+    defer_without_worker: bool = False,
+) -> Prediction:
     """Check, store and classify an upload: from the cache when possible, else through the queue. A
     synchronous one goes on the user's interactive stream at once; an async one (`wait=False`) waits in
-    the database for the feeder, behind everyone's interactive uploads."""
+    the database for the feeder, behind everyone's interactive uploads. With no worker alive a synchronous
+    one is refused (NoWorker), or with `defer_without_worker` made an async one (see `deferred`)."""
     started = time.perf_counter()
     # The user's quotas first: refused cheaply, before anything is decoded or stored (even a cache hit).
     await quotas.check_queued(services, user)
@@ -102,11 +120,13 @@ async def submit(services: Services, user: User, data: bytes, file_name: str = "
     if cached is not None:
         return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
     if not wait:
-        await _check_async_room(services)
-        prediction = await Prediction.create(**record, status=Status.QUEUED)
-        services.nudge_feeder()
-        return prediction
-    await _check_capacity(services, user)
+        return await _defer(services, record)
+    try:
+        await _check_capacity(services, user)
+    except NoWorker:
+        if not defer_without_worker:
+            raise
+        return await _defer(services, record)
     prediction = await Prediction.create(**record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
     job = Job(str(prediction.id), image.sha256, services.settings.model_id, image.pixels)
     try:
@@ -115,6 +135,19 @@ async def submit(services: Services, user: User, data: bytes, file_name: str = "
         await mark_failed([str(prediction.id)], "The queue was unavailable")
         raise
     return prediction
+
+
+async def _defer(services: Services, record: dict[str, Any]) -> Prediction:
+    await _check_async_room(services)
+    prediction = await Prediction.create(**record, status=Status.QUEUED)
+    services.nudge_feeder()
+    return prediction
+
+
+def deferred(prediction: Prediction) -> bool:
+    """Queued in the database, not on a stream: the feeder puts it there, and a worker, once one is alive,
+    takes it (a synchronous upload gets `enqueued_at` as it is enqueued)."""
+    return prediction.status == Status.QUEUED and prediction.enqueued_at is None
 
 
 async def wait(services: Services, prediction: Prediction, seconds: float) -> Prediction:

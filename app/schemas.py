@@ -29,6 +29,8 @@ class ModelOut(msgspec.Struct):
     name: str
     version: str
     weights: str
+    # False for MODEL_WEIGHTS=random: the same compute, meaningless labels (tests and benchmarks).
+    trained: bool
 
 
 class PredictionOut(msgspec.Struct, kw_only=True):
@@ -39,7 +41,7 @@ class PredictionOut(msgspec.Struct, kw_only=True):
     score: float | None
     top5: list[TopOut]
     model: ModelOut
-    untrained: bool
+    untrained: bool  # not model.trained: kept for the clients that read it
     # Whether another upload of the same image answered this one: admins only, for it tells what others sent.
     cached: bool | msgspec.UnsetType = msgspec.UNSET
     latency_ms: float | None
@@ -81,7 +83,16 @@ class CollectionOut(msgspec.Struct):
     error: str | None  # why reading the archive stopped early, if it did
 
 
+UNTRAINED_WEIGHTS = "random"  # MODEL_WEIGHTS of the untrained model: same compute, meaningless labels
+
+
+def weights_trained(weights: str) -> bool:
+    """Whether a model with these weights (MODEL_WEIGHTS) gives real answers: all but `random` do."""
+    return weights != UNTRAINED_WEIGHTS
+
+
 def prediction_out(prediction: Prediction, *, show_cached: bool) -> PredictionOut:
+    trained = weights_trained(prediction.model_weights)
     return PredictionOut(
         id=str(prediction.id),
         status=Status(prediction.status),
@@ -90,8 +101,8 @@ def prediction_out(prediction: Prediction, *, show_cached: bool) -> PredictionOu
         score=prediction.score,
         # Stored as JSON by the worker or the cache: checked here, so a bad row fails loudly, not a client.
         top5=msgspec.convert(prediction.top5 or [], list[TopOut]),
-        model=ModelOut(prediction.model_name, prediction.model_version, prediction.model_weights),
-        untrained=prediction.model_weights == "random",
+        model=ModelOut(prediction.model_name, prediction.model_version, prediction.model_weights, trained),
+        untrained=not trained,
         cached=prediction.cached if show_cached else msgspec.UNSET,
         latency_ms=prediction.latency_ms,
         image_sha256=prediction.image_sha256,

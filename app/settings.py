@@ -105,8 +105,9 @@ class Settings:
         default=192,
         description="The most memory, in MB, one image may take to decode, judged from its header before decoding"
         " (past it: 400): pixels x frames x 4 bytes for RGB, 5 for grey or palette, 8 with alpha (its RGB copy"
-        " counted), a JPEG at the 1/2 to 1/8 scale it is decoded at. 192 passes a 12 MP PNG (46 to 92), a 24 MP"
-        " one with alpha (183) and a 48 MP JPEG (3); it refuses a 7999x7999 WebP (244) or GIF (305)",
+        " counted), a JPEG at the 1/2 to 1/8 scale it is decoded at, a HEIC or AVIF at full size plus its decoder's"
+        " copy (3 or 4 more). 192 passes a 12 MP PNG (46 to 92), a 24 MP one with alpha (183), a 48 MP JPEG (3) and"
+        " a 24 MP HEIC (163); it refuses a 7999x7999 WebP (244) or GIF (305), or a 48 MP HEIC (325)",
     )
     decode_processes: int = Field(default=2, description="Processes decoding uploads, per web process (apart from it)")
     decode_timeout: float = Field(
@@ -208,12 +209,13 @@ class Settings:
     login_window_seconds: int = Field(default=900, description="The window of the failed sign-in limits, in seconds")
     htmx_url: str = Field(
         default="https://unpkg.com/htmx.org@2.0.4/dist/htmx.min.js",
-        description="Where the pages load htmx from: the CDN, or `/static/vendor/htmx.min.js`, the copy that"
-        " `make install` fetches from the npm registry",
+        description="Where the pages load htmx from: the pinned file on its CDN (the pages fall back to the copy"
+        " in `static/vendor/` when it does not load), or that copy, `/static/vendor/htmx.min.js`",
     )
     htmx_integrity: KeptEmpty = Field(
         default="sha384-HGfztofotfshcF7+8n44JQL2oJmowVChPTg48S+jvZoztPfvwD79OC/LTtG6dMp+",
-        description="The Subresource Integrity hash of `HTMX_URL`; empty: none (for the local copy)",
+        description="The Subresource Integrity hash of `HTMX_URL` (the default: of htmx 2.0.4's `htmx.min.js`, the"
+        " same file as the local copy); empty: none",
     )
     host: str = Field(default="127.0.0.1", description="`make run` only: the address the web app listens on")
     port: int = Field(default=8000, description="`make run` only: the port the web app listens on")

@@ -1,4 +1,5 @@
-"""`make chaos`: the whole system under load while its parts fail; writes docs/reliability.md.
+"""`make chaos`: the whole system under load while its parts fail, then under hostile load; writes its two
+sections of docs/reliability.md ("Faults under load", "Hostile load"), leaving the others as they are.
 
 Starts its own Redis server and (where pg_createcluster is available) its own PostgreSQL cluster,
 the web app and two workers, then, under a steady load of distinct images:
@@ -8,7 +9,9 @@ the web app and two workers, then, under a steady load of distinct images:
 5. stops PostgreSQL and starts it again.
 
 For each it reports the jobs submitted, completed, failed, lost and duplicated, the error rate during
-the fault and the time until a new prediction succeeds again. Bounded: it stops itself.
+the fault and the time until a new prediction succeeds again. Last, the load stopped, bench/hostile_load.py's
+phase: a 10,000-image archive, a flood from one user and decode bombs at once while a normal user classifies
+photos (`--images` makes the archive smaller, `--no-hostile` skips it). Bounded: it stops itself.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ sys.path.insert(0, str(ROOT))
 
 from app.run import UVICORN_ARGS  # noqa: E402
 from bench.run import free_port  # noqa: E402
+from bench.sections import write_section  # noqa: E402
 
 PY = sys.executable
 PG_VERSION = next(iter(sorted(os.listdir("/etc/postgresql"))), "") if Path("/etc/postgresql").is_dir() else ""
 PG_CLUSTER = "chaos"
+SECTION = "## Faults under load"
 
 
 def say(message: str) -> None:
@@ -271,7 +276,7 @@ async def outcome(url: str, token: str, ids: list[str], drain: float) -> dict[st
             await asyncio.sleep(2)
 
 
-async def scenario(system: System, redis: Redis, postgres: Postgres | None, settle: float) -> list[Phase]:
+async def scenario(system: System, redis: Redis, postgres: Postgres | None, settle: float, drain: float) -> list[Phase]:
     await wait_ready(system.url, 2)
     token = await sign_in(system.url)
     load = Load(system.url, token, users=6, interval=1.0)
@@ -334,7 +339,7 @@ async def scenario(system: System, redis: Redis, postgres: Postgres | None, sett
         phase.attempts = [a for a in load.attempts if phase.started <= a.at < phase.ended]
     ids = [a.prediction_id for a in load.attempts if a.prediction_id]
     say(f"load stopped: {len(load.attempts)} submissions, {len(ids)} accepted; waiting for the queue to drain")
-    statuses = await outcome(system.url, token, ids, drain=120)
+    statuses = await outcome(system.url, token, ids, drain)
     for phase in phases:
         accepted = [a.prediction_id for a in phase.attempts if a.prediction_id]
         phase.outcome = {
@@ -358,7 +363,7 @@ async def scenario(system: System, redis: Redis, postgres: Postgres | None, sett
 
 def report(phases: list[Phase], duplicates: int, machine: str, minutes: float) -> str:
     lines = [
-        "# Reliability",
+        SECTION,
         "",
         f"Measured by `make chaos` on {time.strftime('%Y-%m-%d')} ({machine}), in {minutes:.0f} minutes: the web app, "
         "two workers, a Redis server and a PostgreSQL cluster of the run's own, under a steady load of 6 users "
@@ -412,28 +417,52 @@ async def main_async(args: argparse.Namespace) -> None:
         say("no PostgreSQL cluster of our own can be made here: SQLite, and the PostgreSQL fault is skipped")
     await db.apply_migrations(database_url)
     system = System(workdir, redis, database_url)
+    hostile_figures = None
     try:
-        phases = await asyncio.wait_for(scenario(system, redis, postgres, args.settle), timeout=args.limit)
+        phases = await asyncio.wait_for(scenario(system, redis, postgres, args.settle, args.drain), timeout=args.limit)
+        minutes = (time.time() - started) / 60
+        if args.hostile:
+            from bench import hostile_load  # here: it imports this module
+
+            say("hostile load")
+            setup = (
+                "the same system as above (two TensorFlow workers with random weights, one inference thread each, "
+                f"`MAX_BATCH=16`, `WAIT_TIMEOUT=15`; a {'PostgreSQL' if postgres else 'SQLite'} database), the "
+                "faults' load stopped; every other setting at its default (2 decode processes, `FEED_WINDOW=64`, "
+                "`QUOTA_QUEUED=1000`)."
+            )
+            hostile_figures = await asyncio.wait_for(
+                hostile_load.run(system.url, redis.url, system.web.pid, workdir, setup, args.images, args.drain),
+                timeout=args.hostile_limit,
+            )
     finally:
         system.stop()
         redis.kill()
         if postgres:
             postgres.drop()
-    text = report(phases, system.duplicates(), await asyncio.to_thread(machine), (time.time() - started) / 60)
+    sections = [report(phases, system.duplicates(), await asyncio.to_thread(machine), minutes)]
+    if hostile_figures is not None:
+        sections.append(
+            hostile_load.report(hostile_figures, await asyncio.to_thread(machine), "`make chaos`, last phase")
+        )
     out = ROOT / "docs" / "reliability.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text)
-    print(text)
-    lost = phases[-1].outcome["lost"]
-    say(f"wrote {out}; lost: {lost}")
+    for section in sections:
+        print(section)
+        write_section(out, section)
+    lost = phases[-1].outcome["lost"] + (hostile_figures.lost if hostile_figures else 0)
+    say(f"wrote {len(sections)} sections of {out}; lost: {lost}")
     if lost:
         sys.exit(1)
 
 
 def main() -> None:
+    from bench import hostile_load  # here and in main_async: it imports this module
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settle", type=float, default=10, help="seconds of steady load around each fault")
-    parser.add_argument("--limit", type=float, default=1200, help="stop after this many seconds whatever happens")
+    parser.add_argument("--limit", type=float, default=1200, help="stop the faults after this many seconds")
+    parser.add_argument("--no-hostile", dest="hostile", action="store_false", help="skip the hostile load phase")
+    hostile_load.add_arguments(parser, "--hostile-limit")
     args: Any = parser.parse_args()
     asyncio.run(main_async(args))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import io
 import os
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from app.run import UVICORN_ARGS  # noqa: E402
 from bench import chaos  # noqa: E402
 from bench.images import make_image  # noqa: E402
 from bench.run import free_port  # noqa: E402
+from bench.sections import write_section  # noqa: E402
 from tests import hostile  # noqa: E402
 
 PY = sys.executable
@@ -143,21 +146,41 @@ class Outcome:
     status: int
     detail: str
     seconds: float
+    prediction_id: str | None = None  # of an accepted upload: answered (200), queued (202) or late (504)
 
 
-async def hostile_burst(url: str, tokens: list[str], files: list[tuple[str, bytes]]) -> list[Outcome]:
-    """Every file uploaded at once, the users taking turns; each answer with its time."""
+def accepted_id(status: int, body: dict[str, Any]) -> str | None:
+    """The prediction an answer says was accepted; None for a refusal."""
+    found = None
+    if status in (200, 202):
+        found = body.get("id")
+    elif status == 504:  # accepted, not finished within the wait: the id comes with the error
+        found = (body.get("extra") or {}).get("id")
+    return str(found) if found else None
+
+
+async def hostile_burst(
+    url: str, tokens: list[str], files: list[tuple[str, bytes]], wait: bool = True
+) -> list[Outcome]:
+    """Every file uploaded at once, the users taking turns; each answer with its time. `wait=False`:
+    as async jobs (`?wait=false`, answered 202)."""
+    params = {} if wait else {"wait": "false"}
 
     async def one(client: httpx.AsyncClient, token: str, name: str, data: bytes) -> Outcome:
         started = time.monotonic()
         headers = {"Authorization": f"Bearer {token}"}
+        prediction_id = None
         try:
-            response = await client.post("/api/predictions", headers=headers, files={"file": (name, data)})
-            detail = str(response.json().get("detail", "")) if response.status_code >= 400 else ""
+            response = await client.post(
+                "/api/predictions", headers=headers, params=params, files={"file": (name, data)}
+            )
             status = response.status_code
+            body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+            detail = str(body.get("detail", "")) if status >= 400 else ""
+            prediction_id = accepted_id(status, body)
         except (httpx.HTTPError, ValueError) as exc:
             status, detail = 0, repr(exc)
-        return Outcome(name, status, detail, time.monotonic() - started)
+        return Outcome(name, status, detail, time.monotonic() - started, prediction_id)
 
     limits = httpx.Limits(max_connections=len(files) + 5)
     async with httpx.AsyncClient(base_url=url, timeout=180, limits=limits) as client:
@@ -184,21 +207,39 @@ def photo(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-async def normal_user(url: str, token: str, seeds: list[int], until: asyncio.Event | None = None) -> list[float]:
-    """Uploads one photo after another (waiting for each result) until `until` is set, at least one;
-    or each of `seeds` when `until` is None. Returns the latencies of the answered (200) ones."""
+async def normal_user(
+    url: str,
+    token: str,
+    seeds: Iterable[int],
+    until: asyncio.Event | None = None,
+    errors: list[str] | None = None,
+    pause: float = 0.0,
+) -> list[float]:
+    """Uploads one photo after another (waiting for each result, then `pause` seconds) until `until` is
+    set, at least one; or each of `seeds` when `until` is None. Returns the latencies of the answered (200)
+    ones. Any other answer raises, or with `errors` is added to it ("<status>: <detail>"; 0: no answer)."""
     latencies = []
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=180) as client:
         for seed in seeds:
             data = await asyncio.to_thread(photo, seed)
             started = time.monotonic()
-            response = await client.post("/api/predictions", files={"file": ("photo.jpg", data)})
-            if response.status_code != 200:
-                raise RuntimeError(f"the normal user's photo got {response.status_code}: {response.text}")
-            latencies.append(time.monotonic() - started)
+            try:
+                response = await client.post("/api/predictions", files={"file": ("photo.jpg", data)})
+                status, text = response.status_code, response.text
+            except httpx.HTTPError as exc:
+                if errors is None:
+                    raise
+                status, text = 0, repr(exc)
+            if status == 200:
+                latencies.append(time.monotonic() - started)
+            elif errors is None:
+                raise RuntimeError(f"the normal user's photo got {status}: {text}")
+            else:
+                errors.append(f"{status}: {text[:200]}")
             if until is not None and until.is_set():
                 break
+            await asyncio.sleep(pause)
     return latencies
 
 
@@ -210,6 +251,7 @@ class System:
 
     def __init__(self, workdir: Path, redis_url: str, database_url: str) -> None:
         self.workdir, self.port = workdir, free_port()
+        self.redis_url, self.database_url = redis_url, database_url
         self.env = os.environ | {
             "REDIS_URL": redis_url,
             "DATABASE_URL": database_url,
@@ -225,6 +267,10 @@ class System:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def database(self) -> str:
+        return "PostgreSQL" if self.database_url.startswith("postgres") else "SQLite"
 
     def _spawn(self, name: str, args: list[str], **extra: str) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
@@ -378,31 +424,54 @@ def report(results: list[Result], machine: str, database: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """`section` (from its `## ` title line) in place of the one of the same title, or at the end."""
-    text = path.read_text() if path.exists() else ""
-    title = section.splitlines()[0]
-    start = text.find(title + "\n")
-    if start < 0:
-        path.write_text(text.rstrip("\n") + "\n\n" + section)
-        return
-    end = text.find("\n## ", start + len(title))
-    path.write_text(text[:start] + section + (text[end + 1 :] if end >= 0 else ""))
+@contextlib.asynccontextmanager
+async def own_system(workdir: Path, postgres: str) -> AsyncIterator[System]:
+    """A System, ready, on a Redis server and a database of its own (on the PostgreSQL server of
+    `postgres`, else SQLite); stopped, and its database dropped, at the end."""
+    from app import db
+
+    redis = chaos.Redis(workdir)
+    database_url = await fresh_database(postgres) or f"sqlite://{workdir / 'hostile.sqlite3'}"
+    say(f"database {database_url}")
+    try:
+        await db.apply_migrations(database_url)
+        system = System(workdir, redis.url, database_url)
+        try:
+            await chaos.wait_ready(system.url, 1)
+            yield system
+        finally:
+            system.stop()
+    finally:
+        redis.kill()
+        if database_url.startswith("postgres"):
+            await drop_database(postgres, database_url)
+
+
+def publish(section: str, args: argparse.Namespace) -> None:
+    """Print a section of docs/reliability.md and, unless `--no-write`, write it there in place of its old one."""
+    print(section)
+    if not args.no_write:
+        write_section(ROOT / "docs" / "reliability.md", section)
+        say(f"wrote the section {section.splitlines()[0]!r} of docs/reliability.md")
+
+
+def arguments(description: str | None) -> argparse.ArgumentParser:
+    """The arguments of a bench that starts a system of its own and writes its section."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-write", action="store_true", help="print the section, do not write it")
+    parser.add_argument(
+        "--postgres",
+        default="postgres://postgres@127.0.0.1:5432/postgres",
+        help="a PostgreSQL server on which the run makes (and then drops) a database of its own; SQLite without one",
+    )
+    return parser
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    from app import db
-
     workdir = Path(tempfile.mkdtemp(prefix="hostile-"))
     say(f"work files and logs in {workdir}")
     files = await asyncio.to_thread(hostile.write_all, workdir / "images", [*hostile.MAKERS, *hostile.SLOW_MAKERS])
-    redis = chaos.Redis(workdir)
-    database_url = await fresh_database(args.postgres) or f"sqlite://{workdir / 'hostile.sqlite3'}"
-    say(f"database {database_url}")
-    await db.apply_migrations(database_url)
-    system = System(workdir, redis.url, database_url)
-    try:
-        await chaos.wait_ready(system.url, 1)
+    async with own_system(workdir, args.postgres) as system:
         tokens = [await register(system.url, f"user{i}@example.com") for i in range(HOSTILE_USERS + 1)]
         results = []
         for number, (name, names) in enumerate(SCENARIOS.items()):
@@ -410,28 +479,11 @@ async def main_async(args: argparse.Namespace) -> None:
             chosen = {n: files[n] for n in names}
             results.append(await asyncio.wait_for(scenario(system, name, chosen, tokens, number * 10_000), 900))
             say("  " + describe(results[-1])[0])
-    finally:
-        system.stop()
-        redis.kill()
-        if database_url.startswith("postgres"):
-            await drop_database(args.postgres, database_url)
-    kind = "PostgreSQL" if database_url.startswith("postgres") else "SQLite"
-    section = report(results, await asyncio.to_thread(chaos.machine), kind)
-    print(section)
-    if not args.no_write:
-        write_section(ROOT / "docs" / "reliability.md", section)
-        say("wrote the section of docs/reliability.md")
+    publish(report(results, await asyncio.to_thread(chaos.machine), system.database), args)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--no-write", action="store_true", help="print the section, do not write it")
-    parser.add_argument(
-        "--postgres",
-        default="postgres://postgres@127.0.0.1:5432/postgres",
-        help="a PostgreSQL server on which the run makes (and then drops) a database of its own; SQLite without one",
-    )
-    args: Any = parser.parse_args()
+    args: Any = arguments(__doc__).parse_args()
     asyncio.run(main_async(args))
 
 

@@ -5,6 +5,10 @@ On a developer's machine, ALLOW_SKIPS=1 lets skips pass, e.g. without TensorFlow
 `ALLOW_SKIPS=1 make test` (pytest still counts them in its summary; `-rs` shows their reasons). Expected
 failures (xfail) are not skips and do not count.
 
+One skip passes without it: the browser tests' when there is no Chromium (`skip_without_browser`), so that
+`make test` passes on a newcomer's machine; a one-line note says why they did not run. CI sets
+REQUIRE_BROWSER=1, which makes a missing Chromium a failure instead.
+
 A pytest plugin, registered by tests/conftest.py (`pytest_plugins`).
 """
 
@@ -12,14 +16,30 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import pytest
 
 ALLOW_SKIPS = "ALLOW_SKIPS"
+REQUIRE_BROWSER = "REQUIRE_BROWSER"
+# The reason every browser test is skipped with when there is no Chromium: the one skip that passes.
+NO_BROWSER = "no Chromium for the browser tests"
 
 
 def skips_allowed() -> bool:
     return os.environ.get(ALLOW_SKIPS, "") == "1"
+
+
+def browser_required() -> bool:
+    return os.environ.get(REQUIRE_BROWSER, "") == "1"
+
+
+def skip_without_browser(detail: str) -> NoReturn:
+    """No Chromium here: skip the browser test (a skip the run allows), or fail it under REQUIRE_BROWSER=1."""
+    reason = f"{NO_BROWSER}: {detail}"
+    if browser_required():
+        pytest.fail(f"{reason} ({REQUIRE_BROWSER}=1)", pytrace=False)
+    pytest.skip(reason)
 
 
 def _reason(report: pytest.TestReport | pytest.CollectReport) -> str:
@@ -34,11 +54,14 @@ class SkipGuard:
 
     def __init__(self) -> None:
         self.skipped: dict[str, str] = {}  # node id -> reason
+        self.without_browser: dict[str, str] = {}  # the same, for the browser tests skipped without Chromium
         self.verdict = ""
 
     def _note(self, report: pytest.TestReport | pytest.CollectReport) -> None:
         if report.skipped and not hasattr(report, "wasxfail"):
-            self.skipped.setdefault(report.nodeid, _reason(report))
+            reason = _reason(report)
+            allowed = reason.startswith(NO_BROWSER) and not browser_required()
+            (self.without_browser if allowed else self.skipped).setdefault(report.nodeid, reason)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self._note(report)
@@ -61,6 +84,13 @@ class SkipGuard:
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         # Called after pytest_sessionfinish, inside the terminal reporter's own.
+        if self.without_browser:
+            reasons = sorted(set(self.without_browser.values()))
+            terminalreporter.write_line(
+                f"{len(self.without_browser)} browser tests skipped, {'; '.join(reasons)}"
+                f" ({REQUIRE_BROWSER}=1 makes this a failure)",
+                yellow=True,
+            )
         if self.verdict:
             terminalreporter.write_line(self.verdict, red=True, bold=True)
 

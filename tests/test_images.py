@@ -26,7 +26,16 @@ def pixels_of(data: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("fmt", "extension"), [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"), ("BMP", "bmp")]
+    ("fmt", "extension"),
+    [
+        ("JPEG", "jpg"),
+        ("PNG", "png"),
+        ("WEBP", "webp"),
+        ("GIF", "gif"),
+        ("BMP", "bmp"),
+        ("HEIF", "heic"),
+        ("AVIF", "avif"),
+    ],
 )
 def test_accepted_formats(fmt: str, extension: str) -> None:
     data = samples.photo(3, fmt=fmt)
@@ -50,6 +59,15 @@ def test_exif_orientation_is_applied() -> None:
     left, right = pixels[112, 10].astype(int), pixels[112, 213].astype(int)
     assert left[2] > 200 and left[0] < 60
     assert right[0] > 200 and right[2] < 60
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_a_phones_orientation_is_applied(fmt: str) -> None:
+    # Orientation 6 = turned 90 degrees clockwise to be shown: the red left half ends up on top.
+    pixels = pixels_of(samples.with_exif_orientation(samples.half_red_half_blue(), 6, fmt))
+    top, bottom = pixels[10, 112].astype(int), pixels[213, 112].astype(int)
+    assert top[0] > 200 and top[2] < 60
+    assert bottom[2] > 200 and bottom[0] < 60
 
 
 def test_palette_with_transparency_becomes_rgb_on_white() -> None:
@@ -122,7 +140,7 @@ def test_oversized_file_is_413() -> None:
     ],
 )
 def test_unsupported_formats_are_415(data: bytes) -> None:
-    assert "JPEG, PNG, WebP, GIF or BMP" in reject(data, 415)
+    assert "JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF" in reject(data, 415)
 
 
 def test_decompression_bomb_is_400() -> None:
@@ -133,6 +151,16 @@ def test_decompression_bomb_is_400() -> None:
 @pytest.mark.parametrize("data", [samples.truncated_jpeg(), samples.corrupt_png()])
 def test_truncated_or_corrupt_is_400(data: bytes) -> None:
     reject(data, 400)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_a_broken_heic_or_avif_is_400(fmt: str) -> None:
+    data = samples.photo(6, (640, 480), fmt=fmt)
+    for broken in (data[:200], data[: len(data) // 2]):  # cut in its header, cut in its data
+        assert "truncated or corrupt" in reject(broken, 400)
+    if fmt == "AVIF":  # libavif refuses garbled data (as a RuntimeError); libheif's decoder conceals it
+        garbled = data[: len(data) // 2] + bytes(b ^ 0x5A for b in data[len(data) // 2 :])
+        assert "truncated or corrupt" in reject(garbled, 400)
 
 
 def test_a_header_pillow_cannot_read_is_400() -> None:
@@ -223,6 +251,21 @@ def test_the_default_budget_takes_a_48_mp_phone_photo_and_a_12_mp_png(
     if fmt == "JPEG":
         assert image.size == (1000, 750)  # decoded at 1/8 scale: 3 MB
         assert [int(v) for v in pixels_of(data)[112, 112]] == pytest.approx([10, 120, 10], abs=8)
+
+
+@pytest.mark.parametrize(("fmt", "per_pixel"), [("HEIF", 4 + 3), ("AVIF", 4 + 4)])
+def test_a_heic_or_avif_is_judged_at_its_full_size_with_the_decoders_copy(fmt: str, per_pixel: int) -> None:
+    # No scaled-down decode for them, and their decoder hands Pillow a copy (RGB for HEIF, RGBA for AVIF).
+    small = samples.encode(Image.new("RGB", (128, 96), (10, 120, 10)), fmt)
+    assert images.decode_cost(images.open_image(small, MAX_PIXELS, MAX_COST)) == 128 * 96 * per_pixel
+    # The 24 MP of an iPhone 15's default photo pass the default budget; the 48 MP of its largest do not.
+    phone = images.open_image(samples.claiming_size(small, 5712, 4284), MAX_PIXELS, MAX_COST)
+    assert phone.size == (5712, 4284) and images.decode_cost(phone) == 5712 * 4284 * per_pixel <= MAX_COST
+    started = time.monotonic()
+    detail = reject(samples.claiming_size(small, 8064, 6048), 400)
+    assert f"8064x6048 pixels (RGB) would take {8064 * 6048 * per_pixel // 2**20} MB, more than 192 MB" in detail
+    assert "9000x9000 pixels is more than 64000000" in reject(samples.claiming_size(small, 9000, 9000), 400)
+    assert time.monotonic() - started < 1  # judged from the header
 
 
 def test_a_multi_picture_jpeg_is_a_jpeg() -> None:

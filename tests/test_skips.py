@@ -1,8 +1,12 @@
-"""tests/skips.py: a run with a skipped test fails unless ALLOW_SKIPS=1 (each run here is a pytest of its
-own, in a subprocess, on a few tiny tests with the plugin registered as tests/conftest.py does)."""
+"""tests/skips.py: a run with a skipped test fails unless ALLOW_SKIPS=1, except the browser tests' skip
+without Chromium, which fails only under REQUIRE_BROWSER=1 (each run here is a pytest of its own, in a
+subprocess, on a few tiny tests with the plugin registered as tests/conftest.py does)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,7 @@ def test_expected_to_fail():
 def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """A directory whose conftest registers the plugin, as the tests' does; the repository importable."""
     monkeypatch.delenv("ALLOW_SKIPS", raising=False)
+    monkeypatch.delenv("REQUIRE_BROWSER", raising=False)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     pytester.makeconftest('pytest_plugins = ["tests.skips"]')
     return pytester
@@ -87,3 +92,82 @@ def test_without_skips_nothing_changes(run: pytest.Pytester) -> None:
     run.path.joinpath("test_broken.py").unlink()
     fine = outcome(run)
     assert fine.ret == pytest.ExitCode.OK and not [line for line in fine.outlines if "ALLOW_SKIPS" in line]
+
+
+BROWSER_MISSING = """
+import pytest
+from tests.skips import skip_without_browser
+
+@pytest.fixture
+def chromium():
+    skip_without_browser("none at /nowhere/chromium")
+
+def test_in_chromium(chromium):
+    pass
+
+def test_in_chromium_too(chromium):
+    pass
+
+def test_runs():
+    pass
+"""
+NOTE = (
+    "2 browser tests skipped, no Chromium for the browser tests: none at /nowhere/chromium "
+    "(REQUIRE_BROWSER=1 makes this a failure)"
+)
+
+
+def test_without_chromium_the_browser_tests_skip_with_a_one_line_reason(run: pytest.Pytester) -> None:
+    run.makepyfile(test_browser=BROWSER_MISSING)
+    result = outcome(run)
+    result.assert_outcomes(passed=1, skipped=2)
+    assert result.ret == pytest.ExitCode.OK
+    assert [line for line in result.outlines if "browser tests skipped" in line] == [NOTE]
+    assert "passed" in result.outlines[-1]  # pytest's summary stays the last line
+
+
+def test_require_browser_makes_a_missing_chromium_fail(run: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUIRE_BROWSER", "1")
+    run.makepyfile(test_browser=BROWSER_MISSING)
+    result = outcome(run)
+    result.assert_outcomes(passed=1, errors=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*no Chromium for the browser tests: none at /nowhere/chromium (REQUIRE_BROWSER=1)*"])
+
+
+def test_other_skips_still_fail_beside_the_browser_one(run: pytest.Pytester) -> None:
+    run.makepyfile(test_browser=BROWSER_MISSING, test_some=SOME_SKIPPED)
+    result = outcome(run)
+    result.assert_outcomes(passed=2, skipped=4, xfailed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["FAILED: 2 skipped, and ALLOW_SKIPS=1 is not set *"])
+    assert not [line for line in result.outlines if line.startswith("FAILED") and "test_browser.py" in line]
+
+
+@pytest.mark.parametrize("require", ["", "1"])
+def test_the_real_browser_tests_without_chromium(tmp_path: Path, require: str) -> None:
+    """tests/web/browser on a machine without Chromium: skipped before any server starts, with the reason,
+    and the run passes; a failure under REQUIRE_BROWSER=1. Its own SQLite and embedded Redis."""
+    env = os.environ | {
+        "CHROMIUM_PATH": str(tmp_path / "no-chromium"),
+        "REQUIRE_BROWSER": require,
+        "ALLOW_SKIPS": "",
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+    }
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/web/browser"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    lines = result.stdout.splitlines()
+    reason = f"no Chromium for the browser tests: none at {tmp_path / 'no-chromium'}"
+    if require:
+        assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout[-3000:]
+        assert " passed" not in lines[-1] and " error" in lines[-1], lines[-1]
+        assert any(f"{reason} (`apt-get install chromium` on Debian" in line for line in lines)
+    else:
+        assert result.returncode == pytest.ExitCode.OK, result.stdout[-3000:]
+        assert " skipped" in lines[-1] and "passed" not in lines[-1] and "error" not in lines[-1], lines[-1]
+        note = [line for line in lines if "browser tests skipped" in line]
+        assert len(note) == 1 and note[0].endswith(
+            f"{reason} (`apt-get install chromium` on Debian, or set"
+            " CHROMIUM_PATH) (REQUIRE_BROWSER=1 makes this a failure)"
+        ), note

@@ -77,7 +77,7 @@ class Heartbeat:
     images: int = 0
     last_batch_size: int = 0
     last_batch_ms: float = 0.0
-    images_per_second: float = 0.0  # recent throughput, smoothed
+    images_per_second: float = 0.0  # speed when busy: images/s of inference over recent batches, smoothed
     # Histograms for /metrics: counts per bucket (the buckets above), the last one +Inf.
     batch_size_counts: list[int] = field(default_factory=list)
     inference_counts: list[int] = field(default_factory=list)

@@ -11,7 +11,6 @@ from pathlib import Path
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.htmx import HTMXPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.plugins.prometheus import PrometheusConfig
@@ -33,6 +32,8 @@ from app.web.api import collections as collections_api
 from app.web.api import feedback as feedback_api
 from app.web.api import health
 from app.web.api import predictions as predictions_api
+from app.web.apidocs import LocalSwaggerUI
+from app.web.contract import ApiContract
 from app.web.errors import handle
 from app.web.headers import security_headers
 from app.web.limits import LimitedRequest, RequestLimits
@@ -108,7 +109,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         on_app_init=[jwt_auth.on_app_init],
         state=State({"jwt_auth": jwt_auth, "settings": settings}),
-        plugins=[HTMXPlugin()],
+        plugins=[HTMXPlugin(), ApiContract(jwt_auth)],
         middleware=[
             RequestLimits,
             PrometheusConfig(
@@ -128,7 +129,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             title="Image classification service",
             version="0.1.0",
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=[LocalSwaggerUI()],
         ),
         logging_config=None,
         debug=False,

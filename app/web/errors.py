@@ -6,6 +6,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.status_codes import (
@@ -47,6 +48,16 @@ PLAIN_DETAILS = {
     413: "The upload is larger than this service accepts.",
     500: "Something broke on our side. It has been logged; please try again in a moment.",
 }
+
+
+class ErrorOut(msgspec.Struct):
+    """The one shape of every error the JSON routes answer: the status again, a sentence for people, and for
+    some errors what a program needs (`extra`): a quota's use and limit, the id of a prediction still being
+    classified, the fields a request got wrong."""
+
+    status_code: int
+    detail: str
+    extra: dict[str, Any] | list[Any] | msgspec.UnsetType = msgspec.UNSET
 
 
 def plain_detail(status: int, detail: str) -> str:
@@ -107,11 +118,9 @@ def error_body(exc: Exception) -> tuple[int, str, dict[str, str], Any]:
     return HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error", {}, None
 
 
-def json_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def json_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorOut]:
     status, detail, headers, extra = error_body(exc)
-    body: dict[str, Any] = {"status_code": status, "detail": detail}
-    if extra:
-        body["extra"] = extra
+    body = ErrorOut(status, detail, extra or msgspec.UNSET)
     return Response(body, status_code=status, headers=headers, media_type=MediaType.JSON)
 
 

@@ -1,6 +1,6 @@
 """Headers every response carries for the browser's side of safety: a Content Security Policy that lets only
-the app's own scripts and the one pinned htmx file run, no framing, no sniffing, a strict referrer, and
-HSTS over https."""
+the app's own scripts and the one pinned htmx file run (the API docs too: Swagger UI is served by the app,
+app/web/apidocs.py), no framing, no sniffing, a strict referrer, and HSTS over https."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from litestar.types import Message, Scope
 
 from app.settings import Settings
 
-# The API docs page (Swagger UI) loads its own scripts and styles from a CDN: no CSP there.
-UNRESTRICTED_PREFIXES = ("/schema",)
 HSTS = "max-age=31536000; includeSubDomains"
 
 
@@ -47,8 +45,7 @@ def security_headers(settings: Settings) -> Callable[[Message, Scope], Awaitable
         headers["X-Content-Type-Options"] = "nosniff"
         headers["X-Frame-Options"] = "DENY"
         headers["Referrer-Policy"] = "same-origin"
-        if not scope["path"].startswith(UNRESTRICTED_PREFIXES):
-            headers["Content-Security-Policy"] = policy
+        headers["Content-Security-Policy"] = policy
         if scope.get("scheme") == "https":
             headers["Strict-Transport-Security"] = HSTS
 

@@ -52,7 +52,12 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily("app_queue_depth", "Jobs waiting or in flight", value=self.depth)
         yield GaugeMetricFamily("app_workers_live", "Workers with a live heartbeat", value=len(self.workers))
         yield CounterMetricFamily("app_cache_hits", "Uploads answered from the result cache", value=self.hits)
-        rate = GaugeMetricFamily("app_worker_images_per_second", "Recent throughput", labels=["worker"])
+        # Speed while busy, not throughput: rate(app_worker_images_total[1m]) is that.
+        rate = GaugeMetricFamily(
+            "app_worker_images_per_second",
+            "Speed when busy: images/s of inference over recent batches",
+            labels=["worker"],
+        )
         images = CounterMetricFamily("app_worker_images", "Images classified", labels=["worker"])
         for worker in self.workers:
             rate.add_metric([worker.name], worker.images_per_second)

@@ -1,5 +1,5 @@
 // Progressive enhancement only: drag-and-drop (files or a folder), previews, the upload progress bar, focus
-// after a swap.
+// and scroll after a swap, retrying a refused upload when the server says when.
 // Every form works without this file (and without htmx).
 (function () {
   "use strict";
@@ -245,16 +245,69 @@
     document.body.addEventListener("htmx:sendError", function () {
       showMessage("Could not reach the server. Check the connection and try again.");
     });
-    if (window.htmx) {
-      // A new result takes the focus, so screen readers and keyboards land on it.
-      window.htmx.onLoad(function (element) {
-        var swapped = findUploadForm(element);  // the classify page swapped in as a partial
-        if (swapped) setupUpload(swapped);
-        if (element.id !== "result") return;
-        var heading = element.querySelector("[data-focus]");
-        if (heading) heading.focus();
-      });
+    // htmx.onLoad, without needing htmx yet: it may still be on its way from the local copy
+    // (htmx-fallback.js) when the CDN did not load.
+    document.body.addEventListener("htmx:load", function (event) {
+      var element = event.detail.elt;
+      var swapped = findUploadForm(element);  // the classify page swapped in as a partial
+      if (swapped) setupUpload(swapped);
+      if (element.id !== "result") return;
+      showResult(element);
+      retryLater(element);
+    });
+  }
+
+  function inView(element) {
+    var box = element.getBoundingClientRect();
+    return box.top >= 0 && box.bottom <= (window.innerHeight || document.documentElement.clientHeight);
+  }
+
+  // A new result takes the focus, so screen readers and keyboards land on it, and comes into view: on a
+  // phone it is below the upload form. Its image loads later, above the heading on a phone and pushing it
+  // down: so look again once the image is there, unless the reader has scrolled elsewhere meanwhile.
+  var shown = null;  // the result shown last: a waiting one asks again every few seconds, and stays put
+  function showResult(result) {
+    var heading = result.querySelector("[data-focus]");
+    var key = result.getAttribute("data-shown");
+    if (key && key === shown) return;
+    shown = key;
+    if (!heading) return;
+    heading.focus({ preventScroll: true });
+    function reveal() { if (!inView(heading)) result.scrollIntoView({ block: "start" }); }
+    reveal();
+    var image = result.querySelector(".result-image img");
+    if (!image || image.complete) return;
+    var scrolled = window.scrollY;
+    image.addEventListener("load", function () {
+      if (Math.abs(window.scrollY - scrolled) < 2) reveal();
+    }, { once: true });
+  }
+
+  // A refusal that says when to try again (503 with Retry-After: the service busy, or no worker yet) is
+  // retried by itself with the files still chosen, counting down; a few times, not forever.
+  var MAX_RETRIES = 20;
+  var retries = 0;
+  function retryLater(result) {
+    var note = result.querySelector("[data-retry-after]");
+    var form = document.getElementById("upload-form");
+    if (!note) { retries = 0; return; }
+    var files = form && toArray(form.querySelector("#file").files).concat(toArray((form.querySelector("#folder") || {}).files));
+    if (!files || !files.length || retries >= MAX_RETRIES) return;
+    var seconds = Math.max(1, Math.min(parseInt(note.getAttribute("data-retry-after"), 10) || 5, 120));
+    function tick() {
+      if (!document.body.contains(note)) return;  // something else replaced the result meanwhile
+      if (seconds <= 0) {
+        retries += 1;
+        note.textContent = "Trying again…";
+        if (form.requestSubmit) form.requestSubmit();
+        else window.htmx.trigger(form, "submit");
+        return;
+      }
+      note.textContent = "Trying again by itself in " + seconds + " s…";
+      seconds -= 1;
+      window.setTimeout(tick, 1000);
     }
+    tick();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);

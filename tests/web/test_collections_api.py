@@ -86,7 +86,7 @@ async def test_a_few_hundred_images_are_all_accounted_for(
     assert worker.images == 250  # duplicates cost no model work
     failed = (await client.get(f"/api/collections/{body['id']}", headers=auth, params={"status": "failed"})).json()
     reasons = {item["file_name"]: item["error"] for item in failed["results"]}
-    assert "JPEG, PNG, WebP, GIF or BMP" in reasons["notes.txt"]
+    assert "JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF" in reasons["notes.txt"]
     assert "empty" in reasons["empty.jpg"] and "truncated" in reasons["half.jpg"]
     results = (await client.get(f"/api/collections/{body['id']}", headers=auth, params={"per_page": 100})).json()
     by_name = {item["file_name"]: item for item in results["results"]}

@@ -307,7 +307,8 @@ async def test_a_queued_prediction_polls_until_done(user_browser: Client) -> Non
     await Prediction.filter(id=prediction.id).update(status=Status.QUEUED, label=None, score=None, top5=None)
     page = await user_browser.get(f"/predictions/{prediction.id}", headers=HX)
     assert f'hx-get="/predictions/{prediction.id}" hx-trigger="load delay:1500ms"' in page.text
-    assert "Classifying" in page.text and 'id="feedback"' not in page.text
+    # "Warming up" while no worker is alive (tests/web/test_warming_up.py).
+    assert ("Classifying" in page.text or "Warming up" in page.text) and 'id="feedback"' not in page.text
     full = await user_browser.get(f"/predictions/{prediction.id}")
     assert '<noscript><meta http-equiv="refresh"' in full.text  # without JS the page reloads itself
     top5 = [{"label": "tabby cat", "wnid": "n02123045", "score": 0.3}]
@@ -364,7 +365,7 @@ async def test_classify_without_javascript_renders_the_result_page(
 @pytest.mark.parametrize(
     ("data", "name", "status", "message"),
     [
-        (b"hello, I am text", "cat.jpg", 415, "JPEG, PNG, WebP, GIF or BMP"),
+        (b"hello, I am text", "cat.jpg", 415, "JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF"),
         (b"", "empty.jpg", 400, "empty"),
         (samples.truncated_jpeg(), "half.jpg", 400, "truncated or corrupt"),
     ],
@@ -387,10 +388,11 @@ async def test_no_file_chosen_is_400_in_the_page(user_browser: Client) -> None:
     assert no_part.status_code == 400 and "Choose an image" in no_part.text
 
 
-async def test_no_worker_running_is_a_503_message(user_browser: Client, no_worker: None) -> None:
+async def test_no_worker_running_yet_the_image_waits_warming_up(user_browser: Client, no_worker: None) -> None:
+    # More in tests/web/test_warming_up.py.
     response = await upload_page(user_browser, samples.photo(2003))
-    assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
-    assert "No worker is running" in response.text and 'id="result"' in response.text
+    assert response.status_code == 202 and 'id="result"' in response.text
+    assert "warming up" in response.text and "app.worker" not in response.text
 
 
 async def test_a_timeout_shows_the_prediction_as_still_working(
@@ -636,6 +638,7 @@ async def test_admin_csv_export(admin_browser: Client) -> None:
         "comment",
         "user_email",
         "updated_at",
+        "model_trained",
     ]
     mine = {row["image_sha256"]: row for row in rows if suffix in row["user_email"]}
     assert len(mine) == 3
@@ -694,6 +697,7 @@ async def test_admin_status_shows_live_workers(admin_browser: Client, worker: Co
 async def test_admin_status_without_workers(admin_browser: Client, no_worker: None) -> None:
     page = await admin_browser.get("/admin/status", headers=HX)
     assert "<dt>Workers</dt><dd>0</dd>" in page.text and "No worker is running" in page.text
+    assert "<code>python -m app.worker</code>" in page.text  # admins are told what to do
 
 
 # ---- errors ------------------------------------------------------------------------------------------

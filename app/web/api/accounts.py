@@ -14,6 +14,7 @@ from app import accounts
 from app.accounts import Email, Name, NewPassword, Password
 from app.models import User
 from app.web.api.schemas import SignedOut, TokenOut, UserOut
+from app.web.contract import errors
 from app.web.deps import client_address, services
 from app.web.sessions import issue_token, revoke
 
@@ -29,7 +30,7 @@ class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
     password: Password
 
 
-@post("/api/auth/register", tags=["auth"], summary="Create an account")
+@post("/api/auth/register", tags=["auth"], summary="Create an account", responses=errors(409, 429, 503))
 async def api_register(request: Request[Any, Any, Any], data: JSONBody[RegisterIn]) -> UserOut:
     throttle = services(request).throttle
     return UserOut.of(await accounts.register(data.email, data.password, data.name, client_address(request), throttle))
@@ -40,6 +41,7 @@ async def api_register(request: Request[Any, Any, Any], data: JSONBody[RegisterI
     tags=["auth"],
     summary="Exchange email and password for a bearer token",
     status_code=HTTP_200_OK,
+    responses=errors(401, 429, 503),
 )
 async def login(request: Request[Any, Any, Any], data: JSONBody[LoginIn]) -> TokenOut:
     svc = services(request)

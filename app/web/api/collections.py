@@ -16,6 +16,7 @@ from app import archives, collections
 from app.models import Collection, Status
 from app.schemas import CollectionOut, collection_out, prediction_out
 from app.web.api.schemas import CollectionDetail, CollectionPage
+from app.web.contract import errors
 from app.web.deps import AuthedRequest, Page, PerPage, paginate, services
 from app.web.rendering import csv_attachment
 from app.web.uploads import read_parts
@@ -40,6 +41,7 @@ async def read_uploads(form: CollectionForm) -> list[archives.Upload]:
     tags=["collections"],
     summary="Classify many images: several multipart `files`, or one zip `archive`",
     status_code=HTTP_202_ACCEPTED,
+    responses=errors(429, 507),
 )
 async def create_collection(request: AuthedRequest, data: MultipartBody[CollectionForm]) -> Response[CollectionOut]:
     uploads = await read_uploads(data)

@@ -16,6 +16,7 @@ from app.feedback import COMMENT_MAX
 from app.models import Feedback
 from app.schemas import FeedbackOut, feedback_out
 from app.web.api.schemas import FeedbackPage, LabelOut
+from app.web.contract import errors
 from app.web.deps import AuthedRequest, Page, PerPage, paginate
 
 
@@ -30,6 +31,7 @@ class FeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
     tags=["feedback"],
     summary="Say whether a prediction was right (creates or replaces your feedback)",
     status_code=HTTP_200_OK,
+    responses=errors(409),
 )
 async def give_feedback(
     request: AuthedRequest, prediction_id: FromPath[UUID], data: JSONBody[FeedbackIn]

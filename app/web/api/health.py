@@ -7,12 +7,14 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.openapi import ResponseSpec
-from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from tortoise import connections
 
 from app.jobs.producer import live_workers, queue_depth
 from app.web.api.schemas import Health, Readiness
 from app.web.deps import services
+
+READY_RETRY_AFTER = 5
 
 
 @get("/health/live", tags=["health"], summary="The web process is up", exclude_from_auth=True)
@@ -43,7 +45,10 @@ async def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
         redis = True
     ok = database and redis and workers > 0
     checks = Readiness(database, redis, workers, depth, status="ready" if ok else "not ready")
-    return Response(checks, status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)
+    if ok:
+        return Response(checks)
+    # Like every 503 of this service, it says when to ask again.
+    return Response(checks, status_code=HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(READY_RETRY_AFTER)})
 
 
 routes = [live, ready]

@@ -16,6 +16,7 @@ from app import predictions
 from app.models import Prediction
 from app.schemas import PredictionOut, prediction_out
 from app.web.api.schemas import LookupOut, PredictionPage
+from app.web.contract import errors
 from app.web.deps import AuthedRequest, Page, PerPage, paginate, services
 
 
@@ -41,7 +42,10 @@ def wants_async(wait: bool, prefer: str | None) -> bool:
     status_code=HTTP_200_OK,
     description="200 with the result; 202 with the id when `wait=false` or `Prefer: respond-async`; "
     "504 with the id when the result takes longer than the wait timeout.",
-    responses={HTTP_202_ACCEPTED: ResponseSpec(PredictionOut, description="Queued: fetch it later from `Location`")},
+    responses={
+        HTTP_202_ACCEPTED: ResponseSpec(PredictionOut, description="Queued: fetch it later from `Location`"),
+        **errors(415, 429, 503, 504, 507),
+    },
 )
 async def create_prediction(
     request: AuthedRequest,

@@ -17,11 +17,12 @@ from tortoise.expressions import Q
 from tortoise.functions import Count, Sum
 
 from app import quotas
-from app.exports import spreadsheet_safe
+from app.exports import csv_bool, spreadsheet_safe
 from app.feedback import FeedbackFilter
 from app.jobs.producer import dead_jobs, live_workers, queue_depth
 from app.models import Feedback, Prediction, Status, User
 from app.outages import DEPENDENCY_ERRORS
+from app.schemas import weights_trained
 from app.services import Services
 from app.web.deps import AnyRequest, Page, admin_guard, paginate, services
 from app.web.rendering import render
@@ -40,6 +41,7 @@ FEEDBACK_CSV_COLUMNS = (
     "comment",
     "user_email",
     "updated_at",
+    "model_trained",  # false: feedback on an untrained model's answers (MODEL_WEIGHTS=random)
 )
 RECENT = timedelta(minutes=1)
 
@@ -120,27 +122,41 @@ def disk_context(svc: Services) -> dict[str, Any]:
     }
 
 
+async def throughput_context() -> dict[str, Any]:
+    """Throughput has one definition: predictions finished (done or failed, by a worker or from the cache)
+    in the last minute, per second. The workers' own figure (`Heartbeat.images_per_second`) is another
+    thing, their speed while busy: images per second of inference over their recent batches, idle time
+    left out, cache hits not counted, and kept as it was while a worker waits for work. Summed, it read
+    as throughput and disagreed with the count of finished predictions; the page shows it per worker only,
+    under that name."""
+    finished = Prediction.filter(finished_at__gte=datetime.now(UTC) - RECENT, status__in=[Status.DONE, Status.FAILED])
+    count = await finished.count()
+    seconds = RECENT.total_seconds()
+    return {
+        "finished_recently": count,
+        "cached_recently": await finished.filter(cached=True).count(),
+        "recent_seconds": int(seconds),
+        "throughput": count / seconds,
+    }
+
+
 async def status_context(request: AnyRequest) -> dict[str, Any]:
     redis = services(request).redis
-    since = datetime.now(UTC) - RECENT
     context: dict[str, Any] = {
         **disk_context(services(request)),
-        "finished_recently": await Prediction.filter(finished_at__gte=since).count(),
+        **(await throughput_context()),
         "queued": await Prediction.filter(status=Status.QUEUED).count(),
-        "recent_seconds": int(RECENT.total_seconds()),
         "redis_ok": True,
         "now": time.time(),
     }
     try:
-        workers = sorted(await live_workers(redis), key=lambda w: w.name)
         context.update(
-            workers=workers,
+            workers=sorted(await live_workers(redis), key=lambda w: w.name),
             depth=await queue_depth(redis),
             dead=await dead_jobs(redis),
-            images_per_second=sum(w.images_per_second for w in workers),
         )
     except DEPENDENCY_ERRORS:  # the panel says Redis is down rather than replacing itself with an error
-        context.update(redis_ok=False, workers=[], depth=None, dead=None, images_per_second=0.0)
+        context.update(redis_ok=False, workers=[], depth=None, dead=None)
     return context
 
 
@@ -160,6 +176,7 @@ async def admin_page(request: AnyRequest) -> Template:
         **(await feedback_context(FeedbackFilter(), 1)),
         **(await agreement_context()),
         **(await status_context(request)),
+        "untrained": not weights_trained(services(request).settings.model_weights),
     }
     return render(request, "pages/admin.html", "partials/admin.html", context)
 
@@ -201,6 +218,7 @@ def csv_row(item: Feedback) -> list[str]:
         spreadsheet_safe(item.comment),
         spreadsheet_safe(item.user.email),
         item.updated_at.isoformat(),
+        csv_bool(weights_trained(prediction.model_weights)),
     ]
 
 

@@ -16,13 +16,20 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import ClientException, HTTPException
 from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
-from litestar.status_codes import HTTP_200_OK, HTTP_303_SEE_OTHER, HTTP_400_BAD_REQUEST
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_202_ACCEPTED,
+    HTTP_303_SEE_OTHER,
+    HTTP_400_BAD_REQUEST,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 
 from app import collections, feedback, labels, predictions, thumbnails
 from app.archives import Upload
-from app.models import Collection, Feedback, Prediction, User
+from app.models import Collection, Feedback, Prediction, Status, User
 from app.web.deps import AnyRequest, services
 from app.web.pages.accounts import FormBody
+from app.web.pages.collections import waiting_without_worker
 from app.web.rendering import go, render, wants_partial
 from app.web.uploads import UploadForm, collection_name, is_collection, read_parts
 
@@ -73,13 +80,15 @@ async def result_context(
     feedback_values: dict[str, str] | None = None,
     feedback_errors: dict[str, str] | None = None,
     saved: bool = False,
+    warming: bool = False,
 ) -> dict[str, Any]:
+    """`warming`: the prediction waits for a worker to come up (the page says so, and admins how to start one)."""
     if prediction is None:
         return {"result": None, "error": error, "feedback": None}
     result = predictions.result_dict(prediction)
     given = await Feedback.get_or_none(prediction=prediction, user=user)
     view = feedback_view(result, given, feedback_values, feedback_errors, saved)
-    return {"result": result, "error": error, "feedback": view}
+    return {"result": result, "error": error, "feedback": view, "warming": warming}
 
 
 @get("/", name="classify", include_in_schema=False)
@@ -93,7 +102,11 @@ async def classify_upload(request: AnyRequest, upload: Upload | None) -> tuple[P
     svc = services(request)
     if upload is None:
         raise ClientException("Choose an image to classify first (or several, a folder or a zip archive)")
-    prediction = await predictions.submit(svc, request.user, upload.data, upload.name)
+    # No worker alive yet (the first seconds after a start): the image waits in the database and the page
+    # asks for it until a worker has classified it, with htmx or by reloading itself.
+    prediction = await predictions.submit(svc, request.user, upload.data, upload.name, defer_without_worker=True)
+    if predictions.deferred(prediction):
+        return prediction, None
     try:
         return await predictions.wait(svc, prediction, svc.settings.wait_timeout), None
     except predictions.ResultTimeout:
@@ -107,14 +120,17 @@ async def start_collection(request: AnyRequest, chosen: list[Upload]) -> Collect
 
 
 def upload_refused(request: AnyRequest, exc: HTTPException, many: bool) -> Template:
-    """A refused upload, explained where the result would be."""
+    """A refused upload, explained where the result would be. A 503 says when to try again (and the page's
+    script does, by itself)."""
+    headers = {k: v for k, v in (exc.headers or {}).items() if k == "Retry-After"}
     context = {
         "result": None,
         "error": exc.detail,
         "error_title": "Could not classify these files" if many else "Could not classify this image",
         "feedback": None,
+        "retry_after": headers.get("Retry-After") if exc.status_code == HTTP_503_SERVICE_UNAVAILABLE else None,
+        "no_worker": isinstance(exc, predictions.NoWorker),
     }
-    headers = {k: v for k, v in (exc.headers or {}).items() if k == "Retry-After"}
     return render(
         request,
         "pages/classify.html",
@@ -137,15 +153,17 @@ async def classify_submit(
         prediction, error = await classify_upload(request, chosen[0] if chosen else None)
     except HTTPException as exc:  # rejected files (400/413/415), busy or no worker (503 with Retry-After)
         return upload_refused(request, exc, is_collection(chosen))
-    status = predictions.ResultTimeout.status_code if error else HTTP_200_OK
-    context = await result_context(request.user, prediction, error)
+    warming = prediction is not None and predictions.deferred(prediction)
+    status = HTTP_202_ACCEPTED if warming else predictions.ResultTimeout.status_code if error else HTTP_200_OK
+    context = await result_context(request.user, prediction, error, warming=warming)
     return render(request, "pages/classify.html", "partials/result.html", context, status_code=status)
 
 
 @get("/predictions/{prediction_id:uuid}", name="prediction", include_in_schema=False)
 async def prediction_page(request: AnyRequest, prediction_id: FromPath[UUID]) -> Template:
     prediction = await predictions.visible_prediction(request.user, prediction_id)
-    context = await result_context(request.user, prediction)
+    warming = await waiting_without_worker(request, int(prediction.status == Status.QUEUED))
+    context = await result_context(request.user, prediction, warming=warming)
     return render(request, "pages/prediction.html", "partials/result.html", context)
 
 

@@ -23,6 +23,7 @@ from app import collections, predictions
 from app.jobs.producer import live_workers
 from app.models import Collection, CollectionStatus, Prediction, Status
 from app.outages import DEPENDENCY_ERRORS
+from app.schemas import UNTRAINED_WEIGHTS
 from app.web.deps import AnyRequest, Page, paginate, services
 from app.web.rendering import csv_attachment, render
 
@@ -98,11 +99,13 @@ async def collection_context(
         "read": finished + progress["queued"],
         "no_worker": await waiting_without_worker(request, progress["queued"]),
         "poll_seconds": POLL_SECONDS,
+        "reload_url": f"{request.url.path}?{request.url.query}" if request.url.query else request.url.path,
         "results": results,
         "pager": pager,
         "filters": filters,
         "statuses": STATUS_NAMES,
         "labels": await label_counts(collection),
+        "untrained": await Prediction.filter(collection=collection, model_weights=UNTRAINED_WEIGHTS).exists(),
     }
 
 

@@ -1,10 +1,12 @@
 """The app over real HTTP (uvicorn in a subprocess) with a real worker process, and headless Chromium from
-the system (Debian's `chromium` package) driven by Playwright: nothing downloads a browser."""
+the system (Debian's `chromium` package) driven by Playwright: nothing downloads a browser. Without Chromium
+every test here is skipped, a skip the run allows unless REQUIRE_BROWSER=1 (tests/skips.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from redis.asyncio import Redis
 from app.jobs.producer import live_workers
 from tests.conftest import TMP
 from tests.live import live_server
+from tests.skips import skip_without_browser
 
 ROOT = Path(__file__).resolve().parents[3]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -34,11 +37,14 @@ CHROMIUM_ARGS = [
 WORKER_START_SECONDS = 180  # TensorFlow import, model build and warm-up
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def chromium_path() -> str:
-    path = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-    if not Path(path).exists():
-        pytest.fail(f"No Chromium at {path}: install it (`apt-get install -y chromium`) or set CHROMIUM_PATH")
+    """CHROMIUM_PATH, else `chromium` on the PATH. Autouse: without it, every test here is skipped before
+    anything starts a server."""
+    path = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or ""
+    if not path or not Path(path).exists():
+        where = f"none at {path}" if path else "none on the PATH"
+        skip_without_browser(f"{where} (`apt-get install chromium` on Debian, or set CHROMIUM_PATH)")
     return path
 
 
@@ -46,7 +52,7 @@ def chromium_path() -> str:
 def local_htmx() -> None:
     # The tests load htmx from the local copy (HTMX_URL, see tests/conftest.py), never from the CDN.
     if not HTMX_LOCAL.exists():
-        pytest.fail(f"{HTMX_LOCAL.relative_to(ROOT)} is missing: run `make {HTMX_LOCAL.relative_to(ROOT)}`")
+        pytest.fail(f"{HTMX_LOCAL.relative_to(ROOT)} is missing: it is part of the repository")
 
 
 @pytest.fixture(scope="module")

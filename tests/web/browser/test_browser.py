@@ -166,7 +166,7 @@ async def test_sign_up_classify_give_feedback_and_find_it_in_the_history(
     await page.locator("#file").set_input_files({"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"text"})
     await page.get_by_role("button", name="Classify").click()
     await expect(page.locator("#result")).to_contain_text("Could not classify this image")
-    await expect(page.locator("#result")).to_contain_text("JPEG, PNG, WebP, GIF or BMP")
+    await expect(page.locator("#result")).to_contain_text("JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF")
 
     # Drag and drop a second image onto the drop zone.
     await drop_file(page, scenery(2), "hills.jpg")

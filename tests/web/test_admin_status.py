@@ -1,0 +1,68 @@
+"""The admin page's figures: throughput has one definition, the predictions finished in the last minute,
+and agrees with their count (the workers' own rate is their speed when busy, and says so); feedback rows
+show the image judged."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+from redis.asyncio import Redis
+
+from app.jobs.protocol import Heartbeat
+from app.models import Feedback, Status, User
+from app.settings import Settings
+from tests.helpers import beat, forget_worker, unique_email
+from tests.page_helpers import HX, Client, make_prediction
+
+
+def figure(page: str, dd_id: str) -> float:
+    found = re.search(rf'<dd id="{dd_id}">([\d.]+)', page)
+    assert found, f"no {dd_id} on the page"
+    return float(found.group(1))
+
+
+async def test_throughput_and_the_count_of_finished_predictions_agree(
+    admin_browser: Client, no_worker: None, redis: Redis, settings: Settings
+) -> None:
+    # A worker that was busy a while ago: its recent batches ran at 50 images/s, and it has been idle since.
+    idle = Heartbeat(
+        name="idle-fast", model_id=settings.model_id, started_at=time.time(), images=5000, images_per_second=50
+    )
+    await beat(redis, idle, ttl=30)
+    try:
+        before = figure((await admin_browser.get("/admin/status", headers=HX)).text, "finished-recently")
+        user = await User.create(email=unique_email(), password_hash="x")
+        now = datetime.now(UTC)
+        for _ in range(9):
+            await make_prediction(user, finished_at=now)
+        await make_prediction(user, finished_at=now, cached=True)  # answered from the cache: finished too
+        await make_prediction(user, status=Status.FAILED, finished_at=now)  # failed: finished too
+        await make_prediction(user, finished_at=now - timedelta(minutes=5))  # before the last minute
+        await make_prediction(user, status=Status.QUEUED)  # not finished
+        page = (await admin_browser.get("/admin/status", headers=HX)).text
+    finally:
+        await forget_worker(redis, idle.name)
+    finished = figure(page, "finished-recently")
+    assert finished - before >= 11  # others' predictions may finish meanwhile: the page counts everyone's
+    assert figure(page, "throughput") == round(finished / 60, 2)  # one definition, over the same minute
+    assert "<dt>Throughput, last 60 s</dt>" in page and "<dt>Finished, last 60 s</dt>" in page
+    # The worker's 50 images/s is its speed when busy, shown as such, and not as the throughput.
+    assert '<th scope="col" class="num">Speed when busy</th>' in page
+    assert "50.0 <small>images/s</small>" in page and figure(page, "throughput") != 50.0
+
+
+async def test_feedback_rows_show_the_image_judged(admin_browser: Client) -> None:
+    user = await User.create(email=unique_email(), password_hash="x")
+    kept = await make_prediction(user, "goldfish")
+    pruned = await make_prediction(user, "goldfish", image_path="")  # its original pruned since
+    for prediction in (kept, pruned):
+        await Feedback.create(prediction=prediction, user=user, is_correct=False, correct_label="tench")
+    for path in ("/admin", "/admin/feedback?label=goldfish"):
+        page = (await admin_browser.get(path)).text
+        at = page.index(f'href="/predictions/{kept.id}"')
+        kept_row = page[:at].rsplit("<tr>", 1)[-1] + page[at:].split("</tr>", 1)[0]
+        assert f'<img src="/predictions/{kept.id}/image" alt="" width="48" height="48" loading="lazy">' in kept_row
+        assert f'src="/predictions/{pruned.id}/image"' not in page  # nothing to show: a placeholder instead
+    assert '<span class="thumb-missing" aria-hidden="true"></span>' in page
