@@ -6,17 +6,17 @@ from __future__ import annotations
 import csv
 import io
 
-from app.models import Collection, Feedback, Prediction, User
+from app.models import Collection, CollectionStatus, Feedback, Prediction, User
 from tests.helpers import unique_email
 from tests.page_helpers import HX, Client, make_prediction, user_of
 
 NOTICE = "<strong>Untrained model.</strong>"
 
 
-async def trained_and_untrained(user: User, **fields: object) -> tuple[Prediction, Prediction]:
+async def trained_and_untrained(user: User) -> tuple[Prediction, Prediction]:
     return (
-        await make_prediction(user, "goldfish", model_weights="imagenet", **fields),
-        await make_prediction(user, "tabby cat", model_weights="random", **fields),
+        await make_prediction(user, "goldfish", model_weights="imagenet"),
+        await make_prediction(user, "tabby cat", model_weights="random"),
     )
 
 
@@ -56,6 +56,9 @@ async def test_a_collection_page_and_its_csv_say_so(user_browser: Client) -> Non
     assert NOTICE not in (await user_browser.get(f"/collections/{real.id}")).text
     assert NOTICE in (await user_browser.get(f"/collections/{fake.id}")).text
     assert NOTICE in (await user_browser.get(f"/collections/{fake.id}", headers=HX)).text
+    # While an archive is read its page is not reloaded whole: the notice is there from the start.
+    reading = await Collection.create(user=user, name="zip", total=0, status=CollectionStatus.READING)
+    assert NOTICE in (await user_browser.get(f"/collections/{reading.id}")).text
     for collection, trained in ((real, "true"), (fake, "false")):
         response = await user_browser.get(f"/collections/{collection.id}/results.csv")
         rows = list(csv.DictReader(io.StringIO(response.text)))

@@ -23,7 +23,7 @@ from app import collections, predictions
 from app.jobs.producer import live_workers
 from app.models import Collection, CollectionStatus, Prediction, Status
 from app.outages import DEPENDENCY_ERRORS
-from app.schemas import UNTRAINED_WEIGHTS
+from app.schemas import UNTRAINED_WEIGHTS, weights_trained
 from app.web.deps import AnyRequest, Page, paginate, services
 from app.web.rendering import csv_attachment, render
 
@@ -79,6 +79,14 @@ async def waiting_without_worker(request: AnyRequest, queued: int) -> bool:
         return False
 
 
+async def untrained(request: AnyRequest, collection: Collection, reading: bool) -> bool:
+    """Whether the notice of an untrained model belongs on the page: some results are an untrained model's,
+    or, while the archive is read (the notice is not refreshed), the results to come will be."""
+    if reading and not weights_trained(services(request).settings.model_weights):
+        return True
+    return await Prediction.filter(collection=collection, model_weights=UNTRAINED_WEIGHTS).exists()
+
+
 async def collection_context(
     request: AnyRequest, collection: Collection, filters: ResultFilter, page: int
 ) -> dict[str, Any]:
@@ -105,7 +113,7 @@ async def collection_context(
         "filters": filters,
         "statuses": STATUS_NAMES,
         "labels": await label_counts(collection),
-        "untrained": await Prediction.filter(collection=collection, model_weights=UNTRAINED_WEIGHTS).exists(),
+        "untrained": await untrained(request, collection, reading),
     }
 
 

@@ -119,6 +119,7 @@ async def test_on_a_phone_the_result_is_in_view_and_no_page_is_too_wide(
         await page.get_by_role("button", name="Classify all").click()
         await page.wait_for_url("**/collections/*")
         await expect(page.locator("#collection-progress")).to_contain_text("All 4 finished", timeout=60_000)
+        await expect(page.get_by_text("Untrained model.")).to_be_visible()  # there from the first, empty, page
         await fits(page)
 
     async with phone(browser, live_url) as page:
