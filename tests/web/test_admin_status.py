@@ -55,11 +55,12 @@ async def test_throughput_and_the_count_of_finished_predictions_agree(
 
 async def test_feedback_rows_show_the_image_judged(admin_browser: Client) -> None:
     user = await User.create(email=unique_email(), password_hash="x")
-    kept = await make_prediction(user, "goldfish")
-    pruned = await make_prediction(user, "goldfish", image_path="")  # its original pruned since
+    # A label of its own: test_pages.py counts the feedback on goldfish and tench.
+    kept = await make_prediction(user, "axolotl")
+    pruned = await make_prediction(user, "axolotl", image_path="")  # its original pruned since
     for prediction in (kept, pruned):
-        await Feedback.create(prediction=prediction, user=user, is_correct=False, correct_label="tench")
-    for path in ("/admin", "/admin/feedback?label=goldfish"):
+        await Feedback.create(prediction=prediction, user=user, is_correct=False, correct_label="eft")
+    for path in ("/admin", "/admin/feedback?label=axolotl"):
         page = (await admin_browser.get(path)).text
         at = page.index(f'href="/predictions/{kept.id}"')
         kept_row = page[:at].rsplit("<tr>", 1)[-1] + page[at:].split("</tr>", 1)[0]

@@ -23,7 +23,10 @@ WORKER_COMMAND = "python -m app.worker"
 
 
 async def waiting(name: str) -> Prediction:
-    return await Prediction.get(file_name=name)
+    """The latest upload of that name (the browser tests upload files of the same names)."""
+    found = await Prediction.filter(file_name=name).order_by("-created_at").first()
+    assert found is not None, name
+    return found
 
 
 async def test_an_upload_waits_warming_up_and_is_classified_once_a_worker_starts(
