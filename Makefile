@@ -49,6 +49,6 @@ clean:
 
 # Faults under load (worker SIGKILL/SIGTERM, Redis and PostgreSQL restarts), then a hostile load (a 10,000-image
 # archive, a flood from one user and decode bombs at once): their two sections of docs/reliability.md. About
-# 20 minutes on 2 cores; CHAOS_ARGS="--images 1000" or "--no-hostile" for a shorter run.
+# 15 to 25 minutes on 2 cores; CHAOS_ARGS="--images 1000" or "--no-hostile" for a shorter run.
 chaos: install
 	$(PY) bench/chaos.py $(CHAOS_ARGS)

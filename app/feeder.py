@@ -101,12 +101,11 @@ async def _feed_source(services: Services, source: Source, room: int) -> int:
     ids = [str(p.id) for p in waiting]
     # Marked first: should the enqueue fail, the sweep in app/recovery.py hands them back to the feeder.
     await Prediction.filter(id__in=ids).update(enqueued_at=datetime.now(UTC))
-    # Decoded side by side: the decode pool has a process per core.
-    made = await asyncio.gather(*(_job(services, same[0], [str(p.id) for p in same]) for same in by_image.values()))
-    jobs = [job for job in made if job is not None]
     try:
-        await producer.enqueue_bulk(services.redis, source.user_id, jobs)
-    except Exception:
+        # Decoded side by side: the decode pool has a process per core.
+        made = await asyncio.gather(*(_job(services, same[0], [str(p.id) for p in same]) for same in by_image.values()))
+        await producer.enqueue_bulk(services.redis, source.user_id, [job for job in made if job is not None])
+    except Exception:  # Redis down mid-round: back to waiting at once, not after the stale sweep
         await Prediction.filter(id__in=ids, status=Status.QUEUED).update(enqueued_at=None)
         raise
     return len(waiting)

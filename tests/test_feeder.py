@@ -180,3 +180,34 @@ async def test_redis_out_of_memory_is_503_with_retry_after(
         await forget_worker(redis, "fake")
     assert response.status_code == 503, response.text
     assert "full" in response.json()["detail"] and int(response.headers["Retry-After"]) > 0
+
+
+async def test_a_feed_round_that_fails_leaves_its_images_waiting(
+    client: Client, auth: dict[str, str], app: Litestar, no_worker: None, settings_of: Any
+) -> None:
+    from app.feeder import Feeder, feed
+    from app.jobs.protocol import connect
+
+    settings_of(async_queue_limit=100)
+    services = app.state.services
+    await services.feeder.stop()  # this test feeds by hand
+    services.feeder = None
+    working = services.redis
+    try:
+        response = await client.post(
+            "/api/predictions",
+            headers=auth,
+            params={"wait": "false"},
+            files={"file": ("a.png", samples.photo(25_000, (64, 48), "PNG"))},
+        )
+        assert response.status_code == 202
+        services.redis = connect("redis://127.0.0.1:1/0")  # Redis gone mid-round: nothing listens there
+        with pytest.raises(Exception):  # noqa: B017 - whichever connection error the client raises
+            await feed(services)
+    finally:
+        if services.redis is not working:
+            await services.redis.aclose()
+        services.redis = working
+        services.feeder = Feeder(services)
+    prediction = await Prediction.get(id=response.json()["id"])
+    assert prediction.status == Status.QUEUED and prediction.enqueued_at is None  # fed again next round
