@@ -183,16 +183,15 @@ async def test_redis_out_of_memory_is_503_with_retry_after(
 
 
 async def test_a_feed_round_that_fails_leaves_its_images_waiting(
-    client: Client, auth: dict[str, str], app: Litestar, no_worker: None, settings_of: Any
+    client: Client, auth: dict[str, str], app: Litestar, redis: Redis, no_worker: None, settings_of: Any
 ) -> None:
-    from app.feeder import Feeder, feed
+    from app.feeder import feed
     from app.jobs.protocol import connect
 
     settings_of(async_queue_limit=100)
     services = app.state.services
-    await services.feeder.stop()  # this test feeds by hand
-    services.feeder = None
     working = services.redis
+    await redis.set(keys.FEED_LOCK, "this test", ex=60)  # the app's own feeder stays out: this test feeds
     try:
         response = await client.post(
             "/api/predictions",
@@ -208,6 +207,6 @@ async def test_a_feed_round_that_fails_leaves_its_images_waiting(
         if services.redis is not working:
             await services.redis.aclose()
         services.redis = working
-        services.feeder = Feeder(services)
+        await redis.delete(keys.FEED_LOCK)
     prediction = await Prediction.get(id=response.json()["id"])
     assert prediction.status == Status.QUEUED and prediction.enqueued_at is None  # fed again next round
