@@ -99,7 +99,7 @@ async def _feed_source(services: Services, source: Source, room: int) -> int:
     for prediction in waiting:
         by_image[prediction.image_sha256].append(prediction)
     ids = [str(p.id) for p in waiting]
-    # Marked first: should the enqueue fail, the sweep in app/recovery.py hands them back to the feeder.
+    # Marked first, so no other round feeds them meanwhile; unmarked again below if this round fails.
     await Prediction.filter(id__in=ids).update(enqueued_at=datetime.now(UTC))
     try:
         # Decoded side by side: the decode pool has a process per core.
