@@ -22,9 +22,9 @@ from tests.conftest import running_worker
 from tests.helpers import eventually
 
 
-async def on_a_stream(prediction_id: str) -> bool:
-    prediction = await Prediction.get(id=prediction_id)
-    return prediction.enqueued_at is not None
+async def on_a_stream(redis: Redis, *prediction_ids: str) -> bool:
+    """The job is on a stream (the feeder marks rows enqueued before the decode that makes their jobs)."""
+    return all([await producer.has_job(redis, prediction_id) for prediction_id in prediction_ids])
 
 
 async def test_stale_queued_predictions_go_back_to_the_feeder(
@@ -41,7 +41,7 @@ async def test_stale_queued_predictions_go_back_to_the_feeder(
     )
     assert response.status_code == 202
     prediction_id = response.json()["id"]
-    await eventually(lambda: on_a_stream(prediction_id), what="the feeder to enqueue it")
+    await eventually(lambda: on_a_stream(redis, prediction_id), what="the feeder to enqueue it")
     services = app.state.services
     long_ago = datetime.now(UTC) - timedelta(days=30)
     await Prediction.filter(id=prediction_id).update(enqueued_at=long_ago)
@@ -104,7 +104,8 @@ async def test_lost_collection_items_go_back_on_their_owners_bulk_stream(
     collection_id = response.json()["id"]
 
     async def both_enqueued() -> bool:
-        return await Prediction.filter(collection_id=collection_id, enqueued_at__isnull=False).count() == 2
+        items = await Prediction.filter(collection_id=collection_id)
+        return len(items) == 2 and await on_a_stream(redis, *(str(p.id) for p in items))
 
     await eventually(both_enqueued, what="the collection's items on a stream")
     items = await Prediction.filter(collection_id=collection_id)
