@@ -13,8 +13,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends make \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 app \
-    && mkdir -p /data/uploads \
-    && chown app:app /data/uploads
+    && mkdir -p /data/uploads /data/models \
+    && chown app:app /data/uploads /data/models
 WORKDIR /srv
 COPY pyproject.toml Makefile README.md ./
 COPY app app
@@ -35,6 +35,9 @@ HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
 CMD ["uvicorn", "--factory", "app.web.app:app", "--http", "app.web.server:BoundedHttpTools", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
 
 FROM base AS worker
+# Where OpenVINO's converted model and INFERENCE_BACKEND=auto's decision are kept (compose: a volume, so a
+# restart neither converts nor probes again).
+ENV MODEL_CACHE_DIR=/data/models
 RUN make venv EXTRAS=worker VENV=/opt/venv
 USER 10001:10001
 # Fetch the ImageNet weights now (into ~/.keras/models), so a worker starts without a network.

@@ -86,7 +86,7 @@ async def _add_failed(services: Services, collection: Collection, name: str, dat
 async def _add_item(services: Services, collection: Collection, user: User, name: str, data: bytes) -> None:
     """One image of the collection: failed with its reason, done from the cache, or waiting for the feeder."""
     try:
-        image, cached = await predictions.accept(services, user, data, quota_checked=True)
+        image, cached = await predictions.accept(services, user, data)
     except HTTPException as exc:  # not an image, too costly to decode, or over a storage quota
         await _add_failed(services, collection, name, data, exc.detail)
         return

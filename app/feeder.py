@@ -125,6 +125,15 @@ async def _finish_collections() -> None:
         )
 
 
+async def _has_work() -> bool:
+    """Anything for the next rounds: images waiting for the streams, or collections whose windows must be
+    topped up as results come. Not synchronous uploads in flight (on their streams, not the feeder's
+    business): polling for them would cost the web process CPU for every upload under load."""
+    if await Prediction.filter(status=Status.QUEUED, enqueued_at__isnull=True).exists():
+        return True
+    return await Collection.filter(status__in=(CollectionStatus.READING, CollectionStatus.CLASSIFYING)).exists()
+
+
 async def feed(services: Services) -> int:
     """One round: top up every source's window. Returns how many predictions went onto streams."""
     waiting = await _counts(enqueued_at__isnull=True)
@@ -174,7 +183,7 @@ class Feeder:
             await feed(self.services)
         finally:
             await redis.delete(keys.FEED_LOCK)
-        return bool(await Prediction.filter(status=Status.QUEUED).exists())
+        return await _has_work()
 
     async def _take_over_reading(self) -> None:
         """Read the collections nobody is reading: new ones, and those of a process that stopped."""

@@ -13,6 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import pillow_heif
 from litestar.exceptions import ClientException, HTTPException
 from litestar.status_codes import (
@@ -197,7 +198,7 @@ def decode_cost(image: Image.Image, frame_count: int = 1) -> int:
     return image.width * image.height * per_pixel * frame_count
 
 
-def open_image(data: bytes, max_pixels: int, max_cost: int, draft: int = SIZE * 2) -> Image.Image:
+def open_image(data: bytes, max_pixels: int, max_cost: int, draft: int = SIZE) -> Image.Image:
     """`data` opened, its header checked: its format, its pixels, its scans (JPEG) and its decode cost,
     a JPEG drafted to be decoded at no less than draft x draft. Nothing is decoded yet."""
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -260,9 +261,19 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _fit(image: Image.Image) -> Image.Image:
-    """Resize the shorter side to SIZE, then crop the centre SIZE x SIZE."""
-    return ImageOps.fit(image, (SIZE, SIZE), method=Image.Resampling.BILINEAR, centering=(0.5, 0.5))
+def _fit(image: Image.Image) -> bytes:
+    """The centre square, resized to SIZE x SIZE: the model's input, as RGB bytes. OpenCV's resize, many
+    times faster than Pillow's here (it uses the CPU's vector instructions): bilinear when shrinking by
+    less than half (a drafted JPEG), by area beyond (no aliasing)."""
+    import cv2  # preloaded in the decode processes' fork server; the web process never needs it
+
+    pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = pixels[top : top + side, left : left + side]
+    interpolation = cv2.INTER_AREA if side > 2 * SIZE else cv2.INTER_LINEAR
+    return bytes(cv2.resize(square, (SIZE, SIZE), interpolation=interpolation).data)
 
 
 def first_frame(image: Image.Image) -> Image.Image:
@@ -283,7 +294,7 @@ def decode(data: bytes, max_pixels: int, max_cost: int) -> tuple[str, bytes]:
     extension = FORMATS[image.format or ""]
     image = first_frame(image)
     try:
-        pixels = _fit(_to_rgb(image)).tobytes()
+        pixels = _fit(_to_rgb(image))
     except BAD_DATA as exc:
         raise corrupt(exc) from exc
     if len(pixels) != SIZE * SIZE * 3:  # pragma: no cover - _fit always gives RGB SIZE x SIZE

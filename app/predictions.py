@@ -18,6 +18,7 @@ from app.jobs.protocol import Job
 from app.jobs.results import cached_result
 from app.models import Collection, Prediction, Status, User, mark_failed
 from app.services import Services
+from app.stages import stage
 
 Owned = TypeVar("Owned", Prediction, Collection)
 
@@ -44,7 +45,7 @@ def unavailable(detail: str, retry_after: int) -> ServiceUnavailableException:
 async def _check_capacity(services: Services, user: User) -> None:
     """Refuse a synchronous upload that cannot finish within the wait timeout, instead of queueing it
     forever. Users take turns, so the wait counts the user's own backlog, not everyone's."""
-    capacity = await producer.capacity(services.redis, user.id)
+    capacity = await services.backlog.capacity(services.redis, user.id)
     if capacity.workers == 0:
         raise NoWorker(detail=NO_WORKER, headers={"Retry-After": str(NO_WORKER_RETRY_AFTER)})
     seconds = capacity.seconds_to_clear()
@@ -63,20 +64,20 @@ async def _check_async_room(services: Services) -> None:
         raise unavailable(f"The queue is full ({waiting} images waiting, at most {limit}); try again later", 30)
 
 
-async def accept(
-    services: Services, user: User, data: bytes, *, quota_checked: bool = False
-) -> tuple[images.CheckedImage, dict[str, Any] | None]:
+async def accept(services: Services, user: User, data: bytes) -> tuple[images.CheckedImage, dict[str, Any] | None]:
     """Check and store an upload, and find its result in the cache: what every upload goes through,
-    alone or in a collection. Raises images.ImageRejected; before decoding anything, 507 when the disk is
-    full and 413 past the user's storage quota (unless `quota_checked`: a collection's was, for all of it)."""
+    alone or in a collection, once its quotas were checked (quotas.check_upload, or for a whole collection
+    quotas.check_collection). Raises images.ImageRejected; before decoding anything, 507 when the disk is
+    full."""
     settings = services.settings
-    if quota_checked:
-        quotas.check_disk(services, len(data))
-    else:
-        await quotas.check_storage(services, user, len(data))
+    quotas.check_disk(services, len(data))
     image = await services.decoder.check(data, owner=user.id)
-    await asyncio.to_thread(files.store_original, image.data, image.relative_path, settings.upload_dir, services.disk)
-    return image, await cached_result(services.redis, settings.model_id, image.sha256)
+    with stage("storage"):
+        await asyncio.to_thread(
+            files.store_original, image.data, image.relative_path, settings.upload_dir, services.disk
+        )
+    with stage("redis"):
+        return image, await cached_result(services.redis, settings.model_id, image.sha256)
 
 
 def record_of(services: Services, user: User, image: images.CheckedImage, file_name: str) -> dict[str, Any]:
@@ -113,33 +114,42 @@ async def submit(
     one is refused (NoWorker), or with `defer_without_worker` made an async one (see `deferred`)."""
     started = time.perf_counter()
     # The user's quotas first: refused cheaply, before anything is decoded or stored (even a cache hit).
-    await quotas.check_queued(services, user)
-    await quotas.check_images(services, user, 1)
+    with stage("database"):
+        await quotas.check_upload(services, user, len(data))
     image, cached = await accept(services, user, data)
     record = record_of(services, user, image, file_name)
     if cached is not None:
-        return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
+        with stage("database"):
+            return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
     if not wait:
         return await _defer(services, record)
     try:
-        await _check_capacity(services, user)
+        with stage("redis"):
+            await _check_capacity(services, user)
     except NoWorker:
         if not defer_without_worker:
             raise
         return await _defer(services, record)
-    prediction = await Prediction.create(**record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
+    with stage("database"):
+        prediction = await Prediction.create(**record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
     job = Job(str(prediction.id), image.sha256, services.settings.model_id, image.pixels)
+    # Before the job exists, so its result cannot come before anyone listens (`wait` takes it up).
+    expected = services.waiter.expect(job.prediction_id)
     try:
-        await producer.enqueue(services.redis, user.id, job)
+        with stage("redis"):
+            await producer.enqueue(services.redis, user.id, job)
+        services.backlog.enqueued(user.id)
     except Exception:
+        services.waiter.forget(job.prediction_id, expected)
         await mark_failed([str(prediction.id)], "The queue was unavailable")
         raise
     return prediction
 
 
 async def _defer(services: Services, record: dict[str, Any]) -> Prediction:
-    await _check_async_room(services)
-    prediction = await Prediction.create(**record, status=Status.QUEUED)
+    with stage("database"):
+        await _check_async_room(services)
+        prediction = await Prediction.create(**record, status=Status.QUEUED)
     services.nudge_feeder()
     return prediction
 
@@ -151,14 +161,21 @@ def deferred(prediction: Prediction) -> bool:
 
 
 async def wait(services: Services, prediction: Prediction, seconds: float) -> Prediction:
-    """The prediction once finished; 504 (with its id, to fetch later) past the timeout."""
+    """The prediction once finished; 504 (with its id, to fetch later) past the timeout. One that `submit`
+    just enqueued is answered from the worker's message, without reading its row back."""
+    if prediction.status != Status.QUEUED:
+        return prediction  # from the cache
     prediction_id = str(prediction.id)
-    future = services.waiter.expect(prediction_id)  # before the check below, so no result slips by
-    try:
+    future = services.waiter.expected(prediction_id)
+    if future is None:  # not expected (or its message came already): listen, then look at the row
+        future = services.waiter.expect(prediction_id)
         await prediction.refresh_from_db()
-        if prediction.status == Status.QUEUED:
-            await asyncio.wait_for(future, seconds)
-            await prediction.refresh_from_db()
+        if prediction.status != Status.QUEUED:
+            services.waiter.forget(prediction_id, future)
+            return prediction
+    try:
+        with stage("waiting"):
+            message = await asyncio.wait_for(future, seconds)
     except TimeoutError:
         raise ResultTimeout(
             detail=f"No result within {seconds:g} s; fetch it later from /api/predictions/{prediction_id}",
@@ -167,6 +184,19 @@ async def wait(services: Services, prediction: Prediction, seconds: float) -> Pr
         ) from None
     finally:
         services.waiter.forget(prediction_id, future)
+    return await _finished(prediction, message)
+
+
+async def _finished(prediction: Prediction, message: dict[str, Any]) -> Prediction:
+    """The prediction as the worker's message says it now is; read back when the message does not say."""
+    fields = message.get("fields")
+    if message.get("status") != Status.DONE or not isinstance(fields, dict) or "finished_at" not in fields:
+        await prediction.refresh_from_db()
+        return prediction
+    for name in ("label", "wnid", "score", "top5", "model_version", "latency_ms"):
+        setattr(prediction, name, fields.get(name))
+    prediction.status = Status.DONE
+    prediction.finished_at = datetime.fromisoformat(fields["finished_at"])
     return prediction
 
 

@@ -9,18 +9,17 @@ transaction: concurrent requests of one person can overshoot a quota by a few im
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from litestar.exceptions import ClientException, HTTPException, TooManyRequestsException
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE, HTTP_507_INSUFFICIENT_STORAGE
-from tortoise.functions import Sum
 
-from app.models import Collection, CollectionStatus, Prediction, Status, User
+from app import usage
+from app.models import Collection, CollectionStatus, Prediction, User
 from app.services import Services
 from app.settings import Settings
 
-DAY = timedelta(hours=24)
 QUEUED_RETRY_SECONDS = 30
 COLLECTIONS_RETRY_SECONDS = 60
 IN_PROGRESS = (CollectionStatus.READING, CollectionStatus.CLASSIFYING)
@@ -76,22 +75,10 @@ def check_disk(services: Services, incoming_bytes: int) -> None:
 # ---- one person's quotas ------------------------------------------------------------------------------
 
 
-async def stored_bytes(user: User) -> int:
-    """The bytes of the originals kept for `user`'s predictions (a pruned one keeps none)."""
-    rows = (
-        await Prediction.filter(user_id=user.id)
-        .exclude(image_path="")
-        .annotate(total=Sum("image_bytes"))
-        .values_list("total", flat=True)
-    )
-    total: Any = rows[0] if rows else None
-    return int(total or 0)
-
-
 async def check_stored(services: Services, user: User, incoming_bytes: int) -> None:
     """413 when `incoming_bytes` more would take `user` past their storage quota."""
     limit = services.settings.quota_stored_bytes
-    used = await stored_bytes(user)
+    used = await usage.stored_bytes(user.id)
     if used + incoming_bytes > limit:
         raise ClientException(
             status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE,
@@ -111,7 +98,7 @@ async def check_storage(services: Services, user: User, incoming_bytes: int) -> 
 async def _seconds_until_room(user: User, now: datetime, excess: int) -> int:
     """When the `excess` oldest images of the last 24 hours have left that window."""
     oldest = (
-        await Prediction.filter(user_id=user.id, created_at__gte=now - DAY)
+        await Prediction.filter(user_id=user.id, created_at__gte=now - usage.DAY)
         .order_by("created_at")
         .offset(excess - 1)
         .limit(1)
@@ -119,7 +106,7 @@ async def _seconds_until_room(user: User, now: datetime, excess: int) -> int:
     )
     if not oldest:  # gone meanwhile: room already
         return 1
-    leaves = cast(datetime, oldest[0]) + DAY
+    leaves = cast(datetime, oldest[0]) + usage.DAY
     return max(1, math.ceil((leaves - now).total_seconds()))
 
 
@@ -133,7 +120,7 @@ async def check_images(services: Services, user: User, images: int) -> None:
             extra=_numbers("images_per_day", images, limit),
         )
     now = datetime.now(UTC)
-    sent = await Prediction.filter(user_id=user.id, created_at__gte=now - DAY).count()
+    sent = await usage.sent_today(user.id, now)
     if sent + images > limit:
         more = f"; {images} more do not fit" if images > 1 else ""
         raise _too_many(
@@ -147,7 +134,7 @@ async def check_images(services: Services, user: User, images: int) -> None:
 async def check_queued(services: Services, user: User) -> None:
     """429 when `user` already has the most single uploads and async jobs waiting for the model."""
     limit = services.settings.quota_queued
-    waiting = await Prediction.filter(user_id=user.id, status=Status.QUEUED, collection_id__isnull=True).count()
+    waiting = await usage.queued(user.id)
     if waiting >= limit:
         raise _too_many(
             f"You have {waiting} images waiting to be classified, the most one account may have ({limit});"
@@ -176,3 +163,24 @@ async def check_collection(services: Services, user: User, images: int, incoming
     await check_collections(services, user)
     await check_images(services, user, images)
     await check_storage(services, user, incoming_bytes)
+
+
+async def check_upload(services: Services, user: User, incoming_bytes: int) -> None:
+    """Before one upload is decoded or stored: images waiting (429), images of the day (429), the disk
+    (507) and bytes stored (413). Judged on the figures this process keeps (app/usage.py): when they say
+    no, the checks above read them fresh and give the refusal, with the numbers."""
+    settings = services.settings
+    kept = await services.usage.get(user.id)
+    fits = (
+        kept.queued < settings.quota_queued
+        and kept.sent + 1 <= settings.quota_images_per_day
+        and kept.stored + incoming_bytes <= settings.quota_stored_bytes
+    )
+    if not fits:
+        services.usage.forget(user.id)
+        await check_queued(services, user)
+        await check_images(services, user, 1)
+    check_disk(services, incoming_bytes)
+    if not fits:
+        await check_stored(services, user, incoming_bytes)
+    services.usage.counted(user.id, incoming_bytes)

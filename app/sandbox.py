@@ -21,6 +21,7 @@ import os
 import resource
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures.process import BrokenProcessPool
@@ -31,7 +32,7 @@ from typing import Any, TypeVar
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 from pebble import ProcessExpired, ProcessPool
 
-from app import files, images, thumbnails
+from app import files, images, stages, thumbnails
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ def _start_decoding(memory: int) -> None:
     # for those 3 s. The default action ends it at once. pebble stops a process only while holding
     # the channel's locks, so the one that dies holds none.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    import cv2  # the fork server imported it: the web process itself never does
+
+    cv2.setNumThreads(0)  # one image per process at a time: no thread pool (nor its address space)
     if memory > 0:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         limit = address_space() + memory
@@ -79,12 +83,16 @@ def _sandboxed(work: Callable[[], Result]) -> Result | Refusal:
         return Refusal(HTTP_400_BAD_REQUEST, f"The image is truncated or corrupt: {exc!r}")
 
 
-def _decoded(data: bytes, max_pixels: int, max_cost: int) -> tuple[str, str, bytes] | Refusal:
-    """In a decode process: (sha256, extension, pixels) of an upload, or why it is refused."""
+def _decoded(data: bytes, max_pixels: int, max_cost: int) -> tuple[str, str, bytes, float, float] | Refusal:
+    """In a decode process: (sha256, extension, pixels) of an upload and the CPU seconds the decode and the
+    hash took (app/stages.py), or why it is refused."""
 
-    def work() -> tuple[str, str, bytes]:
+    def work() -> tuple[str, str, bytes, float, float]:
+        started = time.process_time()
         extension, pixels = images.decode(data, max_pixels, max_cost)
-        return hashlib.sha256(data).hexdigest(), extension, pixels
+        decoded = time.process_time()
+        sha256 = hashlib.sha256(data).hexdigest()
+        return sha256, extension, pixels, decoded - started, time.process_time() - decoded
 
     return _sandboxed(work)
 
@@ -169,7 +177,8 @@ class DecodePool:
 
     def _new_pool(self) -> ProcessPool:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])  # once per process: the fork server's first start
+        # Imported once, by the fork server (at its first start): each decode process starts with them.
+        context.set_forkserver_preload([__name__, "cv2"])
         return ProcessPool(
             max_workers=self.settings.decode_processes,
             max_tasks=TASKS_PER_PROCESS,
@@ -188,9 +197,12 @@ class DecodePool:
         settings = self.settings
         images.check_size(data, settings.max_upload_bytes)
         async with self.turns.slot(owner):
-            sha256, extension, pixels = await self._run(
-                _decoded, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20
-            )
+            with stages.stage("decode"):  # this process's part: the bytes there, the pixels back
+                sha256, extension, pixels, decoding, hashing = await self._run(
+                    _decoded, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20
+                )
+        stages.elsewhere("decode", decoding)
+        stages.elsewhere("hash", hashing)
         return images.CheckedImage(sha256, extension, data, pixels)
 
     async def thumbnail(self, sha256: str, relative_path: str, owner: Hashable = None) -> bytes:

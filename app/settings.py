@@ -13,7 +13,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, create_model
 from pydantic.dataclasses import dataclass
@@ -25,8 +25,8 @@ from app.readme_table import TABLE_END, TABLE_START  # noqa: F401 - the table's 
 
 DEV_SECRET = "dev-secret-change-me-0123456789abcdef"
 DEV_ADMIN_PASSWORD = "admin"
-# INFERENCE_BACKEND values, and OPENVINO_PRECISION values ("": OpenVINO's default for the CPU).
-BACKENDS = ("tensorflow", "openvino", "stand-in")
+# INFERENCE_BACKEND values ("auto" picks one), OPENVINO_PRECISION values ("": OpenVINO's default for the CPU).
+BACKENDS = ("auto", "tensorflow", "openvino", "stand-in")
 OPENVINO_PRECISIONS = ("", "f32", "bf16", "f16")
 ENV_FILE = ".env"
 
@@ -138,28 +138,40 @@ class Settings:
         " (untrained: same compute, meaningless labels, for tests and benchmarks; every answer says so)",
     )
     inference_backend: Lowercase = Field(
-        default="tensorflow",
-        description="The inference engine: `tensorflow`; `openvino`, the same model converted at the worker's"
-        " first start and cached in `MODEL_CACHE_DIR` (faster; `bench/agreement.py` compares the answers;"
-        " both need the `worker` extra); or `stand-in`, a tiny deterministic classifier for tests (refused in"
-        " production)",
+        default="auto",
+        description="`auto`: the fastest installed backend whose top-5 agrees with TensorFlow's on fixed probe images"
+        " (the worker decides at its first start and caches that in `MODEL_CACHE_DIR`; `/health/ready` and the"
+        " admin page say which and why); `tensorflow`, the reference; `openvino`, the same model converted and"
+        " cached in `MODEL_CACHE_DIR` (faster; `bench/agreement.py` compares them; both need the `worker` extra);"
+        " `stand-in`, a tiny deterministic classifier for tests (refused in production)",
     )
     openvino_precision: Lowercase = Field(
         default="",
         description="openvino only: the inference precision, `f32` (TensorFlow's exact results), `bf16` or"
         " `f16`; empty: OpenVINO's default for the CPU (bf16 where it has AVX-512 bf16 or AMX, else f32)",
     )
+    openvino_device: Annotated[str, AfterValidator(str.upper)] = Field(
+        default="CPU", description="openvino only: the device, `CPU`, `GPU`, `GPU.1`, `NPU` or `AUTO` (OpenVINO picks)"
+    )
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        default="auto", description="tensorflow only: float16 compute (`mixed_float16`): `on`, `off`, `auto` (on a GPU)"
+    )
     model_cache_dir: Path = Field(
         default=Path("data/models"),
-        description="openvino only: the converted models, a directory per model id, weights and OpenVINO"
-        " version (about 100 MB each; safe to delete)",
+        description="openvino and auto: the converted models, a directory per model id, weights and OpenVINO version"
+        " (about 100 MB each), and auto's decisions (`backend-choice-*.json`); safe to delete",
     )
     model_threads: int = Field(
         default=0,
         description="Inference threads per worker (0: the backend's choice, every core); with several workers"
         " on one machine, cores / workers",
     )
-    max_batch: int = Field(default=32, description="The most jobs a worker classifies in one batched inference")
+    max_batch: int = Field(
+        default=32, ge=0, description="The most jobs in one batched inference; 0: chosen at start (`BATCH_LATENCY_MS`)"
+    )
+    batch_latency_ms: float = Field(
+        default=500.0, gt=0, description="`MAX_BATCH=0`: the longest a batch may take, in ms (README: GPUs)"
+    )
     claim_idle_ms: int = Field(
         default=30_000,
         description="A job unacknowledged this long (ms) is taken over by another worker: longer than the"
@@ -268,7 +280,7 @@ class Settings:
             raise SettingsError(f"{where} ADMIN_PASSWORD must be set to a real password (8+ characters)")
         if self.production and self.inference_backend == "stand-in":
             raise SettingsError(
-                "In production INFERENCE_BACKEND must be tensorflow or openvino: stand-in is a fake model for tests"
+                "In production INFERENCE_BACKEND must be auto, tensorflow or openvino: stand-in is a fake for tests"
             )
 
 

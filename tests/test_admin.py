@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app import admin, quotas, thumbnails
+from app import admin, thumbnails, usage
 from app.models import Prediction, Status, User, mark_failed
 from app.settings import Settings
 from tests import samples
@@ -92,7 +92,7 @@ async def test_prune_deletes_old_originals_and_keeps_the_results(
     await make_old(settings, in_flight, touch_files=False)  # its original was stored again a moment ago
     await Prediction.filter(id=queued.id).update(created_at=datetime.now(UTC) - OLD)
     user = await User.get(id=finished.user_id)  # type: ignore[attr-defined]
-    stored_before = await quotas.stored_bytes(user)
+    stored_before = await usage.stored_bytes(user.id)
     try:
         report = await admin.prune(settings.upload_dir, timedelta(days=90))
     finally:
@@ -107,7 +107,7 @@ async def test_prune_deletes_old_originals_and_keeps_the_results(
     paths = {str(i): path for i, path in await Prediction.filter(user=user).values_list("id", "image_path")}
     assert [paths[p["id"]] for p in (old, shared_old, waited_for, in_flight)] == ["", "", "", ""]
     assert paths[shared_new["id"]] and paths[str(queued.id)]  # newer, and queued: not pruned
-    assert await quotas.stored_bytes(user) < stored_before
+    assert await usage.stored_bytes(user.id) < stored_before
 
     # The results stay, through the API and the pages; the image is gone, not an error.
     again = (await client.get(f"/api/predictions/{old['id']}", headers=auth)).json()

@@ -15,7 +15,7 @@ import pytest
 from litestar import Litestar
 from litestar.exceptions import ClientException, TooManyRequestsException
 
-from app import quotas
+from app import quotas, usage
 from app.models import Collection, CollectionStatus, Prediction, Status, User, mark_failed
 from app.services import Services
 from app.settings import Settings
@@ -160,7 +160,7 @@ async def test_stored_bytes_past_the_quota_is_413(
     user = await user_of_token(client, auth)
     await add_rows(user, 1, image_path="aa/kept.jpg", image_bytes=900)
     await add_rows(user, 1, image_path="", image_bytes=10**9)  # pruned: keeps nothing
-    assert await quotas.stored_bytes(user) == 900
+    assert await usage.stored_bytes(user.id) == 900
     photo = samples.photo(13_003, fmt="PNG")
     with changed(app, settings, quota_stored_bytes=900 + len(photo) - 1):
         refused = await upload(client, auth, photo)
@@ -179,7 +179,7 @@ async def test_an_accepted_upload_records_its_size(
     response = await upload(client, auth, photo)
     assert response.status_code == 200, response.text
     assert (await Prediction.get(id=response.json()["id"])).image_bytes == len(photo)
-    assert await quotas.stored_bytes(await user_of_token(client, auth)) == len(photo)
+    assert await usage.stored_bytes((await user_of_token(client, auth)).id) == len(photo)
 
 
 # ---- the disk -----------------------------------------------------------------------------------------

@@ -172,8 +172,10 @@ def test_stand_in_backend_is_for_tests_only(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.setenv("SECRET_KEY", "s" * 40)
     monkeypatch.setenv("ADMIN_PASSWORD", "a-real-password")
-    with pytest.raises(SettingsError, match="In production INFERENCE_BACKEND must be tensorflow or openvino"):
+    with pytest.raises(SettingsError, match="In production INFERENCE_BACKEND must be auto, tensorflow or openvino"):
         load_settings()
+    monkeypatch.delenv("INFERENCE_BACKEND")
+    assert load_settings().inference_backend == "auto"  # the default: the fastest backend that agrees
 
 
 def test_importing_the_db_module_reads_no_settings() -> None:

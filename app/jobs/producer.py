@@ -103,11 +103,51 @@ def jobs_ahead(mine: int, others: list[int]) -> int:
     return mine + sum(min(theirs, mine + 1) for theirs in others)
 
 
-async def capacity(redis: Redis, user_id: int) -> Capacity:
+@dataclass
+class Backlog:
+    """The live workers' speed and every user's interactive jobs, as read at `read_at`."""
+
+    workers: int
+    rate: float
+    lengths: dict[str, int]  # stream -> jobs waiting or in flight
+    read_at: float = 0.0
+
+    def capacity(self, user_id: int) -> Capacity:
+        others = dict(self.lengths)
+        mine = others.pop(keys.jobs(user_id), 0)
+        ahead = jobs_ahead(mine, list(others.values()))
+        return Capacity(self.workers, mine + sum(others.values()), ahead, self.rate)
+
+
+async def read_backlog(redis: Redis) -> Backlog:
     workers = await live_workers(redis)
     rate = sum(w.images_per_second or ASSUMED_WORKER_RATE for w in workers)
     streams = await interactive_streams(redis)
     lengths = dict(zip(streams, await _lengths(redis, streams), strict=True))
-    mine = lengths.pop(keys.jobs(user_id), 0)
-    ahead = jobs_ahead(mine, list(lengths.values()))
-    return Capacity(len(workers), mine + sum(lengths.values()), ahead, rate)
+    return Backlog(len(workers), rate, lengths, time.monotonic())
+
+
+async def capacity(redis: Redis, user_id: int) -> Capacity:
+    return (await read_backlog(redis)).capacity(user_id)
+
+
+class BacklogView:
+    """The backlog as one web process last read it: at most every `ttl` seconds, with its own enqueued
+    jobs counted on in between, so the wait estimate costs no Redis round trip per upload. Off by what
+    the other processes enqueued and the workers finished within `ttl`: a fraction of a second of work
+    against a wait bound of many seconds. With no worker seen it reads again (a worker may have come)."""
+
+    def __init__(self, ttl: float = 0.25) -> None:
+        self.ttl = ttl
+        self._backlog: Backlog | None = None
+
+    async def capacity(self, redis: Redis, user_id: int) -> Capacity:
+        backlog = self._backlog
+        if backlog is None or not backlog.workers or time.monotonic() - backlog.read_at > self.ttl:
+            backlog = self._backlog = await read_backlog(redis)
+        return backlog.capacity(user_id)
+
+    def enqueued(self, user_id: int) -> None:
+        if self._backlog is not None:
+            stream = keys.jobs(user_id)
+            self._backlog.lengths[stream] = self._backlog.lengths.get(stream, 0) + 1

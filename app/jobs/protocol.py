@@ -64,7 +64,7 @@ class Job:
 
 
 # Buckets of the histograms that heartbeats carry (see app/worker/stats.py and app/web/metrics.py).
-BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # a GPU's batches: up to 256
 INFERENCE_SECONDS_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -82,6 +82,11 @@ class Heartbeat:
     batch_size_counts: list[int] = field(default_factory=list)
     inference_counts: list[int] = field(default_factory=list)
     inference_seconds_total: float = 0.0
+    # What answers and why (app/worker/choice.py): "openvino", "openvino-2026.4.1-bf16", and one line of the
+    # choice's evidence. Empty in the heartbeats of workers from before these fields.
+    backend: str = ""
+    engine: str = ""
+    backend_choice: str = ""
 
 
 # A reply that never comes (a dead peer that sent no reset) is an error, not a request hung for good.
@@ -120,5 +125,10 @@ async def all_streams(redis: Redis) -> list[str]:
     return [*await interactive_streams(redis), *await bulk_streams(redis)]
 
 
-def result_message(prediction_id: str, status: str) -> str:
-    return json.dumps({"id": prediction_id, "status": status})
+def result_message(prediction_id: str, status: str, fields: dict[str, Any] | None = None) -> str:
+    """A finished job's message. With `fields` (the finished row's result, as the worker wrote it) a waiting
+    request answers without reading the row back."""
+    message: dict[str, Any] = {"id": prediction_id, "status": status}
+    if fields is not None:
+        message["fields"] = fields
+    return json.dumps(message)

@@ -38,13 +38,16 @@ async def publish_result(redis: Redis, prediction_id: str, status: str) -> None:
     await redis.publish(keys.RESULTS, result_message(prediction_id, status))
 
 
-async def publish_done(redis: Redis, results: dict[str, str], finished: list[str], status: str, ttl: int) -> None:
-    """Cache `results` (cache key -> JSON) and tell the waiters of `finished` predictions, in one round trip."""
+async def publish_done(
+    redis: Redis, results: dict[str, str], finished: dict[str, dict[str, Any] | None], status: str, ttl: int
+) -> None:
+    """Cache `results` (cache key -> JSON) and tell the waiters of `finished` predictions (id -> the fields
+    written to its row, or None), in one round trip."""
     async with redis.pipeline(transaction=False) as pipe:
         for key, value in results.items():
             pipe.set(key, value, ex=ttl)
-        for prediction_id in finished:
-            pipe.publish(keys.RESULTS, result_message(prediction_id, status))
+        for prediction_id, fields in finished.items():
+            pipe.publish(keys.RESULTS, result_message(prediction_id, status, fields))
         await pipe.execute()
 
 
@@ -54,7 +57,7 @@ class ResultWaiter:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         # Checked as well as cancelling: a cancellation inside a Redis call may come out as an error.
@@ -74,13 +77,19 @@ class ResultWaiter:
                 await self._task
         await self.redis.aclose()
 
-    def expect(self, prediction_id: str) -> asyncio.Future[str]:
-        """Register interest before checking the stored result, so no message can slip between."""
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    def expect(self, prediction_id: str) -> asyncio.Future[dict[str, Any]]:
+        """Register interest before the job is enqueued (or the stored result checked), so no message can
+        slip between. The future's result is the message: `status`, and `fields` when the worker sent them."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(prediction_id, []).append(future)
         return future
 
-    def forget(self, prediction_id: str, future: asyncio.Future[str]) -> None:
+    def expected(self, prediction_id: str) -> asyncio.Future[dict[str, Any]] | None:
+        """The future an earlier `expect` registered, while its message has not come."""
+        waiting = self._waiters.get(prediction_id)
+        return waiting[0] if waiting else None
+
+    def forget(self, prediction_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
         waiting = self._waiters.get(prediction_id, [])
         if future in waiting:
             waiting.remove(future)
@@ -90,13 +99,15 @@ class ResultWaiter:
     def _dispatch(self, data: bytes) -> None:
         try:
             message = json.loads(data)
-            prediction_id, status = str(message["id"]), str(message["status"])
+            prediction_id = str(message["id"])
+            if not isinstance(message["status"], str):
+                raise TypeError("status")
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed result message %r", data[:200])
             return
         for future in self._waiters.pop(prediction_id, []):
             if not future.done():
-                future.set_result(status)
+                future.set_result(message)
 
     async def _run(self) -> None:
         while not self._stopping:

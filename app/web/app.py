@@ -34,6 +34,7 @@ from app.web.api import health
 from app.web.api import predictions as predictions_api
 from app.web.apidocs import LocalSwaggerUI
 from app.web.contract import ApiContract
+from app.web.costs import measure_uploads
 from app.web.errors import handle
 from app.web.headers import security_headers
 from app.web.limits import LimitedRequest, RequestLimits
@@ -41,7 +42,7 @@ from app.web.pages import accounts as account_pages
 from app.web.pages import admin, classify, history
 from app.web.pages import collections as collection_pages
 from app.web.rendering import configure_templates
-from app.web.sessions import build_jwt_auth, csrf_config, is_revoked
+from app.web.sessions import SignedIn, build_jwt_auth, csrf_config, is_revoked
 
 ROOT = Path(__file__).resolve().parents[2]
 # Multipart framing adds a little to the file itself.
@@ -107,8 +108,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             create_static_files_router(path="/static", directories=[ROOT / "static"], include_in_schema=False),
         ],
         lifespan=[lifespan],
-        on_app_init=[jwt_auth.on_app_init],
-        state=State({"jwt_auth": jwt_auth, "settings": settings}),
+        on_app_init=[jwt_auth.on_app_init, measure_uploads],
+        state=State({"jwt_auth": jwt_auth, "settings": settings, "signed_in": SignedIn()}),
         plugins=[HTMXPlugin(), ApiContract(jwt_auth)],
         middleware=[
             RequestLimits,

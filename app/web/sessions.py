@@ -21,6 +21,7 @@ from litestar.security.jwt import JWTCookieAuth, JWTCookieAuthenticationMiddlewa
 from app import keys
 from app.models import User
 from app.settings import Settings
+from app.stages import stage
 from app.web.deps import AnyRequest, services
 from app.web.rendering import go, wants_partial
 
@@ -40,12 +41,38 @@ PUBLIC_PATHS = [
 ]
 
 
-async def retrieve_user(token: Token, _connection: ASGIConnection[Any, Any, Any, Any]) -> User | None:
+# A signed-in person's row is read at most this often per web process: signing in each request costs no
+# query. Nothing in a row that matters here changes at run time (the admin flag is set at start); a token's
+# revocation is still checked on every request (`is_revoked`).
+USER_TTL = 2.0
+MAX_USERS_KEPT = 10_000
+
+
+class SignedIn:
+    """The rows of the people signed in lately, by id, each kept USER_TTL seconds."""
+
+    def __init__(self) -> None:
+        self._rows: dict[int, tuple[float, User]] = {}
+
+    async def get(self, user_id: int) -> User | None:
+        kept = self._rows.get(user_id)
+        if kept is not None and time.monotonic() - kept[0] <= USER_TTL:
+            return kept[1]
+        user = await User.get_or_none(id=user_id)
+        if len(self._rows) >= MAX_USERS_KEPT:
+            self._rows.clear()
+        if user is not None:
+            self._rows[user_id] = (time.monotonic(), user)
+        return user
+
+
+async def retrieve_user(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> User | None:
     try:
         user_id = int(token.sub)
     except ValueError:
         return None
-    return await User.get_or_none(id=user_id)
+    signed_in: SignedIn = connection.app.state.signed_in
+    return await signed_in.get(user_id)
 
 
 # Methods that change nothing: they need no CSRF token.
@@ -59,6 +86,10 @@ class AuthMiddleware(JWTCookieAuthenticationMiddleware):
     forms must carry the CSRF token of this very session (see `issue_token`)."""
 
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        with stage("auth"):
+            return await self._authenticate(connection)
+
+    async def _authenticate(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         if connection.scope["path"].startswith("/api"):
             header = connection.headers.get(self.auth_header, "")
             scheme, _, encoded = header.partition(" ")

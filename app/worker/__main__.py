@@ -6,27 +6,25 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import replace
 
 from app import db
 from app.jobs.protocol import connect
 from app.settings import Settings, get_settings
-from app.worker.backends import load_classifier
+from app.worker.backends import load_chosen
+from app.worker.batching import worker_batch_size
 from app.worker.classifier import ModelLoadError
 from app.worker.loop import Worker
 
 
 async def serve(settings: Settings) -> None:
     try:
-        classifier = load_classifier(
-            settings.model_weights,
-            threads=settings.model_threads,
-            backend=settings.inference_backend,
-            precision=settings.openvino_precision,
-            cache_dir=settings.model_cache_dir,
-        )
+        # INFERENCE_BACKEND's, or with auto the fastest that agrees with TensorFlow (logged, and in heartbeats)
+        classifier, choice = load_chosen(settings)
     except ModelLoadError as exc:
         logging.getLogger("app.worker").error("%s", exc)
         sys.exit(2)
+    settings = replace(settings, max_batch=worker_batch_size(classifier, settings))  # MAX_BATCH=0: timed now
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -35,7 +33,7 @@ async def serve(settings: Settings) -> None:
     await db.init_db(settings.database_url)
     redis = connect(settings.redis_url)
     try:
-        await Worker(redis, classifier, settings).run(stop)
+        await Worker(redis, classifier, settings, choice=choice.summary).run(stop)
     finally:
         await redis.aclose()
         await db.close_db()

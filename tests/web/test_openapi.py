@@ -80,7 +80,8 @@ async def test_the_models_name_every_field(spec: dict[str, Any]) -> None:
         "id", "name", "created_at", "status", "progress", "error", "results", "page", "per_page", "matching",
     }  # fmt: skip
     assert properties(spec, "Progress") == {"total", "queued", "done", "failed"}
-    assert properties(spec, "Readiness") == {"database", "redis", "workers", "queue_depth", "status"}
+    assert properties(spec, "Readiness") == {"database", "redis", "workers", "queue_depth", "status", "backends"}
+    assert properties(spec, "WorkerBackend") == {"worker", "backend", "engine", "choice"}
 
 
 async def test_pages_and_lists_point_at_their_items(spec: dict[str, Any]) -> None:

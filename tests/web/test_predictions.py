@@ -330,17 +330,21 @@ async def test_health(client: Client, no_worker: None, redis: Redis, classifier:
         "workers": 0,
         "queue_depth": 0,
         "status": "not ready",
+        "backends": [],
     }
     async with running_worker(redis, classifier, settings):
         ready = await client.get("/health/ready")
     assert ready.status_code == 200
-    assert ready.json() == {  # the queue was emptied (no_worker) and nothing was sent since
+    body = ready.json()
+    (backend,) = body.pop("backends")  # the worker's backend: tests/web/test_worker_backends.py
+    assert body == {  # the queue was emptied (no_worker) and nothing was sent since
         "database": True,
         "redis": True,
         "workers": 1,
         "queue_depth": 0,
         "status": "ready",
     }
+    assert backend["worker"].startswith("test-") and backend["engine"] == "stand-in"
 
 
 async def test_several_workers_share_the_stream(

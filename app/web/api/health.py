@@ -11,7 +11,8 @@ from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from tortoise import connections
 
 from app.jobs.producer import live_workers, queue_depth
-from app.web.api.schemas import Health, Readiness
+from app.jobs.protocol import Heartbeat
+from app.web.api.schemas import Health, Readiness, WorkerBackend
 from app.web.deps import services
 
 READY_RETRY_AFTER = 5
@@ -37,14 +38,18 @@ async def _database_ok() -> bool:
 )
 async def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
     database = await _database_ok()
-    redis, workers = False, 0
+    redis = False
+    beats: list[Heartbeat] = []
     depth: int | None = None
     with contextlib.suppress(Exception):
         redis_client = services(request).redis
-        workers, depth = len(await live_workers(redis_client)), await queue_depth(redis_client)
+        beats, depth = await live_workers(redis_client), await queue_depth(redis_client)
         redis = True
-    ok = database and redis and workers > 0
-    checks = Readiness(database, redis, workers, depth, status="ready" if ok else "not ready")
+    ok = database and redis and len(beats) > 0
+    backends = [
+        WorkerBackend(b.name, b.backend, b.engine, b.backend_choice) for b in sorted(beats, key=lambda b: b.name)
+    ]
+    checks = Readiness(database, redis, len(beats), depth, status="ready" if ok else "not ready", backends=backends)
     if ok:
         return Response(checks)
     # Like every 503 of this service, it says when to ask again.

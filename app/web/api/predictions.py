@@ -12,7 +12,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, MultipartBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
-from app import predictions
+from app import predictions, stages
 from app.models import Prediction
 from app.schemas import PredictionOut, prediction_out
 from app.web.api.schemas import LookupOut, PredictionPage
@@ -55,8 +55,10 @@ async def create_prediction(
 ) -> Response[PredictionOut]:
     svc = services(request)
     content = await data.file.read()
+    stages.close("parsing")
     asynchronous = wants_async(wait, prefer)
     prediction = await predictions.submit(svc, request.user, content, data.file.filename or "", wait=not asynchronous)
+    stages.close("other")  # from here on: rendering
     if asynchronous and prediction.status == "queued":
         location = f"/api/predictions/{prediction.id}"
         return Response(

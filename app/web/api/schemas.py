@@ -87,11 +87,24 @@ class Health(msgspec.Struct):
     status: str
 
 
+class WorkerBackend(msgspec.Struct):
+    """What a live worker runs and why: `backend` is `tensorflow` or `openvino` (`stand-in` in tests), `engine`
+    its version and precision, `choice` the evidence when INFERENCE_BACKEND=auto chose it (else that it was set).
+    Empty strings: a worker from before these were reported."""
+
+    worker: str
+    backend: str
+    engine: str
+    choice: str
+
+
 class Readiness(msgspec.Struct):
-    """What the service needs to classify; `status` is "ready" or "not ready" (then with a 503)."""
+    """What the service needs to classify; `status` is "ready" or "not ready" (then with a 503). `backends`:
+    each live worker's inference backend and why."""
 
     database: bool
     redis: bool
     workers: int
     queue_depth: int | None
     status: str
+    backends: list[WorkerBackend] = msgspec.field(default_factory=list)

@@ -24,7 +24,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
-from app import collections, feedback, labels, predictions, thumbnails
+from app import collections, feedback, labels, predictions, stages, thumbnails
 from app.archives import Upload
 from app.models import Collection, Feedback, Prediction, Status, User
 from app.web.deps import AnyRequest, services
@@ -148,11 +148,14 @@ async def classify_submit(
     chosen: list[Upload] = []
     try:
         chosen = [*await read_parts(data.file, "file"), *await read_parts(data.files, "files")]
+        stages.close("parsing")
         if is_collection(chosen):
+            stages.forget()  # a collection, not one upload: not this histogram's business
             return go(request, f"/collections/{(await start_collection(request, chosen)).id}")
         prediction, error = await classify_upload(request, chosen[0] if chosen else None)
     except HTTPException as exc:  # rejected files (400/413/415), busy or no worker (503 with Retry-After)
         return upload_refused(request, exc, is_collection(chosen))
+    stages.close("other")  # from here on: rendering
     warming = prediction is not None and predictions.deferred(prediction)
     status = HTTP_202_ACCEPTED if warming else predictions.ResultTimeout.status_code if error else HTTP_200_OK
     context = await result_context(request.user, prediction, error, warming=warming)

@@ -8,17 +8,19 @@ one difference a near tie) and probabilities within 0.015.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app.settings import SettingsError, load_settings
+from app.settings import Settings, SettingsError, load_settings
 from app.worker import openvino
-from app.worker.backends import load_classifier
+from app.worker.agreement import compare, predict_all, probe_images
+from app.worker.backends import load_chosen, load_classifier, loader_for
+from app.worker.choice import MIN_SPEEDUP_OVER_TENSORFLOW, Candidate
 from app.worker.classifier import Classifier, ModelLoadError
 from app.worker.openvino import OpenVINOClassifier, openvino_cache_path
-from bench.agreement import compare, pattern_images, run
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +58,12 @@ def tensorflow() -> Classifier:
 
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    return pattern_images(21)  # three of each of the 7 kinds
+    return probe_images(21)  # three of each of the 7 kinds
 
 
 @pytest.fixture(scope="module")
 def reference(tensorflow: Classifier, images: np.ndarray) -> list[list[tuple[int, float]]]:
-    return run(tensorflow, images, batch=8)
+    return predict_all(tensorflow, images, batch=8)
 
 
 def test_info(openvino_f32: OpenVINOClassifier, tensorflow: Classifier) -> None:
@@ -83,6 +85,17 @@ def test_first_load_converted(openvino_f32: OpenVINOClassifier, cache_dir: Path)
 def test_second_load_reuses_the_cache(openvino_default: OpenVINOClassifier, first_load_files: dict[Path, int]) -> None:
     assert openvino_default.cache_hit
     assert {path: path.stat().st_mtime_ns for path in first_load_files} == first_load_files
+
+
+def test_auto_device_compiles_the_same_cached_model(
+    openvino_f32: OpenVINOClassifier, cache_dir: Path, images: np.ndarray
+) -> None:
+    """OPENVINO_DEVICE=AUTO (here it can only pick the CPU): the converted file is the device's too."""
+    auto = load_classifier("random", 1, (), backend="openvino", precision="f32", cache_dir=cache_dir, device="AUTO")
+    assert isinstance(auto, OpenVINOClassifier) and auto.cache_hit and auto.cache_path == openvino_f32.cache_path
+    assert auto.info.version.startswith("openvino-") and "-auto-" in auto.info.version  # the device, not CPU
+    assert auto.info.id == openvino_f32.info.id
+    assert [c for c, _ in auto.predict(images[:1])[0]] == [c for c, _ in openvino_f32.predict(images[:1])[0]]
 
 
 def test_top5_shape_order_and_range(openvino_default: OpenVINOClassifier, images: np.ndarray) -> None:
@@ -115,7 +128,7 @@ def test_any_batch_size(openvino_f32: OpenVINOClassifier, images: np.ndarray) ->
 def test_agrees_with_tensorflow_at_f32(
     openvino_f32: OpenVINOClassifier, images: np.ndarray, reference: list[list[tuple[int, float]]]
 ) -> None:
-    agreement = compare("f32", reference, run(openvino_f32, images, batch=8))
+    agreement = compare("f32", reference, predict_all(openvino_f32, images, batch=8))
     assert agreement.top1_agreement >= 0.95
     assert agreement.top5_overlap >= 0.95
     assert agreement.max_prob_diff <= 1e-3
@@ -124,7 +137,7 @@ def test_agrees_with_tensorflow_at_f32(
 def test_close_to_tensorflow_at_default_precision(
     openvino_default: OpenVINOClassifier, images: np.ndarray, reference: list[list[tuple[int, float]]]
 ) -> None:
-    agreement = compare("default", reference, run(openvino_default, images, batch=8))
+    agreement = compare("default", reference, predict_all(openvino_default, images, batch=8))
     assert agreement.top1_agreement >= 0.85
     assert agreement.max_prob_diff <= 0.05
     assert agreement.max_margin_where_disagreeing <= 0.05  # any disagreement is on a near tie
@@ -190,3 +203,36 @@ def test_settings_refuse_unknown_backend_or_precision(monkeypatch: pytest.Monkey
     monkeypatch.setenv("OPENVINO_PRECISION", "f64")
     with pytest.raises(SettingsError, match="OPENVINO_PRECISION"):
         load_settings()
+
+
+def test_auto_chooses_from_the_real_backends(
+    openvino_f32: OpenVINOClassifier, cache_dir: Path, settings: Settings
+) -> None:
+    """INFERENCE_BACKEND=auto at a worker's start: TensorFlow and both OpenVINO precisions probed (the converted
+    model is this module's), the decision cached; the restart loads only the chosen backend."""
+    # Batches of 8, not 16, timed: half the time, the same comparison.
+    auto = replace(settings, inference_backend="auto", model_cache_dir=cache_dir, openvino_precision="", max_batch=8)
+    asked: list[Candidate] = []
+    real = loader_for(auto)
+
+    def load(candidate: Candidate) -> Classifier:
+        asked.append(candidate)
+        return real(candidate)
+
+    classifier, chosen = load_chosen(auto, load)
+    assert asked == [Candidate("tensorflow"), Candidate("openvino"), Candidate("openvino", "f32")]
+    assert classifier.info.version == chosen.engine and not chosen.cached
+    reference, *others = chosen.trials
+    assert reference.engine.startswith("keras-") and reference.images_per_second > 0
+    assert {t.engine.rsplit("-", 1)[1] for t in others} <= {"bf16", "f32"} and others
+    for trial in others:  # bench/agreement.py's figures: top-1 100% at both precisions, top-5 over 99%
+        assert trial.qualifies and trial.agreement and trial.agreement.top5_overlap >= 0.95, chosen.summary
+    fastest = max(others, key=lambda t: t.images_per_second)
+    if fastest.images_per_second >= MIN_SPEEDUP_OVER_TENSORFLOW * reference.images_per_second:
+        assert chosen.engine == fastest.engine, chosen.summary
+    else:
+        assert chosen.engine == reference.engine, chosen.summary
+    asked.clear()
+    again, cached = load_chosen(auto, load)
+    assert asked == [Candidate(chosen.backend, chosen.precision)] and cached == replace(chosen, cached=True)
+    assert again.info.version == chosen.engine

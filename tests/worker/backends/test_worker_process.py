@@ -141,12 +141,20 @@ async def test_sigterm_finishes_the_batch_in_hand_and_exits(
 ) -> None:
     name, process, log = worker_process
     ids = await busy_worker(client, auth, redis, worker_process, first_seed=20_000)
+    # INFERENCE_BACKEND=auto (the default): the backend chosen, and why, in the heartbeat and the log.
+    (heartbeat,) = [w for w in await live_workers(redis) if w.name == name]
+    assert heartbeat.backend in {"tensorflow", "openvino"} and heartbeat.engine, heartbeat
+    assert (
+        heartbeat.backend_choice.startswith(f"{heartbeat.engine}: ")
+        and "agrees with TensorFlow" in heartbeat.backend_choice
+    )
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 60) == 0
     assert await pending_for(redis, name) == 0, "the batch in hand was not finished and acknowledged"
     assert not await redis.exists(keys.heartbeat(name))
     assert name not in [w.name for w in await live_workers(redis)]
-    assert "stopped" in await asyncio.to_thread(log.read_text)
+    output = await asyncio.to_thread(log.read_text)
+    assert "stopped" in output and f"inference backend {heartbeat.backend_choice}" in output
     async with running_worker(redis, classifier, settings):
         await wait_for(lambda: all_finished(ids), 120, "the rest of the jobs")
     statuses = await Prediction.filter(id__in=ids).values_list("status", flat=True)

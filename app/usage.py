@@ -1,0 +1,81 @@
+"""What each person has used, for the quotas of single uploads (app/quotas.py): read from the database at
+most every USAGE_TTL seconds per person and web process, and counted on in between as uploads go ahead, so
+that a busy uploader's quotas cost no query per image.
+
+The figures are only ever trusted to let an upload through: before refusing one, quotas reads them fresh.
+Uploads through another web process, or a burst within USAGE_TTL, can therefore overshoot a quota by what
+arrives in those seconds; the quotas are fair shares, not security boundaries.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tortoise.functions import Sum
+
+from app.models import Prediction, Status
+
+USAGE_TTL = 2.0
+MAX_PEOPLE = 10_000  # past it, the figures kept are dropped: a flood of accounts costs queries, not memory
+DAY = timedelta(hours=24)
+
+
+@dataclass
+class Usage:
+    queued: int  # single uploads and async jobs waiting for the model
+    sent: int  # images in the last 24 hours
+    stored: int  # bytes of originals kept
+    read_at: float = 0.0
+
+
+async def stored_bytes(user_id: int) -> int:
+    """The bytes of the originals kept for a person's predictions (a pruned one keeps none)."""
+    rows = (
+        await Prediction.filter(user_id=user_id)
+        .exclude(image_path="")
+        .annotate(total=Sum("image_bytes"))
+        .values_list("total", flat=True)
+    )
+    total: Any = rows[0] if rows else None
+    return int(total or 0)
+
+
+async def queued(user_id: int) -> int:
+    return await Prediction.filter(user_id=user_id, status=Status.QUEUED, collection_id__isnull=True).count()
+
+
+async def sent_today(user_id: int, now: datetime) -> int:
+    return await Prediction.filter(user_id=user_id, created_at__gte=now - DAY).count()
+
+
+async def read_usage(user_id: int) -> Usage:
+    now = datetime.now(UTC)
+    return Usage(await queued(user_id), await sent_today(user_id, now), await stored_bytes(user_id), time.monotonic())
+
+
+class UsageCache:
+    """One web process's recent figures, by person."""
+
+    def __init__(self, ttl: float = USAGE_TTL) -> None:
+        self.ttl = ttl
+        self._people: dict[int, Usage] = {}
+
+    async def get(self, user_id: int) -> Usage:
+        usage = self._people.get(user_id)
+        if usage is None or time.monotonic() - usage.read_at > self.ttl:
+            if len(self._people) >= MAX_PEOPLE:
+                self._people.clear()
+            usage = self._people[user_id] = await read_usage(user_id)
+        return usage
+
+    def counted(self, user_id: int, size: int) -> None:
+        """One more upload went ahead."""
+        usage = self._people.get(user_id)
+        if usage is not None:
+            usage.queued, usage.sent, usage.stored = usage.queued + 1, usage.sent + 1, usage.stored + size
+
+    def forget(self, user_id: int) -> None:
+        self._people.pop(user_id, None)

@@ -1,0 +1,247 @@
+"""The web side's CPU per prediction: the web process and its decode pool, from the operating system's
+counters, split by stage from the app's own timers (`app_web_stage_cpu_seconds` in /metrics), and cross-
+checked with a sampling profiler (py-spy).
+
+    python bench/web_cost.py [--predictions 400] [--concurrency 8] [--large 30] [--baseline REV]
+
+Workers run the stand-in model, so the model costs nothing and the machine is the web side's. With
+`--baseline REV` the same load first runs against that commit of the code (a git worktree), so the
+figures before and after a change are measured in one run, on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.images import make_image  # noqa: E402
+from bench.run import PY, System, database, say  # noqa: E402
+
+TICKS = 100  # clock ticks per second in /proc/<pid>/stat (USER_HZ, 100 on Linux)
+STAGE = re.compile(r'^app_web_stage_cpu_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$', re.M)
+# py-spy's samples, by stage: the first stage (in this order) that any frame of the stack names. Sign-in
+# first: its user lookup is a database call, but the stage is sign-in's.
+PROFILE_STAGES = [
+    ("auth", ("sessions.py", "jwt")),
+    ("hash", ("sha256", "hexdigest")),
+    ("decode", ("images.py", "sandbox.py", "PIL", "cv2", "pebble", "multiprocessing", "pickle")),
+    ("storage", ("files.py",)),
+    ("waiting", ("results.py",)),
+    ("database", ("tortoise", "asyncpg", "aiosqlite", "pypika", "sqlite3", "usage.py", "quotas.py")),
+    ("redis", ("redis", "producer.py")),
+    ("parsing", ("multipart", "upload_file", "httptools_impl", "on_body")),
+    ("rendering", ("msgspec", "serialization", "response", "schemas.py", "jinja")),
+]
+
+
+@dataclass
+class Cost:
+    """What one system spent on a batch of uploads."""
+
+    label: str
+    images: int
+    seconds: float = 0.0
+    cpu_s: float = 0.0  # the web process and its descendants (the decode pool)
+    stages_ms: dict[str, float] = field(default_factory=dict)  # per upload, from the app's timers
+    profile: dict[str, float] = field(default_factory=dict)  # share of py-spy's samples
+
+    @property
+    def ms_per_image(self) -> float:
+        return 1000 * self.cpu_s / self.images if self.images else 0.0
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of `pid` and every descendant alive, with what their ended children spent."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        times[child] = sum(int(x) for x in fields[11:15]) / TICKS
+    family, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    return sum(times.get(p, 0.0) for p in family)
+
+
+def stage_sums(text: str) -> dict[str, tuple[float, float]]:
+    found: dict[str, list[float]] = {}
+    for kind, name, value in STAGE.findall(text):
+        found.setdefault(name, [0.0, 0.0])[0 if kind == "count" else 1] = float(value)
+    return {name: (count, total) for name, (count, total) in found.items()}
+
+
+def sign_up(url: str) -> str:
+    """A new account's token (before measuring: hashing its password is deliberately costly)."""
+    import httpx
+
+    body = {"email": f"cost-{time.time_ns()}@example.com", "password": "web-cost-benchmark"}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        client.post("/api/auth/register", json=body).raise_for_status()
+        response = client.post("/api/auth/login", json=body)
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+
+async def upload_all(url: str, token: str, images: list[bytes], concurrency: int) -> float:
+    """Classify every image, `concurrency` at a time; seconds taken."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
+        queue = list(enumerate(images))
+        started = time.perf_counter()
+
+        async def user() -> None:
+            while queue:
+                i, data = queue.pop()
+                response = await client.post("/api/predictions", files={"file": (f"{i}.jpg", data, "image/jpeg")})
+                if response.status_code != 200:
+                    raise RuntimeError(f"upload {i}: {response.status_code} {response.text[:200]}")
+
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+        return time.perf_counter() - started
+
+
+def metrics_text(url: str) -> str:
+    import httpx
+
+    return httpx.get(f"{url}/metrics", timeout=30).text
+
+
+def profile_shares(raw: Path) -> dict[str, float]:
+    """py-spy's samples (raw, collapsed stacks), by stage (PROFILE_STAGES)."""
+    counts: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        stage = next((s for s, words in PROFILE_STAGES if any(w in f for f in frames for w in words)), "other")
+        counts[stage] += int(n)
+    total = sum(counts.values()) or 1
+    return {stage: counts[stage] / total for stage in counts}
+
+
+@contextmanager
+def profiler(pid: int, seconds: float, out: Path) -> Iterator[None]:
+    """py-spy sampling `pid` and its decode processes while the block runs (if py-spy is installed)."""
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    if not Path(spy).exists():
+        yield
+        return
+    command = [spy, "record", "-p", str(pid), "--subprocesses", "--nonblocking", "-r", "250"]
+    command += ["-d", str(int(seconds) + 1), "-f", "raw", "-o", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        process.send_signal(2)  # py-spy writes what it has on SIGINT
+        process.wait(timeout=60)
+
+
+def measure(system: System, label: str, images: list[bytes], concurrency: int, workdir: Path) -> Cost:
+    split, images = images[: max(10, len(images) // 5)], images[max(10, len(images) // 5) :]
+    """CPU per image with `concurrency` uploads at a time (from the OS's counters, profiled with py-spy),
+    then the split by stage one upload at a time (a stage's timer counts the whole process, so with
+    several uploads at once it would count the others' work too)."""
+    web, token = system.processes[0].pid, sign_up(system.url)
+    asyncio.run(upload_all(system.url, token, [make_image(i + 2**40) for i in range(20)], concurrency))  # warm up
+    cost = Cost(label, len(images))
+    raw = workdir / f"profile-{label.replace(' ', '-').replace(',', '')}.txt"
+    before = tree_cpu(web)
+    with profiler(web, 600, raw):
+        cost.seconds = asyncio.run(upload_all(system.url, token, images, concurrency))
+    cost.cpu_s = tree_cpu(web) - before
+    if raw.exists():
+        cost.profile = profile_shares(raw)
+    counters = stage_sums(metrics_text(system.url))
+    asyncio.run(upload_all(system.url, token, split, 1))
+    for name, (count, total) in stage_sums(metrics_text(system.url)).items():
+        done = count - counters.get(name, (0.0, 0.0))[0]
+        cost.stages_ms[name] = 1000 * (total - counters.get(name, (0.0, 0.0))[1]) / done if done else 0.0
+    say(f"  {label}: {cost.ms_per_image:.1f} ms of web CPU per image ({len(images) / cost.seconds:.0f} images/s)")
+    return cost
+
+
+def worktree(rev: str, workdir: Path) -> Path:
+    path = workdir / f"baseline-{rev[:8]}"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev], check=True, capture_output=True
+    )
+    return path
+
+
+def run(args: argparse.Namespace, workdir: Path) -> list[Cost]:
+    small = [make_image((int(time.time()) << 20) + i) for i in range(args.predictions)]
+    large = [make_image((int(time.time()) << 20) + 2**19 + i, size=(4000, 3000)) for i in range(args.large)]
+    systems = [(f"baseline {args.baseline[:8]}", worktree(args.baseline, workdir))] if args.baseline else []
+    systems.append(("this code", ROOT))
+    costs = []
+    with database(None, workdir) as database_url:
+        for label, root in systems:
+            say(f"{label}: {args.predictions} photos of 640x480, {args.large} of 12 MP, {args.concurrency} at a time")
+            env = {"INFERENCE_BACKEND": "stand-in", "WEB_PROCESSES": "1"}
+            system = System(workdir, database_url, 1, pinned=False, backend="stand-in", extra_env=env, root=root)
+            try:
+                costs.append(measure(system, f"{label}, 640x480", small, args.concurrency, workdir))
+                if large:
+                    costs.append(measure(system, f"{label}, 12 MP", large, max(1, args.concurrency // 4), workdir))
+            finally:
+                system.stop()
+    return costs
+
+
+def table(costs: list[Cost]) -> str:
+    from app.stages import STAGES
+
+    head = "| system, photo | ms of CPU per image | " + " | ".join(STAGES) + " |"
+    lines = [head, "| --- | ---: |" + " ---: |" * len(STAGES)]
+    for cost in costs:
+        stages = " | ".join(f"{cost.stages_ms.get(s, 0.0):.2f}" for s in STAGES)
+        lines.append(f"| {cost.label} | **{cost.ms_per_image:.1f}** | {stages} |")
+    lines.append("")
+    lines.append("py-spy's samples by stage (share of the web process's and its decode pool's samples):")
+    lines.append("")
+    lines.append(head.replace("ms of CPU per image", "samples"))
+    lines.append("| --- | ---: |" + " ---: |" * len(STAGES))
+    for cost in costs:
+        shares = " | ".join(f"{100 * cost.profile.get(s, 0.0):.0f}%" for s in STAGES)
+        lines.append(f"| {cost.label} | {'yes' if cost.profile else 'no py-spy'} | {shares} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--predictions", type=int, default=400)
+    parser.add_argument("--large", type=int, default=30, help="12-megapixel photos (0: none)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--baseline", default="", help="a commit to measure first, in a git worktree")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="web-cost-"))
+    say(f"work files and logs in {workdir}")
+    try:
+        print(table(run(args, workdir)))
+    finally:
+        if args.baseline:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], capture_output=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""A busy uploader's quotas and sign-in cost no query per image (app/usage.py, app/web/sessions.py), and a
+refusal is never made on figures kept in memory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from app import usage
+from app.models import Prediction, Status, User
+from app.settings import Settings
+from tests import samples
+from tests.conftest import CountingClassifier
+from tests.test_quotas import add_rows, changed, finish_queued, upload, user_of_token
+
+
+@contextmanager
+def queries(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """The SQL statements run inside the block (Tortoise logs each one)."""
+    caplog.clear()
+    found: list[str] = []
+    with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+        yield found
+    found.extend(r.getMessage() for r in caplog.records if r.name == "tortoise.db_client")
+
+
+async def test_uploads_within_the_ttl_read_no_usage_and_no_user_row(
+    client: httpx.AsyncClient, auth: dict[str, str], worker: CountingClassifier, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await upload(client, auth, samples.photo(1700))
+    assert first.status_code == 200, first.text
+    with queries(caplog) as statements:
+        second = await upload(client, auth, samples.photo(1701))
+    assert second.status_code == 200, second.text
+    counted = [s for s in statements if "COUNT" in s.upper() or "SUM(" in s.upper()]
+    users = [s for s in statements if '"user"' in s and "SELECT" in s.upper()]
+    assert not counted and not users, statements
+    assert any("INSERT" in s.upper() for s in statements)  # the log does show the queries it runs
+
+
+async def test_figures_kept_in_memory_never_refuse(
+    client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, settings: Settings, no_worker: None
+) -> None:
+    user = await user_of_token(client, auth)
+    services = app.state.services
+    rows = await add_rows(user, 2, status=Status.QUEUED)
+    try:
+        await services.usage.get(user.id)  # kept: 2 waiting
+        await Prediction.filter(id__in=[r.id for r in rows]).update(status=Status.FAILED)  # done meanwhile
+        with changed(app, settings, quota_queued=2):
+            allowed = await upload(client, auth, samples.photo(1702, fmt="PNG"), wait="false")
+        assert allowed.status_code == 202, allowed.text  # read fresh before refusing: 0 waiting
+        with changed(app, settings, quota_queued=1):
+            refused = await upload(client, auth, samples.photo(1703, fmt="PNG"), wait="false")
+        assert refused.status_code == 429 and refused.json()["extra"]["used"] == 1
+    finally:
+        await finish_queued(user)
+
+
+async def test_the_figures_count_on_and_are_read_again_after_the_ttl(client: httpx.AsyncClient) -> None:
+    user = await User.create(email="usage-ttl@example.com", password_hash="x")
+    cache = usage.UsageCache(ttl=0.0)
+    assert (await cache.get(user.id)).sent == 0
+    cache.counted(user.id, 100)
+    kept = cache._people[user.id]
+    assert (kept.queued, kept.sent, kept.stored) == (1, 1, 100)
+    assert (await cache.get(user.id)).stored == 0  # past the TTL: the database's figures again

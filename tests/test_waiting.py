@@ -1,0 +1,77 @@
+"""A request waiting for its result: answered from the worker's message, listening before the job exists."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from litestar import Litestar
+from redis.asyncio import Redis
+
+from app import keys, predictions
+from app.jobs.protocol import result_message
+from app.models import Prediction, Status, User
+from tests import samples
+from tests.conftest import CountingClassifier
+
+
+async def queued_row(client: httpx.AsyncClient, auth: dict[str, str], sha: str) -> Prediction:
+    user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
+    return await Prediction.create(
+        user=user,
+        image_sha256=sha,
+        image_path="x",
+        model_name="resnet50",
+        model_weights="random",
+        enqueued_at=datetime.now(UTC),
+    )
+
+
+async def test_the_answer_comes_from_the_message_not_the_row(
+    client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, no_worker: None, redis: Redis
+) -> None:
+    services = app.state.services
+    prediction = await queued_row(client, auth, "a" * 64)
+    services.waiter.expect(str(prediction.id))  # as `submit` does before enqueueing
+    fields: dict[str, Any] = {
+        "label": "from the message",
+        "wnid": "n00000001",
+        "score": 0.5,
+        "top5": [],
+        "model_version": "v",
+        "latency_ms": 12.5,
+        "finished_at": datetime.now(UTC).isoformat(),
+    }
+    await redis.publish(keys.RESULTS, result_message(str(prediction.id), Status.DONE, fields))
+    answered = await predictions.wait(services, prediction, 5)
+    # The row was never finished: the answer can only have come from the message.
+    assert (answered.status, answered.label, answered.latency_ms) == (Status.DONE, "from the message", 12.5)
+    assert services.waiter.expected(str(prediction.id)) is None  # nothing left behind
+    await Prediction.filter(id=prediction.id).update(status=Status.FAILED)
+
+
+async def test_a_message_without_the_result_reads_the_row(
+    client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, no_worker: None, redis: Redis
+) -> None:
+    services = app.state.services
+    prediction = await queued_row(client, auth, "b" * 64)
+    services.waiter.expect(str(prediction.id))
+    await Prediction.filter(id=prediction.id).update(status=Status.FAILED, error="the row says so")
+    await redis.publish(keys.RESULTS, result_message(str(prediction.id), Status.FAILED))
+    answered = await predictions.wait(services, prediction, 5)
+    assert (answered.status, answered.error) == (Status.FAILED, "the row says so")
+
+
+async def test_an_upload_is_listened_for_before_its_job_is_on_the_stream(
+    client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, worker: CountingClassifier
+) -> None:
+    services = app.state.services
+    user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
+    prediction = await predictions.submit(services, user, samples.photo(1600), "early.jpg")
+    assert services.waiter.expected(str(prediction.id)) is not None
+    answered = await predictions.wait(services, prediction, 20)
+    stored = await Prediction.get(id=prediction.id)
+    assert answered.status == stored.status == Status.DONE
+    assert (answered.label, answered.top5, answered.latency_ms) == (stored.label, stored.top5, stored.latency_ms)
+    assert answered.finished_at == stored.finished_at
