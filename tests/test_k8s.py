@@ -132,18 +132,19 @@ def test_core_objects_are_valid_kubernetes(name: str, version: str) -> None:
 def strict(schema: Any) -> Any:
     """A CRD's schema as the API server applies it with strict field validation (kubectl's default):
     a field the schema does not declare is an error, not silently pruned."""
-    if isinstance(schema, list):
-        return [strict(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    found = {k: strict(v) for k, v in schema.items()} if "properties" not in schema else dict(schema)
+    found = dict(schema)
     if "properties" in schema:
         found["properties"] = {k: strict(v) for k, v in schema["properties"].items()}
-        for key in ("items", "additionalProperties"):
-            if key in schema:
-                found[key] = strict(schema[key])
         if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
             found["additionalProperties"] = False
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            found[key] = strict(schema[key])
+    for key in ("anyOf", "allOf", "oneOf"):
+        if key in schema:
+            found[key] = [strict(s) for s in schema[key]]
     return found
 
 

@@ -149,5 +149,5 @@ def test_settings_mixed_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIXED_PRECISION", "off")
     assert load_settings().mixed_precision == "off"
     monkeypatch.setenv("MIXED_PRECISION", "yes")
-    with pytest.raises(SettingsError, match="MIXED_PRECISION is not valid .*'auto', 'on' or 'off'.*got 'yes'"):
+    with pytest.raises(SettingsError, match=r"MIXED_PRECISION is not valid .*'auto', 'on' or 'off'.*got 'yes'"):
         load_settings()

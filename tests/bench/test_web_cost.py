@@ -1,0 +1,58 @@
+"""bench/web_cost.py: the web side's CPU per prediction, by stage, cross-checked with py-spy."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.stages import STAGES
+from bench import web_cost
+from bench.procs import tree_cpu
+
+
+def test_profile_samples_go_to_the_first_stage_any_frame_names(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        "run (asyncio);authenticate_request (app/web/sessions.py:70);execute (tortoise/backends/client.py:3) 3\n"
+        "submit (app/predictions.py:1);execute (tortoise/backends/client.py:3) 5\n"
+        "_decoded (app/sandbox.py:90);decode (app/images.py:280) 2\n"
+        "run (asyncio/runners.py:118) 10\n"
+    )
+    assert web_cost.profile_shares(raw) == {"auth": 0.15, "database": 0.25, "decode": 0.1, "other": 0.5}
+
+
+def test_the_stage_histogram_is_read_from_the_metrics_text() -> None:
+    text = (
+        'app_web_stage_cpu_seconds_count{stage="decode"} 4.0\n'
+        'app_web_stage_cpu_seconds_sum{stage="decode"} 0.02\n'
+        'app_web_stage_cpu_seconds_bucket{stage="decode",le="0.001"} 1.0\n'
+    )
+    assert web_cost.stage_sums(text) == {"decode": (4.0, 0.02)}
+
+
+def test_a_process_tree_counts_its_children() -> None:
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"]
+    )
+    try:
+        time.sleep(0.5)
+        spent = tree_cpu(parent.pid)
+    finally:
+        parent.wait(timeout=30)
+    assert spent >= 0.2  # the grandchild's burn, seen through its parent
+
+
+@pytest.mark.timeout(300)
+def test_a_small_run_measures_every_stage(tmp_path: Path) -> None:
+    options = argparse.Namespace(predictions=30, large=0, concurrency=2, baseline="")
+    (cost,) = web_cost.run(options, tmp_path)
+    assert cost.images == 20 and cost.ms_per_image > 0  # 10 of the 30 measure the split one at a time
+    assert set(cost.stages_ms) == set(STAGES)
+    assert cost.stages_ms["decode"] > 0 and cost.stages_ms["database"] > 0
+    assert "| this code, 640x480 |" in web_cost.report([cost])
