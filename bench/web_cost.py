@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.images import make_image  # noqa: E402
 from bench.procs import tree_cpu  # noqa: E402
-from bench.run import PY, System, database, say  # noqa: E402
+from bench.run import PY, System, database, postgres_pids, say  # noqa: E402
 
 # The code before issue 15's cuts to the web path: `make bench` measures it beside this code.
 BEFORE = "b1df8f1"
@@ -45,7 +46,7 @@ PROFILE_STAGES = [
     ("database", ("tortoise", "asyncpg", "aiosqlite", "pypika", "sqlite3", "usage.py", "quotas.py")),
     ("redis", ("redis", "producer.py")),
     ("parsing", ("multipart", "upload_file", "data_received", "on_body")),
-    ("rendering", ("msgspec", "serialization", "response", "schemas.py", "jinja")),
+    ("rendering", ("msgspec", "encode_json", "to_asgi_response", "ASGIResponse", "schemas.py", "jinja")),
 ]
 
 
@@ -59,6 +60,9 @@ class Cost:
     cpu_s: float = 0.0  # the web process and its descendants (the decode pool)
     stages_ms: dict[str, float] = field(default_factory=dict)  # per upload, from the app's timers
     profile: dict[str, float] = field(default_factory=dict)  # share of py-spy's samples
+    redis_ms: float = 0.0  # the Redis server's CPU per image
+    redis_calls: dict[str, float] = field(default_factory=dict)  # Redis commands per image
+    database_ms: float = 0.0  # PostgreSQL's CPU per image (0 on SQLite: in the web process)
 
     @property
     def ms_per_image(self) -> float:
@@ -138,19 +142,39 @@ def profiler(pid: int, seconds: float, out: Path) -> Iterator[None]:
         process.wait(timeout=60)
 
 
+def redis_use(system: System) -> tuple[float, dict[str, int]]:
+    """The Redis server's CPU seconds so far, and its calls by command (but the INFO that asks)."""
+    stats = system.redis_server.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    calls.pop("info", None)
+    return tree_cpu(system.redis_server.pid), calls
+
+
+def database_cpu(on_postgres: bool) -> float:
+    """PostgreSQL's processes' CPU seconds so far (SQLite runs inside the web process: counted there)."""
+    pids = postgres_pids()
+    return tree_cpu(min(pids)) if on_postgres and pids else 0.0  # the postmaster (the first) and its backends
+
+
 def measure(system: System, label: str, images: list[bytes], concurrency: int, workdir: Path) -> Cost:
-    split, images = images[: max(10, len(images) // 5)], images[max(10, len(images) // 5) :]
     """CPU per image with `concurrency` uploads at a time (from the OS's counters, profiled with py-spy),
     then the split by stage one upload at a time (a stage's timer counts the whole process, so with
     several uploads at once it would count the others' work too)."""
+    one_by_one = min(max(10, len(images) // 5), len(images) // 2)
+    split, images = images[:one_by_one], images[one_by_one:]
     web, token = system.processes[0].pid, sign_up(system.url)
     asyncio.run(upload_all(system.url, token, [make_image(i + 2**40) for i in range(20)], concurrency))  # warm up
     cost = Cost(label, len(images))
     raw = workdir / f"profile-{label.replace(' ', '-').replace(',', '')}.txt"
-    before = tree_cpu(web)
+    on_postgres = system.env["DATABASE_URL"].startswith("postgres")
+    before, (redis_before, calls_before), db_before = tree_cpu(web), redis_use(system), database_cpu(on_postgres)
     with profiler(web, 600, raw):
         cost.seconds = asyncio.run(upload_all(system.url, token, images, concurrency))
     cost.cpu_s = tree_cpu(web) - before
+    redis_after, calls_after = redis_use(system)
+    cost.redis_ms = 1000 * (redis_after - redis_before) / len(images)
+    cost.redis_calls = {k: (v - calls_before.get(k, 0)) / len(images) for k, v in calls_after.items()}
+    cost.database_ms = 1000 * (database_cpu(on_postgres) - db_before) / len(images)
     if raw.exists():
         cost.profile = profile_shares(raw)
     counters = stage_sums(metrics_text(system.url))
@@ -176,7 +200,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Cost]:
     systems = [(f"baseline {args.baseline[:8]}", worktree(args.baseline, workdir))] if args.baseline else []
     systems.append(("this code", ROOT))
     costs = []
-    with database(None, workdir) as database_url:
+    with database(os.environ.get("DATABASE_URL"), workdir) as database_url:
         for label, root in systems:
             say(f"{label}: {args.predictions} photos of 640x480, {args.large} of 12 MP, {args.concurrency} at a time")
             env = {"INFERENCE_BACKEND": "stand-in", "WEB_PROCESSES": "1"}
@@ -198,6 +222,15 @@ def table(costs: list[Cost]) -> str:
     for cost in costs:
         stages = " | ".join(f"{cost.stages_ms.get(s, 0.0):.2f}" for s in STAGES)
         lines.append(f"| {cost.label} | **{cost.ms_per_image:.1f}** | {stages} |")
+    lines += ["", "Beside the web side, per image (the whole upload, the worker's share included):", ""]
+    lines += [
+        "| system, photo | Redis server CPU ms | Redis commands | PostgreSQL CPU ms |",
+        "| --- | ---: | --- | ---: |",
+    ]
+    for cost in costs:
+        commands = ", ".join(f"{name} {n:.1f}" for name, n in sorted(cost.redis_calls.items()) if n >= 0.05)
+        total = sum(cost.redis_calls.values())
+        lines.append(f"| {cost.label} | {cost.redis_ms:.2f} | {total:.1f}: {commands} | {cost.database_ms:.2f} |")
     lines.append("")
     lines.append("py-spy's samples by stage (share of the web process's and its decode pool's samples):")
     lines.append("")

@@ -5,6 +5,7 @@ images and commands, the migrations before the web app and the workers, autoscal
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -276,18 +277,33 @@ async def test_the_wait_for_migrations_ends_once_they_are_applied(tmp_path: Path
 
     def start(url: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            wait["command"], cwd=ROOT, env=base | {"DATABASE_URL": url}, text=True, start_new_session=True
+            wait["command"],
+            cwd=ROOT,
+            env=base | {"DATABASE_URL": url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
 
+    def stop(process: subprocess.Popen[str]) -> str:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        return process.communicate(timeout=10)[0]
+
     done = start(migrated)
-    assert done.wait(timeout=60) == 0
+    try:
+        assert done.wait(timeout=60) == 0
+    finally:
+        output = stop(done)
+    assert "waiting for the migrations" not in output
     waiting = start(empty)
     try:
         with pytest.raises(subprocess.TimeoutExpired):
             waiting.wait(timeout=8)  # still waiting: two rounds of `tortoise migrate --dry-run`, at least
     finally:
-        os.killpg(waiting.pid, signal.SIGTERM)
-        waiting.wait(timeout=10)
+        output = stop(waiting)
+    assert "waiting for the migrations" in output
 
 
 @kustomizations
