@@ -1,4 +1,7 @@
-"""A small kustomize, enough for deploy/k8s: `resources` (files and directories), `namespace` and `patches`
+"""deploy/k8s read in Python for tests/test_k8s.py: a small kustomize, resource quantities, and a CRD's schema
+as the API server applies it.
+
+The kustomize renders what deploy/k8s uses: `resources` (files and directories), `namespace` and `patches`
 written as inline JSON 6902 operations. It refuses every other field, so a kustomization that outgrows it
 fails loudly instead of being rendered wrong; tests/test_k8s.py compares its output with `kubectl kustomize`.
 
@@ -96,3 +99,43 @@ def apply_operation(doc: Object, operation: dict[str, Any]) -> None:
         del node[int(last) if isinstance(node, list) else last]
     else:
         raise KustomizeError(f"unsupported operation {op!r}")
+
+
+def quantity(value: str | int) -> float:
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    text = str(value)
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * factor
+    return float(text)
+
+
+def strict(schema: Any) -> Any:
+    """A CRD's schema as the API server applies it with strict field validation (kubectl's default):
+    a field the schema does not declare is an error, not silently pruned."""
+    if not isinstance(schema, dict):
+        return schema
+    found = dict(schema)
+    if "properties" in schema:
+        found["properties"] = {k: strict(v) for k, v in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            found["additionalProperties"] = False
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            found[key] = strict(schema[key])
+    for key in ("anyOf", "allOf", "oneOf"):
+        if key in schema:
+            found[key] = [strict(s) for s in schema[key]]
+    return found
+
+
+def crd_schemas(directory: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> the strict schema of each served version of the vendored CRDs."""
+    found = {}
+    for path in sorted(directory.glob("*.yaml")):
+        (crd,) = documents(path)
+        for version in crd["spec"]["versions"]:
+            if version["served"]:
+                key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+                found[key] = strict(version["schema"]["openAPIV3Schema"])
+    return found
