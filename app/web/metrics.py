@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from app.jobs.producer import live_workers, queue_depth
 from app.jobs.protocol import BATCH_SIZE_BUCKETS, INFERENCE_SECONDS_BUCKETS, Heartbeat
 from app.jobs.results import cache_hits
+from app.models import Prediction, Status
 from app.settings import Settings, is_loopback
 from app.web.deps import client_address, services
 
@@ -43,13 +44,20 @@ def _histogram(
 class QueueCollector(Collector):
     """A snapshot of Redis taken by the scrape."""
 
-    def __init__(self, depth: int, workers: list[Heartbeat], hits: int) -> None:
+    def __init__(self, depth: int, workers: list[Heartbeat], hits: int, waiting: int = 0) -> None:
         self.depth = depth
         self.workers = workers
         self.hits = hits
+        self.waiting = waiting
 
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily("app_queue_depth", "Jobs waiting or in flight", value=self.depth)
+        # The streams hold a window of each collection (FEED_WINDOW): the rest waits in the database.
+        yield GaugeMetricFamily(
+            "app_backlog",
+            "The workers' whole backlog: jobs on the streams and images waiting in the database for them",
+            value=self.depth + self.waiting,
+        )
         yield GaugeMetricFamily("app_workers_live", "Workers with a live heartbeat", value=len(self.workers))
         yield CounterMetricFamily("app_cache_hits", "Uploads answered from the result cache", value=self.hits)
         # Speed while busy, not throughput: rate(app_worker_images_total[1m]) is that.
@@ -102,6 +110,9 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
         raise NotAuthorizedException("Metrics need the METRICS_TOKEN bearer token, or a request from this machine")
     redis = services(request).redis
     snapshot = CollectorRegistry()
-    snapshot.register(QueueCollector(await queue_depth(redis), await live_workers(redis), await cache_hits(redis)))
+    waiting = await Prediction.filter(status=Status.QUEUED, enqueued_at__isnull=True).count()
+    snapshot.register(
+        QueueCollector(await queue_depth(redis), await live_workers(redis), await cache_hits(redis), waiting)
+    )
     body = _request_metrics(settings.prometheus_multiproc_dir) + generate_latest(snapshot)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

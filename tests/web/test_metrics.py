@@ -7,7 +7,10 @@ import dataclasses
 import httpx
 from litestar import Litestar
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
+from app import keys
+from app.models import Prediction, Status, User
 from app.settings import Settings
 from app.web.metrics import may_read_metrics
 from tests import samples
@@ -79,3 +82,23 @@ async def test_cache_hits_are_counted_in_the_metrics(
     assert again.status_code == 200 and "cached" not in again.json()
     after = samples_of((await client.get("/metrics")).text)["app_cache_hits_total{}"]
     assert after == before + 1
+
+
+async def test_the_backlog_counts_images_waiting_in_the_database(
+    client: httpx.AsyncClient, auth: dict[str, str], no_worker: None, redis: Redis
+) -> None:
+    user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
+    await redis.set(keys.FEED_LOCK, "this test", ex=60)  # the feeder stays out: the rows keep waiting
+    try:
+        before = samples_of((await client.get("/metrics")).text)
+        rows = [
+            await Prediction.create(
+                user=user, image_sha256=f"{i:064x}", image_path="x", model_name="resnet50", model_weights="random"
+            )
+            for i in range(2)
+        ]
+        after = samples_of((await client.get("/metrics")).text)
+    finally:
+        await redis.delete(keys.FEED_LOCK)
+        await Prediction.filter(id__in=[r.id for r in rows]).update(status=Status.FAILED)
+    assert after["app_backlog{}"] == before["app_backlog{}"] + 2 == after["app_queue_depth{}"] + 2
