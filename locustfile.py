@@ -21,7 +21,7 @@ from gevent.lock import Semaphore
 from locust import HttpUser, between, constant, task
 from locust.clients import HttpSession
 
-from bench.images import make_image
+from bench.images import distinct_photo
 
 SHAPE = os.environ.get("LOAD_SHAPE", "original")
 IMAGES = os.environ.get("IMAGES", "distinct")
@@ -35,13 +35,13 @@ _tokens: dict[int, str] = {}
 _signing_in = Semaphore()
 
 
-CACHED_IMAGE = make_image(_RUN)
+CACHED_IMAGE = distinct_photo(_RUN)
 
 
 def next_image() -> bytes:
     if IMAGES == "cached":
         return CACHED_IMAGE
-    return make_image((_RUN << 20) + next(_counter))
+    return distinct_photo((_RUN << 20) + next(_counter))
 
 
 def token(client: HttpSession, account: int) -> str:

@@ -25,3 +25,12 @@ def test_the_image_is_a_valid_jpeg() -> None:
 def test_a_seed_too_large_is_refused() -> None:
     with pytest.raises(ValueError, match="does not fit"):
         make_image(2**64)
+
+
+def test_distinct_photos_are_distinct_valid_jpegs_of_the_same_photo() -> None:
+    from bench.images import distinct_photo
+
+    files = [distinct_photo(seed) for seed in (1, 2, 3)]
+    assert len({hashlib.sha256(f).digest() for f in files}) == 3
+    decoded = {Image.open(io.BytesIO(f)).tobytes() for f in files}
+    assert len(decoded) == 1 and Image.open(io.BytesIO(files[0])).size == (640, 480)
