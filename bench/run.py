@@ -486,7 +486,10 @@ def report(
         f"ms. Offered: the predictions/s the users of the original shape would send if every answer were instant "
         f"(users x {PREDICT_SHARE} / {MEAN_THINK_S:.0f} s); it keeps up when it serves at least "
         f"{100 * KEPT_UP_SHARE:.0f}% of that with a median under 1 s (a closed loop: users who wait for slow answers "
-        "send less, so a backlog shows as latency).",
+        "send less, so a backlog shows as latency). Web CPU per prediction: the web process and its decode pool, "
+        "from the operating system's counters over the whole row, divided by the predictions counted; it includes "
+        "the light requests and the sign-ins of the row's 10 accounts (deliberately slow password hashing: a few "
+        "seconds of CPU, which weigh most in the short, slow rows). The next section gives one upload's cost alone.",
         "",
         "| engine | workers | shape | pinned | users | failures % | req/s | predictions/s | offered | kept up | "
         "prediction median | prediction p95 | me median | me p95 | web CPU ms per prediction |",

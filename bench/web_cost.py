@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.images import make_image  # noqa: E402
+from bench.images import distinct_photo, make_image  # noqa: E402
 from bench.procs import tree_cpu  # noqa: E402
 from bench.run import PY, System, database, postgres_pids, say  # noqa: E402
 
@@ -195,20 +195,24 @@ def worktree(rev: str, workdir: Path) -> Path:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> list[Cost]:
-    small = [make_image((int(time.time()) << 20) + i) for i in range(args.predictions)]
-    large = [make_image((int(time.time()) << 20) + 2**19 + i, size=(4000, 3000)) for i in range(args.large)]
+    """Each system in its own directory (its own Redis: no result cache carried over) with its own images:
+    new files of one photo (new hashes, the same decode: see bench.images.distinct_photo)."""
     systems = [(f"baseline {args.baseline[:8]}", worktree(args.baseline, workdir))] if args.baseline else []
     systems.append(("this code", ROOT))
     costs = []
     with database(os.environ.get("DATABASE_URL"), workdir) as database_url:
-        for label, root in systems:
+        for n, (label, root) in enumerate(systems):
             say(f"{label}: {args.predictions} photos of 640x480, {args.large} of 12 MP, {args.concurrency} at a time")
+            salt = (time.time_ns() % 2**40 << 20) + (n << 18)
+            small = [distinct_photo(salt + i) for i in range(args.predictions)]
+            large = [distinct_photo(salt + 2**17 + i, size=(4000, 3000)) for i in range(args.large)]
             env = {"INFERENCE_BACKEND": "stand-in", "WEB_PROCESSES": "1"}
-            system = System(workdir, database_url, 1, pinned=False, backend="stand-in", extra_env=env, root=root)
+            (own := workdir / f"system-{n}").mkdir()
+            system = System(own, database_url, 1, pinned=False, backend="stand-in", extra_env=env, root=root)
             try:
-                costs.append(measure(system, f"{label}, 640x480", small, args.concurrency, workdir))
+                costs.append(measure(system, f"{label}, 640x480", small, args.concurrency, own))
                 if large:
-                    costs.append(measure(system, f"{label}, 12 MP", large, max(1, args.concurrency // 4), workdir))
+                    costs.append(measure(system, f"{label}, 12 MP", large, max(1, args.concurrency // 4), own))
             finally:
                 system.stop()
     return costs
