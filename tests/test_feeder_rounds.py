@@ -1,0 +1,44 @@
+"""The feeder's rounds: busy only while it has something to do (images waiting for the streams, or
+collections whose windows it tops up), not while synchronous uploads are in flight on their streams."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from app import keys
+from app.feeder import _has_work
+from app.models import Collection, CollectionStatus, Prediction, Status, User
+
+
+async def test_synchronous_uploads_in_flight_leave_the_feeder_idle(
+    client: httpx.AsyncClient, auth: dict[str, str], no_worker: None, redis: Redis
+) -> None:
+    user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
+    common: dict[str, Any] = {
+        "user": user,
+        "image_sha256": "c" * 64,
+        "image_path": "x",
+        "model_name": "m",
+        "model_weights": "random",
+    }
+    await redis.set(keys.FEED_LOCK, "this test", ex=60)  # the app's feeder stays out: the rows keep waiting
+    await Collection.exclude(status=CollectionStatus.DONE).update(status=CollectionStatus.DONE)  # others' leftovers
+    rows = []
+    try:
+        assert not await _has_work()
+        rows.append(await Prediction.create(**common, enqueued_at=datetime.now(UTC)))
+        assert not await _has_work()  # in flight: the workers' business, not the feeder's
+        rows.append(await Prediction.create(**common))
+        assert await _has_work()  # waiting in the database: the feeder's
+        await Prediction.filter(id=rows[-1].id).update(status=Status.FAILED)
+        collection = await Collection.create(user=user, total=1, status=CollectionStatus.CLASSIFYING)
+        assert await _has_work()  # its window is topped up as results come
+        await Collection.filter(id=collection.id).update(status=CollectionStatus.DONE)
+        assert not await _has_work()
+    finally:
+        await redis.delete(keys.FEED_LOCK)
+        await Prediction.filter(id__in=[r.id for r in rows]).update(status=Status.FAILED)
