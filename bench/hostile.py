@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from app.run import UVICORN_ARGS  # noqa: E402
 from bench import chaos  # noqa: E402
 from bench.images import make_image  # noqa: E402
+from bench.procs import children  # noqa: E402
 from bench.run import free_port  # noqa: E402
 from bench.sections import write_section  # noqa: E402
 from tests import hostile  # noqa: E402
@@ -69,24 +70,6 @@ def status_kb(pid: int, name: str) -> int:
     except OSError:
         pass
     return 0
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of a process (the decode processes and their fork server, for the web app)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        kids = [child for child, ppid in parents.items() if ppid == parent]
-        found += kids
-        frontier += kids
-    return found
 
 
 @dataclass
