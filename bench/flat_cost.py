@@ -152,7 +152,7 @@ def saturation_row(system: bench.System, figures: Figures, workdir: Path, users:
     load = bench.Load(setup["workers"], "saturation", users, setup["pinned"], "distinct", setup["backend"], seconds)
     say(f"single-upload saturation: Locust, {users} users, {seconds:.0f} s")
     bench.run_locust(system, load, workdir, "1" if setup["pinned"] else None)
-    figures.saturation = load.get(bench.PREDICT, "rps")
+    figures.saturation = load.served
     figures.saturation_source = f"measured on this system just before: Locust, {users} users, {seconds:.0f} s"
     say(f"  -> {figures.saturation:.1f} predictions/s")
     time.sleep(5)  # the last uploads answered
@@ -215,7 +215,7 @@ def after_bench(args: argparse.Namespace, loads: list[bench.Load], workdir: Path
     ]
     figures = Figures(images, {"backend": "openvino", "workers": 1, "pinned": False, "every": args.flat_every})
     if rows:
-        figures.saturation = rows[0].get(bench.PREDICT, "rps")
+        figures.saturation = rows[0].served
         figures.saturation_source = f"the saturation row above: openvino, 1 worker, unpinned, {top} users"
     say(f"cost flat as work grows: one collection of {images} images")
     measure(figures, workdir / "flat-cost", args.flat_limit, SATURATION_USERS, args.ratio_seconds)

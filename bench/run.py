@@ -32,6 +32,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from app import keys  # noqa: E402
 from app.run import UVICORN_ARGS  # noqa: E402
 from bench.procs import tree_cpu  # noqa: E402
 
@@ -44,6 +45,10 @@ PREDICT_SHARE = 0.75
 MEAN_THINK_S = 3.0
 KEPT_UP_SHARE = 0.8  # a 20 s row at 10 users holds about 50 predictions: its count varies by about 10%
 MAX_BATCH = 32  # the worker's default batch, at which the raw model is compared with the system
+# Each row's first seconds (Locust starting, the users' sign-ins, the first small batches) are not counted:
+# the rates and the CPU figures are those of the steady window after them.
+WARMUP_S = 10.0
+PARTS = ("web", "workers", "redis", "database", "locust")  # where the CPU goes (the `Meter` below)
 
 
 def say(message: str) -> None:
@@ -62,7 +67,21 @@ class Load:
     endpoints: dict[str, dict[str, float]] = field(default_factory=dict)
     # The raw model at MAX_BATCH on the workers' cores, measured just before and after this system ran.
     raw: tuple[float, float] = (0.0, 0.0)
-    web_ms: float = 0.0  # CPU of the web process and its decode pool per prediction (light requests included)
+    # In the steady window: images the workers classified per second, and CPU ms per image by part (PARTS).
+    rate: float = 0.0
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+    window_s: float = 0.0
+
+    @property
+    def web_ms(self) -> float:
+        """CPU of the web process and its decode pool per image classified (light requests included)."""
+        return self.cpu_ms.get("web", 0.0)
+
+    @property
+    def served(self) -> float:
+        """Predictions/s: the steady rate of classified images, or Locust's count where none reach the model
+        (the cached-image row)."""
+        return self.get(PREDICT, "rps") if self.images == "cached" else self.rate
 
     def get(self, name: str, column: str) -> float:
         return self.endpoints.get(name, {}).get(column, 0.0)
@@ -237,10 +256,47 @@ class System:
         self.redis_server.shutdown()
 
 
+@dataclass(frozen=True)
+class Meter:
+    """What a system has done and spent at one moment: images its workers classified (their heartbeats'
+    counts) and the CPU seconds of each part (PARTS) so far."""
+
+    at: float
+    images: int
+    cpu: dict[str, float]
+
+
+def classified(system: System) -> int:
+    names = [keys.heartbeat(f"bench-{i}") for i in range(len(system.processes) - 1)]
+    return sum(json.loads(raw)["images"] for raw in system.redis_server.mget(names) if raw)
+
+
+def meter(system: System, locust: int) -> Meter:
+    pg = postgres_pids() if system.env["DATABASE_URL"].startswith("postgres") else []
+    cpu = {
+        "web": tree_cpu(system.processes[0].pid),
+        "workers": sum(tree_cpu(p.pid) for p in system.processes[1:]),
+        "redis": tree_cpu(system.redis_server.pid),
+        "database": tree_cpu(min(pg)) if pg else 0.0,  # SQLite runs inside the web process and the workers
+        "locust": tree_cpu(locust),
+    }
+    return Meter(time.monotonic(), classified(system), cpu)
+
+
+def steady(load: Load, first: Meter, last: Meter) -> None:
+    """The window's rate and CPU per image classified, by part."""
+    images = 0 if load.images == "cached" else last.images - first.images
+    load.window_s = last.at - first.at
+    load.rate = images / load.window_s
+    if images:
+        load.cpu_ms = {part: 1000 * (last.cpu[part] - first.cpu[part]) / images for part in PARTS}
+
+
 def run_locust(system: System, load: Load, workdir: Path, cores: str | None) -> None:
+    """Locust for WARMUP_S + `load.seconds`; measured over the last `load.seconds` (see `steady`)."""
     prefix = workdir / f"locust-{load.workers}w-{load.shape}-{load.users}u-{'pin' if load.pinned else 'free'}"
     command = [*pin(cores), PY, "-m", "locust", "-f", str(ROOT / "locustfile.py"), "--headless"]
-    command += ["-u", str(load.users), "-r", str(load.users), "-t", f"{int(load.seconds)}s"]
+    command += ["-u", str(load.users), "-r", str(load.users), "-t", f"{int(WARMUP_S + load.seconds)}s"]
     command += [
         "--host",
         system.url,
@@ -252,16 +308,20 @@ def run_locust(system: System, load: Load, workdir: Path, cores: str | None) -> 
         "10",
     ]
     env = os.environ | {"LOAD_SHAPE": load.shape, "IMAGES": load.images}
-    cpu_before = tree_cpu(system.processes[0].pid)
-    subprocess.run(
-        command,
-        env=env,
-        cwd=ROOT,
-        timeout=load.seconds + 120,
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "locust.log").open("ab"),
+    started = time.monotonic()
+    locust = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(workdir / "locust.log").open("ab")
     )
-    cpu = tree_cpu(system.processes[0].pid) - cpu_before
+    try:
+        time.sleep(WARMUP_S)
+        first = meter(system, locust.pid)
+        # Locust counts its time from its own start, a second or two after ours: the window ends inside it.
+        time.sleep(max(0.0, started + WARMUP_S + load.seconds - time.monotonic()))
+        steady(load, first, meter(system, locust.pid))
+        locust.wait(timeout=120)
+    finally:
+        if locust.poll() is None:
+            locust.kill()
     with open(f"{prefix}_stats.csv") as stats:
         for row in csv.DictReader(stats):
             load.endpoints[row["Name"]] = {
@@ -271,9 +331,6 @@ def run_locust(system: System, load: Load, workdir: Path, cores: str | None) -> 
                 "median": float(row["50%"] or 0),
                 "p95": float(row["95%"] or 0),
             }
-    # Over the whole row, ramp-up included, against the predictions counted after it: a slight overestimate.
-    predicted = load.get(PREDICT, "requests")
-    load.web_ms = 1000 * cpu / predicted if predicted else 0.0
 
 
 def repin(pids: list[int], cores: str) -> None:
@@ -386,7 +443,7 @@ def plot(loads: list[Load], path: Path) -> None:
             continue
         users = [x.users for x in rows]
         label = f"{backend}, {plural(workers)}, {where(pinned)}, {shape}"
-        left.plot(users, [x.get(PREDICT, "rps") for x in rows], marker=marker, label=label)
+        left.plot(users, [x.served for x in rows], marker=marker, label=label)
         right.plot(users, [x.get(PREDICT, "median") for x in rows], marker=marker, label=label)
     left.set(title="Predictions per second", xlabel="users", ylabel="predictions/s")
     right.set(title="Median prediction latency", xlabel="users", ylabel="ms", yscale="log")
@@ -415,6 +472,29 @@ def against_raw(rate: float, raw: Sequence[float]) -> str:
         f"**{100 * rate / reference:.0f}%** of the raw model at batch {MAX_BATCH} on the same cores "
         f"({reference:.1f} images/s: {raw[0]:.1f} before, {raw[1]:.1f} after)"
     )
+
+
+def cpu_table(loads: list[Load]) -> list[str]:
+    """CPU ms per image classified, by part, in each row's steady window (rows the model works for)."""
+    lines = [
+        "CPU ms per image classified, in each row's steady window, from the operating system's counters: the web "
+        "process with its decode pool; the workers; Redis; PostgreSQL (SQLite runs inside the web process and "
+        "the workers); Locust, which shares the machine. Cores busy: all of it over the window's length (of "
+        f"{os.cpu_count()}). Model share: the workers' part of the total.",
+        "",
+        "| engine | workers | shape | pinned | users | " + " | ".join(PARTS) + " | total | cores busy | model share |",
+        "| --- | ---: | --- | --- | ---: |" + " ---: |" * (len(PARTS) + 3),
+    ]
+    for x in loads:
+        if not x.cpu_ms:
+            continue
+        total = sum(x.cpu_ms.values())
+        parts = " | ".join(f"{x.cpu_ms[part]:.1f}" for part in PARTS)
+        lines.append(
+            f"| {x.backend} | {x.workers} | {x.shape} | {'yes' if x.pinned else 'no'} | {x.users} | {parts} | "
+            f"{total:.1f} | {total * x.rate / 1000:.2f} | {100 * x.cpu_ms['workers'] / total:.0f}% |"
+        )
+    return lines
 
 
 def where(pinned: bool) -> str:
@@ -482,14 +562,18 @@ def report(
         "",
         "## The system under load",
         "",
-        "Predictions (`POST /api/predictions`) and the light request (`GET /api/users/me`), 3 to 1. Latencies in "
-        f"ms. Offered: the predictions/s the users of the original shape would send if every answer were instant "
-        f"(users x {PREDICT_SHARE} / {MEAN_THINK_S:.0f} s); it keeps up when it serves at least "
-        f"{100 * KEPT_UP_SHARE:.0f}% of that with a median under 1 s (a closed loop: users who wait for slow answers "
-        "send less, so a backlog shows as latency). Web CPU per prediction: the web process and its decode pool, "
-        "from the operating system's counters over the whole row, divided by the predictions counted; it includes "
-        "the light requests and the sign-ins of the row's 10 accounts (deliberately slow password hashing: a few "
-        "seconds of CPU, which weigh most in the short, slow rows). The next section gives one upload's cost alone.",
+        "Predictions (`POST /api/predictions`) and the light request (`GET /api/users/me`), 3 to 1. Each row runs "
+        f"Locust for {WARMUP_S:.0f} s more than its time: those first seconds (Locust starting, the sign-ins of "
+        "the row's 10 accounts, deliberately slow password hashing, and the first small batches) are not "
+        "counted. Predictions/s: images the workers classified per second in the steady window after them "
+        "(their heartbeats' counts; for the cached-image row, which the model never sees, Locust's count). "
+        "Latencies in ms (Locust's, every request after all users started). Offered: the predictions/s the users "
+        f"of the original shape would send if every answer were instant (users x {PREDICT_SHARE} / "
+        f"{MEAN_THINK_S:.0f} s); it keeps up when it serves at least {100 * KEPT_UP_SHARE:.0f}% of that with a "
+        "median under 1 s (a closed loop: users who wait for slow answers send less, so a backlog shows as "
+        "latency). Web CPU per prediction: the web process and its decode pool, from the operating system's "
+        "counters over the steady window, per image classified (the light requests included). The next sections "
+        "give where the rest of the CPU goes, and one upload's cost alone.",
         "",
         "| engine | workers | shape | pinned | users | failures % | req/s | predictions/s | offered | kept up | "
         "prediction median | prediction p95 | me median | me p95 | web CPU ms per prediction |",
@@ -502,11 +586,12 @@ def report(
         lines.append(
             f"| {x.backend} | {x.workers} | {x.shape}{' (cached image)' if x.images == 'cached' else ''} | "
             f"{'yes' if x.pinned else 'no'} | {x.users} | {failures:.2f} | {x.get('Aggregated', 'rps'):.1f} | "
-            f"{x.get(PREDICT, 'rps'):.1f} | {f'{x.offered:.1f}' if original else ''} | "
+            f"{x.served:.1f} | {f'{x.offered:.1f}' if original else ''} | "
             f"{('yes' if x.kept_up() else '**no**') if original else ''} | "
             f"{x.get(PREDICT, 'median'):.0f} | {x.get(PREDICT, 'p95'):.0f} | "
             f"{x.get(ME, 'median'):.0f} | {x.get(ME, 'p95'):.0f} | {x.web_ms:.1f} |"
         )
+    lines += ["", "## Where the CPU goes", "", *cpu_table(loads)]
     if web_costs:
         lines += ["", "## Web CPU per prediction, by stage", "", web_costs]
     lines += ["", "## Against the raw model", ""]
@@ -515,7 +600,7 @@ def report(
     for x in saturated:
         lines.append(
             f"- {x.backend}, {plural(x.workers)}, {where(x.pinned)}, saturation at {x.users} users: "
-            f"{x.get(PREDICT, 'rps'):.1f} predictions/s = {against_raw(x.get(PREDICT, 'rps'), x.raw)}."
+            f"{x.served:.1f} predictions/s = {against_raw(x.served, x.raw)}."
         )
     for row in bulk_rows:
         lines.append(
@@ -547,7 +632,7 @@ def report(
         lines.append(f"- {backend}, {plural(workers)}, {where(pinned)}: {verdict}.{latency}")
     lines += ["", "## Two workers against one", ""]
     for backend, pinned in sorted({(x.backend, x.pinned) for x in saturated}):
-        by_workers = {x.workers: x.get(PREDICT, "rps") for x in saturated if (x.backend, x.pinned) == (backend, pinned)}
+        by_workers = {x.workers: x.served for x in saturated if (x.backend, x.pinned) == (backend, pinned)}
         if len(by_workers) > 1:
             lines.append(
                 f"- {backend}, {where(pinned)}, saturation at {top} users: "
@@ -661,7 +746,7 @@ def main() -> None:
                         run_locust(system, load, workdir, "1" if run.pinned else None)
                         measured.append(load)
                         say(
-                            f"  -> {load.get(PREDICT, 'rps'):.1f} predictions/s, median "
+                            f"  -> {load.served:.1f} predictions/s, median "
                             f"{load.get(PREDICT, 'median'):.0f} ms, failures {load.get('Aggregated', 'failures'):.0f}"
                         )
                     if run.bulk:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,11 +13,11 @@ import numpy as np
 from redis.asyncio import Redis
 from tortoise.transactions import in_transaction
 
-from app import keys, labels
+from app import keys
 from app.background import Every
 from app.jobs.consumer import Consumer, Delivery, Limits
 from app.jobs.protocol import PIXELS_SHAPE, Heartbeat, Job
-from app.jobs.results import publish_done
+from app.jobs.results import Top, cache_value, publish_done, result_fields
 from app.models import Prediction, Status
 from app.outages import DEPENDENCY_ERRORS
 from app.settings import Settings
@@ -28,14 +26,7 @@ from app.worker.stats import observe_batch
 
 log = logging.getLogger("app.worker")
 
-Top = list[tuple[int, float]]
 Finished = list[tuple[Delivery, Job, Top]]
-
-
-def top5_dicts(top: Sequence[tuple[int, float]]) -> list[dict[str, Any]]:
-    return [
-        {"label": labels.LABELS[i].name, "wnid": labels.LABELS[i].wnid, "score": round(float(p), 6)} for i, p in top
-    ]
 
 
 class Worker:
@@ -163,14 +154,7 @@ class Worker:
         # One commit for the batch, not one per job (each a disk flush: ~10 ms here, the loop's limit on a GPU).
         async with in_transaction():
             for _, job, top in done:
-                top5 = top5_dicts(top)
-                result = {
-                    "label": top5[0]["label"],
-                    "wnid": top5[0]["wnid"],
-                    "score": top5[0]["score"],
-                    "top5": top5,
-                    "model_version": info.version,
-                }
+                result = result_fields(top, info.version)
                 latency_ms = round((time.time() - job.queued_at) * 1000, 1)
                 updated = await Prediction.filter(id__in=job.prediction_ids, status=Status.QUEUED).update(
                     **result, status=Status.DONE, latency_ms=latency_ms, finished_at=finished
@@ -183,5 +167,5 @@ class Worker:
                 written[job.prediction_id] = (
                     result | {"latency_ms": latency_ms, "finished_at": finished.isoformat()} if full else None
                 )
-                cache[keys.result_cache(info.id, job.sha256)] = json.dumps(result)
+                cache[keys.result_cache(info.id, job.sha256)] = cache_value(top, info.version)
         await publish_done(self.redis, cache, written, Status.DONE, self.settings.result_ttl)
