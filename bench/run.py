@@ -94,7 +94,7 @@ class Load:
     def kept_up(self) -> bool:
         """Served the offered load (within the noise of a short row) with no queue building up: users who
         wait for their answers send less when answers come late, so a backlog shows in the latency."""
-        return self.get(PREDICT, "rps") >= KEPT_UP_SHARE * self.offered and self.get(PREDICT, "median") < 1000
+        return self.served >= KEPT_UP_SHARE * self.offered and self.get(PREDICT, "median") < 1000
 
 
 def machine() -> dict[str, str]:
