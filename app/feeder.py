@@ -25,8 +25,9 @@ from app import images, keys
 from app.collections import ReadingLock, read_archive
 from app.jobs import producer
 from app.jobs.protocol import Job
-from app.jobs.results import cached_result, publish_result
+from app.jobs.results import publish_result
 from app.models import Collection, CollectionStatus, Prediction, Status, mark_failed
+from app.predictions import earlier_result
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ async def _job(services: Services, first: Prediction, ids: list[str]) -> Job | N
     """The job for one image (several predictions of it), decoded again from its stored original; None
     when it was finished otherwise (from the cache, or failed because the original is unreadable)."""
     settings = services.settings
-    cached = await cached_result(services.redis, settings.model_id, first.image_sha256)
+    cached = await earlier_result(services, first.image_sha256)
     if cached is not None:
         await _finish_from_cache(services, ids, cached)
         return None

@@ -10,11 +10,12 @@ DEAD_JOBS = "jobs:dead"  # stream of jobs that failed MAX_DELIVERIES times
 RESULTS = "results"  # pub/sub channel: one message per finished job
 WORKER_PREFIX = "worker:"  # heartbeats: worker:<name> -> JSON stats, with a TTL
 # Sorted set of worker names scored by when their heartbeat expires: live workers are found without
-# scanning the keyspace, which holds a result per image ever classified.
+# scanning the keyspace.
 WORKER_NAMES = "workers:live"
 REQUEUE_LOCK = "lock:requeue"  # one web process at a time looks for stale predictions
 FEED_LOCK = "lock:feed"  # one web process at a time feeds waiting work onto the bulk streams
-# Uploads answered from the result cache, for /metrics (a user is not told: it would say what others sent).
+# Uploads answered with an earlier result of the same image, for /metrics (a user is not told: it would
+# say what others sent).
 CACHE_HITS = "stats:cache_hits"
 
 
@@ -38,10 +39,6 @@ def queued_marker(prediction_id: str) -> str:
     """Set with the job, deleted with its acknowledgement: a queued prediction without one has lost its
     job (Redis restarted) and is enqueued again."""
     return f"queued:{prediction_id}"
-
-
-def result_cache(model_id: str, sha256: str) -> str:
-    return f"result:{model_id}:{sha256}"
 
 
 def heartbeat(worker_name: str) -> str:

@@ -182,8 +182,7 @@ async def through_worker(classifier: Classifier, settings: Settings, count: int)
         done = await Prediction.filter(user_id=user.id, status=Status.DONE).count()
         if done != count:
             raise SystemExit(f"the worker finished {done} of {count} jobs (its log says why)")
-        cached = [keys.result_cache(classifier.info.id, hashlib.sha256(p).hexdigest()) for p in synthetic_images()]
-        await redis.delete(keys.bulk_jobs(user.id), *cached)
+        await redis.delete(keys.bulk_jobs(user.id))
         await redis.srem(keys.BULK_USERS, str(user.id))
         return seconds, worker.heartbeat
     finally:

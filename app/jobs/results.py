@@ -1,4 +1,4 @@
-"""Results, both sides: the worker caches and publishes each finished job; every web process holds one
+"""Results, both sides: the worker publishes each finished job; every web process holds one
 subscription (ResultWaiter) that hands each message to the requests awaiting it."""
 
 from __future__ import annotations
@@ -35,32 +35,9 @@ def result_fields(top: Top, model_version: str) -> dict[str, Any]:
     }
 
 
-def cache_value(top: Top, model_version: str) -> str:
-    """A result as the cache keeps it: the version, and the classes by index with their scores. About 110
-    bytes, against 700 for the fields spelled out: the cache holds one per image classified this week, so
-    its size is what grows with the work (the names come back from app.labels on reading)."""
-    return json.dumps([model_version, [[i, round(float(p), 6)] for i, p in top]], separators=(",", ":"))
-
-
-def _from_cache(raw: bytes | str) -> dict[str, Any] | None:
-    """The fields of a cached value; None for one this code cannot read (say, an older format): a miss."""
-    try:
-        version, top = json.loads(raw)
-        return result_fields([(int(i), float(p)) for i, p in top], str(version))
-    except (ValueError, TypeError, IndexError):
-        return None
-
-
-async def cached_result(redis: Redis, model_id: str, sha256: str) -> dict[str, Any] | None:
-    raw = await redis.get(keys.result_cache(model_id, sha256))
-    found = _from_cache(raw) if raw else None
-    if found is not None:
-        await redis.incr(keys.CACHE_HITS)
-    return found
-
-
 async def cache_hits(redis: Redis) -> int:
-    """How many uploads the result cache has answered (since Redis last started empty)."""
+    """How many uploads an earlier result answered (app.predictions.earlier_result; since Redis last
+    started empty)."""
     return int(await redis.get(keys.CACHE_HITS) or 0)
 
 
@@ -68,14 +45,10 @@ async def publish_result(redis: Redis, prediction_id: str, status: str) -> None:
     await redis.publish(keys.RESULTS, result_message(prediction_id, status))
 
 
-async def publish_done(
-    redis: Redis, results: dict[str, str], finished: dict[str, dict[str, Any] | None], status: str, ttl: int
-) -> None:
-    """Cache `results` (cache key -> JSON) and tell the waiters of `finished` predictions (id -> the fields
-    written to its row, or None), in one round trip."""
+async def publish_done(redis: Redis, finished: dict[str, dict[str, Any] | None], status: str) -> None:
+    """Tell the waiters of `finished` predictions (id -> the fields written to its row, or None), in one
+    round trip."""
     async with redis.pipeline(transaction=False) as pipe:
-        for key, value in results.items():
-            pipe.set(key, value, ex=ttl)
         for prediction_id, fields in finished.items():
             pipe.publish(keys.RESULTS, result_message(prediction_id, status, fields))
         await pipe.execute()

@@ -13,11 +13,10 @@ import numpy as np
 from redis.asyncio import Redis
 from tortoise.transactions import in_transaction
 
-from app import keys
 from app.background import Every
 from app.jobs.consumer import Consumer, Delivery, Limits
 from app.jobs.protocol import PIXELS_SHAPE, Heartbeat, Job
-from app.jobs.results import Top, cache_value, publish_done, result_fields
+from app.jobs.results import Top, publish_done, result_fields
 from app.models import Prediction, Status
 from app.outages import DEPENDENCY_ERRORS
 from app.settings import Settings
@@ -146,10 +145,9 @@ class Worker:
         return singles
 
     async def _store(self, done: Finished) -> None:
-        """The database first (the system of record), then the cache, then tell the waiters."""
+        """The database first (the system of record, and the result cache), then tell the waiters."""
         info = self.classifier.info
         finished = datetime.now(UTC)
-        cache: dict[str, str] = {}
         written: dict[str, dict[str, Any] | None] = {}  # what each waiting request is told
         # One commit for the batch, not one per job (each a disk flush: ~10 ms here, the loop's limit on a GPU).
         async with in_transaction():
@@ -167,5 +165,4 @@ class Worker:
                 written[job.prediction_id] = (
                     result | {"latency_ms": latency_ms, "finished_at": finished.isoformat()} if full else None
                 )
-                cache[keys.result_cache(info.id, job.sha256)] = cache_value(top, info.version)
-        await publish_done(self.redis, cache, written, Status.DONE, self.settings.result_ttl)
+        await publish_done(self.redis, written, Status.DONE)

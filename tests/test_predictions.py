@@ -1,0 +1,74 @@
+"""An earlier result of the same image answers a new upload: the database is the result cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+import httpx
+from litestar import Litestar
+from redis.asyncio import Redis
+
+from app.jobs.results import cache_hits, result_fields
+from app.models import Prediction, Status, User
+from app.predictions import RESULT_FIELDS, earlier_result
+from app.settings import Settings
+
+RESULT = result_fields([(3, 0.7), (4, 0.1), (5, 0.1), (6, 0.05), (7, 0.05)], "keras-3")
+
+
+async def a_prediction(settings: Settings, sha256: str, **changes: Any) -> Prediction:
+    user = await User.create(email=f"earlier-{uuid4().hex[:10]}@example.com", password_hash="not a hash")
+    fields = {
+        "user": user,
+        "image_sha256": sha256,
+        "image_path": f"{sha256[:2]}/{sha256}.jpg",
+        "model_name": settings.model_name,
+        "model_weights": settings.model_weights,
+        "status": Status.DONE,
+        "finished_at": datetime.now(UTC),
+        **RESULT,
+    }
+    return await Prediction.create(**(fields | changes))
+
+
+async def test_the_same_image_by_the_same_model_is_answered_and_counted(
+    app: Litestar, client: httpx.AsyncClient, redis: Redis, settings: Settings
+) -> None:
+    sha256 = uuid4().hex * 2
+    await a_prediction(settings, sha256)
+    hits = await cache_hits(redis)
+    found = await earlier_result(app.state.services, sha256)
+    assert found == {name: RESULT[name] for name in RESULT_FIELDS}
+    assert await cache_hits(redis) == hits + 1
+
+
+async def test_no_answer_from_another_model_an_old_result_or_an_unfinished_one(
+    app: Litestar, client: httpx.AsyncClient, redis: Redis, settings: Settings
+) -> None:
+    services = app.state.services
+    too_old = datetime.now(UTC) - timedelta(seconds=settings.result_ttl + 60)
+    unusable: list[dict[str, Any]] = [
+        {"model_weights": "another.h5"},
+        {"model_name": "resnet101"},
+        {"finished_at": too_old},
+        {"status": Status.QUEUED, "finished_at": None, "label": None},
+        {"status": Status.FAILED, "error": "unreadable"},
+    ]
+    hits = await cache_hits(redis)
+    for changes in unusable:
+        sha256 = uuid4().hex * 2
+        await a_prediction(settings, sha256, **changes)
+        assert await earlier_result(services, sha256) is None, changes
+    assert await cache_hits(redis) == hits
+    # A shorter RESULT_TTL makes a result too old sooner.
+    sha256 = uuid4().hex * 2
+    await a_prediction(settings, sha256, finished_at=datetime.now(UTC) - timedelta(seconds=120))
+    services.settings = dataclasses.replace(settings, result_ttl=60)
+    try:
+        assert await earlier_result(services, sha256) is None
+    finally:
+        services.settings = settings
+    assert await earlier_result(services, sha256) is not None
