@@ -95,8 +95,10 @@ class Prediction(Model):
     class Meta:
         table = "predictions"
         ordering = ["-created_at"]
-        # A user's predictions by time: the history pages and the per-user quotas (app/quotas.py).
-        indexes = (("user_id", "created_at"),)
+        # A user's predictions by time: the history pages and the per-user quotas (app/quotas.py). An image's
+        # finished results: an upload of it again (app.predictions.earlier_result); without both columns SQLite
+        # chose the status index and read every finished row per upload.
+        indexes = (("user_id", "created_at"), ("image_sha256", "status"))
 
 
 class Feedback(Model):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -11,9 +13,10 @@ import httpx
 from litestar import Litestar
 from redis.asyncio import Redis
 
+from app import db
 from app.jobs.results import cache_hits, result_fields
 from app.models import Prediction, Status, User
-from app.predictions import RESULT_FIELDS, earlier_result
+from app.predictions import RESULT_FIELDS, earlier_result, earlier_result_sql
 from app.settings import Settings
 
 RESULT = result_fields([(3, 0.7), (4, 0.1), (5, 0.1), (6, 0.05), (7, 0.05)], "keras-3")
@@ -72,3 +75,14 @@ async def test_no_answer_from_another_model_an_old_result_or_an_unfinished_one(
     finally:
         services.settings = settings
     assert await earlier_result(services, sha256) is not None
+
+
+async def test_the_lookup_reads_only_the_images_own_rows(tmp_path: Path) -> None:
+    """On SQLite (which plans without statistics) it once went by the status index, reading every finished
+    row for each upload: the web side's cost grew with the work done."""
+    path = tmp_path / "plan.sqlite3"
+    await db.apply_migrations(f"sqlite://{path}")
+    with sqlite3.connect(path) as connection:
+        values = ["a" * 64, "done", "resnet50", "random", "2026-01-01"]
+        plan = connection.execute(f"EXPLAIN QUERY PLAN {earlier_result_sql('sqlite')}", values).fetchall()
+    assert len(plan) == 1 and "(image_sha256=? AND status=?)" in plan[0][-1], plan
