@@ -517,7 +517,8 @@ def report(
     lines = [
         "# Benchmarks",
         "",
-        f"Measured by `make bench` on {time.strftime('%Y-%m-%d')}, in one run of {(time.time() - started) / 60:.0f} "
+        f"Measured by `make bench: {' '.join(['bench/run.py', *sys.argv[1:]])}` on {time.strftime('%Y-%m-%d')}, "
+        f"in one run of {(time.time() - started) / 60:.0f} "
         "minutes, with `MODEL_WEIGHTS=random` (untrained ResNet50: the same compute as the real weights).",
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".",
