@@ -16,6 +16,7 @@ from tortoise import connections
 from app import files, images, keys, quotas, schemas, text
 from app.jobs import producer
 from app.jobs.protocol import Job
+from app.jobs.results import RESULT_FIELDS
 from app.models import Collection, Prediction, Status, User, mark_failed
 from app.services import Services
 from app.stages import stage
@@ -28,9 +29,6 @@ Owned = TypeVar("Owned", Prediction, Collection)
 WARMING_UP = "The classifier is warming up: your image will be classified in a moment"
 NO_WORKER = f"{WARMING_UP}; try again in a few seconds"
 NO_WORKER_RETRY_AFTER = 5
-# What an earlier result gives a new prediction of the same image: the fields that depend only on the image
-# and the model.
-RESULT_FIELDS = ("label", "wnid", "score", "top5", "model_version")
 
 
 class ResultTimeout(HTTPException):
@@ -224,7 +222,7 @@ async def _finished(prediction: Prediction, message: dict[str, Any]) -> Predicti
     if message.get("status") != Status.DONE or not isinstance(fields, dict) or "finished_at" not in fields:
         await prediction.refresh_from_db()
         return prediction
-    for name in ("label", "wnid", "score", "top5", "model_version", "latency_ms"):
+    for name in (*RESULT_FIELDS, "latency_ms"):
         setattr(prediction, name, fields.get(name))
     prediction.status = Status.DONE
     prediction.finished_at = datetime.fromisoformat(fields["finished_at"])

@@ -272,12 +272,11 @@ def classified(system: System) -> int:
 
 
 def meter(system: System, locust: int) -> Meter:
-    pg = postgres_pids() if system.env["DATABASE_URL"].startswith("postgres") else []
     cpu = {
         "web": tree_cpu(system.processes[0].pid),
         "workers": sum(tree_cpu(p.pid) for p in system.processes[1:]),
         "redis": tree_cpu(system.redis_server.pid),
-        "database": tree_cpu(min(pg)) if pg else 0.0,  # SQLite runs inside the web process and the workers
+        "database": database_cpu(system.env["DATABASE_URL"].startswith("postgres")),
         "locust": tree_cpu(locust),
     }
     return Meter(time.monotonic(), classified(system), cpu)
@@ -342,6 +341,13 @@ def repin(pids: list[int], cores: str) -> None:
 def postgres_pids() -> list[int]:
     found = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True).stdout.split()
     return [int(pid) for pid in found]
+
+
+def database_cpu(on_postgres: bool) -> float:
+    """PostgreSQL's processes' CPU seconds so far (SQLite runs inside the web process and the workers:
+    counted there)."""
+    pids = postgres_pids()
+    return tree_cpu(min(pids)) if on_postgres and pids else 0.0  # the postmaster (the first) and its backends
 
 
 @contextmanager

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.images import distinct_photo, make_image  # noqa: E402
 from bench.procs import tree_cpu  # noqa: E402
-from bench.run import PY, System, database, postgres_pids, say  # noqa: E402
+from bench.run import PY, System, database, database_cpu, say  # noqa: E402
 
 # The code before issue 15's cuts to the web path: `make bench` measures it beside this code.
 BEFORE = "b1df8f1"
@@ -148,12 +148,6 @@ def redis_use(system: System) -> tuple[float, dict[str, int]]:
     calls = {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
     calls.pop("info", None)
     return tree_cpu(system.redis_server.pid), calls
-
-
-def database_cpu(on_postgres: bool) -> float:
-    """PostgreSQL's processes' CPU seconds so far (SQLite runs inside the web process: counted there)."""
-    pids = postgres_pids()
-    return tree_cpu(min(pids)) if on_postgres and pids else 0.0  # the postmaster (the first) and its backends
 
 
 def measure(system: System, label: str, images: list[bytes], concurrency: int, workdir: Path) -> Cost:

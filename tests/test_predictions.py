@@ -14,9 +14,9 @@ from litestar import Litestar
 from redis.asyncio import Redis
 
 from app import db
-from app.jobs.results import cache_hits, result_fields
+from app.jobs.results import RESULT_FIELDS, cache_hits, result_fields
 from app.models import Prediction, Status, User
-from app.predictions import RESULT_FIELDS, earlier_result, earlier_result_sql
+from app.predictions import earlier_result, earlier_result_sql
 from app.settings import Settings
 
 RESULT = result_fields([(3, 0.7), (4, 0.1), (5, 0.1), (6, 0.05), (7, 0.05)], "keras-3")

@@ -18,10 +18,12 @@ from app.jobs.protocol import result_message
 log = logging.getLogger(__name__)
 
 Top = Sequence[tuple[int, float]]  # (class index, probability), best first
+# A prediction's result: the fields that depend only on the image and the model.
+RESULT_FIELDS = ("label", "wnid", "score", "top5", "model_version")
 
 
 def result_fields(top: Top, model_version: str) -> dict[str, Any]:
-    """A prediction's result fields (label, wnid, score, top5, model_version) from the model's top 5."""
+    """A prediction's RESULT_FIELDS from the model's top 5."""
     top5 = [
         {"label": labels.LABELS[i].name, "wnid": labels.LABELS[i].wnid, "score": round(float(p), 6)} for i, p in top
     ]
