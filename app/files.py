@@ -81,17 +81,17 @@ def measure_forever(usage: DiskUsage, upload_dir: Path, seconds: float = SCAN_SE
     return Every(seconds, lambda: usage.measure(upload_dir), name="disk-usage")
 
 
-def store_original(data: bytes, relative_path: str, upload_dir: Path, usage: DiskUsage | None = None) -> Path:
-    """Keep an original once, under its hash-derived `relative_path` (blocking: call it in a thread).
-    Storing it again marks it as just used (its modification time), which a retention run respects."""
+def store_original(data: bytes, relative_path: str, upload_dir: Path) -> bool:
+    """Keep an original once, under its hash-derived `relative_path` (blocking: call it in a thread or a
+    decode process). Storing it again marks it as just used (its modification time), which a retention
+    run respects. True when it was written (it was not there)."""
     path = upload_dir / relative_path
     try:
         os.utime(path)
+        return False
     except FileNotFoundError:
         write_atomic(path, data)
-        if usage is not None:
-            usage.wrote(len(data))
-    return path
+    return True
 
 
 def remove_file(path: Path, used_since: float | None = None, dry_run: bool = False) -> int | None:

@@ -106,7 +106,12 @@ class CheckedImage:
 
     @property
     def relative_path(self) -> str:
-        return f"{self.sha256[:2]}/{self.sha256}.{self.extension}"
+        return stored_path(self.sha256, self.extension)
+
+
+def stored_path(sha256: str, extension: str) -> str:
+    """Where an original is kept, under UPLOAD_DIR: by its content, never by its name."""
+    return f"{sha256[:2]}/{sha256}.{extension}"
 
 
 def reject(status: int, detail: str) -> HTTPException:

@@ -13,7 +13,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavail
 from litestar.status_codes import HTTP_504_GATEWAY_TIMEOUT
 from tortoise import connections
 
-from app import files, images, keys, quotas, schemas, text
+from app import images, keys, quotas, schemas, text
 from app.jobs import producer
 from app.jobs.protocol import Job
 from app.jobs.results import RESULT_FIELDS
@@ -70,13 +70,8 @@ async def accept(services: Services, user: User, data: bytes) -> tuple[images.Ch
     alone or in a collection, once its quotas were checked (quotas.check_upload, or for a whole collection
     quotas.check_collection). Raises images.ImageRejected; before decoding anything, 507 when the disk is
     full."""
-    settings = services.settings
     quotas.check_disk(services, len(data))
-    image = await services.decoder.check(data, owner=user.id)
-    with stage("storage"):
-        await asyncio.to_thread(
-            files.store_original, image.data, image.relative_path, settings.upload_dir, services.disk
-        )
+    image = await services.decoder.check(data, owner=user.id, disk=services.disk)
     with stage("database"):
         return image, await earlier_result(services, image.sha256)
 

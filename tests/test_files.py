@@ -11,14 +11,14 @@ from tests.test_images import MAX_BYTES, MAX_COST, MAX_PIXELS
 
 def test_store_once_by_hash_atomically(tmp_path: Path) -> None:
     checked = images.check(samples.photo(6), MAX_BYTES, MAX_PIXELS, MAX_COST)
-    path = files.store_original(checked.data, checked.relative_path, tmp_path)
-    assert path == tmp_path / checked.sha256[:2] / f"{checked.sha256}.jpg"
+    assert files.store_original(checked.data, checked.relative_path, tmp_path)
+    path = tmp_path / checked.sha256[:2] / f"{checked.sha256}.jpg"
     assert path.read_bytes() == checked.data
-    assert files.store_original(checked.data, checked.relative_path, tmp_path) == path
+    assert not files.store_original(checked.data, checked.relative_path, tmp_path)  # there already
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left behind
 
 
-async def test_disk_usage_walks_the_directory_and_counts_new_files(tmp_path: Path) -> None:
+async def test_disk_usage_walks_the_directory_and_counts_what_is_written(tmp_path: Path) -> None:
     (tmp_path / "ab").mkdir()
     (tmp_path / "ab" / "old.jpg").write_bytes(b"x" * 100)
     (tmp_path / "thumbs" / "ab").mkdir(parents=True)
@@ -26,8 +26,8 @@ async def test_disk_usage_walks_the_directory_and_counts_new_files(tmp_path: Pat
     usage = files.DiskUsage()
     assert not usage.measured and usage.used == 0
     assert await usage.measure(tmp_path) == 150 and usage.measured
-    files.store_original(b"z" * 30, "cd/new.jpg", tmp_path, usage)
-    files.store_original(b"z" * 30, "cd/new.jpg", tmp_path, usage)  # stored once, counted once
+    assert files.store_original(b"z" * 30, "cd/new.jpg", tmp_path)
+    usage.wrote(30)
     assert usage.used == 180
     assert await usage.measure(tmp_path) == 180  # the walk does not count it twice
     assert await files.DiskUsage().measure(tmp_path / "nothing-yet") == 0

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from app import images, thumbnails
+from app import files, images, thumbnails
 from app.sandbox import DecodePool, Turns
 from app.settings import Settings
 from tests import hostile, samples
@@ -70,6 +70,21 @@ async def test_a_decode_gives_what_the_checks_give_in_process() -> None:
         with pytest.raises(images.ImageRejected) as caught:
             await pool.check(b"not an image")
         assert caught.value.status_code == 415
+
+
+async def test_the_decode_process_keeps_an_original_that_passed_once_and_counts_it(tmp_path: Path) -> None:
+    data = samples.photo(1301, (640, 480))
+    disk = files.DiskUsage()
+    async with decode_pool(upload_dir=tmp_path) as pool:
+        checked = await pool.check(data, disk=disk)
+        stored = tmp_path / checked.relative_path
+        assert stored.read_bytes() == data and disk.used == len(data)
+        assert await pool.check(data, disk=disk) == checked
+        assert disk.used == len(data)  # there already: not counted twice
+        with pytest.raises(images.ImageRejected):
+            await pool.check(b"GIF89a" + b"\0" * 40, disk=disk)
+        await pool.check(samples.photo(1302), disk=None)  # only checked
+    assert [p.name for p in await asyncio.to_thread(lambda: list(tmp_path.rglob("*.*")))] == [stored.name]
 
 
 async def test_the_process_is_small_single_threaded_and_limited_relative_to_its_start() -> None:
