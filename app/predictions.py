@@ -17,7 +17,7 @@ from app import images, keys, quotas, schemas, text
 from app.jobs import producer
 from app.jobs.protocol import Job
 from app.jobs.results import RESULT_FIELDS
-from app.models import Collection, Prediction, Status, User, mark_failed
+from app.models import Collection, Prediction, Status, User, mark_failed, placeholders
 from app.services import Services
 from app.stages import stage
 
@@ -78,7 +78,7 @@ async def accept(services: Services, user: User, data: bytes) -> tuple[images.Ch
 
 def earlier_result_sql(dialect: str) -> str:
     """The lookup of `earlier_result`, its values in the order (sha256, status, model name, weights, since)."""
-    marks = ["?"] * 5 if dialect == "sqlite" else [f"${n}" for n in range(1, 6)]
+    marks = placeholders(dialect, 5)
     return (
         f"SELECT {', '.join(RESULT_FIELDS)} FROM {Prediction._meta.db_table} WHERE image_sha256 = {{}} AND status"
         " = {} AND model_name = {} AND model_weights = {} AND finished_at >= {} LIMIT 1"

@@ -153,15 +153,16 @@ def free_port() -> int:
 async def settle(database_url: str) -> None:
     """What an earlier system left unfinished (requests cut off by its stop, a collection it was reading)
     fails now, so that no run classifies another's leftovers (the database is shared by the runs)."""
+    from tortoise.context import TortoiseContext
+
     from app import db
     from app.models import Collection, CollectionStatus, Prediction, Status
 
-    await db.init_db(database_url)
-    try:
+    # A context of its own: the process's ORM state (a test session's app) is left as it was.
+    async with TortoiseContext() as context:
+        await context.init(config=db.tortoise_config(database_url))
         await Prediction.filter(status=Status.QUEUED).update(status=Status.FAILED, error="left by an earlier run")
         await Collection.exclude(status=CollectionStatus.DONE).update(status=CollectionStatus.DONE)
-    finally:
-        await db.close_db()
 
 
 class System:

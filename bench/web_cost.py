@@ -40,8 +40,8 @@ STAGE = re.compile(r'^app_web_stage_cpu_seconds_(sum|count)\{stage="(\w+)"\} (\S
 PROFILE_STAGES = [
     ("auth", ("sessions.py", "jwt")),
     ("hash", ("sha256", "hexdigest")),
+    ("storage", ("files.py",)),  # in the decode process, which stores the original once it passed
     ("decode", ("images.py", "sandbox.py", "PIL", "cv2", "pebble", "multiprocessing", "pickle")),
-    ("storage", ("files.py",)),
     ("waiting", ("results.py",)),
     ("database", ("tortoise", "asyncpg", "aiosqlite", "pypika", "sqlite3", "usage.py", "quotas.py")),
     ("redis", ("redis", "producer.py")),

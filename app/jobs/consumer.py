@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
@@ -16,7 +17,15 @@ from redis.exceptions import ResponseError
 
 from app import keys
 from app.background import Every
-from app.jobs.protocol import Heartbeat, all_streams, as_text, bulk_streams, ensure_group, interactive_streams
+from app.jobs.protocol import (
+    JOBS_PER_COMMAND,
+    Heartbeat,
+    all_streams,
+    as_text,
+    bulk_streams,
+    ensure_group,
+    interactive_streams,
+)
 from app.jobs.results import publish_result
 from app.models import Status, mark_failed
 
@@ -113,12 +122,23 @@ class Consumer:
 
     async def _take_turns(self, streams: list[str], room: int) -> list[Delivery]:
         """Up to `room` jobs, an equal share from each stream. COUNT is per stream: with more streams
-        than room, one each from `room` of them, starting one further along every time."""
+        than room, one each from `room` of them, starting one further along every time. Read in pieces
+        of about JOBS_PER_COMMAND jobs (see there), until the share is taken or the streams are empty."""
         if not streams:
             return []
         self._turn = (self._turn + 1) % len(streams)
         chosen = (streams[self._turn :] + streams[: self._turn])[:room]
-        return await self._xread(chosen, max(1, room // len(chosen)))
+        share = max(1, room // len(chosen))
+        piece = max(1, JOBS_PER_COMMAND // len(chosen))
+        taken: list[Delivery] = []
+        while share > 0 and chosen:
+            count = min(piece, share)
+            got = await self._xread(chosen, count)
+            taken += got
+            share -= count
+            per_stream = Counter(delivery.stream for delivery in got)
+            chosen = [stream for stream in chosen if per_stream[stream] == count]  # the others ran out
+        return taken
 
     async def _reclaim(self) -> list[Delivery]:
         """Take over jobs idle longer than CLAIM_IDLE (their worker died); dead-letter repeat offenders."""

@@ -15,7 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app import keys
-from app.jobs.protocol import Heartbeat, Job, all_streams, interactive_streams
+from app.jobs.protocol import JOBS_PER_COMMAND, Heartbeat, Job, all_streams, interactive_streams
 
 # A worker that has not reported a rate yet is assumed to clear this many images a second.
 ASSUMED_WORKER_RATE = 10.0
@@ -44,15 +44,17 @@ async def has_job(redis: Redis, prediction_id: str) -> bool:
 
 
 async def enqueue_bulk(redis: Redis, user_id: int, jobs: list[Job]) -> None:
-    """Bulk work goes on the user's own stream, which workers read only when interactive work is done."""
+    """Bulk work goes on the user's own stream, which workers read only when interactive work is done;
+    JOBS_PER_COMMAND at a time, each with its markers or not at all."""
     if not jobs:
         return
     stream = keys.bulk_jobs(user_id)
-    async with redis.pipeline(transaction=True) as pipe:
-        for job in jobs:
-            _add(pipe, stream, job)
-        pipe.sadd(keys.BULK_USERS, str(user_id))
-        await pipe.execute()
+    for start in range(0, len(jobs), JOBS_PER_COMMAND):
+        async with redis.pipeline(transaction=True) as pipe:
+            for job in jobs[start : start + JOBS_PER_COMMAND]:
+                _add(pipe, stream, job)
+            pipe.sadd(keys.BULK_USERS, str(user_id))
+            await pipe.execute()
 
 
 async def _lengths(redis: Redis, streams: list[str]) -> list[int]:

@@ -17,7 +17,7 @@ from app.background import Every
 from app.jobs.consumer import Consumer, Delivery, Limits
 from app.jobs.protocol import PIXELS_SHAPE, Heartbeat, Job
 from app.jobs.results import Top, publish_done, result_fields
-from app.models import Prediction, Status
+from app.models import Status, finish_queued
 from app.outages import DEPENDENCY_ERRORS
 from app.settings import Settings
 from app.worker.classifier import ClassifierLike
@@ -150,12 +150,14 @@ class Worker:
         finished = datetime.now(UTC)
         written: dict[str, dict[str, Any] | None] = {}  # what each waiting request is told
         # One commit for the batch, not one per job (each a disk flush: ~10 ms here, the loop's limit on a GPU).
-        async with in_transaction():
+        async with in_transaction() as connection:
             for _, job, top in done:
                 result = result_fields(top, info.version)
                 latency_ms = round((time.time() - job.queued_at) * 1000, 1)
-                updated = await Prediction.filter(id__in=job.prediction_ids, status=Status.QUEUED).update(
-                    **result, status=Status.DONE, latency_ms=latency_ms, finished_at=finished
+                updated = await finish_queued(
+                    job.prediction_ids,
+                    result | {"status": Status.DONE, "latency_ms": latency_ms, "finished_at": finished},
+                    connection,
                 )
                 if not updated:  # delivered twice (reclaimed, or re-enqueued): the result stands, once
                     log.info("duplicate delivery: prediction %s was already finished", job.prediction_id)

