@@ -31,8 +31,9 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=2)"]
-# The arguments of app/run.py's UVICORN_ARGS: the bounded HTTP protocol reads no head past 64 kB.
-CMD ["uvicorn", "--factory", "app.web.app:app", "--http", "app.web.server:BoundedHttpTools", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+# The arguments of app/run.py's UVICORN_ARGS: the bounded HTTP protocol reads no head past 64 kB, idle
+# connections are kept 65 s.
+CMD ["uvicorn", "--factory", "app.web.app:app", "--http", "app.web.server:BoundedHttpTools", "--timeout-keep-alive", "65", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
 
 FROM base AS worker
 # Where OpenVINO's converted model and INFERENCE_BACKEND=auto's decision are kept (compose: a volume, so a

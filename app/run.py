@@ -22,8 +22,17 @@ from app.settings import get_settings
 METRICS_DIR = Path("data/metrics")
 # `uvicorn` arguments for the web app (add --host, --port, --workers): the app factory, and the HTTP protocol
 # of app/web/server.py that reads no request head past its bound. Named as strings: the launcher imports no
-# part of the app it starts.
-UVICORN_ARGS = ["--factory", "app.web.app:app", "--http", "app.web.server:BoundedHttpTools"]
+# part of the app it starts. An idle connection is kept 65 s, longer than the clients and proxies in front
+# keep theirs (a load balancer's 60 s, a user thinking a few seconds): with uvicorn's 5 s, a client reusing
+# its connection as the server closed it lost the request (make bench: two failed uploads at 100 users).
+UVICORN_ARGS = [
+    "--factory",
+    "app.web.app:app",
+    "--http",
+    "app.web.server:BoundedHttpTools",
+    "--timeout-keep-alive",
+    "65",
+]
 
 
 def start_embedded_redis(data_dir: Path) -> Any:

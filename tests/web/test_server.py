@@ -1,14 +1,19 @@
-"""The app as uvicorn serves it: a request head past the bound is cut off with 431, bodies are not heads."""
+"""The app as uvicorn serves it: a request head past the bound is cut off with 431, bodies are not heads, and
+an idle connection outlives a client's pause."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
+from app.run import UVICORN_ARGS
 from app.web.server import MAX_HEAD_BYTES
 from tests.live import live_server
 
@@ -48,3 +53,27 @@ async def test_an_oversized_head_is_cut_off_and_others_go_on(tmp_path: Path, mig
             httpx.post, f"{url}/api/auth/login", content=body, headers={"content-type": "application/json"}
         )
         assert posted.status_code == 400
+
+
+def two_requests(url: str, pause: float) -> int:
+    """Two requests on one kept-alive connection, `pause` seconds apart: the second's status."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        connection.request("GET", "/health/live")
+        connection.getresponse().read()
+        time.sleep(pause)
+        connection.request("GET", "/health/live")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+async def test_a_connection_idle_longer_than_uvicorns_default_still_serves(tmp_path: Path, migrated: None) -> None:
+    # uvicorn's default keeps an idle connection 5 s: a client pausing that long lost its next request.
+    assert UVICORN_ARGS[UVICORN_ARGS.index("--timeout-keep-alive") + 1] == "65"
+    dockerfile = (Path(__file__).parents[2] / "Dockerfile").read_text()
+    web_command = json.loads(next(line for line in dockerfile.splitlines() if line.startswith('CMD ["uvicorn"'))[4:])
+    assert web_command[1 : 1 + len(UVICORN_ARGS)] == UVICORN_ARGS  # the image serves as `make run` does
+    with live_server(tmp_path / "web.log") as url:
+        assert await asyncio.to_thread(two_requests, url, 6.0) == 200
