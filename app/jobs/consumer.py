@@ -115,7 +115,8 @@ class Consumer:
         if room:
             deliveries += await self._take_turns(await bulk_streams(self.redis), room)
         if not deliveries and interactive:
-            deliveries = await self._xread(interactive, max(1, size // len(interactive)), block=IDLE_BLOCK_MS)
+            count = max(1, min(size, JOBS_PER_COMMAND) // len(interactive))
+            deliveries = await self._xread(interactive, count, block=IDLE_BLOCK_MS)
         elif not deliveries:
             await asyncio.sleep(IDLE_BLOCK_MS / 1000)
         return deliveries
@@ -180,10 +181,13 @@ class Consumer:
         retry = [p["message_id"] for p in pending if p["times_delivered"] < limit]
         if not retry:
             return []
-        claimed = cast(
-            "list[Entry]",
-            await self.redis.xclaim(stream, keys.WORKERS_GROUP, self.name, min_idle_time=idle, message_ids=retry),
-        )
+        claimed: list[Entry] = []
+        for start in range(0, len(retry), JOBS_PER_COMMAND):  # a few at a time (see JOBS_PER_COMMAND)
+            piece = retry[start : start + JOBS_PER_COMMAND]
+            claimed += cast(
+                "list[Entry]",
+                await self.redis.xclaim(stream, keys.WORKERS_GROUP, self.name, min_idle_time=idle, message_ids=piece),
+            )
         log.info("reclaimed %d jobs of %s from dead or stuck workers", len(claimed), stream)
         # An entry deleted meanwhile comes back with no fields: just acknowledge it.
         await self.ack([Delivery(stream, entry_id, {}) for entry_id, fields in claimed if not fields])

@@ -77,3 +77,14 @@ async def test_users_take_equal_shares_in_pieces_and_one_who_runs_out_drops_out(
     taken = Counter(delivery.stream for delivery in batch)
     assert taken == {keys.bulk_jobs(1): 2, keys.bulk_jobs(2): 10, keys.bulk_jobs(3): 10}
     assert await calls(redis, "xreadgroup") == 5
+
+
+async def test_a_dead_workers_jobs_are_taken_over_in_pieces(redis: Redis) -> None:
+    await ensure_group(redis, keys.bulk_jobs(7))
+    await enqueue_bulk(redis, 7, jobs(20))
+    limits = Limits(max_batch=BATCH, claim_idle_ms=1, max_deliveries=3)
+    assert len(await Consumer(redis, "dead", limits).next_batch()) == 20  # read, never acknowledged
+    await redis.config_resetstat()
+    taken_over = await Consumer(redis, "alive", limits).next_batch()
+    assert len(taken_over) == 20 and {d.stream for d in taken_over} == {keys.bulk_jobs(7)}
+    assert await calls(redis, "xclaim") == 3  # 8 + 8 + 4
