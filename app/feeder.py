@@ -102,12 +102,16 @@ async def _feed_source(services: Services, source: Source, room: int) -> int:
     ids = [str(p.id) for p in waiting]
     # Marked first, so no other round feeds them meanwhile; unmarked again below if this round fails.
     await Prediction.filter(id__in=ids).update(enqueued_at=datetime.now(UTC))
+    enqueued: list[Job] = []
     try:
         # Decoded side by side: the decode pool has a process per core.
         made = await asyncio.gather(*(_job(services, same[0], [str(p.id) for p in same]) for same in by_image.values()))
-        await producer.enqueue_bulk(services.redis, source.user_id, [job for job in made if job is not None])
-    except Exception:  # Redis down mid-round: back to waiting at once, not after the stale sweep
-        await Prediction.filter(id__in=ids, status=Status.QUEUED).update(enqueued_at=None)
+        await producer.enqueue_bulk(services.redis, source.user_id, [job for job in made if job is not None], enqueued)
+    except Exception:  # Redis down mid-round: back to waiting at once (not after the stale sweep), but
+        # not those already on the stream, which would be classified twice
+        on_stream = {i for job in enqueued for i in job.prediction_ids}
+        back = [i for i in ids if i not in on_stream]
+        await Prediction.filter(id__in=back, status=Status.QUEUED).update(enqueued_at=None)
         raise
     return len(waiting)
 

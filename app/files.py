@@ -8,18 +8,23 @@ import contextlib
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from app.background import Every
 
 # How often a web process walks UPLOAD_DIR again; between walks it adds what it writes itself.
 SCAN_SECONDS = 300.0
+# A write in progress; one older than this was cut off (its decode process was stopped mid-write) and is
+# removed by the next walk.
+PARTIAL_PREFIX = ".partial-"
+STALE_PARTIAL_S = 3600.0
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temp file beside `path`, then rename: a concurrent reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL_PREFIX)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -31,7 +36,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 class DiskUsage:
     """The bytes under UPLOAD_DIR as this process knows them: its last walk of the directory plus what it
-    has written since. Thread-safe: originals are written from worker threads."""
+    has written since. Thread-safe: the walk runs in a thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -63,16 +68,22 @@ class DiskUsage:
 
 
 def directory_bytes(root: Path) -> int:
-    """The size of every file under `root` (blocking); 0 if it does not exist yet."""
+    """The size of every file under `root` (blocking); 0 if it does not exist yet. Removes the writes that
+    were cut off (PARTIAL_PREFIX, older than STALE_PARTIAL_S) instead of counting them."""
     total, pending = 0, [root]
+    stale_before = time.time() - STALE_PARTIAL_S
     while pending:
         with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:  # gone while walking
             for entry in entries:
                 with contextlib.suppress(OSError):
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(Path(entry.path))
+                        continue
+                    stat = entry.stat(follow_symlinks=False)
+                    if entry.name.startswith(PARTIAL_PREFIX) and stat.st_mtime < stale_before:
+                        os.unlink(entry.path)
                     else:
-                        total += entry.stat(follow_symlinks=False).st_size
+                        total += stat.st_size
     return total
 
 

@@ -147,6 +147,8 @@ async def finish_queued(
     """`Prediction.filter(id__in=prediction_ids, status=QUEUED).update(**values)`, written out: the worker
     finishes every job so, and the query builder cost it 0.49 ms of CPU per job against 0.16 for this
     (SQLite, measured). How many rows it finished."""
+    if not prediction_ids:
+        return 0  # `IN ()` is not SQL everywhere
     connection = connection or connections.get("default")
     fields_map = Prediction._meta.fields_map
     marks = placeholders(connection.capabilities.dialect, len(values) + len(prediction_ids) + 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import multiprocessing
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from litestar.status_codes import HTTP_400_BAD_REQUEST
+from litestar.exceptions import HTTPException, ServiceUnavailableException
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_507_INSUFFICIENT_STORAGE
 from pebble import ProcessExpired, ProcessPool
 
 from app import files, images, stages, thumbnails
@@ -83,6 +85,13 @@ def _sandboxed(work: Callable[[], Result]) -> Result | Refusal:
         return Refusal(HTTP_400_BAD_REQUEST, f"The image is truncated or corrupt: {exc!r}")
 
 
+class NotStored(NamedTuple):
+    """The original could not be written (the disk is full, UPLOAD_DIR is not writable)."""
+
+    errno: int | None
+    detail: str
+
+
 class Decoded(NamedTuple):
     """What a decode process answers for an upload: the checks' results, whether it stored the original
     (new), and the CPU seconds of each stage there (app/stages.py)."""
@@ -92,6 +101,7 @@ class Decoded(NamedTuple):
     pixels: bytes
     stored: bool
     seconds: dict[str, float]
+    not_stored: NotStored | None = None
 
 
 def _decoded(data: bytes, max_pixels: int, max_cost: int, keep_in: str | None) -> Decoded | Refusal:
@@ -105,13 +115,29 @@ def _decoded(data: bytes, max_pixels: int, max_cost: int, keep_in: str | None) -
         decoded = time.process_time()
         sha256 = hashlib.sha256(data).hexdigest()
         hashed = time.process_time()
-        stored = False
+        stored, failed = False, None
         if keep_in is not None:
-            stored = files.store_original(data, images.stored_path(sha256, extension), Path(keep_in))
+            try:
+                stored = files.store_original(data, images.stored_path(sha256, extension), Path(keep_in))
+            except OSError as exc:  # the disk's fault, not the image's: told apart from a Refusal
+                failed = NotStored(exc.errno, str(exc))
         seconds = {"decode": decoded - started, "hash": hashed - decoded, "storage": time.process_time() - hashed}
-        return Decoded(sha256, extension, pixels, stored, seconds)
+        return Decoded(sha256, extension, pixels, stored, seconds, failed)
 
     return _sandboxed(work)
+
+
+def store_failed(failure: NotStored) -> HTTPException:
+    """507 when the disk is full, else 503: the upload was fine, the server could not keep it."""
+    log.error("could not store an original: %s", failure.detail)
+    if failure.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HTTPException(
+            status_code=HTTP_507_INSUFFICIENT_STORAGE,
+            detail="The image store is full: nothing new can be stored until an administrator frees space",
+        )
+    return ServiceUnavailableException(
+        detail="The image store cannot be written just now; try again later", headers={"Retry-After": "30"}
+    )
 
 
 def _rendered(data: bytes, max_pixels: int, max_cost: int) -> bytes | Refusal:
@@ -216,7 +242,7 @@ class DecodePool:
         too (files.store_original, by the decode process) and counted there."""
         settings = self.settings
         images.check_size(data, settings.max_upload_bytes)
-        keep_in = None if disk is None else str(settings.upload_dir)
+        keep_in = None if disk is None else str(settings.upload_dir.resolve())  # the processes' cwd may differ
         async with self.turns.slot(owner):
             with stages.stage("decode"):  # this process's part: the bytes there, the pixels back
                 decoded: Decoded = await self._run(
@@ -224,6 +250,8 @@ class DecodePool:
                 )
         for stage, seconds in decoded.seconds.items():
             stages.elsewhere(stage, seconds)
+        if decoded.not_stored is not None:
+            raise store_failed(decoded.not_stored)
         if disk is not None and decoded.stored:
             disk.wrote(len(data))
         return images.CheckedImage(decoded.sha256, decoded.extension, data, decoded.pixels)

@@ -18,7 +18,7 @@ from contextvars import ContextVar
 
 from prometheus_client import Histogram
 
-# In the order an upload meets them. "decode" and "hash" are the decode pool's process; "other" is what
+# In the order an upload meets them. "decode", "hash" and "storage" are the decode pool's process; "other" is what
 # no stage claimed (routing, the other middleware, validation).
 STAGES = ("parsing", "auth", "decode", "hash", "storage", "database", "redis", "waiting", "rendering", "other")
 STAGE_CPU = Histogram(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from app import files, images
@@ -40,3 +42,14 @@ def test_removing_a_file_spares_one_stored_again(tmp_path: Path) -> None:
     assert files.remove_file(path, dry_run=True) == 10 and path.exists()
     assert files.remove_file(path, used_since=path.stat().st_mtime + 1) == 10 and not path.exists()
     assert files.remove_file(path) == 0
+
+
+async def test_the_walk_removes_writes_cut_off_long_ago_and_counts_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "ab").mkdir()
+    stale, fresh = tmp_path / "ab" / f"{files.PARTIAL_PREFIX}1", tmp_path / "ab" / f"{files.PARTIAL_PREFIX}2"
+    stale.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"y" * 10)  # a write in progress
+    long_ago = time.time() - files.STALE_PARTIAL_S - 60
+    os.utime(stale, (long_ago, long_ago))
+    assert await files.DiskUsage().measure(tmp_path) == 10
+    assert not stale.exists() and fresh.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import resource
 import signal
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from litestar.exceptions import ServiceUnavailableException
 from PIL import Image
 
 from app import files, images, thumbnails
-from app.sandbox import DecodePool, Turns
+from app.sandbox import DecodePool, NotStored, Turns, store_failed
 from app.settings import Settings
 from tests import hostile, samples
 from tests.helpers import eventually
@@ -85,6 +87,18 @@ async def test_the_decode_process_keeps_an_original_that_passed_once_and_counts_
             await pool.check(b"GIF89a" + b"\0" * 40, disk=disk)
         await pool.check(samples.photo(1302), disk=None)  # only checked
     assert [p.name for p in await asyncio.to_thread(lambda: list(tmp_path.rglob("*.*")))] == [stored.name]
+
+
+async def test_an_original_the_disk_cannot_take_is_the_servers_fault_not_the_images(tmp_path: Path) -> None:
+    (tmp_path / "not-a-directory").write_bytes(b"")
+    disk = files.DiskUsage()
+    async with decode_pool(upload_dir=tmp_path / "not-a-directory") as pool:
+        with pytest.raises(ServiceUnavailableException) as caught:
+            await pool.check(samples.photo(1303), disk=disk)
+    assert caught.value.status_code == 503 and "try again later" in caught.value.detail
+    assert disk.used == 0
+    full = store_failed(NotStored(errno.ENOSPC, "No space left on device"))
+    assert full.status_code == 507 and "full" in full.detail
 
 
 async def test_the_process_is_small_single_threaded_and_limited_relative_to_its_start() -> None:

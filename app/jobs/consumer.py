@@ -115,6 +115,7 @@ class Consumer:
         if room:
             deliveries += await self._take_turns(await bulk_streams(self.redis), room)
         if not deliveries and interactive:
+            # One call to block on them all: with more than 8 streams, one job of each that has one.
             count = max(1, min(size, JOBS_PER_COMMAND) // len(interactive))
             deliveries = await self._xread(interactive, count, block=IDLE_BLOCK_MS)
         elif not deliveries:
@@ -130,11 +131,12 @@ class Consumer:
         self._turn = (self._turn + 1) % len(streams)
         chosen = (streams[self._turn :] + streams[: self._turn])[:room]
         share = max(1, room // len(chosen))
-        piece = max(1, JOBS_PER_COMMAND // len(chosen))
         taken: list[Delivery] = []
         while share > 0 and chosen:
-            count = min(piece, share)
-            got = await self._xread(chosen, count)
+            count = min(share, max(1, JOBS_PER_COMMAND // len(chosen)))
+            got: list[Delivery] = []
+            for start in range(0, len(chosen), JOBS_PER_COMMAND):  # past 8 streams, one from each per read
+                got += await self._xread(chosen[start : start + JOBS_PER_COMMAND], count)
             taken += got
             share -= count
             per_stream = Counter(delivery.stream for delivery in got)

@@ -43,18 +43,20 @@ async def has_job(redis: Redis, prediction_id: str) -> bool:
     return bool(await redis.exists(keys.queued_marker(prediction_id)))
 
 
-async def enqueue_bulk(redis: Redis, user_id: int, jobs: list[Job]) -> None:
+async def enqueue_bulk(redis: Redis, user_id: int, jobs: list[Job], enqueued: list[Job] | None = None) -> None:
     """Bulk work goes on the user's own stream, which workers read only when interactive work is done;
-    JOBS_PER_COMMAND at a time, each with its markers or not at all."""
-    if not jobs:
-        return
+    JOBS_PER_COMMAND at a time, each with its markers or not at all. `enqueued` gets the jobs that went on,
+    piece by piece: if a later piece fails, the caller knows which are on the stream."""
     stream = keys.bulk_jobs(user_id)
     for start in range(0, len(jobs), JOBS_PER_COMMAND):
+        piece = jobs[start : start + JOBS_PER_COMMAND]
         async with redis.pipeline(transaction=True) as pipe:
-            for job in jobs[start : start + JOBS_PER_COMMAND]:
+            for job in piece:
                 _add(pipe, stream, job)
             pipe.sadd(keys.BULK_USERS, str(user_id))
             await pipe.execute()
+        if enqueued is not None:
+            enqueued += piece
 
 
 async def _lengths(redis: Redis, streams: list[str]) -> list[int]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from app import keys
 from app.jobs.consumer import Consumer, Limits
@@ -53,10 +55,11 @@ async def test_users_take_equal_shares_in_pieces_and_one_who_runs_out_drops_out(
     consumer = Consumer(redis62, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
     await redis62.config_resetstat()
     batch = await consumer.next_batch()
-    # A share of 32 // 3 = 10 each, 8 // 3 = 2 of each stream per read: five reads.
+    # A share of 32 // 3 = 10 each: 2 of each stream per read (8 // 3) until the first runs out (the second
+    # read), then 4 and 2 of the other two: four reads.
     taken = Counter(delivery.stream for delivery in batch)
     assert taken == {keys.bulk_jobs(1): 2, keys.bulk_jobs(2): 10, keys.bulk_jobs(3): 10}
-    assert await calls(redis62, "xreadgroup") == 5
+    assert await calls(redis62, "xreadgroup") == 4
 
 
 async def test_a_dead_workers_jobs_are_taken_over_in_pieces(redis62: Redis) -> None:
@@ -68,3 +71,30 @@ async def test_a_dead_workers_jobs_are_taken_over_in_pieces(redis62: Redis) -> N
     taken_over = await Consumer(redis62, "alive", limits).next_batch()
     assert len(taken_over) == 20 and {d.stream for d in taken_over} == {keys.bulk_jobs(7)}
     assert await calls(redis62, "xclaim") == 3  # 8 + 8 + 4
+
+
+async def test_past_eight_streams_a_read_takes_one_job_of_each_of_eight(redis62: Redis) -> None:
+    for user in range(1, 21):
+        await ensure_group(redis62, keys.bulk_jobs(user))
+        await enqueue_bulk(redis62, user, jobs(2))
+    consumer = Consumer(redis62, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
+    await redis62.config_resetstat()
+    batch = await consumer.next_batch()
+    # 20 streams of room 32: a share of 1 each, read 8 streams at a time.
+    assert len(batch) == 20 and len({d.stream for d in batch}) == 20
+    assert await calls(redis62, "xreadgroup") == 3
+
+
+async def test_a_piece_that_fails_leaves_the_pieces_before_it_reported(redis62: Redis) -> None:
+    await redis62.config_set("maxmemory-policy", "noeviction")
+    used = int((await redis62.info("memory"))["used_memory"])
+    # Room for one piece (1.2 MB on the stream, 1.2 MB in the query buffer as it arrives), not two.
+    await redis62.config_set("maxmemory", used + 3 * 2**19)
+    made, enqueued = jobs(20), list[Job]()
+    try:
+        with pytest.raises(ResponseError):
+            await enqueue_bulk(redis62, 7, made, enqueued)
+    finally:
+        await redis62.config_set("maxmemory", 0)
+    assert enqueued == made[:JOBS_PER_COMMAND]
+    assert await redis62.xlen(keys.bulk_jobs(7)) == JOBS_PER_COMMAND
