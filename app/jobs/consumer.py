@@ -76,7 +76,9 @@ class Consumer:
         self.name = name
         self.limits = limits
         self._last_reclaim = 0.0
-        self._turn = 0
+        # Where the next read starts, for each kind of stream (interactive, bulk): its own, or one kind's
+        # count would move the other's start (and the same streams would be passed over every time).
+        self._turns = {"interactive": 0, "bulk": 0}
 
     async def next_batch(self) -> list[Delivery]:
         """Jobs of dead workers first (once a second), else whatever is waiting."""
@@ -91,12 +93,22 @@ class Consumer:
             return []
 
     async def _xread(self, streams: list[str], count: int, block: int | None = None) -> list[Delivery]:
-        response = cast(
-            "list[tuple[bytes, list[Entry]]] | None",
-            await self.redis.xreadgroup(
-                keys.WORKERS_GROUP, self.name, dict.fromkeys(streams, ">"), count=count, block=block
-            ),
-        )
+        """XREADGROUP; a stream new since the workers last looked gets its group and is read again, so the
+        jobs of the reads before this one in a batch are not dropped with an error."""
+        for attempt in (1, 2):
+            try:
+                response = cast(
+                    "list[tuple[bytes, list[Entry]]] | None",
+                    await self.redis.xreadgroup(
+                        keys.WORKERS_GROUP, self.name, dict.fromkeys(streams, ">"), count=count, block=block
+                    ),
+                )
+                break
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc) or attempt == 2:
+                    raise
+                for stream in streams:
+                    await ensure_group(self.redis, stream)
         return [
             Delivery(stream.decode() if isinstance(stream, bytes) else stream, entry_id, fields)
             for stream, entries in response or []
@@ -110,10 +122,10 @@ class Consumer:
         and no one user starves another."""
         size = self.limits.max_batch
         interactive = await interactive_streams(self.redis)
-        deliveries = await self._take_turns(interactive, size)
+        deliveries = await self._take_turns("interactive", interactive, size)
         room = size - len(deliveries)
         if room:
-            deliveries += await self._take_turns(await bulk_streams(self.redis), room)
+            deliveries += await self._take_turns("bulk", await bulk_streams(self.redis), room)
         if not deliveries and interactive:
             # One call to block on them all: with more than 8 streams, one job of each that has one.
             count = max(1, min(size, JOBS_PER_COMMAND) // len(interactive))
@@ -122,14 +134,15 @@ class Consumer:
             await asyncio.sleep(IDLE_BLOCK_MS / 1000)
         return deliveries
 
-    async def _take_turns(self, streams: list[str], room: int) -> list[Delivery]:
+    async def _take_turns(self, kind: str, streams: list[str], room: int) -> list[Delivery]:
         """Up to `room` jobs, an equal share from each stream. COUNT is per stream: with more streams
-        than room, one each from `room` of them, starting one further along every time. Read in pieces
+        than room, one each from `room` of them, the next read of this kind starting past them. Read in pieces
         of about JOBS_PER_COMMAND jobs (see there), until the share is taken or the streams are empty."""
         if not streams:
             return []
-        self._turn = (self._turn + 1) % len(streams)
-        chosen = (streams[self._turn :] + streams[: self._turn])[:room]
+        turn = self._turns[kind] % len(streams)
+        chosen = (streams[turn:] + streams[:turn])[:room]
+        self._turns[kind] = turn + len(chosen)  # the next read starts past these: every stream in turn
         share = max(1, room // len(chosen))
         taken: list[Delivery] = []
         while share > 0 and chosen:
@@ -165,9 +178,15 @@ class Consumer:
 
     async def _reclaim_stream(self, stream: str, count: int) -> list[Delivery]:
         idle = self.limits.claim_idle_ms
-        pending: list[dict[str, Any]] = await self.redis.xpending_range(
-            stream, keys.WORKERS_GROUP, min="-", max="+", count=count, idle=idle
-        )
+        try:
+            pending: list[dict[str, Any]] = await self.redis.xpending_range(
+                stream, keys.WORKERS_GROUP, min="-", max="+", count=count, idle=idle
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await ensure_group(self.redis, stream)  # new since the last look: nothing of it is pending
+            return []
         limit = self.limits.max_deliveries
         exhausted = [p["message_id"] for p in pending if p["times_delivered"] >= limit]
         if exhausted:

@@ -88,7 +88,8 @@ async def test_past_eight_streams_a_read_takes_one_job_of_each_of_eight(redis62:
 async def test_a_piece_that_fails_leaves_the_pieces_before_it_reported(redis62: Redis) -> None:
     await redis62.config_set("maxmemory-policy", "noeviction")
     used = int((await redis62.info("memory"))["used_memory"])
-    # Room for one piece (1.2 MB on the stream, 1.2 MB in the query buffer as it arrives), not two.
+    # Redis checks its memory before each command (queued ones too): 1.5 MB more holds one piece as it
+    # arrives (eight 150 kB pixel arguments in the query buffer), not the second beside the first on the stream.
     await redis62.config_set("maxmemory", used + 3 * 2**19)
     made, enqueued = jobs(20), list[Job]()
     try:
