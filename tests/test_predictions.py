@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import httpx
+import pytest
 from litestar import Litestar
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 
-from app import db
+from app import db, keys
 from app.jobs.results import RESULT_FIELDS, cache_hits, result_fields
 from app.models import Prediction, Status, User
 from app.predictions import earlier_result, earlier_result_sql
+from app.services import Services
 from app.settings import Settings
 
 RESULT = result_fields([(3, 0.7), (4, 0.1), (5, 0.1), (6, 0.05), (7, 0.05)], "keras-3")
@@ -37,21 +40,43 @@ async def a_prediction(settings: Settings, sha256: str, **changes: Any) -> Predi
     return await Prediction.create(**(fields | changes))
 
 
+@pytest.fixture
+async def counted_apart(
+    app: Litestar, client: httpx.AsyncClient, redis: Redis
+) -> AsyncIterator[tuple[Services, Redis]]:
+    """The app's services with a Redis database of their own, where only the test counts cache hits: the
+    feeder's rounds, looking up earlier results for work earlier tests left waiting, count theirs in the
+    app's meanwhile."""
+    pool = redis.connection_pool
+    database = (int(pool.connection_kwargs.get("db", 0)) + 1) % 16
+    own = Redis(
+        connection_pool=ConnectionPool(
+            connection_class=pool.connection_class, **pool.connection_kwargs | {"db": database}
+        )
+    )
+    await own.delete(keys.CACHE_HITS)
+    try:
+        yield dataclasses.replace(app.state.services, redis=own), own
+    finally:
+        await own.delete(keys.CACHE_HITS)
+        await own.aclose()
+
+
 async def test_the_same_image_by_the_same_model_is_answered_and_counted(
-    app: Litestar, client: httpx.AsyncClient, redis: Redis, settings: Settings
+    counted_apart: tuple[Services, Redis], settings: Settings
 ) -> None:
+    services, own = counted_apart
     sha256 = uuid4().hex * 2
     await a_prediction(settings, sha256)
-    hits = await cache_hits(redis)
-    found = await earlier_result(app.state.services, sha256)
+    found = await earlier_result(services, sha256)
     assert found == {name: RESULT[name] for name in RESULT_FIELDS}
-    assert await cache_hits(redis) == hits + 1
+    assert await cache_hits(own) == 1
 
 
 async def test_no_answer_from_another_model_an_old_result_or_an_unfinished_one(
-    app: Litestar, client: httpx.AsyncClient, redis: Redis, settings: Settings
+    counted_apart: tuple[Services, Redis], settings: Settings
 ) -> None:
-    services = app.state.services
+    services, own = counted_apart
     too_old = datetime.now(UTC) - timedelta(seconds=settings.result_ttl + 60)
     unusable: list[dict[str, Any]] = [
         {"model_weights": "another.h5"},
@@ -60,12 +85,11 @@ async def test_no_answer_from_another_model_an_old_result_or_an_unfinished_one(
         {"status": Status.QUEUED, "finished_at": None, "label": None},
         {"status": Status.FAILED, "error": "unreadable"},
     ]
-    hits = await cache_hits(redis)
     for changes in unusable:
         sha256 = uuid4().hex * 2
         await a_prediction(settings, sha256, **changes)
         assert await earlier_result(services, sha256) is None, changes
-    assert await cache_hits(redis) == hits
+    assert await cache_hits(own) == 0
     # A shorter RESULT_TTL makes a result too old sooner.
     sha256 = uuid4().hex * 2
     await a_prediction(settings, sha256, finished_at=datetime.now(UTC) - timedelta(seconds=120))
