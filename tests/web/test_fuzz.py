@@ -17,6 +17,7 @@ from PIL import Image
 from tests import samples
 
 ST = Path(sys.executable).parent / "st"
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def token(live_url: str) -> str:
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(live_url: str, token: str) -> None:
-    command = [str(ST), "run", f"{live_url}/schema/openapi.json", "-H", f"Authorization: Bearer {token}"]
+    command = [str(ST), "--config-file", str(CONFIG), "run", f"{live_url}/schema/openapi.json"]
+    command += ["-H", f"Authorization: Bearer {token}"]
     # Valid and invalid data (--mode all), and every phase: examples, coverage, fuzzing, and stateful sequences
     # that follow the schema's links (register, sign in, classify, read it back, give feedback).
     command += ["--mode", "all", "--phases", "examples,coverage,fuzzing,stateful"]
