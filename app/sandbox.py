@@ -217,6 +217,8 @@ class DecodePool:
         self._closed = False
         self._pool = self._new_pool()
         self.turns = Turns(settings.decode_processes)
+        # Where the decode processes keep originals: absolute, as their working directory may differ.
+        self._upload_dir = str(settings.upload_dir.resolve())
 
     def _new_pool(self) -> ProcessPool:
         context = multiprocessing.get_context("forkserver")
@@ -242,7 +244,7 @@ class DecodePool:
         too (files.store_original, by the decode process) and counted there."""
         settings = self.settings
         images.check_size(data, settings.max_upload_bytes)
-        keep_in = None if disk is None else str(settings.upload_dir.resolve())  # the processes' cwd may differ
+        keep_in = None if disk is None else self._upload_dir
         async with self.turns.slot(owner):
             with stages.stage("decode"):  # this process's part: the bytes there, the pixels back
                 decoded: Decoded = await self._run(

@@ -24,7 +24,9 @@ from app.jobs.protocol import (
     as_text,
     bulk_streams,
     ensure_group,
+    in_pieces,
     interactive_streams,
+    missing_group,
 )
 from app.jobs.results import publish_result
 from app.models import Status, mark_failed
@@ -85,7 +87,7 @@ class Consumer:
         try:
             return await self._reclaim() or await self._read()
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not missing_group(exc):
                 raise
             # A new stream, or Redis restarted without persistence: make the missing groups.
             for stream in await all_streams(self.redis):
@@ -105,7 +107,7 @@ class Consumer:
                 )
                 break
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc) or attempt == 2:
+                if not missing_group(exc) or attempt == 2:
                     raise
                 for stream in streams:
                     await ensure_group(self.redis, stream)
@@ -148,8 +150,8 @@ class Consumer:
         while share > 0 and chosen:
             count = min(share, max(1, JOBS_PER_COMMAND // len(chosen)))
             got: list[Delivery] = []
-            for start in range(0, len(chosen), JOBS_PER_COMMAND):  # past 8 streams, one from each per read
-                got += await self._xread(chosen[start : start + JOBS_PER_COMMAND], count)
+            for streams_read in in_pieces(chosen):  # past 8 streams, one from each per read
+                got += await self._xread(streams_read, count)
             taken += got
             share -= count
             per_stream = Counter(delivery.stream for delivery in got)
@@ -183,7 +185,7 @@ class Consumer:
                 stream, keys.WORKERS_GROUP, min="-", max="+", count=count, idle=idle
             )
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not missing_group(exc):
                 raise
             await ensure_group(self.redis, stream)  # new since the last look: nothing of it is pending
             return []
@@ -203,8 +205,7 @@ class Consumer:
         if not retry:
             return []
         claimed: list[Entry] = []
-        for start in range(0, len(retry), JOBS_PER_COMMAND):  # a few at a time (see JOBS_PER_COMMAND)
-            piece = retry[start : start + JOBS_PER_COMMAND]
+        for piece in in_pieces(retry):  # a few at a time (see JOBS_PER_COMMAND)
             claimed += cast(
                 "list[Entry]",
                 await self.redis.xclaim(stream, keys.WORKERS_GROUP, self.name, min_idle_time=idle, message_ids=piece),

@@ -15,7 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app import keys
-from app.jobs.protocol import JOBS_PER_COMMAND, Heartbeat, Job, all_streams, interactive_streams
+from app.jobs.protocol import Heartbeat, Job, all_streams, in_pieces, interactive_streams
 
 # A worker that has not reported a rate yet is assumed to clear this many images a second.
 ASSUMED_WORKER_RATE = 10.0
@@ -48,8 +48,7 @@ async def enqueue_bulk(redis: Redis, user_id: int, jobs: list[Job], enqueued: li
     JOBS_PER_COMMAND at a time, each with its markers or not at all. `enqueued` gets the jobs that went on,
     piece by piece: if a later piece fails, the caller knows which are on the stream."""
     stream = keys.bulk_jobs(user_id)
-    for start in range(0, len(jobs), JOBS_PER_COMMAND):
-        piece = jobs[start : start + JOBS_PER_COMMAND]
+    for piece in in_pieces(jobs):
         async with redis.pipeline(transaction=True) as pipe:
             for job in piece:
                 _add(pipe, stream, job)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from redis.asyncio import Redis
@@ -20,6 +21,18 @@ PIXELS_BYTES = PIXELS_SHAPE[0] * PIXELS_SHAPE[1] * PIXELS_SHAPE[2]
 # in transit Redis holds it in a buffer beside the stream, so a batch of 32 in one piece (4.8 MB) raised
 # Redis's memory by half the bulk window's level for a moment. Pieces of 8 hold 1.2 MB.
 JOBS_PER_COMMAND = 8
+Item = TypeVar("Item")
+
+
+def in_pieces(items: list[Item]) -> Iterator[list[Item]]:
+    """`items` JOBS_PER_COMMAND at a time (jobs, or the streams one read asks for)."""
+    for start in range(0, len(items), JOBS_PER_COMMAND):
+        yield items[start : start + JOBS_PER_COMMAND]
+
+
+def missing_group(exc: ResponseError) -> bool:
+    """Redis's answer for a stream without the workers' group (new, or Redis restarted empty)."""
+    return "NOGROUP" in str(exc)
 
 
 @dataclass(frozen=True)
