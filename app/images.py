@@ -83,6 +83,7 @@ BAD_DATA = (OSError, SyntaxError, ValueError, EOFError, RuntimeError)
 pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False, decode_threads=1)
 AvifImagePlugin.DEFAULT_MAX_THREADS = 1
 SIZE = 224
+INPUT_BYTES = SIZE * SIZE * 3  # the model's input: SIZE x SIZE RGB, one byte a channel
 # A normal progressive JPEG has about 10 scans; each scan is another pass over every block of the image.
 MAX_SCANS = 100
 # Text chunks are metadata nobody here reads: at most 8 MB of them (Pillow's own bound is 64 MB).
@@ -288,7 +289,8 @@ def first_frame(image: Image.Image) -> Image.Image:
         if image.format != "HEIF":  # a HEIF opens at its primary image, which need not be its first
             image.seek(0)  # first frame of an animation
         image.load()
-        return ImageOps.exif_transpose(image) or image
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
+        return image
     except BAD_DATA as exc:
         raise corrupt(exc) from exc
 
@@ -302,7 +304,7 @@ def decode(data: bytes, max_pixels: int, max_cost: int) -> tuple[str, bytes]:
         pixels = _fit(_to_rgb(image))
     except BAD_DATA as exc:
         raise corrupt(exc) from exc
-    if len(pixels) != SIZE * SIZE * 3:  # pragma: no cover - _fit always gives RGB SIZE x SIZE
+    if len(pixels) != INPUT_BYTES:  # pragma: no cover - _fit always gives RGB SIZE x SIZE
         raise reject(HTTP_400_BAD_REQUEST, "The image could not be converted")
     return extension, pixels
 

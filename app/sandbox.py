@@ -3,8 +3,8 @@
 Each decode has a wall-clock limit (DECODE_TIMEOUT) and each process an address-space limit
 (DECODE_MEMORY_MB above what it holds at start): a process that runs past either is stopped and
 replaced, and the upload gets a 400 that says which. The web process sends the bytes and gets back the
-224x224 pixels (or a thumbnail): it never holds a full-size decode, and a decoder that hangs, crashes or
-runs out of memory takes only its own process down.
+224x224 pixels (through shared memory: app/handover.py) or a thumbnail: it never holds a full-size
+decode, and a decoder that hangs, crashes or runs out of memory takes only its own process down.
 
 The processes fork from a fork server (multiprocessing's `forkserver`), which imported this module
 once: they start in milliseconds, small, without the web process's threads or event loop.
@@ -34,7 +34,7 @@ from litestar.exceptions import HTTPException, ServiceUnavailableException
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_507_INSUFFICIENT_STORAGE
 from pebble import ProcessExpired, ProcessPool
 
-from app import files, images, stages, thumbnails
+from app import files, handover, images, stages, thumbnails
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,25 +93,26 @@ class NotStored(NamedTuple):
 
 
 class Decoded(NamedTuple):
-    """What a decode process answers for an upload: the checks' results, whether it stored the original
-    (new), and the CPU seconds of each stage there (app/stages.py)."""
+    """What a decode process answers for an upload: the checks' results (the pixels went into shared
+    memory), whether it stored the original (new), and the CPU seconds of each stage there (app/stages.py)."""
 
     sha256: str
     extension: str
-    pixels: bytes
     stored: bool
     seconds: dict[str, float]
     not_stored: NotStored | None = None
 
 
-def _decoded(data: bytes, max_pixels: int, max_cost: int, keep_in: str | None) -> Decoded | Refusal:
-    """In a decode process: an upload checked and decoded, and kept under `keep_in` (UPLOAD_DIR) once it
-    passed, or why it is refused. Stored here rather than from a thread of the web process: the thread's
-    hand-over cost the web process more CPU than the write (0.56 ms against 0.27, measured)."""
+def _decoded(data: bytes, max_pixels: int, max_cost: int, keep_in: str | None, block: str) -> Decoded | Refusal:
+    """In a decode process: an upload checked and decoded into the shared memory `block`, and kept under
+    `keep_in` (UPLOAD_DIR) once it passed, or why it is refused. Stored here rather than from a thread of
+    the web process: the thread's hand-over cost the web process more CPU than the write (0.56 ms against
+    0.27, measured)."""
 
     def work() -> Decoded:
         started = time.process_time()
         extension, pixels = images.decode(data, max_pixels, max_cost)
+        handover.write_pixels(block, pixels)
         decoded = time.process_time()
         sha256 = hashlib.sha256(data).hexdigest()
         hashed = time.process_time()
@@ -122,7 +123,7 @@ def _decoded(data: bytes, max_pixels: int, max_cost: int, keep_in: str | None) -
             except OSError as exc:  # the disk's fault, not the image's: told apart from a Refusal
                 failed = NotStored(exc.errno, str(exc))
         seconds = {"decode": decoded - started, "hash": hashed - decoded, "storage": time.process_time() - hashed}
-        return Decoded(sha256, extension, pixels, stored, seconds, failed)
+        return Decoded(sha256, extension, stored, seconds, failed)
 
     return _sandboxed(work)
 
@@ -217,6 +218,7 @@ class DecodePool:
         self._closed = False
         self._pool = self._new_pool()
         self.turns = Turns(settings.decode_processes)
+        self.blocks = handover.Blocks(settings.decode_processes)  # one per decode in a turn
         # Where the decode processes keep originals: absolute, as their working directory may differ.
         self._upload_dir = str(settings.upload_dir.resolve())
 
@@ -246,17 +248,19 @@ class DecodePool:
         images.check_size(data, settings.max_upload_bytes)
         keep_in = None if disk is None else self._upload_dir
         async with self.turns.slot(owner):
-            with stages.stage("decode"):  # this process's part: the bytes there, the pixels back
+            # This process's part: the bytes there, the pixels back.
+            with self.blocks.take() as block, stages.stage("decode"):
                 decoded: Decoded = await self._run(
-                    _decoded, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20, keep_in
+                    _decoded, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20, keep_in, block.name
                 )
+                pixels = handover.read_pixels(block)
         for stage, seconds in decoded.seconds.items():
             stages.elsewhere(stage, seconds)
         if decoded.not_stored is not None:
             raise store_failed(decoded.not_stored)
         if disk is not None and decoded.stored:
             disk.wrote(len(data))
-        return images.CheckedImage(decoded.sha256, decoded.extension, data, decoded.pixels)
+        return images.CheckedImage(decoded.sha256, decoded.extension, data, pixels)
 
     async def thumbnail(self, sha256: str, relative_path: str, owner: Hashable = None) -> bytes:
         """The preview of a stored original (WebP), rendered once in a decode process and kept beside the
@@ -316,3 +320,4 @@ class DecodePool:
         """Stop every decode process (blocking: a fraction of a second)."""
         self._closed = True
         _stop(self._pool)
+        self.blocks.close()

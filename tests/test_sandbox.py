@@ -31,8 +31,8 @@ SLOW = hostile.scan_bomb_jpeg(repeats=84)
 
 @asynccontextmanager
 async def decode_pool(**changes: Any) -> AsyncIterator[DecodePool]:
-    """A pool of one process (so that its pid says whether it was replaced)."""
-    pool = DecodePool(dataclasses.replace(Settings(), decode_processes=1, **changes))
+    """A pool of one process unless told (so that its pid says whether it was replaced)."""
+    pool = DecodePool(dataclasses.replace(Settings(), **{"decode_processes": 1, **changes}))
     await pool.start()
     try:
         yield pool

@@ -1,0 +1,86 @@
+"""How a decode process (app/sandbox.py) hands the model's input back to the web process: through a block
+of shared memory, not pebble's pipe. The 150 kB of pixels through the pipe cost the web side about half a
+millisecond of CPU per upload (pickled, then read in pieces by pebble's thread), the rest of the round
+trip about as much again (measured with bench/web_cost.py).
+
+The web process owns the blocks: one per decode that may run at once. A block whose decode did not end
+normally (a timeout, a cancel, a crash) is retired and a new one made: the stopped process might still
+write into it, and the next upload must not read its pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from multiprocessing import shared_memory
+
+from app import images
+
+# A decode process keeps its blocks attached (attaching costs system calls); past this many, it lets go of all.
+MAX_ATTACHED = 16
+
+
+class Blocks:
+    """The web process's blocks; `take` one for each decode, `close` them all at the end."""
+
+    def __init__(self, count: int) -> None:
+        self._free = [_new() for _ in range(count)]
+        self._closed = False
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[shared_memory.SharedMemory]:
+        """A free block for one decode; callers never hold more than `count` at once (sandbox.Turns)."""
+        block = self._free.pop()
+        reusable = False
+        try:
+            yield block
+            reusable = True
+        finally:
+            if reusable and not self._closed:
+                self._free.append(block)
+            else:
+                _release(block)
+                if not self._closed:
+                    self._free.append(_new())
+
+    def close(self) -> None:
+        """Release every free block; one still taken is released when its decode ends."""
+        self._closed = True
+        for block in self._free:
+            _release(block)
+        self._free.clear()
+
+
+def read_pixels(block: shared_memory.SharedMemory) -> bytes:
+    """The pixels a decode process wrote into `block`."""
+    view = block.buf
+    assert view is not None  # None only once closed
+    return bytes(view[: images.INPUT_BYTES])
+
+
+def _new() -> shared_memory.SharedMemory:
+    return shared_memory.SharedMemory(create=True, size=images.INPUT_BYTES)
+
+
+def _release(block: shared_memory.SharedMemory) -> None:
+    block.close()
+    with contextlib.suppress(FileNotFoundError):
+        block.unlink()
+
+
+# In a decode process: the blocks it has written into, by name.
+_attached: dict[str, shared_memory.SharedMemory] = {}
+
+
+def write_pixels(name: str, pixels: bytes) -> None:
+    """In a decode process: `pixels` into the web process's block `name`."""
+    block = _attached.get(name)
+    if block is None:
+        if len(_attached) >= MAX_ATTACHED:  # most are retired blocks, gone from the web process
+            for kept in _attached.values():
+                kept.close()
+            _attached.clear()
+        block = _attached[name] = shared_memory.SharedMemory(name)
+    view = block.buf
+    assert view is not None  # None only once closed
+    view[: images.INPUT_BYTES] = pixels

@@ -1,0 +1,85 @@
+"""Pixels back from a decode process through shared memory (app/handover.py): a block is reused after a
+decode that ended normally, retired after one that did not (its process might still write into it), and
+nothing is left in /dev/shm once the pool is closed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from app import handover, images
+from app.sandbox import DecodePool
+from tests import samples
+from tests.test_sandbox import SLOW, decode_pool
+
+SHM = Path("/dev/shm")
+
+
+def block_names(pool: DecodePool) -> set[str]:
+    return {block.name for block in pool.blocks._free}
+
+
+def in_shm(names: set[str]) -> set[str]:
+    return {name for name in names if (SHM / name).exists()}
+
+
+async def test_the_pixels_come_back_through_a_block_that_is_then_reused() -> None:
+    data = samples.photo(1320, (640, 480))
+    async with decode_pool() as pool:
+        before = block_names(pool)
+        assert len(before) == 1 and in_shm(before) == before
+        assert (await pool.check(data)).pixels == images.check(data, 10**7, 10**8, 10**9).pixels
+        with pytest.raises(images.ImageRejected):
+            await pool.check(b"not an image")  # refused: a new block all the same (see Blocks.take)
+        after_refusal = block_names(pool)
+        other = samples.photo(1321, (640, 480))
+        assert (await pool.check(other)).pixels == images.check(other, 10**7, 10**8, 10**9).pixels
+        assert block_names(pool) == after_refusal  # a decode that ended normally gives its block back
+
+
+async def test_a_block_whose_decode_timed_out_is_retired_and_removed() -> None:
+    async with decode_pool(decode_timeout=0.3) as pool:
+        before = block_names(pool)
+        with pytest.raises(images.ImageRejected):
+            await pool.check(SLOW)
+        after = block_names(pool)
+        assert len(after) == 1 and not after & before
+        assert in_shm(before) == set() and in_shm(after) == after
+        data = samples.photo(1322)
+        assert (await pool.check(data)).pixels == images.check(data, 10**7, 10**8, 10**9).pixels
+
+
+async def test_a_block_whose_decode_was_cancelled_is_retired() -> None:
+    async with decode_pool(decode_timeout=30) as pool:
+        before = block_names(pool)
+        decoding = asyncio.create_task(pool.check(SLOW))
+        await asyncio.sleep(0.3)
+        decoding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await decoding
+        assert not block_names(pool) & before and in_shm(before) == set()
+
+
+async def test_closing_the_pool_removes_its_blocks() -> None:
+    async with decode_pool(decode_processes=3) as pool:
+        names = block_names(pool)
+        await asyncio.gather(*(pool.check(samples.photo(1323 + i)) for i in range(6)))
+        assert block_names(pool) == names and in_shm(names) == names
+    assert in_shm(names) == set()
+
+
+def test_a_decode_process_keeps_few_blocks_attached() -> None:
+    blocks = handover.Blocks(handover.MAX_ATTACHED + 4)
+    try:
+        for i, block in enumerate(list(blocks._free)):
+            pixels = bytes([i]) * images.INPUT_BYTES
+            handover.write_pixels(block.name, pixels)
+            assert handover.read_pixels(block) == pixels
+            assert len(handover._attached) <= handover.MAX_ATTACHED
+    finally:
+        for attached in handover._attached.values():
+            attached.close()
+        handover._attached.clear()
+        blocks.close()
