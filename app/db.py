@@ -11,13 +11,26 @@ from tortoise.migrations.api.migrate import migrate
 
 from app.settings import get_settings
 
+# SQLite runs in WAL mode (Tortoise's default); with synchronous=NORMAL a commit no longer waits for the disk
+# (fdatasync), which halved an upload's INSERT: 1.26 -> 0.60 ms of CPU and 3.4 -> 1.1 ms of wall time
+# (measured). The database stays consistent; an OS crash or a power cut can lose the last commits, SQLite's
+# documented trade-off for WAL. `?synchronous=FULL` in DATABASE_URL keeps every commit on disk.
+SQLITE_SYNCHRONOUS = "NORMAL"
+
+
+def with_sqlite_defaults(url: str) -> str:
+    """A SQLite URL with SQLITE_SYNCHRONOUS unless it names its own; any other URL unchanged."""
+    if not url.startswith("sqlite://") or "synchronous=" in url.partition("?")[2]:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}synchronous={SQLITE_SYNCHRONOUS}"
+
 
 def tortoise_config(database_url: str | None = None) -> dict[str, Any]:
     url = database_url or get_settings().database_url
     if url.startswith("sqlite://") and url != "sqlite://:memory:":
-        Path(url.removeprefix("sqlite://")).parent.mkdir(parents=True, exist_ok=True)
+        Path(url.removeprefix("sqlite://").partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     return {
-        "connections": {"default": url},
+        "connections": {"default": with_sqlite_defaults(url)},
         "apps": {
             "app": {
                 "models": ["app.models"],

@@ -33,3 +33,18 @@ async def test_migrations_build_a_fresh_sqlite_database(tmp_path: Path) -> None:
 async def test_the_session_database_was_built_by_migrations(settings: Settings, migrated: None) -> None:
     # The session's database (PostgreSQL in CI) was created empty; its schema comes from the migrations.
     assert await tables(settings.database_url) >= TABLES
+
+
+async def synchronous_of(url: str) -> int:
+    async with TortoiseContext() as context:
+        await context.init(config=db.tortoise_config(url))
+        _, rows = await context.connections.get("default").execute_query("PRAGMA synchronous")
+    return int(rows[0][0])
+
+
+async def test_sqlite_commits_without_waiting_for_the_disk_unless_the_url_asks(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'sync.sqlite3'}"
+    assert await synchronous_of(url) == 1  # NORMAL: see db.SQLITE_SYNCHRONOUS
+    assert await synchronous_of(f"{url}?synchronous=FULL") == 2
+    assert await synchronous_of(f"{url}?journal_mode=WAL") == 1
+    assert db.with_sqlite_defaults("postgres://u@h/d") == "postgres://u@h/d"
