@@ -24,23 +24,25 @@ class Blocks:
     """The web process's blocks; `take` one for each decode, `close` them all at the end."""
 
     def __init__(self, count: int) -> None:
+        self.count = count
         self._free = [_new() for _ in range(count)]
         self._closed = False
 
     @contextlib.contextmanager
     def take(self) -> Iterator[shared_memory.SharedMemory]:
-        """A free block for one decode; callers never hold more than `count` at once (sandbox.Turns)."""
-        block = self._free.pop()
+        """A block for one decode. Callers hold at most `count` at once (sandbox.Turns); one more would get
+        a block of its own, released after."""
+        block = self._free.pop() if self._free else _new()
         reusable = False
         try:
             yield block
             reusable = True
         finally:
-            if reusable and not self._closed:
+            if reusable and not self._closed and len(self._free) < self.count:
                 self._free.append(block)
             else:
                 _release(block)
-                if not self._closed:
+                if not self._closed and len(self._free) < self.count:
                     self._free.append(_new())
 
     def close(self) -> None:

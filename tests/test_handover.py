@@ -83,3 +83,13 @@ def test_a_decode_process_keeps_few_blocks_attached() -> None:
             attached.close()
         handover._attached.clear()
         blocks.close()
+
+
+def test_a_block_past_the_count_is_made_and_then_released() -> None:
+    blocks = handover.Blocks(1)
+    try:
+        with blocks.take() as first, blocks.take() as second:
+            assert first.name != second.name and in_shm({first.name, second.name}) == {first.name, second.name}
+        assert [block.name for block in blocks._free] == [second.name] and in_shm({first.name}) == set()
+    finally:
+        blocks.close()
