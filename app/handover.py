@@ -5,7 +5,8 @@ trip about as much again (measured with bench/web_cost.py).
 
 The web process owns the blocks: one per decode that may run at once. A block whose decode did not end
 normally (a timeout, a cancel, a crash) is retired and a new one made: the stopped process might still
-write into it, and the next upload must not read its pixels.
+write into it, and the next upload must not read its pixels. The blocks live in /dev/shm, 150 kB each; if
+the web process is killed outright, multiprocessing's resource tracker removes them.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ nothing is left in /dev/shm once the pool is closed."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from app import handover, images
 from app.sandbox import DecodePool
 from tests import samples
+from tests.helpers import eventually
 from tests.test_sandbox import SLOW, decode_pool
 
 SHM = Path("/dev/shm")
@@ -93,3 +96,33 @@ def test_a_block_past_the_count_is_made_and_then_released() -> None:
         assert [block.name for block in blocks._free] == [second.name] and in_shm({first.name}) == set()
     finally:
         blocks.close()
+
+
+CRASH = """
+import asyncio, dataclasses, os, signal
+from app.sandbox import DecodePool
+from app.settings import Settings
+
+async def main():
+    pool = DecodePool(dataclasses.replace(Settings(), decode_processes=2))
+    await pool.start()
+    print(" ".join(block.name for block in pool.blocks._free), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_web_process_killed_outright_leaves_no_block() -> None:
+    # multiprocessing's resource tracker outlives the process and removes what it had registered.
+    crashed = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASH, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    out, _ = await crashed.communicate()
+    names = set(out.decode().split())
+    assert len(names) == 2 and crashed.returncode == -signal.SIGKILL
+
+    async def removed() -> bool:
+        return in_shm(names) == set()
+
+    await eventually(removed, what="the resource tracker to remove the killed process's blocks", seconds=10)
