@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tortoise.backends.base.config_generator import expand_db_url
+from tortoise.backends.sqlite.client import SqliteClient
 from tortoise.context import TortoiseContext
 
 from app import db
@@ -36,9 +38,15 @@ async def test_the_session_database_was_built_by_migrations(settings: Settings, 
 
 
 async def synchronous_of(url: str) -> int:
-    async with TortoiseContext() as context:
-        await context.init(config=db.tortoise_config(url))
-        _, rows = await context.connections.get("default").execute_query("PRAGMA synchronous")
+    """The pragma on a connection of Tortoise's own SQLite client, made as the app's config makes it. Not
+    through Tortoise.init: that binds the models to SQLite's dialect, for the rest of a PostgreSQL session."""
+    config = expand_db_url(db.tortoise_config(url)["connections"]["default"])
+    client = SqliteClient(connection_name="pragma-check", **config["credentials"])
+    await client.create_connection(with_db=True)
+    try:
+        _, rows = await client.execute_query("PRAGMA synchronous")
+    finally:
+        await client.close()
     return int(rows[0][0])
 
 
