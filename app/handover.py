@@ -39,11 +39,12 @@ class Blocks:
             yield block
             reusable = True
         finally:
-            if reusable and not self._closed and len(self._free) < self.count:
+            wanted = not self._closed and len(self._free) < self.count
+            if reusable and wanted:
                 self._free.append(block)
             else:
                 _release(block)
-                if not self._closed and len(self._free) < self.count:
+                if wanted:
                     self._free.append(_new())
 
     def close(self) -> None:

@@ -191,7 +191,7 @@ async def wait(services: Services, prediction: Prediction, seconds: float) -> Pr
         return prediction  # from the cache
     prediction_id = str(prediction.id)
     future = services.waiter.expected(prediction_id)
-    if future is None:  # not expected (or its message came already): listen, then look at the row
+    if future is None:  # not expected by this process: listen, then look at the row
         future = services.waiter.expect(prediction_id)
         await prediction.refresh_from_db()
         if prediction.status != Status.QUEUED:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,25 @@ async def test_the_answer_comes_from_the_message_not_the_row(
     answered = await predictions.wait(services, prediction, 5)
     # The row was never finished: the answer can only have come from the message.
     assert (answered.status, answered.label, answered.latency_ms) == (Status.DONE, "from the message", 12.5)
+    assert services.waiter.expected(str(prediction.id)) is None  # nothing left behind
+    await Prediction.filter(id=prediction.id).update(status=Status.FAILED)
+
+
+async def test_a_message_that_came_before_the_wait_still_answers_it(
+    client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, no_worker: None, redis: Redis
+) -> None:
+    # A fast worker can answer while `submit` is still enqueueing: the message is dispatched before `wait`
+    # starts. The answer must come from that message, not from reading the row back.
+    services = app.state.services
+    prediction = await queued_row(client, auth, "c" * 64)
+    future = services.waiter.expect(str(prediction.id))
+    fields = {"label": "early", "wnid": "n00000002", "score": 0.25, "top5": [], "model_version": "v"}
+    fields |= {"latency_ms": 3.0, "finished_at": datetime.now(UTC).isoformat()}
+    await redis.publish(keys.RESULTS, result_message(str(prediction.id), Status.DONE, fields))
+    await asyncio.wait_for(asyncio.shield(future), 5)  # dispatched: the message is in
+    answered = await predictions.wait(services, prediction, 1)
+    # The row is still queued: only the message can say "early".
+    assert (answered.status, answered.label) == (Status.DONE, "early")
     assert services.waiter.expected(str(prediction.id)) is None  # nothing left behind
     await Prediction.filter(id=prediction.id).update(status=Status.FAILED)
 

@@ -84,13 +84,15 @@ class ResultWaiter:
 
     def expect(self, prediction_id: str) -> asyncio.Future[dict[str, Any]]:
         """Register interest before the job is enqueued (or the stored result checked), so no message can
-        slip between. The future's result is the message: `status`, and `fields` when the worker sent them."""
+        slip between. The future's result is the message: `status`, and `fields` when the worker sent them.
+        Each `expect` is paired with a `forget`, which drops the future, answered or not."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(prediction_id, []).append(future)
         return future
 
     def expected(self, prediction_id: str) -> asyncio.Future[dict[str, Any]] | None:
-        """The future an earlier `expect` registered, while its message has not come."""
+        """The future an earlier `expect` registered, until it is forgotten: answered already if its message
+        came first (a fast worker can answer while `submit` is still enqueueing)."""
         waiting = self._waiters.get(prediction_id)
         return waiting[0] if waiting else None
 
@@ -110,7 +112,9 @@ class ResultWaiter:
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed result message %r", data[:200])
             return
-        for future in self._waiters.pop(prediction_id, []):
+        # Kept until their `forget`: a request that registered interest finds its answer even if the
+        # message came before it started waiting (it used to read the row back instead).
+        for future in self._waiters.get(prediction_id, []):
             if not future.done():
                 future.set_result(message)
 
