@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
@@ -143,6 +144,24 @@ async def test_me_rejects_tampered_expired_and_unsigned_tokens(client: Client, s
     missing_user = _token(settings, sub="999999999")
     for token in (tampered, expired, no_expiry, unsigned, other_key, bad_sub, missing_user):
         assert_error(await client.get("/api/users/me", headers={"Authorization": f"Bearer {token}"}), 401)
+
+
+async def test_a_token_is_verified_once_and_its_expiry_checked_on_every_request(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.models import User
+
+    admin = await User.get(email=settings.admin_email)
+    expires = int(time.time()) + 3
+    headers = {"Authorization": f"Bearer {_token(settings, sub=str(admin.id), exp=expires)}"}
+    verified = []
+    decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *args, **kwargs: verified.append(1) or decode(*args, **kwargs))
+    for _ in range(3):
+        assert (await client.get("/api/users/me", headers=headers)).status_code == 200
+    assert len(verified) == 1  # the signature was checked once, not on every request
+    await asyncio.sleep(expires - time.time() + 0.2)
+    assert_error(await client.get("/api/users/me", headers=headers), 401)  # expired: refused, kept or not
 
 
 async def test_api_ignores_the_page_cookie(client: Client) -> None:
