@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -30,8 +31,8 @@ async def test_a_job_its_markers_and_its_users_turn_go_on_in_one_command(redis62
     # One script call, not a MULTI/EXEC of separate commands (the first call also loads the script).
     assert await calls(redis62, "multi") == await calls(redis62, "exec") == 0
     loaded = await calls(redis62, "evalsha")
-    [(_, entry)] = await redis62.xrange(keys.jobs(7))
-    assert Job.from_fields(entry) == made
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis62.xrange(keys.jobs(7)))
+    assert [Job.from_fields(entry) for _, entry in entries] == [made]
     for prediction_id in made.prediction_ids:
         assert await has_job(redis62, prediction_id)
         assert await redis62.get(keys.queued_marker(prediction_id)) == keys.jobs(7).encode()
