@@ -1,7 +1,11 @@
-"""How a decode process (app/sandbox.py) hands the model's input back to the web process: through a block
-of shared memory, not pebble's pipe. The 150 kB of pixels through the pipe cost the web side about half a
-millisecond of CPU per upload (pickled, then read in pieces by pebble's thread), the rest of the round
-trip about as much again (measured with bench/web_cost.py).
+"""How the web process and a decode process (app/sandbox.py) pass an upload and the model's input: through a
+block of shared memory, not pebble's pipe. The 150 kB of pixels through the pipe cost the web side about half
+a millisecond of CPU per upload (pickled, then read in pieces by pebble's thread), the rest of the round
+trip about as much again (measured with bench/web_cost.py). The upload goes the same way when it fits in
+UPLOAD_ROOM (an 82 kB photo through the pipe cost 0.23 ms more than a 100-byte task, both sides together,
+measured); a larger one goes through the pipe, where its decode costs far more than the copy.
+
+A block holds the pixels (INPUT_BYTES), then the upload. Pages of /dev/shm are only used once written.
 
 The web process owns the blocks: one per decode that may run at once. A block whose decode did not end
 normally (a timeout, a cancel, a crash) is retired and a new one made: the stopped process might still
@@ -19,6 +23,7 @@ from app import images
 
 # A decode process keeps its blocks attached (attaching costs system calls); past this many, it lets go of all.
 MAX_ATTACHED = 16
+UPLOAD_ROOM = 2 * 2**20  # the largest upload passed in a block: a phone photo of up to about 8 MP
 
 
 class Blocks:
@@ -57,13 +62,25 @@ class Blocks:
 
 def read_pixels(block: shared_memory.SharedMemory) -> bytes:
     """The pixels a decode process wrote into `block`."""
+    return bytes(_view(block)[: images.INPUT_BYTES])
+
+
+def put_upload(block: shared_memory.SharedMemory, data: bytes) -> bool:
+    """`data` into `block` for a decode process (`read_upload`), if it fits in UPLOAD_ROOM."""
+    if len(data) > UPLOAD_ROOM:
+        return False
+    _view(block)[images.INPUT_BYTES : images.INPUT_BYTES + len(data)] = data
+    return True
+
+
+def _view(block: shared_memory.SharedMemory) -> memoryview:
     view = block.buf
     assert view is not None  # None only once closed
-    return bytes(view[: images.INPUT_BYTES])
+    return view
 
 
 def _new() -> shared_memory.SharedMemory:
-    return shared_memory.SharedMemory(create=True, size=images.INPUT_BYTES)
+    return shared_memory.SharedMemory(create=True, size=images.INPUT_BYTES + UPLOAD_ROOM)
 
 
 def _release(block: shared_memory.SharedMemory) -> None:
@@ -76,8 +93,7 @@ def _release(block: shared_memory.SharedMemory) -> None:
 _attached: dict[str, shared_memory.SharedMemory] = {}
 
 
-def write_pixels(name: str, pixels: bytes) -> None:
-    """In a decode process: `pixels` into the web process's block `name`."""
+def _attach(name: str) -> shared_memory.SharedMemory:
     block = _attached.get(name)
     if block is None:
         if len(_attached) >= MAX_ATTACHED:  # most are retired blocks, gone from the web process
@@ -85,6 +101,14 @@ def write_pixels(name: str, pixels: bytes) -> None:
                 kept.close()
             _attached.clear()
         block = _attached[name] = shared_memory.SharedMemory(name)
-    view = block.buf
-    assert view is not None  # None only once closed
-    view[: images.INPUT_BYTES] = pixels
+    return block
+
+
+def read_upload(name: str, size: int) -> bytes:
+    """In a decode process: the upload of `size` bytes the web process put into its block `name`."""
+    return bytes(_view(_attach(name))[images.INPUT_BYTES : images.INPUT_BYTES + size])
+
+
+def write_pixels(name: str, pixels: bytes) -> None:
+    """In a decode process: `pixels` into the web process's block `name`."""
+    _view(_attach(name))[: images.INPUT_BYTES] = pixels

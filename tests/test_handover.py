@@ -5,11 +5,14 @@ nothing is left in /dev/shm once the pool is closed."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from app import handover, images
 from app.sandbox import DecodePool
@@ -40,6 +43,21 @@ async def test_the_pixels_come_back_through_a_block_that_is_then_reused() -> Non
         other = samples.photo(1321, (640, 480))
         assert (await pool.check(other)).pixels == images.check(other, 10**7, 10**8, 10**9).pixels
         assert block_names(pool) == after_refusal  # a decode that ended normally gives its block back
+
+
+async def test_an_upload_goes_in_the_block_when_it_fits_and_through_the_pipe_when_not() -> None:
+    small = samples.photo(1330, (640, 480))
+    noise = np.random.default_rng(1330).integers(0, 256, (900, 1000, 3), dtype=np.uint8)
+    large = samples.encode(Image.fromarray(noise), "PNG")  # incompressible: larger than the room
+    assert len(small) <= handover.UPLOAD_ROOM < len(large)
+    async with decode_pool() as pool:
+        [block] = pool.blocks._free
+        assert (await pool.check(small)).pixels == images.check(small, 10**7, 10**8, 10**9).pixels
+        assert block.buf is not None
+        assert bytes(block.buf[images.INPUT_BYTES : images.INPUT_BYTES + len(small)]) == small  # sent this way
+        checked = await pool.check(large)
+        assert checked.pixels == images.check(large, 10**7, 10**8, 10**9).pixels
+        assert checked.sha256 == hashlib.sha256(large).hexdigest()
 
 
 async def test_a_block_whose_decode_timed_out_is_retired_and_removed() -> None:
