@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -180,19 +181,31 @@ def measure(system: System, label: str, images: list[bytes], concurrency: int, w
     return cost
 
 
-def worktree(rev: str, workdir: Path) -> Path:
+@contextmanager
+def worktree(rev: str, workdir: Path) -> Iterator[Path]:
+    """A checkout of `rev` in `workdir` while the block runs, removed after (from git's list as well)."""
     path = workdir / f"baseline-{rev[:8]}"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev], check=True, capture_output=True
-    )
-    return path
+    git = ["git", "-C", str(ROOT), "worktree"]
+    subprocess.run([*git, "add", "--detach", str(path), rev], check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run([*git, "remove", "--force", str(path)], check=True, capture_output=True)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> list[Cost]:
+    """The baseline (a checkout removed after), if any, then this code."""
+    with contextlib.ExitStack() as stack:
+        systems = []
+        if args.baseline:
+            systems.append((f"baseline {args.baseline[:8]}", stack.enter_context(worktree(args.baseline, workdir))))
+        systems.append(("this code", ROOT))
+        return measure_all(args, workdir, systems)
+
+
+def measure_all(args: argparse.Namespace, workdir: Path, systems: list[tuple[str, Path]]) -> list[Cost]:
     """Each system in its own directory (its own Redis: no result cache carried over) with its own images:
-    new files of one photo (new hashes, the same decode: see bench.images.distinct_photo)."""
-    systems = [(f"baseline {args.baseline[:8]}", worktree(args.baseline, workdir))] if args.baseline else []
-    systems.append(("this code", ROOT))
+    new files of one photo (new hashes, the same decode: see bench.images.distinct_photo); one database."""
     costs = []
     with database(os.environ.get("DATABASE_URL"), workdir) as database_url:
         for n, (label, root) in enumerate(systems):
@@ -285,11 +298,7 @@ def main() -> None:
     args = options(parser.parse_args())
     workdir = Path(tempfile.mkdtemp(prefix="web-cost-"))
     say(f"work files and logs in {workdir}")
-    try:
-        print(report(run(args, workdir)))
-    finally:
-        if args.baseline:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], capture_output=True)
+    print(report(run(args, workdir)))
 
 
 if __name__ == "__main__":

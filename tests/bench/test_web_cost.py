@@ -58,3 +58,12 @@ def test_a_small_run_measures_every_stage(tmp_path: Path) -> None:
     assert set(cost.stages_ms) == set(STAGES)
     assert cost.stages_ms["decode"] > 0 and cost.stages_ms["database"] > 0
     assert "| this code, 640x480 |" in web_cost.report([cost])
+
+
+def test_the_baselines_checkout_is_removed_after(tmp_path: Path) -> None:
+    def listed() -> str:
+        return subprocess.run(["git", "worktree", "list"], cwd=web_cost.ROOT, capture_output=True, text=True).stdout
+
+    with web_cost.worktree("HEAD", tmp_path) as path:
+        assert (path / "app" / "sandbox.py").is_file() and str(path) in listed()
+    assert not path.exists() and str(path) not in listed()
