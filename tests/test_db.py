@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 from tortoise.backends.base.config_generator import expand_db_url
@@ -12,6 +16,7 @@ from app import db
 from app.settings import Settings
 
 TABLES = {"users", "predictions", "feedback"}
+ROOT = Path(__file__).resolve().parents[1]
 SQLITE_TABLES = "SELECT name FROM sqlite_master WHERE type='table'"
 POSTGRES_TABLES = "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public'"
 
@@ -24,12 +29,24 @@ async def tables(url: str) -> set[str]:
     return {row["name"] for row in rows}
 
 
-async def test_migrations_build_a_fresh_sqlite_database(tmp_path: Path) -> None:
-    url = f"sqlite://{tmp_path / 'fresh.sqlite3'}"
-    await db.apply_migrations(url)
-    assert await tables(url) >= TABLES
-    await db.apply_migrations(url)  # applying again changes nothing and does not fail
-    assert await tables(url) >= TABLES
+def sqlite_tables(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return {name for (name,) in connection.execute(SQLITE_TABLES)}
+
+
+def test_migrations_build_a_fresh_sqlite_database(tmp_path: Path) -> None:
+    # In processes of their own: initialising Tortoise on SQLite here would bind the session's models to
+    # SQLite's dialect, and every later test of a PostgreSQL session would send SQLite's SQL.
+    path = tmp_path / "fresh.sqlite3"
+    migrate = [
+        sys.executable,
+        "-c",
+        "import asyncio, sys; from app import db; asyncio.run(db.apply_migrations(sys.argv[1]))",
+    ]
+    subprocess.run([*migrate, f"sqlite://{path}"], check=True, cwd=ROOT)
+    assert sqlite_tables(path) >= TABLES
+    subprocess.run([*migrate, f"sqlite://{path}"], check=True, cwd=ROOT)  # again: changes nothing, does not fail
+    assert sqlite_tables(path) >= TABLES
 
 
 async def test_the_session_database_was_built_by_migrations(settings: Settings, migrated: None) -> None:
