@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -362,6 +363,9 @@ def postgres_on_core(cores: str, every: str) -> Iterator[None]:
         repin(postgres_pids(), every)
 
 
+_DATABASES = itertools.count()
+
+
 @contextmanager
 def database(url: str | None, workdir: Path) -> Iterator[str]:
     """A fresh database: a new one beside `url` on PostgreSQL, else a SQLite file."""
@@ -374,7 +378,7 @@ def database(url: str | None, workdir: Path) -> Iterator[str]:
         return
     import asyncpg
 
-    name = f"bench_{os.getpid()}"
+    name = f"bench_{os.getpid()}_{next(_DATABASES)}"  # several at once: bench/web_cost.py's systems
     admin_url = url.replace("postgres://", "postgresql://", 1)
 
     async def execute(sql: str) -> None:

@@ -2,11 +2,13 @@
 counters, split by stage from the app's own timers (`app_web_stage_cpu_seconds` in /metrics), and cross-
 checked with a sampling profiler (py-spy).
 
-    python bench/web_cost.py [--web-images 400] [--web-concurrency 8] [--web-large 30] [--baseline REV]
+    python bench/web_cost.py [--web-images 400] [--web-concurrency 8] [--web-large 30] [--web-rounds 3]
+                             [--baseline REV]
 
 Workers run the stand-in model, so the model costs nothing and the machine is the web side's. With
-`--baseline REV` the same load first runs against that commit of the code (a git worktree), so the
-figures before and after a change are measured in one run, on one machine.
+`--baseline REV` the same load also runs against that commit of the code (a git worktree), started beside
+this code's system: the two take turns, round after round, so the figures before and after a change are
+measured in one run, on one machine, through the same drifts of its speed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,21 +56,35 @@ PROFILE_STAGES = [
 
 @dataclass
 class Cost:
-    """What one system spent on a batch of uploads."""
+    """What one system spent on its uploads of one kind of photo, round by round."""
 
     label: str
-    images: int
+    images: int = 0
     seconds: float = 0.0
     cpu_s: float = 0.0  # the web process and its descendants (the decode pool)
+    rounds_ms: list[float] = field(default_factory=list)  # CPU per image in each round
     stages_ms: dict[str, float] = field(default_factory=dict)  # per upload, from the app's timers
     profile: dict[str, float] = field(default_factory=dict)  # share of py-spy's samples
-    redis_ms: float = 0.0  # the Redis server's CPU per image
-    redis_calls: dict[str, float] = field(default_factory=dict)  # Redis commands per image
-    database_ms: float = 0.0  # PostgreSQL's CPU per image (0 on SQLite: in the web process)
+    redis_s: float = 0.0  # the Redis server's CPU
+    calls: Counter[str] = field(default_factory=Counter)  # Redis commands
+    database_s: float = 0.0  # PostgreSQL's CPU (0 on SQLite: in the web process)
 
     @property
     def ms_per_image(self) -> float:
-        return 1000 * self.cpu_s / self.images if self.images else 0.0
+        """The median of the rounds: the machine's speed drifts, and the systems take turns."""
+        return statistics.median(self.rounds_ms) if self.rounds_ms else 0.0
+
+    @property
+    def redis_ms(self) -> float:
+        return 1000 * self.redis_s / self.images if self.images else 0.0
+
+    @property
+    def redis_calls(self) -> dict[str, float]:
+        return {name: n / self.images for name, n in self.calls.items()} if self.images else {}
+
+    @property
+    def database_ms(self) -> float:
+        return 1000 * self.database_s / self.images if self.images else 0.0
 
 
 def stage_sums(text: str) -> dict[str, tuple[float, float]]:
@@ -151,34 +168,57 @@ def redis_use(system: System) -> tuple[float, dict[str, int]]:
     return tree_cpu(system.redis_server.pid), calls
 
 
-def measure(system: System, label: str, images: list[bytes], concurrency: int, workdir: Path) -> Cost:
-    """CPU per image with `concurrency` uploads at a time (from the OS's counters, profiled with py-spy),
-    then the split by stage one upload at a time (a stage's timer counts the whole process, so with
-    several uploads at once it would count the others' work too)."""
-    one_by_one = min(max(10, len(images) // 5), len(images) // 2)
-    split, images = images[:one_by_one], images[one_by_one:]
-    web, token = system.processes[0].pid, sign_up(system.url)
-    asyncio.run(upload_all(system.url, token, [make_image(i + 2**40) for i in range(20)], concurrency))  # warm up
-    cost = Cost(label, len(images))
-    raw = workdir / f"profile-{label.replace(' ', '-').replace(',', '')}.txt"
+@dataclass
+class Subject:
+    """One system under measurement: its photos (a share for each round, and the split's) and their costs."""
+
+    label: str
+    system: System
+    workdir: Path
+    token: str
+    photos: dict[str, list[bytes]]  # by kind: "640x480", "12 MP"
+    split: dict[str, list[bytes]]
+    costs: dict[str, Cost]
+
+    @property
+    def web(self) -> int:
+        return self.system.processes[0].pid
+
+
+def concurrency_of(kind: str, concurrency: int) -> int:
+    return concurrency if kind == "640x480" else max(1, concurrency // 4)
+
+
+def measure_round(subject: Subject, kind: str, images: list[bytes], concurrency: int, profile: bool) -> None:
+    """CPU per image of one round's uploads, `concurrency` at a time, from the OS's counters (and py-spy's
+    samples, in the first round)."""
+    system, cost = subject.system, subject.costs[kind]
+    raw = subject.workdir / f"profile-{cost.label.replace(' ', '-').replace(',', '')}.txt"
     on_postgres = system.env["DATABASE_URL"].startswith("postgres")
+    web = subject.web
     before, (redis_before, calls_before), db_before = tree_cpu(web), redis_use(system), database_cpu(on_postgres)
-    with profiler(web, 600, raw):
-        cost.seconds = asyncio.run(upload_all(system.url, token, images, concurrency))
-    cost.cpu_s = tree_cpu(web) - before
+    with profiler(web, 600, raw) if profile else contextlib.nullcontext():
+        seconds = asyncio.run(upload_all(system.url, subject.token, images, concurrency))
+    spent = tree_cpu(web) - before
     redis_after, calls_after = redis_use(system)
-    cost.redis_ms = 1000 * (redis_after - redis_before) / len(images)
-    cost.redis_calls = {k: (v - calls_before.get(k, 0)) / len(images) for k, v in calls_after.items()}
-    cost.database_ms = 1000 * (database_cpu(on_postgres) - db_before) / len(images)
-    if raw.exists():
+    cost.images, cost.seconds, cost.cpu_s = cost.images + len(images), cost.seconds + seconds, cost.cpu_s + spent
+    cost.rounds_ms.append(1000 * spent / len(images))
+    cost.redis_s += redis_after - redis_before
+    cost.calls.update({k: v - calls_before.get(k, 0) for k, v in calls_after.items()})
+    cost.database_s += database_cpu(on_postgres) - db_before
+    if profile and raw.exists():
         cost.profile = profile_shares(raw)
-    counters = stage_sums(metrics_text(system.url))
-    asyncio.run(upload_all(system.url, token, split, 1))
-    for name, (count, total) in stage_sums(metrics_text(system.url)).items():
+
+
+def measure_split(subject: Subject, kind: str) -> None:
+    """The split by stage, one upload at a time: a stage's timer counts the whole process, so with several
+    uploads at once it would count the others' work too."""
+    url, cost = subject.system.url, subject.costs[kind]
+    counters = stage_sums(metrics_text(url))
+    asyncio.run(upload_all(url, subject.token, subject.split[kind], 1))
+    for name, (count, total) in stage_sums(metrics_text(url)).items():
         done = count - counters.get(name, (0.0, 0.0))[0]
         cost.stages_ms[name] = 1000 * (total - counters.get(name, (0.0, 0.0))[1]) / done if done else 0.0
-    say(f"  {label}: {cost.ms_per_image:.1f} ms of web CPU per image ({len(images) / cost.seconds:.0f} images/s)")
-    return cost
 
 
 @contextmanager
@@ -203,26 +243,51 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Cost]:
         return measure_all(args, workdir, systems)
 
 
+@contextmanager
+def started(args: argparse.Namespace, workdir: Path, n: int, label: str, root: Path) -> Iterator[Subject]:
+    """A system of the code at `root` in its own directory, with its own Redis (no result cache carried
+    over) and its own database, signed up and warmed up; its own photos: new files of one photo (new
+    hashes, the same decode: see bench.images.distinct_photo)."""
+    salt = (time.time_ns() % 2**40 << 20) + (n << 18)
+    photos = {"640x480": [distinct_photo(salt + i) for i in range(args.predictions)]}
+    if args.large:
+        photos["12 MP"] = [distinct_photo(salt + 2**17 + i, size=(4000, 3000)) for i in range(args.large)]
+    (own := workdir / f"system-{n}").mkdir()
+    with database(os.environ.get("DATABASE_URL"), own) as database_url:
+        env = {"INFERENCE_BACKEND": "stand-in", "WEB_PROCESSES": "1"}
+        system = System(own, database_url, 1, pinned=False, backend="stand-in", extra_env=env, root=root)
+        try:
+            token = sign_up(system.url)
+            warm_up = [make_image(i + 2**40 + (n << 10)) for i in range(20)]
+            asyncio.run(upload_all(system.url, token, warm_up, args.concurrency))
+            # A fifth (at least 10, at most half) for the split one at a time, the rest shared out in rounds.
+            split = {
+                kind: images[: min(max(10, len(images) // 5), len(images) // 2)] for kind, images in photos.items()
+            }
+            rest = {kind: images[len(split[kind]) :] for kind, images in photos.items()}
+            costs = {kind: Cost(f"{label}, {kind}") for kind in photos}
+            yield Subject(label, system, own, token, rest, split, costs)
+        finally:
+            system.stop()
+
+
 def measure_all(args: argparse.Namespace, workdir: Path, systems: list[tuple[str, Path]]) -> list[Cost]:
-    """Each system in its own directory (its own Redis: no result cache carried over) with its own images:
-    new files of one photo (new hashes, the same decode: see bench.images.distinct_photo); one database."""
-    costs = []
-    with database(os.environ.get("DATABASE_URL"), workdir) as database_url:
-        for n, (label, root) in enumerate(systems):
-            say(f"{label}: {args.predictions} photos of 640x480, {args.large} of 12 MP, {args.concurrency} at a time")
-            salt = (time.time_ns() % 2**40 << 20) + (n << 18)
-            small = [distinct_photo(salt + i) for i in range(args.predictions)]
-            large = [distinct_photo(salt + 2**17 + i, size=(4000, 3000)) for i in range(args.large)]
-            env = {"INFERENCE_BACKEND": "stand-in", "WEB_PROCESSES": "1"}
-            (own := workdir / f"system-{n}").mkdir()
-            system = System(own, database_url, 1, pinned=False, backend="stand-in", extra_env=env, root=root)
-            try:
-                costs.append(measure(system, f"{label}, 640x480", small, args.concurrency, own))
-                if large:
-                    costs.append(measure(system, f"{label}, 12 MP", large, max(1, args.concurrency // 4), own))
-            finally:
-                system.stop()
-    return costs
+    """Every system started at once, then measured in turns, round after round (the machine's speed drifts
+    over minutes: turns give each system the same drift), then split by stage."""
+    with contextlib.ExitStack() as stack:
+        subjects = [stack.enter_context(started(args, workdir, n, *system)) for n, system in enumerate(systems)]
+        for round_ in range(args.rounds):
+            for subject in subjects:
+                for kind, images in subject.photos.items():
+                    share = images[round_ :: args.rounds]
+                    measure_round(subject, kind, share, concurrency_of(kind, args.concurrency), profile=round_ == 0)
+        for subject in subjects:
+            for kind in subject.photos:
+                measure_split(subject, kind)
+                cost = subject.costs[kind]
+                rounds = ", ".join(f"{ms:.1f}" for ms in cost.rounds_ms)
+                say(f"  {cost.label}: {cost.ms_per_image:.1f} ms of web CPU per image (median of {rounds})")
+        return [cost for subject in subjects for cost in subject.costs.values()]
 
 
 def table(costs: list[Cost]) -> str:
@@ -232,7 +297,8 @@ def table(costs: list[Cost]) -> str:
     lines = [head, "| --- | ---: |" + " ---: |" * len(STAGES)]
     for cost in costs:
         stages = " | ".join(f"{cost.stages_ms.get(s, 0.0):.2f}" for s in STAGES)
-        lines.append(f"| {cost.label} | **{cost.ms_per_image:.1f}** | {stages} |")
+        rounds = "/".join(f"{ms:.1f}" for ms in cost.rounds_ms)
+        lines.append(f"| {cost.label} | **{cost.ms_per_image:.1f}** ({rounds}) | {stages} |")
     lines += ["", "Beside the web side, per image (the whole upload, the worker's share included):", ""]
     lines += [
         "| system, photo | Redis server CPU ms | Redis commands | PostgreSQL CPU ms |",
@@ -257,6 +323,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--web-images", type=int, default=400, help="640x480 photos for the web CPU figures")
     parser.add_argument("--web-large", type=int, default=30, help="12-megapixel photos (0: none)")
     parser.add_argument("--web-concurrency", type=int, default=8, help="uploads at a time")
+    parser.add_argument("--web-rounds", type=int, default=3, help="turns each system takes (the median is reported)")
     parser.add_argument("--baseline", default=BEFORE, help="a commit to measure first, in a git worktree ('': none)")
 
 
@@ -267,6 +334,7 @@ def options(args: argparse.Namespace) -> argparse.Namespace:
         predictions=60 if quick else args.web_images,
         large=4 if quick else args.web_large,
         concurrency=args.web_concurrency,
+        rounds=1 if quick else args.web_rounds,
         baseline=args.baseline,
     )
 
@@ -284,8 +352,9 @@ def report(costs: list[Cost]) -> str:
             " machine is the web side's); CPU of the web process and its decode pool from the operating system's"
             " counters. The stages are the app's own timers (`app_web_stage_cpu_seconds` in /metrics), measured one"
             " upload at a time so that no stage counts another upload's work; py-spy sampled the same processes"
-            " meanwhile. The baseline is the code before these cuts, measured in the same run"
-            + (f" ({'; '.join(ratio)})." if ratio else "."),
+            " meanwhile (the first round). The baseline is the code before these cuts, measured in the same run:"
+            " both systems run side by side and take turns, round after round, and each figure is the median of"
+            " its rounds (the machine's speed drifts over minutes)" + (f" ({'; '.join(ratio)})." if ratio else "."),
             "",
             table(costs),
         ]

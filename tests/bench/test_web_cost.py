@@ -52,9 +52,11 @@ def test_a_process_tree_counts_its_children() -> None:
 
 @pytest.mark.timeout(300)
 def test_a_small_run_measures_every_stage(tmp_path: Path) -> None:
-    options = argparse.Namespace(predictions=30, large=0, concurrency=2, baseline="")
+    options = argparse.Namespace(predictions=30, large=0, concurrency=2, baseline="", rounds=2)
     (cost,) = web_cost.run(options, tmp_path)
     assert cost.images == 20 and cost.ms_per_image > 0  # 10 of the 30 measure the split one at a time
+    assert len(cost.rounds_ms) == 2 and min(cost.rounds_ms) <= cost.ms_per_image <= max(cost.rounds_ms)
+    assert cost.calls["evalsha"] == 20 and cost.redis_calls["evalsha"] == 1  # one enqueue per upload
     assert set(cost.stages_ms) == set(STAGES)
     assert cost.stages_ms["decode"] > 0 and cost.stages_ms["database"] > 0
     assert "| this code, 640x480 |" in web_cost.report([cost])
