@@ -5,7 +5,9 @@ trip about as much again (measured with bench/web_cost.py). The upload goes the 
 UPLOAD_ROOM (an 82 kB photo through the pipe cost 0.23 ms more than a 100-byte task, both sides together,
 measured); a larger one goes through the pipe, where its decode costs far more than the copy.
 
-A block holds the pixels (INPUT_BYTES), then the upload. Pages of /dev/shm are only used once written.
+A block holds the pixels (INPUT_BYTES), then the upload. Pages of /dev/shm are only used once written: a web
+process uses at most about DECODE_PROCESSES x 2.2 MB of it (a container's default /dev/shm is 64 MB), for a
+retired block's pages go when its decode process, which was stopped, lets go of it.
 
 The web process owns the blocks: one per decode that may run at once. A block whose decode did not end
 normally (a timeout, a cancel, a crash) is retired and a new one made: the stopped process might still

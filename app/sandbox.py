@@ -152,6 +152,13 @@ def _rendered(data: bytes, max_pixels: int, max_cost: int) -> bytes | Refusal:
     )
 
 
+def _accepted(outcome: Result | Refusal) -> Result:
+    """What a decode process answered, unless it refused the image (images.ImageRejected)."""
+    if isinstance(outcome, Refusal):
+        raise images.reject(outcome.status, outcome.detail)
+    return outcome
+
+
 def _alive() -> bool:
     return True
 
@@ -253,12 +260,15 @@ class DecodePool:
         keep_in = None if disk is None else self._upload_dir
         async with self.turns.slot(owner):
             # This process's part: the bytes there, the pixels back.
+            # A refusal is a decode that ended normally: its block is kept (raised outside `take`). Retired
+            # ones stay attached in their decode process, /dev/shm pages and all, until it lets go of them.
             with self.blocks.take() as block, stages.stage("decode"):
                 sent = len(data) if handover.put_upload(block, data) else data
-                decoded: Decoded = await self._run(
+                outcome = await self._schedule(
                     _decoded, sent, settings.max_image_pixels, settings.decode_cost_mb * 2**20, keep_in, block.name
                 )
-                pixels = handover.read_pixels(block)
+                pixels = handover.read_pixels(block) if isinstance(outcome, Decoded) else b""
+        decoded: Decoded = _accepted(outcome)
         for stage, seconds in decoded.seconds.items():
             stages.elsewhere(stage, seconds)
         if decoded.not_stored is not None:
@@ -285,8 +295,13 @@ class DecodePool:
         return rendered
 
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
-        """`function(*args)` in a decode process. Cancelling the caller stops the process (pebble
-        replaces it), so a request given up on frees its slot at once."""
+        """`function(*args)` in a decode process; images.ImageRejected if it refused the image."""
+        return _accepted(await self._schedule(function, *args))
+
+    async def _schedule(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` in a decode process: what it returned, a Refusal included; ImageRejected if it
+        did not end normally. Cancelling the caller stops the process (pebble replaces it), so a request
+        given up on frees its slot at once."""
         timeout = self.settings.decode_timeout
         for attempt in (1, 2):
             pool = self._pool
@@ -304,8 +319,6 @@ class DecodePool:
                     raise
                 self._replace(pool)
                 continue
-            if isinstance(result, Refusal):
-                raise images.reject(result.status, result.detail)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
