@@ -163,9 +163,12 @@ async def submit(
         with stage("redis"):
             await producer.enqueue(services.redis, user.id, job)
         services.backlog.enqueued(user.id)
-    except Exception:
+    except BaseException as exc:
+        # Given up on (cancelled) too: the waiter is this request's to forget. The row stays queued, and is
+        # enqueued again if its job never got there (app/recovery.py).
         services.waiter.forget(job.prediction_id, expected)
-        await mark_failed([str(prediction.id)], "The queue was unavailable")
+        if isinstance(exc, Exception):
+            await mark_failed([str(prediction.id)], "The queue was unavailable")
         raise
     return prediction
 

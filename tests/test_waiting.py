@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
 
 from app import keys, predictions
+from app.jobs import producer
 from app.jobs.protocol import result_message
 from app.models import Prediction, Status, User
 from tests import samples
@@ -95,3 +97,31 @@ async def test_an_upload_is_listened_for_before_its_job_is_on_the_stream(
     assert answered.status == stored.status == Status.DONE
     assert (answered.label, answered.top5, answered.latency_ms) == (stored.label, stored.top5, stored.latency_ms)
     assert answered.finished_at == stored.finished_at
+
+
+async def test_an_upload_given_up_on_while_enqueueing_leaves_no_waiter_behind(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    app: Litestar,
+    worker: CountingClassifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client that goes away cancels its request, here while its job is on its way to Redis. Its waiter
+    # must go too: results no longer take the waiters away (a future waits for its `forget`).
+    services = app.state.services
+    user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
+    enqueueing = asyncio.Event()
+
+    async def stuck(*args: object) -> None:
+        enqueueing.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(producer, "enqueue", stuck)
+    before = set(services.waiter._waiters)
+    submitting = asyncio.create_task(predictions.submit(services, user, samples.photo(1601), "gone.jpg"))
+    await asyncio.wait_for(enqueueing.wait(), 20)
+    assert len(set(services.waiter._waiters) - before) == 1  # listened for, before the job exists
+    submitting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await submitting
+    assert set(services.waiter._waiters) == before
