@@ -25,7 +25,7 @@ from app import images
 
 # A decode process keeps its blocks attached (attaching costs system calls); past this many, it lets go of all.
 MAX_ATTACHED = 16
-UPLOAD_ROOM = 2 * 2**20  # the largest upload passed in a block: a phone photo of up to about 8 MP
+UPLOAD_ROOM = 2 * 2**20  # the largest upload passed in a block: a JPEG photo of up to about 6 MP
 
 
 class Blocks:
