@@ -5,9 +5,12 @@ trip about as much again (measured with bench/web_cost.py). The upload goes the 
 UPLOAD_ROOM (an 82 kB photo through the pipe cost 0.23 ms more than a 100-byte task, both sides together,
 measured); a larger one goes through the pipe, where its decode costs far more than the copy.
 
-A block holds the pixels (INPUT_BYTES), then the upload. Pages of /dev/shm are only used once written: a web
-process uses at most about DECODE_PROCESSES x 2.2 MB of it (a container's default /dev/shm is 64 MB), for a
-retired block's pages go when its decode process, which was stopped, lets go of it.
+A block holds the pixels (INPUT_BYTES), then the upload. Its pages of /dev/shm are reserved when it is made:
+a block is otherwise sparse, and writing into a page a full /dev/shm cannot give is a SIGBUS, the web process
+killed (an upload of 1.9 MB did it under a /dev/shm of 1 MB), where a reservation is an error: the app does
+not start (SharedMemoryFull says why), and later an upload is answered 503. A web process holds about
+DECODE_PROCESSES x 2.2 MB of it (a container's default /dev/shm is 64 MB), for a retired block's pages go when
+its decode process, which was stopped, lets go of it.
 
 The web process owns the blocks: one per decode that may run at once. A block whose decode did not end
 normally (a timeout, a cancel, a crash) is retired and a new one made: the stopped process might still
@@ -18,6 +21,7 @@ the web process is killed outright, multiprocessing's resource tracker removes t
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from multiprocessing import shared_memory
 
@@ -26,6 +30,11 @@ from app import images
 # A decode process keeps its blocks attached (attaching costs system calls); past this many, it lets go of all.
 MAX_ATTACHED = 16
 UPLOAD_ROOM = 2 * 2**20  # the largest upload passed in a block: a JPEG photo of up to about 6 MP
+BLOCK_BYTES = images.INPUT_BYTES + UPLOAD_ROOM
+
+
+class SharedMemoryFull(RuntimeError):
+    """/dev/shm has no room for another block."""
 
 
 class Blocks:
@@ -52,7 +61,8 @@ class Blocks:
             else:
                 _release(block)
                 if wanted:
-                    self._free.append(_new())
+                    with contextlib.suppress(SharedMemoryFull):  # the next `take` makes it, or says so
+                        self._free.append(_new())
 
     def close(self) -> None:
         """Release every free block; one still taken is released when its decode ends."""
@@ -82,7 +92,18 @@ def _view(block: shared_memory.SharedMemory) -> memoryview:
 
 
 def _new() -> shared_memory.SharedMemory:
-    return shared_memory.SharedMemory(create=True, size=images.INPUT_BYTES + UPLOAD_ROOM)
+    block = shared_memory.SharedMemory(create=True, size=BLOCK_BYTES)
+    try:
+        if hasattr(os, "posix_fallocate"):  # Linux; not macOS, whose blocks have no /dev/shm to fill
+            os.posix_fallocate(block._fd, 0, BLOCK_BYTES)  # type: ignore[attr-defined]  # no other handle on it
+    except OSError as exc:
+        _release(block)
+        raise SharedMemoryFull(
+            f"/dev/shm has no room for a decode block of {BLOCK_BYTES / 2**20:.1f} MB ({exc.strerror}): a web"
+            " process needs DECODE_PROCESSES of them. Give /dev/shm more room (docker run --shm-size, a"
+            " memory-backed emptyDir at /dev/shm in Kubernetes) or lower DECODE_PROCESSES"
+        ) from exc
+    return block
 
 
 def _release(block: shared_memory.SharedMemory) -> None:

@@ -262,12 +262,19 @@ class DecodePool:
             # This process's part: the bytes there, the pixels back.
             # A refusal is a decode that ended normally: its block is kept (raised outside `take`). Retired
             # ones stay attached in their decode process, /dev/shm pages and all, until it lets go of them.
-            with self.blocks.take() as block, stages.stage("decode"):
-                sent = len(data) if handover.put_upload(block, data) else data
-                outcome = await self._schedule(
-                    _decoded, sent, settings.max_image_pixels, settings.decode_cost_mb * 2**20, keep_in, block.name
-                )
-                pixels = handover.read_pixels(block) if isinstance(outcome, Decoded) else b""
+            try:
+                with self.blocks.take() as block, stages.stage("decode"):
+                    sent = len(data) if handover.put_upload(block, data) else data
+                    outcome = await self._schedule(
+                        _decoded, sent, settings.max_image_pixels, settings.decode_cost_mb * 2**20, keep_in, block.name
+                    )
+                    pixels = handover.read_pixels(block) if isinstance(outcome, Decoded) else b""
+            except handover.SharedMemoryFull as exc:  # from `take`: nothing was decoded or stored
+                log.error("%s", exc)
+                raise ServiceUnavailableException(
+                    detail="The server is short of memory for decoding just now; try again shortly",
+                    headers={"Retry-After": "30"},
+                ) from None
         decoded: Decoded = _accepted(outcome)
         for stage, seconds in decoded.seconds.items():
             stages.elsewhere(stage, seconds)

@@ -60,8 +60,7 @@ class Cost:
 
     label: str
     images: int = 0
-    seconds: float = 0.0
-    cpu_s: float = 0.0  # the web process and its descendants (the decode pool)
+    seconds: float = 0.0  # spent uploading them, all rounds together
     rounds_ms: list[float] = field(default_factory=list)  # CPU per image in each round
     stages_ms: dict[str, float] = field(default_factory=dict)  # per upload, from the app's timers
     profile: dict[str, float] = field(default_factory=dict)  # share of py-spy's samples
@@ -172,7 +171,6 @@ def redis_use(system: System) -> tuple[float, dict[str, int]]:
 class Subject:
     """One system under measurement: its photos (a share for each round, and the split's) and their costs."""
 
-    label: str
     system: System
     workdir: Path
     token: str
@@ -201,7 +199,7 @@ def measure_round(subject: Subject, kind: str, images: list[bytes], concurrency:
         seconds = asyncio.run(upload_all(system.url, subject.token, images, concurrency))
     spent = tree_cpu(web) - before
     redis_after, calls_after = redis_use(system)
-    cost.images, cost.seconds, cost.cpu_s = cost.images + len(images), cost.seconds + seconds, cost.cpu_s + spent
+    cost.images, cost.seconds = cost.images + len(images), cost.seconds + seconds
     cost.rounds_ms.append(1000 * spent / len(images))
     cost.redis_s += redis_after - redis_before
     cost.calls.update({k: v - calls_before.get(k, 0) for k, v in calls_after.items()})
@@ -266,7 +264,7 @@ def started(args: argparse.Namespace, workdir: Path, n: int, label: str, root: P
             }
             rest = {kind: images[len(split[kind]) :] for kind, images in photos.items()}
             costs = {kind: Cost(f"{label}, {kind}") for kind in photos}
-            yield Subject(label, system, own, token, rest, split, costs)
+            yield Subject(system, own, token, rest, split, costs)
         finally:
             system.stop()
 
@@ -286,7 +284,11 @@ def measure_all(args: argparse.Namespace, workdir: Path, systems: list[tuple[str
                 measure_split(subject, kind)
                 cost = subject.costs[kind]
                 rounds = ", ".join(f"{ms:.1f}" for ms in cost.rounds_ms)
-                say(f"  {cost.label}: {cost.ms_per_image:.1f} ms of web CPU per image (median of {rounds})")
+                rate = cost.images / cost.seconds if cost.seconds else 0.0
+                say(
+                    f"  {cost.label}: {cost.ms_per_image:.1f} ms of web CPU per image (median of {rounds});"
+                    f" {rate:.0f} images/s, {concurrency_of(kind, args.concurrency)} at a time"
+                )
         return [cost for subject in subjects for cost in subject.costs.values()]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.helpers import eventually
 from tests.test_sandbox import SLOW, decode_pool
 
 SHM = Path("/dev/shm")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def block_names(pool: DecodePool) -> set[str]:
@@ -146,3 +148,72 @@ async def test_a_web_process_killed_outright_leaves_no_block() -> None:
         return in_shm(names) == set()
 
     await eventually(removed, what="the resource tracker to remove the killed process's blocks", seconds=10)
+
+
+SMALL_SHM = """
+import asyncio, dataclasses, io, os
+from litestar.exceptions import ServiceUnavailableException
+from PIL import Image
+from app import handover
+from app.sandbox import DecodePool
+from app.settings import Settings
+
+def noise_png(side):  # about as many bytes as pixels: 1.9 MB at 800x800
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+async def main():
+    try:
+        pool = DecodePool(dataclasses.replace(Settings(), decode_processes=1))
+    except handover.SharedMemoryFull as exc:
+        print("not started:", exc, flush=True)
+        return
+    await pool.start()
+    try:
+        print("decoded", len((await pool.check(noise_png(800))).pixels), flush=True)
+        with pool.blocks.take():  # the pool's one block: the next upload needs another
+            try:
+                await pool.check(noise_png(100))
+            except ServiceUnavailableException as exc:
+                print("refused", exc.status_code, exc.headers["Retry-After"], exc.detail, flush=True)
+        print("decoded", len((await pool.check(noise_png(800))).pixels), flush=True)
+    finally:
+        await asyncio.to_thread(pool.close)
+
+asyncio.run(main())
+"""
+
+
+def with_small_shm(megabytes: int) -> subprocess.CompletedProcess[str]:
+    """SMALL_SHM under a /dev/shm of its own, of `megabytes` (a tmpfs in a mount namespace of its own)."""
+    mount = f'mount -t tmpfs -o size={megabytes}M tmpfs /dev/shm && exec "$0" -c "$1"'
+    command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", mount, sys.executable, SMALL_SHM]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def small_shm() -> None:
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"needs `unshare --user --mount` (user namespaces): {probe.stderr.decode().strip()}")
+
+
+@pytest.mark.usefixtures("small_shm")
+def test_a_dev_shm_too_small_for_the_blocks_stops_the_start_with_the_reason() -> None:
+    # Before, the pool started on sparse blocks, and a 1.9 MB upload killed the web process (SIGBUS).
+    done = with_small_shm(1)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("not started: /dev/shm has no room for a decode block of 2.1 MB"), done.stdout
+    assert "DECODE_PROCESSES" in done.stdout
+
+
+@pytest.mark.usefixtures("small_shm")
+def test_an_upload_that_finds_dev_shm_full_is_503_and_the_next_one_is_decoded() -> None:
+    done = with_small_shm(3)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.splitlines() == [
+        f"decoded {images.INPUT_BYTES}",
+        "refused 503 30 The server is short of memory for decoding just now; try again shortly",
+        f"decoded {images.INPUT_BYTES}",
+    ]
