@@ -5,12 +5,12 @@ trip about as much again (measured with bench/web_cost.py). The upload goes the 
 UPLOAD_ROOM (an 82 kB photo through the pipe cost 0.23 ms more than a 100-byte task, both sides together,
 measured); a larger one goes through the pipe, where its decode costs far more than the copy.
 
-A block holds the pixels (INPUT_BYTES), then the upload. Its pages of /dev/shm are reserved when it is made:
-a block is otherwise sparse, and writing into a page a full /dev/shm cannot give is a SIGBUS, the web process
-killed (an upload of 1.9 MB did it under a /dev/shm of 1 MB), where a reservation is an error: the app does
-not start (SharedMemoryFull says why), and later an upload is answered 503. A web process holds about
-DECODE_PROCESSES x 2.2 MB of it (a container's default /dev/shm is 64 MB), for a retired block's pages go when
-its decode process, which was stopped, lets go of it.
+A block holds the pixels (INPUT_BYTES), then the upload. Its pages of /dev/shm are reserved when it is made
+(posix_fallocate). Unreserved, a block is sparse, and writing into a page that a full /dev/shm cannot supply
+is a SIGBUS that kills the web process (a 1.9 MB upload did it under a /dev/shm of 1 MB). Reserved, a full
+/dev/shm is an error instead: the app does not start (SharedMemoryFull says why), and an upload that meets it
+later gets a 503. A web process holds about DECODE_PROCESSES x 2.2 MB of /dev/shm (a container's default is
+64 MB): a retired block's pages go when its decode process, which was stopped, lets go of it.
 
 The web process owns the blocks: one per decode that may run at once. A block whose decode did not end
 normally (a timeout, a cancel, a crash) is retired and a new one made: the stopped process might still
