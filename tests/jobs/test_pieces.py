@@ -4,6 +4,7 @@ Counted on a Redis server of the module's own (tests/jobs/conftest.py: its comma
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 
@@ -67,6 +68,8 @@ async def test_a_dead_workers_jobs_are_taken_over_in_pieces(redis62: Redis) -> N
     await enqueue_bulk(redis62, 7, jobs(20))
     limits = Limits(max_batch=BATCH, claim_idle_ms=1, max_deliveries=3)
     assert len(await Consumer(redis62, "dead", limits).next_batch()) == 20  # read, never acknowledged
+    # Idle past claim_idle_ms, all of them: on a fast machine the last piece read was not yet (16 of 20).
+    await asyncio.sleep(0.02)
     await redis62.config_resetstat()
     taken_over = await Consumer(redis62, "alive", limits).next_batch()
     assert len(taken_over) == 20 and {d.stream for d in taken_over} == {keys.bulk_jobs(7)}
