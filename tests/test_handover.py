@@ -151,17 +151,16 @@ async def test_a_web_process_killed_outright_leaves_no_block() -> None:
 
 
 SMALL_SHM = """
-import asyncio, dataclasses, io, os
+import asyncio, dataclasses, os
 from litestar.exceptions import ServiceUnavailableException
 from PIL import Image
 from app import handover
 from app.sandbox import DecodePool
 from app.settings import Settings
+from tests import samples
 
 def noise_png(side):  # about as many bytes as pixels: 1.9 MB at 800x800
-    buffer = io.BytesIO()
-    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return samples.encode(Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)), "PNG")
 
 async def main():
     try:
