@@ -138,22 +138,23 @@ class Consumer:
 
     async def _take_turns(self, kind: str, streams: list[str], room: int) -> list[Delivery]:
         """Up to `room` jobs, an equal share from each stream. COUNT is per stream: with more streams
-        than room, one each from `room` of them, the next read of this kind starting past them. Read in pieces
-        of about JOBS_PER_COMMAND jobs (see there), until the share is taken or the streams are empty."""
+        than room, one each from `room` of them, the next read of this kind starting past them. Read in rounds
+        of about JOBS_PER_COMMAND jobs (see there); a stream found empty drops out, and the room it left is
+        shared among the others in the next round (a quiet user's stream still in the set takes none of it)."""
         if not streams:
             return []
         turn = self._turns[kind] % len(streams)
         chosen = (streams[turn:] + streams[:turn])[:room]
         self._turns[kind] = turn + len(chosen)  # the next read starts past these: every stream in turn
-        share = max(1, room // len(chosen))
         taken: list[Delivery] = []
-        while share > 0 and chosen:
-            count = min(share, max(1, JOBS_PER_COMMAND // len(chosen)))
+        while chosen and len(taken) < room:
+            left = room - len(taken)
+            chosen = chosen[:left]  # one job each at least: no more streams than jobs to take
+            count = max(1, min(left // len(chosen), JOBS_PER_COMMAND // len(chosen)))
             got: list[Delivery] = []
             for streams_read in in_pieces(chosen):  # past 8 streams, one from each per read
                 got += await self._xread(streams_read, count)
             taken += got
-            share -= count
             per_stream = Counter(delivery.stream for delivery in got)
             chosen = [stream for stream in chosen if per_stream[stream] == count]  # the others ran out
         return taken

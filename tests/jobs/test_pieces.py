@@ -56,11 +56,11 @@ async def test_users_take_equal_shares_in_pieces_and_one_who_runs_out_drops_out(
     consumer = Consumer(redis62, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
     await redis62.config_resetstat()
     batch = await consumer.next_batch()
-    # A share of 32 // 3 = 10 each: 2 of each stream per read (8 // 3) until the first runs out (the second
-    # read), then 4 and 2 of the other two: four reads.
+    # 2 of each stream per read (8 // 3) until the first runs out (the second read), then the room it left
+    # shared by the other two: 4 of each per read (8 // 2), and the last 6 of the 32 as 3 and 3: five reads.
     taken = Counter(delivery.stream for delivery in batch)
-    assert taken == {keys.bulk_jobs(1): 2, keys.bulk_jobs(2): 10, keys.bulk_jobs(3): 10}
-    assert await calls(redis62, "xreadgroup") == 4
+    assert taken == {keys.bulk_jobs(1): 2, keys.bulk_jobs(2): 15, keys.bulk_jobs(3): 15}
+    assert await calls(redis62, "xreadgroup") == 5
 
 
 async def test_a_dead_workers_jobs_are_taken_over_in_pieces(redis62: Redis) -> None:
@@ -83,9 +83,10 @@ async def test_past_eight_streams_a_read_takes_one_job_of_each_of_eight(redis62:
     consumer = Consumer(redis62, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
     await redis62.config_resetstat()
     batch = await consumer.next_batch()
-    # 20 streams of room 32: a share of 1 each, read 8 streams at a time.
-    assert len(batch) == 20 and len({d.stream for d in batch}) == 20
-    assert await calls(redis62, "xreadgroup") == 3
+    # 20 streams of room 32: one of each, 8 streams a read (three reads); then the 12 left, one of each of
+    # the first 12 streams (two reads).
+    assert len(batch) == BATCH and len({d.stream for d in batch}) == 20
+    assert await calls(redis62, "xreadgroup") == 5
 
 
 async def test_a_piece_that_fails_leaves_the_pieces_before_it_reported(redis62: Redis) -> None:
