@@ -12,8 +12,10 @@ import zipfile
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from litestar import Litestar
+from PIL import Image
 from redis.asyncio import Redis
 
 from app import keys
@@ -324,3 +326,31 @@ async def test_a_reader_that_lost_its_lock_stops(app: Litestar, redis: Redis, cl
     await mine.release()  # not ours any more: left alone
     assert await redis.get(keys.reading_lock("some-collection")) == b"another reader's"
     await redis.delete(keys.reading_lock("some-collection"))
+
+
+async def test_entries_checked_side_by_side_are_recorded_in_their_order(
+    client: Client, auth: dict[str, str], no_worker: None
+) -> None:
+    """Entries are checked as many at once as there are decode processes, so a small image can be checked
+    before the larger one ahead of it; their items are still recorded in the archive's order, which a
+    reading taken over relies on (it resumes after as many entries as there are items)."""
+    noise = np.random.default_rng(5).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    large = samples.encode(Image.fromarray(noise), "PNG")  # slow to decode beside the tiny ones
+    entries = {
+        "1-large.png": large,
+        "2-tiny.png": samples.photo(9401, (8, 8), "PNG"),
+        "3-not-an-image.jpg": b"plain text",
+        "4-truncated.jpg": samples.truncated_jpeg(),
+        "5-tiny.png": samples.photo(9402, (8, 8), "PNG"),
+        "6-photo.jpg": samples.photo(9403),
+        "7-tiny.png": samples.photo(9404, (8, 8), "PNG"),
+    }
+    body = await create(client, auth, files={"archive": ("mixed.zip", samples.zipped(entries))})
+
+    async def read() -> bool:
+        return (await described(client, auth, body["id"]))["status"] != "reading"
+
+    await eventually(read, seconds=60, what="the archive read")
+    rows = await Prediction.filter(collection_id=body["id"]).order_by("created_at").values("file_name", "error")
+    assert [row["file_name"] for row in rows] == list(entries)
+    assert [bool(row["error"]) for row in rows] == [False, False, True, True, False, False, False]
