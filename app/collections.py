@@ -21,10 +21,11 @@ from uuid import uuid4
 from litestar.exceptions import HTTPException
 from tortoise.functions import Count
 
-from app import archives, files, images, keys, predictions, quotas, text
+from app import archives, files, keys, predictions, quotas, text
 from app.archives import Upload, refuse
 from app.exports import to_csv
 from app.models import Collection, CollectionStatus, Prediction, Status, User
+from app.predictions import Accepted
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -83,18 +84,17 @@ async def _add_failed(services: Services, collection: Collection, name: str, dat
     )
 
 
-Checked = tuple[images.CheckedImage, dict[str, Any] | None]
-
-
-async def _checked(services: Services, user: User, data: bytes) -> Checked | str:
-    """An entry checked and stored as an upload is (predictions.accept), or why it was refused."""
+async def _checked(services: Services, user: User, data: bytes | archives.EntryUnreadable) -> Accepted | str:
+    """An entry checked and stored as an upload is (predictions.accept), or why it was refused or unreadable."""
+    if isinstance(data, archives.EntryUnreadable):
+        return str(data)
     try:
         return await predictions.accept(services, user, data)
     except HTTPException as exc:  # not an image, too costly to decode, or over a storage quota
         return str(exc.detail)
 
 
-async def _add_item(services: Services, collection: Collection, user: User, name: str, outcome: Checked) -> None:
+async def _add_item(services: Services, collection: Collection, user: User, name: str, outcome: Accepted) -> None:
     """One accepted image of the collection: done from the cache, or waiting for the feeder."""
     image, cached = outcome
     record = predictions.record_of(services, user, image, name) | {"collection": collection}
@@ -152,13 +152,8 @@ async def _read_entries(services: Services, collection: Collection, path: Path, 
                 return False
             indices = range(first, min(first + ahead, len(reader)))
             entries = [await _entry(reader, index) for index in indices]
-            checked = iter(
-                await asyncio.gather(
-                    *(_checked(services, user, data) for _, data in entries if isinstance(data, bytes))
-                )
-            )
-            for name, data in entries:
-                outcome = next(checked) if isinstance(data, bytes) else str(data)
+            outcomes = await asyncio.gather(*(_checked(services, user, data) for _, data in entries))
+            for (name, data), outcome in zip(entries, outcomes, strict=True):
                 if isinstance(outcome, str):
                     await _add_failed(services, collection, name, data if isinstance(data, bytes) else b"", outcome)
                 else:

@@ -65,7 +65,11 @@ async def _check_async_room(services: Services) -> None:
         raise unavailable(f"The queue is full ({waiting} images waiting, at most {limit}); try again later", 30)
 
 
-async def accept(services: Services, user: User, data: bytes) -> tuple[images.CheckedImage, dict[str, Any] | None]:
+# An accepted upload: the checked image, and the earlier result of the same image if there is one.
+Accepted = tuple[images.CheckedImage, dict[str, Any] | None]
+
+
+async def accept(services: Services, user: User, data: bytes) -> Accepted:
     """Check and store an upload, and find its result in the cache: what every upload goes through,
     alone or in a collection, once its quotas were checked (quotas.check_upload, or for a whole collection
     quotas.check_collection). Raises images.ImageRejected; before decoding anything, 507 when the disk is
