@@ -167,10 +167,11 @@ async def _read_entries(services: Services, collection: Collection, path: Path, 
 
 async def _entry(reader: archives.Reader, index: int) -> tuple[str, bytes | archives.EntryUnreadable]:
     """An entry's name and bytes, or why it cannot be read."""
+    name = reader.name(index)
     try:
-        return reader.name(index), await asyncio.to_thread(reader.read, index)
+        return name, await asyncio.to_thread(reader.read, index)
     except archives.EntryUnreadable as exc:
-        return reader.name(index), exc
+        return name, exc
 
 
 async def read_archive(services: Services, collection: Collection, lock: ReadingLock) -> None:
