@@ -47,7 +47,7 @@ class Blocks:
 
     @contextlib.contextmanager
     def take(self) -> Iterator[shared_memory.SharedMemory]:
-        """A block for one decode. Callers hold at most `count` at once (sandbox.Turns); one more would get
+        """A block for one decode. Callers hold at most `count` at once (turns.Turns); one more would get
         a block of its own, released after."""
         block = self._free.pop() if self._free else _new()
         reusable = False

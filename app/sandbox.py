@@ -13,7 +13,6 @@ once: they start in milliseconds, small, without the web process's threads or ev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import errno
 import hashlib
@@ -24,8 +23,7 @@ import resource
 import signal
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from pebble import ProcessExpired, ProcessPool
 
 from app import files, handover, images, stages, thumbnails
 from app.settings import Settings
+from app.turns import Turns
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -179,59 +178,6 @@ def _alive() -> bool:
     return True
 
 
-class Turns:
-    """At most `slots` decodes at once; those waiting are served in turns across their owners (users), so
-    one user's many slow images hold up that user, not everyone queued behind them."""
-
-    def __init__(self, slots: int) -> None:
-        self.free = slots
-        # Owners in the order they are served (a dict keeps insertion order); each with its waiting calls.
-        self.waiting: dict[Hashable, deque[asyncio.Future[None]]] = {}
-
-    @contextlib.asynccontextmanager
-    async def slot(self, owner: Hashable) -> AsyncIterator[None]:
-        await self._take(owner)
-        try:
-            yield
-        finally:
-            self._hand_on()
-
-    async def _take(self, owner: Hashable) -> None:
-        if self.free > 0 and not self.waiting:
-            self.free -= 1
-            return
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiting.setdefault(owner, deque()).append(turn)
-        try:
-            await turn
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
-                self._hand_on()  # given a slot just as the caller gave up: the next one gets it
-            else:
-                self._forget(owner, turn)
-            raise
-
-    def _hand_on(self) -> None:
-        """A slot is free: the next owner in turn gets it, and goes to the back of the line."""
-        while self.waiting:
-            owner = next(iter(self.waiting))
-            queue = self.waiting.pop(owner)
-            turn = queue.popleft()
-            if queue:
-                self.waiting[owner] = queue
-            if not turn.done():
-                turn.set_result(None)
-                return
-        self.free += 1
-
-    def _forget(self, owner: Hashable, turn: asyncio.Future[None]) -> None:
-        queue = self.waiting.get(owner)
-        if queue is not None and turn in queue:
-            queue.remove(turn)
-            if not queue:
-                del self.waiting[owner]
-
-
 def _stop(pool: ProcessPool) -> None:
     pool.stop()
     pool.join()
@@ -269,7 +215,7 @@ class DecodePool:
         self, data: bytes, owner: Hashable = None, disk: files.DiskUsage | None = None
     ) -> images.CheckedImage:
         """Every check an upload must pass (images.check), in a decode process, in `owner`'s turn (the
-        user's: see Turns). Raises images.ImageRejected. With `disk`, the original is kept in UPLOAD_DIR
+        user's: see app/turns.py). Raises images.ImageRejected. With `disk`, the original is kept in UPLOAD_DIR
         too (files.store_original, by the decode process) and counted there."""
         settings = self.settings
         images.check_size(data, settings.max_upload_bytes)
