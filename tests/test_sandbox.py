@@ -123,9 +123,9 @@ async def minor_faults(pool: DecodePool) -> int:
 
 
 async def test_a_decode_process_keeps_its_memory_between_uploads() -> None:
-    # With malloc's defaults, a 640x480 decode had the kernel map about 210 pages afresh (0.5-1 ms of its
-    # 2.3 ms here); kept from one upload to the next, none.
-    data = make_image(1302)  # a photo's texture (samples.photo's flat stripes decode in little memory)
+    # With glibc's own thresholds a decode process could settle into faulting in about 210 pages afresh for
+    # each 640x480 photo (2.34 ms of decode CPU against 1.68); keeping its memory, none.
+    data = make_image(1302)  # the photo `make bench` sends
     async with decode_pool() as pool:
         for _ in range(5):
             await pool.check(data)
