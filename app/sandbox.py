@@ -84,7 +84,7 @@ def _start_decoding(memory: int) -> None:
 
 
 def _keep_freed_memory() -> None:
-    """glibc's malloc tuned as KEPT_FREE_BYTES says; nothing elsewhere (no `mallopt`)."""
+    """glibc's malloc tuned as the comment on KEPT_FREE_BYTES says; nothing where the C library has no `mallopt`."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, MAPPED_FROM_BYTES)

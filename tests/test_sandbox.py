@@ -21,7 +21,7 @@ from litestar.exceptions import ServiceUnavailableException
 from PIL import Image
 
 from app import files, images, thumbnails
-from app.sandbox import DecodePool, NotStored, store_failed
+from app.sandbox import MAPPED_FROM_BYTES, DecodePool, NotStored, store_failed
 from app.settings import Settings
 from app.turns import Turns
 from bench.images import make_image
@@ -136,7 +136,7 @@ async def test_a_decode_process_keeps_its_memory_between_uploads() -> None:
         # And whatever the process did before: glibc's own threshold moves as large buffers are freed.
         mapped = await pool._run(mapped_after_a_larger_buffer_was_freed)
     assert faults < 20, faults
-    assert mapped >= 4 * 2**20
+    assert mapped >= MAPPED_FROM_BYTES
 
 
 class MallocInfo(ctypes.Structure):
@@ -144,19 +144,30 @@ class MallocInfo(ctypes.Structure):
 
     _fields_ = [
         (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
+        for name in [
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        ]
+    ]
 
 
 def mapped_after_a_larger_buffer_was_freed() -> int:
-    """In a process: the bytes malloc maps apart for a 4.5 MiB buffer just after a 5 MiB one was freed (with
-    glibc's defaults, none: the freed one raised its threshold to 5 MiB)."""
+    """In a process: the bytes malloc maps apart for a buffer past sandbox.MAPPED_FROM_BYTES just after a
+    larger one was freed (with glibc's defaults, none: the freed one raised its threshold past both)."""
     mallinfo2 = ctypes.CDLL(None).mallinfo2
     mallinfo2.restype = MallocInfo
-    freed = bytearray(5 * 2**20)
+    freed = bytearray(MAPPED_FROM_BYTES + 2**20)
     del freed
     before = mallinfo2().hblkhd
-    buffer = bytearray(9 * 2**19)
+    buffer = bytearray(MAPPED_FROM_BYTES + 2**19)
     mapped = int(mallinfo2().hblkhd - before)
     del buffer
     return mapped
