@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -25,10 +26,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,6 +40,11 @@ from bench.run import PY, System, database, database_cpu, say  # noqa: E402
 
 # The code before issue 15's cuts to the web path: `make bench` measures it beside this code.
 BEFORE = "b1df8f1"
+PHOTO = "640x480"
+# Requests that decode nothing, beside the uploads: what any request costs the web process (the server, the
+# framework and its middleware), and a signed-in one. FLOOR_REQUESTS of each per round.
+FLOOR = {"any request": "/health/live", "signed in": "/api/users/me"}
+FLOOR_REQUESTS = 400
 STAGE = re.compile(r'^app_web_stage_cpu_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$', re.M)
 # py-spy's samples, by stage: the first stage (in this order) that any frame of the stack names. Sign-in
 # first: its user lookup is a database call, but the stage is sign-in's.
@@ -67,6 +74,7 @@ class Cost:
     redis_s: float = 0.0  # the Redis server's CPU
     calls: Counter[str] = field(default_factory=Counter)  # Redis commands
     database_s: float = 0.0  # PostgreSQL's CPU (0 on SQLite: in the web process)
+    floor_ms: dict[str, list[float]] = field(default_factory=dict)  # FLOOR's cost per request, round by round
 
     @property
     def ms_per_image(self) -> float:
@@ -105,23 +113,46 @@ def sign_up(url: str) -> str:
         return str(response.json()["access_token"])
 
 
-async def upload_all(url: str, token: str, images: list[bytes], concurrency: int) -> float:
-    """Classify every image, `concurrency` at a time; seconds taken."""
+async def in_turns(url: str, token: str, count: int, concurrency: int, send: Callable[..., Awaitable[Any]]) -> float:
+    """`send(client, i)` for i in range(count), `concurrency` at a time, each answered 200; seconds taken."""
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
-        queue = list(enumerate(images))
+        queue = list(range(count))
         started = time.perf_counter()
 
         async def user() -> None:
             while queue:
-                i, data = queue.pop()
-                response = await client.post("/api/predictions", files={"file": (f"{i}.jpg", data, "image/jpeg")})
+                i = queue.pop()
+                response = await send(client, i)
                 if response.status_code != 200:
-                    raise RuntimeError(f"upload {i}: {response.status_code} {response.text[:200]}")
+                    raise RuntimeError(f"request {i}: {response.status_code} {response.text[:200]}")
 
         await asyncio.gather(*(user() for _ in range(concurrency)))
         return time.perf_counter() - started
+
+
+async def upload_all(url: str, token: str, images: list[bytes], concurrency: int) -> float:
+    """Classify every image, `concurrency` at a time; seconds taken."""
+
+    def upload(client: Any, i: int) -> Awaitable[Any]:
+        return client.post("/api/predictions", files={"file": (f"{i}.jpg", images[i], "image/jpeg")})
+
+    return await in_turns(url, token, len(images), concurrency, upload)
+
+
+def measure_floor(subject: Subject, concurrency: int) -> None:
+    """What a request that decodes nothing costs the web process (FLOOR), in this round."""
+    floor = subject.costs[PHOTO].floor_ms
+    for name, path in FLOOR.items():
+        get = functools.partial(_get, path)
+        before = tree_cpu(subject.web)
+        asyncio.run(in_turns(subject.system.url, subject.token, FLOOR_REQUESTS, concurrency, get))
+        floor.setdefault(name, []).append(1000 * (tree_cpu(subject.web) - before) / FLOOR_REQUESTS)
+
+
+def _get(path: str, client: Any, _: int) -> Awaitable[Any]:
+    return client.get(path)
 
 
 def metrics_text(url: str) -> str:
@@ -184,7 +215,7 @@ class Subject:
 
 
 def concurrency_of(kind: str, concurrency: int) -> int:
-    return concurrency if kind == "640x480" else max(1, concurrency // 4)
+    return concurrency if kind == PHOTO else max(1, concurrency // 4)
 
 
 def measure_round(subject: Subject, kind: str, images: list[bytes], concurrency: int, profile: bool) -> None:
@@ -247,7 +278,7 @@ def started(args: argparse.Namespace, workdir: Path, n: int, label: str, root: P
     over) and its own database, signed up and warmed up; its own photos: new files of one photo (new
     hashes, the same decode: see bench.images.distinct_photo)."""
     salt = (time.time_ns() % 2**40 << 20) + (n << 18)
-    photos = {"640x480": [distinct_photo(salt + i) for i in range(args.predictions)]}
+    photos = {PHOTO: [distinct_photo(salt + i) for i in range(args.predictions)]}
     if args.large:
         photos["12 MP"] = [distinct_photo(salt + 2**17 + i, size=(4000, 3000)) for i in range(args.large)]
     (own := workdir / f"system-{n}").mkdir()
@@ -279,6 +310,7 @@ def measure_all(args: argparse.Namespace, workdir: Path, systems: list[tuple[str
                 for kind, images in subject.photos.items():
                     share = images[round_ :: args.rounds]
                     measure_round(subject, kind, share, concurrency_of(kind, args.concurrency), profile=round_ == 0)
+                measure_floor(subject, args.concurrency)
         for subject in subjects:
             for kind in subject.photos:
                 measure_split(subject, kind)
@@ -301,6 +333,7 @@ def table(costs: list[Cost]) -> str:
         stages = " | ".join(f"{cost.stages_ms.get(s, 0.0):.2f}" for s in STAGES)
         rounds = "/".join(f"{ms:.1f}" for ms in cost.rounds_ms)
         lines.append(f"| {cost.label} | **{cost.ms_per_image:.1f}** ({rounds}) | {stages} |")
+    lines += floor_table(costs)
     lines += ["", "Beside the web side, per image (the whole upload, the worker's share included):", ""]
     lines += [
         "| system, photo | Redis server CPU ms | Redis commands | PostgreSQL CPU ms |",
@@ -319,6 +352,20 @@ def table(costs: list[Cost]) -> str:
         shares = " | ".join(f"{100 * cost.profile.get(s, 0.0):.0f}%" for s in STAGES)
         lines.append(f"| {cost.label} | {'yes' if cost.profile else 'no py-spy'} | {shares} |")
     return "\n".join(lines)
+
+
+def floor_table(costs: list[Cost]) -> list[str]:
+    """FLOOR's cost per request, beside the uploads' (the median of the rounds)."""
+    measured = [cost for cost in costs if cost.floor_ms]
+    if not measured:
+        return []
+    lines = ["", "A request that decodes nothing, in the same rounds: ms of the web process's CPU per request.", ""]
+    lines += ["| system | " + " | ".join(f"{name} (`GET {path}`)" for name, path in FLOOR.items()) + " |"]
+    lines += ["| --- |" + " ---: |" * len(FLOOR)]
+    for cost in measured:
+        medians = " | ".join(f"{statistics.median(cost.floor_ms.get(name, [0.0])):.2f}" for name in FLOOR)
+        lines.append(f"| {cost.label.removesuffix(', ' + PHOTO)} | {medians} |")
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
