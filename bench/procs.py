@@ -27,11 +27,18 @@ def children(pid: int) -> list[int]:
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds of `pid` and every descendant alive, with what their ended children spent."""
-    total = 0.0
-    for member in (pid, *children(pid)):
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(x) for x in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
-    return total
+    return sum(_cpu(member, ended=True) for member in (pid, *children(pid)))
+
+
+def own_cpu(pid: int) -> float:
+    """CPU seconds of `pid` alone: its threads, not its children (the web process without its decode pool)."""
+    return _cpu(pid, ended=False)
+
+
+def _cpu(pid: int, ended: bool) -> float:
+    """utime and stime of `pid`, and with `ended` cutime and cstime (its ended children's); 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11 : 15 if ended else 13]) / TICKS

@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.images import distinct_photo, make_image  # noqa: E402
-from bench.procs import tree_cpu  # noqa: E402
+from bench.procs import own_cpu, tree_cpu  # noqa: E402
 from bench.run import PY, System, database, database_cpu, say  # noqa: E402
 
 # The code before issue 15's cuts to the web path: `make bench` measures it beside this code.
@@ -69,6 +69,7 @@ class Cost:
     images: int = 0
     seconds: float = 0.0  # spent uploading them, all rounds together
     rounds_ms: list[float] = field(default_factory=list)  # CPU per image in each round
+    web_rounds_ms: list[float] = field(default_factory=list)  # of which the web process's (not its decode pool's)
     stages_ms: dict[str, float] = field(default_factory=dict)  # per upload, from the app's timers
     profile: dict[str, float] = field(default_factory=dict)  # share of py-spy's samples
     redis_s: float = 0.0  # the Redis server's CPU
@@ -80,6 +81,11 @@ class Cost:
     def ms_per_image(self) -> float:
         """The median of the rounds: the machine's speed drifts, and the systems take turns."""
         return statistics.median(self.rounds_ms) if self.rounds_ms else 0.0
+
+    @property
+    def web_ms_per_image(self) -> float:
+        """The web process's part: one event loop, so one core's worth of it at most, whatever the cores."""
+        return statistics.median(self.web_rounds_ms) if self.web_rounds_ms else 0.0
 
     @property
     def redis_ms(self) -> float:
@@ -225,13 +231,15 @@ def measure_round(subject: Subject, kind: str, images: list[bytes], concurrency:
     raw = subject.workdir / f"profile-{cost.label.replace(' ', '-').replace(',', '')}.txt"
     on_postgres = system.env["DATABASE_URL"].startswith("postgres")
     web = subject.web
-    before, (redis_before, calls_before), db_before = tree_cpu(web), redis_use(system), database_cpu(on_postgres)
+    before, own_before = tree_cpu(web), own_cpu(web)
+    (redis_before, calls_before), db_before = redis_use(system), database_cpu(on_postgres)
     with profiler(web, 600, raw) if profile else contextlib.nullcontext():
         seconds = asyncio.run(upload_all(system.url, subject.token, images, concurrency))
-    spent = tree_cpu(web) - before
+    spent, own = tree_cpu(web) - before, own_cpu(web) - own_before
     redis_after, calls_after = redis_use(system)
     cost.images, cost.seconds = cost.images + len(images), cost.seconds + seconds
     cost.rounds_ms.append(1000 * spent / len(images))
+    cost.web_rounds_ms.append(1000 * own / len(images))
     cost.redis_s += redis_after - redis_before
     cost.calls.update({k: v - calls_before.get(k, 0) for k, v in calls_after.items()})
     cost.database_s += database_cpu(on_postgres) - db_before
@@ -327,12 +335,14 @@ def measure_all(args: argparse.Namespace, workdir: Path, systems: list[tuple[str
 def table(costs: list[Cost]) -> str:
     from app.stages import STAGES
 
-    head = "| system, photo | ms of CPU per image | " + " | ".join(STAGES) + " |"
-    lines = [head, "| --- | ---: |" + " ---: |" * len(STAGES)]
+    head = "| system, photo | ms of CPU per image | of which the web process | " + " | ".join(STAGES) + " |"
+    lines = [head, "| --- | ---: | ---: |" + " ---: |" * len(STAGES)]
     for cost in costs:
         stages = " | ".join(f"{cost.stages_ms.get(s, 0.0):.2f}" for s in STAGES)
         rounds = "/".join(f"{ms:.1f}" for ms in cost.rounds_ms)
-        lines.append(f"| {cost.label} | **{cost.ms_per_image:.1f}** ({rounds}) | {stages} |")
+        lines.append(
+            f"| {cost.label} | **{cost.ms_per_image:.1f}** ({rounds}) | {cost.web_ms_per_image:.1f} | {stages} |"
+        )
     lines += floor_table(costs)
     lines += ["", "Beside the web side, per image (the whole upload, the worker's share included):", ""]
     lines += [
@@ -346,7 +356,7 @@ def table(costs: list[Cost]) -> str:
     lines.append("")
     lines.append("py-spy's samples by stage (share of the web process's and its decode pool's samples):")
     lines.append("")
-    lines.append(head.replace("ms of CPU per image", "samples"))
+    lines.append("| system, photo | samples | " + " | ".join(STAGES) + " |")
     lines.append("| --- | ---: |" + " ---: |" * len(STAGES))
     for cost in costs:
         shares = " | ".join(f"{100 * cost.profile.get(s, 0.0):.0f}%" for s in STAGES)
@@ -399,7 +409,8 @@ def report(costs: list[Cost]) -> str:
         [
             "`bench/web_cost.py`: uploads through the API, 8 at a time, to the web app with a stand-in model (the"
             " machine is the web side's); CPU of the web process and its decode pool from the operating system's"
-            " counters. The stages are the app's own timers (`app_web_stage_cpu_seconds` in /metrics), measured one"
+            " counters, and of the web process alone (its event loop does its share on one core at most). The"
+            " stages are the app's own timers (`app_web_stage_cpu_seconds` in /metrics), measured one"
             " upload at a time so that no stage counts another upload's work; py-spy sampled the same processes"
             " meanwhile (the first round). The baseline is the code before these cuts, measured in the same run:"
             " both systems run side by side and take turns, round after round, and each figure is the median of"

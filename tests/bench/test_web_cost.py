@@ -12,7 +12,7 @@ import pytest
 
 from app.stages import STAGES
 from bench import web_cost
-from bench.procs import tree_cpu
+from bench.procs import own_cpu, tree_cpu
 
 
 def test_profile_samples_go_to_the_first_stage_any_frame_names(tmp_path: Path) -> None:
@@ -50,12 +50,41 @@ def test_a_process_tree_counts_its_children() -> None:
     assert spent >= 0.2  # the grandchild's burn, seen through its parent
 
 
+def test_a_process_alone_does_not_count_its_children() -> None:
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    run_child = f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', {burn!r}]); time.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", run_child])
+    try:
+        time.sleep(1.5)  # the child burned and ended: its CPU is the parent's children's now
+        own, tree = own_cpu(parent.pid), tree_cpu(parent.pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    assert tree >= 0.2 and own < 0.15  # the parent itself only started Python
+
+
+def test_a_process_alone_counts_its_own_threads() -> None:
+    burn = "def burn():\n    end = time.process_time() + 0.4\n    while time.process_time() < end: pass\n"
+    in_a_thread = "threading.Thread(target=burn).start()\ntime.sleep(30)\n"
+    burner = subprocess.Popen([sys.executable, "-c", f"import threading, time\n{burn}{in_a_thread}"])
+    try:
+        time.sleep(1.5)
+        own = own_cpu(burner.pid)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert own >= 0.3
+
+
 @pytest.mark.timeout(300)
 def test_a_small_run_measures_every_stage(tmp_path: Path) -> None:
     options = argparse.Namespace(predictions=30, large=0, concurrency=2, baseline="", rounds=2)
     (cost,) = web_cost.run(options, tmp_path)
     assert cost.images == 20 and cost.ms_per_image > 0  # 10 of the 30 measure the split one at a time
     assert len(cost.rounds_ms) == 2 and min(cost.rounds_ms) <= cost.ms_per_image <= max(cost.rounds_ms)
+    # The web process's own part, round by round: some of it, not all (its decode processes decode).
+    assert len(cost.web_rounds_ms) == 2
+    assert all(0 < web < total for web, total in zip(cost.web_rounds_ms, cost.rounds_ms, strict=True))
     assert cost.calls["evalsha"] == 20 and cost.redis_calls["evalsha"] == 1  # one enqueue per upload
     assert set(cost.stages_ms) == set(STAGES)
     assert cost.stages_ms["decode"] > 0 and cost.stages_ms["database"] > 0
@@ -64,6 +93,7 @@ def test_a_small_run_measures_every_stage(tmp_path: Path) -> None:
     assert 0 < max(max(rounds) for rounds in cost.floor_ms.values()) < cost.ms_per_image
     report = web_cost.report([cost])
     assert "| this code, 640x480 |" in report and "| this code |" in report
+    assert f"| {cost.web_ms_per_image:.1f} |" in report.split("of which the web process")[1]
 
 
 def test_the_baselines_checkout_is_removed_after(tmp_path: Path) -> None:
