@@ -104,6 +104,9 @@ class CheckedImage:
     extension: str
     data: bytes
     pixels: bytes  # SIZE x SIZE x 3 uint8 RGB
+    # Its original was stored by this upload: it was not kept before, so no earlier result of it is either
+    # (app.predictions.accept). False when the original was there already, or not stored at all.
+    new: bool = False
 
     @property
     def relative_path(self) -> str:

@@ -73,9 +73,14 @@ async def accept(services: Services, user: User, data: bytes) -> Accepted:
     """Check and store an upload, and find its result in the cache: what every upload goes through,
     alone or in a collection, once its quotas were checked (quotas.check_upload, or for a whole collection
     quotas.check_collection). Raises images.ImageRejected; before decoding anything, 507 when the disk is
-    full."""
+    full. An image whose original this upload stored is not looked up (a query less for every new image):
+    an original stays while a prediction of it is newer than a retention run's cutoff (app/admin.py), so only
+    a run with a cutoff shorter than RESULT_TTL can remove one whose result still answers; that image is then
+    classified again."""
     quotas.check_disk(services, len(data))
     image = await services.decoder.check(data, owner=user.id, disk=services.disk)
+    if image.new:
+        return image, None
     with stage("database"):
         return image, await earlier_result(services, image.sha256)
 

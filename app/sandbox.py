@@ -244,7 +244,7 @@ class DecodePool:
             raise store_failed(decoded.not_stored)
         if disk is not None and decoded.stored:
             disk.wrote(len(data))
-        return images.CheckedImage(decoded.sha256, decoded.extension, data, pixels)
+        return images.CheckedImage(decoded.sha256, decoded.extension, data, pixels, new=decoded.stored)
 
     async def thumbnail(self, sha256: str, relative_path: str, owner: Hashable = None) -> bytes:
         """The preview of a stored original (WebP), rendered once in a decode process and kept beside the

@@ -13,7 +13,7 @@ import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
 
-from app import keys, labels
+from app import keys, labels, predictions
 from app.jobs.producer import enqueue, live_workers, queue_depth
 from app.jobs.protocol import PIXELS_BYTES, Heartbeat, Job
 from app.models import Prediction, Status, User
@@ -100,6 +100,35 @@ async def test_same_image_is_answered_from_the_cache(
     assert seen_by_admin["cached"] is True
     first_by_admin = (await client.get(f"/api/predictions/{first['id']}", headers=admin_auth)).json()
     assert first_by_admin["cached"] is False
+
+
+async def test_a_new_image_is_not_looked_up_in_the_cache(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups: list[str] = []
+    looked_up = predictions.earlier_result
+
+    async def counted(services: Any, sha256: str) -> dict[str, Any] | None:
+        lookups.append(sha256)
+        return await looked_up(services, sha256)
+
+    monkeypatch.setattr(predictions, "earlier_result", counted)
+    first = (await upload(client, auth, samples.photo(103))).json()
+    assert first["status"] == "done" and lookups == []  # its original was not there: nothing to look up
+    second = await upload(client, auth, samples.photo(103))
+    assert second.json()["label"] == first["label"] and lookups == [first["image_sha256"]]
+
+
+async def test_an_image_whose_original_was_removed_is_classified_again(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
+) -> None:
+    first = (await upload(client, auth, samples.photo(104))).json()
+    calls = worker.calls
+    sha256 = first["image_sha256"]
+    (settings.upload_dir / sha256[:2] / f"{sha256}.jpg").unlink()  # as a retention run shorter than RESULT_TTL
+    again = (await upload(client, auth, samples.photo(104))).json()
+    assert again["status"] == "done" and worker.calls == calls + 1
+    assert (again["label"], again["top5"]) == (first["label"], first["top5"])
 
 
 async def test_concurrent_uploads_share_batches(
