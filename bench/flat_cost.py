@@ -8,9 +8,10 @@ environment of that server only (MAX_COLLECTION_FILES, MAX_COLLECTION_BYTES, QUO
 QUOTA_STORED_BYTES). Posts one zip of distinct 224 x 224 JPEGs (bench/images.py), then until the collection
 is done samples, every `--every` seconds: the web process's resident memory and apart its decode processes',
 Redis's `used_memory`, the database's size and the images done so far (through the API). Reports the images/s
-from the 202 to done against the single-upload saturation rate (run.py's row when `make bench` calls it,
-else a Locust saturation row measured here first), whether each memory curve stayed within 20% of its
-level after the first 1,000 images, and Redis's peak against 50 MB. Writes its section of
+from the 202 to done against the single-upload saturation rate (a Locust row measured on the same system
+just before, unless `--saturation` gives it), the bare model at either end of the run (the machine's speed
+drifts), whether each memory curve stayed within 20% of its level after the first 1,000 images, and Redis's
+peak against 50 MB. Writes its section of
 docs/benchmarks.md (bench/sections.py), docs/flat_cost.png and the "flat_cost" key of docs/benchmarks.json.
 """
 
@@ -29,6 +30,7 @@ import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -49,6 +51,7 @@ SATURATION_USERS = 100
 # collection. The saturation row's uploads are bench/images.py's 640 x 480 photos (124 kB).
 SIZE = (224, 224)
 POLL_S = 1.0  # how often the collection's progress is read (its end is timed to this)
+BARE_SECONDS = 12.0  # the bare model at either end of the run
 SALT_BIT = 62  # the collection's seeds, apart from Locust's (below 2**44) and run.py's bulk row's
 
 
@@ -158,6 +161,15 @@ def saturation_row(system: bench.System, figures: Figures, workdir: Path, users:
     time.sleep(5)  # the last uploads answered
 
 
+def bare_model(setup: dict[str, Any]) -> float:
+    """The bare model at the worker's batch on the cores the workers get (0: the stand-in has none)."""
+    if setup["backend"] not in ("tensorflow", "openvino"):
+        return 0.0
+    say(f"the bare model: {setup['backend']}, batch {bench.MAX_BATCH}")
+    rows = bench.raw_model(BARE_SECONDS, setup["pinned"], setup["backend"], batches=str(bench.MAX_BATCH))
+    return float(rows[0]["images_per_s"])
+
+
 def measure(figures: Figures, workdir: Path, limit: float, users: int, seconds: float) -> Figures:
     setup = figures.setup
     salt = (1 << SALT_BIT) + (int(time.time()) << 20)
@@ -171,6 +183,7 @@ def measure(figures: Figures, workdir: Path, limit: float, users: int, seconds: 
     with bench.database(os.environ.get("DATABASE_URL"), workdir) as database_url:
         setup["database"] = "PostgreSQL" if database_url.startswith("postgres") else "SQLite"
         pin_postgres = setup["pinned"] and setup["database"] == "PostgreSQL"
+        figures.bare = [bare_model(setup)]
         with bench.postgres_on_core("1", every_core) if pin_postgres else nullcontext():
             system = bench.System(
                 workdir, database_url, setup["workers"], setup["pinned"], setup["backend"], setup["settings"]
@@ -182,6 +195,7 @@ def measure(figures: Figures, workdir: Path, limit: float, users: int, seconds: 
                 asyncio.run(collect(system, figures, data, salt, database_url, limit))
             finally:
                 system.stop()
+        figures.bare.append(bare_model(setup))
     return figures
 
 
@@ -201,24 +215,16 @@ def publish(figures: Figures, machine: str, command: str, docs: Path) -> None:
 
 def after_bench(args: argparse.Namespace, loads: list[bench.Load], workdir: Path, info: dict[str, str]) -> None:
     """`make bench`'s last part: one worker, OpenVINO (what INFERENCE_BACKEND=auto chose here: TensorFlow
-    would take most of an hour for 20,000 images on 2 cores), unpinned, compared with its saturation row at
-    the most users. `--flat-images 0` skips it; `--quick` makes it QUICK_IMAGES."""
+    would take most of an hour for 20,000 images on 2 cores), unpinned, compared with a saturation row at
+    the most users measured on the same system just before: not the one above, which ran long enough before
+    for the machine's speed to have moved. `--flat-images 0` skips it; `--quick` makes it QUICK_IMAGES."""
     images = min(args.flat_images, QUICK_IMAGES) if args.quick else args.flat_images
     if not images:
         return
     top = max(x.users for x in loads) if loads else SATURATION_USERS
-    rows = [
-        x
-        for x in loads
-        if (x.backend, x.pinned, x.workers, x.shape, x.images, x.users)
-        == ("openvino", False, 1, "saturation", "distinct", top)
-    ]
     figures = Figures(images, {"backend": "openvino", "workers": 1, "pinned": False, "every": args.flat_every})
-    if rows:
-        figures.saturation = rows[0].served
-        figures.saturation_source = f"the saturation row above: openvino, 1 worker, unpinned, {top} users"
     say(f"cost flat as work grows: one collection of {images} images")
-    measure(figures, workdir / "flat-cost", args.flat_limit, SATURATION_USERS, args.ratio_seconds)
+    measure(figures, workdir / "flat-cost", args.flat_limit, top, args.ratio_seconds)
     publish(figures, ", ".join(f"{k} {v}" for k, v in info.items()), "Measured by `make bench`", bench.DOCS)
 
 

@@ -84,6 +84,9 @@ class Figures:
     done_s: float | None = None  # from the 202 until the collection was done
     progress: dict[str, int] = field(default_factory=dict)  # the collection's, at the end
     samples: list[Sample] = field(default_factory=list)  # the first one before the collection was sent
+    # The bare model at batch 32 on the workers' cores, just before the saturation row and just after the
+    # collection: how fast the machine ran at either end (it drifts by tens of per cent over minutes).
+    bare: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -151,6 +154,20 @@ def limits(settings: dict[str, str]) -> str:
     )
 
 
+def bare_model_lines(figures: Figures) -> list[str]:
+    """What the bare model measured at either end of the run, and each rate against it."""
+    if len(figures.bare) != 2 or not all(figures.bare):
+        return []
+    first, last = figures.bare
+    return [
+        f"The bare model ({figures.setup['backend']} at batch 32, on the workers' cores, `bench/raw_model.py`) "
+        f"measured {first:.1f} images/s just before the saturation row and {last:.1f} just after the collection: "
+        f"the saturation row ran at {figures.saturation / first:.0%} of the first, the collection at "
+        f"{figures.rate / last:.0%} of the second.",
+        "",
+    ]
+
+
 def report(figures: Figures, machine: str, command: str) -> str:
     setup, verdicts = figures.setup, figures.verdicts()
     before, last = figures.samples[0], figures.samples[-1]
@@ -192,6 +209,7 @@ def report(figures: Figures, machine: str, command: str) -> str:
         f"**{figures.rate:.1f}** | {figures.saturation:.1f} predictions/s ({figures.saturation_source}) | "
         f"**{ratio:.2f}** |",
         "",
+        *bare_model_lines(figures),
         *flatness_rows(figures),
         "",
         f"Database: {before.database_bytes / 2**20:.1f} MB before the collection, {last.database_bytes / 2**20:.1f} MB "

@@ -107,6 +107,15 @@ def test_the_report_says_what_was_missed() -> None:
     assert "![Memory and database size against images done](flat_cost.png)" in text
 
 
+def test_the_report_gives_each_rate_against_the_bare_model_at_its_end_of_the_run() -> None:
+    measured = figures(rate=30, saturation=40, redis_mb=12)
+    assert "The bare model" not in report(measured, "2 cores", "`test`")  # the stand-in has none
+    measured.bare = [50.0, 32.0]  # the machine slowed down between the two
+    text = report(measured, "2 cores", "`test`")
+    assert "measured 50.0 images/s just before the saturation row and 32.0 just after the collection" in text
+    assert "the saturation row ran at 80% of the first, the collection at 94% of the second" in text
+
+
 def test_the_limits_are_raised_only_as_far_as_the_collection_needs() -> None:
     assert raised_limits(20_000, 440 * MB) == {
         "MAX_COLLECTION_FILES": "20000",
