@@ -166,8 +166,7 @@ def bare_model(setup: dict[str, Any]) -> float:
     if setup["backend"] not in ("tensorflow", "openvino"):
         return 0.0
     say(f"the bare model: {setup['backend']}, batch {bench.MAX_BATCH}")
-    rows = bench.raw_model(BARE_SECONDS, setup["pinned"], setup["backend"], batches=str(bench.MAX_BATCH))
-    return float(rows[0]["images_per_s"])
+    return bench.raw_at_max_batch(BARE_SECONDS, setup["pinned"], setup["backend"])
 
 
 def measure(figures: Figures, workdir: Path, limit: float, users: int, seconds: float) -> Figures:

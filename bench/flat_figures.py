@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
+from bench.run import MAX_BATCH
 
 SECTION = "## Cost flat as work grows"
 REFERENCE_IMAGES = 1_000  # the curves' level is taken after this many images (a twentieth of a smaller run)
@@ -84,7 +85,7 @@ class Figures:
     done_s: float | None = None  # from the 202 until the collection was done
     progress: dict[str, int] = field(default_factory=dict)  # the collection's, at the end
     samples: list[Sample] = field(default_factory=list)  # the first one before the collection was sent
-    # The bare model at batch 32 on the workers' cores, just before the saturation row and just after the
+    # The bare model at MAX_BATCH on the workers' cores, just before the saturation row and just after the
     # collection: how fast the machine ran at either end (it drifts by tens of per cent over minutes).
     bare: list[float] = field(default_factory=list)
 
@@ -160,10 +161,10 @@ def bare_model_lines(figures: Figures) -> list[str]:
         return []
     first, last = figures.bare
     return [
-        f"The bare model ({figures.setup['backend']} at batch 32, on the workers' cores, `bench/raw_model.py`) "
-        f"measured {first:.1f} images/s just before the saturation row and {last:.1f} just after the collection: "
-        f"the saturation row ran at {figures.saturation / first:.0%} of the first, the collection at "
-        f"{figures.rate / last:.0%} of the second.",
+        f"The bare model ({figures.setup['backend']} at batch {MAX_BATCH}, on the workers' cores, "
+        f"`bench/raw_model.py`) measured {first:.1f} images/s just before the saturation row and {last:.1f} just "
+        f"after the collection: the saturation row ran at {figures.saturation / first:.0%} of the first, the "
+        f"collection at {figures.rate / last:.0%} of the second.",
         "",
     ]
 

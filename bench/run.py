@@ -686,12 +686,16 @@ def plan_runs(levels: list[int], worker_counts: list[int]) -> list[Run]:
     return runs
 
 
+def raw_at_max_batch(seconds: float, pinned: bool, backend: str, precision: str = "") -> float:
+    """The raw model's images/s at MAX_BATCH on the cores and threads pinned workers get, or on all of them."""
+    rows = raw_model(seconds, pinned, backend, batches=str(MAX_BATCH), precision=precision)
+    return float(rows[0]["images_per_s"])
+
+
 def raw_reference(run: Run, seconds: float, engine: str = "") -> float:
     """The raw model at MAX_BATCH on the cores and threads the run's workers get (unpinned: all of them).
     `engine` (as a worker reports it) picks OpenVINO's precision: f32 where it ends so, else the default."""
-    precision = "f32" if engine.endswith("-f32") else ""
-    rows = raw_model(seconds, run.pinned, run.backend, batches=str(MAX_BATCH), precision=precision)
-    return float(rows[0]["images_per_s"])
+    return raw_at_max_batch(seconds, run.pinned, run.backend, "f32" if engine.endswith("-f32") else "")
 
 
 def main() -> None:
