@@ -101,7 +101,8 @@ async def _add_item(services: Services, collection: Collection, user: User, name
     if cached is not None:
         await predictions.create_cached(record, cached)
     else:
-        await Prediction.create(**record, status=Status.QUEUED)
+        item = await Prediction.create(**record, status=Status.QUEUED)
+        services.kept.keep(str(item.id), image.pixels)
 
 
 class ReadingLock:

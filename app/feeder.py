@@ -2,10 +2,11 @@
 a window at a time, so Redis holds a bounded amount of it whatever users send.
 
 Each source of waiting work (one user's async jobs; one collection) has at most FEED_WINDOW jobs on a
-stream; as results come in, the feeder tops each window up, decoding the stored originals again in the
-sandbox. Users take turns at the workers (see app/jobs/consumer.py), interactive uploads first. Every web
-process runs a feeder; a Redis lock lets one of them feed at a time. It also starts, or takes over, the
-reading of collections whose archives are still being read.
+stream; as results come in, the feeder tops each window up, with the pixels this process kept as it
+accepted the images, or else decoding their stored originals again in the sandbox. Users take turns at
+the workers (see app/jobs/consumer.py), interactive uploads first. Every web process runs a feeder; a
+Redis lock lets one of them feed at a time. It also starts, or takes over, the reading of collections
+whose archives are still being read.
 """
 
 from __future__ import annotations
@@ -75,13 +76,17 @@ async def _finish_from_cache(services: Services, ids: list[str], cached: dict[st
 
 
 async def _job(services: Services, first: Prediction, ids: list[str]) -> Job | None:
-    """The job for one image (several predictions of it), decoded again from its stored original; None
-    when it was finished otherwise (from the cache, or failed because the original is unreadable)."""
+    """The job for one image (several predictions of it), with the pixels this process kept as it accepted
+    the image, else decoded again from its stored original; None when it was finished otherwise (from the
+    cache, or failed because the original is unreadable)."""
     settings = services.settings
+    kept = [pixels for i in ids if (pixels := services.kept.take(i)) is not None]
     cached = await earlier_result(services, first.image_sha256)
     if cached is not None:
         await _finish_from_cache(services, ids, cached)
         return None
+    if kept:  # decoded as it was accepted, by this process
+        return Job(ids[0], first.image_sha256, settings.model_id, kept[0], also=tuple(ids[1:]))
     try:
         data = await asyncio.to_thread(Path.read_bytes, settings.upload_dir / first.image_path)
         image = await services.decoder.check(data, owner=first.user_id)  # type: ignore[attr-defined]

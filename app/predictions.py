@@ -155,14 +155,14 @@ async def submit(
         with stage("database"):
             return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
     if not wait:
-        return await _defer(services, record)
+        return await _defer(services, record, image)
     try:
         with stage("redis"):
             await _check_capacity(services, user)
     except NoWorker:
         if not defer_without_worker:
             raise
-        return await _defer(services, record)
+        return await _defer(services, record, image)
     with stage("database"):
         prediction = await Prediction.create(**record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
     job = Job(str(prediction.id), image.sha256, services.settings.model_id, image.pixels)
@@ -182,10 +182,11 @@ async def submit(
     return prediction
 
 
-async def _defer(services: Services, record: dict[str, Any]) -> Prediction:
+async def _defer(services: Services, record: dict[str, Any], image: images.CheckedImage) -> Prediction:
     with stage("database"):
         await _check_async_room(services)
         prediction = await Prediction.create(**record, status=Status.QUEUED)
+    services.kept.keep(str(prediction.id), image.pixels)
     services.nudge_feeder()
     return prediction
 

@@ -4,6 +4,8 @@ Built once by the web app's lifespan; the domain modules take it as an argument.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,6 +18,34 @@ from app.sandbox import DecodePool
 from app.settings import Settings
 from app.throttles import Throttle
 from app.usage import UsageCache
+
+# Kept pixels older than this are let go: their item was fed by another web process, or is far behind.
+KEPT_PIXELS_S = 120.0
+
+
+class KeptPixels:
+    """The 224 x 224 pixels of images accepted to wait in the database (collection items, async jobs),
+    by prediction id, for this process's feeder: an image it feeds soon after is not decoded a second time
+    from its stored original (a decode is most of an image's cost on the web side). Bounded: at most
+    `limit` images (~150 kB each), each for at most KEPT_PIXELS_S; past that, the feeder decodes again."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._kept: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def keep(self, prediction_id: str, pixels: bytes) -> None:
+        now = time.monotonic()
+        while self._kept and next(iter(self._kept.values()))[0] < now - KEPT_PIXELS_S:
+            self._kept.popitem(last=False)
+        if len(self._kept) < self.limit:
+            self._kept[prediction_id] = (now, pixels)
+
+    def take(self, prediction_id: str) -> bytes | None:
+        found = self._kept.pop(prediction_id, None)
+        return None if found is None else found[1]
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 class Wakeable(Protocol):
@@ -38,6 +68,11 @@ class Services:
     usage: UsageCache = field(default_factory=UsageCache)
     # The workers' backlog, for the wait estimate of synchronous uploads (app/jobs/producer.py).
     backlog: BacklogView = field(default_factory=BacklogView)
+    # Pixels of waiting images for the feeder, at most a feed window of them (app/feeder.py).
+    kept: KeptPixels = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kept = KeptPixels(self.settings.feed_window)
 
     def nudge_feeder(self) -> None:
         if self.feeder is not None:

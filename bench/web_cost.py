@@ -3,12 +3,14 @@ counters, split by stage from the app's own timers (`app_web_stage_cpu_seconds` 
 checked with a sampling profiler (py-spy).
 
     python bench/web_cost.py [--web-images 400] [--web-concurrency 8] [--web-large 30] [--web-rounds 3]
-                             [--baseline REV]
+                             [--web-collection 300] [--baseline REV]
 
 Workers run the stand-in model, so the model costs nothing and the machine is the web side's. With
 `--baseline REV` the same load also runs against that commit of the code (a git worktree), started beside
 this code's system: the two take turns, round after round, so the figures before and after a change are
-measured in one run, on one machine, through the same drifts of its speed.
+measured in one run, on one machine, through the same drifts of its speed. With `--web-collection N`,
+each round also sends its share of N photos as one collection (`POST /api/collections`) and waits until it
+is classified: the web side's CPU per image read from an archive and fed to the workers.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from bench.run import PY, System, database, database_cpu, say  # noqa: E402
 # The code before issue 15's cuts to the web path: `make bench` measures it beside this code.
 BEFORE = "b1df8f1"
 PHOTO = "640x480"
+COLLECTION = "640x480 in a collection"
 # Requests that decode nothing, beside the uploads: what any request costs the web process (the server, the
 # framework and its middleware), and a signed-in one. FLOOR_REQUESTS of each per round.
 FLOOR = {"any request": "/health/live", "signed in": "/api/users/me"}
@@ -135,6 +138,27 @@ async def in_turns(url: str, token: str, count: int, concurrency: int, send: Cal
                     raise RuntimeError(f"request {i}: {response.status_code} {response.text[:200]}")
 
         await asyncio.gather(*(user() for _ in range(concurrency)))
+        return time.perf_counter() - started
+
+
+async def collect_all(url: str, token: str, images: list[bytes]) -> float:
+    """Classify every image as one collection, polled until done; seconds taken."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
+        started = time.perf_counter()
+        files = [("files", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+        response = await client.post("/api/collections", files=files)
+        if response.status_code != 202:
+            raise RuntimeError(f"collection: {response.status_code} {response.text[:200]}")
+        where = response.headers["Location"]
+        while True:  # polled over HTTP, as a client does
+            body = (await client.get(where, params={"per_page": 1})).json()
+            if body["status"] == "done":
+                break
+            await asyncio.sleep(0.25)
+        if body["progress"]["done"] != len(images):
+            raise RuntimeError(f"collection: {body['progress']}")
         return time.perf_counter() - started
 
 
@@ -234,7 +258,10 @@ def measure_round(subject: Subject, kind: str, images: list[bytes], concurrency:
     before, own_before = tree_cpu(web), own_cpu(web)
     (redis_before, calls_before), db_before = redis_use(system), database_cpu(on_postgres)
     with profiler(web, 600, raw) if profile else contextlib.nullcontext():
-        seconds = asyncio.run(upload_all(system.url, subject.token, images, concurrency))
+        if kind == COLLECTION:
+            seconds = asyncio.run(collect_all(system.url, subject.token, images))
+        else:
+            seconds = asyncio.run(upload_all(system.url, subject.token, images, concurrency))
     spent, own = tree_cpu(web) - before, own_cpu(web) - own_before
     redis_after, calls_after = redis_use(system)
     cost.images, cost.seconds = cost.images + len(images), cost.seconds + seconds
@@ -249,7 +276,10 @@ def measure_round(subject: Subject, kind: str, images: list[bytes], concurrency:
 
 def measure_split(subject: Subject, kind: str) -> None:
     """The split by stage, one upload at a time: a stage's timer counts the whole process, so with several
-    uploads at once it would count the others' work too."""
+    uploads at once it would count the others' work too. Not for a collection: its images are read in the
+    background, outside any upload request."""
+    if kind == COLLECTION:
+        return
     url, cost = subject.system.url, subject.costs[kind]
     counters = stage_sums(metrics_text(url))
     asyncio.run(upload_all(url, subject.token, subject.split[kind], 1))
@@ -289,6 +319,8 @@ def started(args: argparse.Namespace, workdir: Path, n: int, label: str, root: P
     photos = {PHOTO: [distinct_photo(salt + i) for i in range(args.predictions)]}
     if args.large:
         photos["12 MP"] = [distinct_photo(salt + 2**17 + i, size=(4000, 3000)) for i in range(args.large)]
+    if args.collection:
+        photos[COLLECTION] = [distinct_photo(salt + 2**16 + i) for i in range(args.collection)]
     (own := workdir / f"system-{n}").mkdir()
     with database(os.environ.get("DATABASE_URL"), own) as database_url:
         env = {"INFERENCE_BACKEND": "stand-in", "WEB_PROCESSES": "1"}
@@ -299,7 +331,8 @@ def started(args: argparse.Namespace, workdir: Path, n: int, label: str, root: P
             asyncio.run(upload_all(system.url, token, warm_up, args.concurrency))
             # A fifth (at least 10, at most half) for the split one at a time, the rest shared out in rounds.
             split = {
-                kind: images[: min(max(10, len(images) // 5), len(images) // 2)] for kind, images in photos.items()
+                kind: [] if kind == COLLECTION else images[: min(max(10, len(images) // 5), len(images) // 2)]
+                for kind, images in photos.items()
             }
             rest = {kind: images[len(split[kind]) :] for kind, images in photos.items()}
             costs = {kind: Cost(f"{label}, {kind}") for kind in photos}
@@ -338,7 +371,7 @@ def table(costs: list[Cost]) -> str:
     head = "| system, photo | ms of CPU per image | of which the web process | " + " | ".join(STAGES) + " |"
     lines = [head, "| --- | ---: | ---: |" + " ---: |" * len(STAGES)]
     for cost in costs:
-        stages = " | ".join(f"{cost.stages_ms.get(s, 0.0):.2f}" for s in STAGES)
+        stages = " | ".join(f"{cost.stages_ms[s]:.2f}" if s in cost.stages_ms else "-" for s in STAGES)
         rounds = "/".join(f"{ms:.1f}" for ms in cost.rounds_ms)
         lines.append(
             f"| {cost.label} | **{cost.ms_per_image:.1f}** ({rounds}) | {cost.web_ms_per_image:.1f} | {stages} |"
@@ -383,6 +416,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--web-large", type=int, default=30, help="12-megapixel photos (0: none)")
     parser.add_argument("--web-concurrency", type=int, default=8, help="uploads at a time")
     parser.add_argument("--web-rounds", type=int, default=3, help="turns each system takes (the median is reported)")
+    parser.add_argument("--web-collection", type=int, default=300, help="640x480 photos sent as collections (0: none)")
     parser.add_argument("--baseline", default=BEFORE, help="a commit to measure first, in a git worktree ('': none)")
 
 
@@ -394,6 +428,7 @@ def options(args: argparse.Namespace) -> argparse.Namespace:
         large=4 if quick else args.web_large,
         concurrency=args.web_concurrency,
         rounds=1 if quick else args.web_rounds,
+        collection=20 if quick else args.web_collection,
         baseline=args.baseline,
     )
 

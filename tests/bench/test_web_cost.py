@@ -78,8 +78,8 @@ def test_a_process_alone_counts_its_own_threads() -> None:
 
 @pytest.mark.timeout(300)
 def test_a_small_run_measures_every_stage(tmp_path: Path) -> None:
-    options = argparse.Namespace(predictions=30, large=0, concurrency=2, baseline="", rounds=2)
-    (cost,) = web_cost.run(options, tmp_path)
+    options = argparse.Namespace(predictions=30, large=0, collection=10, concurrency=2, baseline="", rounds=2)
+    cost, collected = web_cost.run(options, tmp_path)
     assert cost.images == 20 and cost.ms_per_image > 0  # 10 of the 30 measure the split one at a time
     assert len(cost.rounds_ms) == 2 and min(cost.rounds_ms) <= cost.ms_per_image <= max(cost.rounds_ms)
     # The web process's own part, round by round: some of it, not all (its decode processes decode).
@@ -91,8 +91,12 @@ def test_a_small_run_measures_every_stage(tmp_path: Path) -> None:
     # A request that decodes nothing, each round: cheaper than an upload, which decodes and stores a photo.
     assert {name: len(rounds) for name, rounds in cost.floor_ms.items()} == dict.fromkeys(web_cost.FLOOR, 2)
     assert 0 < max(max(rounds) for rounds in cost.floor_ms.values()) < cost.ms_per_image
-    report = web_cost.report([cost])
+    # The collection: 5 images a round, read from one archive each, with no stage timers (no upload request).
+    assert collected.label == f"this code, {web_cost.COLLECTION}" and collected.images == 10
+    assert len(collected.rounds_ms) == 2 and collected.ms_per_image > 0 and not collected.stages_ms
+    report = web_cost.report([cost, collected])
     assert "| this code, 640x480 |" in report and "| this code |" in report
+    assert f"| this code, {web_cost.COLLECTION} | **{collected.ms_per_image:.1f}**" in report
     assert f"| {cost.web_ms_per_image:.1f} |" in report.split("of which the web process")[1]
 
 

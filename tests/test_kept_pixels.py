@@ -1,0 +1,94 @@
+"""An image that waits in the database (a collection item, an async job) is decoded once: the feeder takes
+the pixels its process kept as it accepted the image (app/services.py's KeptPixels), and decodes the stored
+original again only when they are not there (another process accepted it, or the bound let them go)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from app import services as services_module
+from app.services import KeptPixels
+from tests import samples
+from tests.conftest import CountingClassifier
+from tests.helpers import eventually
+from tests.web.test_collections_api import as_files, create, finished
+
+Client = httpx.AsyncClient
+
+
+@pytest.fixture
+def decodes(app: Litestar, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """How many images the app's decode pool checked (one per call of `check`)."""
+    decoder = app.state.services.decoder
+    checked = decoder.check
+    counted = [0]
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        counted[0] += 1
+        return await checked(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "check", counting)
+    yield counted
+
+
+def pngs(first_seed: int, count: int) -> list[tuple[str, bytes]]:
+    return [(f"{i}.png", samples.photo(first_seed + i, (64, 48), "PNG")) for i in range(count)]
+
+
+async def test_a_collections_images_are_decoded_once(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, decodes: list[int], app: Litestar
+) -> None:
+    body = await create(client, auth, files=as_files(pngs(31_000, 12)))
+    assert (await finished(client, auth, body["id"]))["done"] == 12
+    assert decodes[0] == 12 and worker.images == 12  # read once, fed with the same pixels
+    assert len(app.state.services.kept) == 0  # nothing left behind
+
+
+async def test_an_async_job_is_decoded_once(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, decodes: list[int]
+) -> None:
+    response = await client.post(
+        "/api/predictions",
+        headers=auth,
+        params={"wait": "false"},
+        files={"file": ("a.png", samples.photo(31_100, (64, 48), "PNG"))},
+    )
+    assert response.status_code == 202, response.text
+    url = f"/api/predictions/{response.json()['id']}"
+
+    async def done() -> bool:
+        return bool((await client.get(url, headers=auth)).json()["status"] == "done")
+
+    await eventually(done, seconds=30, what="the async job to finish")
+    assert decodes[0] == 1
+
+
+async def test_without_kept_pixels_the_stored_original_is_decoded_again(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, decodes: list[int], app: Litestar
+) -> None:
+    services = app.state.services
+    kept = services.kept
+    services.kept = KeptPixels(0)  # as if another web process had accepted the images
+    try:
+        body = await create(client, auth, files=as_files(pngs(31_200, 5)))
+        assert (await finished(client, auth, body["id"]))["done"] == 5
+    finally:
+        services.kept = kept
+    assert decodes[0] == 10 and worker.images == 5
+
+
+def test_kept_pixels_are_bounded_in_number_and_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = KeptPixels(2)
+    kept.keep("a", b"1")
+    kept.keep("b", b"2")
+    kept.keep("c", b"3")  # over the bound: not kept (the feeder decodes it again)
+    assert len(kept) == 2 and kept.take("c") is None
+    assert kept.take("a") == b"1" and kept.take("a") is None  # taken once
+    monkeypatch.setattr(services_module, "KEPT_PIXELS_S", -1.0)  # everything kept is now too old
+    kept.keep("d", b"4")
+    assert kept.take("b") is None and kept.take("d") == b"4"
