@@ -449,7 +449,11 @@ def report(costs: list[Cost]) -> str:
             " upload at a time so that no stage counts another upload's work; py-spy sampled the same processes"
             " meanwhile (the first round). The baseline is the code before these cuts, measured in the same run:"
             " both systems run side by side and take turns, round after round, and each figure is the median of"
-            " its rounds (the machine's speed drifts over minutes)" + (f" ({'; '.join(ratio)})." if ratio else "."),
+            " its rounds (the machine's speed drifts over minutes)"
+            + (f" ({'; '.join(ratio)})." if ratio else ".")
+            + f" The rows '{COLLECTION}' send each round's share as one collection (`POST /api/collections`)"
+            " and wait until it is classified: its images are read and fed in the background, outside any"
+            " upload request, so no stage timer counts them ('-'; '-' too where the code has no such timers).",
             "",
             table(costs),
         ]

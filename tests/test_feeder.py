@@ -210,3 +210,34 @@ async def test_a_feed_round_that_fails_leaves_its_images_waiting(
         await redis.delete(keys.FEED_LOCK)
     prediction = await Prediction.get(id=response.json()["id"])
     assert prediction.status == Status.QUEUED and prediction.enqueued_at is None  # fed again next round
+
+
+async def test_results_wake_the_feeder_to_top_the_window_up(
+    client: Client,
+    auth: dict[str, str],
+    worker: Any,
+    settings_of: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app import feeder
+
+    settings_of(feed_window=8)
+    # Rounds on their own only every 30 s: what tops the window up is the results coming in.
+    monkeypatch.setattr(feeder, "BUSY_ROUND_S", 30.0)
+    monkeypatch.setattr(feeder, "IDLE_ROUND_S", 30.0)
+    body = await create(client, auth, files=as_files(pngs(26_000, 40)))
+    assert (await finished(client, auth, body["id"], seconds=20))["done"] == 40  # 5 windows in well under 30 s
+
+
+async def test_only_results_nobody_here_awaits_are_handed_on(redis: Redis) -> None:
+    from app.jobs.protocol import result_message
+    from app.jobs.results import ResultWaiter
+
+    waiter = ResultWaiter(redis)
+    others: list[bool] = []
+    waiter.on_other = lambda: others.append(True)
+    future = waiter.expect("awaited")
+    waiter._dispatch(result_message("awaited", Status.DONE).encode())
+    assert future.done() and others == []  # a request here takes it
+    waiter._dispatch(result_message("fed", Status.DONE).encode())
+    assert others == [True]  # a collection item's, an async job's: the feeder's business

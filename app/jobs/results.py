@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -62,6 +62,8 @@ class ResultWaiter:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        # Called for a result no request here awaits (a collection item, an async job): the feeder tops up.
+        self.on_other: Callable[[], None] | None = None
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -114,7 +116,10 @@ class ResultWaiter:
             return
         # Kept until their `forget`: a request that registered interest finds its answer even if the
         # message came before it started waiting (it used to read the row back instead).
-        for future in self._waiters.get(prediction_id, []):
+        waiting = self._waiters.get(prediction_id)
+        if not waiting and self.on_other is not None:
+            self.on_other()
+        for future in waiting or ():
             if not future.done():
                 future.set_result(message)
 
