@@ -1,5 +1,5 @@
 """What one web process shares between requests: settings, Redis, the result waiter, the throttle, the
-decode processes, the disk's use.
+decode processes, the disk's use, the pixels kept for the feeder.
 Built once by the web app's lifespan; the domain modules take it as an argument."""
 
 from __future__ import annotations
