@@ -122,11 +122,16 @@ def sign_up(url: str) -> str:
         return str(response.json()["access_token"])
 
 
-async def in_turns(url: str, token: str, count: int, concurrency: int, send: Callable[..., Awaitable[Any]]) -> float:
-    """`send(client, i)` for i in range(count), `concurrency` at a time, each answered 200; seconds taken."""
+def signed_in(url: str, token: str) -> Any:
+    """An HTTP client of the system at `url`, signed in with `token`."""
     import httpx
 
-    async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
+    return httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"})
+
+
+async def in_turns(url: str, token: str, count: int, concurrency: int, send: Callable[..., Awaitable[Any]]) -> float:
+    """`send(client, i)` for i in range(count), `concurrency` at a time, each answered 200; seconds taken."""
+    async with signed_in(url, token) as client:
         queue = list(range(count))
         started = time.perf_counter()
 
@@ -143,9 +148,7 @@ async def in_turns(url: str, token: str, count: int, concurrency: int, send: Cal
 
 async def collect_all(url: str, token: str, images: list[bytes]) -> float:
     """Classify every image as one collection, polled until done; seconds taken."""
-    import httpx
-
-    async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
+    async with signed_in(url, token) as client:
         started = time.perf_counter()
         files = [("files", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
         response = await client.post("/api/collections", files=files)

@@ -16,6 +16,7 @@ from app.services import KeptPixels
 from tests import samples
 from tests.conftest import CountingClassifier
 from tests.helpers import eventually
+from tests.test_feeder import pngs
 from tests.web.test_collections_api import as_files, create, finished
 
 Client = httpx.AsyncClient
@@ -34,10 +35,6 @@ def decodes(app: Litestar, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int
 
     monkeypatch.setattr(decoder, "check", counting)
     yield counted
-
-
-def pngs(first_seed: int, count: int) -> list[tuple[str, bytes]]:
-    return [(f"{i}.png", samples.photo(first_seed + i, (64, 48), "PNG")) for i in range(count)]
 
 
 async def test_a_collections_images_are_decoded_once(
