@@ -201,8 +201,12 @@ def load_openvino(
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
     if precision:
         config["INFERENCE_PRECISION_HINT"] = precision
-    if threads > 0 and device == "CPU":  # a CPU's property: other devices refuse it
-        config["INFERENCE_NUM_THREADS"] = threads
+    if device == "CPU":  # the CPU's properties: other devices refuse them
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads
+        # OpenVINO pins its threads to the first cores of the process's affinity, the same ones in every
+        # process: two workers of one thread each would share one core. The kernel places them instead.
+        config["ENABLE_CPU_PINNING"] = False
 
     model = None
     cache_hit = xml.is_file() and xml.with_suffix(".bin").is_file()
