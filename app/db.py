@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tortoise import Tortoise
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.context import TortoiseContext
 from tortoise.migrations.api.migrate import migrate
 
@@ -25,12 +26,33 @@ def with_sqlite_defaults(url: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}synchronous={SQLITE_SYNCHRONOUS}"
 
 
+async def keep_session(connection: Any) -> None:
+    """asyncpg's pool, on each release of a connection, rolls back a transaction left open and then, by
+    default, sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`: a round trip and a
+    server transaction each time, two per prediction (the web's INSERT, the worker's batch: 835 for 420
+    predictions, from PostgreSQL's statement log). Nothing here takes advisory locks, opens cursors, listens
+    or sets session settings, so there is nothing for it to undo: this reset sends nothing (the rollback
+    still happens, before it). Side by side with the default (bench/web_cost.py, 2 runs of 5 rounds),
+    PostgreSQL's CPU per upload 0.72 and 0.75 ms against 0.75 and 1.00, the web's database stage 0.44 and
+    0.45 ms against 0.51 and 0.53."""
+
+
+def connection_config(url: str) -> str | dict[str, Any]:
+    """Tortoise's connection for `url`: asyncpg's pool with `keep_session` for its reset; SQLite with its
+    defaults (with_sqlite_defaults); anything else as the URL says."""
+    config = expand_db_url(url)
+    if config["engine"] != "tortoise.backends.asyncpg":
+        return with_sqlite_defaults(url)
+    config["credentials"]["reset"] = keep_session
+    return config
+
+
 def tortoise_config(database_url: str | None = None) -> dict[str, Any]:
     url = database_url or get_settings().database_url
     if url.startswith("sqlite://") and url != "sqlite://:memory:":
         Path(url.removeprefix("sqlite://").partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     return {
-        "connections": {"default": with_sqlite_defaults(url)},
+        "connections": {"default": connection_config(url)},
         "apps": {
             "app": {
                 "models": ["app.models"],

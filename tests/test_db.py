@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+from tortoise.backends.asyncpg.client import AsyncpgDBClient
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.backends.sqlite.client import SqliteClient
 from tortoise.context import TortoiseContext
@@ -73,3 +75,37 @@ async def test_sqlite_commits_without_waiting_for_the_disk_unless_the_url_asks(t
     assert await synchronous_of(f"{url}?synchronous=FULL") == 2
     assert await synchronous_of(f"{url}?journal_mode=WAL") == 1
     assert db.with_sqlite_defaults("postgres://u@h/d") == "postgres://u@h/d"
+
+
+def test_postgres_connections_get_a_pool_reset_that_sends_nothing() -> None:
+    for url in ("postgres://u@h:5432/d", "postgresql://u@h/d?maxsize=20"):
+        config = db.connection_config(url)
+        assert isinstance(config, dict) and config["engine"] == "tortoise.backends.asyncpg"
+        assert config["credentials"]["reset"] is db.keep_session
+    assert db.connection_config("sqlite:///tmp/x.sqlite3") == "sqlite:///tmp/x.sqlite3?synchronous=NORMAL"
+    assert db.connection_config("psycopg://u@h/d") == "psycopg://u@h/d"  # not asyncpg's pool: as it was
+
+
+async def test_a_released_connection_is_not_reset_by_a_query(settings: Settings, migrated: None) -> None:
+    """The session's database as the app configures it. On PostgreSQL, asyncpg's pool sends its default reset
+    (`... RESET ALL`) on every release unless told otherwise (db.keep_session says why there is nothing to
+    undo); a transaction left open must still be rolled back. On SQLite there is no pool to reset: its
+    connection is the URL with its defaults."""
+    config = db.connection_config(settings.database_url)
+    if not isinstance(config, dict):
+        assert config == db.with_sqlite_defaults(settings.database_url)
+        return
+    client = AsyncpgDBClient(connection_name="reset-check", **{**config["credentials"], "minsize": 1, "maxsize": 1})
+    await client.create_connection(with_db=True)
+    sent: list[str] = []
+    try:
+        async with client.acquire_connection() as connection:
+            connection.add_query_logger(lambda query: sent.append(query.query))
+            await connection.execute("BEGIN")  # left open by its user
+        async with client.acquire_connection() as connection:  # the pool's only connection, again
+            assert not connection.is_in_transaction()
+            await connection.execute("SELECT 1")
+        await asyncio.sleep(0)  # the logger is called soon after each query, not during it
+    finally:
+        await client.close()
+    assert sent == ["BEGIN", "ROLLBACK", "SELECT 1"]
