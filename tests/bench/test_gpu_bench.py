@@ -21,7 +21,9 @@ REPORT = re.compile(
     r"(?:.*\n)*"
     r"^worker loop: +(?P<loop>[\d.]+) images/s, (?P<images>\d+) jobs in (?P<batches>\d+) batches \(an embedded Redis,"
     r" a temporary SQLite database\)$\n"
-    r"^ratio: (?P<ratio>[\d.]+) \(the worker loop's images/s over the bare model's\)$",
+    r"^ratio: (?P<ratio>[\d.]+) \(the worker loop's images/s over the bare model's\)$\n"
+    r"^CPU: the worker process (?P<loop_cpu>[\d.]+) ms per image, (?P<cores>[\d.]+) cores busy; the bare model"
+    r" (?P<bare_cpu>[\d.]+) ms per image$",
     re.MULTILINE,
 )
 
@@ -47,6 +49,7 @@ def test_the_stand_in_through_the_worker_loop() -> None:
     ratio = float(figures["ratio"])
     assert ratio > 0
     assert ratio == pytest.approx(float(figures["loop"]) / float(figures["bare"]), rel=0.02, abs=0.01)
+    assert float(figures["loop_cpu"]) > 0 and 0 < float(figures["cores"]) <= (os.cpu_count() or 1) + 0.5
 
 
 def test_resnet50_on_tensorflow() -> None:
@@ -56,6 +59,8 @@ def test_resnet50_on_tensorflow() -> None:
     assert figures["version"].startswith("keras-") and not figures["version"].endswith("-mixed-f16")
     assert (figures["batch"], figures["images"], figures["batches"]) == ("16", "32", "2")
     assert 0.1 < float(figures["ratio"]) < 3  # of the same model's speed: neither nothing nor a miscount
+    # The loop runs the same model on every image: its CPU per image is at least most of the bare model's.
+    assert float(figures["bare_cpu"]) > 0 and float(figures["loop_cpu"]) > 0.5 * float(figures["bare_cpu"])
     assert "TensorFlow runs ResNet50 on the CPU in float32" in done.stderr
 
 
