@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.worker.agreement import PROBE_SEED, compare, disagreement, predict_all, probe_images
 from app.worker.backends import load_classifier
+from bench.procs import exit_on_sigterm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    exit_on_sigterm()
     args = parse_args(argv)
     images = probe_images(args.images)
     tensorflow = load_classifier(args.weights, threads=args.threads, warmup_sizes=())

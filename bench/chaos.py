@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.run import UVICORN_ARGS  # noqa: E402
+from bench.procs import exit_on_sigterm  # noqa: E402
 from bench.run import free_port  # noqa: E402
 from bench.sections import write_section  # noqa: E402
 
@@ -456,6 +457,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    exit_on_sigterm()
     from bench import hostile_load  # here and in main_async: it imports this module
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

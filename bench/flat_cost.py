@@ -42,6 +42,7 @@ from bench import hostile, hostile_load  # noqa: E402
 from bench import run as bench  # noqa: E402
 from bench.flat_figures import SECTION, Figures, Sample, met, plot, report  # noqa: E402
 from bench.images import make_image  # noqa: E402
+from bench.procs import exit_on_sigterm  # noqa: E402
 from bench.sections import write_section  # noqa: E402
 
 IMAGES = 20_000
@@ -249,6 +250,7 @@ def add_arguments(parser: argparse.ArgumentParser, prefix: str = "--flat-") -> N
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, "--")
     parser.add_argument("--saturation", type=float, default=0.0, help="the saturation rate (else measured here)")

@@ -53,6 +53,7 @@ from app.worker.backends import load_chosen
 from app.worker.batching import worker_batch_size
 from app.worker.classifier import Classifier, ModelLoadError
 from app.worker.loop import Worker
+from bench.procs import exit_on_sigterm
 from bench.raw_model import measure
 
 # Jobs on the stream ahead of the worker, in batches: it never waits for the bench to push more.
@@ -196,6 +197,7 @@ async def through_worker(classifier: Classifier, settings: Settings, count: int)
 
 
 def main(argv: list[str] | None = None) -> None:
+    exit_on_sigterm()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for name in ("app.worker", "tortoise"):

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from app.run import UVICORN_ARGS  # noqa: E402
 from bench import chaos  # noqa: E402
 from bench.images import make_image  # noqa: E402
-from bench.procs import children  # noqa: E402
+from bench.procs import children, exit_on_sigterm  # noqa: E402
 from bench.run import free_port  # noqa: E402
 from bench.sections import write_section  # noqa: E402
 from tests import hostile  # noqa: E402
@@ -466,6 +466,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    exit_on_sigterm()
     args: Any = arguments(__doc__).parse_args()
     asyncio.run(main_async(args))
 

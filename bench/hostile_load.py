@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import chaos, hostile  # noqa: E402
+from bench.procs import exit_on_sigterm  # noqa: E402
 from tests import hostile as hostile_images  # noqa: E402
 
 SECTION = "## Hostile load"  # written by `make chaos`; run on its own, with the stand-in model:
@@ -457,6 +458,7 @@ def add_arguments(parser: argparse.ArgumentParser, limit: str) -> None:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = hostile.arguments(__doc__)
     add_arguments(parser, "--limit")
     args: Any = parser.parse_args()

@@ -1,8 +1,11 @@
-"""What processes spend, from /proc (Linux)."""
+"""The bench's processes: what they spend, from /proc (Linux), and their clean-up when a run is stopped."""
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
+from types import FrameType
 
 TICKS = 100  # clock ticks per second in /proc/<pid>/stat (USER_HZ, 100 on Linux)
 
@@ -42,3 +45,13 @@ def _cpu(pid: int, ended: bool) -> float:
     except OSError:
         return 0.0
     return sum(int(x) for x in fields[11 : 15 if ended else 13]) / TICKS
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (a plain `kill`) exit through `finally` and atexit, as Ctrl-C does: without it a stopped run
+    leaves its web app, workers and Redis running, and they take the cores from the next measurement."""
+    signal.signal(signal.SIGTERM, _exit)
+
+
+def _exit(signum: int, frame: FrameType | None) -> None:
+    sys.exit(128 + signum)

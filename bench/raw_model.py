@@ -25,6 +25,7 @@ import numpy as np
 from app.settings import BACKENDS, OPENVINO_PRECISIONS
 from app.worker.backends import load_classifier
 from app.worker.classifier import Classifier
+from bench.procs import exit_on_sigterm
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    exit_on_sigterm()
     args = parse_args(argv)
     batches = [int(x) for x in args.batches.split(",") if x.strip()]
     started = time.perf_counter()

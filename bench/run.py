@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from app import keys  # noqa: E402
 from app.run import UVICORN_ARGS  # noqa: E402
-from bench.procs import tree_cpu  # noqa: E402
+from bench.procs import exit_on_sigterm, tree_cpu  # noqa: E402
 
 PY = sys.executable
 DOCS = ROOT / "docs"
@@ -699,6 +699,7 @@ def raw_reference(run: Run, seconds: float, engine: str = "") -> float:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20, help="Locust time per row")
     parser.add_argument(

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.procs import exit_on_sigterm
 from bench.run import System, database
 
 PASSWORD = "correct horse"
@@ -54,6 +55,7 @@ async def measure(url: str, sign_ups: int, sign_ins: int) -> None:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sign-ups", type=int, default=100)
     parser.add_argument("--sign-ins", type=int, default=40)

@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.images import distinct_photo, make_image  # noqa: E402
-from bench.procs import own_cpu, tree_cpu  # noqa: E402
+from bench.procs import exit_on_sigterm, own_cpu, tree_cpu  # noqa: E402
 from bench.run import PY, System, database, database_cpu, say  # noqa: E402
 
 # The code before issue 15's cuts to the web path: `make bench` measures it beside this code.
@@ -464,6 +464,7 @@ def report(costs: list[Cost]) -> str:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = options(parser.parse_args())
