@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.test_sandbox import alive
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # As a bench entry point does: a child process it stops in `finally`, then a long measurement.
@@ -26,14 +28,6 @@ finally:
     child.terminate()
     child.wait()
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_sigterm_runs_the_clean_up() -> None:
@@ -62,9 +56,10 @@ def calls(function: ast.FunctionDef, name: str) -> bool:
 
 
 def test_every_entry_point_cleans_up_on_sigterm() -> None:
-    entry_points = [path for path in (ROOT / "bench").glob("*.py") if '__name__ == "__main__"' in path.read_text()]
+    sources = {path.name: path.read_text() for path in (ROOT / "bench").glob("*.py")}
+    entry_points = {name: source for name, source in sources.items() if '__name__ == "__main__"' in source}
     assert len(entry_points) >= 8
-    for path in entry_points:
-        tree = ast.parse(path.read_text())
+    for name, source in entry_points.items():
+        tree = ast.parse(source)
         main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
-        assert calls(main, "exit_on_sigterm"), f"{path.name}: main() does not call exit_on_sigterm()"
+        assert calls(main, "exit_on_sigterm"), f"{name}: main() does not call exit_on_sigterm()"
