@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from uuid import uuid4
 
 import httpx
@@ -15,6 +16,11 @@ from app.jobs.consumer import Consumer, Limits
 from app.jobs.protocol import Heartbeat, all_streams
 
 FAKE_LIMITS = Limits(max_batch=1, claim_idle_ms=60_000, max_deliveries=1)
+
+
+def alive(pid: int) -> bool:
+    """The process exists (a zombie not yet reaped counts)."""
+    return Path(f"/proc/{pid}").exists()
 
 
 def unique_email() -> str:

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.test_sandbox import alive
+from tests.helpers import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
