@@ -78,14 +78,15 @@ def test_a_process_alone_counts_its_own_threads() -> None:
 
 @pytest.mark.timeout(300)
 def test_a_small_run_measures_every_stage(tmp_path: Path) -> None:
-    options = argparse.Namespace(predictions=30, large=0, collection=10, concurrency=2, baseline="", rounds=2)
+    options = argparse.Namespace(predictions=50, large=0, collection=10, concurrency=2, baseline="", rounds=2)
     cost, collected = web_cost.run(options, tmp_path)
-    assert cost.images == 20 and cost.ms_per_image > 0  # 10 of the 30 measure the split one at a time
+    assert cost.images == 40 and cost.ms_per_image > 0  # 10 of the 50 measure the split one at a time
     assert len(cost.rounds_ms) == 2 and min(cost.rounds_ms) <= cost.ms_per_image <= max(cost.rounds_ms)
-    # The web process's own part, round by round: some of it, not all (its decode processes decode).
-    assert len(cost.web_rounds_ms) == 2
-    assert all(0 < web < total for web, total in zip(cost.web_rounds_ms, cost.rounds_ms, strict=True))
-    assert cost.calls["evalsha"] == 20 and cost.redis_calls["evalsha"] == 1  # one enqueue per upload
+    # The web process's own part: some of it, not all (its decode processes decode). The OS counts CPU in
+    # 10 ms ticks, so a round of 20 small uploads (about 30 ms of decoding) is judged on both rounds together.
+    assert len(cost.web_rounds_ms) == 2 and min(cost.web_rounds_ms) >= 0
+    assert 0 < sum(cost.web_rounds_ms) < sum(cost.rounds_ms)
+    assert cost.calls["evalsha"] == 40 and cost.redis_calls["evalsha"] == 1  # one enqueue per upload
     assert set(cost.stages_ms) == set(STAGES)
     assert cost.stages_ms["decode"] > 0 and cost.stages_ms["database"] > 0
     # A request that decodes nothing, each round: cheaper than an upload, which decodes and stores a photo.
