@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import chaos, hostile  # noqa: E402
-from bench.procs import exit_on_sigterm  # noqa: E402
+from bench.procs import exit_on_sigterm, own_cpu  # noqa: E402
 from tests import hostile as hostile_images  # noqa: E402
 
 SECTION = "## Hostile load"  # written by `make chaos`; run on its own, with the stand-in model:
@@ -58,12 +58,6 @@ ANSWER_TARGET_S = 1.0
 
 def say(message: str) -> None:
     print(f"[hostile load {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """The CPU time (user and system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def archive_of_pngs(count: int, first_seed: int = COLLECTION_SEED) -> bytes:
@@ -267,7 +261,7 @@ async def run(
     await loop.run_in_executor(attacker, int)  # started and ready
 
     say(f"the storm: a zip of {images} images ({len(archive) / 2**20:.1f} MB), {FLOOD_SYNC} + {FLOOD_ASYNC} flood")
-    figures.started, cpu_before, client_before = time.time(), cpu_seconds(web_pid), cpu_seconds(os.getpid())
+    figures.started, cpu_before, client_before = time.time(), own_cpu(web_pid), own_cpu(os.getpid())
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         response = await client.post(
             "/api/collections",
@@ -287,8 +281,8 @@ async def run(
     sync, async_, figures.bombs = await storm
     attacker.shutdown()
     figures.flood = [*sync, *async_]
-    figures.storm_ended, figures.storm_cpu_s = time.time(), cpu_seconds(web_pid) - cpu_before
-    figures.client_cpu_s = cpu_seconds(os.getpid()) - client_before
+    figures.storm_ended, figures.storm_cpu_s = time.time(), own_cpu(web_pid) - cpu_before
+    figures.client_cpu_s = own_cpu(os.getpid()) - client_before
     figures.live = await probing
     answers = Counter(outcome.status for outcome in figures.flood)
     say(f"  storm over in {figures.storm_ended - figures.started:.0f} s; flood answers {dict(answers)}")
