@@ -221,13 +221,22 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def current_page(request: AnyRequest) -> str:
+    """The path of the page a swap or a form post was made from (htmx's HX-Current-URL), or "/". The
+    header is the client's to write: one that does not parse as a URL is no page."""
+    htmx = getattr(request, "htmx", None)
+    try:
+        return (htmx.current_url_abs_path if htmx else None) or "/"
+    except ValueError:
+        return "/"
+
+
 def login_url(request: AnyRequest) -> str:
     """/login, coming back afterwards to the page being viewed."""
     if request.method == "GET" and not wants_partial(request):
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     else:  # a form post or a swap: come back to the page it was made from
-        htmx = getattr(request, "htmx", None)
-        here = (htmx.current_url_abs_path if htmx else None) or "/"
+        here = current_page(request)
     target = safe_next(here)
     return "/login" if target == "/" else f"/login?{urlencode({'next': target})}"
 

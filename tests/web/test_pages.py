@@ -62,6 +62,15 @@ async def test_signed_out_pages_redirect_to_login_and_back(browser: Client, path
     assert swapped.status_code == 200 and swapped.headers["HX-Redirect"] == "/login?next=%2Fhistory"
 
 
+@pytest.mark.parametrize("current", ["http://[", "http://[::1/history"])
+async def test_a_garbled_current_url_header_sends_a_swap_to_login(browser: Client, current: str) -> None:
+    # htmx's HX-Current-URL is the client's to write; one urlsplit cannot parse answered 500.
+    for method, path in [("GET", "/history"), ("POST", "/"), ("POST", "/logout")]:
+        response = await browser.request(method, path, headers=HX | {"HX-Current-URL": current})
+        assert response.status_code == 200, (method, path, response.status_code, response.text[:200])
+        assert response.headers["HX-Redirect"] == "/login", (method, path)
+
+
 @pytest.mark.parametrize(("path", "root"), [("/login", "login"), ("/register", "register")])
 async def test_account_pages_full_and_partial(browser: Client, path: str, root: str) -> None:
     full = await browser.get(path)
