@@ -6,6 +6,7 @@ be read is reported with its reason while the rest go on. No name in an archive 
 from __future__ import annotations
 
 import io
+import lzma
 import stat
 import struct
 import zipfile
@@ -23,6 +24,15 @@ MAX_COMPRESSION_RATIO = 200
 SKIPPED_PREFIXES = ("__MACOSX/", ".")
 # How a zip archive starts (a local file header, or the end record of an empty archive).
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# A central directory's record (46 bytes, then its name, extra field and comment) and the records at its
+# end: the classic one (within its comment's 64 KiB of the end of the archive) and, just before it in a
+# ZIP64 archive, the ZIP64 record and its locator.
+CENTRAL = struct.Struct("<4s6H3I5HII")
+END = struct.Struct("<4s4H2IH")
+END64_LOCATOR = struct.Struct("<4sIQI")
+END64 = struct.Struct("<4sQ2H2I4Q")
+# An archive's directory may list folders too, up to as many as the files it may hold.
+RECORDS_PER_FILE = 2
 # Compression methods Python's zipfile reads; anything else (AES, PPMd, ...) is refused per entry.
 CHUNK = 64 * 1024
 READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
@@ -64,7 +74,7 @@ def _unsafe(name: str) -> bool:
 def _open_zip(source: bytes | IO[bytes]) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:  # a version 9.9
         raise refuse(f"Not a readable zip archive: {exc}") from exc
 
 
@@ -73,9 +83,44 @@ def images_in(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return [e for e in archive.infolist() if not e.is_dir() and not skipped(e.filename)]
 
 
+def _directory(data: bytes) -> tuple[int, int] | None:
+    """Where the central directory starts and ends, as its end record says (ZIP64's where there is one);
+    None where there is no end record (zipfile then says what is wrong)."""
+    end_at = data.rfind(ZIP_MAGIC[1], max(0, len(data) - END.size - 0xFFFF))
+    if end_at < 0 or len(data) < end_at + END.size:
+        return None
+    size, stop = END.unpack_from(data, end_at)[5], end_at
+    locator_at = end_at - END64_LOCATOR.size
+    end64_at = locator_at - END64.size
+    if (
+        end64_at >= 0
+        and data[locator_at : locator_at + 4] == b"PK\x06\x07"
+        and data[end64_at : end64_at + 4] == b"PK\x06\x06"
+    ):
+        size, stop = END64.unpack_from(data, end64_at)[8], end64_at
+    return max(stop - size, 0), stop
+
+
+def listed_records(data: bytes, most: int) -> int:
+    """How many records the central directory lists, counted up to one past `most` and no further:
+    zipfile builds an object for every record before anything can be judged (a directory of 11 million
+    folders, 46 bytes each, took a web process to 5.1 GB)."""
+    found, count = _directory(data), 0
+    at, stop = found or (0, 0)
+    while count <= most and at + CENTRAL.size <= stop and data[at : at + 4] == b"PK\x01\x02":
+        name, extra, comment = CENTRAL.unpack_from(data, at)[10:13]  # their lengths: they follow the 46 bytes
+        at += CENTRAL.size + name + extra + comment
+        count += 1
+    return count
+
+
 def check_zip(data: bytes, max_files: int, max_bytes: int) -> list[zipfile.ZipInfo]:
     """The image entries of an archive, once its central directory passes every limit (nothing is
-    extracted): the number of entries, their expanded size, how much each expands, their names."""
+    extracted): the number of records, folders included (`listed_records`), the number of files, their
+    expanded size, how much each expands, their names."""
+    most = RECORDS_PER_FILE * max_files
+    if listed_records(data, most) > most:
+        raise refuse(f"The archive lists more than {most} entries, files and folders, the most accepted", 413)
     entries = [e for e in _open_zip(data).infolist() if not e.is_dir()]
     if len(entries) > max_files:
         raise refuse(f"The archive has {len(entries)} files; at most {max_files} are accepted", 413)
@@ -91,28 +136,35 @@ def check_zip(data: bytes, max_files: int, max_bytes: int) -> list[zipfile.ZipIn
     return [e for e in entries if not skipped(e.filename)]
 
 
+def wanted(uploads: list[Upload]) -> list[Upload]:
+    """The uploads meant as images (or archives of them), as they will be packed and read: hidden files
+    and resource forks left out, as in an archive, and no name ending in '/', which a zip takes for a
+    folder's."""
+    return [Upload(u.name.rstrip("/") or "file", u.data) for u in uploads if not skipped(u.name)]
+
+
 def count_images(uploads: list[Upload], max_files: int, max_bytes: int) -> int:
-    """How many images the uploads hold, each zip archive judged from its central directory. The archives
-    share one budget of expanded bytes, so several of them hold no more than one may."""
+    """How many images the uploads (`wanted`) hold, each zip archive judged from its central directory.
+    The archives share one budget of expanded bytes, so several of them hold no more than one may."""
     count, used = 0, 0
     for upload in uploads:
         if is_archive(upload):
             entries = check_zip(upload.data, max_files, max(max_bytes - used, 0))
             count += len(entries)
             used += sum(e.file_size for e in entries)
-        elif not skipped(upload.name):
+        else:
             count += 1
             used += len(upload.data)
     return count
 
 
 def pack(uploads: list[Upload]) -> bytes:
-    """Several uploads as one stored (uncompressed) zip, to keep until they are read: the zip archives
-    among them are opened when it is read (see `Reader`)."""
+    """Several uploads (`wanted`) as one stored (uncompressed) zip, to keep until they are read: the zip
+    archives among them are opened when it is read (see `Reader`)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as packed:
         for upload in uploads:
-            packed.writestr(zipfile.ZipInfo(upload.name or "file"), upload.data)
+            packed.writestr(zipfile.ZipInfo(upload.name), upload.data)
     return buffer.getvalue()
 
 
@@ -176,7 +228,7 @@ def read_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, max_bytes: int)
         raise EntryUnreadable(f"Unsupported compression: {exc}") from exc
     except RuntimeError as exc:  # zipfile's "is encrypted, password required", from the local header
         raise EntryUnreadable("Encrypted: the entry needs a password, which is not supported") from exc
-    except (zlib.error, EOFError, OSError, ValueError) as exc:
+    except (zlib.error, lzma.LZMAError, EOFError, OSError, ValueError) as exc:  # bzip2's is an OSError
         raise EntryUnreadable(f"Corrupt data: {exc}") from exc
     if len(content) != entry.file_size:
         raise EntryUnreadable(f"Size mismatch: {len(content)} bytes where the header says {entry.file_size}")
@@ -211,7 +263,7 @@ class Reader:
     def _open_inner(top: zipfile.ZipFile, entry: zipfile.ZipInfo) -> zipfile.ZipFile | None:
         try:
             return zipfile.ZipFile(top.open(entry))  # a stored member: seekable, read in place
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError):
             return None  # checked when it was uploaded; gone bad on disk since
 
     def __len__(self) -> int:

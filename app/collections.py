@@ -10,6 +10,7 @@ a failed item with its reason, and the rest go on. Images classified before cost
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -19,6 +20,7 @@ from typing import Any
 from uuid import uuid4
 
 from litestar.exceptions import HTTPException
+from redis.exceptions import LockError
 from tortoise.functions import Count
 
 from app import archives, files, keys, predictions, quotas, text
@@ -34,6 +36,9 @@ PACKED_SUFFIX = ".files.zip"  # several uploads packed together (archives.pack),
 # A reading lock lapses after this long unless renewed (its process stopped): another process resumes.
 READING_LOCK_S = 30
 NUDGE_EVERY = 20  # entries read between telling the feeder there is more to feed
+# How long one person's collection start may hold the others (storing up to MAX_COLLECTION_BYTES), and
+# how long another waits for it.
+STARTING_LOCK_S = 60
 
 
 async def create(services: Services, user: User, uploads: list[Upload], name: str = "") -> Collection:
@@ -43,12 +48,28 @@ async def create(services: Services, user: User, uploads: list[Upload], name: st
         raise refuse(problem)
     if not uploads:
         raise refuse("Send at least one image: several `files`, or one zip `archive`")
+    uploads = archives.wanted(uploads)
     limit = settings.max_collection_files
     total = await asyncio.to_thread(archives.count_images, uploads, limit, settings.max_collection_bytes)
     if total == 0:
         raise refuse("There is nothing to classify: the files chosen hold no images")
     if total > limit:
         raise refuse(f"At most {limit} images in one collection; this one has {total}", 413)
+    # One start at a time per person, from the quota check to the collection's row: requests sent at once
+    # all passed the check before any row was there to count.
+    lock = services.redis.lock(keys.collection_start(user.id), STARTING_LOCK_S, blocking_timeout=STARTING_LOCK_S)
+    if not await lock.acquire():
+        raise quotas.too_many("Another collection of yours is being started; send this one once it is", 5, {})
+    try:
+        return await _start(services, user, uploads, name, total)
+    finally:
+        with contextlib.suppress(LockError):  # lapsed while a large upload was stored: nothing to release
+            await lock.release()
+
+
+async def _start(services: Services, user: User, uploads: list[Upload], name: str, total: int) -> Collection:
+    """Within the quotas: store the uploads and create the collection, to be read in the background."""
+    settings = services.settings
     size = sum(len(u.data) for u in uploads)
     await quotas.check_collection(services, user, total, size)
     packed = not (len(uploads) == 1 and archives.is_archive(uploads[0]))

@@ -35,6 +35,11 @@ def reading_lock(collection_id: str) -> str:
     return f"lock:reading:{collection_id}"
 
 
+def collection_start(user_id: int | str) -> str:
+    """Held while one person's collection is checked against their quotas, stored and created."""
+    return f"lock:collection-start:{user_id}"
+
+
 def queued_marker(prediction_id: str) -> str:
     """Set with the job, deleted with its acknowledgement: a queued prediction without one has lost its
     job (Redis restarted) and is enqueued again."""

@@ -3,7 +3,8 @@ progress, images sent in a day and bytes of originals stored; and how full UPLOA
 
 Each check is one query on an index (predictions by user and time, by status; collections by status),
 or none (the disk: a figure kept in memory). A check and the work it lets through are not one
-transaction: concurrent requests of one person can overshoot a quota by a few images.
+transaction: concurrent uploads of one person can overshoot a quota by a few images. Collections are
+started one at a time per person (app/collections.py), each checked against the ones before it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _numbers(quota: str, used: int, limit: int) -> dict[str, Any]:
     return {"quota": quota, "used": used, "limit": limit}
 
 
-def _too_many(detail: str, retry_after: int, numbers: dict[str, Any]) -> TooManyRequestsException:
+def too_many(detail: str, retry_after: int, numbers: dict[str, Any]) -> TooManyRequestsException:
     return TooManyRequestsException(detail=detail, headers={"Retry-After": str(retry_after)}, extra=numbers)
 
 
@@ -123,7 +124,7 @@ async def check_images(services: Services, user: User, images: int) -> None:
     sent = await usage.sent_today(user.id, now)
     if sent + images > limit:
         more = f"; {images} more do not fit" if images > 1 else ""
-        raise _too_many(
+        raise too_many(
             f"You have sent {sent} images in the last 24 hours, and {limit} a day is the most one account may"
             f" send{more}. Try again later",
             await _seconds_until_room(user, now, sent + images - limit),
@@ -136,7 +137,7 @@ async def check_queued(services: Services, user: User) -> None:
     limit = services.settings.quota_queued
     waiting = await usage.queued(user.id)
     if waiting >= limit:
-        raise _too_many(
+        raise too_many(
             f"You have {waiting} images waiting to be classified, the most one account may have ({limit});"
             " send more once some are done",
             QUEUED_RETRY_SECONDS,
@@ -149,7 +150,7 @@ async def check_collections(services: Services, user: User) -> None:
     limit = services.settings.quota_collections
     running = await Collection.filter(user_id=user.id, status__in=IN_PROGRESS).count()
     if running >= limit:
-        raise _too_many(
+        raise too_many(
             f"You have {running} collections in progress, the most one account may have ({limit});"
             " start another once one is done",
             COLLECTIONS_RETRY_SECONDS,

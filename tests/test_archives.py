@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import struct
+import tracemalloc
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from app.archives import CollectionRejected, EntryUnreadable, Reader, Upload, check_zip, count_images, pack
+from app.archives import CollectionRejected, EntryUnreadable, Reader, Upload, check_zip, count_images, pack, wanted
 from app.exports import RESULT_CSV_COLUMNS, to_csv
 from tests import broken_zips, samples
 
@@ -74,6 +76,41 @@ def test_limits_are_judged_from_the_directory_alone() -> None:
         count_images([Upload("1.zip", half), Upload("2.zip", half)], 10, 10_000)
 
 
+def test_a_zip_of_a_version_zipfile_cannot_read_is_refused() -> None:
+    with pytest.raises(CollectionRejected, match="Not a readable zip archive") as refused:
+        check_zip(broken_zips.from_the_future(), 10, 10_000_000)
+    assert refused.value.status_code == 400
+
+
+def directory_only(records: int) -> bytes:
+    """A zip archive that is nothing but a central directory of `records` folders (46 bytes each, no data)."""
+    record = struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0x10, 0) + b"d/"
+    directory = record * records
+    end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, min(records, 0xFFFF), min(records, 0xFFFF), len(directory), 0, 0)
+    return directory + end
+
+
+def test_folders_count_against_the_entries_an_archive_may_list() -> None:
+    with pytest.raises(CollectionRejected, match="more than 20 entries") as refused:
+        check_zip(directory_only(21), 10, 10_000)
+    assert refused.value.status_code == 413
+    assert check_zip(directory_only(20), 10, 10_000) == []  # folders up to as many as the files allowed
+
+
+def test_a_directory_of_many_entries_is_refused_before_it_is_parsed() -> None:
+    # zipfile builds an object per record (about 420 bytes each): 65,535 of them took 27.5 MB; 11 million in
+    # an archive of 518 MB took the web process to 5.1 GB.
+    archive = directory_only(0xFFFF)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CollectionRejected, match="more than 20 entries"):
+            check_zip(archive, 10, 10_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak
+
+
 @pytest.mark.parametrize("shape", [s for s in broken_zips.SHAPES if s != "not-an-image"])
 def test_each_broken_entry_is_reported_and_the_rest_are_read(tmp_path: Path, shape: str) -> None:
     make, bad_name, reason = broken_zips.SHAPES[shape]
@@ -106,9 +143,21 @@ def test_an_entry_larger_than_an_image_may_be_is_not_read(tmp_path: Path) -> Non
     reader.close()
 
 
+def test_uploads_are_counted_as_they_are_packed(tmp_path: Path) -> None:
+    # An upload named like a folder ('sub/') was counted and then packed as a folder, which reading skips;
+    # a hidden archive was counted and then skipped, as hidden files are: both images were lost unsaid.
+    inner = samples.zipped({"a.png": b"A", "b.png": b"B"})
+    uploads = wanted(
+        [Upload("x.png", b"X"), Upload("sub/", b"S"), Upload(".hidden.zip", inner), Upload(".DS_Store", b"")]
+    )
+    assert count_images(uploads, 10, 10_000) == 2
+    (tmp_path / "p.zip").write_bytes(pack(uploads))
+    assert read_all(tmp_path / "p.zip", packed=True) == [("x.png", b"X"), ("sub", b"S")]
+
+
 def test_packed_uploads_open_their_archives_one_level_deep(tmp_path: Path) -> None:
     inner = samples.zipped({"in/a.png": b"A", "in/deeper.zip": samples.zipped({"z.png": b"Z"})})
-    uploads = [Upload("x.png", b"X"), Upload("set.zip", inner), Upload(".hidden", b"H")]
+    uploads = wanted([Upload("x.png", b"X"), Upload("set.zip", inner), Upload(".hidden", b"H")])
     assert count_images(uploads, 10, 10_000) == 3
     (tmp_path / "p.zip").write_bytes(pack(uploads))
     found = dict(read_all(tmp_path / "p.zip", packed=True))

@@ -159,8 +159,9 @@ def bomb() -> bytes:
         (samples.zipped({"ok/../../evil.jpg": samples.photo(1)}), 400, "unsafe paths"),
         (samples.zipped({"..\\..\\evil.jpg": samples.photo(1)}), 400, "unsafe paths"),
         (samples.zipped({f"{i}.jpg": b"x" for i in range(30)}, zipfile.ZIP_STORED), 413, "at most 20"),
+        (broken_zips.from_the_future(), 400, "Not a readable zip"),
     ],
-    ids=["not-a-zip", "bomb", "absolute", "dotdot", "inner-dotdot", "backslash", "too-many"],
+    ids=["not-a-zip", "bomb", "absolute", "dotdot", "inner-dotdot", "backslash", "too-many", "zip-version-9.9"],
 )
 async def test_hostile_zips_are_refused(
     client: Client,
@@ -194,6 +195,33 @@ async def test_a_zip_that_expands_past_the_limit_is_413(
     finally:
         services.settings = settings
     assert response.status_code == 413, response.text
+
+
+async def test_concurrent_starts_keep_to_the_collections_quota(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, no_worker: None
+) -> None:
+    # The quota was checked, then the archive stored, then the collection created: 10 requests sent at
+    # once all passed the check, and one account had 10 collections in progress where 3 are allowed.
+    services = app.state.services
+    services.settings = dataclasses.replace(settings, quota_collections=3)
+    archive = samples.zipped({f"{i}.png": samples.photo(9200 + i, fmt="PNG") for i in range(3)})
+    try:
+        responses = await asyncio.gather(
+            *(client.post("/api/collections", headers=auth, files={"archive": ("x.zip", archive)}) for _ in range(8))
+        )
+    finally:
+        services.settings = settings
+    assert sorted(r.status_code for r in responses) == [202] * 3 + [429] * 5, [r.text for r in responses]
+    assert all("3 collections in progress" in r.json()["detail"] for r in responses if r.status_code == 429)
+    assert (await client.get("/api/collections", headers=auth)).json()["total"] == 3
+
+
+async def test_every_upload_counted_is_read(client: Client, auth: dict[str, str], worker: CountingClassifier) -> None:
+    # A file named like a folder ('sub/') and a hidden archive were counted, then not read: lost unsaid.
+    hidden = samples.zipped({"a.png": samples.photo(9210, fmt="PNG")})
+    files = as_files([("x.png", samples.photo(9211, fmt="PNG")), ("sub/", samples.photo(9212, fmt="PNG"))])
+    body = await create(client, auth, files=[*files, ("files", (".hidden.zip", hidden))])
+    assert await finished(client, auth, body["id"]) == {"total": 2, "queued": 0, "done": 2, "failed": 0}
 
 
 async def test_empty_collection_is_400(client: Client, auth: dict[str, str], no_worker: None) -> None:
