@@ -25,7 +25,7 @@ from app.exports import RESULT_CSV_COLUMNS
 from app.jobs.protocol import bulk_streams
 from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.settings import Settings
-from tests import samples
+from tests import broken_zips, samples
 from tests.conftest import CountingClassifier
 from tests.helpers import eventually
 from tests.page_helpers import (
@@ -363,8 +363,9 @@ async def test_images_and_a_zip_together(user_browser: Client, no_worker: None) 
         (samples.zipped({"../../evil.jpg": samples.photo(1)}), "unsafe paths"),
         (samples.zipped({"zeros.jpg": b"\x00" * 3_000_000}), "zip bomb"),
         (samples.zipped({}), "nothing to classify"),
+        (broken_zips.from_the_future(), "Not a readable zip archive"),
     ],
-    ids=["broken", "not-a-zip", "dotdot", "bomb", "empty"],
+    ids=["broken", "not-a-zip", "dotdot", "bomb", "empty", "zip-version-9.9"],
 )
 async def test_a_bad_zip_is_explained_in_the_page(
     user_browser: Client, no_worker: None, archive: bytes, message: str
