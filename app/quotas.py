@@ -105,8 +105,8 @@ async def _seconds_until_room(user: User, now: datetime, excess: int) -> int:
         .limit(1)
         .values_list("created_at", flat=True)
     )
-    if not oldest:  # gone meanwhile: room already
-        return 1
+    if not oldest:  # among the images of a collection not read yet: they enter the window as they are read
+        return math.ceil(usage.DAY.total_seconds())
     leaves = cast(datetime, oldest[0]) + usage.DAY
     return max(1, math.ceil((leaves - now).total_seconds()))
 

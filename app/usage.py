@@ -16,7 +16,7 @@ from typing import Any
 
 from tortoise.functions import Sum
 
-from app.models import Prediction, Status
+from app.models import Collection, CollectionStatus, Prediction, Status
 
 USAGE_TTL = 2.0
 MAX_PEOPLE = 10_000  # past it, the figures kept are dropped: a flood of accounts costs queries, not memory
@@ -26,7 +26,7 @@ DAY = timedelta(hours=24)
 @dataclass
 class Usage:
     queued: int  # single uploads and async jobs waiting for the model
-    sent: int  # images in the last 24 hours
+    sent: int  # images in the last 24 hours (sent_today)
     stored: int  # bytes of originals kept
     read_at: float = 0.0
 
@@ -48,7 +48,19 @@ async def queued(user_id: int) -> int:
 
 
 async def sent_today(user_id: int, now: datetime) -> int:
-    return await Prediction.filter(user_id=user_id, created_at__gte=now - DAY).count()
+    """Images sent in the last 24 hours: the predictions made, and the images of collections still being
+    read, which become predictions only as they are read."""
+    made = await Prediction.filter(user_id=user_id, created_at__gte=now - DAY).count()
+    return made + await unread(user_id)
+
+
+async def unread(user_id: int) -> int:
+    """The images of a person's collections that are not read yet (at most QUOTA_COLLECTIONS of them)."""
+    reading = await Collection.filter(user_id=user_id, status=CollectionStatus.READING).values_list("id", "total")
+    if not reading:
+        return 0
+    read = await Prediction.filter(collection_id__in=[i for i, _ in reading]).count()
+    return max(sum(total for _, total in reading) - read, 0)
 
 
 async def read_usage(user_id: int) -> Usage:

@@ -14,8 +14,9 @@ import httpx
 import pytest
 from litestar import Litestar
 from litestar.exceptions import ClientException, TooManyRequestsException
+from redis.asyncio import Redis
 
-from app import quotas, usage
+from app import keys, quotas, usage
 from app.models import Collection, CollectionStatus, Prediction, Status, User, mark_failed
 from app.services import Services
 from app.settings import Settings
@@ -125,6 +126,31 @@ async def test_images_per_day_are_counted_over_24_hours(
         with pytest.raises(ClientException) as too_big:  # could never fit: no point in waiting
             await quotas.check_collection(services, user, 4, 1000)
         assert too_big.value.status_code == 413 and "more than one account may send in a day" in too_big.value.detail
+
+
+async def test_images_of_a_collection_not_read_yet_count_for_the_day(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, redis: Redis, no_worker: None
+) -> None:
+    # Only the images read so far were counted: a collection of 15,000 being read let another of 15,000
+    # through a quota of 20,000 a day.
+    user = await user_of_token(client, auth)
+    collection = await Collection.create(user=user, total=5, status=CollectionStatus.READING, archive_path="x.zip")
+    lock = keys.reading_lock(str(collection.id))
+    await redis.set(lock, "this test", ex=60)  # no process reads it meanwhile
+    await add_rows(user, 1, collection=collection)  # 1 image of 5 read so far
+    try:
+        with changed(app, settings, quota_images_per_day=6, quota_collections=10) as services:
+            await quotas.check_images(services, user, 1)  # 5 sent + 1 fits
+            with pytest.raises(TooManyRequestsException) as caught:
+                await quotas.check_collection(services, user, 3, 1000)
+            assert caught.value.extra == {"quota": "images_per_day", "used": 5, "limit": 6}
+            # Of the 2 too many, the second is one not read yet: it enters the window only as it is read.
+            assert int((caught.value.headers or {})["Retry-After"]) > 86_000
+        with changed(app, settings, quota_images_per_day=5):
+            assert_refusal(await upload(client, auth, samples.photo(13_010, fmt="PNG")), 429, "images_per_day", 5, 5)
+    finally:
+        await Collection.filter(id=collection.id).update(status=CollectionStatus.DONE)
+        await redis.delete(lock)
 
 
 # ---- collections in progress --------------------------------------------------------------------------
