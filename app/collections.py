@@ -32,6 +32,7 @@ from app.services import Services
 
 log = logging.getLogger(__name__)
 ARCHIVES_DIR = "archives"  # under UPLOAD_DIR: collections waiting to be read
+MAX_NAME = 255  # Collection.name's column
 PACKED_SUFFIX = ".files.zip"  # several uploads packed together (archives.pack), as opposed to a user's zip
 # A reading lock lapses after this long unless renewed (its process stopped): another process resumes.
 READING_LOCK_S = 30
@@ -46,6 +47,8 @@ async def create(services: Services, user: User, uploads: list[Upload], name: st
     settings = services.settings
     if problem := text.text_problem(name, "The collection name"):
         raise refuse(problem)
+    if len(name) > MAX_NAME:
+        raise refuse(f"The collection name may have at most {MAX_NAME} characters; this one has {len(name)}")
     if not uploads:
         raise refuse("Send at least one image: several `files`, or one zip `archive`")
     uploads = archives.wanted(uploads)
@@ -81,7 +84,7 @@ async def _start(services: Services, user: User, uploads: list[Upload], name: st
     collection = await Collection.create(
         id=collection_id,
         user=user,
-        name=name[:255],
+        name=name,
         total=total,
         status=CollectionStatus.READING,
         archive_path=relative,

@@ -224,6 +224,15 @@ async def test_every_upload_counted_is_read(client: Client, auth: dict[str, str]
     assert await finished(client, auth, body["id"]) == {"total": 2, "queued": 0, "done": 2, "failed": 0}
 
 
+async def test_a_name_longer_than_its_column_is_400(client: Client, auth: dict[str, str], no_worker: None) -> None:
+    # It was cut to 255 characters without a word.
+    files = as_files([("a.png", samples.photo(9220, fmt="PNG"))])
+    response = await client.post("/api/collections", headers=auth, data={"name": "n" * 256}, files=files)
+    assert response.status_code == 400 and "at most 255 characters" in response.json()["detail"], response.text
+    assert (await client.get("/api/collections", headers=auth)).json()["total"] == 0
+    assert (await create(client, auth, data={"name": "n" * 255}, files=files))["name"] == "n" * 255
+
+
 async def test_empty_collection_is_400(client: Client, auth: dict[str, str], no_worker: None) -> None:
     response = await client.post("/api/collections", headers=auth, data={"name": "nothing"}, files={})
     assert response.status_code == 400
