@@ -38,7 +38,7 @@ from app.web.contract import ApiContract
 from app.web.costs import measure_uploads
 from app.web.errors import handle
 from app.web.headers import security_headers
-from app.web.limits import LimitedRequest, RequestLimits
+from app.web.limits import LimitedRequest, RequestLimits, parse_forms
 from app.web.pages import accounts as account_pages
 from app.web.pages import admin, classify, history
 from app.web.pages import collections as collection_pages
@@ -131,6 +131,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         csrf_config=csrf_config(settings),
         exception_handlers={Exception: handle},
         request_class=LimitedRequest,
+        before_request=parse_forms,
         before_send=[security_headers(settings)],
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD,
         multipart_form_part_limit=settings.max_collection_files + 8,

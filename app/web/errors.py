@@ -99,9 +99,11 @@ def error_body(exc: Exception) -> tuple[int, str, dict[str, str], Any]:
     # Our own 503s, 504s and 507s say what to do; any other 5xx is a bug, whose detail may show internals.
     if isinstance(exc, HTTPException) and (exc.status_code < 500 or exc.status_code in ANSWERED_5XX):
         return exc.status_code, exc.detail, dict(exc.headers or {}), exc.extra
-    if isinstance(exc, UnicodeDecodeError):
-        # Litestar's multipart parser raises this for a text part that is not UTF-8.
-        return HTTP_400_BAD_REQUEST, "The request body is malformed: a text field is not valid UTF-8", {}, None
+    if isinstance(exc, UnicodeError) or type(exc) is LookupError:
+        # Litestar's multipart parser decodes a text part by the charset the part names (UTF-8 by default):
+        # bytes it cannot decode, or a charset with no text codec (LookupError itself; a KeyError is a bug).
+        detail = "The request body is malformed: a text field is not valid UTF-8 (or in the charset it names)"
+        return HTTP_400_BAD_REQUEST, detail, {}, None
     if isinstance(exc, FULL_ERRORS):
         log.warning("Redis is out of memory: %r", exc)
         detail = "The service is full for now (its queue has no memory left); try again later"
