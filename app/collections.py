@@ -88,6 +88,7 @@ async def _start(services: Services, user: User, uploads: list[Upload], name: st
         total=total,
         status=CollectionStatus.READING,
         archive_path=relative,
+        archive_bytes=len(data),
     )
     services.nudge_feeder()
     return collection

@@ -52,6 +52,7 @@ class Collection(Model):
     status = fields.CharEnumField(CollectionStatus, max_length=12, default=CollectionStatus.CLASSIFYING, db_index=True)
     # The stored archive while it is read in the background (relative to UPLOAD_DIR); "" once read.
     archive_path = fields.CharField(max_length=255, default="")
+    archive_bytes = fields.BigIntField(default=0)  # its size: it counts toward the person's stored bytes
     error = fields.TextField(null=True)  # why reading the archive stopped, if it did
     created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
 

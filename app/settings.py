@@ -129,7 +129,9 @@ class Settings:
     quota_queued: int = Field(default=1_000, description="Per user: most uploads and async jobs waiting (429)")
     quota_collections: int = Field(default=3, description="Per user: most collections in progress (429)")
     quota_images_per_day: int = Field(default=20_000, description="Per user: most images in 24 hours (429)")
-    quota_stored_bytes: int = Field(default=2 * 1024**3, description="Per user: most bytes of originals kept (413)")
+    quota_stored_bytes: int = Field(
+        default=2 * 1024**3, description="Per user: most bytes of originals and unread archives kept (413)"
+    )
     max_stored_bytes: int = Field(default=50 * 1024**3, description="The most bytes kept under `UPLOAD_DIR`")
     stored_high_water: float = Field(default=0.9, description="Past this part of `MAX_STORED_BYTES`, uploads get 507")
     model_weights: str = Field(
@@ -279,9 +281,7 @@ class Settings:
         if self.admin_password == DEV_ADMIN_PASSWORD or len(self.admin_password) < 8:
             raise SettingsError(f"{where} ADMIN_PASSWORD must be set to a real password (8+ characters)")
         if self.production and self.inference_backend == "stand-in":
-            raise SettingsError(
-                "In production INFERENCE_BACKEND must be auto, tensorflow or openvino: stand-in is a fake for tests"
-            )
+            raise SettingsError("In production INFERENCE_BACKEND must be auto, tensorflow or openvino, not stand-in")
 
 
 def _fields() -> dict[str, FieldInfo]:

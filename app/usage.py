@@ -32,14 +32,16 @@ class Usage:
 
 
 async def stored_bytes(user_id: int) -> int:
-    """The bytes of the originals kept for a person's predictions (a pruned one keeps none)."""
-    rows = (
-        await Prediction.filter(user_id=user_id)
-        .exclude(image_path="")
-        .annotate(total=Sum("image_bytes"))
-        .values_list("total", flat=True)
-    )
-    total: Any = rows[0] if rows else None
+    """The bytes of the originals kept for a person's predictions (a pruned one keeps none), and of their
+    collections' archives while they wait to be read (the images in them are stored only as read)."""
+    originals = Prediction.filter(user_id=user_id).exclude(image_path="")
+    waiting = Collection.filter(user_id=user_id).exclude(archive_path="")
+    return await _sum(originals, "image_bytes") + await _sum(waiting, "archive_bytes")
+
+
+async def _sum(rows: Any, field: str) -> int:
+    found = await rows.annotate(total=Sum(field)).values_list("total", flat=True)
+    total: Any = found[0] if found else None
     return int(total or 0)
 
 

@@ -198,6 +198,43 @@ async def test_stored_bytes_past_the_quota_is_413(
         assert caught.value.status_code == 413
 
 
+async def test_archives_waiting_to_be_read_count_as_stored(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, redis: Redis, no_worker: None
+) -> None:
+    # A collection's images are stored as they are read; its archive was not counted meanwhile, so
+    # collections started at once each found the whole quota free.
+    user = await user_of_token(client, auth)
+    waiting = await Collection.create(
+        user=user, total=5, status=CollectionStatus.READING, archive_path="x.zip", archive_bytes=5000
+    )
+    await Collection.create(user=user, total=5, status=CollectionStatus.CLASSIFYING, archive_bytes=7000)  # read
+    lock = keys.reading_lock(str(waiting.id))
+    await redis.set(lock, "this test", ex=60)  # no process reads it meanwhile
+    try:
+        assert await usage.stored_bytes(user.id) == 5000
+        with changed(app, settings, quota_stored_bytes=5999, quota_collections=10) as services:
+            with pytest.raises(ClientException) as caught:
+                await quotas.check_collection(services, user, 1, 1000)
+            assert caught.value.status_code == 413 and caught.value.extra == {
+                "quota": "stored_bytes",
+                "used": 5000,
+                "limit": 5999,
+            }
+    finally:
+        await Collection.filter(id=waiting.id).update(status=CollectionStatus.DONE, archive_path="")
+        await redis.delete(lock)
+
+
+async def test_a_started_collection_records_its_archive_size(
+    client: Client, auth: dict[str, str], no_worker: None
+) -> None:
+    files = [("files", (f"{i}.jpg", samples.photo(13_020 + i), "image/jpeg")) for i in range(2)]
+    response = await client.post("/api/collections", headers=auth, files=files)
+    assert response.status_code == 202, response.text
+    collection = await Collection.get(id=response.json()["id"])
+    assert collection.archive_bytes >= sum(len(f[1][1]) for f in files)
+
+
 async def test_an_accepted_upload_records_its_size(
     client: Client, auth: dict[str, str], worker: CountingClassifier
 ) -> None:
