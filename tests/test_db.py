@@ -7,14 +7,19 @@ import contextlib
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from uuid import uuid4
 
+import httpx
+from tortoise import connections
 from tortoise.backends.asyncpg.client import AsyncpgDBClient
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.backends.sqlite.client import SqliteClient
 from tortoise.context import TortoiseContext
 
 from app import db
+from app.models import Collection, User
 from app.settings import Settings
 
 TABLES = {"users", "predictions", "feedback"}
@@ -109,3 +114,18 @@ async def test_a_released_connection_is_not_reset_by_a_query(settings: Settings,
     finally:
         await client.close()
     assert sent == ["BEGIN", "ROLLBACK", "SELECT 1"]
+
+
+async def test_a_column_added_since_the_release_before_has_a_database_default(
+    settings: Settings, client: httpx.AsyncClient
+) -> None:
+    # While a new release rolls out, web processes of the release before still insert rows without the
+    # columns added since: a column they do not name must default in the database, not only in Python.
+    # (Collection.archive_bytes had only a Python default: collections answered 500 on the old code.)
+    user = await User.create(email=f"old-release-{uuid4().hex[:8]}@example.com", password_hash="x")
+    collection_id = uuid4()
+    columns = "id, user_id, name, total, status, archive_path, created_at"
+    marks = "$1, $2, $3, $4, $5, $6, $7" if settings.database_url.startswith("postgres") else "?, ?, ?, ?, ?, ?, ?"
+    values = [str(collection_id), user.id, "old", 1, "reading", "", datetime.now(UTC)]
+    await connections.get("default").execute_query(f"INSERT INTO collections ({columns}) VALUES ({marks})", values)
+    assert (await Collection.get(id=collection_id)).archive_bytes == 0
