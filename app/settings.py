@@ -1,9 +1,8 @@
 """Every setting, declared once: its type, its default and what it does.
 
 `load_settings()` reads them from the environment and a `.env` file in the working directory (the
-environment wins; an empty value means the default) through pydantic-settings; this module is the only
-reader of the environment. The README's settings table is generated from the declarations below:
-`python -m app.settings --write-readme` (`make settings-table`) after changing one.
+environment wins; an empty value means the default) through pydantic-settings: the only reader of the
+environment. `make settings-table` writes the README's table of them from the declarations below.
 """
 
 from __future__ import annotations
@@ -182,6 +181,12 @@ class Settings:
     max_deliveries: int = Field(
         default=3, description="Deliveries before a job is dead-lettered and its prediction marked failed"
     )
+    batch_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds one batched inference may take; past it the backend is hung:"
+        " the worker exits (code 3; `make run` starts another) and other workers take its jobs over",
+    )
     wait_timeout: float = Field(
         default=30.0, description="Seconds a request waits for its result before answering 504 with the id"
     )
@@ -269,9 +274,9 @@ class Settings:
                 f"INFERENCE_BACKEND must be one of {', '.join(BACKENDS)}, got {self.inference_backend!r}"
             )
         if self.openvino_precision not in OPENVINO_PRECISIONS:
+            choices = ", ".join(OPENVINO_PRECISIONS[1:])
             raise SettingsError(
-                f"OPENVINO_PRECISION must be empty or one of {', '.join(OPENVINO_PRECISIONS[1:])}, "
-                f"got {self.openvino_precision!r}"
+                f"OPENVINO_PRECISION must be empty or one of {choices}, got {self.openvino_precision!r}"
             )
         if not self.exposed:
             return
@@ -285,8 +290,7 @@ class Settings:
 
 
 def _fields() -> dict[str, FieldInfo]:
-    fields: dict[str, FieldInfo] = Settings.__pydantic_fields__  # type: ignore[attr-defined]
-    return fields
+    return Settings.__pydantic_fields__  # type: ignore[attr-defined]
 
 
 class _Sources(BaseSettings):
@@ -339,11 +343,6 @@ def get_settings() -> Settings:
 def settings_table() -> str:
     """The README's markdown table of every setting: its variable, its default and what it does."""
     return readme_table.markdown_table(_fields())
-
-
-def with_settings_table(readme: str) -> str:
-    """`readme` with the generated table between its markers (app/readme_table.py)."""
-    return readme_table.spliced(readme, settings_table())
 
 
 if __name__ == "__main__":

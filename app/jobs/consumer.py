@@ -30,6 +30,7 @@ from app.jobs.protocol import (
 )
 from app.jobs.results import publish_result
 from app.models import Status, mark_failed
+from app.outages import DEPENDENCY_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,9 @@ class Consumer:
         await self._forget_quiet_users()
         claimed: list[Delivery] = []
         for stream in await all_streams(self.redis):
-            claimed += await self._reclaim_stream(stream, self.limits.max_batch - len(claimed))
-            if len(claimed) >= self.limits.max_batch:
+            taken, alone = await self._reclaim_stream(stream, self.limits.max_batch - len(claimed), not claimed)
+            claimed += taken
+            if alone or len(claimed) >= self.limits.max_batch:
                 break
         return claimed
 
@@ -179,7 +181,10 @@ class Consumer:
             user_id = as_text(user)
             await self.redis.eval(_FORGET_IF_QUIET, 2, keys.JOB_USERS, keys.jobs(user_id), user_id, quiet_since)
 
-    async def _reclaim_stream(self, stream: str, count: int) -> list[Delivery]:
+    async def _reclaim_stream(self, stream: str, count: int, first: bool) -> tuple[list[Delivery], bool]:
+        """The stream's jobs to take over, and whether the one job taken must be run alone. A job taken over
+        before and lost again may be one that kills workers (a segfault, the OOM killer): it is taken alone,
+        and only when nothing else is (`first`), so that it uses up its own deliveries and no batch-mate's."""
         idle = self.limits.claim_idle_ms
         try:
             pending: list[dict[str, Any]] = await self.redis.xpending_range(
@@ -189,7 +194,7 @@ class Consumer:
             if not missing_group(exc):
                 raise
             await ensure_group(self.redis, stream)  # new since the last look: nothing of it is pending
-            return []
+            return [], False
         limit = self.limits.max_deliveries
         exhausted = [p["message_id"] for p in pending if p["times_delivered"] >= limit]
         if exhausted:
@@ -201,10 +206,15 @@ class Consumer:
                 ),
             )
             for entry_id in mine:
-                await self._dead_letter(stream, entry_id)
-        retry = [p["message_id"] for p in pending if p["times_delivered"] < limit]
+                try:
+                    await self._dead_letter(stream, entry_id)
+                except DEPENDENCY_ERRORS as exc:  # still pending: dead-lettered at a later look
+                    log.warning("could not dead-letter job %s of %s (%r)", entry_id, stream, exc)
+        suspects = [p["message_id"] for p in pending if 1 < p["times_delivered"] < limit]
+        alone = bool(suspects) and first
+        retry = suspects[:1] if alone else [p["message_id"] for p in pending if p["times_delivered"] == 1]
         if not retry:
-            return []
+            return [], False
         claimed: list[Entry] = []
         for piece in in_pieces(retry):  # a few at a time (see JOBS_PER_COMMAND)
             claimed += cast(
@@ -214,9 +224,11 @@ class Consumer:
         log.info("reclaimed %d jobs of %s from dead or stuck workers", len(claimed), stream)
         # An entry deleted meanwhile comes back with no fields: just acknowledge it.
         await self.ack([Delivery(stream, entry_id, {}) for entry_id, fields in claimed if not fields])
-        return [Delivery(stream, entry_id, fields) for entry_id, fields in claimed if fields]
+        return [Delivery(stream, entry_id, fields) for entry_id, fields in claimed if fields], alone
 
     async def _dead_letter(self, stream: str, entry_id: bytes) -> None:
+        """Its predictions failed first, then its dead-letter entry and its acknowledgement, together: a
+        database that refuses the first leaves it pending for a later look, with nothing written twice."""
         entries = cast("list[Entry]", await self.redis.xrange(stream, min=entry_id, max=entry_id))
         fields: dict[bytes, bytes] = entries[0][1] if entries else {}
         error = f"Could not be classified after {self.limits.max_deliveries} attempts"
@@ -225,10 +237,14 @@ class Consumer:
         log.error("dead-lettering job %s of %s (predictions %s)", entry_id, stream, ids)
         dead_fields: dict[Any, Any] = {k: v for k, v in fields.items() if k != b"pixels"}
         dead_fields.update({b"entry": entry_id, b"stream": stream, b"error": error.encode()})
-        await self.redis.xadd(keys.DEAD_JOBS, dead_fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-        for prediction_id in await mark_failed(ids, error):
+        failed = await mark_failed(ids, error)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(keys.DEAD_JOBS, dead_fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+            acknowledge(pipe, {stream: [entry_id]}, ids)
+            await pipe.execute()
+        await self._forget_if_empty([stream])
+        for prediction_id in failed:
             await publish_result(self.redis, prediction_id, Status.FAILED)
-        await self.ack([Delivery(stream, entry_id, {})], ids)
 
     async def ack(self, deliveries: list[Delivery], prediction_ids: Sequence[str] = ()) -> None:
         """Acknowledge and delete (finished entries must not accumulate), and drop the predictions'
@@ -239,12 +255,12 @@ class Consumer:
         if not by_stream and not prediction_ids:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
-            for stream, entry_ids in by_stream.items():
-                pipe.xack(stream, keys.WORKERS_GROUP, *entry_ids)
-                pipe.xdel(stream, *entry_ids)
-            forget_markers(pipe, prediction_ids)
+            acknowledge(pipe, by_stream, prediction_ids)
             await pipe.execute()
-        for stream in by_stream:
+        await self._forget_if_empty(list(by_stream))
+
+    async def _forget_if_empty(self, streams: list[str]) -> None:
+        for stream in streams:
             if stream.startswith(keys.bulk_jobs("")):
                 await self.redis.eval(_FORGET_IF_EMPTY, 2, keys.BULK_USERS, stream, stream.rsplit(":", 1)[1])
 
@@ -275,6 +291,15 @@ class Consumer:
             pipe.delete(keys.heartbeat(self.name))
             pipe.zrem(keys.WORKER_NAMES, self.name)
             await pipe.execute()
+
+
+def acknowledge(pipe: Any, entries: dict[str, list[bytes]], prediction_ids: Iterable[str]) -> None:
+    """Acknowledge and delete these entries of each stream, and forget their predictions' markers, in the
+    caller's transaction."""
+    for stream, entry_ids in entries.items():
+        pipe.xack(stream, keys.WORKERS_GROUP, *entry_ids)
+        pipe.xdel(stream, *entry_ids)
+    forget_markers(pipe, prediction_ids)
 
 
 def forget_markers(pipe: Any, prediction_ids: Iterable[str]) -> None:

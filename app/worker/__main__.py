@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -14,7 +15,10 @@ from app.settings import Settings, get_settings
 from app.worker.backends import load_chosen
 from app.worker.batching import worker_batch_size
 from app.worker.classifier import ModelLoadError
-from app.worker.loop import Worker
+from app.worker.loop import Wedged, Worker
+
+# The worker's exit status when an inference hung (BATCH_TIMEOUT); `make run` starts a new worker then.
+WEDGED_EXIT = 3
 
 
 async def serve(settings: Settings) -> None:
@@ -32,11 +36,17 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     await db.init_db(settings.database_url)
     redis = connect(settings.redis_url)
+    wedged = False
     try:
         await Worker(redis, classifier, settings, choice=choice.summary).run(stop)
+    except Wedged as exc:
+        logging.getLogger("app.worker").error("%s: exiting, for a new worker process to take over", exc)
+        wedged = True
     finally:
         await redis.aclose()
         await db.close_db()
+    if wedged:  # at once: a normal exit would wait for the hung inference thread
+        os._exit(WEDGED_EXIT)
 
 
 def main() -> None:

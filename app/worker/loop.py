@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,12 @@ from app.worker.stats import observe_batch
 log = logging.getLogger("app.worker")
 
 Finished = list[tuple[Delivery, Job, Top]]
+# While the database or Redis is down, a finished batch is stored again after a pause that doubles up to this.
+MAX_RETRY_PAUSE_S = 10.0
+
+
+class Wedged(Exception):
+    """An inference outlived BATCH_TIMEOUT: its thread cannot be stopped, so the worker process must end."""
 
 
 class Worker:
@@ -52,9 +59,12 @@ class Worker:
         )
         # The previous batch being stored and acknowledged while this one is inferred.
         self._finishing: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until `stop` is set; the batch in hand is always finished first."""
+        """Work until `stop` is set; the batch in hand is always finished first. Raises Wedged when an
+        inference hangs, its batch no longer claimed (others take it over) and the heartbeat gone."""
+        self._stop = stop
         beating = Every(max(self.settings.heartbeat_ttl / 3, 0.2), self._beat, name="heartbeat")
         log.info("worker %s ready (model %s)", self.name, self.classifier.info.id)
         try:
@@ -77,6 +87,8 @@ class Worker:
                 await self._process(deliveries)
             else:
                 await self._wait_finished()
+        except Wedged:
+            raise
         except DEPENDENCY_ERRORS as exc:
             log.warning("lost a dependency (%r); retrying in 1 s", exc)
             await asyncio.sleep(1)
@@ -121,19 +133,38 @@ class Worker:
 
     async def _finish(self, done: Finished, keeper: Every, size: int, seconds: float) -> None:
         try:
-            await self._store(done)
+            await self._retrying(lambda: self._store(done), "store a batch")
+            ids = [i for _, job, _ in done for i in job.prediction_ids]
+            await self._retrying(lambda: self.consumer.ack([d for d, _, _ in done], ids), "acknowledge a batch")
         finally:
             await keeper.stop()
-        await self.consumer.ack([d for d, _, _ in done], [i for _, job, _ in done for i in job.prediction_ids])
         log.info("batch size=%d ms=%.1f", size, seconds * 1000)
         self.heartbeat = observe_batch(self.heartbeat, size, seconds)
         await self._beat()  # fresh stats at once
 
+    async def _retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:
+        """While the database or Redis is down, again and again, the batch still claimed: a failed store is no
+        failed delivery, so no outage dead-letters a job that was classified. Given up when the worker stops."""
+        pause = 0.5
+        while True:
+            try:
+                return await action()
+            except DEPENDENCY_ERRORS as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("could not %s (%r); trying again in %.1f s", what, exc, pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), pause)
+            pause = min(pause * 2, MAX_RETRY_PAUSE_S)
+
     async def _predict(self, jobs: list[Job]) -> list[Top | None]:
         """One batched inference; if it fails, each job alone, so one bad job fails only itself."""
         batch = np.stack([np.frombuffer(job.pixels, dtype=np.uint8).reshape(PIXELS_SHAPE) for job in jobs])
+        timeout = self.settings.batch_timeout
         try:
-            return list(await asyncio.to_thread(self.classifier.predict, batch))
+            return list(await asyncio.wait_for(asyncio.to_thread(self.classifier.predict, batch), timeout))
+        except TimeoutError as exc:
+            raise Wedged(f"an inference of {len(jobs)} images took more than BATCH_TIMEOUT ({timeout:g} s)") from exc
         except Exception:
             if len(jobs) == 1:
                 log.exception("inference failed for job %s", jobs[0].prediction_id)
