@@ -44,15 +44,24 @@ INTERACTIVE_LINGER_S = 300
 RECLAIM_EVERY = 1.0
 DEAD_LETTER_MAXLEN = 100_000
 
-# Drop a user from the bulk set once their stream is empty (atomic: a concurrent enqueue re-adds them).
+# How often the consumers of workers gone (each worker process is one) are removed from the groups.
+SWEEP_CONSUMERS_EVERY = 60.0
+
+# Drop a user from the bulk set once their stream is empty, and the stream itself (its group with it): Redis
+# would otherwise keep one for every user ever seen. Atomic: an enqueue after it makes the stream and adds
+# the user again, and the worker that meets the stream without a group makes one from its first entry.
 _FORGET_IF_EMPTY = """
-if redis.call('XLEN', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
+if redis.call('XLEN', KEYS[2]) == 0 then
+  redis.call('SREM', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+end
 """
-# Drop a user from the interactive set once their stream is empty and they have been quiet a while.
+# The same for an interactive stream, once its user has been quiet a while.
 _FORGET_IF_QUIET = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) < tonumber(ARGV[2]) and redis.call('XLEN', KEYS[2]) == 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
 end
 """
 
@@ -79,6 +88,7 @@ class Consumer:
         self.name = name
         self.limits = limits
         self._last_reclaim = 0.0
+        self._last_sweep = time.monotonic()
         # Where the next read starts, for each kind of stream (interactive, bulk): its own, or one kind's
         # count would move the other's start (and the same streams would be passed over every time).
         self._turns = {"interactive": 0, "bulk": 0}
@@ -110,8 +120,9 @@ class Consumer:
             except ResponseError as exc:
                 if not missing_group(exc) or attempt == 2:
                     raise
-                for stream in streams:
-                    await ensure_group(self.redis, stream)
+                streams = [stream for stream in streams if await ensure_group(self.redis, stream)]
+                if not streams:
+                    return []
         return [
             Delivery(stream.decode() if isinstance(stream, bytes) else stream, entry_id, fields)
             for stream, entries in response or []
@@ -167,6 +178,9 @@ class Consumer:
             return []
         self._last_reclaim = now
         await self._forget_quiet_users()
+        if now - self._last_sweep >= SWEEP_CONSUMERS_EVERY:
+            self._last_sweep = now
+            await self.forget_gone_consumers()
         claimed: list[Delivery] = []
         for stream in await all_streams(self.redis):
             taken, alone = await self._reclaim_stream(stream, self.limits.max_batch - len(claimed), not claimed)
@@ -180,6 +194,20 @@ class Consumer:
         for user in await self.redis.zrangebyscore(keys.JOB_USERS, "-inf", quiet_since):
             user_id = as_text(user)
             await self.redis.eval(_FORGET_IF_QUIET, 2, keys.JOB_USERS, keys.jobs(user_id), user_id, quiet_since)
+
+    async def forget_gone_consumers(self) -> None:
+        """Remove from each stream's group the consumers with nothing pending whose worker is gone (no live
+        heartbeat): each worker process ever started would otherwise stay one, on every stream it read."""
+        live = {as_text(name) for name in await self.redis.zrangebyscore(keys.WORKER_NAMES, time.time(), "+inf")}
+        for stream in await all_streams(self.redis):
+            try:
+                consumers = await self.redis.xinfo_consumers(stream, keys.WORKERS_GROUP)
+            except ResponseError:  # no such stream or group (yet): no consumers
+                continue
+            for consumer in consumers:
+                name = as_text(consumer["name"])
+                if consumer["pending"] == 0 and name not in live and name != self.name:
+                    await self.redis.xgroup_delconsumer(stream, keys.WORKERS_GROUP, name)
 
     async def _reclaim_stream(self, stream: str, count: int, first: bool) -> tuple[list[Delivery], bool]:
         """The stream's jobs to take over, and whether the one job taken must be run alone. A job taken over

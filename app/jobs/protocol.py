@@ -116,12 +116,17 @@ def connect(url: str, command_timeout: float | None = COMMAND_TIMEOUT_S) -> Redi
     return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=command_timeout)
 
 
-async def ensure_group(redis: Redis, stream: str) -> None:
+async def ensure_group(redis: Redis, stream: str) -> bool:
+    """The workers' group on `stream`, from its first entry; False if the stream is gone (its user forgotten
+    meanwhile: a stream made again here, empty, would stay for good)."""
     try:
-        await redis.xgroup_create(stream, keys.WORKERS_GROUP, id="0", mkstream=True)
+        await redis.xgroup_create(stream, keys.WORKERS_GROUP, id="0")
     except ResponseError as exc:
+        if "requires the key to exist" in str(exc):
+            return False
         if "BUSYGROUP" not in str(exc):
             raise
+    return True
 
 
 def as_text(value: Any) -> str:

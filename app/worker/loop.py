@@ -71,10 +71,7 @@ class Worker:
             while not stop.is_set():
                 await self._round()
         finally:
-            try:
-                await self._wait_finished()
-            except Exception:  # its jobs stay unacknowledged and another worker retries them
-                log.exception("could not store the last batch")
+            await self._wait_finished()
             await beating.stop()
             with contextlib.suppress(Exception):
                 await self.consumer.leave()
@@ -126,10 +123,15 @@ class Worker:
         self._finishing = asyncio.create_task(self._finish(done, keeper, len(jobs), seconds))
 
     async def _wait_finished(self) -> None:
-        """Wait for the previous batch to be stored and acknowledged; its failure is raised here."""
+        """Wait for the previous batch to be stored and acknowledged. If that failed, its jobs stay
+        unacknowledged and are taken over later; the batch in hand goes on regardless."""
         finishing, self._finishing = self._finishing, None
-        if finishing is not None:
+        if finishing is None:
+            return
+        try:
             await finishing
+        except Exception:
+            log.exception("could not store a batch; its jobs will be taken over and retried")
 
     async def _finish(self, done: Finished, keeper: Every, size: int, seconds: float) -> None:
         try:

@@ -3,13 +3,15 @@ workers last looked loses none of the batch's jobs. On a Redis server of the mod
 
 from __future__ import annotations
 
+import pytest
 from redis.asyncio import Redis
 
 from app import keys
+from app.jobs import consumer as consumer_module
 from app.jobs.consumer import Consumer, Limits
 from app.jobs.producer import enqueue, enqueue_bulk
-from app.jobs.protocol import ensure_group
-from tests.jobs.test_pieces import BATCH, jobs
+from app.jobs.protocol import Heartbeat
+from tests.jobs.test_pieces import BATCH, jobs, new_group
 
 LIMITS = Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3)
 
@@ -17,9 +19,9 @@ LIMITS = Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3)
 async def test_more_users_than_a_batch_each_get_a_turn_beside_bulk_work(redis62: Redis) -> None:
     users = list(range(1, 41))
     for user in users:
-        await ensure_group(redis62, keys.jobs(user))
+        await new_group(redis62, keys.jobs(user))
         await enqueue(redis62, user, jobs(1)[0])
-    await ensure_group(redis62, keys.bulk_jobs(99))
+    await new_group(redis62, keys.bulk_jobs(99))
     await enqueue_bulk(redis62, 99, jobs(40))
     consumer = Consumer(redis62, "w1", LIMITS)
     first, second = await consumer.next_batch(), await consumer.next_batch()
@@ -31,7 +33,7 @@ async def test_more_users_than_a_batch_each_get_a_turn_beside_bulk_work(redis62:
 
 
 async def test_a_stream_new_since_the_last_look_is_read_with_the_rest_of_the_batch(redis62: Redis) -> None:
-    await ensure_group(redis62, keys.jobs(1))
+    await new_group(redis62, keys.jobs(1))
     await enqueue(redis62, 1, jobs(1)[0])
     await enqueue_bulk(redis62, 2, jobs(3))  # no group yet: no worker has seen this stream
     batch = await Consumer(redis62, "w1", LIMITS).next_batch()
@@ -45,15 +47,60 @@ async def test_users_gone_quiet_do_not_shrink_the_batches_of_those_still_sending
     consumer = Consumer(redis62, "w1", LIMITS)
     quiet, busy = list(range(1, 11)), [11, 12]
     for user in quiet:
-        await ensure_group(redis62, keys.jobs(user))
+        await new_group(redis62, keys.jobs(user))
         await enqueue(redis62, user, jobs(1)[0])
     done = await consumer.next_batch()
     await consumer.ack(done)
     assert len(done) == len(quiet)
     for user in busy:
-        await ensure_group(redis62, keys.jobs(user))
+        await new_group(redis62, keys.jobs(user))
         for job in jobs(20):
             await enqueue(redis62, user, job)
     batch = await consumer.next_batch()
     assert len(batch) == BATCH
     assert sorted(d.stream for d in batch) == sorted([keys.jobs(11)] * 16 + [keys.jobs(12)] * 16)
+
+
+async def test_a_users_emptied_streams_are_deleted(redis62: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: the per-user streams stayed in Redis for good once their users were forgotten, so Redis
+    held a stream (and its group) for every user ever seen."""
+    await enqueue_bulk(redis62, 7, jobs(2))
+    await enqueue(redis62, 8, jobs(1)[0])
+    consumer = Consumer(redis62, "w1", LIMITS)
+    taken = await consumer.next_batch()
+    assert len(taken) == 3
+    await consumer.ack(taken)
+    assert not await redis62.exists(keys.bulk_jobs(7))  # at once: bulk streams are forgotten when empty
+    assert not await redis62.sismember(keys.BULK_USERS, "7")
+    monkeypatch.setattr(consumer_module, "INTERACTIVE_LINGER_S", 0)  # interactive ones once quiet a while
+    consumer._last_reclaim = 0.0
+    await consumer.next_batch()
+    assert not await redis62.exists(keys.jobs(8))
+    await enqueue(redis62, 8, jobs(1)[0])  # back: a worker makes the group again, from the first entry
+    assert len(await consumer.next_batch()) == 1
+
+
+async def test_the_consumers_of_workers_gone_are_removed(redis62: Redis) -> None:
+    """Found in review: each worker process ever started stayed a consumer of every stream it had read."""
+    stream = keys.jobs(9)
+    await new_group(redis62, stream)
+    for job in jobs(2):
+        await enqueue(redis62, 9, job)
+    gone, live = Consumer(redis62, "gone", LIMITS), Consumer(redis62, "live", LIMITS)
+    done = await gone._xread([stream], 1)
+    await gone.ack(done)
+    assert len(await live._xread([stream], 1)) == 1  # its job in hand: the stream stays
+    await live.beat(Heartbeat(name="live", model_id="m", started_at=0.0), ttl=60)
+    await live.forget_gone_consumers()
+    consumers = await redis62.xinfo_consumers(stream, keys.WORKERS_GROUP)
+    assert [c["name"] for c in consumers] == [b"live"]
+
+
+async def test_a_stream_deleted_as_a_worker_reads_it_is_not_made_again(redis62: Redis) -> None:
+    """Its user is still listed (the worker looked before the stream was forgotten): an empty stream made
+    again then, with no user listed for it later, would stay in Redis for good."""
+    await redis62.zadd(keys.JOB_USERS, {"10": 1e12})  # listed, no stream
+    consumer = Consumer(redis62, "w1", LIMITS)
+    assert await consumer.next_batch() == []
+    assert await consumer._xread([keys.jobs(10)], 1) == []
+    assert not await redis62.exists(keys.jobs(10))

@@ -15,13 +15,18 @@ from redis.exceptions import ResponseError
 from app import keys
 from app.jobs.consumer import Consumer, Limits
 from app.jobs.producer import enqueue_bulk, has_job
-from app.jobs.protocol import JOBS_PER_COMMAND, PIXELS_BYTES, Job, ensure_group
+from app.jobs.protocol import JOBS_PER_COMMAND, PIXELS_BYTES, Job
 
 BATCH = 32
 
 
 def jobs(count: int) -> list[Job]:
     return [Job(str(uuid.uuid4()), "ab" * 32, "m", bytes(PIXELS_BYTES)) for _ in range(count)]
+
+
+async def new_group(redis: Redis, stream: str) -> None:
+    """The workers' group on a stream not there yet (as a worker has it, once the stream is)."""
+    await redis.xgroup_create(stream, keys.WORKERS_GROUP, id="0", mkstream=True)
 
 
 async def calls(redis: Redis, command: str) -> int:
@@ -40,7 +45,7 @@ async def test_bulk_jobs_go_onto_the_stream_a_few_at_a_time_each_with_its_marker
 
 
 async def test_a_worker_reads_a_full_batch_in_pieces(redis62: Redis) -> None:
-    await ensure_group(redis62, keys.bulk_jobs(7))
+    await new_group(redis62, keys.bulk_jobs(7))
     await enqueue_bulk(redis62, 7, jobs(40))
     consumer = Consumer(redis62, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
     await redis62.config_resetstat()
@@ -51,7 +56,7 @@ async def test_a_worker_reads_a_full_batch_in_pieces(redis62: Redis) -> None:
 
 async def test_users_take_equal_shares_in_pieces_and_one_who_runs_out_drops_out(redis62: Redis) -> None:
     for user, count in ((1, 2), (2, 20), (3, 20)):
-        await ensure_group(redis62, keys.bulk_jobs(user))
+        await new_group(redis62, keys.bulk_jobs(user))
         await enqueue_bulk(redis62, user, jobs(count))
     consumer = Consumer(redis62, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
     await redis62.config_resetstat()
@@ -64,7 +69,7 @@ async def test_users_take_equal_shares_in_pieces_and_one_who_runs_out_drops_out(
 
 
 async def test_a_dead_workers_jobs_are_taken_over_in_pieces(redis62: Redis) -> None:
-    await ensure_group(redis62, keys.bulk_jobs(7))
+    await new_group(redis62, keys.bulk_jobs(7))
     await enqueue_bulk(redis62, 7, jobs(20))
     limits = Limits(max_batch=BATCH, claim_idle_ms=1, max_deliveries=3)
     assert len(await Consumer(redis62, "dead", limits).next_batch()) == 20  # read, never acknowledged
@@ -78,7 +83,7 @@ async def test_a_dead_workers_jobs_are_taken_over_in_pieces(redis62: Redis) -> N
 
 async def test_past_eight_streams_a_read_takes_one_job_of_each_of_eight(redis62: Redis) -> None:
     for user in range(1, 21):
-        await ensure_group(redis62, keys.bulk_jobs(user))
+        await new_group(redis62, keys.bulk_jobs(user))
         await enqueue_bulk(redis62, user, jobs(2))
     consumer = Consumer(redis62, "w1", Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3))
     await redis62.config_resetstat()
