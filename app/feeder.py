@@ -20,9 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import LockError
 from tortoise.functions import Count
 
 from app import images, keys
+from app.background import Every
 from app.collections import ReadingLock, read_archive
 from app.jobs import producer
 from app.jobs.protocol import Job
@@ -37,7 +39,10 @@ log = logging.getLogger(__name__)
 BUSY_ROUND_S = 0.25
 IDLE_ROUND_S = 2.0
 ROUND_GAP_S = 0.05
-FEED_LOCK_S = 30
+# After a failed round (Redis full or down), a pause that doubles up to the longest, before the next.
+FAILED_ROUND_S = 1.0
+MAX_FAILED_ROUND_S = 10.0
+FEED_LOCK_S = 30  # renewed while a round runs
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ async def _feed_source(services: Services, source: Source, room: int) -> int:
     ids = [str(p.id) for p in waiting]
     # Marked first, so no other round feeds them meanwhile; unmarked again below if this round fails.
     await Prediction.filter(id__in=ids).update(enqueued_at=datetime.now(UTC))
+    made: list[Job | None] = []
     enqueued: list[Job] = []
     try:
         # Decoded side by side: the decode pool has a process per core.
@@ -118,6 +124,9 @@ async def _feed_source(services: Services, source: Source, room: int) -> int:
         # not those already on the stream, which would be classified twice
         on_stream = {i for job in enqueued for i in job.prediction_ids}
         back = [i for i in ids if i not in on_stream]
+        for job in made:  # their pixels kept again (else every later round would decode them again)
+            if job is not None and job.prediction_id not in on_stream:
+                services.kept.keep(job.prediction_id, job.pixels)
         await Prediction.filter(id__in=back, status=Status.QUEUED).update(enqueued_at=None)
         raise
     return len(waiting)
@@ -183,25 +192,32 @@ class Feeder:
             self._wake.set()
 
     async def _run(self) -> None:
+        pause = ROUND_GAP_S
         while not self._done.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), BUSY_ROUND_S if self.busy else IDLE_ROUND_S)
             self._wake.clear()
             try:
                 self.busy = await self._round()
-            except Exception:  # a dependency is down: try again next round
-                log.warning("feeding failed; trying again", exc_info=True)
-            await asyncio.sleep(ROUND_GAP_S)
+                pause = ROUND_GAP_S
+            except Exception:  # a dependency is down or full: try again, less and less often
+                pause = min(max(pause * 2, FAILED_ROUND_S), MAX_FAILED_ROUND_S)
+                log.warning("feeding failed; trying again in %g s", pause, exc_info=True)
+            await asyncio.sleep(pause)
 
     async def _round(self) -> bool:
-        redis = self.services.redis
         await self._take_over_reading()
-        if not await redis.set(keys.FEED_LOCK, "1", nx=True, ex=FEED_LOCK_S):
+        # Held by one process at a time, renewed while its round runs, released only if still its own.
+        lock = self.services.redis.lock(keys.FEED_LOCK, timeout=FEED_LOCK_S, blocking=False)
+        if not await lock.acquire():
             return True  # another process is feeding
+        renewing = Every(FEED_LOCK_S / 3, lock.reacquire, name="feed-lock", wait_first=True)
         try:
             await feed(self.services)
         finally:
-            await redis.delete(keys.FEED_LOCK)
+            await renewing.stop()
+            with contextlib.suppress(LockError):  # lost: another process's by now
+                await lock.release()
         return await _has_work()
 
     async def _take_over_reading(self) -> None:

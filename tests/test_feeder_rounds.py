@@ -3,13 +3,15 @@ collections whose windows it tops up), not while synchronous uploads are in flig
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
-from app import keys
+from app import feeder, keys
 from app.feeder import _has_work
 from app.models import Collection, CollectionStatus, Prediction, Status, User
 
@@ -42,3 +44,29 @@ async def test_synchronous_uploads_in_flight_leave_the_feeder_idle(
     finally:
         await redis.delete(keys.FEED_LOCK)
         await Prediction.filter(id__in=[r.id for r in rows]).update(status=Status.FAILED)
+
+
+async def test_a_long_round_keeps_the_feed_lock_and_never_deletes_another_feeders(
+    client: httpx.AsyncClient, no_worker: None, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the lock lapsed under a round longer than FEED_LOCK_S (another process then fed the same
+    rows), and the round's end deleted whichever process's lock was there."""
+    started, ending = asyncio.Event(), asyncio.Event()
+
+    async def slow(services: Any) -> int:
+        started.set()
+        await ending.wait()
+        return 0
+
+    monkeypatch.setattr(feeder, "FEED_LOCK_S", 1)
+    monkeypatch.setattr(feeder, "feed", slow)
+    try:
+        await asyncio.wait_for(started.wait(), 10)  # the app's feeder, in a round
+        await asyncio.sleep(1.6)
+        assert await redis.get(keys.FEED_LOCK) is not None  # still held, past FEED_LOCK_S
+        await redis.set(keys.FEED_LOCK, "another process's")  # as if it had lapsed and been taken
+    finally:
+        ending.set()
+    await asyncio.sleep(0.5)  # the round ends
+    assert await redis.get(keys.FEED_LOCK) == b"another process's"
+    await redis.delete(keys.FEED_LOCK)
