@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,8 @@ Owned = TypeVar("Owned", Prediction, Collection)
 WARMING_UP = "The classifier is warming up: your image will be classified in a moment"
 NO_WORKER = f"{WARMING_UP}; try again in a few seconds"
 NO_WORKER_RETRY_AFTER = 5
+# How often a waiting request checks whether the results subscription was made again meanwhile.
+RECHECK_S = 1.0
 
 
 class ResultTimeout(HTTPException):
@@ -212,16 +215,39 @@ async def wait(services: Services, prediction: Prediction, seconds: float) -> Pr
             return prediction
     try:
         with stage("waiting"):
-            message = await asyncio.wait_for(future, seconds)
-    except TimeoutError:
-        raise ResultTimeout(
-            detail=f"No result within {seconds:g} s; fetch it later from /api/predictions/{prediction_id}",
-            headers={"Location": f"/api/predictions/{prediction_id}"},
-            extra={"id": prediction_id},
-        ) from None
+            message = await _message(services, prediction, future, seconds)
     finally:
         services.waiter.forget(prediction_id, future)
+    if message is None:  # its message was lost, and the row says it is finished
+        return prediction
     return await _finished(prediction, message)
+
+
+async def _message(
+    services: Services, prediction: Prediction, future: asyncio.Future[dict[str, Any]], seconds: float
+) -> dict[str, Any] | None:
+    """The worker's message, or None when the row is found finished without one: a result published while the
+    subscription was being made again (Redis restarted) is lost, so the row is read then, and at the end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    subscriptions = services.waiter.subscriptions
+    while True:
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(future), max(0.0, min(deadline - loop.time(), RECHECK_S)))
+        ended = loop.time() >= deadline
+        if ended or services.waiter.subscriptions != subscriptions:
+            subscriptions = services.waiter.subscriptions
+            await prediction.refresh_from_db()
+            if prediction.status != Status.QUEUED:
+                return None
+        if ended:
+            break
+    prediction_id = str(prediction.id)
+    raise ResultTimeout(
+        detail=f"No result within {seconds:g} s; fetch it later from /api/predictions/{prediction_id}",
+        headers={"Location": f"/api/predictions/{prediction_id}"},
+        extra={"id": prediction_id},
+    )
 
 
 async def _finished(prediction: Prediction, message: dict[str, Any]) -> Prediction:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,3 +126,32 @@ async def test_an_upload_given_up_on_while_enqueueing_leaves_no_waiter_behind(
     with pytest.raises(asyncio.CancelledError):
         await submitting
     assert set(services.waiter._waiters) == before
+
+
+async def test_a_result_lost_while_the_subscription_is_made_again_still_answers(
+    client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, no_worker: None, redis: Redis
+) -> None:
+    """Found in review: results published while Redis dropped the subscription never came, and their requests
+    answered 504 with the row long finished."""
+    services = app.state.services
+    prediction = await queued_row(client, auth, "d" * 64)
+    future = services.waiter.expect(str(prediction.id))
+    await redis.client_kill_filter(_type="pubsub")  # the web process's subscription, dropped
+    await Prediction.filter(id=prediction.id).update(status=Status.DONE, label="stored", finished_at=datetime.now(UTC))
+    await redis.publish(keys.RESULTS, result_message(str(prediction.id), Status.DONE))  # nobody listens: lost
+    started = time.monotonic()
+    answered = await predictions.wait(services, prediction, 10)
+    assert (answered.status, answered.label) == (Status.DONE, "stored")
+    assert time.monotonic() - started < 8  # once subscribed again, not at the timeout
+    assert not future.done()  # the message itself never came
+
+
+async def test_a_result_whose_message_never_came_is_read_from_the_row_at_the_end(
+    client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, no_worker: None
+) -> None:
+    services = app.state.services
+    prediction = await queued_row(client, auth, "e" * 64)
+    services.waiter.expect(str(prediction.id))
+    await Prediction.filter(id=prediction.id).update(status=Status.DONE, label="stored", finished_at=datetime.now(UTC))
+    answered = await predictions.wait(services, prediction, 1.5)
+    assert (answered.status, answered.label) == (Status.DONE, "stored")

@@ -69,6 +69,9 @@ class ResultWaiter:
         self._ready = asyncio.Event()
         # Checked as well as cancelling: a cancellation inside a Redis call may come out as an error.
         self._stopping = False
+        # How many times the subscription was made: results published while it was being made again were
+        # lost, so a request that saw this change looks at its row (app.predictions.wait).
+        self.subscriptions = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="result-waiter")
@@ -128,6 +131,7 @@ class ResultWaiter:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(keys.RESULTS)
+                    self.subscriptions += 1
                     self._ready.set()
                     async for message in pubsub.listen():
                         if message["type"] == "message":
