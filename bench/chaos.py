@@ -6,7 +6,7 @@ the web app and two workers, then, under a steady load of distinct images:
 
 1. kills a worker with SIGKILL mid-batch;    2. stops every worker (SIGTERM), restarts them;
 3. sends a worker SIGTERM (graceful);        4. restarts Redis, which keeps nothing on disk;
-5. stops PostgreSQL and starts it again.
+5. stops PostgreSQL for 5 s;                6. stops it for 20 s, longer than a job's deliveries take.
 
 For each it reports the jobs submitted, completed, failed, lost and duplicated, the error rate during
 the fault and the time until a new prediction succeeds again. Last, the load stopped, bench/hostile_load.py's
@@ -309,10 +309,10 @@ async def scenario(system: System, redis: Redis, postgres: Postgres | None, sett
         await asyncio.sleep(3)
         redis.start()
 
-    async def restart_postgres() -> None:
+    async def restart_postgres(seconds: float) -> None:
         assert postgres is not None
         await asyncio.to_thread(postgres.stop)
-        await asyncio.sleep(5)
+        await asyncio.sleep(seconds)
         await asyncio.to_thread(postgres.start)
 
     faults = [
@@ -322,7 +322,9 @@ async def scenario(system: System, redis: Redis, postgres: Postgres | None, sett
         ("Redis restarted (nothing kept on disk)", restart_redis),
     ]
     if postgres is not None:
-        faults.append(("PostgreSQL stopped for 5 s, then restarted", restart_postgres))
+        faults.append(("PostgreSQL stopped for 5 s, then restarted", lambda: restart_postgres(5)))
+        # Longer than MAX_DELIVERIES x CLAIM_IDLE_MS (15 s): the batches in hand must be stored once it is back.
+        faults.append(("PostgreSQL stopped for 20 s, then restarted", lambda: restart_postgres(20)))
     phases = []
     for name, fault in faults:
         phase = Phase(name, started=time.time())
@@ -374,7 +376,7 @@ def report(phases: list[Phase], duplicates: int, machine: str, minutes: float) -
         "Per fault, the submissions from its start to 10 s after the service recovered; *refused* are answers "
         "other than 200/202 (503 while a dependency is down or no worker is alive: the client is told to retry, "
         "nothing was accepted); *lost* are accepted predictions never finished. *Recovery* is the time from "
-        "the start of the fault (its own duration included: 5 s of PostgreSQL down, 3 s of Redis) until a "
+        "the start of the fault (its own duration included: 5 or 20 s of PostgreSQL down, 3 s of Redis) until a "
         "new prediction is answered with a result again.",
         "",
         "| fault | submitted | accepted | refused (error rate) | completed | failed | lost | recovery |",

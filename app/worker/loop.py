@@ -71,6 +71,7 @@ class Worker:
             while not stop.is_set():
                 await self._round()
         finally:
+            stop.set()  # stopping for whatever reason (Wedged too): a store being retried is given up
             await self._wait_finished()
             await beating.stop()
             with contextlib.suppress(Exception):
