@@ -6,7 +6,7 @@ the web app and two workers, then, under a steady load of distinct images:
 
 1. kills a worker with SIGKILL mid-batch;    2. stops every worker (SIGTERM), restarts them;
 3. sends a worker SIGTERM (graceful);        4. restarts Redis, which keeps nothing on disk;
-5. stops PostgreSQL for 5 s;                6. stops it for 20 s, longer than a job's deliveries take.
+5. stops PostgreSQL for 5 s;                6. stops it for 20 s as the workers take a backlog.
 
 For each it reports the jobs submitted, completed, failed, lost and duplicated, the error rate during
 the fault and the time until a new prediction succeeds again. Last, the load stopped, bench/hostile_load.py's
@@ -309,10 +309,24 @@ async def scenario(system: System, redis: Redis, postgres: Postgres | None, sett
         await asyncio.sleep(3)
         redis.start()
 
-    async def restart_postgres(seconds: float) -> None:
+    async def restart_postgres() -> None:
         assert postgres is not None
         await asyncio.to_thread(postgres.stop)
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(5)
+        await asyncio.to_thread(postgres.start)
+
+    async def postgres_down_with_batches() -> None:
+        """The workers frozen for 3 s, so that jobs wait on the streams; they take them as PostgreSQL goes
+        down, for longer than MAX_DELIVERIES x CLAIM_IDLE_MS (15 s): the batches in hand are classified and
+        can be stored only once it is back."""
+        assert postgres is not None
+        for process in system.workers:
+            process.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(3)
+        await asyncio.to_thread(postgres.stop)
+        for process in system.workers:
+            process.send_signal(signal.SIGCONT)
+        await asyncio.sleep(20)
         await asyncio.to_thread(postgres.start)
 
     faults = [
@@ -322,9 +336,8 @@ async def scenario(system: System, redis: Redis, postgres: Postgres | None, sett
         ("Redis restarted (nothing kept on disk)", restart_redis),
     ]
     if postgres is not None:
-        faults.append(("PostgreSQL stopped for 5 s, then restarted", lambda: restart_postgres(5)))
-        # Longer than MAX_DELIVERIES x CLAIM_IDLE_MS (15 s): the batches in hand must be stored once it is back.
-        faults.append(("PostgreSQL stopped for 20 s, then restarted", lambda: restart_postgres(20)))
+        faults.append(("PostgreSQL stopped for 5 s, then restarted", restart_postgres))
+        faults.append(("PostgreSQL stopped for 20 s as the workers take a backlog", postgres_down_with_batches))
     phases = []
     for name, fault in faults:
         phase = Phase(name, started=time.time())

@@ -28,7 +28,7 @@ log = logging.getLogger("app.worker")
 
 Finished = list[tuple[Delivery, Job, Top]]
 # While the database or Redis is down, a finished batch is stored again after a pause that doubles up to this.
-MAX_RETRY_PAUSE_S = 10.0
+MAX_RETRY_PAUSE_S = 4.0
 
 
 class Wedged(Exception):
