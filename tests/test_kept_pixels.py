@@ -40,6 +40,26 @@ def decodes(app: Litestar, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int
     yield counted
 
 
+async def async_job(client: Client, auth: dict[str, str], seed: int) -> str:
+    """An upload with `wait=false`: its id."""
+    response = await client.post(
+        "/api/predictions",
+        headers=auth,
+        params={"wait": "false"},
+        files={"file": ("a.png", samples.photo(seed, (64, 48), "PNG"))},
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+async def until_done(client: Client, auth: dict[str, str], prediction_id: str) -> None:
+    async def done() -> bool:
+        response = await client.get(f"/api/predictions/{prediction_id}", headers=auth)
+        return bool(response.json()["status"] == "done")
+
+    await eventually(done, seconds=30, what="the async job to finish")
+
+
 async def test_a_collections_images_are_decoded_once(
     client: Client, auth: dict[str, str], worker: CountingClassifier, decodes: list[int], app: Litestar
 ) -> None:
@@ -54,19 +74,7 @@ async def test_a_collections_images_are_decoded_once(
 async def test_an_async_job_is_decoded_once(
     client: Client, auth: dict[str, str], worker: CountingClassifier, decodes: list[int]
 ) -> None:
-    response = await client.post(
-        "/api/predictions",
-        headers=auth,
-        params={"wait": "false"},
-        files={"file": ("a.png", samples.photo(31_100, (64, 48), "PNG"))},
-    )
-    assert response.status_code == 202, response.text
-    url = f"/api/predictions/{response.json()['id']}"
-
-    async def done() -> bool:
-        return bool((await client.get(url, headers=auth)).json()["status"] == "done")
-
-    await eventually(done, seconds=30, what="the async job to finish")
+    await until_done(client, auth, await async_job(client, auth, 31_100))
     assert decodes[0] == 1
 
 
@@ -113,21 +121,10 @@ async def test_a_round_that_cannot_enqueue_keeps_its_pixels_and_backs_off(
         raise OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory' (a test's full Redis)")
 
     monkeypatch.setattr(producer, "enqueue_bulk", full)
-    response = await client.post(
-        "/api/predictions",
-        headers=auth,
-        params={"wait": "false"},
-        files={"file": ("a.png", samples.photo(32_000, (64, 48), "PNG"))},
-    )
-    assert response.status_code == 202, response.text
+    prediction_id = await async_job(client, auth, 32_000)
     await asyncio.sleep(4)
     assert decodes[0] == 1  # as it was accepted, not again
     assert 1 <= len(tries) <= 4  # a round, then pauses of 1, 2 and 4 s
     monkeypatch.setattr(producer, "enqueue_bulk", enqueue_bulk)  # room again
-    url = f"/api/predictions/{response.json()['id']}"
-
-    async def done() -> bool:
-        return bool((await client.get(url, headers=auth)).json()["status"] == "done")
-
-    await eventually(done, seconds=30, what="the async job to finish")
+    await until_done(client, auth, prediction_id)
     assert decodes[0] == 1 and worker.images == 1
