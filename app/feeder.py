@@ -118,7 +118,14 @@ async def _feed_source(services: Services, source: Source, room: int) -> int:
     enqueued: list[Job] = []
     try:
         # Decoded side by side: the decode pool has a process per core.
-        made = await asyncio.gather(*(_job(services, same[0], [str(p.id) for p in same]) for same in by_image.values()))
+        # Every job made, or failed, before going on: none is still taking pixels when they are put back.
+        results = await asyncio.gather(
+            *(_job(services, same[0], [str(p.id) for p in same]) for same in by_image.values()), return_exceptions=True
+        )
+        made = [job for job in results if not isinstance(job, BaseException)]
+        for error in results:
+            if isinstance(error, BaseException):
+                raise error
         await producer.enqueue_bulk(services.redis, source.user_id, [job for job in made if job is not None], enqueued)
     except Exception:  # Redis down mid-round: back to waiting at once (not after the stale sweep), but
         # not those already on the stream, which would be classified twice

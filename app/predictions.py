@@ -230,13 +230,13 @@ async def _message(
     subscription was being made again (Redis restarted) is lost, so the row is read then, and at the end."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    subscriptions = services.waiter.subscriptions
+    waiter, checked = services.waiter, False
     while True:
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, min(deadline - loop.time(), RECHECK_S)))
         ended = loop.time() >= deadline
-        if ended or services.waiter.subscriptions != subscriptions:
-            subscriptions = services.waiter.subscriptions
+        if ended or (waiter.resubscribed_since(future) and not checked):
+            checked = True  # once then (the row is read again at the end)
             await prediction.refresh_from_db()
             if prediction.status != Status.QUEUED:
                 return None

@@ -18,6 +18,7 @@ from app.jobs.protocol import result_message
 from app.models import Prediction, Status, User
 from tests import samples
 from tests.conftest import CountingClassifier
+from tests.helpers import eventually
 
 
 async def queued_row(client: httpx.AsyncClient, auth: dict[str, str], sha: str) -> Prediction:
@@ -155,3 +156,25 @@ async def test_a_result_whose_message_never_came_is_read_from_the_row_at_the_end
     await Prediction.filter(id=prediction.id).update(status=Status.DONE, label="stored", finished_at=datetime.now(UTC))
     answered = await predictions.wait(services, prediction, 1.5)
     assert (answered.status, answered.label) == (Status.DONE, "stored")
+
+
+async def test_a_result_lost_between_submit_and_wait_still_answers_at_once(
+    client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, no_worker: None, redis: Redis
+) -> None:
+    """Found in review: the subscription counter was read as the wait began, so a subscription made again
+    between `submit`'s `expect` and the wait went unseen, and the request waited its whole timeout."""
+    services = app.state.services
+    prediction = await queued_row(client, auth, "f" * 64)
+    services.waiter.expect(str(prediction.id))  # as `submit` does
+    before = services.waiter.subscriptions
+    await redis.client_kill_filter(_type="pubsub")
+    await Prediction.filter(id=prediction.id).update(status=Status.DONE, label="stored", finished_at=datetime.now(UTC))
+
+    async def subscribed_again() -> bool:
+        return services.waiter.subscriptions > before
+
+    await eventually(subscribed_again, seconds=10, what="the subscription made again")
+    started = time.monotonic()
+    answered = await predictions.wait(services, prediction, 10)
+    assert (answered.status, answered.label) == (Status.DONE, "stored")
+    assert time.monotonic() - started < 8

@@ -56,6 +56,12 @@ if redis.call('XLEN', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[2])
 end
 """
+# Remove a consumer only if it still has nothing pending (atomic: a worker that reads meanwhile keeps it).
+_FORGET_IF_IDLE = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+"""
 # The same for an interactive stream, once its user has been quiet a while.
 _FORGET_IF_QUIET = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -118,6 +124,8 @@ class Consumer:
                 )
                 break
             except ResponseError as exc:
+                if "UNBLOCKED" in str(exc):  # Redis 7: a stream blocked on was deleted (its user forgotten)
+                    return []
                 if not missing_group(exc) or attempt == 2:
                     raise
                 streams = [stream for stream in streams if await ensure_group(self.redis, stream)]
@@ -207,7 +215,7 @@ class Consumer:
             for consumer in consumers:
                 name = as_text(consumer["name"])
                 if consumer["pending"] == 0 and name not in live and name != self.name:
-                    await self.redis.xgroup_delconsumer(stream, keys.WORKERS_GROUP, name)
+                    await self.redis.eval(_FORGET_IF_IDLE, 1, stream, keys.WORKERS_GROUP, name)
 
     async def _reclaim_stream(self, stream: str, count: int, first: bool) -> tuple[list[Delivery], bool]:
         """The stream's jobs to take over, and whether the one job taken must be run alone. A job taken over
@@ -238,9 +246,11 @@ class Consumer:
                     await self._dead_letter(stream, entry_id)
                 except DEPENDENCY_ERRORS as exc:  # still pending: dead-lettered at a later look
                     log.warning("could not dead-letter job %s of %s (%r)", entry_id, stream, exc)
-        suspects = [p["message_id"] for p in pending if 1 < p["times_delivered"] < limit]
+        # Lost with its worker before (or on its last try, with MAX_DELIVERIES=2): suspected of killing workers.
+        suspected = min(2, limit - 1)
+        suspects = [p["message_id"] for p in pending if suspected <= p["times_delivered"] < limit]
         alone = bool(suspects) and first
-        retry = suspects[:1] if alone else [p["message_id"] for p in pending if p["times_delivered"] == 1]
+        retry = suspects[:1] if alone else [p["message_id"] for p in pending if p["times_delivered"] < suspected]
         if not retry:
             return [], False
         claimed: list[Entry] = []
@@ -252,7 +262,8 @@ class Consumer:
         log.info("reclaimed %d jobs of %s from dead or stuck workers", len(claimed), stream)
         # An entry deleted meanwhile comes back with no fields: just acknowledge it.
         await self.ack([Delivery(stream, entry_id, {}) for entry_id, fields in claimed if not fields])
-        return [Delivery(stream, entry_id, fields) for entry_id, fields in claimed if fields], alone
+        taken = [Delivery(stream, entry_id, fields) for entry_id, fields in claimed if fields]
+        return taken, alone and bool(taken)  # another worker may have won the claim
 
     async def _dead_letter(self, stream: str, entry_id: bytes) -> None:
         """Its predictions failed first, then its dead-letter entry and its acknowledgement, together: a

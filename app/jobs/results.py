@@ -72,6 +72,7 @@ class ResultWaiter:
         # How many times the subscription was made: results published while it was being made again were
         # lost, so a request that saw this change looks at its row (app.predictions.wait).
         self.subscriptions = 0
+        self._subscriptions_at: dict[asyncio.Future[dict[str, Any]], int] = {}  # at each `expect`
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="result-waiter")
@@ -93,7 +94,12 @@ class ResultWaiter:
         Each `expect` is paired with a `forget`, which drops the future, answered or not."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(prediction_id, []).append(future)
+        self._subscriptions_at[future] = self.subscriptions
         return future
+
+    def resubscribed_since(self, future: asyncio.Future[dict[str, Any]]) -> bool:
+        """Whether the subscription was made again since `future` was expected: its message may be lost."""
+        return self.subscriptions != self._subscriptions_at.get(future, self.subscriptions)
 
     def expected(self, prediction_id: str) -> asyncio.Future[dict[str, Any]] | None:
         """The future an earlier `expect` registered, until it is forgotten: answered already if its message
@@ -102,6 +108,7 @@ class ResultWaiter:
         return waiting[0] if waiting else None
 
     def forget(self, prediction_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
+        self._subscriptions_at.pop(future, None)
         waiting = self._waiters.get(prediction_id, [])
         if future in waiting:
             waiting.remove(future)

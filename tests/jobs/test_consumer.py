@@ -3,6 +3,8 @@ workers last looked loses none of the batch's jobs. On a Redis server of the mod
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 
@@ -81,19 +83,48 @@ async def test_a_users_emptied_streams_are_deleted(redis62: Redis, monkeypatch: 
 
 
 async def test_the_consumers_of_workers_gone_are_removed(redis62: Redis) -> None:
-    """Found in review: each worker process ever started stayed a consumer of every stream it had read."""
+    """Found in review: each worker process ever started stayed a consumer of every stream it had read. A
+    consumer with jobs in hand stays (removing it would drop them), and so does one whose worker is live."""
     stream = keys.jobs(9)
-    await new_group(redis62, stream)
-    for job in jobs(2):
+    for job in jobs(3):
         await enqueue(redis62, 9, job)
-    gone, live = Consumer(redis62, "gone", LIMITS), Consumer(redis62, "live", LIMITS)
-    done = await gone._xread([stream], 1)
-    await gone.ack(done)
-    assert len(await live._xread([stream], 1)) == 1  # its job in hand: the stream stays
-    await live.beat(Heartbeat(name="live", model_id="m", started_at=0.0), ttl=60)
-    await live.forget_gone_consumers()
+    await new_group(redis62, stream)
+    names = ("gone", "gone-with-a-job", "live")
+    readers = {name: Consumer(redis62, name, LIMITS) for name in names}
+    for name, reader in readers.items():
+        done = await reader._xread([stream], 1)
+        if name != "gone-with-a-job":
+            await reader.ack(done)
+    await readers["live"].beat(Heartbeat(name="live", model_id="m", started_at=0.0), ttl=60)
+    await Consumer(redis62, "sweeper", LIMITS).forget_gone_consumers()
     consumers = await redis62.xinfo_consumers(stream, keys.WORKERS_GROUP)
-    assert [c["name"] for c in consumers] == [b"live"]
+    assert sorted(c["name"] for c in consumers) == [b"gone-with-a-job", b"live"]
+
+
+async def test_with_two_deliveries_a_dead_workers_jobs_are_retried_one_at_a_time(redis62: Redis) -> None:
+    """Their second delivery is their last: a job that killed its worker must not take its batch-mates' with it."""
+    limits = Limits(max_batch=BATCH, claim_idle_ms=0, max_deliveries=2)
+    await enqueue_bulk(redis62, 5, jobs(3))
+    assert len(await Consumer(redis62, "dead", limits).next_batch()) == 3
+    assert len(await Consumer(redis62, "alive", limits).next_batch()) == 1
+
+
+async def test_a_stream_deleted_while_a_worker_blocks_on_it_ends_the_read_quietly(redis: Redis) -> None:
+    """Found in review: Redis 7 answers a read blocked on a stream deleted meanwhile (its user forgotten by
+    another worker) with an error, which the worker logged as unexpected before pausing 1 s; 6.2 stays blocked."""
+    user = 987_654
+    stream = keys.jobs(user)
+    await enqueue(redis, user, jobs(1)[0])
+    reader = Consumer(redis, "blocked", LIMITS)
+    try:
+        await reader.ack(await reader._xread([stream], 1))
+        blocked = asyncio.create_task(reader._xread([stream], 1, block=2000))
+        await asyncio.sleep(0.3)
+        await redis.delete(stream)
+        assert await blocked == []
+    finally:
+        await redis.delete(stream)
+        await redis.zrem(keys.JOB_USERS, str(user))
 
 
 async def test_a_stream_deleted_as_a_worker_reads_it_is_not_made_again(redis62: Redis) -> None:

@@ -80,7 +80,7 @@ async def test_a_hung_inference_stops_the_worker_and_its_jobs_are_taken_over(
     made = [await queued(user, settings, 300 + seed) for seed in range(3)]
     for _, job in made:
         await enqueue(redis, user.id, job)
-    hung = Worker(redis, Hanging(classifier, 4.0), replace(settings, batch_timeout=0.5), name="hung")
+    hung = Worker(redis, Hanging(classifier, 2.0), replace(settings, batch_timeout=0.5), name="hung")
     with pytest.raises(Wedged):
         await asyncio.wait_for(hung.run(asyncio.Event()), 10)
     assert not await redis.exists(keys.heartbeat("hung"))  # not shown as live any more
