@@ -333,16 +333,11 @@ class Consumer:
 
 
 def acknowledge(pipe: Any, entries: dict[str, list[bytes]], prediction_ids: Iterable[str]) -> None:
-    """Acknowledge and delete these entries of each stream, and forget their predictions' markers, in the
-    caller's transaction."""
+    """Acknowledge and delete these entries of each stream, and forget the markers of their (finished or
+    dead-lettered) predictions, in the caller's transaction."""
     for stream, entry_ids in entries.items():
         pipe.xack(stream, keys.WORKERS_GROUP, *entry_ids)
         pipe.xdel(stream, *entry_ids)
-    forget_markers(pipe, prediction_ids)
-
-
-def forget_markers(pipe: Any, prediction_ids: Iterable[str]) -> None:
-    """Forget the markers of finished (or dead-lettered) predictions, in the ack transaction."""
     markers = [keys.queued_marker(p) for p in prediction_ids]
     if markers:
         pipe.delete(*markers)
