@@ -20,7 +20,8 @@ from typing import Any
 from uuid import uuid4
 
 from litestar.exceptions import HTTPException
-from redis.exceptions import LockError
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError, LockNotOwnedError
 from tortoise.functions import Count
 
 from app import archives, files, keys, predictions, quotas, text
@@ -130,37 +131,23 @@ async def _add_item(services: Services, collection: Collection, user: User, name
         services.kept.keep(str(item.id), image.pixels)
 
 
-class ReadingLock:
+def reading_lock(services: Services, collection_id: str) -> Lock:
     """Who reads a collection's archive: held by one web process, renewed as it reads. If that process
     stops, the lock lapses and another takes the reading over where it was left; a reader that finds it
     has lost the lock stops at once, so no entry is read twice."""
-
-    # Renew only a lock still ours (atomic): one that lapsed may be another reader's by now.
-    _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0"
-    _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-    def __init__(self, services: Services, collection_id: str) -> None:
-        self.redis = services.redis
-        self.key = keys.reading_lock(collection_id)
-        self.token = uuid4().hex
-        self.renewed = 0.0
-
-    async def take(self) -> bool:
-        self.renewed = time.monotonic()
-        return bool(await self.redis.set(self.key, self.token, nx=True, ex=READING_LOCK_S))
-
-    async def keep(self) -> bool:
-        """Renew the lock when a third of its time has passed; False if it is no longer ours."""
-        if time.monotonic() - self.renewed < READING_LOCK_S / 3:
-            return True
-        self.renewed = time.monotonic()
-        return bool(await self.redis.eval(self._RENEW, 1, self.key, self.token, READING_LOCK_S))
-
-    async def release(self) -> None:
-        await self.redis.eval(self._RELEASE, 1, self.key, self.token)
+    return services.redis.lock(keys.reading_lock(collection_id), timeout=READING_LOCK_S, blocking=False)
 
 
-async def _read_entries(services: Services, collection: Collection, path: Path, lock: ReadingLock) -> bool:
+async def _renewed(lock: Lock) -> bool:
+    """Renew a reading lock; False if it is no longer ours (it lapsed, and may be another reader's now)."""
+    try:
+        await lock.reacquire()
+    except LockNotOwnedError:
+        return False
+    return True
+
+
+async def _read_entries(services: Services, collection: Collection, path: Path, lock: Lock) -> bool:
     """Read the entries not read yet into items; False if the reading was taken over meanwhile. As many
     entries are checked at once as there are decode processes (one at a time left them idle between
     entries: 3.9-4.3 ms of the web side's CPU per image read against 3.1-3.8, measured), and their items
@@ -172,10 +159,13 @@ async def _read_entries(services: Services, collection: Collection, path: Path, 
         # One item per entry, in order: a reading taken over from a stopped process resumes after them.
         start = await Prediction.filter(collection=collection).count()
         ahead = services.settings.decode_processes
+        renewed = time.monotonic()  # just taken: it holds for READING_LOCK_S
         for first in range(start, len(reader), ahead):
-            if not await lock.keep():
-                log.warning("reading of collection %s was taken over by another process", collection.id)
-                return False
+            if time.monotonic() - renewed >= READING_LOCK_S / 3:
+                renewed = time.monotonic()
+                if not await _renewed(lock):
+                    log.warning("reading of collection %s was taken over by another process", collection.id)
+                    return False
             indices = range(first, min(first + ahead, len(reader)))
             entries = [await _entry(reader, index) for index in indices]
             outcomes = await asyncio.gather(*(_checked(services, user, data) for _, data in entries))
@@ -200,7 +190,7 @@ async def _entry(reader: archives.Reader, index: int) -> tuple[str, bytes | arch
         return name, exc
 
 
-async def read_archive(services: Services, collection: Collection, lock: ReadingLock) -> None:
+async def read_archive(services: Services, collection: Collection, lock: Lock) -> None:
     """Read a stored collection's images into items, holding its reading lock (in the background: see
     app/feeder.py)."""
     path = services.settings.upload_dir / collection.archive_path
@@ -213,7 +203,8 @@ async def read_archive(services: Services, collection: Collection, lock: Reading
         error = f"The archive could not be read to the end: {exc}"
     await Collection.filter(id=collection.id).update(status=CollectionStatus.CLASSIFYING, archive_path="", error=error)
     path.unlink(missing_ok=True)
-    await lock.release()
+    with contextlib.suppress(LockError):  # lapsed meanwhile: another's by now, or nobody's
+        await lock.release()
     services.nudge_feeder()
 
 

@@ -19,9 +19,8 @@ from litestar import Litestar
 from PIL import Image
 from redis.asyncio import Redis
 
-from app import keys
-from app.collections import ReadingLock
-from app.models import Collection, Prediction
+from app import collections, keys
+from app.models import Collection, CollectionStatus, Prediction, User
 from app.settings import Settings
 from tests import broken_zips, samples
 from tests.conftest import CountingClassifier, running_worker
@@ -354,19 +353,46 @@ async def test_reading_resumes_where_a_stopped_process_left_off(
     names = await Prediction.filter(collection_id=body["id"]).values_list("file_name", flat=True)
     assert sorted(names) == [name for name, _ in images]  # each once: none skipped, none twice
     assert counts == {"total": 30, "queued": 0, "done": 30, "failed": 0}  # each once: none skipped, none twice
+    assert not await redis.exists(keys.reading_lock(body["id"]))  # released by the reader that finished it
 
 
-async def test_a_reader_that_lost_its_lock_stops(app: Litestar, redis: Redis, client: Client) -> None:
+async def test_a_reader_that_lost_its_lock_mid_archive_stops_there(
+    app: Litestar, redis: Redis, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its lock lapsed while it read (its process stalled) and another process took the reading over: this
+    reader must read no further entry, nor release the other's lock, or entries would be read twice."""
     services = app.state.services
-    mine = ReadingLock(services, "some-collection")
-    assert await mine.take()
-    assert not await ReadingLock(services, "some-collection").take()  # held: nobody else reads it
-    await redis.set(keys.reading_lock("some-collection"), "another reader's")  # it lapsed and was taken over
-    mine.renewed = 0  # due for renewal
-    assert not await mine.keep()
-    await mine.release()  # not ours any more: left alone
-    assert await redis.get(keys.reading_lock("some-collection")) == b"another reader's"
-    await redis.delete(keys.reading_lock("some-collection"))
+    user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
+    data = samples.zipped({f"{i:02}.png": samples.photo(9500 + i, (16, 12), "PNG") for i in range(12)})
+    relative = f"{collections.ARCHIVES_DIR}/lost-lock.zip"
+    stored = services.settings.upload_dir / relative
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(data)
+    status = CollectionStatus.CLASSIFYING  # not READING yet: no feeder takes it before this test holds its lock
+    collection = await Collection.create(user=user, total=12, status=status, archive_path=relative)
+    mine = collections.reading_lock(services, str(collection.id))
+    assert await mine.acquire()
+    assert not await collections.reading_lock(services, str(collection.id)).acquire()  # held: nobody else reads it
+    await Collection.filter(id=collection.id).update(status=CollectionStatus.READING)  # the feeder leaves it to us
+    add_item = collections._add_item
+
+    async def taken_over_after_three(*args: Any) -> None:
+        await add_item(*args)
+        if await Prediction.filter(collection=collection).count() == 3:
+            await redis.set(keys.reading_lock(str(collection.id)), "another reader's", ex=60)
+            monkeypatch.setattr(collections, "READING_LOCK_S", 0.03)  # and this reader's renewal is due
+            await asyncio.sleep(0.02)
+
+    monkeypatch.setattr(collections, "_add_item", taken_over_after_three)
+    await collections.read_archive(services, collection, mine)
+    ahead = services.settings.decode_processes
+    assert await Prediction.filter(collection=collection).count() == -(-3 // ahead) * ahead  # that step's, no more
+    assert (await Collection.get(id=collection.id)).status == CollectionStatus.READING  # the other reader's to end
+    assert stored.exists()
+    assert await redis.get(keys.reading_lock(str(collection.id))) == b"another reader's"  # left alone
+    await redis.delete(keys.reading_lock(str(collection.id)))
+    await Collection.filter(id=collection.id).update(status=CollectionStatus.CLASSIFYING, archive_path="")
+    stored.unlink()
 
 
 async def test_entries_checked_side_by_side_are_recorded_in_their_order(
