@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -87,6 +88,30 @@ async def test_a_hung_inference_stops_the_worker_and_its_jobs_are_taken_over(
     async with running_worker(redis, classifier, settings):
         rows = await all_finished([str(p.id) for p, _ in made])
     assert [row.status for row in rows] == [Status.DONE] * 3
+
+
+async def test_a_worker_process_whose_inference_hangs_exits_for_another_to_start(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    """`python -m app.worker` itself, with the real model: past BATCH_TIMEOUT (here any inference) it exits
+    with WEDGED_EXIT, which `make run` starts another worker on; its heartbeat is gone and its job is left
+    for another worker, not acknowledged."""
+    await reset_queue(redis)
+    user = await a_user()
+    prediction, job = await queued(user, settings, 400)
+    await enqueue(redis, user.id, job)
+    env = os.environ | {"WORKER_NAME": "wedged", "INFERENCE_BACKEND": "tensorflow", "BATCH_TIMEOUT": "0.001"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app.worker", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output = (await asyncio.wait_for(process.communicate(), 300))[0].decode()
+    assert process.returncode == WEDGED_EXIT, output[-3000:]
+    assert "took more than BATCH_TIMEOUT" in output
+    assert not await redis.exists(keys.heartbeat("wedged"))
+    assert (await Prediction.get(id=prediction.id)).status == Status.QUEUED
+    async with running_worker(redis, classifier, settings):
+        rows = await all_finished([str(prediction.id)])
+    assert rows[0].status == Status.DONE
 
 
 async def test_a_database_outage_while_storing_fails_no_job(
