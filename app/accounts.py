@@ -69,8 +69,7 @@ async def register(email: str, password: str, name: str, address: str, throttle:
     if problem := name_problem(name):
         raise ClientException(problem)
     limit = throttle.sign_up_limit(address)
-    await throttle.refuse_past([limit], "sign-ups from this address")
-    await throttle.count([limit])
+    await throttle.take([limit], "sign-ups from this address")
     email, name = normalize_email(email), normalize_name(name)
     if await User.exists(email=email):
         raise EmailTaken("An account with this email already exists")
@@ -85,7 +84,7 @@ async def authenticate(email: str, password: str, address: str, throttle: Thrott
     password; 429 past the failed sign-in limits."""
     email = normalize_email(email)
     limits = throttle.sign_in_limits(email, address)
-    await throttle.refuse_past(limits, "failed sign-ins")
+    await throttle.take(limits, "failed sign-ins")  # counted as failed until it succeeds
     user = await User.get_or_none(email=email)
     if user is None:
         await passwords.verify_nobody(password)  # no user enumeration by timing
@@ -93,10 +92,10 @@ async def authenticate(email: str, password: str, address: str, throttle: Thrott
     else:
         ok, new_hash = await passwords.verify_password(user.password_hash, password)
     if not ok or user is None:
-        await throttle.count(limits)
         raise NotAuthorizedException(BAD_CREDENTIALS)
-    account, _ = limits
+    account, address_limit = limits
     await throttle.forget(account)  # a success clears the account's count; the address's runs on
+    await throttle.give_back(address_limit)  # without this attempt, which did not fail
     if new_hash:
         user.password_hash = new_hash
         await user.save(update_fields=["password_hash"])

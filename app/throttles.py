@@ -1,7 +1,9 @@
 """Limits on how often one account or one address may try something (sign in, sign up), counted in Redis.
 
 A window starts at its first event: SET NX EX creates the counter with its TTL and INCR keeps it (Redis
-6.2 has no EXPIRE ... NX). Past the limit: 429 with Retry-After, until the window ends.
+6.2 has no EXPIRE ... NX). Each attempt is counted before it is decided, in one step: attempts sent at once
+would otherwise all pass a check made before any of them was counted. Past the limit: 429 with
+Retry-After, until the window ends.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from app import keys
 from app.settings import Settings
 
 SIGN_UP_WINDOW = 3600  # REGISTRATIONS_PER_ADDRESS counts sign-ups per hour
+_GIVE_BACK = "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end return 0"
 
 
 @dataclass(frozen=True)
@@ -41,22 +44,25 @@ class Throttle:
     def sign_up_limit(self, address: str) -> Limit:
         return Limit(keys.register_throttle_address(address), self.settings.registrations_per_address, SIGN_UP_WINDOW)
 
-    async def refuse_past(self, limits: Sequence[Limit], what: str) -> None:
-        """429 if any of `limits` is used up."""
-        counts = await self.redis.mget([limit.key for limit in limits])
-        for limit, count in zip(limits, counts, strict=True):
-            if count is not None and int(count) >= limit.most:
-                retry = max(int(await self.redis.ttl(limit.key)), 1)
-                raise TooManyRequestsException(
-                    f"Too many {what}; try again in {retry} seconds", headers={"Retry-After": str(retry)}
-                )
-
-    async def count(self, limits: Sequence[Limit]) -> None:
+    async def take(self, limits: Sequence[Limit], what: str) -> None:
+        """Count one attempt against each of `limits`; 429 if that goes past any of them."""
         async with self.redis.pipeline(transaction=True) as pipe:
             for limit in limits:
                 pipe.set(limit.key, 0, ex=limit.window, nx=True)
                 pipe.incr(limit.key)
-            await pipe.execute()
+                pipe.ttl(limit.key)
+            replies = await pipe.execute()
+        for limit, count, ttl in zip(limits, replies[1::3], replies[2::3], strict=True):
+            if count > limit.most:
+                retry = max(int(ttl), 1)
+                raise TooManyRequestsException(
+                    f"Too many {what}; try again in {retry} seconds", headers={"Retry-After": str(retry)}
+                )
+
+    async def give_back(self, limit: Limit) -> None:
+        """Uncount an attempt that turned out not to count (a sign-in that succeeded); a window that ended
+        meanwhile is left gone (DECR would make a counter without a TTL)."""
+        await self.redis.eval(_GIVE_BACK, 1, limit.key)
 
     async def forget(self, limit: Limit) -> None:
         await self.redis.delete(limit.key)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,6 +21,14 @@ from tests.helpers import sign_up, unique_email
 
 Client = httpx.AsyncClient
 PASSWORD = "correct horse"
+
+
+@contextlib.asynccontextmanager
+async def from_address(app: Litestar, address: str) -> AsyncIterator[Client]:
+    """A client whose requests come from `address`: its throttles are its own."""
+    transport = httpx.ASGITransport(app=app, client=(address, 40001))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as prober:
+        yield prober
 
 
 def assert_error(response: httpx.Response, status: int) -> dict[str, object]:
@@ -99,6 +109,37 @@ async def test_failed_logins_are_throttled_per_account(client: Client, settings:
     response = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
     assert_error(response, 429)
     assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_failed_logins_sent_at_once_are_throttled_too(app: Litestar, client: Client, settings: Settings) -> None:
+    """Found in review: each attempt was checked against the count before any was counted, so 40 wrong
+    passwords sent at once all got their 401 (their check run) against a limit of 5."""
+    email = unique_email()
+    await sign_up(client, email)
+    async with from_address(app, "198.51.100.21") as prober:
+        answers = await asyncio.gather(
+            *(prober.post("/api/auth/login", json={"email": email, "password": f"wrong {i}"}) for i in range(20))
+        )
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [401] * settings.login_attempts_per_account + [429] * (20 - settings.login_attempts_per_account)
+
+
+async def test_successful_sign_ins_do_not_use_up_an_address(app: Litestar, client: Client) -> None:
+    """Only failures count against an address: an office behind one address signs in all day."""
+    email = unique_email()
+    await sign_up(client, email)
+    throttle = app.state.services.throttle
+    original = throttle.settings
+    throttle.settings = dataclasses.replace(original, login_attempts_per_address=2)
+    try:
+        async with from_address(app, "198.51.100.22") as office:
+            answers = [
+                await office.post("/api/auth/login", json={"email": email, "password": PASSWORD}) for _ in range(4)
+            ]
+            wrong = await office.post("/api/auth/login", json={"email": email, "password": "nope nope"})
+    finally:
+        throttle.settings = original
+    assert [a.status_code for a in answers] == [200] * 4 and wrong.status_code == 401
 
 
 async def test_failed_logins_are_throttled_per_address(client: Client, redis: object) -> None:
@@ -195,8 +236,7 @@ async def test_sign_ups_are_limited_per_address(app: Litestar, client: Client) -
     """Every attempt counts, a taken email (409) included: that bounds how fast anyone can probe for accounts."""
     throttle = app.state.services.throttle
     limit = 3
-    transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 40001))  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as prober:
+    async with from_address(app, "198.51.100.7") as prober:
         original = throttle.settings
         throttle.settings = dataclasses.replace(original, registrations_per_address=limit)
         try:
@@ -214,6 +254,25 @@ async def test_sign_ups_are_limited_per_address(app: Litestar, client: Client) -
     assert (
         await client.post("/api/auth/register", json={"email": unique_email(), "password": "x" * 10})
     ).status_code == 201
+
+
+async def test_sign_ups_sent_at_once_are_limited_too(app: Litestar, client: Client) -> None:
+    """Found in review: sign-ups sent at once all passed the check before any was counted (20 of 20
+    accounts made against a limit of 3)."""
+    throttle = app.state.services.throttle
+    original = throttle.settings
+    throttle.settings = dataclasses.replace(original, registrations_per_address=3)
+    try:
+        async with from_address(app, "198.51.100.23") as prober:
+            answers = await asyncio.gather(
+                *(
+                    prober.post("/api/auth/register", json={"email": unique_email(), "password": "correct horse"})
+                    for _ in range(20)
+                )
+            )
+    finally:
+        throttle.settings = original
+    assert sorted(a.status_code for a in answers) == [201] * 3 + [429] * 17
 
 
 async def test_unknown_and_known_emails_cost_the_same_check(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
