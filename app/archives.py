@@ -18,6 +18,8 @@ from typing import IO
 from litestar.exceptions import ClientException, HTTPException
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
+from app import text
+
 # A zip entry that expands more than this many times over is treated as a bomb.
 MAX_COMPRESSION_RATIO = 200
 # Archive entries that are not images of the user's: macOS resource forks, hidden files.
@@ -33,9 +35,10 @@ END64_LOCATOR = struct.Struct("<4sIQI")
 END64 = struct.Struct("<4sQ2H2I4Q")
 # An archive's directory may list folders too, up to as many as the files it may hold.
 RECORDS_PER_FILE = 2
-# Compression methods Python's zipfile reads; anything else (AES, PPMd, ...) is refused per entry.
+# Compression methods read; anything else (bzip2, LZMA, AES, PPMd, ...) is refused per entry. zipfile
+# expands a bzip2 or LZMA chunk whole, with no bound: 785 bytes of bzip2 became 1 GiB in the web process.
 CHUNK = 64 * 1024
-READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,8 @@ def images_in(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
 def _directory(data: bytes) -> tuple[int, int] | None:
     """Where the central directory starts and ends, as its end record says (ZIP64's where there is one);
     None where there is no end record (zipfile then says what is wrong)."""
-    end_at = data.rfind(ZIP_MAGIC[1], max(0, len(data) - END.size - 0xFFFF))
-    if end_at < 0 or len(data) < end_at + END.size:
+    end_at = _end_record(data)
+    if end_at < 0:
         return None
     size, stop = END.unpack_from(data, end_at)[5], end_at
     locator_at = end_at - END64_LOCATOR.size
@@ -99,6 +102,16 @@ def _directory(data: bytes) -> tuple[int, int] | None:
     ):
         size, stop = END64.unpack_from(data, end64_at)[8], end64_at
     return max(stop - size, 0), stop
+
+
+def _end_record(data: bytes) -> int:
+    """Where the end record is, found as zipfile finds it (or -1): at the very end if it is there, with no
+    comment, else the last one within a comment's reach. Found otherwise, a record whose directory
+    offset holds the end record's own signature hid a directory that zipfile still read whole."""
+    if data[-END.size : -END.size + 4] == ZIP_MAGIC[1] and data[-2:] == b"\x00\x00":
+        return len(data) - END.size
+    end_at = data.rfind(ZIP_MAGIC[1], max(0, len(data) - END.size - (1 << 16)))
+    return end_at if 0 <= end_at <= len(data) - END.size else -1
 
 
 def listed_records(data: bytes, most: int) -> int:
@@ -139,8 +152,9 @@ def check_zip(data: bytes, max_files: int, max_bytes: int) -> list[zipfile.ZipIn
 def wanted(uploads: list[Upload]) -> list[Upload]:
     """The uploads meant as images (or archives of them), as they will be packed and read: hidden files
     and resource forks left out, as in an archive, and no name ending in '/', which a zip takes for a
-    folder's."""
-    return [Upload(u.name.rstrip("/") or "file", u.data) for u in uploads if not skipped(u.name)]
+    folder's, nor with control characters (a zip cuts a name at a NUL: 'x/\\0y.jpg' became a folder)."""
+    named = [Upload(text.clean_file_name(u.name).rstrip("/") or "file", u.data) for u in uploads]
+    return [u for u in named if not skipped(u.name)]
 
 
 def count_images(uploads: list[Upload], max_files: int, max_bytes: int) -> int:

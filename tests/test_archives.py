@@ -11,7 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from app.archives import CollectionRejected, EntryUnreadable, Reader, Upload, check_zip, count_images, pack, wanted
+from app.archives import (
+    CollectionRejected,
+    EntryUnreadable,
+    Reader,
+    Upload,
+    check_zip,
+    count_images,
+    listed_records,
+    pack,
+    read_entry,
+    wanted,
+)
 from app.exports import RESULT_CSV_COLUMNS, to_csv
 from tests import broken_zips, samples
 
@@ -111,6 +122,46 @@ def test_a_directory_of_many_entries_is_refused_before_it_is_parsed() -> None:
     assert peak < 1_000_000, peak
 
 
+def disguised(archive: bytes) -> bytes:
+    """The end record's directory offset (which zipfile does not need) set to the end record's signature."""
+    at = len(archive) - 22 + 16
+    return archive[:at] + b"PK\x05\x06" + archive[at + 4 :]
+
+
+@pytest.mark.parametrize(
+    "archive",
+    [disguised(directory_only(50)), directory_only(50) + bytes(1 << 16)],
+    ids=["signature-in-the-end-record", "end-record-a-comment's-reach-away"],
+)
+def test_the_directory_is_found_where_zipfile_finds_it(archive: bytes) -> None:
+    """Found in review: these end records were found by zipfile but not by the count of records, which then
+    counted none, and zipfile parsed the whole directory (300,000 records: 147 MiB and 20 s)."""
+    assert len(zipfile.ZipFile(io.BytesIO(archive)).infolist()) == 50
+    assert listed_records(archive, 20) == 21
+    with pytest.raises(CollectionRejected, match="more than 20 entries"):
+        check_zip(archive, 10, 10_000)
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA], ids=["bzip2", "lzma"])
+def test_an_entry_of_a_method_zipfile_expands_unbounded_is_not_read(method: int) -> None:
+    """Found in review: zipfile expands a bzip2 or LZMA chunk whole, whatever size the entry states: 785
+    bytes of bzip2 stating 157 kB (within the ratio allowed) became 1 GiB in the web process."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as written:
+        written.writestr("bomb.jpg", bytes(16 << 20), compress_type=method)
+    archive = zipfile.ZipFile(buffer)
+    (entry,) = archive.infolist()
+    entry.file_size = 100 * entry.compress_size  # what its directory may state
+    tracemalloc.start()
+    try:
+        with pytest.raises(EntryUnreadable, match="Unsupported compression"):
+            read_entry(archive, entry, 10_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+
+
 @pytest.mark.parametrize("shape", [s for s in broken_zips.SHAPES if s != "not-an-image"])
 def test_each_broken_entry_is_reported_and_the_rest_are_read(tmp_path: Path, shape: str) -> None:
     make, bad_name, reason = broken_zips.SHAPES[shape]
@@ -153,6 +204,15 @@ def test_uploads_are_counted_as_they_are_packed(tmp_path: Path) -> None:
     assert count_images(uploads, 10, 10_000) == 2
     (tmp_path / "p.zip").write_bytes(pack(uploads))
     assert read_all(tmp_path / "p.zip", packed=True) == [("x.png", b"X"), ("sub", b"S")]
+
+
+def test_an_upload_named_with_a_nul_is_packed_and_read(tmp_path: Path) -> None:
+    """Found in review: a zip cuts a name at its first NUL, so 'x/\\0y.jpg' was counted as an image and then
+    packed as the folder 'x/', which reading skips: the image was lost unsaid."""
+    uploads = wanted([Upload("x/\0y.jpg", b"Y"), Upload("ok.jpg", b"K")])
+    assert count_images(uploads, 10, 10_000) == 2
+    (tmp_path / "p.zip").write_bytes(pack(uploads))
+    assert read_all(tmp_path / "p.zip", packed=True) == [("x/y.jpg", b"Y"), ("ok.jpg", b"K")]
 
 
 def test_packed_uploads_open_their_archives_one_level_deep(tmp_path: Path) -> None:
