@@ -157,9 +157,10 @@ def wanted(uploads: list[Upload]) -> list[Upload]:
     return [u for u in named if not skipped(u.name)]
 
 
-def count_images(uploads: list[Upload], max_files: int, max_bytes: int) -> int:
-    """How many images the uploads (`wanted`) hold, each zip archive judged from its central directory.
-    The archives share one budget of expanded bytes, so several of them hold no more than one may."""
+def count_images(uploads: list[Upload], max_files: int, max_bytes: int) -> tuple[int, int]:
+    """How many images the uploads (`wanted`) hold, and their bytes once expanded, each zip archive judged
+    from its central directory. The archives share one budget of expanded bytes, so several of them hold
+    no more than one may."""
     count, used = 0, 0
     for upload in uploads:
         if is_archive(upload):
@@ -169,7 +170,7 @@ def count_images(uploads: list[Upload], max_files: int, max_bytes: int) -> int:
         else:
             count += 1
             used += len(upload.data)
-    return count
+    return count, used
 
 
 def pack(uploads: list[Upload]) -> bytes:

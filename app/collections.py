@@ -26,6 +26,7 @@ from tortoise.functions import Count
 
 from app import archives, files, keys, predictions, quotas, text
 from app.archives import Upload, refuse
+from app.background import Every
 from app.exports import to_csv
 from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.predictions import Accepted
@@ -54,7 +55,7 @@ async def create(services: Services, user: User, uploads: list[Upload], name: st
         raise refuse("Send at least one image: several `files`, or one zip `archive`")
     uploads = archives.wanted(uploads)
     limit = settings.max_collection_files
-    total = await asyncio.to_thread(archives.count_images, uploads, limit, settings.max_collection_bytes)
+    total, expanded = await asyncio.to_thread(archives.count_images, uploads, limit, settings.max_collection_bytes)
     if total == 0:
         raise refuse("There is nothing to classify: the files chosen hold no images")
     if total > limit:
@@ -65,32 +66,41 @@ async def create(services: Services, user: User, uploads: list[Upload], name: st
     if not await lock.acquire():
         raise quotas.too_many("Another collection of yours is being started; send this one once it is", 5, {})
     try:
-        return await _start(services, user, uploads, name, total)
+        return await _start(services, user, uploads, name, (total, expanded))
     finally:
         with contextlib.suppress(LockError):  # lapsed while a large upload was stored: nothing to release
             await lock.release()
 
 
-async def _start(services: Services, user: User, uploads: list[Upload], name: str, total: int) -> Collection:
-    """Within the quotas: store the uploads and create the collection, to be read in the background."""
-    settings = services.settings
-    size = sum(len(u.data) for u in uploads)
-    await quotas.check_collection(services, user, total, size)
+async def _start(
+    services: Services, user: User, uploads: list[Upload], name: str, contents: tuple[int, int]
+) -> Collection:
+    """Within the quotas: store the uploads and create the collection, to be read in the background.
+    `contents`: its images, and their bytes once expanded, which it holds against the storage quota while it
+    is read (its archive's bytes where they are more); the images are then stored as they are read."""
+    total, expanded = contents
+    reserved = max(sum(len(u.data) for u in uploads), expanded)
+    await quotas.check_collection(services, user, total, reserved)
     packed = not (len(uploads) == 1 and archives.is_archive(uploads[0]))
     data = await asyncio.to_thread(archives.pack, uploads) if packed else uploads[0].data
     collection_id = uuid4()
     relative = f"{ARCHIVES_DIR}/{collection_id}{PACKED_SUFFIX if packed else '.zip'}"
-    await asyncio.to_thread(files.write_atomic, settings.upload_dir / relative, data)
+    stored = services.settings.upload_dir / relative
+    await asyncio.to_thread(files.write_atomic, stored, data)
+    try:
+        collection = await Collection.create(
+            id=collection_id,
+            user=user,
+            name=name,
+            total=total,
+            status=CollectionStatus.READING,
+            archive_path=relative,
+            archive_bytes=reserved,
+        )
+    except BaseException:  # no row would ever point at the archive: nothing would remove it
+        stored.unlink(missing_ok=True)
+        raise
     services.disk.wrote(len(data))
-    collection = await Collection.create(
-        id=collection_id,
-        user=user,
-        name=name,
-        total=total,
-        status=CollectionStatus.READING,
-        archive_path=relative,
-        archive_bytes=len(data),
-    )
     services.nudge_feeder()
     return collection
 
@@ -110,14 +120,22 @@ async def _add_failed(services: Services, collection: Collection, name: str, dat
     )
 
 
+class ReadingPaused(Exception):
+    """The server cannot take an image now (its store full or failing, its shared memory full): not the
+    image's fault, so no item fails for it. The reading stops, its lock is left to lapse, and the next
+    reader resumes it then."""
+
+
 async def _checked(services: Services, user: User, data: bytes | archives.EntryUnreadable) -> Accepted | str:
     """An entry checked and stored as an upload is (predictions.accept), or why it was refused or unreadable."""
     if isinstance(data, archives.EntryUnreadable):
         return str(data)
     try:
         return await predictions.accept(services, user, data)
-    except HTTPException as exc:  # not an image, too costly to decode, or over a storage quota
-        return str(exc.detail)
+    except HTTPException as exc:
+        if exc.status_code >= 500:  # made for good, a failed item would lose an image a retry can read
+            raise ReadingPaused(str(exc.detail)) from exc
+        return str(exc.detail)  # not an image, or too costly to decode
 
 
 async def _add_item(services: Services, collection: Collection, user: User, name: str, outcome: Accepted) -> None:
@@ -131,23 +149,43 @@ async def _add_item(services: Services, collection: Collection, user: User, name
         services.kept.keep(str(item.id), image.pixels)
 
 
-def reading_lock(services: Services, collection_id: str) -> Lock:
+def reading_lock_of(services: Services, collection_id: str) -> Lock:
     """Who reads a collection's archive: held by one web process, renewed as it reads. If that process
     stops, the lock lapses and another takes the reading over where it was left; a reader that finds it
     has lost the lock stops at once, so no entry is read twice."""
     return services.redis.lock(keys.reading_lock(collection_id), timeout=READING_LOCK_S, blocking=False)
 
 
-async def _renewed(lock: Lock) -> bool:
-    """Renew a reading lock; False if it is no longer ours (it lapsed, and may be another reader's now)."""
-    try:
-        await lock.reacquire()
-    except LockNotOwnedError:
-        return False
-    return True
+class Holding:
+    """A reading lock held as an archive is read: renewed in the background every third of its time (a
+    slow step does not let it lapse), and known to be ours while its last renewal is younger than two
+    thirds of its time. Each step's items are recorded only if it still is, so a step that outlived the
+    lock (its process stalled) records nothing that the reader who took over will read again."""
+
+    def __init__(self, lock: Lock) -> None:
+        self.lock = lock
+        self.renewed = time.monotonic()  # just taken
+        self._renewing = Every(READING_LOCK_S / 3, self._renew, name="reading-lock", wait_first=True)
+
+    async def _renew(self) -> None:
+        sent = time.monotonic()
+        await self.lock.reacquire()
+        self.renewed = sent
+
+    async def still_ours(self) -> bool:
+        if time.monotonic() - self.renewed < READING_LOCK_S * 2 / 3:
+            return True
+        try:
+            await self._renew()
+        except LockNotOwnedError:  # it lapsed, and may be another reader's by now
+            return False
+        return True
+
+    async def stop(self) -> None:
+        await self._renewing.stop()
 
 
-async def _read_entries(services: Services, collection: Collection, path: Path, lock: Lock) -> bool:
+async def _read_entries(services: Services, collection: Collection, path: Path, holding: Holding) -> bool:
     """Read the entries not read yet into items; False if the reading was taken over meanwhile. As many
     entries are checked at once as there are decode processes (one at a time left them idle between
     entries: 3.9-4.3 ms of the web side's CPU per image read against 3.1-3.8, measured), and their items
@@ -159,16 +197,13 @@ async def _read_entries(services: Services, collection: Collection, path: Path, 
         # One item per entry, in order: a reading taken over from a stopped process resumes after them.
         start = await Prediction.filter(collection=collection).count()
         ahead = services.settings.decode_processes
-        renewed = time.monotonic()  # just taken: it holds for READING_LOCK_S
         for first in range(start, len(reader), ahead):
-            if time.monotonic() - renewed >= READING_LOCK_S / 3:
-                renewed = time.monotonic()
-                if not await _renewed(lock):
-                    log.warning("reading of collection %s was taken over by another process", collection.id)
-                    return False
             indices = range(first, min(first + ahead, len(reader)))
             entries = [await _entry(reader, index) for index in indices]
             outcomes = await asyncio.gather(*(_checked(services, user, data) for _, data in entries))
+            if not await holding.still_ours():
+                log.warning("reading of collection %s was taken over by another process", collection.id)
+                return False
             for (name, data), outcome in zip(entries, outcomes, strict=True):
                 if isinstance(outcome, str):
                     await _add_failed(services, collection, name, data if isinstance(data, bytes) else b"", outcome)
@@ -194,13 +229,22 @@ async def read_archive(services: Services, collection: Collection, lock: Lock) -
     """Read a stored collection's images into items, holding its reading lock (in the background: see
     app/feeder.py)."""
     path = services.settings.upload_dir / collection.archive_path
-    error = None
+    error, holding = None, Holding(lock)
     try:
-        if not await _read_entries(services, collection, path, lock):
+        if collection.error:  # a pause's, said while it lasted
+            await Collection.filter(id=collection.id).update(error=None)
+        if not await _read_entries(services, collection, path, holding):
             return
-    except (OSError, HTTPException) as exc:  # the stored archive is gone or damaged since it was checked
+    except ReadingPaused as exc:
+        log.warning("reading of collection %s paused (%s): it resumes once its lock lapses", collection.id, exc)
+        paused = f"Reading paused: {exc} It resumes by itself."
+        await Collection.filter(id=collection.id).update(error=paused)
+        return
+    except (OSError, archives.CollectionRejected) as exc:  # the stored archive is gone or damaged since
         log.warning("could not read collection %s", collection.id, exc_info=True)
         error = f"The archive could not be read to the end: {exc}"
+    finally:
+        await holding.stop()
     await Collection.filter(id=collection.id).update(status=CollectionStatus.CLASSIFYING, archive_path="", error=error)
     path.unlink(missing_ok=True)
     with contextlib.suppress(LockError):  # lapsed meanwhile: another's by now, or nobody's

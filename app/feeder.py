@@ -25,7 +25,7 @@ from tortoise.functions import Count
 
 from app import images, keys
 from app.background import Every
-from app.collections import read_archive, reading_lock
+from app.collections import read_archive, reading_lock_of
 from app.jobs import producer
 from app.jobs.protocol import Job
 from app.jobs.results import publish_result
@@ -232,7 +232,7 @@ class Feeder:
         self.reading = {k: t for k, t in self.reading.items() if not t.done()}
         for collection in await Collection.filter(status=CollectionStatus.READING):
             key = str(collection.id)
-            lock = reading_lock(self.services, key)
+            lock = reading_lock_of(self.services, key)
             if key not in self.reading and await lock.acquire():
                 self.reading[key] = asyncio.create_task(read_archive(self.services, collection, lock), name="reading")
 

@@ -52,8 +52,9 @@ class Collection(Model):
     status = fields.CharEnumField(CollectionStatus, max_length=12, default=CollectionStatus.CLASSIFYING, db_index=True)
     # The stored archive while it is read in the background (relative to UPLOAD_DIR); "" once read.
     archive_path = fields.CharField(max_length=255, default="")
-    # Its size: it counts toward the person's stored bytes. A database default too, so a web process of the
-    # release before (a rolling upgrade) can still create collections once the column is there.
+    # What it counts toward the person's stored bytes while it is read: its images' bytes once expanded (its
+    # archive's where they are more). A database default too, so a web process of the release before (a
+    # rolling upgrade) can still create collections once the column is there.
     archive_bytes = fields.BigIntField(default=0, db_default=0)
     error = fields.TextField(null=True)  # why reading the archive stopped, if it did
     created_at = fields.DatetimeField(auto_now_add=True, db_index=True)

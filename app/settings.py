@@ -129,7 +129,7 @@ class Settings:
     quota_collections: int = Field(default=3, description="Per user: most collections in progress (429)")
     quota_images_per_day: int = Field(default=20_000, description="Per user: most images in 24 hours (429)")
     quota_stored_bytes: int = Field(
-        default=2 * 1024**3, description="Per user: most bytes of originals and unread archives kept (413)"
+        default=2 * 1024**3, description="Per user: most bytes of originals and unread collections' images (413)"
     )
     max_stored_bytes: int = Field(default=50 * 1024**3, description="The most bytes kept under `UPLOAD_DIR`")
     stored_high_water: float = Field(default=0.9, description="Past this part of `MAX_STORED_BYTES`, uploads get 507")

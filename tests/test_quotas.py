@@ -4,6 +4,7 @@ UPLOAD_DIR: each refusal says the numbers, with Retry-After where waiting helps.
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from litestar import Litestar
 from litestar.exceptions import ClientException, TooManyRequestsException
+from PIL import Image
 from redis.asyncio import Redis
 
 from app import keys, quotas, usage
@@ -233,6 +235,25 @@ async def test_a_started_collection_records_its_archive_size(
     assert response.status_code == 202, response.text
     collection = await Collection.get(id=response.json()["id"])
     assert collection.archive_bytes >= sum(len(f[1][1]) for f in files)
+
+
+async def test_a_collection_counts_against_the_storage_quota_as_its_images_expanded(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, no_worker: None
+) -> None:
+    """Found in review: the quota was checked against the archive's bytes, while its images are stored
+    expanded as they are read: 279 kB of zipped BMPs stored 24 MB past a quota of 2 MB."""
+    pattern = [Image.open(io.BytesIO(samples.photo(13_100 + i, (300, 200), "PNG"))) for i in range(4)]
+    images = {f"{i}.bmp": samples.encode(image, "BMP") for i, image in enumerate(pattern)}
+    archive = samples.zipped(images)
+    expanded = sum(len(data) for data in images.values())
+    assert expanded > 50 * len(archive)
+    with changed(app, settings, quota_stored_bytes=expanded - 1):
+        refused = await client.post("/api/collections", headers=auth, files={"archive": ("a.zip", archive)})
+    assert_refusal(refused, 413, "stored_bytes", 0, expanded - 1)
+    with changed(app, settings, quota_stored_bytes=expanded):
+        accepted = await client.post("/api/collections", headers=auth, files={"archive": ("a.zip", archive)})
+    assert accepted.status_code == 202, accepted.text
+    assert (await Collection.get(id=accepted.json()["id"])).archive_bytes == expanded  # held while it is read
 
 
 async def test_an_accepted_upload_records_its_size(

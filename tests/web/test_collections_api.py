@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import io
@@ -10,6 +11,7 @@ import os
 import secrets
 import time
 import zipfile
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,8 +20,10 @@ import pytest
 from litestar import Litestar
 from PIL import Image
 from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
+from tortoise.exceptions import DBConnectionError
 
-from app import collections, keys
+from app import collections, keys, predictions, quotas
 from app.models import Collection, CollectionStatus, Prediction, User
 from app.settings import Settings
 from tests import broken_zips, samples
@@ -356,43 +360,133 @@ async def test_reading_resumes_where_a_stopped_process_left_off(
     assert not await redis.exists(keys.reading_lock(body["id"]))  # released by the reader that finished it
 
 
-async def test_a_reader_that_lost_its_lock_mid_archive_stops_there(
-    app: Litestar, redis: Redis, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Its lock lapsed while it read (its process stalled) and another process took the reading over: this
-    reader must read no further entry, nor release the other's lock, or entries would be read twice."""
+@contextlib.asynccontextmanager
+async def held_collection(
+    app: Litestar, client: Client, auth: dict[str, str], images: int
+) -> AsyncIterator[tuple[Collection, Lock]]:
+    """A stored collection of `images` PNGs, READING, whose reading lock this test holds (so no feeder
+    reads it): the test calls `read_archive` itself. Its lock is then another reader's: the test's `mine`
+    is given one that is taken over as the test says."""
     services = app.state.services
     user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
-    data = samples.zipped({f"{i:02}.png": samples.photo(9500 + i, (16, 12), "PNG") for i in range(12)})
-    relative = f"{collections.ARCHIVES_DIR}/lost-lock.zip"
+    data = samples.zipped({f"{i:02}.png": samples.photo(9500 + i, (16, 12), "PNG") for i in range(images)})
+    relative = f"{collections.ARCHIVES_DIR}/{secrets.token_hex(8)}.zip"
     stored = services.settings.upload_dir / relative
     stored.parent.mkdir(parents=True, exist_ok=True)
     stored.write_bytes(data)
     status = CollectionStatus.CLASSIFYING  # not READING yet: no feeder takes it before this test holds its lock
-    collection = await Collection.create(user=user, total=12, status=status, archive_path=relative)
-    mine = collections.reading_lock(services, str(collection.id))
+    collection = await Collection.create(user=user, total=images, status=status, archive_path=relative)
+    mine = collections.reading_lock_of(services, str(collection.id))
     assert await mine.acquire()
-    assert not await collections.reading_lock(services, str(collection.id)).acquire()  # held: nobody else reads it
+    assert not await collections.reading_lock_of(services, str(collection.id)).acquire()  # held: nobody else reads it
     await Collection.filter(id=collection.id).update(status=CollectionStatus.READING)  # the feeder leaves it to us
-    add_item = collections._add_item
+    try:
+        yield collection, mine
+    finally:
+        await services.redis.delete(keys.reading_lock(str(collection.id)))
+        await Collection.filter(id=collection.id).update(status=CollectionStatus.CLASSIFYING, archive_path="")
+        stored.unlink(missing_ok=True)
 
-    async def taken_over_after_three(*args: Any) -> None:
-        await add_item(*args)
-        if await Prediction.filter(collection=collection).count() == 3:
-            await redis.set(keys.reading_lock(str(collection.id)), "another reader's", ex=60)
-            monkeypatch.setattr(collections, "READING_LOCK_S", 0.03)  # and this reader's renewal is due
-            await asyncio.sleep(0.02)
 
-    monkeypatch.setattr(collections, "_add_item", taken_over_after_three)
-    await collections.read_archive(services, collection, mine)
-    ahead = services.settings.decode_processes
-    assert await Prediction.filter(collection=collection).count() == -(-3 // ahead) * ahead  # that step's, no more
+async def taken_over(redis: Redis, collection: Collection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader's process stalls until its lock lapses and another reader takes the reading over."""
+    await redis.set(keys.reading_lock(str(collection.id)), "another reader's", ex=60)
+    monkeypatch.setattr(collections, "READING_LOCK_S", 0.03)  # the stall: its last renewal is long past
+    await asyncio.sleep(0.05)
+
+
+async def assert_left_to_the_other(app: Litestar, redis: Redis, collection: Collection, items: int) -> None:
+    assert await Prediction.filter(collection=collection).count() == items
     assert (await Collection.get(id=collection.id)).status == CollectionStatus.READING  # the other reader's to end
-    assert stored.exists()
+    assert (app.state.services.settings.upload_dir / collection.archive_path).exists()
     assert await redis.get(keys.reading_lock(str(collection.id))) == b"another reader's"  # left alone
-    await redis.delete(keys.reading_lock(str(collection.id)))
-    await Collection.filter(id=collection.id).update(status=CollectionStatus.CLASSIFYING, archive_path="")
-    stored.unlink()
+
+
+async def test_a_reader_that_lost_its_lock_mid_archive_stops_there(
+    app: Litestar, redis: Redis, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its lock lapsed while it read (its process stalled) and another process took the reading over: this
+    reader must record no further entry, nor release the other's lock, or entries would be read twice."""
+    add_item = collections._add_item
+    async with held_collection(app, client, auth, 12) as (collection, mine):
+
+        async def taken_over_after_three(*args: Any) -> None:
+            await add_item(*args)
+            if await Prediction.filter(collection=collection).count() == 3:
+                await taken_over(redis, collection, monkeypatch)
+
+        monkeypatch.setattr(collections, "_add_item", taken_over_after_three)
+        await collections.read_archive(app.state.services, collection, mine)
+        ahead = app.state.services.settings.decode_processes
+        await assert_left_to_the_other(app, redis, collection, -(-3 // ahead) * ahead)  # that step's, no more
+
+
+async def test_a_step_that_outlived_its_reading_lock_records_nothing(
+    app: Litestar, redis: Redis, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the lock was checked before a step's entries were checked, not before their items
+    were recorded, so a step that outlived the lock recorded items that the reader who took over read again
+    (8 items for 6 images)."""
+    checked, calls = collections._checked, []
+    ahead = app.state.services.settings.decode_processes
+    async with held_collection(app, client, auth, 6) as (collection, mine):
+
+        async def stalled_in_the_second_step(*args: Any) -> Any:
+            calls.append(args)
+            if len(calls) == ahead + 1:
+                await taken_over(redis, collection, monkeypatch)
+            return await checked(*args)
+
+        monkeypatch.setattr(collections, "_checked", stalled_in_the_second_step)
+        await collections.read_archive(app.state.services, collection, mine)
+        await assert_left_to_the_other(app, redis, collection, ahead)  # the first step's only
+
+
+async def test_an_archive_whose_collection_cannot_be_recorded_is_not_left_behind(
+    app: Litestar, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the archive was stored before its row was made; when the database refused the row,
+    the request answered 503 and the archive stayed for good, pointed at by nothing."""
+    stored = app.state.services.settings.upload_dir / collections.ARCHIVES_DIR
+    before = set(stored.glob("*"))
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise DBConnectionError("the database went away")
+
+    monkeypatch.setattr(Collection, "create", refused)
+    images = [(f"{i}.png", samples.photo(9600 + i, (16, 12), "PNG")) for i in range(2)]
+    response = await client.post("/api/collections", headers=auth, files=as_files(images))
+    assert response.status_code == 503, response.text
+    assert set(stored.glob("*")) - before == set()
+
+
+async def test_a_store_full_for_a_while_pauses_the_reading_and_fails_no_image(
+    app: Litestar, client: Client, auth: dict[str, str], worker: CountingClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a 507 (the store past its mark) or a 503 while an archive was read failed each of
+    its images for good, and the archive was removed: 120 failed items for images nothing was wrong with."""
+    monkeypatch.setattr(collections, "READING_LOCK_S", 1)  # a paused reading resumes once its lock lapses
+    accept, full = predictions.accept, asyncio.Event()
+    full.set()
+
+    async def store_full_for_a_while(*args: Any) -> Any:
+        if full.is_set():
+            raise quotas.StorageFull(detail="The image store is full")
+        return await accept(*args)
+
+    monkeypatch.setattr(predictions, "accept", store_full_for_a_while)
+    images = [(f"{i}.png", samples.photo(9610 + i, (16, 12), "PNG")) for i in range(6)]
+    body = await create(client, auth, files=as_files(images))
+
+    async def paused() -> bool:
+        return str((await described(client, auth, body["id"]))["error"]).startswith("Reading paused")
+
+    await eventually(paused, seconds=30, what="the reading paused")
+    assert (await described(client, auth, body["id"]))["status"] == "reading"
+    assert await Prediction.filter(collection_id=body["id"]).count() == 0  # no image failed
+    full.clear()
+    assert await finished(client, auth, body["id"]) == {"total": 6, "queued": 0, "done": 6, "failed": 0}
+    assert (await described(client, auth, body["id"]))["error"] is None
 
 
 async def test_entries_checked_side_by_side_are_recorded_in_their_order(
