@@ -11,6 +11,7 @@ from pathlib import Path
 
 from litestar import Litestar, Router
 from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.htmx import HTMXPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -38,7 +39,7 @@ from app.web.contract import ApiContract
 from app.web.costs import measure_uploads
 from app.web.errors import handle
 from app.web.headers import security_headers
-from app.web.limits import LimitedRequest, RequestLimits, parse_forms
+from app.web.limits import LARGEST_BODIES_HELD, BodiesHeld, BodyBudget, LimitedRequest, RequestLimits, parse_forms
 from app.web.pages import accounts as account_pages
 from app.web.pages import admin, classify, history
 from app.web.pages import collections as collection_pages
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
             await db.close_db()
 
+    bodies = BodiesHeld(LARGEST_BODIES_HELD * (settings.max_collection_bytes + MULTIPART_OVERHEAD))
     return Litestar(
         route_handlers=[
             *accounts_api.routes,
@@ -117,10 +119,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         lifespan=[lifespan],
         on_app_init=[jwt_auth.on_app_init, measure_uploads],
-        state=State({"jwt_auth": jwt_auth, "settings": settings, "signed_in": SignedIn()}),
+        state=State({"jwt_auth": jwt_auth, "settings": settings, "signed_in": SignedIn(), "bodies": bodies}),
         plugins=[HTMXPlugin(), ApiContract(jwt_auth)],
         middleware=[
             RequestLimits,
+            DefineMiddleware(BodyBudget, bodies=bodies),
             PrometheusConfig(
                 app_name="app", prefix="app", group_path=True, exclude=["^/metrics", "^/static"]
             ).middleware,

@@ -50,7 +50,8 @@ ERROR_DESCRIPTIONS = {
     415: f"Not a supported image: send {ACCEPTED}",
     429: "Too many sign-ins or sign-ups from here, or past a quota (`extra` has the numbers): see `Retry-After`",
     431: "Too many or too large headers",
-    503: "No worker yet, the queue is full, or a service this depends on is down; retry after `Retry-After`",
+    503: "No worker yet, the queue is full, the server holds as many uploads as it can, or a service this"
+    " depends on is down; retry after `Retry-After`",
     504: "No result within the wait timeout: fetch the prediction later from `Location` (its id is in `extra`)",
     507: "The image store is full until an administrator frees space",
 }

@@ -1,10 +1,12 @@
 """Bounds on what one request may be, checked before any handler runs: header count and size (431),
 control characters in the path and query (400), JSON nesting depth (400), URL-encoded form size, field
-count and encoding (413, 400). Other body sizes are Litestar's `request_max_body_size` (see app/web/app.py)."""
+count and encoding (413, 400). Other body sizes are Litestar's `request_max_body_size` (see app/web/app.py);
+the bytes of all the bodies a process holds at once, `BodyBudget` (503)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
@@ -13,8 +15,12 @@ from litestar.datastructures import FormMultiDict
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import ClientException, HTTPException
 from litestar.plugins.htmx import HTMXRequest
-from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE, HTTP_431_REQUEST_HEADER_FIELDS_TOO_LARGE
-from litestar.types import ASGIApp, Empty, Receive, Scope, Send
+from litestar.status_codes import (
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_431_REQUEST_HEADER_FIELDS_TOO_LARGE,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+from litestar.types import ASGIApp, Empty, Receive, ReceiveMessage, Scope, Send
 
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16 * 1024  # names and values together: browsers send 1-3 kB
@@ -22,6 +28,9 @@ MAX_JSON_DEPTH = 32  # every body the API takes is 3 levels deep
 # The largest form a page sends is feedback: a 1,000-character comment is at most 12 kB percent-encoded.
 MAX_FORM_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 20  # the pages' forms have at most 6
+# A web process holds at most this many of the largest bodies (a collection's) at once, counted in bytes.
+LARGEST_BODIES_HELD = 2
+BUSY_RETRY_S = 10
 _CONTROL_BYTES = bytes(range(0x20)) + b"\x7f"
 
 
@@ -52,6 +61,52 @@ class RequestLimits:
             check_headers(list(scope["headers"]))
             check_target(scope["path"], scope.get("query_string", b""))
         await self.app(scope, receive, send)
+
+
+@dataclass
+class BodiesHeld:
+    """The bytes of request bodies a web process holds, and the most it may (one count for the process:
+    Litestar makes a middleware instance per route)."""
+
+    budget: int
+    held: int = 0
+
+
+class BodyBudget:
+    """Middleware: the bytes of request bodies a web process holds at once, counted as they arrive, bounded
+    by a budget; a request whose bytes would pass it is answered 503 with Retry-After, and nothing of it is
+    kept. Each request was bounded on its own (`request_max_body_size`), but not all of them together: ten
+    512 MB collections sent at once were all held. Counted as received, not as declared, so a client that
+    declares much and sends little holds no room."""
+
+    def __init__(self, app: ASGIApp, bodies: BodiesHeld) -> None:
+        self.app = app
+        self.bodies = bodies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        bodies, mine = self.bodies, 0
+
+        async def counted() -> ReceiveMessage:
+            nonlocal mine
+            message = await receive()
+            size = len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            if bodies.held + size > bodies.budget:
+                raise HTTPException(
+                    status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                    detail="The server is receiving as many uploads as it can hold just now; try again shortly",
+                    headers={"Retry-After": str(BUSY_RETRY_S)},
+                )
+            mine += size
+            bodies.held += size
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            bodies.held -= mine
 
 
 def parse_form(body: bytes) -> dict[str, str | list[str]]:
