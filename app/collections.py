@@ -65,10 +65,13 @@ async def create(services: Services, user: User, uploads: list[Upload], name: st
     lock = services.redis.lock(keys.collection_start(user.id), STARTING_LOCK_S, blocking_timeout=STARTING_LOCK_S)
     if not await lock.acquire():
         raise quotas.too_many("Another collection of yours is being started; send this one once it is", 5, {})
+    # Renewed while a large upload is stored: lapsed, it let the next start pass the quotas before this row was made.
+    renewing = Every(STARTING_LOCK_S / 3, lock.reacquire, name="start-lock", wait_first=True)
     try:
         return await _start(services, user, uploads, name, (total, expanded))
     finally:
-        with contextlib.suppress(LockError):  # lapsed while a large upload was stored: nothing to release
+        await renewing.stop()
+        with contextlib.suppress(LockError):  # lapsed all the same (Redis away): nothing to release
             await lock.release()
 
 

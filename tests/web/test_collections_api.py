@@ -223,6 +223,41 @@ async def test_concurrent_starts_keep_to_the_collections_quota(
     assert (await client.get("/api/collections", headers=auth)).json()["total"] == 3
 
 
+async def test_a_start_slower_than_its_lock_still_holds_the_next_back(
+    client: Client,
+    auth: dict[str, str],
+    app: Litestar,
+    settings: Settings,
+    no_worker: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: the lock that starts one collection at a time lapsed while a large upload was
+    stored (60 s), and the next start then passed the quotas before the first one's row was there."""
+    monkeypatch.setattr(collections, "STARTING_LOCK_S", 0.6)
+    write_atomic = collections.files.write_atomic
+
+    def slow_disk(*args: Any) -> None:
+        time.sleep(1.5)  # longer than the lock's time
+        write_atomic(*args)
+
+    monkeypatch.setattr(collections.files, "write_atomic", slow_disk)
+    services = app.state.services
+    services.settings = dataclasses.replace(settings, quota_collections=1)
+    first = secrets.randbelow(10**9) + 10**6
+    archives = [samples.zipped({"a.png": samples.photo(first + i, fmt="PNG")}) for i in range(2)]
+    try:
+        slow = asyncio.create_task(
+            client.post("/api/collections", headers=auth, files={"archive": ("x.zip", archives[0])})
+        )
+        await asyncio.sleep(0.9)  # the first is storing its upload, past its lock's first time
+        second = await client.post("/api/collections", headers=auth, files={"archive": ("y.zip", archives[1])})
+        answers = [await slow, second]
+    finally:
+        services.settings = settings
+    assert [a.status_code for a in answers] == [202, 429], [a.text for a in answers]
+    assert (await client.get("/api/collections", headers=auth)).json()["total"] == 1
+
+
 async def test_every_upload_counted_is_read(client: Client, auth: dict[str, str], worker: CountingClassifier) -> None:
     # A file named like a folder ('sub/') and a hidden archive were counted, then not read: lost unsaid.
     hidden = samples.zipped({"a.png": samples.photo(9210, fmt="PNG")})
