@@ -96,7 +96,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
             await db.close_db()
 
-    bodies = BodiesHeld(LARGEST_BODIES_HELD * (settings.max_collection_bytes + MULTIPART_OVERHEAD))
+    largest = settings.max_collection_bytes + MULTIPART_OVERHEAD
+    bodies = BodiesHeld(budget=LARGEST_BODIES_HELD * largest, share=largest)
     return Litestar(
         route_handlers=[
             *accounts_api.routes,

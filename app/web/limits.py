@@ -6,14 +6,15 @@ the bytes of all the bodies a process holds at once, `BodyBudget` (503)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from litestar import Request
 from litestar.datastructures import FormMultiDict
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import ClientException, HTTPException
+from litestar.exceptions import ClientException, HTTPException, TooManyRequestsException
 from litestar.plugins.htmx import HTMXRequest
 from litestar.status_codes import (
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
@@ -65,19 +66,46 @@ class RequestLimits:
 
 @dataclass
 class BodiesHeld:
-    """The bytes of request bodies a web process holds, and the most it may (one count for the process:
-    Litestar makes a middleware instance per route)."""
+    """The bytes of request bodies a web process holds, in all and by person, and the most it may (one
+    count for the process: Litestar makes a middleware instance per route)."""
 
-    budget: int
+    budget: int  # the process's
+    share: int  # one person's
     held: int = 0
+    by_owner: dict[Hashable, int] = field(default_factory=dict)
+
+    def take(self, owner: Hashable, size: int) -> None:
+        """Count `size` more bytes of `owner`'s (None: not signed in); 429 past one person's share, so that
+        one person cannot fill the budget and crowd everyone else out, and 503 past the process's budget."""
+        if owner is not None and self.by_owner.get(owner, 0) + size > self.share:
+            raise TooManyRequestsException(
+                "You are sending as much at once as one account may; send more once those are answered",
+                headers={"Retry-After": str(BUSY_RETRY_S)},
+            )
+        if self.held + size > self.budget:
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                detail="The server is receiving as many uploads as it can hold just now; try again shortly",
+                headers={"Retry-After": str(BUSY_RETRY_S)},
+            )
+        self.held += size
+        if owner is not None:
+            self.by_owner[owner] = self.by_owner.get(owner, 0) + size
+
+    def give_back(self, owner: Hashable, size: int) -> None:
+        self.held -= size
+        if owner is not None and size:
+            left = self.by_owner.pop(owner) - size
+            if left:
+                self.by_owner[owner] = left
 
 
 class BodyBudget:
     """Middleware: the bytes of request bodies a web process holds at once, counted as they arrive, bounded
-    by a budget; a request whose bytes would pass it is answered 503 with Retry-After, and nothing of it is
-    kept. Each request was bounded on its own (`request_max_body_size`), but not all of them together: ten
-    512 MB collections sent at once were all held. Counted as received, not as declared, so a client that
-    declares much and sends little holds no room."""
+    in all and by person (`BodiesHeld`); a request past a bound is answered before its body is kept. Each
+    request was bounded on its own (`request_max_body_size`), but not all of them together: ten 512 MB
+    collections sent at once were all held. Counted as received, not as declared, so a client that declares
+    much and sends little holds no room."""
 
     def __init__(self, app: ASGIApp, bodies: BodiesHeld) -> None:
         self.app = app
@@ -88,25 +116,20 @@ class BodyBudget:
             await self.app(scope, receive, send)
             return
         bodies, mine = self.bodies, 0
+        owner = getattr(scope.get("user"), "id", None)  # set by the sign-in middleware, which runs first
 
         async def counted() -> ReceiveMessage:
             nonlocal mine
             message = await receive()
             size = len(message.get("body", b"")) if message["type"] == "http.request" else 0
-            if bodies.held + size > bodies.budget:
-                raise HTTPException(
-                    status_code=HTTP_503_SERVICE_UNAVAILABLE,
-                    detail="The server is receiving as many uploads as it can hold just now; try again shortly",
-                    headers={"Retry-After": str(BUSY_RETRY_S)},
-                )
+            bodies.take(owner, size)
             mine += size
-            bodies.held += size
             return message
 
         try:
             await self.app(scope, counted, send)
         finally:
-            bodies.held -= mine
+            bodies.give_back(owner, mine)
 
 
 def parse_form(body: bytes) -> dict[str, str | list[str]]:

@@ -524,14 +524,14 @@ async def test_a_store_full_for_a_while_pauses_the_reading_and_fails_no_image(
     assert (await described(client, auth, body["id"]))["error"] is None
 
 
-async def test_the_bodies_a_process_holds_at_once_are_bounded(
+async def test_the_bodies_a_process_holds_at_once_are_bounded_in_all_and_by_person(
     app: Litestar, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found in review: each request's body was bounded on its own (512 MB for a collection) but not all of
-    them together, so collections sent at once could take the web process past its memory. Past the bytes
-    a process may hold, a request is answered 503 with Retry-After before its body is kept, and the
-    requests held go on."""
-    bodies = app.state.bodies
+    them together, so collections sent at once could take the web process past its memory. Past one
+    person's share a request is answered 429, past the process's budget 503, both with Retry-After and
+    before the body is kept; the requests held go on."""
+    bodies, other = app.state.bodies, await sign_up(client)
     images = as_files([(f"{i}.png", samples.photo(9620 + i, (64, 48), "PNG")) for i in range(4)])
     size = len(httpx.Request("POST", "http://x", files=images).read())  # about: the boundary differs
     gate, create, entered = asyncio.Event(), collections.create, asyncio.Semaphore(0)
@@ -541,23 +541,30 @@ async def test_the_bodies_a_process_holds_at_once_are_bounded(
         await gate.wait()
         return await create(*args)
 
+    async def send(headers: dict[str, str]) -> httpx.Response:
+        return await client.post("/api/collections", headers=headers, files=images)
+
     monkeypatch.setattr(collections, "create", held_until_let_go)
-    budget = bodies.budget
-    bodies.budget = bodies.held + int(2.5 * size)
+    budget, share = bodies.budget, bodies.share
+    bodies.budget, bodies.share = bodies.held + int(2.5 * size), int(1.5 * size)
     try:
-        held = [asyncio.create_task(client.post("/api/collections", headers=auth, files=images)) for _ in range(2)]
-        for _ in held:
-            await asyncio.wait_for(entered.acquire(), 30)  # both bodies received and held
-        refused = await client.post("/api/collections", headers=auth, files=images)
+        held = []
+        for headers in (auth, other):  # one body each: both held
+            held.append(asyncio.create_task(send(headers)))
+            await asyncio.wait_for(entered.acquire(), 30)
+        past_share = await send(auth)  # a second of the same person's
+        past_budget = await send(await sign_up(client))  # a third person's, past what the process holds
         gate.set()
         answers = await asyncio.gather(*held)
     finally:
-        bodies.budget = budget
+        bodies.budget, bodies.share = budget, share
         gate.set()
-    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0, refused.text
-    assert "as many uploads as it can hold" in refused.json()["detail"]
+    assert past_share.status_code == 429 and int(past_share.headers["Retry-After"]) > 0, past_share.text
+    assert "as much at once as one account may" in past_share.json()["detail"]
+    assert past_budget.status_code == 503 and int(past_budget.headers["Retry-After"]) > 0, past_budget.text
+    assert "as many uploads as it can hold" in past_budget.json()["detail"]
     assert [a.status_code for a in answers] == [202, 202]
-    assert bodies.held == 0  # each request's bytes given back once it was answered
+    assert bodies.held == 0 and not bodies.by_owner  # each request's bytes given back once it was answered
 
 
 async def test_entries_checked_side_by_side_are_recorded_in_their_order(
