@@ -3,6 +3,7 @@ Used by the API and the pages."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 from typing import Annotated
@@ -84,22 +85,34 @@ async def authenticate(email: str, password: str, address: str, throttle: Thrott
     password; 429 past the failed sign-in limits."""
     email = normalize_email(email)
     limits = throttle.sign_in_limits(email, address)
-    await throttle.take(limits, "failed sign-ins")  # counted as failed until it succeeds
-    user = await User.get_or_none(email=email)
-    if user is None:
-        await passwords.verify_nobody(password)  # no user enumeration by timing
-        ok, new_hash = False, None
-    else:
-        ok, new_hash = await passwords.verify_password(user.password_hash, password)
-    if not ok or user is None:
-        raise NotAuthorizedException(BAD_CREDENTIALS)
+    await throttle.take(limits, "failed sign-ins")  # counted as failed unless it turns out otherwise
+    try:
+        user, new_hash = await _checked(email, password)
+    except NotAuthorizedException:
+        raise
+    except BaseException:  # not the password's failure (the database away, the client gone): not counted
+        with contextlib.suppress(Exception):
+            await throttle.give_back(limits)
+        raise
     account, address_limit = limits
     await throttle.forget(account)  # a success clears the account's count; the address's runs on
-    await throttle.give_back(address_limit)  # without this attempt, which did not fail
+    await throttle.give_back([address_limit])  # without this attempt, which did not fail
     if new_hash:
         user.password_hash = new_hash
         await user.save(update_fields=["password_hash"])
     return user
+
+
+async def _checked(email: str, password: str) -> tuple[User, str | None]:
+    """The user for these credentials, and their password's new hash if it needs one; 401 otherwise."""
+    user = await User.get_or_none(email=email)
+    if user is None:
+        await passwords.verify_nobody(password)  # no user enumeration by timing
+        raise NotAuthorizedException(BAD_CREDENTIALS)
+    ok, new_hash = await passwords.verify_password(user.password_hash, password)
+    if not ok:
+        raise NotAuthorizedException(BAD_CREDENTIALS)
+    return user, new_hash
 
 
 async def ensure_admin(settings: Settings) -> User:

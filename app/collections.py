@@ -240,14 +240,17 @@ async def read_archive(services: Services, collection: Collection, lock: Lock) -
             return
     except ReadingPaused as exc:
         log.warning("reading of collection %s paused (%s): it resumes once its lock lapses", collection.id, exc)
-        paused = f"Reading paused: {exc} It resumes by itself."
-        await Collection.filter(id=collection.id).update(error=paused)
+        if await holding.still_ours():  # else the reader who took over says how it goes
+            paused = f"Reading paused: {exc} It resumes by itself."
+            await Collection.filter(id=collection.id, status=CollectionStatus.READING).update(error=paused)
         return
     except (OSError, archives.CollectionRejected) as exc:  # the stored archive is gone or damaged since
         log.warning("could not read collection %s", collection.id, exc_info=True)
         error = f"The archive could not be read to the end: {exc}"
     finally:
         await holding.stop()
+    if not await holding.still_ours():  # taken over as it ended: the reader who took it over ends it
+        return
     await Collection.filter(id=collection.id).update(status=CollectionStatus.CLASSIFYING, archive_path="", error=error)
     path.unlink(missing_ok=True)
     with contextlib.suppress(LockError):  # lapsed meanwhile: another's by now, or nobody's

@@ -59,10 +59,11 @@ class Throttle:
                     f"Too many {what}; try again in {retry} seconds", headers={"Retry-After": str(retry)}
                 )
 
-    async def give_back(self, limit: Limit) -> None:
-        """Uncount an attempt that turned out not to count (a sign-in that succeeded); a window that ended
-        meanwhile is left gone (DECR would make a counter without a TTL)."""
-        await self.redis.eval(_GIVE_BACK, 1, limit.key)
+    async def give_back(self, limits: Sequence[Limit]) -> None:
+        """Uncount an attempt that turned out not to count (a sign-in that succeeded, or that an outage
+        stopped); a window that ended meanwhile is left gone (DECR would make a counter without a TTL)."""
+        for limit in limits:
+            await self.redis.eval(_GIVE_BACK, 1, limit.key)
 
     async def forget(self, limit: Limit) -> None:
         await self.redis.delete(limit.key)

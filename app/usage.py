@@ -32,11 +32,22 @@ class Usage:
 
 
 async def stored_bytes(user_id: int) -> int:
-    """The bytes of the originals kept for a person's predictions (a pruned one keeps none), and of their
-    collections' archives while they wait to be read (the images in them are stored only as read)."""
-    originals = Prediction.filter(user_id=user_id).exclude(image_path="")
-    waiting = Collection.filter(user_id=user_id).exclude(archive_path="")
-    return await _sum(originals, "image_bytes") + await _sum(waiting, "archive_bytes")
+    """The bytes of the originals kept for a person's predictions (a pruned one keeps none), and what their
+    collections being read will store: each holds its images' bytes from the start (`archive_bytes`), less
+    those of its images read so far, which count as originals."""
+    originals = await _sum(Prediction.filter(user_id=user_id).exclude(image_path=""), "image_bytes")
+    reading = await Collection.filter(user_id=user_id).exclude(archive_path="").values_list("id", "archive_bytes")
+    if not reading:
+        return originals
+    read = await (
+        Prediction.filter(collection_id__in=[c for c, _ in reading])
+        .exclude(image_path="")
+        .group_by("collection_id")
+        .annotate(total=Sum("image_bytes"))
+        .values_list("collection_id", "total")
+    )
+    done = {str(c): int(total or 0) for c, total in read}
+    return originals + sum(max(held - done.get(str(c), 0), 0) for c, held in reading)
 
 
 async def _sum(rows: Any, field: str) -> int:

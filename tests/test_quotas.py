@@ -227,6 +227,26 @@ async def test_archives_waiting_to_be_read_count_as_stored(
         await redis.delete(lock)
 
 
+async def test_a_collection_being_read_counts_each_image_once(
+    client: Client, auth: dict[str, str], redis: Redis, no_worker: None
+) -> None:
+    """Found in review: a collection being read held its images' bytes whole until the end, and each image
+    read counted again as an original, so other uploads met 413 at half the quota."""
+    user = await user_of_token(client, auth)
+    reading = await Collection.create(
+        user=user, total=3, status=CollectionStatus.READING, archive_path="x.zip", archive_bytes=3000
+    )
+    lock = keys.reading_lock(str(reading.id))
+    await redis.set(lock, "this test", ex=60)  # no process reads it meanwhile
+    try:
+        await add_rows(user, 2, collection=reading, image_path="aa/read.png", image_bytes=1000)  # 2 of 3 read
+        await add_rows(user, 1, image_path="bb/other.png", image_bytes=500)
+        assert await usage.stored_bytes(user.id) == 500 + 2000 + 1000  # the third image's still held
+    finally:
+        await Collection.filter(id=reading.id).update(status=CollectionStatus.DONE, archive_path="")
+        await redis.delete(lock)
+
+
 async def test_a_started_collection_records_its_archive_size(
     client: Client, auth: dict[str, str], no_worker: None
 ) -> None:

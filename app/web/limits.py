@@ -89,7 +89,7 @@ class BodiesHeld:
                 headers={"Retry-After": str(BUSY_RETRY_S)},
             )
         self.held += size
-        if owner is not None:
+        if owner is not None and size:
             self.by_owner[owner] = self.by_owner.get(owner, 0) + size
 
     def give_back(self, owner: Hashable, size: int) -> None:

@@ -14,8 +14,10 @@ import httpx
 import jwt
 import pytest
 from litestar import Litestar
+from tortoise.exceptions import DBConnectionError
 
 from app import passwords
+from app.models import User
 from app.settings import Settings
 from tests.helpers import sign_up, unique_email
 
@@ -122,6 +124,26 @@ async def test_failed_logins_sent_at_once_are_throttled_too(app: Litestar, clien
         )
     codes = sorted(a.status_code for a in answers)
     assert codes == [401] * settings.login_attempts_per_account + [429] * (20 - settings.login_attempts_per_account)
+
+
+async def test_sign_ins_an_outage_stopped_do_not_count_as_failed(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: every attempt was counted before it was decided and only a success gave it back, so
+    sign-ins that met a database outage (503) locked the account once it was over."""
+    email = unique_email()
+    await sign_up(client, email)
+    get_or_none = User.get_or_none
+
+    async def database_away(*args: Any, **kwargs: Any) -> None:
+        raise DBConnectionError("the database went away")
+
+    monkeypatch.setattr(User, "get_or_none", database_away)
+    for _ in range(settings.login_attempts_per_account + 1):
+        response = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
+        assert response.status_code == 503, response.text
+    monkeypatch.setattr(User, "get_or_none", get_or_none)
+    assert (await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})).status_code == 200
 
 
 async def test_successful_sign_ins_do_not_use_up_an_address(app: Litestar, client: Client) -> None:

@@ -26,6 +26,7 @@ from tortoise.exceptions import DBConnectionError
 from app import collections, keys, predictions, quotas
 from app.models import Collection, CollectionStatus, Prediction, User
 from app.settings import Settings
+from app.web.limits import BodiesHeld
 from tests import broken_zips, samples
 from tests.conftest import CountingClassifier, running_worker
 from tests.helpers import eventually, sign_up
@@ -477,6 +478,27 @@ async def test_a_step_that_outlived_its_reading_lock_records_nothing(
         await assert_left_to_the_other(app, redis, collection, ahead)  # the first step's only
 
 
+async def test_a_reader_that_lost_its_lock_says_nothing_of_a_pause(
+    app: Litestar, redis: Redis, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a stalled reader whose step met a full store after another reader took over wrote
+    "Reading paused" on the collection, which stayed there once the other reader had finished."""
+    accept = predictions.accept
+    async with held_collection(app, client, auth, 4) as (collection, mine):
+
+        async def taken_over_then_full(*args: Any) -> Any:
+            if await Prediction.filter(collection=collection).count() == 2:
+                await taken_over(redis, collection, monkeypatch)
+                raise quotas.StorageFull(detail="The image store is full")
+            return await accept(*args)
+
+        monkeypatch.setattr(predictions, "accept", taken_over_then_full)
+        await collections.read_archive(app.state.services, collection, mine)
+        ahead = app.state.services.settings.decode_processes
+        await assert_left_to_the_other(app, redis, collection, -(-2 // ahead) * ahead)
+        assert (await Collection.get(id=collection.id)).error is None
+
+
 async def test_an_archive_whose_collection_cannot_be_recorded_is_not_left_behind(
     app: Litestar, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -565,6 +587,14 @@ async def test_the_bodies_a_process_holds_at_once_are_bounded_in_all_and_by_pers
     assert "as many uploads as it can hold" in past_budget.json()["detail"]
     assert [a.status_code for a in answers] == [202, 202]
     assert bodies.held == 0 and not bodies.by_owner  # each request's bytes given back once it was answered
+
+
+def test_an_empty_body_leaves_no_count_behind() -> None:
+    """Found in review: a signed-in person's request with an empty body left them counted at 0 for good."""
+    bodies = BodiesHeld(budget=100, share=50)
+    bodies.take("someone", 0)
+    bodies.give_back("someone", 0)
+    assert bodies.held == 0 and not bodies.by_owner
 
 
 async def test_entries_checked_side_by_side_are_recorded_in_their_order(
