@@ -87,7 +87,7 @@ async def authenticate(email: str, password: str, address: str, throttle: Thrott
     limits = throttle.sign_in_limits(email, address)
     await throttle.take(limits, "failed sign-ins")  # counted as failed unless it turns out otherwise
     try:
-        user, new_hash = await _checked(email, password)
+        user, new_hash = await _verified(email, password)
     except NotAuthorizedException:
         raise
     except BaseException:  # not the password's failure (the database away, the client gone): not counted
@@ -103,7 +103,7 @@ async def authenticate(email: str, password: str, address: str, throttle: Thrott
     return user
 
 
-async def _checked(email: str, password: str) -> tuple[User, str | None]:
+async def _verified(email: str, password: str) -> tuple[User, str | None]:
     """The user for these credentials, and their password's new hash if it needs one; 401 otherwise."""
     user = await User.get_or_none(email=email)
     if user is None:

@@ -49,6 +49,8 @@ from app.web.sessions import SignedIn, build_jwt_auth, csrf_config, is_revoked
 ROOT = Path(__file__).resolve().parents[2]
 # Multipart framing adds a little to the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+# An email, a password and a name, with room to refuse a hostile body for what it is (400), not its size.
+ACCOUNT_BODY_BYTES = 1024 * 1024
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -100,7 +102,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     bodies = BodiesHeld(budget=LARGEST_BODIES_HELD * largest, share=largest)
     return Litestar(
         route_handlers=[
-            *accounts_api.routes,
+            # Signing in and up take bodies from anyone, whom no person's share of BodyBudget bounds.
+            Router(
+                path="/",
+                route_handlers=[*accounts_api.routes, *account_pages.routes],
+                request_max_body_size=ACCOUNT_BODY_BYTES,
+            ),
             *predictions_api.routes,
             *feedback_api.routes,
             # Collections carry many images, through the API or the classify form: their own, larger, body limit.
@@ -110,7 +117,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 request_max_body_size=settings.max_collection_bytes + MULTIPART_OVERHEAD,
             ),
             *health.routes,
-            *account_pages.routes,
             *classify.routes,
             *history.routes,
             *collection_pages.routes,

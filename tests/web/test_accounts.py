@@ -19,6 +19,7 @@ from tortoise.exceptions import DBConnectionError
 from app import passwords
 from app.models import User
 from app.settings import Settings
+from app.web.app import ACCOUNT_BODY_BYTES
 from tests.helpers import sign_up, unique_email
 
 Client = httpx.AsyncClient
@@ -162,6 +163,14 @@ async def test_successful_sign_ins_do_not_use_up_an_address(app: Litestar, clien
     finally:
         throttle.settings = original
     assert [a.status_code for a in answers] == [200] * 4 and wrong.status_code == 401
+
+
+async def test_signing_in_and_up_take_at_most_a_megabyte(client: Client) -> None:
+    """Anyone may send these, signed in or not, so no person's share of the bodies a process holds bounds
+    them: at the app's 10 MB for an upload, a hundred at once from nobody in particular filled it."""
+    padding = "x" * ACCOUNT_BODY_BYTES
+    for path in ("/api/auth/login", "/api/auth/register"):
+        assert_error(await client.post(path, json={"email": unique_email(), "password": padding}), 413)
 
 
 async def test_failed_logins_are_throttled_per_address(client: Client, redis: object) -> None:
