@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError
 
 log = logging.getLogger(__name__)
 
@@ -42,3 +45,17 @@ class Every:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+@contextlib.asynccontextmanager
+async def renewing(lock: Lock, name: str) -> AsyncIterator[None]:
+    """While the block runs, renew an acquired redis-py lock every third of its time, so that a long block
+    does not let it lapse; then release it, if it is still ours (lost meanwhile, it may be another's)."""
+    assert lock.timeout is not None  # a lock with no timeout needs no renewing
+    renewal = Every(lock.timeout / 3, lock.reacquire, name=name, wait_first=True)
+    try:
+        yield
+    finally:
+        await renewal.stop()
+        with contextlib.suppress(LockError):
+            await lock.release()

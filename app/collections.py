@@ -26,7 +26,7 @@ from tortoise.functions import Count
 
 from app import archives, files, keys, predictions, quotas, text
 from app.archives import Upload, refuse
-from app.background import Every
+from app.background import Every, renewing
 from app.exports import to_csv
 from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.predictions import Accepted
@@ -66,13 +66,8 @@ async def create(services: Services, user: User, uploads: list[Upload], name: st
     if not await lock.acquire():
         raise quotas.too_many("Another collection of yours is being started; send this one once it is", 5, {})
     # Renewed while a large upload is stored: lapsed, it let the next start pass the quotas before this row was made.
-    renewing = Every(STARTING_LOCK_S / 3, lock.reacquire, name="start-lock", wait_first=True)
-    try:
+    async with renewing(lock, "start-lock"):
         return await _start(services, user, uploads, name, (total, expanded))
-    finally:
-        await renewing.stop()
-        with contextlib.suppress(LockError):  # lapsed all the same (Redis away): nothing to release
-            await lock.release()
 
 
 async def _start(

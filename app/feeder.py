@@ -20,11 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import LockError
 from tortoise.functions import Count
 
 from app import images, keys
-from app.background import Every
+from app.background import renewing
 from app.collections import read_archive, reading_lock_of
 from app.jobs import producer
 from app.jobs.protocol import Job
@@ -218,13 +217,8 @@ class Feeder:
         lock = self.services.redis.lock(keys.FEED_LOCK, timeout=FEED_LOCK_S, blocking=False)
         if not await lock.acquire():
             return True  # another process is feeding
-        renewing = Every(FEED_LOCK_S / 3, lock.reacquire, name="feed-lock", wait_first=True)
-        try:
+        async with renewing(lock, "feed-lock"):
             await feed(self.services)
-        finally:
-            await renewing.stop()
-            with contextlib.suppress(LockError):  # lost: another process's by now
-                await lock.release()
         return await _has_work()
 
     async def _take_over_reading(self) -> None:

@@ -14,14 +14,12 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 from litestar import Request
 from litestar.datastructures import FormMultiDict
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import ClientException, HTTPException, TooManyRequestsException
+from litestar.exceptions import ClientException, HTTPException
 from litestar.plugins.htmx import HTMXRequest
-from litestar.status_codes import (
-    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-    HTTP_431_REQUEST_HEADER_FIELDS_TOO_LARGE,
-    HTTP_503_SERVICE_UNAVAILABLE,
-)
+from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE, HTTP_431_REQUEST_HEADER_FIELDS_TOO_LARGE
 from litestar.types import ASGIApp, Empty, Receive, ReceiveMessage, Scope, Send
+
+from app import predictions, quotas
 
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16 * 1024  # names and values together: browsers send 1-3 kB
@@ -78,15 +76,14 @@ class BodiesHeld:
         """Count `size` more bytes of `owner`'s (None: not signed in); 429 past one person's share, so that
         one person cannot fill the budget and crowd everyone else out, and 503 past the process's budget."""
         if owner is not None and self.by_owner.get(owner, 0) + size > self.share:
-            raise TooManyRequestsException(
+            raise quotas.too_many(
                 "You are sending as much at once as one account may; send more once those are answered",
-                headers={"Retry-After": str(BUSY_RETRY_S)},
+                BUSY_RETRY_S,
+                {},
             )
         if self.held + size > self.budget:
-            raise HTTPException(
-                status_code=HTTP_503_SERVICE_UNAVAILABLE,
-                detail="The server is receiving as many uploads as it can hold just now; try again shortly",
-                headers={"Retry-After": str(BUSY_RETRY_S)},
+            raise predictions.unavailable(
+                "The server is receiving as many uploads as it can hold just now; try again shortly", BUSY_RETRY_S
             )
         self.held += size
         if owner is not None and size:
