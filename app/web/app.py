@@ -39,7 +39,15 @@ from app.web.contract import ApiContract
 from app.web.costs import measure_uploads
 from app.web.errors import handle
 from app.web.headers import security_headers
-from app.web.limits import LARGEST_BODIES_HELD, BodiesHeld, BodyBudget, LimitedRequest, RequestLimits, parse_forms
+from app.web.limits import (
+    ADDRESS_BODIES_HELD,
+    LARGEST_BODIES_HELD,
+    BodiesHeld,
+    BodyBudget,
+    LimitedRequest,
+    RequestLimits,
+    parse_forms,
+)
 from app.web.pages import accounts as account_pages
 from app.web.pages import admin, classify, history
 from app.web.pages import collections as collection_pages
@@ -99,10 +107,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await db.close_db()
 
     largest = settings.max_collection_bytes + MULTIPART_OVERHEAD
-    bodies = BodiesHeld(budget=LARGEST_BODIES_HELD * largest, share=largest)
+    bodies = BodiesHeld(
+        budget=LARGEST_BODIES_HELD * largest, share=largest, address_share=ADDRESS_BODIES_HELD * ACCOUNT_BODY_BYTES
+    )
     return Litestar(
         route_handlers=[
-            # Signing in and up take bodies from anyone, whom no person's share of BodyBudget bounds.
+            # Signing in and up take bodies from anyone: small ones, so that an address's share of BodyBudget is too.
             Router(
                 path="/",
                 route_handlers=[*accounts_api.routes, *account_pages.routes],

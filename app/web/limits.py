@@ -29,6 +29,9 @@ MAX_FORM_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 20  # the pages' forms have at most 6
 # A web process holds at most this many of the largest bodies (a collection's) at once, counted in bytes.
 LARGEST_BODIES_HELD = 2
+# Requests from no one signed in (signing in and up) are small: one address holds at most this many of the
+# largest those routes take. Normal ones are about 100 bytes, so a proxy's address passes on thousands at once.
+ADDRESS_BODIES_HELD = 16
 BUSY_RETRY_S = 10
 _CONTROL_BYTES = bytes(range(0x20)) + b"\x7f"
 
@@ -64,20 +67,23 @@ class RequestLimits:
 
 @dataclass
 class BodiesHeld:
-    """The bytes of request bodies a web process holds, in all and by person, and the most it may (one
-    count for the process: Litestar makes a middleware instance per route)."""
+    """The bytes of request bodies a web process holds, in all and by sender, and the most it may (one
+    count for the process: Litestar makes a middleware instance per route). A sender is a person signed in,
+    or else the address a request came from."""
 
     budget: int  # the process's
     share: int  # one person's
+    address_share: int  # one address's, of requests from no one signed in
     held: int = 0
-    by_owner: dict[Hashable, int] = field(default_factory=dict)
+    by_sender: dict[Hashable, int] = field(default_factory=dict)
 
-    def take(self, owner: Hashable, size: int) -> None:
-        """Count `size` more bytes of `owner`'s (None: not signed in); 429 past one person's share, so that
-        one person cannot fill the budget and crowd everyone else out, and 503 past the process's budget."""
-        if owner is not None and self.by_owner.get(owner, 0) + size > self.share:
+    def take(self, sender: Person | Address, size: int) -> None:
+        """Count `size` more bytes of `sender`'s; 429 past a sender's share, so that one sender cannot fill
+        the budget and crowd everyone else out, and 503 past the process's budget."""
+        share, who = (self.share, "account") if isinstance(sender, Person) else (self.address_share, "address")
+        if self.by_sender.get(sender, 0) + size > share:
             raise quotas.too_many(
-                "You are sending as much at once as one account may; send more once those are answered",
+                f"You are sending as much at once as one {who} may; send more once those are answered",
                 BUSY_RETRY_S,
                 {},
             )
@@ -86,20 +92,42 @@ class BodiesHeld:
                 "The server is receiving as many uploads as it can hold just now; try again shortly", BUSY_RETRY_S
             )
         self.held += size
-        if owner is not None and size:
-            self.by_owner[owner] = self.by_owner.get(owner, 0) + size
+        if size:
+            self.by_sender[sender] = self.by_sender.get(sender, 0) + size
 
-    def give_back(self, owner: Hashable, size: int) -> None:
+    def give_back(self, sender: Person | Address, size: int) -> None:
         self.held -= size
-        if owner is not None and size:
-            left = self.by_owner.pop(owner) - size
+        if size:
+            left = self.by_sender.pop(sender) - size
             if left:
-                self.by_owner[owner] = left
+                self.by_sender[sender] = left
+
+
+@dataclass(frozen=True)
+class Person:
+    """A sender signed in."""
+
+    id: Hashable
+
+
+@dataclass(frozen=True)
+class Address:
+    """A sender not signed in, known by the address its requests come from (behind a proxy, everyone's)."""
+
+    host: str
+
+
+def sender_of(scope: Scope) -> Person | Address:
+    user = scope.get("user")  # set by the sign-in middleware, which runs before BodyBudget
+    if user is not None:
+        return Person(user.id)
+    client = scope.get("client")
+    return Address(client[0] if client else "unknown")
 
 
 class BodyBudget:
     """Middleware: the bytes of request bodies a web process holds at once, counted as they arrive, bounded
-    in all and by person (`BodiesHeld`); a request past a bound is answered before its body is kept. Each
+    in all and by sender (`BodiesHeld`); a request past a bound is answered before its body is kept. Each
     request was bounded on its own (`request_max_body_size`), but not all of them together: ten 512 MB
     collections sent at once were all held. Counted as received, not as declared, so a client that declares
     much and sends little holds no room."""
@@ -112,21 +140,20 @@ class BodyBudget:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        bodies, mine = self.bodies, 0
-        owner = getattr(scope.get("user"), "id", None)  # set by the sign-in middleware, which runs first
+        bodies, mine, sender = self.bodies, 0, sender_of(scope)
 
         async def counted() -> ReceiveMessage:
             nonlocal mine
             message = await receive()
             size = len(message.get("body", b"")) if message["type"] == "http.request" else 0
-            bodies.take(owner, size)
+            bodies.take(sender, size)
             mine += size
             return message
 
         try:
             await self.app(scope, counted, send)
         finally:
-            bodies.give_back(owner, mine)
+            bodies.give_back(sender, mine)
 
 
 def parse_form(body: bytes) -> dict[str, str | list[str]]:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -322,3 +323,42 @@ async def test_unknown_and_known_emails_cost_the_same_check(client: Client, monk
         response = await client.post("/api/auth/login", json={"email": email, "password": "wrong horse"})
         assert (response.status_code, response.json()["detail"]) == (401, "Wrong email or password")
     assert len(checks) == 2 and all(name.startswith("sign-in") for name in checks)
+
+
+async def test_one_address_holds_at_most_its_share_of_bodies_while_no_one_is_signed_in(
+    app: Litestar, client: httpx.AsyncClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left by the last session: bodies from no one signed in counted only against the process's budget, so
+    one address sending sign-ins of 1 MB at once (about a thousand) filled it, and every upload met 503.
+    Past one address's share such a request is answered 429; a person signed in there keeps their own."""
+    from app import accounts
+
+    bodies, gate, entered = app.state.bodies, asyncio.Event(), asyncio.Semaphore(0)
+    authenticate = accounts.authenticate
+
+    async def held_until_let_go(*args: Any) -> Any:
+        entered.release()
+        await gate.wait()
+        return await authenticate(*args)
+
+    body = b'{"email": "nobody@example.com", "password": "wrong password"}' + b" " * 50_000
+    json = {"content-type": "application/json"}
+    monkeypatch.setattr(accounts, "authenticate", held_until_let_go)
+    address_share = bodies.address_share
+    bodies.address_share = int(1.5 * len(body))
+    try:
+        held = asyncio.create_task(client.post("/api/auth/login", content=body, headers=json))
+        await asyncio.wait_for(entered.acquire(), 30)
+        past_share = await client.post("/api/auth/login", content=body, headers=json)  # the same address's second
+        feedback = b'{"is_correct": true}' + b" " * 50_000  # from the same address, by someone signed in
+        signed_in = await client.post(
+            f"/api/predictions/{uuid.uuid4()}/feedback", headers=auth | json, content=feedback
+        )
+    finally:
+        bodies.address_share = address_share
+        gate.set()
+    assert past_share.status_code == 429 and int(past_share.headers["Retry-After"]) > 0, past_share.text
+    assert "as much at once as one address may" in past_share.json()["detail"]
+    assert signed_in.status_code == 404, signed_in.text  # their own share: the body was read
+    assert (await held).status_code == 401
+    assert bodies.held == 0 and not bodies.by_sender

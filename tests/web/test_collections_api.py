@@ -26,7 +26,7 @@ from tortoise.exceptions import DBConnectionError
 from app import collections, keys, predictions, quotas
 from app.models import Collection, CollectionStatus, Prediction, User
 from app.settings import Settings
-from app.web.limits import BodiesHeld
+from app.web.limits import BodiesHeld, Person
 from tests import broken_zips, samples
 from tests.conftest import CountingClassifier, running_worker
 from tests.helpers import eventually, sign_up
@@ -586,15 +586,15 @@ async def test_the_bodies_a_process_holds_at_once_are_bounded_in_all_and_by_pers
     assert past_budget.status_code == 503 and int(past_budget.headers["Retry-After"]) > 0, past_budget.text
     assert "as many uploads as it can hold" in past_budget.json()["detail"]
     assert [a.status_code for a in answers] == [202, 202]
-    assert bodies.held == 0 and not bodies.by_owner  # each request's bytes given back once it was answered
+    assert bodies.held == 0 and not bodies.by_sender  # each request's bytes given back once it was answered
 
 
 def test_an_empty_body_leaves_no_count_behind() -> None:
     """Found in review: a signed-in person's request with an empty body left them counted at 0 for good."""
-    bodies = BodiesHeld(budget=100, share=50)
-    bodies.take("someone", 0)
-    bodies.give_back("someone", 0)
-    assert bodies.held == 0 and not bodies.by_owner
+    bodies = BodiesHeld(budget=100, share=50, address_share=50)
+    bodies.take(Person("someone"), 0)
+    bodies.give_back(Person("someone"), 0)
+    assert bodies.held == 0 and not bodies.by_sender
 
 
 async def test_entries_checked_side_by_side_are_recorded_in_their_order(
