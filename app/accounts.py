@@ -48,6 +48,8 @@ def name_problem(name: str) -> str | None:
 
 
 def email_problem(email: str) -> str | None:
+    """Judged as it is stored: normalised, which may lengthen it (one character to six) or change its shape."""
+    email = normalize_email(email)
     if len(email) > 254 or not re.match(EMAIL_PATTERN, email):
         return "Enter a valid email address"
     return None
@@ -64,10 +66,11 @@ class EmailTaken(ClientException):
 
 
 async def register(email: str, password: str, name: str, address: str, throttle: Throttle) -> User:
-    """Create an account; 400 for a name that cannot be shown, EmailTaken (409) when the email is in use,
-    429 past REGISTRATIONS_PER_ADDRESS (every attempt counts: a 409 tells whether an email is taken).
-    The email and password are already validated."""
-    if problem := name_problem(name):
+    """Create an account; 400 for an email that is not one once normalised or a name that cannot be shown,
+    EmailTaken (409) when the email is in use, 429 past REGISTRATIONS_PER_ADDRESS (every attempt counts: a
+    409 tells whether an email is taken).
+    The password is already validated."""
+    if problem := email_problem(email) or name_problem(name):
         raise ClientException(problem)
     limit = throttle.sign_up_limit(address)
     await throttle.take([limit], "sign-ups from this address")

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ from uuid import uuid4
 from litestar.exceptions import HTTPException
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, LockNotOwnedError
+from tortoise.expressions import Q
 from tortoise.functions import Count
 
 from app import archives, files, keys, predictions, quotas, text
 from app.archives import Upload, refuse
 from app.background import Every, renewing
-from app.exports import to_csv
+from app.exports import CSV_PAGE, RESULT_CSV_COLUMNS, csv_text, result_row
 from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.predictions import Accepted
 from app.services import Services
@@ -284,7 +286,23 @@ def items(collection: Collection, status: str | None = None, label: str | None =
     return query.order_by("file_name", "created_at")
 
 
-async def results_csv(user: User, collection_id: Any) -> tuple[str, str]:
-    """(file name, CSV) of the results of a collection its owner (or an admin) may see."""
+async def results_csv(user: User, collection_id: Any) -> tuple[str, AsyncIterator[str]]:
+    """(file name, CSV text as it is made) of the results of a collection its owner (or an admin) may see."""
     collection = await visible_collection(user, collection_id)
-    return f"collection-{collection.id}.csv", to_csv(predictions.result_dict(p) for p in await items(collection))
+    return f"collection-{collection.id}.csv", csv_text(RESULT_CSV_COLUMNS, result_pages(collection))
+
+
+async def result_pages(collection: Collection) -> AsyncIterator[list[list[str]]]:
+    """The rows of its items in the pages' order, CSV_PAGE at a time (keyset paging, the id breaking ties)."""
+    after = Q()
+    while True:
+        page = await items(collection).filter(after).order_by("file_name", "created_at", "id").limit(CSV_PAGE)
+        if not page:
+            return
+        yield [result_row(predictions.result_dict(p)) for p in page]
+        last = page[-1]
+        after = (
+            Q(file_name__gt=last.file_name)
+            | Q(file_name=last.file_name, created_at__gt=last.created_at)
+            | Q(file_name=last.file_name, created_at=last.created_at, id__gt=last.id)
+        )

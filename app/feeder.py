@@ -87,7 +87,7 @@ async def _job(services: Services, first: Prediction, ids: list[str]) -> Job | N
     cache, or failed because the original is unreadable)."""
     settings = services.settings
     kept = [pixels for i in ids if (pixels := services.kept.take(i)) is not None]
-    cached = await earlier_result(services, first.image_sha256)
+    cached = await earlier_result(services, first.image_sha256, first.user_id)  # type: ignore[attr-defined]
     if cached is not None:
         await _finish_from_cache(services, ids, cached)
         return None

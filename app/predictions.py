@@ -85,28 +85,30 @@ async def accept(services: Services, user: User, data: bytes) -> Accepted:
     if image.new:
         return image, None
     with stage("database"):
-        return image, await earlier_result(services, image.sha256)
+        return image, await earlier_result(services, image.sha256, user.id)
 
 
 def earlier_result_sql(dialect: str) -> str:
-    """The lookup of `earlier_result`, its values in the order (sha256, status, model name, weights, since)."""
-    marks = placeholders(dialect, 5)
+    """The lookup of `earlier_result`, its values in the order (sha256, status, user, model name, weights,
+    since). `+user_id`: not by the index on the person's rows, which SQLite chose, reading all their history."""
+    marks = placeholders(dialect, 6)
     return (
         f"SELECT {', '.join(RESULT_FIELDS)} FROM {Prediction._meta.db_table} WHERE image_sha256 = {{}} AND status"
-        " = {} AND model_name = {} AND model_weights = {} AND finished_at >= {} LIMIT 1"
+        " = {} AND +user_id = {} AND model_name = {} AND model_weights = {} AND finished_at >= {} LIMIT 1"
     ).format(*marks)
 
 
-async def earlier_result(services: Services, sha256: str) -> dict[str, Any] | None:
-    """The result of the same image by the same model, finished within RESULT_TTL, if any: the database is
-    the result cache. It holds every result already (a copy in Redis grew Redis by 0.3 kB per image for a
-    week, and was lost with it); the lookup reads the image's rows only (the index on image_sha256 and
+async def earlier_result(services: Services, sha256: str, user_id: int) -> dict[str, Any] | None:
+    """The result of the same image by the same model for the same person, finished within RESULT_TTL, if
+    any: the database is the result cache. Never another person's: answered at once, it would tell that
+    they sent this image. It holds every result already (a copy in Redis grew Redis by 0.3 kB per image for
+    a week, and was lost with it); the lookup reads the image's rows only (the index on image_sha256 and
     status), and is written out because the query builder took 0.45 ms of CPU per upload, the query 0.17."""
     settings = services.settings
     connection = connections.get("default")
     fields = Prediction._meta.fields_map
     since = fields["finished_at"].to_db_value(datetime.now(UTC) - timedelta(seconds=settings.result_ttl), Prediction)
-    values = [sha256, Status.DONE.value, settings.model_name, settings.model_weights, since]
+    values = [sha256, Status.DONE.value, user_id, settings.model_name, settings.model_weights, since]
     rows = await connection.execute_query_dict(earlier_result_sql(connection.capabilities.dialect), values)
     if not rows:
         return None
@@ -114,6 +116,28 @@ async def earlier_result(services: Services, sha256: str) -> dict[str, Any] | No
     found = dict(rows[0])
     found["top5"] = fields["top5"].to_python_value(found["top5"])
     return found
+
+
+def newest_sql(dialect: str, count: int) -> str:
+    """The ids of a person's newest prediction of each of `count` images, its values in the order (user,
+    sha256, ...). `+user_id` as in `earlier_result_sql`: by the images' rows, not all of the person's."""
+    user_mark, *sha_marks = placeholders(dialect, count + 1)
+    return (
+        "SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY image_sha256 ORDER BY created_at DESC) AS nth"
+        f" FROM {Prediction._meta.db_table} WHERE +user_id = {user_mark} AND image_sha256 IN ({', '.join(sha_marks)}))"
+        " AS latest WHERE nth = 1"
+    )
+
+
+async def newest_of_each(user: User, sha256s: list[str]) -> list[Prediction]:
+    """A person's newest prediction of each of these images, read one row per image however often each was
+    sent (a cache hit is cheap, so one image can have tens of thousands: all of them were read)."""
+    if not sha256s:
+        return []
+    connection = connections.get("default")
+    newest = newest_sql(connection.capabilities.dialect, len(sha256s))
+    rows = await connection.execute_query_dict(newest, [user.id, *sha256s])
+    return await Prediction.filter(id__in=[row["id"] for row in rows])
 
 
 def record_of(services: Services, user: User, image: images.CheckedImage, file_name: str) -> dict[str, Any]:

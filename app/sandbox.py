@@ -13,6 +13,7 @@ once: they start in milliseconds, small, without the web process's threads or ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -192,6 +193,7 @@ class DecodePool:
         self._pool = self._new_pool()
         self.turns = Turns(settings.decode_processes)
         self.blocks = handover.Blocks(settings.decode_processes)  # one per decode in a turn
+        self._previews: dict[str, asyncio.Future[bytes]] = {}  # being rendered, by the original's sha256
         # Where the decode processes keep originals: absolute, as their working directory may differ.
         self._upload_dir = str(settings.upload_dir.resolve())
 
@@ -248,15 +250,22 @@ class DecodePool:
 
     async def thumbnail(self, sha256: str, relative_path: str, owner: Hashable = None) -> bytes:
         """The preview of a stored original (WebP), rendered once in a decode process and kept beside the
-        originals. FileNotFoundError if the original is gone; images.ImageRejected if it no longer passes."""
-        settings = self.settings
-        kept = thumbnails.thumbnail_path(settings.upload_dir, sha256)
-        try:
+        originals; asked for again while it is rendered, the same rendering answers (twenty requests at once
+        rendered it twenty times, each holding the original). FileNotFoundError if the original is gone;
+        images.ImageRejected if it no longer passes."""
+        kept = thumbnails.thumbnail_path(self.settings.upload_dir, sha256)
+        with contextlib.suppress(FileNotFoundError):
             return await asyncio.to_thread(kept.read_bytes)
-        except FileNotFoundError:
-            pass
-        data = await asyncio.to_thread(Path.read_bytes, settings.upload_dir / relative_path)
-        async with self.turns.slot(owner):
+        rendering = self._previews.get(sha256)
+        if rendering is None:
+            rendering = self._previews[sha256] = asyncio.ensure_future(self._render(kept, relative_path, owner))
+            rendering.add_done_callback(lambda _: self._previews.pop(sha256, None))
+        return await asyncio.shield(rendering)  # one asker gone, the others still wait for it
+
+    async def _render(self, kept: Path, relative_path: str, owner: Hashable) -> bytes:
+        settings = self.settings
+        async with self.turns.slot(owner):  # the original is read only once it is this preview's turn
+            data = await asyncio.to_thread(Path.read_bytes, settings.upload_dir / relative_path)
             rendered: bytes = await self._run(
                 _rendered, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20
             )

@@ -205,7 +205,7 @@ class Settings:
         description="A prediction still queued this many seconds after it was put on a stream goes back to the"
         " feeder, which enqueues it again from its stored original (a Redis restart loses no accepted work)",
     )
-    result_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a result answers new uploads of the same image")
+    result_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a result answers its owner's new uploads of it")
     heartbeat_ttl: int = Field(
         default=10, description="Seconds a worker's heartbeat lives; workers refresh it three times as often"
     )

@@ -56,6 +56,11 @@ async def user_of(browser: Client) -> User:
 
 async def make_prediction(user: User, label: str = "tabby cat", score: float = 0.5, **fields: Any) -> Prediction:
     """A finished prediction straight in the database (no image stored), for listings."""
+    return await Prediction.create(**(prediction_values(user, label, score) | fields))
+
+
+def prediction_values(user: User, label: str = "tabby cat", score: float = 0.5) -> dict[str, Any]:
+    """The fields of a finished prediction of a new image (no image stored)."""
     found = labels.find(label)
     assert found is not None
     top5 = [{"label": found.name, "wnid": found.wnid, "score": score}] + [
@@ -74,7 +79,7 @@ async def make_prediction(user: User, label: str = "tabby cat", score: float = 0
         "top5": top5,
         "latency_ms": 12.0,
     }
-    return await Prediction.create(**(values | fields))
+    return values
 
 
 def is_full_page(response: httpx.Response) -> bool:

@@ -18,7 +18,7 @@ from redis.asyncio import ConnectionPool, Redis
 from app import db, keys
 from app.jobs.results import RESULT_FIELDS, cache_hits, result_fields
 from app.models import Prediction, Status, User
-from app.predictions import earlier_result, earlier_result_sql
+from app.predictions import earlier_result, earlier_result_sql, newest_sql
 from app.services import Services
 from app.settings import Settings
 
@@ -67,9 +67,13 @@ async def test_the_same_image_by_the_same_model_is_answered_and_counted(
 ) -> None:
     services, own = counted_apart
     sha256 = uuid4().hex * 2
-    await a_prediction(settings, sha256)
-    found = await earlier_result(services, sha256)
+    earlier = await a_prediction(settings, sha256)
+    found = await earlier_result(services, sha256, earlier.user_id)  # type: ignore[attr-defined]
     assert found == {name: RESULT[name] for name in RESULT_FIELDS}
+    assert await cache_hits(own) == 1
+    # Never another person's: answered at once, it would tell them this image was sent.
+    someone_else = await User.create(email=f"earlier-{uuid4().hex[:10]}@example.com", password_hash="not a hash")
+    assert await earlier_result(services, sha256, someone_else.id) is None
     assert await cache_hits(own) == 1
 
 
@@ -87,18 +91,19 @@ async def test_no_answer_from_another_model_an_old_result_or_an_unfinished_one(
     ]
     for changes in unusable:
         sha256 = uuid4().hex * 2
-        await a_prediction(settings, sha256, **changes)
-        assert await earlier_result(services, sha256) is None, changes
+        unusable_one = await a_prediction(settings, sha256, **changes)
+        assert await earlier_result(services, sha256, unusable_one.user_id) is None, changes  # type: ignore[attr-defined]
     assert await cache_hits(own) == 0
     # A shorter RESULT_TTL makes a result too old sooner.
     sha256 = uuid4().hex * 2
-    await a_prediction(settings, sha256, finished_at=datetime.now(UTC) - timedelta(seconds=120))
+    minutes_old = await a_prediction(settings, sha256, finished_at=datetime.now(UTC) - timedelta(seconds=120))
+    user_id = minutes_old.user_id  # type: ignore[attr-defined]
     services.settings = dataclasses.replace(settings, result_ttl=60)
     try:
-        assert await earlier_result(services, sha256) is None
+        assert await earlier_result(services, sha256, user_id) is None
     finally:
         services.settings = settings
-    assert await earlier_result(services, sha256) is not None
+    assert await earlier_result(services, sha256, user_id) is not None
 
 
 async def test_the_lookup_reads_only_the_images_own_rows(tmp_path: Path) -> None:
@@ -107,6 +112,10 @@ async def test_the_lookup_reads_only_the_images_own_rows(tmp_path: Path) -> None
     path = tmp_path / "plan.sqlite3"
     await db.apply_migrations(f"sqlite://{path}")
     with sqlite3.connect(path) as connection:
-        values = ["a" * 64, "done", "resnet50", "random", "2026-01-01"]
+        values = ["a" * 64, "done", 1, "resnet50", "random", "2026-01-01"]
         plan = connection.execute(f"EXPLAIN QUERY PLAN {earlier_result_sql('sqlite')}", values).fetchall()
+        newest = connection.execute(f"EXPLAIN QUERY PLAN {newest_sql('sqlite', 2)}", [1, "a", "b"]).fetchall()
     assert len(plan) == 1 and "(image_sha256=? AND status=?)" in plan[0][-1], plan
+    # Not by the person's index, which reads all their history (SQLite chose it when the person was asked).
+    searches = [step[-1] for step in newest if "SEARCH" in step[-1]]
+    assert len(searches) == 1 and "(image_sha256=?)" in searches[0], newest

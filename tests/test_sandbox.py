@@ -244,6 +244,30 @@ async def test_thumbnails_are_rendered_in_the_pool_and_kept(tmp_path: Path) -> N
             await pool.thumbnail("e" * 64, "ee/gone.jpg")
 
 
+async def test_a_preview_asked_for_many_times_at_once_is_rendered_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: twenty requests at once for a preview not yet kept each read the original (up to
+    10 MB, before waiting for a turn) and rendered it in the shared decode processes."""
+    data = samples.photo(1306, (1200, 900))
+    checked = images.check(data, 10**7, 10**8, 10**9)
+    (tmp_path / checked.relative_path).parent.mkdir(parents=True)
+    (tmp_path / checked.relative_path).write_bytes(data)
+    async with decode_pool(upload_dir=tmp_path) as pool:
+        run, rendered = pool._run, 0
+
+        async def counted(function: Any, *args: Any) -> Any:
+            nonlocal rendered
+            rendered += 1
+            return await run(function, *args)
+
+        monkeypatch.setattr(pool, "_run", counted)
+        asking = [pool.thumbnail(checked.sha256, checked.relative_path, owner=n % 3) for n in range(20)]
+        previews = await asyncio.gather(*asking)
+    assert rendered == 1 and len(set(previews)) == 1
+    assert thumbnails.thumbnail_path(tmp_path, checked.sha256).read_bytes() == previews[0]
+
+
 async def test_waiting_decodes_are_served_in_turns_across_owners() -> None:
     turns = Turns(1)
     served: list[str] = []

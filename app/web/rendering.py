@@ -4,12 +4,13 @@ and the page otherwise. Also the filters the templates share, pagination, and na
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 from litestar import Response
 from litestar.plugins.htmx import ClientRedirect
-from litestar.response import Redirect, Template
+from litestar.response import Redirect, Stream, Template
 from litestar.status_codes import HTTP_200_OK, HTTP_303_SEE_OTHER
 
 from app.models import User
@@ -81,10 +82,10 @@ def go(request: AnyRequest, target: str) -> Response[Any]:
     return Redirect(target, status_code=HTTP_303_SEE_OTHER)
 
 
-def csv_attachment(file_name: str, body: str) -> Response[str]:
-    """A CSV file for the browser to save."""
-    return Response(
-        body,
-        media_type="text/csv; charset=utf-8",
+def csv_attachment(file_name: str, text: AsyncIterator[str]) -> Stream:
+    """A CSV file for the browser to save, sent as it is made."""
+    return Stream(
+        text,
+        media_type="text/csv",  # Litestar adds the charset
         headers={"Content-Disposition": f'attachment; filename="{file_name}"'},
     )

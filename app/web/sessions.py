@@ -17,6 +17,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware.authentication import AuthenticationResult
+from litestar.middleware.csrf import generate_csrf_token
 from litestar.security.jwt import JWTCookieAuth, JWTCookieAuthenticationMiddleware, Token
 
 from app import keys
@@ -183,10 +184,9 @@ def jwt_auth(connection: ASGIConnection[Any, Any, Any, Any]) -> JWTCookieAuth[Us
     return found
 
 
-def issue_token(request: AnyRequest, user: User) -> str:
+def issue_token(request: AnyRequest, user: User, csrf_cookie: str = "") -> str:
     """A jti on every token lets logout revoke exactly that token; a page session's token also names the
-    CSRF cookie it was signed in with (the sign-in form had to carry it), which binds the two."""
-    csrf_cookie = request.cookies.get(CSRF_COOKIE, "")
+    CSRF cookie made for it as it signed in (`signed_in`), which binds the two."""
     return jwt_auth(request).create_token(
         identifier=str(user.id), token_unique_jwt_id=uuid4().hex, token_extras={CSRF_CLAIM: csrf_cookie}
     )
@@ -242,12 +242,27 @@ def login_url(request: AnyRequest) -> str:
 
 
 def signed_in(request: AnyRequest, user: User, target: str) -> Response[Any]:
-    auth = jwt_auth(request)
+    """Sign a browser in, with a CSRF cookie of its own: the one it came with may have been planted by
+    someone who knows its token (another site's subdomain, a network on the way)."""
+    auth, csrf = jwt_auth(request), request.app.csrf_config
+    assert csrf is not None  # the pages' forms are always protected (app/web/app.py)
     response = go(request, target)
+    csrf_cookie = generate_csrf_token(csrf.secret)
+    response.set_cookie(
+        Cookie(
+            key=csrf.cookie_name,
+            value=csrf_cookie,
+            path=csrf.cookie_path,
+            domain=csrf.cookie_domain,
+            httponly=csrf.cookie_httponly,
+            samesite=csrf.cookie_samesite,
+            secure=csrf.cookie_secure or request.url.scheme == "https",
+        )
+    )
     response.set_cookie(
         Cookie(
             key=auth.key,
-            value=issue_token(request, user),
+            value=issue_token(request, user, csrf_cookie),
             path=auth.path,
             domain=auth.domain,
             max_age=int(auth.default_token_expiration.total_seconds()),

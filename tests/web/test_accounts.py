@@ -362,3 +362,13 @@ async def test_one_address_holds_at_most_its_share_of_bodies_while_no_one_is_sig
     assert signed_in.status_code == 404, signed_in.text  # their own share: the body was read
     assert (await held).status_code == 401
     assert bodies.held == 0 and not bodies.by_sender
+
+
+async def test_an_email_too_long_once_normalised_is_refused(client: httpx.AsyncClient) -> None:
+    """Found in review: the API checked an email as sent, and stored it normalised (NFKC, case folded),
+    which can make it longer (U+3316 becomes six characters) or another shape: 500 from the database."""
+    longer = "\u3316" * 240 + "@example.com"  # 252 characters as sent, 1,452 once normalised
+    reshaped = f"a\ufe6bb{unique_email()}"  # U+FE6B is a small @: two of them once normalised
+    for email in (longer, reshaped):
+        response = await client.post("/api/auth/register", json={"email": email, "password": "correct horse"})
+        assert response.status_code == 400 and "valid email" in response.json()["detail"], response.text

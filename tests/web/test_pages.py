@@ -122,8 +122,8 @@ async def test_register_sets_an_httponly_lax_cookie_and_signs_in(browser: Client
     email = unique_email()
     response = await post_form(browser, "/register", {"email": email, "password": PASSWORD, "name": "Ada"})
     assert response.status_code == 303 and response.headers["location"] == "/"
-    cookie = response.headers["set-cookie"]
-    assert cookie.startswith("token=") and "HttpOnly" in cookie and "SameSite=lax" in cookie
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("token="))
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie
     assert "Secure" not in cookie  # dev over plain HTTP; production sets it (settings.production)
     home = await browser.get("/")
     assert home.status_code == 200 and f'title="{email}"' in home.text and "Ada" in home.text
@@ -249,6 +249,23 @@ async def test_the_csrf_token_is_bound_to_the_session(app: Litestar, user_browse
     assert refused.status_code == 403 and "does not belong to your session" in refused.text
     user_browser.cookies.set("csrftoken", own)
     assert (await user_browser.post("/logout", data={"_csrf_token": own})).status_code == 303
+
+
+async def test_a_csrf_cookie_planted_before_signing_in_does_not_carry_forms(app: Litestar, browser: Client) -> None:
+    """Found in review: signing in bound whatever CSRF cookie the browser came with, so one planted before
+    (from a sibling subdomain, a network on the way), whose token the planter knows, carried forms in the
+    session signed in after. Signing in now makes a CSRF cookie of its own."""
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50011))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as elsewhere:
+        planted = await csrf(elsewhere)  # a real token, which the planter got for itself
+    email = await sign_up_page(browser)
+    await post_form(browser, "/logout", {})
+    browser.cookies.set("csrftoken", planted, domain="testserver.local")  # where the app's own cookies go
+    signed = await browser.post("/login", data={"email": email, "password": PASSWORD, "_csrf_token": planted})
+    assert signed.status_code == 303 and browser.cookies["csrftoken"] != planted
+    forged = await browser.post("/logout", data={"_csrf_token": planted})
+    assert forged.status_code == 403, forged.text
+    assert (await post_form(browser, "/logout", {})).status_code == 303  # the session's own token carries it
 
 
 async def test_the_session_cookie_is_secure_over_https(app: Litestar, client: Client) -> None:
@@ -634,7 +651,7 @@ async def test_admin_agreement_per_label(admin_browser: Client) -> None:
 async def test_admin_csv_export(admin_browser: Client) -> None:
     suffix, made = await seed_feedback()
     response = await admin_browser.get("/admin/feedback.csv", params={"label": "goldfish"})
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    assert response.status_code == 200 and response.headers["content-type"] == "text/csv; charset=utf-8"
     assert response.headers["content-disposition"].startswith('attachment; filename="feedback-')
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert list(rows[0]) == [
@@ -676,11 +693,11 @@ async def test_admin_csv_streams_many_rows(admin_browser: Client) -> None:
     await Feedback.bulk_create([Feedback(prediction=p, user=user, is_correct=False) for p in many])
     from app.web.pages import admin
 
-    original, admin.CSV_CHUNK = admin.CSV_CHUNK, 5  # several chunks
+    original, admin.CSV_PAGE = admin.CSV_PAGE, 5  # several pages
     try:
         response = await admin_browser.get("/admin/feedback.csv", params={"label": "catamaran"})
     finally:
-        admin.CSV_CHUNK = original
+        admin.CSV_PAGE = original
     assert len(list(csv.DictReader(io.StringIO(response.text)))) == 12
 
 

@@ -10,6 +10,7 @@ import msgspec
 from litestar import Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.params import FromPath, MultipartBody, QueryParameter
+from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from app import archives, collections
@@ -90,7 +91,7 @@ async def read_collection(
     summary="One row per image: file name, sha256, label, WordNet id, score, top 5, status, error",
     media_type="text/csv",
 )
-async def collection_csv(request: AuthedRequest, collection_id: FromPath[UUID]) -> Response[str]:
+async def collection_csv(request: AuthedRequest, collection_id: FromPath[UUID]) -> Stream:
     return csv_attachment(*await collections.results_csv(request.user, collection_id))
 
 

@@ -93,11 +93,8 @@ async def list_predictions(request: AuthedRequest, page: Page = 1, per_page: Per
     status_code=HTTP_200_OK,
 )
 async def lookup_predictions(request: AuthedRequest, data: JSONBody[LookupIn]) -> LookupOut:
-    found: dict[str, PredictionOut] = {}
-    rows = await Prediction.filter(user=request.user, image_sha256__in=data.sha256).order_by("created_at")
-    for prediction in rows:  # oldest first: the latest of each image wins
-        found[prediction.image_sha256] = prediction_out(prediction, show_cached=request.user.is_admin)
-    return LookupOut(found)
+    newest = await predictions.newest_of_each(request.user, data.sha256)
+    return LookupOut({p.image_sha256: prediction_out(p, show_cached=request.user.is_admin) for p in newest})
 
 
 routes = [

@@ -61,7 +61,7 @@ async def login_page(request: AnyRequest, next_path: NextPath = "/") -> Template
 async def login_submit(request: AnyRequest, data: Annotated[LoginForm, FormBody]) -> Response[Any]:
     values = {"email": data.email.strip(), "next": safe_next(data.next)}
     errors: dict[str, str] = {}
-    if problem := accounts.email_problem(accounts.normalize_email(data.email)):
+    if problem := accounts.email_problem(data.email):
         errors["email"] = problem
     if not data.password:
         errors["password"] = "Enter your password"
@@ -85,7 +85,7 @@ async def register_page(request: AnyRequest, next_path: NextPath = "/") -> Templ
 
 def register_problems(data: RegisterForm) -> dict[str, str]:
     problems = {
-        "email": accounts.email_problem(accounts.normalize_email(data.email)),
+        "email": accounts.email_problem(data.email),
         "name": accounts.name_problem(data.name),
         "password": accounts.password_problem(data.password),
     }

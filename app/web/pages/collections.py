@@ -13,10 +13,10 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 from uuid import UUID
 
-from litestar import Response, get
+from litestar import get
 from litestar.exceptions import ClientException
 from litestar.params import FromPath, QueryParameter
-from litestar.response import Template
+from litestar.response import Stream, Template
 from tortoise.functions import Count
 
 from app import collections, predictions
@@ -131,7 +131,7 @@ async def collection_page(
 
 
 @get("/collections/{collection_id:uuid}/results.csv", include_in_schema=False)
-async def collection_csv_page(request: AnyRequest, collection_id: FromPath[UUID]) -> Response[str]:
+async def collection_csv_page(request: AnyRequest, collection_id: FromPath[UUID]) -> Stream:
     """The API's CSV, for a signed-in browser (the API takes only the bearer token, never the cookie)."""
     return csv_attachment(*await collections.results_csv(request.user, collection_id))
 
