@@ -1,7 +1,9 @@
 """Checks of untrusted text (names, comments, file names): what may be stored and shown, and what is refused.
 
 Control characters are refused everywhere: NUL breaks PostgreSQL text, the others hide or rewrite what a
-person sees. One-line fields refuse line breaks too; display names also refuse invisible characters.
+person sees; so are the marks that reverse the direction of text, which make a name read as another (an
+admin sees `photo<U+202E>gpj.exe` as `photoexe.jpg`). One-line fields refuse line breaks too; display names
+also refuse invisible characters. File names, which are labels, lose all of these rather than being refused.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import unicodedata
 # surrogates, private use, and line or paragraph separators.
 _INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}
 _LINE_BREAKS = {"\n", "\r"}
+# The explicit direction marks, embeddings, overrides and isolates (Unicode's Bidi_Control).
+_DIRECTION = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def is_control(char: str) -> bool:
@@ -23,6 +27,8 @@ def text_problem(value: str, what: str, *, multiline: bool = False) -> str | Non
     allowed = {"\t", *_LINE_BREAKS} if multiline else {"\t"}
     if any(is_control(c) and c not in allowed for c in value):
         return f"{what} must not contain control characters" + ("" if multiline else " or line breaks")
+    if any(c in _DIRECTION for c in value):
+        return f"{what} must not contain marks that change the direction of text"
     return None
 
 
@@ -34,5 +40,6 @@ def invisible_problem(value: str, what: str) -> str | None:
 
 
 def clean_file_name(name: str, limit: int = 255) -> str:
-    """A client's file name as a label (never a path): control characters dropped, cut to `limit`."""
-    return "".join(c for c in name if not is_control(c))[:limit]
+    """A client's file name as a label (never a path): control and invisible characters dropped, cut to
+    `limit`."""
+    return "".join(c for c in name if unicodedata.category(c) not in _INVISIBLE)[:limit]

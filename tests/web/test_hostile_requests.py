@@ -247,3 +247,29 @@ async def test_a_text_part_in_an_unreadable_charset_is_400(client: httpx.AsyncCl
     response = await client.post("/api/collections", headers=headers, content=body)
     # An unknown or non-text charset raised LookupError, and a bad idna label UnicodeError: a 500.
     assert response.status_code == 400 and "not valid UTF-8" in response.json()["detail"], response.text
+
+
+async def test_marks_that_reverse_text_are_refused_in_names_and_comments_and_dropped_from_file_names(
+    client: httpx.AsyncClient, worker: CountingClassifier
+) -> None:
+    """Found in review: a right-to-left override (U+202E) was kept in collection names, comments and file
+    names, so what the owner or an admin read was not what was there (`photo<U+202E>gpj.exe` reads as
+    `photoexe.jpg`)."""
+    auth = await sign_up(client)
+    named = await client.post(
+        "/api/collections",
+        headers=auth,
+        data={"name": "holiday\u202egnp.exe"},
+        files={"files": ("a.jpg", samples.photo(4244))},
+    )
+    assert named.status_code == 400 and "direction of text" in named.json()["detail"], named.text
+    made = await client.post(
+        "/api/predictions", headers=auth, files={"file": ("photo\u202egpj.exe", samples.photo(4245))}
+    )
+    assert made.status_code == 200 and made.json()["file_name"] == "photogpj.exe", made.text
+    url = f"/api/predictions/{made.json()['id']}/feedback"
+    refused = await client.post(url, headers=auth, json={"is_correct": True, "comment": "fine \u2067really\u2069"})
+    assert refused.status_code == 400 and "direction of text" in refused.json()["detail"]
+    emoji = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # a family: people joined by U+200D, which stays
+    kept = await client.post(url, headers=auth, json={"is_correct": True, "comment": f"our {emoji}"})
+    assert kept.status_code == 200 and kept.json()["comment"] == f"our {emoji}"
