@@ -13,6 +13,7 @@ from uuid import UUID
 from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
 from litestar.status_codes import HTTP_504_GATEWAY_TIMEOUT
 from tortoise import connections
+from tortoise.functions import Count
 
 from app import images, keys, quotas, schemas, text
 from app.jobs import producer
@@ -60,12 +61,21 @@ async def _check_capacity(services: Services, user: User) -> None:
         )
 
 
-async def _check_async_room(services: Services) -> None:
-    """Async jobs wait in the database, not in a request: they are bounded by a queue length."""
+async def _check_async_room(services: Services, user: User) -> None:
+    """Async jobs wait in the database, not in a request: they are bounded by a queue length. Past it,
+    someone holding less than an equal share of it is still let in, up to twice the length: else a few
+    accounts that filled it shut everyone else out until it drained."""
     limit = services.settings.async_queue_limit
-    waiting = await Prediction.filter(status=Status.QUEUED, collection_id__isnull=True).count()
-    if waiting >= limit:
-        raise unavailable(f"The queue is full ({waiting} images waiting, at most {limit}); try again later", 30)
+    waiting = Prediction.filter(status=Status.QUEUED, collection_id__isnull=True)
+    total = await waiting.count()
+    if total < limit:
+        return
+    mine = await waiting.filter(user=user).count()
+    others = await waiting.annotate(holders=Count("user_id", distinct=True)).values("holders")
+    holders = int(others[0]["holders"]) + (mine == 0)
+    if total < 2 * limit and mine < limit / holders:
+        return
+    raise unavailable(f"The queue is full ({total} images waiting, at most {limit}); try again later", 30)
 
 
 # An accepted upload: the checked image, and the earlier result of the same image if there is one.
@@ -211,7 +221,7 @@ async def submit(
 
 async def _defer(services: Services, record: dict[str, Any], image: images.CheckedImage) -> Prediction:
     with stage("database"):
-        await _check_async_room(services)
+        await _check_async_room(services, record["user"])
         prediction = await Prediction.create(**record, status=Status.QUEUED)
     services.kept.keep(str(prediction.id), image.pixels)
     services.nudge_feeder()

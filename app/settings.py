@@ -198,7 +198,8 @@ class Settings:
     async_queue_limit: int = Field(
         default=10_000,
         description="The most single uploads and async jobs waiting, everyone's together: async jobs past it get"
-        " 503 with Retry-After (synchronous uploads are bounded by `WAIT_TIMEOUT` instead)",
+        " 503 with Retry-After, but for those holding less than an equal share of it, up to twice it (synchronous"
+        " uploads are bounded by `WAIT_TIMEOUT` instead)",
     )
     requeue_after: float = Field(
         default=300.0,

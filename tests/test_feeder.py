@@ -114,6 +114,30 @@ async def test_async_jobs_are_accepted_without_a_worker_up_to_the_queue_length(
     assert worker.images == 12
 
 
+async def test_a_full_queue_still_takes_those_holding_less_than_an_equal_share(
+    client: Client, auth: dict[str, str], no_worker: None, settings_of: Any
+) -> None:
+    """Found in review: once a few accounts filled the async queue, everyone else's async uploads were
+    refused until it drained. Past its length, one holding less than an equal share is still let in."""
+    waiting = Prediction.filter(status=Status.QUEUED, collection_id=None)
+    await waiting.delete()  # earlier tests' (no worker took them)
+    settings_of(async_queue_limit=4)
+    other = await sign_up(client)
+
+    async def send(headers: dict[str, str], seed: int) -> int:
+        image = ("a.png", samples.photo(21_100 + seed, (64, 48), "PNG"))
+        response = await client.post(
+            "/api/predictions", headers=headers, params={"wait": "false"}, files={"file": image}
+        )
+        return response.status_code
+
+    assert [await send(auth, i) for i in range(6)] == [202] * 4 + [503] * 2  # the queue full, by one account
+    # Someone else still gets in, up to an equal share (among the two of them, half the queue's length).
+    assert [await send(other, 10 + i) for i in range(3)] == [202, 202, 503]
+    assert await send(auth, 20) == 503
+    await waiting.delete()
+
+
 async def has_length(redis: Redis, stream: str, length: int) -> bool:
     return await redis.xlen(stream) == length
 
