@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, InternalServerException
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_401_UNAUTHORIZED,
@@ -24,6 +24,8 @@ from app.web.rendering import render, wants_partial
 from app.web.sessions import login_url, signed_out
 
 log = logging.getLogger(__name__)
+# What Litestar raises when the client goes away, or the server cuts it off, before its body has all come.
+CLIENT_GONE = "client disconnected prematurely"
 ANSWERED_5XX = {HTTP_503_SERVICE_UNAVAILABLE, HTTP_504_GATEWAY_TIMEOUT, HTTP_507_INSUFFICIENT_STORAGE}
 
 ERROR_TITLES = {
@@ -99,6 +101,9 @@ def error_body(exc: Exception) -> tuple[int, str, dict[str, str], Any]:
     # Our own 503s, 504s and 507s say what to do; any other 5xx is a bug, whose detail may show internals.
     if isinstance(exc, HTTPException) and (exc.status_code < 500 or exc.status_code in ANSWERED_5XX):
         return exc.status_code, exc.detail, dict(exc.headers or {}), exc.extra
+    if isinstance(exc, InternalServerException) and exc.detail == CLIENT_GONE:
+        # The client's fault, not the server's (and nobody is there to read the answer): not logged as a bug.
+        return HTTP_400_BAD_REQUEST, "The request body stopped before its end", {}, None
     if isinstance(exc, UnicodeError) or type(exc) is LookupError:
         # Litestar's multipart parser decodes a text part by the charset the part names (UTF-8 by default):
         # bytes it cannot decode, or a charset with no text codec (LookupError itself; a KeyError is a bug).

@@ -1,9 +1,14 @@
-"""How uvicorn serves the app: its command line, and an HTTP protocol that stops reading a request's head
-past a bound. uvicorn's own httptools protocol reads a head of any size (64 MB took seconds and stalled
-every other request); this one answers 431 and closes once the head passes MAX_HEAD_BYTES."""
+"""How uvicorn serves the app: its command line, and an HTTP protocol that bounds what one connection may
+hold. uvicorn's own httptools protocol reads a head of any size (64 MB took seconds and stalled every other
+request); this one answers 431 and closes once the head passes MAX_HEAD_BYTES. uvicorn also keeps a
+connection that sends nothing, or a head a byte at a time, or a body that stops, for as long as the client
+likes, so that a few thousand of them, costing their sender nothing, took every file descriptor and kept
+everyone else out; this one closes a head not complete within HEAD_TIMEOUT_S (408) and a body that pauses
+longer than BODY_PAUSE_S."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -13,32 +18,85 @@ from app.web.limits import MAX_HEADER_BYTES
 # The request line and the headers; the app itself refuses more than MAX_HEADER_BYTES of headers (431),
 # this is the bound on what is read at all.
 MAX_HEAD_BYTES = 4 * MAX_HEADER_BYTES
+# From a connection's opening, or a request's first byte, to the end of its head: a browser sends its head
+# at once, in one packet or a few.
+HEAD_TIMEOUT_S = 20.0
+# The longest a body may stop arriving while the app waits for it (nginx's client_body_timeout is 60 s).
+BODY_PAUSE_S = 60.0
 TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
 )
 TOO_LARGE_BODY = b'{"status_code":431,"detail":"The request headers are too large"}'
+TOO_SLOW = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+TOO_SLOW_BODY = b'{"status_code":408,"detail":"The request head did not arrive in time"}'
 
 
 class BoundedHttpTools(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
+        self._in_body = False
         self._head_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._time(HEAD_TIMEOUT_S)  # a connection that never sends its head
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._time(None)
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._head_bytes = True, 0
+        if self._timer is None:  # else the connection's first head: its time runs from the opening
+            self._time(HEAD_TIMEOUT_S)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head, self._in_body = False, True
+        self._time(BODY_PAUSE_S)
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._time(None)
+        super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self._in_body:
+            self._time(BODY_PAUSE_S)  # it arrives: its pause starts again
         # Still in the head after parsing this chunk: all of it was head.
         if self._in_head and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self.transport.write(TOO_LARGE % (len(TOO_LARGE_BODY), TOO_LARGE_BODY))
                 self.transport.close()
+
+    def _time(self, seconds: float | None) -> None:
+        """Close the connection in `seconds` unless timed again first (None: no more)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None if seconds is None else self.loop.call_later(seconds, self._out_of_time)
+
+    def _out_of_time(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self._in_body:
+            cycle = self.cycle
+            # Not the client's pause: the app is not reading (uvicorn stopped reading for it), or the client
+            # waits for the 100 Continue that the app's first read sends.
+            if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+                self._time(BODY_PAUSE_S)
+                return
+        elif self._in_head and (self.cycle is None or self.cycle.response_complete):
+            self.transport.write(TOO_SLOW % (len(TOO_SLOW_BODY), TOO_SLOW_BODY))
+        else:
+            return  # between requests: uvicorn's keep-alive timeout closes an idle connection
+        self.transport.close()

@@ -1,21 +1,27 @@
-"""The app as uvicorn serves it: a request head past the bound is cut off with 431, bodies are not heads, and
-an idle connection outlives a client's pause."""
+"""The app as uvicorn serves it: a request head past the bound is cut off with 431, bodies are not heads, an
+idle connection outlives a client's pause, and a head or a body that does not come in time is cut off."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
+import uvicorn
+from litestar import Litestar
 
 from app.run import UVICORN_ARGS
-from app.web.server import MAX_HEAD_BYTES
-from tests.live import live_server
+from app.web import server
+from app.web.server import MAX_HEAD_BYTES, BoundedHttpTools
+from tests.live import free_port, live_server
 
 
 def send_head(url: str, size: int) -> tuple[int, bytes]:
@@ -77,3 +83,67 @@ async def test_a_connection_idle_longer_than_uvicorns_default_still_serves(tmp_p
     assert web_command[1 : 1 + len(UVICORN_ARGS)] == UVICORN_ARGS  # the image serves as `make run` does
     with live_server(tmp_path / "web.log") as url:
         assert await asyncio.to_thread(two_requests, url, 6.0) == 200
+
+
+@contextlib.asynccontextmanager
+async def served_here(app: Litestar) -> AsyncIterator[int]:
+    """The running app, served by uvicorn with the app's protocol in this process (so that its time limits
+    can be made short): its port."""
+    config = uvicorn.Config(app, port=free_port(), http=BoundedHttpTools, lifespan="off", log_level="warning")
+    serving = uvicorn.Server(config)
+    task = asyncio.create_task(serving.serve())
+    while not serving.started:
+        assert not task.done(), task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield config.port
+    finally:
+        serving.should_exit = True
+        await task
+
+
+async def answer_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """All the server sends until it closes the connection, which it must within `seconds`."""
+    return await asyncio.wait_for(reader.read(), seconds)
+
+
+async def test_a_head_or_a_body_that_does_not_come_in_time_is_cut_off(
+    app: Litestar, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn kept a connection that sent nothing, or its head a byte at a time, or stopped its body, for
+    as long as the client liked: a few thousand of them took every file descriptor and kept everyone out."""
+    monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(server, "BODY_PAUSE_S", 1.0)
+    async with served_here(app) as port:
+        silent = await asyncio.open_connection("127.0.0.1", port)
+        trickled = await asyncio.open_connection("127.0.0.1", port)
+        stopped = await asyncio.open_connection("127.0.0.1", port)
+        steady = await asyncio.open_connection("127.0.0.1", port)
+        stopped[1].write(b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n")
+        stopped[1].write(b"content-length: 100\r\n\r\n{")
+        steady[1].write(b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n")
+        steady[1].write(b"content-length: 40\r\nconnection: close\r\n\r\n")
+        body = b'{"email": "a@b.c", "password": "xy"}'.ljust(40)
+
+        async def trickle_head() -> None:
+            for byte in b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                trickled[1].write(bytes([byte]))
+                await asyncio.sleep(0.1)
+
+        async def send_body_slowly() -> None:  # a pause of at most 0.5 s, 2.5 s in all
+            for n in range(0, 40, 8):
+                steady[1].write(body[n : n + 8])
+                await asyncio.sleep(0.5)
+
+        sending = [asyncio.create_task(trickle_head()), asyncio.create_task(send_body_slowly())]
+        assert (await answer_within(silent[0], 5)).startswith(b"HTTP/1.1 408")
+        assert (await answer_within(trickled[0], 5)).startswith(b"HTTP/1.1 408")  # though it kept sending
+        assert await answer_within(stopped[0], 5) == b""  # cut off mid-body: the app had nothing to answer
+        assert (await answer_within(steady[0], 10)).startswith(b"HTTP/1.1 401")  # read whole, and answered
+        for task in sending:
+            task.cancel()
+        fine = await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/health/live")
+        assert fine.status_code == 200
+        assert "unhandled error" not in caplog.text  # a body cut off is the client's doing, not a bug
+        for _, writer in (silent, trickled, stopped, steady):
+            writer.close()
