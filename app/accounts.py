@@ -73,7 +73,7 @@ async def register(email: str, password: str, name: str, address: str, throttle:
     if problem := email_problem(email) or name_problem(name):
         raise ClientException(problem)
     limit = throttle.sign_up_limit(address)
-    await throttle.take([limit], "sign-ups from this address")
+    await throttle.take([limit])
     email, name = normalize_email(email), normalize_name(name)
     if await User.exists(email=email):
         raise EmailTaken("An account with this email already exists")
@@ -85,10 +85,10 @@ async def register(email: str, password: str, name: str, address: str, throttle:
 
 async def authenticate(email: str, password: str, address: str, throttle: Throttle) -> User:
     """The user for these credentials; the same 401, after the same work, for an unknown email and a wrong
-    password; 429 past the failed sign-in limits."""
+    password; 429 past the failed sign-in limits, or past the account's sign-ins of any outcome."""
     email = normalize_email(email)
     limits = throttle.sign_in_limits(email, address)
-    await throttle.take(limits, "failed sign-ins")  # counted as failed unless it turns out otherwise
+    await throttle.take(limits)  # counted as failed unless it turns out otherwise
     try:
         user, new_hash = await _verified(email, password)
     except NotAuthorizedException:
@@ -97,9 +97,8 @@ async def authenticate(email: str, password: str, address: str, throttle: Thrott
         with contextlib.suppress(Exception):
             await throttle.give_back(limits)
         raise
-    account, address_limit = limits
-    await throttle.forget(account)  # a success clears the account's count; the address's runs on
-    await throttle.give_back([address_limit])  # without this attempt, which did not fail
+    await throttle.forget(limits.failed_by_account)  # a success clears the account's count of failures
+    await throttle.give_back([limits.failed_by_address])  # the address's runs on, without this attempt
     if new_hash:
         user.password_hash = new_hash
         await user.save(update_fields=["password_hash"])

@@ -58,6 +58,10 @@ def login_throttle_address(address: str) -> str:
     return f"throttle:login:addr:{address}"
 
 
+def sign_ins_account(email: str) -> str:
+    return f"throttle:sign-ins:account:{email.lower()}"
+
+
 def register_throttle_address(address: str) -> str:
     return f"throttle:register:addr:{address}"
 

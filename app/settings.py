@@ -94,9 +94,7 @@ class Settings:
     upload_dir: Path = Field(
         default=Path("data/uploads"), description="Where originals are stored, once each, named by their sha256"
     )
-    max_upload_bytes: int = Field(
-        default=10 * 1024 * 1024, description="The largest accepted upload, in bytes (413 past it)"
-    )
+    max_upload_bytes: int = Field(default=10 * 1024**2, description="The largest upload taken, in bytes (413 past it)")
     max_image_pixels: int = Field(
         default=64_000_000, description="The largest accepted image, in pixels (past it: a decompression bomb, 400)"
     )
@@ -197,9 +195,8 @@ class Settings:
     )
     async_queue_limit: int = Field(
         default=10_000,
-        description="The most single uploads and async jobs waiting, everyone's together: async jobs past it get"
-        " 503 with Retry-After, but for those holding less than an equal share of it, up to twice it (synchronous"
-        " uploads are bounded by `WAIT_TIMEOUT` instead)",
+        description="The most single uploads and async jobs waiting, everyone's together: async jobs past it get 503"
+        " with Retry-After, but for anyone holding under an equal share, up to twice it (sync ones: `WAIT_TIMEOUT`)",
     )
     requeue_after: float = Field(
         default=300.0,
@@ -223,8 +220,10 @@ class Settings:
         default=20, description="Failed sign-ins allowed per client address within `LOGIN_WINDOW_SECONDS` (then 429)"
     )
     registrations_per_address: int = Field(
-        default=20,
-        description="Sign-ups allowed per client address per hour (then 429): bounds probing for taken emails",
+        default=20, description="Sign-ups allowed per address per hour (then 429): bounds probing for taken emails"
+    )
+    sign_ins_per_account: int = Field(
+        default=30, description="Sign-ins of any outcome allowed per account within `LOGIN_WINDOW_SECONDS` (then 429)"
     )
     login_window_seconds: int = Field(default=900, description="The window of the failed sign-in limits, in seconds")
     htmx_url: str = Field(

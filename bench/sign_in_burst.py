@@ -63,7 +63,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sign-in-burst-") as folder:
         workdir = Path(folder)
         with database(None, workdir) as url:
-            extra = {"REGISTRATIONS_PER_ADDRESS": str(args.sign_ups + 10)}  # one address sends them all here
+            extra = {
+                "REGISTRATIONS_PER_ADDRESS": str(args.sign_ups + 10),  # one address sends them all here
+                "SIGN_INS_PER_ACCOUNT": str(2 * args.sign_ins + 10),  # one account signs in again and again
+            }
             system = System(workdir, url, workers=0, pinned=False, extra_env=extra)
             try:
                 asyncio.run(measure(system.url, args.sign_ups, args.sign_ins))

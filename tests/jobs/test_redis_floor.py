@@ -19,9 +19,9 @@ async def test_failed_sign_ins_are_counted_and_limited_on_redis_6_2(redis62: Red
     throttle = Throttle(redis62, settings)
     limits = throttle.sign_in_limits("ada@example.com", "10.0.0.1")
     for _ in range(settings.login_attempts_per_account):
-        await throttle.take(limits, "failed sign-ins")  # used EXPIRE ... NX, Redis 7 only: an error
+        await throttle.take(limits)  # used EXPIRE ... NX, Redis 7 only: an error
     with pytest.raises(TooManyRequestsException) as refused:
-        await throttle.take(limits, "failed sign-ins")
+        await throttle.take(limits)
     retry = int((refused.value.headers or {})["Retry-After"])
     assert 0 < retry <= settings.login_window_seconds
     # The window starts at the first failure: later failures do not push it back.
