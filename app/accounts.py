@@ -48,9 +48,10 @@ def name_problem(name: str) -> str | None:
 
 
 def email_problem(email: str) -> str | None:
-    """Judged as it is stored: normalised, which may lengthen it (one character to six) or change its shape."""
+    """Judged as it is stored: normalised, which may lengthen it (one character to 18) or change its shape.
+    No invisible characters or direction marks: the admin pages and every page's header show it."""
     email = normalize_email(email)
-    if len(email) > 254 or not re.match(EMAIL_PATTERN, email):
+    if len(email) > 254 or not re.match(EMAIL_PATTERN, email) or text.invisible_problem(email, "The email"):
         return "Enter a valid email address"
     return None
 

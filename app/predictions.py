@@ -64,7 +64,8 @@ async def _check_capacity(services: Services, user: User) -> None:
 async def _check_async_room(services: Services, user: User) -> None:
     """Async jobs wait in the database, not in a request: they are bounded by a queue length. Past it,
     someone holding less than an equal share of it is still let in, up to twice the length: else a few
-    accounts that filled it shut everyone else out until it drained."""
+    accounts that filled it shut everyone else out until it drained. Called under `services.admitting`:
+    each web process adds one at a time, so N processes may pass the bound by N - 1 at most."""
     limit = services.settings.async_queue_limit
     waiting = Prediction.filter(status=Status.QUEUED, collection_id__isnull=True)
     total = await waiting.count()
@@ -72,7 +73,7 @@ async def _check_async_room(services: Services, user: User) -> None:
         return
     mine = await waiting.filter(user=user).count()
     others = await waiting.annotate(holders=Count("user_id", distinct=True)).values("holders")
-    holders = int(others[0]["holders"]) + (mine == 0)
+    holders = max(1, int(others[0]["holders"]) + (mine == 0))  # at least 1: it may have drained meanwhile
     if total < 2 * limit and mine < limit / holders:
         return
     raise unavailable(f"The queue is full ({total} images waiting, at most {limit}); try again later", 30)
@@ -221,8 +222,9 @@ async def submit(
 
 async def _defer(services: Services, record: dict[str, Any], image: images.CheckedImage) -> Prediction:
     with stage("database"):
-        await _check_async_room(services, record["user"])
-        prediction = await Prediction.create(**record, status=Status.QUEUED)
+        async with services.admitting:
+            await _check_async_room(services, record["user"])
+            prediction = await Prediction.create(**record, status=Status.QUEUED)
     services.kept.keep(str(prediction.id), image.pixels)
     services.nudge_feeder()
     return prediction

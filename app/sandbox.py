@@ -251,16 +251,21 @@ class DecodePool:
     async def thumbnail(self, sha256: str, relative_path: str, owner: Hashable = None) -> bytes:
         """The preview of a stored original (WebP), rendered once in a decode process and kept beside the
         originals; asked for again while it is rendered, the same rendering answers (twenty requests at once
-        rendered it twenty times, each holding the original). FileNotFoundError if the original is gone;
-        images.ImageRejected if it no longer passes."""
+        rendered it twenty times, each holding the original); it goes on when they have all gone, for the next
+        to find kept. FileNotFoundError if the original is gone; images.ImageRejected if it no longer passes."""
         kept = thumbnails.thumbnail_path(self.settings.upload_dir, sha256)
         with contextlib.suppress(FileNotFoundError):
             return await asyncio.to_thread(kept.read_bytes)
         rendering = self._previews.get(sha256)
         if rendering is None:
             rendering = self._previews[sha256] = asyncio.ensure_future(self._render(kept, relative_path, owner))
-            rendering.add_done_callback(lambda _: self._previews.pop(sha256, None))
+            rendering.add_done_callback(lambda done: self._forget_preview(sha256, done))
         return await asyncio.shield(rendering)  # one asker gone, the others still wait for it
+
+    def _forget_preview(self, sha256: str, rendering: asyncio.Future[bytes]) -> None:
+        del self._previews[sha256]
+        if not rendering.cancelled():
+            rendering.exception()  # retrieved: everyone who asked may have gone, and it is theirs to see
 
     async def _render(self, kept: Path, relative_path: str, owner: Hashable) -> bytes:
         settings = self.settings

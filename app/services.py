@@ -4,6 +4,7 @@ Built once by the web app's lifespan; the domain modules take it as an argument.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class Services:
     backlog: BacklogView = field(default_factory=BacklogView)
     # Pixels of waiting images for the feeder, at most a feed window of them (app/feeder.py).
     kept: KeptPixels = field(init=False)
+    # Held from counting the async queue to adding to it (app/predictions.py): uploads sent at once all
+    # counted the same queue, and all got in past its bound.
+    admitting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self.kept = KeptPixels(self.settings.feed_window)

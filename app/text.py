@@ -3,7 +3,8 @@
 Control characters are refused everywhere: NUL breaks PostgreSQL text, the others hide or rewrite what a
 person sees; so are the marks that reverse the direction of text, which make a name read as another (an
 admin sees `photo<U+202E>gpj.exe` as `photoexe.jpg`). One-line fields refuse line breaks too; display names
-also refuse invisible characters. File names, which are labels, lose all of these rather than being refused.
+also refuse invisible characters. File names, which are labels, lose control characters and direction marks
+rather than being refused (the joiners some scripts and emoji need stay).
 """
 
 from __future__ import annotations
@@ -40,6 +41,6 @@ def invisible_problem(value: str, what: str) -> str | None:
 
 
 def clean_file_name(name: str, limit: int = 255) -> str:
-    """A client's file name as a label (never a path): control and invisible characters dropped, cut to
-    `limit`."""
-    return "".join(c for c in name if unicodedata.category(c) not in _INVISIBLE)[:limit]
+    """A client's file name as a label (never a path): control characters and direction marks dropped, cut
+    to `limit`."""
+    return "".join(c for c in name if not is_control(c) and c not in _DIRECTION)[:limit]

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
+from tortoise.functions import Count
 
-from app import keys
+from app import keys, predictions
 from app.jobs.producer import jobs_ahead
 from app.models import Prediction, Status
 from app.settings import Settings
@@ -135,6 +136,29 @@ async def test_a_full_queue_still_takes_those_holding_less_than_an_equal_share(
     # Someone else still gets in, up to an equal share (among the two of them, half the queue's length).
     assert [await send(other, 10 + i) for i in range(3)] == [202, 202, 503]
     assert await send(auth, 20) == 503
+    await waiting.delete()
+
+
+async def test_async_uploads_sent_at_once_stay_within_the_queues_bound(
+    client: Client, auth: dict[str, str], no_worker: None, settings_of: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: each upload counted the queue, then added to it, so uploads sent at once all counted
+    the same queue and all got in (7 of 24 against a bound of 3). And a queue that drained between the
+    counts (no holder left) divided by zero: a 500."""
+    waiting = Prediction.filter(status=Status.QUEUED, collection_id=None)
+    await waiting.delete()
+    settings_of(async_queue_limit=3)
+
+    async def send(seed: int) -> int:
+        image = ("a.png", samples.photo(21_200 + seed, (64, 48), "PNG"))
+        response = await client.post("/api/predictions", headers=auth, params={"wait": "false"}, files={"file": image})
+        return response.status_code
+
+    codes = await asyncio.gather(*(send(i) for i in range(24)))
+    assert sorted(codes) == [202] * 3 + [503] * 21 and await waiting.count() == 3
+    # As if the queue drained between the counts: no holder left by the time they are counted.
+    monkeypatch.setattr(predictions, "Count", lambda field, distinct: Count("collection_id", distinct=distinct))
+    assert await send(30) == 503
     await waiting.delete()
 
 

@@ -391,6 +391,9 @@ async def test_an_email_too_long_once_normalised_is_refused(client: httpx.AsyncC
     which can make it longer (U+3316 becomes six characters) or another shape: 500 from the database."""
     longer = "\u3316" * 240 + "@example.com"  # 252 characters as sent, 1,452 once normalised
     reshaped = f"a\ufe6bb{unique_email()}"  # U+FE6B is a small @: two of them once normalised
-    for email in (longer, reshaped):
+    # Found in review of that fix: shown on the admin pages and every page's header, an email with a
+    # direction mark read as another, and one with a zero-width space looked like someone else's.
+    reversed_, hidden = f"u\u202emoc.elpmaxe{unique_email()}", f"admin\u200b{unique_email()}"
+    for email in (longer, reshaped, reversed_, hidden):
         response = await client.post("/api/auth/register", json={"email": email, "password": "correct horse"})
         assert response.status_code == 400 and "valid email" in response.json()["detail"], response.text

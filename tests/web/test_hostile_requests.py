@@ -267,6 +267,9 @@ async def test_marks_that_reverse_text_are_refused_in_names_and_comments_and_dro
         "/api/predictions", headers=auth, files={"file": ("photo\u202egpj.exe", samples.photo(4245))}
     )
     assert made.status_code == 200 and made.json()["file_name"] == "photogpj.exe", made.text
+    persian = "\u0646\u0627\u0645\u0647\u200c\u0647\u0627.jpg"  # its zero-width non-joiner is spelling, and stays
+    kept_name = await client.post("/api/predictions", headers=auth, files={"file": (persian, samples.photo(4246))})
+    assert kept_name.status_code == 200 and kept_name.json()["file_name"] == persian, kept_name.text
     url = f"/api/predictions/{made.json()['id']}/feedback"
     refused = await client.post(url, headers=auth, json={"is_correct": True, "comment": "fine \u2067really\u2069"})
     assert refused.status_code == 400 and "direction of text" in refused.json()["detail"]
