@@ -49,7 +49,8 @@ STARTING_LOCK_S = 60
 async def create(services: Services, user: User, uploads: list[Upload], name: str = "") -> Collection:
     """Check, store and start a collection; its images are read in the background."""
     settings = services.settings
-    if problem := text.text_problem(name, "The collection name"):
+    # Shown in lists as a person's name is: no invisible characters either.
+    if problem := text.text_problem(name, "The collection name") or text.invisible_problem(name, "The collection name"):
         raise refuse(problem)
     if len(name) > MAX_NAME:
         raise refuse(f"The collection name may have at most {MAX_NAME} characters; this one has {len(name)}")
@@ -238,7 +239,7 @@ async def read_archive(services: Services, collection: Collection, lock: Lock) -
     except ReadingPaused as exc:
         log.warning("reading of collection %s paused (%s): it resumes once its lock lapses", collection.id, exc)
         if await holding.still_ours():  # else the reader who took over says how it goes
-            paused = f"Reading paused: {exc} It resumes by itself."
+            paused = f"Reading paused: {str(exc).rstrip('.')}. It resumes by itself."
             await Collection.filter(id=collection.id, status=CollectionStatus.READING).update(error=paused)
         return
     except (OSError, archives.CollectionRejected) as exc:  # the stored archive is gone or damaged since

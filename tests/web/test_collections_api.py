@@ -541,7 +541,9 @@ async def test_a_store_full_for_a_while_pauses_the_reading_and_fails_no_image(
         return str((await described(client, auth, body["id"]))["error"]).startswith("Reading paused")
 
     await eventually(paused, seconds=30, what="the reading paused")
-    assert (await described(client, auth, body["id"]))["status"] == "reading"
+    described_paused = await described(client, auth, body["id"])
+    assert described_paused["status"] == "reading"
+    assert described_paused["error"] == "Reading paused: The image store is full. It resumes by itself."
     assert await Prediction.filter(collection_id=body["id"]).count() == 0  # no image failed
     full.clear()
     assert await finished(client, auth, body["id"]) == {"total": 6, "queued": 0, "done": 6, "failed": 0}

@@ -263,6 +263,13 @@ async def test_marks_that_reverse_text_are_refused_in_names_and_comments_and_dro
         files={"files": ("a.jpg", samples.photo(4244))},
     )
     assert named.status_code == 400 and "direction of text" in named.json()["detail"], named.text
+    hidden = await client.post(
+        "/api/collections",
+        headers=auth,
+        data={"name": "holi\u200bday"},
+        files={"files": ("a.jpg", samples.photo(4247))},
+    )
+    assert hidden.status_code == 400 and "invisible characters" in hidden.json()["detail"], hidden.text
     made = await client.post(
         "/api/predictions", headers=auth, files={"file": ("photo\u202egpj.exe", samples.photo(4245))}
     )
