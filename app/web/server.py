@@ -2,9 +2,9 @@
 hold. uvicorn's own httptools protocol reads a head of any size (64 MB took seconds and stalled every other
 request); this one answers 431 and closes once the head passes MAX_HEAD_BYTES. uvicorn also keeps a
 connection that sends nothing, or a head a byte at a time, or a body that stops, for as long as the client
-likes, so that a few thousand of them, costing their sender nothing, took every file descriptor and kept
-everyone else out; this one closes a head not complete within HEAD_TIMEOUT_S (408) and a body that pauses
-longer than BODY_PAUSE_S."""
+likes, so that such connections, costing their sender nothing, could pile up to the file descriptor limit;
+this one closes a head not complete within HEAD_TIMEOUT_S (408) and a body that brings less than
+MIN_BODY_BYTES in a BODY_WINDOW_S (a byte now and then held a connection as well as none)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ MAX_HEAD_BYTES = 4 * MAX_HEADER_BYTES
 # From a connection's opening, or a request's first byte, to the end of its head: a browser sends its head
 # at once, in one packet or a few.
 HEAD_TIMEOUT_S = 20.0
-# The longest a body may stop arriving while the app waits for it (nginx's client_body_timeout is 60 s).
-BODY_PAUSE_S = 60.0
+# While the app waits for a body, each BODY_WINDOW_S must bring MIN_BODY_BYTES of it: about 1 kB/s, what
+# the slowest mobile link carries (nginx's client_body_timeout is 60 s of nothing at all).
+BODY_WINDOW_S = 60.0
+MIN_BODY_BYTES = 64 * 1024
 TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
@@ -40,7 +42,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._in_body = False
-        self._head_bytes = 0
+        self._head_bytes = self._window_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -58,8 +60,8 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._time(HEAD_TIMEOUT_S)
 
     def on_headers_complete(self) -> None:
-        self._in_head, self._in_body = False, True
-        self._time(BODY_PAUSE_S)
+        self._in_head, self._in_body, self._window_bytes = False, True, 0
+        self._time(BODY_WINDOW_S)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -70,7 +72,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self._in_body:
-            self._time(BODY_PAUSE_S)  # it arrives: its pause starts again
+            self._window_bytes += len(data)
         # Still in the head after parsing this chunk: all of it was head.
         if self._in_head and not self.transport.is_closing():
             self._head_bytes += len(data)
@@ -90,10 +92,12 @@ class BoundedHttpTools(HttpToolsProtocol):
             return
         if self._in_body:
             cycle = self.cycle
-            # Not the client's pause: the app is not reading (uvicorn stopped reading for it), or the client
-            # waits for the 100 Continue that the app's first read sends.
-            if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
-                self._time(BODY_PAUSE_S)
+            # Enough came, or the slowness is not the client's: the app is not reading (uvicorn stopped
+            # reading for it), or the client waits for the 100 Continue that the app's first read sends.
+            waiting = self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue)
+            if waiting or self._window_bytes >= MIN_BODY_BYTES:
+                self._window_bytes = 0
+                self._time(BODY_WINDOW_S)
                 return
         elif self._in_head and (self.cycle is None or self.cycle.response_complete):
             self.transport.write(TOO_SLOW % (len(TOO_SLOW_BODY), TOO_SLOW_BODY))

@@ -110,19 +110,24 @@ async def answer_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
 async def test_a_head_or_a_body_that_does_not_come_in_time_is_cut_off(
     app: Litestar, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """uvicorn kept a connection that sent nothing, or its head a byte at a time, or stopped its body, for
-    as long as the client liked: a few thousand of them took every file descriptor and kept everyone out."""
+    """uvicorn kept a connection that sent nothing, or its head a byte at a time, or stopped its body or
+    sent it a byte now and then, for as long as the client liked: such connections, costing their sender
+    nothing, could pile up to the file descriptor limit."""
     monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(server, "BODY_PAUSE_S", 1.0)
+    monkeypatch.setattr(server, "BODY_WINDOW_S", 1.0)
+    monkeypatch.setattr(server, "MIN_BODY_BYTES", 16)
     async with served_here(app) as port:
         silent = await asyncio.open_connection("127.0.0.1", port)
         trickled = await asyncio.open_connection("127.0.0.1", port)
         stopped = await asyncio.open_connection("127.0.0.1", port)
         steady = await asyncio.open_connection("127.0.0.1", port)
+        dripped = await asyncio.open_connection("127.0.0.1", port)
         stopped[1].write(b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n")
         stopped[1].write(b"content-length: 100\r\n\r\n{")
         steady[1].write(b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n")
         steady[1].write(b"content-length: 40\r\nconnection: close\r\n\r\n")
+        dripped[1].write(b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n")
+        dripped[1].write(b"content-length: 400\r\n\r\n")
         body = b'{"email": "a@b.c", "password": "xy"}'.ljust(40)
 
         async def trickle_head() -> None:
@@ -130,20 +135,26 @@ async def test_a_head_or_a_body_that_does_not_come_in_time_is_cut_off(
                 trickled[1].write(bytes([byte]))
                 await asyncio.sleep(0.1)
 
-        async def send_body_slowly() -> None:  # a pause of at most 0.5 s, 2.5 s in all
+        async def send_body_slowly() -> None:  # 8 bytes every 0.3 s: 26 a second, past the 16 asked
             for n in range(0, 40, 8):
                 steady[1].write(body[n : n + 8])
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.3)
 
-        sending = [asyncio.create_task(trickle_head()), asyncio.create_task(send_body_slowly())]
+        async def drip_body() -> None:  # 2 bytes every 0.2 s: 10 a second, never a pause of a second
+            for _ in range(200):
+                dripped[1].write(b"  ")
+                await asyncio.sleep(0.2)
+
+        sending = [asyncio.create_task(job()) for job in (trickle_head, send_body_slowly, drip_body)]
         assert (await answer_within(silent[0], 5)).startswith(b"HTTP/1.1 408")
         assert (await answer_within(trickled[0], 5)).startswith(b"HTTP/1.1 408")  # though it kept sending
         assert await answer_within(stopped[0], 5) == b""  # cut off mid-body: the app had nothing to answer
+        assert await answer_within(dripped[0], 5) == b""  # though it kept sending
         assert (await answer_within(steady[0], 10)).startswith(b"HTTP/1.1 401")  # read whole, and answered
         for task in sending:
             task.cancel()
         fine = await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/health/live")
         assert fine.status_code == 200
         assert "unhandled error" not in caplog.text  # a body cut off is the client's doing, not a bug
-        for _, writer in (silent, trickled, stopped, steady):
+        for _, writer in (silent, trickled, stopped, steady, dripped):
             writer.close()
