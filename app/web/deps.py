@@ -13,6 +13,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import QueryParameter
 from litestar.security.jwt import Token
+from litestar.types import Scope
 from tortoise.models import Model
 from tortoise.queryset import QuerySet
 
@@ -52,8 +53,14 @@ def services(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:
     return found
 
 
+def address_of(scope: Scope) -> str:
+    """The address a request comes from; behind a proxy, the proxy's."""
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
 def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-    return connection.client.host if connection.client else "unknown"
+    return address_of(connection.scope)
 
 
 def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

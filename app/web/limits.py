@@ -20,6 +20,7 @@ from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE, HTTP_431_RE
 from litestar.types import ASGIApp, Empty, Receive, ReceiveMessage, Scope, Send
 
 from app import predictions, quotas
+from app.web.deps import address_of
 
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16 * 1024  # names and values together: browsers send 1-3 kB
@@ -121,8 +122,7 @@ def sender_of(scope: Scope) -> Person | Address:
     user = scope.get("user")  # set by the sign-in middleware, which runs before BodyBudget
     if user is not None:
         return Person(user.id)
-    client = scope.get("client")
-    return Address(client[0] if client else "unknown")
+    return Address(address_of(scope))
 
 
 class BodyBudget:
