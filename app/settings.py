@@ -76,7 +76,7 @@ class Settings:
     environment: str = Field(
         default="dev",
         description="`dev` or `production`: production refuses to start with the default `SECRET_KEY` or"
-        " `ADMIN_PASSWORD`, or the `stand-in` backend",
+        " `ADMIN_PASSWORD`, or the `stand-in` backend, and serves the pages' cookies Secure and `__Host-` (https)",
     )
     database_url: str = Field(
         default="sqlite://data/app.sqlite3",

@@ -16,13 +16,15 @@ from tests.helpers import unique_email
 Client = httpx.AsyncClient
 PASSWORD = "correct horse"
 HX = {"HX-Request": "true"}
+CSRF_COOKIES = ("csrftoken", "__Host-csrftoken")  # dev, production
 
 
 async def csrf(browser: Client) -> str:
-    """The CSRF token, as a page's forms carry it (the cookie is set by the first page fetched)."""
-    if "csrftoken" not in browser.cookies:
+    """The CSRF token, as a page's forms carry it (the cookie is set by the first page fetched; in production
+    its name has the `__Host-` prefix)."""
+    if not any(name in browser.cookies for name in CSRF_COOKIES):
         await browser.get("/login")
-    return browser.cookies["csrftoken"]
+    return next(browser.cookies[name] for name in CSRF_COOKIES if name in browser.cookies)
 
 
 async def post_form(browser: Client, path: str, data: dict[str, str], **kwargs: Any) -> httpx.Response:

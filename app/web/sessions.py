@@ -29,6 +29,9 @@ from app.web.rendering import go, wants_partial
 
 JWT_ALGORITHM = "HS256"
 AUTH_COOKIE = "token"
+# In production (https) the cookies' names take this prefix: browsers then take them only when Secure, for
+# Path=/ and no Domain, so no other host (a sibling subdomain) can set or replace them.
+HOST_ONLY = "__Host-"
 # Routes anyone may reach; everything else needs a signed-in user.
 PUBLIC_PATHS = [
     "^/api/auth/(register|login)$",
@@ -121,6 +124,10 @@ CSRF_CLAIM = "csrf"
 CSRF_COOKIE = "csrftoken"
 
 
+def cookie_name(settings: Settings, name: str) -> str:
+    return HOST_ONLY + name if settings.production else name
+
+
 class AuthMiddleware(JWTCookieAuthenticationMiddleware):
     """The JSON API takes only the bearer header: a cookie there would bypass CSRF protection. The pages'
     forms must carry the CSRF token of this very session (see `issue_token`)."""
@@ -147,7 +154,7 @@ def check_bound_csrf(connection: ASGIConnection[Any, Any, Any, Any], token: Toke
     session was signed in with, so a cookie planted from elsewhere (another site's subdomain, a network on
     the way) cannot carry a form in someone's session."""
     bound = token.extras.get(CSRF_CLAIM)
-    cookie = connection.cookies.get(CSRF_COOKIE)
+    cookie = connection.cookies.get(csrf_cookie_name(connection))
     if not isinstance(bound, str) or not bound or not cookie or not hmac.compare_digest(bound, cookie):
         raise PermissionDeniedException("This form does not belong to your session: reload the page and try again")
 
@@ -159,7 +166,7 @@ def build_jwt_auth(settings: Settings) -> JWTCookieAuth[User, Token]:
         algorithm=JWT_ALGORITHM,
         require_claims=["exp", "sub"],
         default_token_expiration=timedelta(minutes=settings.token_minutes),
-        key=AUTH_COOKIE,
+        key=cookie_name(settings, AUTH_COOKIE),
         samesite="lax",
         secure=settings.production,
         exclude=PUBLIC_PATHS,
@@ -172,11 +179,17 @@ def csrf_config(settings: Settings) -> CSRFConfig:
     """The pages' forms carry a CSRF token; the API, health, metrics and schema take none (no cookies there)."""
     return CSRFConfig(
         secret=settings.secret_key,
-        cookie_name=CSRF_COOKIE,
+        cookie_name=cookie_name(settings, CSRF_COOKIE),
         cookie_secure=settings.production,
         cookie_httponly=False,
         exclude=["^/api/", "^/health", "^/metrics", "^/schema"],
     )
+
+
+def csrf_cookie_name(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    config = connection.app.csrf_config
+    assert config is not None  # the pages' forms are always protected (app/web/app.py)
+    return config.cookie_name
 
 
 def jwt_auth(connection: ASGIConnection[Any, Any, Any, Any]) -> JWTCookieAuth[User, Token]:
@@ -277,6 +290,8 @@ def signed_in(request: AnyRequest, user: User, target: str) -> Response[Any]:
 def signed_out(request: AnyRequest, target: str) -> Response[Any]:
     auth = jwt_auth(request)
     response = go(request, target)
-    response.delete_cookie(auth.key, path=auth.path, domain=auth.domain)
-    response.delete_cookie(CSRF_COOKIE)  # the next session gets a CSRF token of its own
+    secure = auth.secure or request.url.scheme == "https"  # a __Host- cookie is replaced only by a Secure one
+    response.set_cookie(auth.key, "", path=auth.path, domain=auth.domain, secure=secure, max_age=0, expires=0)
+    # The next session gets a CSRF token of its own.
+    response.set_cookie(csrf_cookie_name(request), "", secure=secure, max_age=0, expires=0)
     return response

@@ -163,15 +163,25 @@ async def production_browser(
         yield browser
 
 
-async def test_in_production_the_cookies_are_secure(production_browser: Client) -> None:
+async def test_in_production_the_cookies_are_secure_and_host_only(production_browser: Client) -> None:
+    """`__Host-` names: browsers take them only when Secure, for Path=/ and no Domain, so no other host (a
+    sibling subdomain) can set or replace them, which could otherwise make a person's forms fail (403)."""
     login = await production_browser.get("/login")
-    assert login.status_code == 200 and "secure" in cookie_attributes(login, "csrftoken")
+    assert login.status_code == 200 and {"secure", "path"} <= cookie_attributes(login, "__Host-csrftoken")
     email = unique_email()
     response = await post_form(production_browser, "/register", {"email": email, "password": PASSWORD})
     assert response.status_code == 303 and response.headers["location"] == "/"
-    assert {"secure", "httponly", "samesite"} <= cookie_attributes(response, "token")
+    for name in ("__Host-token", "__Host-csrftoken"):
+        assert {"secure", "path"} <= cookie_attributes(response, name) and "domain" not in cookie_attributes(
+            response, name
+        )
+    assert {"httponly", "samesite"} <= cookie_attributes(response, "__Host-token")
     home = await production_browser.get("/")  # the cookie goes back over HTTPS: signed in
     assert home.status_code == 200 and f'title="{email}"' in home.text
+    out = await post_form(production_browser, "/logout", {})
+    assert out.status_code == 303  # both cleared, with Secure: a browser ignores it on a __Host- cookie otherwise
+    assert all("secure" in cookie_attributes(out, name) for name in ("__Host-token", "__Host-csrftoken"))
+    assert not {"__Host-token", "__Host-csrftoken"} & set(production_browser.cookies)
 
 
 @pytest.mark.parametrize(
