@@ -13,7 +13,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from litestar.exceptions import ClientException, HTTPException
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
@@ -159,17 +159,22 @@ def wanted(uploads: list[Upload]) -> list[Upload]:
 
 def count_images(uploads: list[Upload], max_files: int, max_bytes: int) -> tuple[int, int]:
     """How many images the uploads (`wanted`) hold, and their bytes once expanded, each zip archive judged
-    from its central directory. The archives share one budget of expanded bytes, so several of them hold
-    no more than one may."""
+    from its central directory; 413 past `max_files` or `max_bytes`, for all of them together. Each archive
+    gets what the uploads before it left, so counting stops at the first that goes past: given the whole
+    budget each, 8 zips of 10,000 entries were all parsed before the 413."""
     count, used = 0, 0
     for upload in uploads:
+        if count >= max_files:  # one more image, in a file or an archive, is one too many
+            raise refuse(f"At most {max_files} images in one collection; this one has more", 413)
         if is_archive(upload):
-            entries = check_zip(upload.data, max_files, max(max_bytes - used, 0))
+            entries = check_zip(upload.data, max_files - count, max(max_bytes - used, 0))
             count += len(entries)
             used += sum(e.file_size for e in entries)
         else:
             count += 1
             used += len(upload.data)
+        if used > max_bytes:
+            raise refuse(f"The collection expands to more than {max_bytes} bytes, the most accepted", 413)
     return count, used
 
 
@@ -196,14 +201,19 @@ def _problem(entry: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def _data_offset(fp: IO[bytes], entry: zipfile.ZipInfo) -> int:
+    """Where an entry's data starts: after its local header, whose name and extra field are its own."""
+    fp.seek(entry.header_offset)
+    name_len, extra_len = struct.unpack("<HH", fp.read(30)[26:30])
+    return entry.header_offset + 30 + name_len + extra_len
+
+
 def _longer_than_stated(archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> bool:
     """Whether a deflated entry's data runs on past its stated size (told apart from merely damaged
     data): inflate its raw bytes, a chunk at a time, until one byte more than stated comes, or none."""
     if entry.compress_type != zipfile.ZIP_DEFLATED or archive.fp is None:
         return False
-    archive.fp.seek(entry.header_offset)
-    name_len, extra_len = struct.unpack("<HH", archive.fp.read(30)[26:30])
-    archive.fp.seek(entry.header_offset + 30 + name_len + extra_len)
+    archive.fp.seek(_data_offset(archive.fp, entry))
     inflate, produced, left = zlib.decompressobj(-15), 0, entry.compress_size
     try:
         while left > 0 and produced <= entry.file_size:
@@ -252,6 +262,39 @@ def read_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, max_bytes: int)
     return content
 
 
+class Window(io.RawIOBase):
+    """A stretch of a file, read in place as a file of its own. A packed archive's zip is opened on one:
+    opened as a member (`ZipFile.open`), every seek back read it again from its start, so a zip whose
+    directory lists its entries backwards after a large hidden entry cost entries x size to read."""
+
+    def __init__(self, file: io.BufferedReader, start: int, size: int) -> None:
+        super().__init__()
+        self._file, self._start, self._size, self._at = file, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._size}[whence]
+        self._at = max(base + offset, 0)
+        return self._at
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self._size - self._at)
+        if wanted <= 0:
+            return 0
+        self._file.seek(self._start + self._at)
+        got = self._file.readinto(memoryview(buffer)[:wanted])
+        self._at += got
+        return got
+
+
 class Reader:
     """The images of a stored collection, one at a time, in a fixed order (so reading can resume at any
     index). A user's archive is read as it is; packed uploads (`pack`) are read with their zip archives
@@ -274,10 +317,11 @@ class Reader:
         with top.open(entry) as member:
             return member.read(4) in ZIP_MAGIC or entry.filename.lower().endswith(".zip")
 
-    @staticmethod
-    def _open_inner(top: zipfile.ZipFile, entry: zipfile.ZipInfo) -> zipfile.ZipFile | None:
+    def _open_inner(self, top: zipfile.ZipFile, entry: zipfile.ZipInfo) -> zipfile.ZipFile | None:
         try:
-            return zipfile.ZipFile(top.open(entry))  # a stored member: seekable, read in place
+            if entry.compress_type != zipfile.ZIP_STORED:  # `pack` stores; gone bad on disk since
+                return None
+            return zipfile.ZipFile(Window(self._file, _data_offset(self._file, entry), entry.file_size))
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError):
             return None  # checked when it was uploaded; gone bad on disk since
 

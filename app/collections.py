@@ -57,12 +57,10 @@ async def create(services: Services, user: User, uploads: list[Upload], name: st
     if not uploads:
         raise refuse("Send at least one image: several `files`, or one zip `archive`")
     uploads = archives.wanted(uploads)
-    limit = settings.max_collection_files
-    total, expanded = await asyncio.to_thread(archives.count_images, uploads, limit, settings.max_collection_bytes)
+    bounds = settings.max_collection_files, settings.max_collection_bytes
+    total, expanded = await asyncio.to_thread(archives.count_images, uploads, *bounds)
     if total == 0:
         raise refuse("There is nothing to classify: the files chosen hold no images")
-    if total > limit:
-        raise refuse(f"At most {limit} images in one collection; this one has {total}", 413)
     # One start at a time per person, from the quota check to the collection's row: requests sent at once
     # all passed the check before any row was there to count.
     lock = services.redis.lock(keys.collection_start(user.id), STARTING_LOCK_S, blocking_timeout=STARTING_LOCK_S)

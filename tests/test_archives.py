@@ -223,3 +223,60 @@ def test_packed_uploads_open_their_archives_one_level_deep(tmp_path: Path) -> No
     found = dict(read_all(tmp_path / "p.zip", packed=True))
     assert found["x.png"] == b"X" and found["in/a.png"] == b"A"
     assert "nested archive" in str(found["in/deeper.zip"]) and len(found) == 3
+
+
+def many_entries(count: int) -> bytes:
+    return samples.zipped({f"{i}.png": b"" for i in range(count)}, zipfile.ZIP_STORED)
+
+
+def test_counting_stops_at_the_first_archive_past_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: each archive was given the whole bound, and the total compared with it only after
+    all were parsed: 8 zips of 10,000 entries each (7 MB) were all parsed before the 413."""
+    import app.archives
+
+    parsed: list[int] = []
+    check = app.archives.check_zip
+    monkeypatch.setattr(app.archives, "check_zip", lambda *args: parsed.append(1) or check(*args))
+    uploads = [Upload(f"{i}.zip", many_entries(600)) for i in range(8)]
+    with pytest.raises(CollectionRejected, match="600 files; at most 400") as refused:
+        count_images(uploads, 1000, 10**9)
+    assert refused.value.status_code == 413 and len(parsed) == 2
+    with pytest.raises(CollectionRejected, match="At most 3 images in one collection") as full:
+        count_images([Upload(f"{i}.png", b"x") for i in range(3)] + [Upload("more.zip", many_entries(1))], 3, 10**9)
+    assert full.value.status_code == 413
+
+
+def test_an_archive_sent_first_is_in_the_collections_expanded_bytes() -> None:
+    """Found in review: an archive took only the budget the uploads before it left, and nothing compared
+    the sum with the bound, so an archive first and plain files after came to twice MAX_COLLECTION_BYTES."""
+    archive = samples.zipped({"a.png": b"x" * 900}, zipfile.ZIP_STORED)
+    assert count_images([Upload("a.zip", archive), Upload("b.png", b"y" * 100)], 10, 1000) == (2, 1000)
+    with pytest.raises(CollectionRejected, match="expands to more than 1000 bytes") as refused:
+        count_images([Upload("a.zip", archive), Upload("b.png", b"y" * 101)], 10, 1000)
+    assert refused.value.status_code == 413
+
+
+def bytes_read() -> int:
+    """What this process has read through system calls so far (Linux)."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"])
+
+
+def test_a_packed_archive_is_read_in_place_whatever_its_order(tmp_path: Path) -> None:
+    """Found in review: a zip among several uploads was opened as a member of the packed file, where every
+    seek back read the member again from its start. Its directory listing the entries backwards, after a
+    large hidden entry, made reading cost entries x size: 10,000 after 500 MB, about 5 TB."""
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr(".pad", b"\0" * 4_000_000)  # hidden: never an item, but read past by every seek back
+        for i in range(40):
+            archive.writestr(f"{i:02}.png", bytes([i]) * 10)
+        archive.filelist[1:] = list(reversed(archive.filelist[1:]))
+    uploads = wanted([Upload("a.png", b"A"), Upload("backwards.zip", inner.getvalue())])
+    assert count_images(uploads, 100, 10**9)[0] == 41
+    path = tmp_path / "p.files.zip"
+    path.write_bytes(pack(uploads))
+    before = bytes_read()
+    found = read_all(path, packed=True)
+    assert found[0] == ("a.png", b"A") and found[1:] == [(f"{i:02}.png", bytes([i]) * 10) for i in reversed(range(40))]
+    assert bytes_read() - before < path.stat().st_size  # 40 x 4 MB read before
