@@ -12,6 +12,7 @@ from uuid import UUID
 
 from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
 from litestar.status_codes import HTTP_504_GATEWAY_TIMEOUT
+from redis.exceptions import RedisError
 from tortoise import connections
 from tortoise.functions import Count
 
@@ -123,7 +124,8 @@ async def earlier_result(services: Services, sha256: str, user_id: int) -> dict[
     rows = await connection.execute_query_dict(earlier_result_sql(connection.capabilities.dialect), values)
     if not rows:
         return None
-    await services.redis.incr(keys.CACHE_HITS)
+    with contextlib.suppress(RedisError):  # statistics only: a full Redis refuses it, not the answer
+        await services.redis.incr(keys.CACHE_HITS)
     found = dict(rows[0])
     found["top5"] = fields["top5"].to_python_value(found["top5"])
     return found
