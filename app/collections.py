@@ -23,6 +23,7 @@ from uuid import uuid4
 from litestar.exceptions import HTTPException
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, LockNotOwnedError
+from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 from tortoise.functions import Count
 
@@ -104,10 +105,13 @@ async def _start(
     return collection
 
 
-async def _add_failed(services: Services, collection: Collection, name: str, data: bytes, error: str) -> None:
+async def _add_failed(
+    services: Services, collection: Collection, entry: int, name: str, data: bytes, error: str
+) -> None:
     await Prediction.create(
         user_id=collection.user_id,  # type: ignore[attr-defined]
         collection=collection,
+        entry=entry,
         model_name=services.settings.model_name,
         model_weights=services.settings.model_weights,
         file_name=text.clean_file_name(name),
@@ -137,10 +141,12 @@ async def _checked(services: Services, user: User, data: bytes | archives.EntryU
         return str(exc.detail)  # not an image, or too costly to decode
 
 
-async def _add_item(services: Services, collection: Collection, user: User, name: str, outcome: Accepted) -> None:
+async def _add_item(
+    services: Services, collection: Collection, user: User, entry: int, name: str, outcome: Accepted
+) -> None:
     """One accepted image of the collection: done from the cache, or waiting for the feeder."""
     image, cached = outcome
-    record = predictions.record_of(services, user, image, name) | {"collection": collection}
+    record = predictions.record_of(services, user, image, name) | {"collection": collection, "entry": entry}
     if cached is not None:
         await predictions.create_cached(record, cached)
     else:
@@ -200,18 +206,36 @@ async def _read_entries(services: Services, collection: Collection, path: Path, 
             indices = range(first, min(first + ahead, len(reader)))
             entries = [await _entry(reader, index) for index in indices]
             outcomes = await asyncio.gather(*(_checked(services, user, data) for _, data in entries))
-            if not await holding.still_ours():
+            if not await holding.still_ours() or not await _record(
+                services, collection, user, indices, entries, outcomes
+            ):
                 log.warning("reading of collection %s was taken over by another process", collection.id)
                 return False
-            for (name, data), outcome in zip(entries, outcomes, strict=True):
-                if isinstance(outcome, str):
-                    await _add_failed(services, collection, name, data if isinstance(data, bytes) else b"", outcome)
-                else:
-                    await _add_item(services, collection, user, name, outcome)
             if any(index % NUDGE_EVERY == 0 for index in indices):
                 services.nudge_feeder()  # the first items need not wait for the whole archive
     finally:
         reader.close()
+    return True
+
+
+async def _record(
+    services: Services,
+    collection: Collection,
+    user: User,
+    indices: range,
+    entries: list[tuple[str, bytes | archives.EntryUnreadable]],
+    outcomes: list[Accepted | str],
+) -> bool:
+    """Record a step's items in order; False at an entry another reader recorded first (its lock was lost,
+    with a restarted Redis, while this reader's last renewal was recent)."""
+    try:
+        for index, (name, data), outcome in zip(indices, entries, outcomes, strict=True):
+            if isinstance(outcome, str):
+                await _add_failed(services, collection, index, name, data if isinstance(data, bytes) else b"", outcome)
+            else:
+                await _add_item(services, collection, user, index, name, outcome)
+    except IntegrityError:
+        return False
     return True
 
 

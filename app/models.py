@@ -75,6 +75,9 @@ class Prediction(Model):
     collection: fields.ForeignKeyNullableRelation[Collection] = fields.ForeignKeyField(
         "app.Collection", related_name="predictions", on_delete=fields.CASCADE, null=True
     )
+    # Its entry's place in its collection's archive: unique there, so a reading taken over (its lock lost
+    # with a restarted Redis) cannot record an entry twice.
+    entry = fields.IntField(null=True)
     image_sha256 = fields.CharField(max_length=64, db_index=True)
     image_path = fields.CharField(max_length=255)  # "" once the original is pruned
     image_bytes = fields.BigIntField(default=0)  # size of the original, for the storage quotas
@@ -105,6 +108,7 @@ class Prediction(Model):
         # finished results: an upload of it again (app.predictions.earlier_result); without both columns SQLite
         # chose the status index and read every finished row per upload.
         indexes = (("user_id", "created_at"), ("image_sha256", "status"))
+        unique_together = (("collection", "entry"),)
 
 
 class Feedback(Model):

@@ -459,6 +459,33 @@ async def test_a_reader_that_lost_its_lock_mid_archive_stops_there(
         await assert_left_to_the_other(app, redis, collection, -(-3 // ahead) * ahead)  # that step's, no more
 
 
+async def test_a_lock_lost_with_redis_never_records_an_entry_twice(
+    app: Litestar, redis: Redis, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: Redis restarted empty (or the lock's key evicted) while a reader's last renewal was
+    recent, so it read on while another web process took the free lock and read from the items counted so
+    far: 19 to 20 items for 12 entries. An entry's item is unique in its collection: the later one stops."""
+    services, add_item = app.state.services, collections._add_item
+    others: list[asyncio.Task[None]] = []
+    async with held_collection(app, client, auth, 12) as (collection, mine):
+
+        async def redis_restarts_after_three(*args: Any) -> None:
+            await add_item(*args)
+            if not others and await Prediction.filter(collection=collection).count() == 3:
+                await redis.delete(keys.reading_lock(str(collection.id)))  # Redis restarted empty
+                theirs = collections.reading_lock_of(services, str(collection.id))
+                assert await theirs.acquire()  # another web process's feeder takes the reading over
+                others.append(asyncio.create_task(collections.read_archive(services, collection, theirs)))
+
+        monkeypatch.setattr(collections, "_add_item", redis_restarts_after_three)
+        await collections.read_archive(services, collection, mine)
+        await asyncio.gather(*others)
+        names = await Prediction.filter(collection=collection).order_by("entry").values_list("file_name", flat=True)
+        assert names == [f"{i:02}.png" for i in range(12)]
+        entries = await Prediction.filter(collection=collection).values_list("entry", flat=True)
+        assert sorted(entries) == list(range(12))
+
+
 async def test_a_step_that_outlived_its_reading_lock_records_nothing(
     app: Litestar, redis: Redis, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
