@@ -2,11 +2,11 @@
 a window at a time, so Redis holds a bounded amount of it whatever users send.
 
 Each source of waiting work (one user's async jobs; one collection) has at most FEED_WINDOW jobs on a
-stream; as results come in, the feeder tops each window up, with the pixels this process kept as it
-accepted the images, or else decoding their stored originals again in the sandbox. Users take turns at
-the workers (see app/jobs/consumer.py), interactive uploads first. Every web process runs a feeder; a
-Redis lock lets one of them feed at a time. It also starts, or takes over, the reading of collections
-whose archives are still being read.
+stream, and all of them together WINDOWS_IN_ALL windows; as results come in, the feeder tops each window
+up, with the pixels this process kept as it accepted the images, or else decoding their stored originals
+again in the sandbox. Users take turns at the workers (see app/jobs/consumer.py), interactive uploads
+first. Every web process runs a feeder; a Redis lock lets one of them feed at a time. It also starts, or
+takes over, the reading of collections whose archives are still being read.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ ROUND_GAP_S = 0.05
 FAILED_ROUND_S = 1.0
 MAX_FAILED_ROUND_S = 10.0
 FEED_LOCK_S = 30  # renewed while a round runs
+# The streams hold at most this many windows of work in all (~38 MB at the default FEED_WINDOW), shared
+# equally by the sources that have any: a window per source alone grew Redis with the accounts at work.
+WINDOWS_IN_ALL = 4
 
 
 @dataclass(frozen=True)
@@ -167,13 +170,25 @@ async def feed(services: Services) -> int:
     fed = 0
     if waiting:
         in_flight = await _counts(enqueued_at__isnull=False)
-        window = services.settings.feed_window
-        for source in waiting:
-            room = window - in_flight.get(source, 0)
-            if room > 0:
-                fed += await _feed_source(services, source, room)
+        for source, room in rooms(services.settings.feed_window, waiting, in_flight).items():
+            fed += await _feed_source(services, source, room)
     await _finish_collections()
     return fed
+
+
+def rooms(window: int, waiting: dict[Source, int], in_flight: dict[Source, int]) -> dict[Source, int]:
+    """How many more jobs each source may put on the streams now: up to its window, and its equal share of
+    WINDOWS_IN_ALL windows among the sources with work; those with the fewest in flight first, while any
+    room is left (past WINDOWS_IN_ALL x window sources, the others wait for a turn)."""
+    budget = WINDOWS_IN_ALL * window
+    share = min(window, max(budget // len(set(waiting) | set(in_flight)), 1))
+    left, found = budget - sum(in_flight.values()), {}
+    for source in sorted(waiting, key=lambda s: in_flight.get(s, 0)):
+        room = min(share - in_flight.get(source, 0), waiting[source], left)
+        if room > 0:
+            found[source] = room
+            left -= room
+    return found
 
 
 class Feeder:

@@ -190,8 +190,8 @@ class Settings:
     )
     feed_window: int = Field(
         default=64,
-        description="The most jobs of one collection, or of one user's async jobs, on a Redis stream at once; the"
-        " rest wait in the database and are fed as results come in (Redis holds ~150 kB per job)",
+        description="The most jobs of one collection, or of one user's async jobs, on a Redis stream at once, and"
+        " 4 of these windows in all, shared equally; the rest wait in the database (Redis holds ~150 kB a job)",
     )
     async_queue_limit: int = Field(
         default=10_000,

@@ -234,9 +234,14 @@ def test_counting_stops_at_the_first_archive_past_the_bound(monkeypatch: pytest.
     all were parsed: 8 zips of 10,000 entries each (7 MB) were all parsed before the 413."""
     import app.archives
 
-    parsed: list[int] = []
+    parsed: list[bytes] = []
     check = app.archives.check_zip
-    monkeypatch.setattr(app.archives, "check_zip", lambda *args: parsed.append(1) or check(*args))
+
+    def counted(data: bytes, *bounds: int) -> list[zipfile.ZipInfo]:
+        parsed.append(data)
+        return check(data, *bounds)
+
+    monkeypatch.setattr(app.archives, "check_zip", counted)
     uploads = [Upload(f"{i}.zip", many_entries(600)) for i in range(8)]
     with pytest.raises(CollectionRejected, match="600 files; at most 400") as refused:
         count_images(uploads, 1000, 10**9)

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from tortoise.functions import Count
 
 from app import keys, predictions
+from app.feeder import WINDOWS_IN_ALL, Source, rooms
 from app.jobs.producer import jobs_ahead
 from app.models import Prediction, Status
 from app.settings import Settings
@@ -85,6 +86,49 @@ async def test_a_collection_keeps_at_most_a_window_of_jobs_in_redis(
             await asyncio.sleep(0.01)
         assert (await task)["done"] == 40
     assert most <= 8 and worker.images == 40
+
+
+def test_the_streams_hold_a_few_windows_in_all_shared_equally() -> None:
+    one, two, three = Source(1, None), Source(2, "c2"), Source(3, "c3")
+    assert rooms(8, {one: 100}, {}) == {one: 8}  # alone: a window
+    assert rooms(8, {one: 100}, {one: 5}) == {one: 3}
+    assert rooms(8, {one: 2, two: 100}, {}) == {one: 2, two: 8}  # never more than it has waiting
+    many = {Source(i, None): 5 for i in range(WINDOWS_IN_ALL * 8 + 3)}
+    fed = rooms(8, many, {})
+    assert set(fed.values()) == {1} and len(fed) == WINDOWS_IN_ALL * 8  # the rest wait for a turn
+    first = {Source(i, None): 1 for i in range(3)}  # those with some in flight go after those with none
+    assert rooms(1, {**first, three: 5}, {Source(0, None): 1, Source(1, None): 1}) == {Source(2, None): 1, three: 1}
+
+
+async def test_redis_holds_a_few_windows_whatever_the_number_of_accounts(
+    client: Client, redis: Redis, no_worker: None, classifier: Any, settings: Settings, settings_of: Any
+) -> None:
+    """Found in review: each collection, and each person's async jobs, had a window on the streams, and
+    nothing bounded them in all: 4 accounts' collections held 40 MB of Redis with no worker, 100 would hold
+    4 GB, until Redis refused everyone's uploads. All sources share WINDOWS_IN_ALL windows."""
+    settings_of(feed_window=4)
+    owners = [await sign_up(client) for _ in range(6)]
+    for n, auth in enumerate(owners):
+        await create(client, auth, files=as_files(pngs(24_100 + 10 * n, 6)))
+    streams = [keys.bulk_jobs(await user_id(client, auth)) for auth in owners]
+    most = WINDOWS_IN_ALL * 4  # 16 jobs, where a window each would be 24
+
+    async def on_streams() -> int:
+        return sum([await redis.xlen(stream) for stream in streams])
+
+    async def fed() -> bool:  # each its share of 2 at least, and more for those that came first
+        return await on_streams() >= 6 * 2
+
+    await eventually(fed, seconds=30, what="the streams filled")
+    await asyncio.sleep(0.6)  # more feeder rounds: no more
+    assert await on_streams() <= most
+    async with running_worker(redis, classifier, settings) as worker:
+        finishing = asyncio.create_task(eventually(no_queued, seconds=60, what="every collection to finish"))
+        while not finishing.done():
+            assert await on_streams() <= most
+            await asyncio.sleep(0.01)
+        await finishing
+    assert worker.images == 36
 
 
 async def test_async_jobs_are_accepted_without_a_worker_up_to_the_queue_length(
