@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from litestar.exceptions import ClientException
 from litestar.status_codes import HTTP_409_CONFLICT
+from tortoise.exceptions import IntegrityError
 from tortoise.queryset import QuerySet
 
 from app import labels, schemas, text
@@ -64,8 +66,19 @@ async def give(
         "correct_wnid": label.wnid if label else None,
         "comment": comment.strip(),
     }
-    feedback, _ = await Feedback.update_or_create(defaults=values, prediction=prediction, user=user)
-    return feedback
+    return await _upsert(prediction, user, values)
+
+
+async def _upsert(prediction: Prediction, user: User, values: dict[str, Any]) -> Feedback:
+    """Each step its own statement: in one transaction (`update_or_create`), a commit of another connection
+    between its read and its write (the worker's, after each batch) failed it at once on SQLite."""
+    mine = Feedback.filter(prediction=prediction, user=user)
+    if not await mine.update(**values, updated_at=datetime.now(UTC)):
+        try:
+            return await Feedback.create(prediction=prediction, user=user, **values)
+        except IntegrityError:  # a first feedback sent at the same time made it
+            await mine.update(**values, updated_at=datetime.now(UTC))
+    return await mine.get()
 
 
 def feedback_dict(feedback: Feedback) -> dict[str, Any]:

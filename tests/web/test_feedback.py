@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
+import time
+from collections import Counter
+
+import asyncpg
 import httpx
 import pytest
 
 from app import labels
+from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
 from tests.helpers import sign_up
@@ -103,3 +111,56 @@ async def test_label_search(client: Client) -> None:
     assert len((await client.get("/api/labels", params={"limit": 1000})).json()) == 1000
     assert (await client.get("/api/labels", params={"limit": 0})).status_code == 400
     assert (await client.get("/api/labels", params={"q": "zzzzzz"})).json() == []
+
+
+# What the worker does after each batch, from its own connection: one UPDATE of the predictions, committed.
+WORKER_COMMIT = "UPDATE predictions SET latency_ms = latency_ms WHERE id = (SELECT id FROM predictions LIMIT 1)"
+
+
+def sqlite_commits(path: str, stop: threading.Event) -> None:
+    db = sqlite3.connect(path, timeout=5, isolation_level=None)
+    while not stop.is_set():
+        db.execute("BEGIN")
+        db.execute(WORKER_COMMIT)
+        db.execute("COMMIT")
+        time.sleep(0)  # as often as it can: the edits meet its commits
+    db.close()
+
+
+async def postgres_commits(url: str, stop: threading.Event) -> None:
+    db = await asyncpg.connect(url)
+    while not stop.is_set():
+        await db.execute(WORKER_COMMIT)
+        await asyncio.sleep(0.02)
+    await db.close()
+
+
+async def test_feedback_is_edited_while_another_connection_commits(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
+) -> None:
+    """Found in review: on SQLite, editing feedback read and then wrote in one transaction, and a commit of
+    another connection between the two (the worker's, after each batch) failed it at once with "database is
+    locked": 8 to 15 answers of 500 in 300 edits. Each edit is now statements of their own."""
+    prediction = await classified(client, auth, 950)
+    url = f"/api/predictions/{prediction['id']}/feedback"
+    first = await client.post(url, headers=auth, json={"is_correct": True})
+    assert first.status_code == 200
+    stop, statuses = threading.Event(), Counter[int]()
+    if settings.database_url.startswith("sqlite"):
+        path = settings.database_url.removeprefix("sqlite://").partition("?")[0]
+        other = asyncio.create_task(asyncio.to_thread(sqlite_commits, path, stop))
+    else:
+        other = asyncio.create_task(
+            postgres_commits(settings.database_url.replace("postgres://", "postgresql://"), stop)
+        )
+    try:
+        for i in range(300):
+            edit = {"is_correct": bool(i % 2), "correct_label": None if i % 2 else "goldfish", "comment": f"c{i}"}
+            edited = await client.post(url, headers=auth, json=edit)
+            statuses[edited.status_code] += 1
+    finally:
+        stop.set()
+        await other
+    assert statuses == {200: 300}
+    last = edited.json()
+    assert (last["id"], last["comment"], last["is_correct"]) == (first.json()["id"], "c299", True)
