@@ -42,6 +42,7 @@ from app.web.headers import security_headers
 from app.web.limits import (
     ADDRESS_BODIES_HELD,
     LARGEST_BODIES_HELD,
+    UPLOADS_RESERVED,
     BodiesHeld,
     BodyBudget,
     LimitedRequest,
@@ -106,9 +107,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
             await db.close_db()
 
-    largest = settings.max_collection_bytes + MULTIPART_OVERHEAD
+    largest, upload = settings.max_collection_bytes + MULTIPART_OVERHEAD, settings.max_upload_bytes + MULTIPART_OVERHEAD
     bodies = BodiesHeld(
-        budget=LARGEST_BODIES_HELD * largest, share=largest, address_share=ADDRESS_BODIES_HELD * ACCOUNT_BODY_BYTES
+        budget=LARGEST_BODIES_HELD * largest + UPLOADS_RESERVED * upload,
+        share=largest,
+        address_share=ADDRESS_BODIES_HELD * ACCOUNT_BODY_BYTES,
+        upload=upload,
+        reserved=UPLOADS_RESERVED * upload,
     )
     return Litestar(
         route_handlers=[

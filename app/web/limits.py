@@ -28,8 +28,11 @@ MAX_JSON_DEPTH = 32  # every body the API takes is 3 levels deep
 # The largest form a page sends is feedback: a 1,000-character comment is at most 12 kB percent-encoded.
 MAX_FORM_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 20  # the pages' forms have at most 6
-# A web process holds at most this many of the largest bodies (a collection's) at once, counted in bytes.
+# A web process holds at most this many of the largest bodies (a collection's) at once, counted in bytes,
+# and besides them room for this many single uploads, which no body larger than one may take: two people
+# sending collections a byte now and then (each minute must bring 64 kB) filled it for days otherwise.
 LARGEST_BODIES_HELD = 2
+UPLOADS_RESERVED = 16
 # Requests from no one signed in (signing in and up) are small: one address holds at most this many of the
 # largest those routes take. Normal ones are about 100 bytes, so a proxy's address passes on thousands at once.
 ADDRESS_BODIES_HELD = 16
@@ -70,17 +73,22 @@ class RequestLimits:
 class BodiesHeld:
     """The bytes of request bodies a web process holds, in all and by sender, and the most it may (one
     count for the process: Litestar makes a middleware instance per route). A sender is a person signed in,
-    or else the address a request came from."""
+    or else the address a request came from. Bodies larger than a single upload (`upload`) may hold all but
+    `reserved` of the budget."""
 
     budget: int  # the process's
     share: int  # one person's
     address_share: int  # one address's, of requests from no one signed in
+    upload: int = 0  # the largest body of a single upload
+    reserved: int = 0  # for bodies no larger than that
     held: int = 0
+    large: int = 0  # of it, by bodies larger than `upload`
     by_sender: dict[Hashable, int] = field(default_factory=dict)
 
-    def take(self, sender: Person | Address, size: int) -> None:
-        """Count `size` more bytes of `sender`'s; 429 past a sender's share, so that one sender cannot fill
-        the budget and crowd everyone else out, and 503 past the process's budget."""
+    def take(self, sender: Person | Address, size: int, before: int = 0) -> None:
+        """Count `size` more bytes of `sender`'s, of a body that brought `before` bytes so far; 429 past a
+        sender's share, so that one sender cannot fill the budget and crowd everyone else out, and 503 past
+        the process's budget, or past what it leaves single uploads for a larger body."""
         share, who = (self.share, "account") if isinstance(sender, Person) else (self.address_share, "address")
         if self.by_sender.get(sender, 0) + size > share:
             raise quotas.too_many(
@@ -88,16 +96,21 @@ class BodiesHeld:
                 BUSY_RETRY_S,
                 {},
             )
-        if self.held + size > self.budget:
+        large = size + (before if before <= self.upload else 0) if before + size > self.upload else 0
+        if self.held + size > self.budget or (large and self.large + large > self.budget - self.reserved):
             raise predictions.unavailable(
                 "The server is receiving as many uploads as it can hold just now; try again shortly", BUSY_RETRY_S
             )
         self.held += size
+        self.large += large
         if size:
             self.by_sender[sender] = self.by_sender.get(sender, 0) + size
 
     def give_back(self, sender: Person | Address, size: int) -> None:
+        """Uncount a whole body of `sender`'s, of `size` bytes."""
         self.held -= size
+        if size > self.upload:
+            self.large -= size
         if size:
             left = self.by_sender.pop(sender) - size
             if left:
@@ -146,7 +159,7 @@ class BodyBudget:
             nonlocal mine
             message = await receive()
             size = len(message.get("body", b"")) if message["type"] == "http.request" else 0
-            bodies.take(sender, size)
+            bodies.take(sender, size, mine)
             mine += size
             return message
 

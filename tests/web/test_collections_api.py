@@ -13,12 +13,14 @@ import time
 import zipfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import numpy as np
 import pytest
 from litestar import Litestar
+from litestar.exceptions import HTTPException
 from PIL import Image
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
@@ -27,7 +29,7 @@ from tortoise.exceptions import DBConnectionError
 from app import collections, keys, predictions, quotas
 from app.models import Collection, CollectionStatus, Prediction, User
 from app.settings import Settings
-from app.web.limits import BodiesHeld, Person
+from app.web.limits import UPLOADS_RESERVED, BodiesHeld, BodyBudget, Person
 from tests import broken_zips, samples
 from tests.conftest import CountingClassifier, running_worker
 from tests.helpers import eventually, sign_up
@@ -618,6 +620,47 @@ async def test_the_bodies_a_process_holds_at_once_are_bounded_in_all_and_by_pers
     assert "as many uploads as it can hold" in past_budget.json()["detail"]
     assert [a.status_code for a in answers] == [202, 202]
     assert bodies.held == 0 and not bodies.by_sender  # each request's bytes given back once it was answered
+
+
+async def test_collections_held_leave_room_for_single_uploads(app: Litestar, settings: Settings) -> None:
+    """Found in review: two people's collections, each sent a byte now and then (each minute must bring
+    64 kB), held the whole budget, and everyone's uploads met 503 for days. Bodies larger than a single
+    upload may hold all but UPLOADS_RESERVED uploads' room."""
+    bodies, holding, piece = app.state.bodies, asyncio.Event(), b"x" * (4 << 20)
+
+    async def holder(scope: Any, receive: Any, send: Any) -> None:  # reads the whole body, then holds it
+        while (await receive()).get("more_body"):
+            pass
+        await holding.wait()
+
+    async def sending(who: str, size: int) -> int:
+        """A body of `size` bytes from `who` through the app's BodyBudget: 200 once held, or its refusal."""
+        chunks = [piece] * (size // len(piece)) + [b"x" * (size % len(piece))]
+        messages = iter({"type": "http.request", "body": c, "more_body": c is not chunks[-1]} for c in chunks)
+
+        async def receive() -> Any:
+            return next(messages)
+
+        try:
+            scope: Any = {"type": "http", "user": SimpleNamespace(id=who)}
+            await BodyBudget(holder, bodies)(scope, receive, cast(Any, None))
+        except HTTPException as refused:
+            return refused.status_code
+        return 200
+
+    largest, upload = settings.max_collection_bytes, settings.max_upload_bytes
+    held = [asyncio.create_task(sending(f"collector {i}", largest)) for i in range(2)]
+    held += [asyncio.create_task(sending(f"photographer {i}", upload)) for i in range(UPLOADS_RESERVED)]
+
+    async def all_held() -> bool:
+        return bodies.held == 2 * largest + UPLOADS_RESERVED * upload or any(task.done() for task in held)
+
+    await eventually(all_held, what="every body held")
+    assert not any(task.done() for task in held), [task.result() for task in held if task.done()]
+    assert await sending("a third collector", largest) == 503  # past what collections may hold
+    holding.set()
+    assert await asyncio.gather(*held) == [200] * (2 + UPLOADS_RESERVED)
+    assert bodies.held == 0 and bodies.large == 0 and not bodies.by_sender
 
 
 def test_an_empty_body_leaves_no_count_behind() -> None:
