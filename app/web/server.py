@@ -4,7 +4,9 @@ request); this one answers 431 and closes once the head passes MAX_HEAD_BYTES. u
 connection that sends nothing, or a head a byte at a time, or a body that stops, for as long as the client
 likes, so that such connections, costing their sender nothing, could pile up to the file descriptor limit;
 this one closes a head not complete within HEAD_TIMEOUT_S (408) and a body that brings less than
-MIN_BODY_BYTES in a BODY_WINDOW_S (a byte now and then held a connection as well as none)."""
+MIN_BODY_BYTES in a BODY_WINDOW_S (a byte now and then held a connection as well as none). A chunked body's
+trailer fields, which uvicorn added to the request's headers without end, are dropped, and bounded as a head
+is (431)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,12 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._in_body = False
+        # A chunk header came and no chunk data since: it was the last chunk's (size 0), trailers follow.
+        self._in_trailers = False
+        # A head or a trailer section began in the read being parsed: that read's bytes are not all its own
+        # (a pipelined head follows a body), so counting starts with the next read: the bound is
+        # MAX_HEAD_BYTES and one read.
+        self._began_in_read = False
         self._head_bytes = self._window_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -55,29 +63,42 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._in_trailers, self._head_bytes, self._began_in_read = True, False, 0, True
         if self._timer is None:  # else the connection's first head: its time runs from the opening
             self._time(HEAD_TIMEOUT_S)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:  # not a trailer field: the app reads none
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head, self._in_body, self._window_bytes = False, True, 0
         self._time(BODY_WINDOW_S)
         super().on_headers_complete()
 
+    def on_chunk_header(self) -> None:  # httptools calls it, when defined, at each chunk's size line
+        self._in_trailers, self._head_bytes, self._began_in_read = True, 0, True
+
+    def on_body(self, body: bytes) -> None:
+        self._in_trailers = False  # the chunk had data: not the last
+        self._window_bytes += len(body)  # body only: trailers or chunk extensions are no progress
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
-        self._in_body = False
+        self._in_body = self._in_trailers = False
         self._time(None)
         super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
+        self._began_in_read = False
         super().data_received(data)
-        if self._in_body:
-            self._window_bytes += len(data)
-        # Still in the head after parsing this chunk: all of it was head.
-        if self._in_head and not self.transport.is_closing():
+        # Still in a head or trailers after parsing this read, begun before it: all of it was theirs.
+        if (self._in_head or self._in_trailers) and not self._began_in_read and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
-                self.transport.write(TOO_LARGE % (len(TOO_LARGE_BODY), TOO_LARGE_BODY))
+                cycle = self.cycle  # the previous request's, in a head; this one's, in trailers
+                if cycle is None or not cycle.response_started or cycle.response_complete:  # not cut into
+                    self.transport.write(TOO_LARGE % (len(TOO_LARGE_BODY), TOO_LARGE_BODY))
                 self.transport.close()
 
     def _time(self, seconds: float | None) -> None:
@@ -99,7 +120,12 @@ class BoundedHttpTools(HttpToolsProtocol):
                 self._window_bytes = 0
                 self._time(BODY_WINDOW_S)
                 return
-        elif self._in_head and (self.cycle is None or self.cycle.response_complete):
+        elif self._in_head and self.cycle is not None and not self.cycle.response_complete:
+            # A head begun while the previous response is pending: its time runs on, from that response's end
+            # at the latest (uvicorn's keep-alive timer is gone with the head's first byte).
+            self._time(HEAD_TIMEOUT_S)
+            return
+        elif self._in_head:
             self.transport.write(TOO_SLOW % (len(TOO_SLOW_BODY), TOO_SLOW_BODY))
         else:
             return  # between requests: uvicorn's keep-alive timeout closes an idle connection

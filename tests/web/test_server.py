@@ -1,5 +1,7 @@
 """The app as uvicorn serves it: a request head past the bound is cut off with 431, bodies are not heads, an
-idle connection outlives a client's pause, and a head or a body that does not come in time is cut off."""
+idle connection outlives a client's pause, and a head or a body that does not come in time is cut off; and the
+protocol alone, read by read: trailers are dropped and bounded, a head behind a pending response has its time,
+and a head pipelined after a large body is not counted with it."""
 
 from __future__ import annotations
 
@@ -7,16 +9,19 @@ import asyncio
 import contextlib
 import http.client
 import json
+import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import uvicorn
 from litestar import Litestar
+from uvicorn.server import ServerState
 
 from app.run import UVICORN_ARGS
 from app.web import server
@@ -158,3 +163,161 @@ async def test_a_head_or_a_body_that_does_not_come_in_time_is_cut_off(
         assert "unhandled error" not in caplog.text  # a body cut off is the client's doing, not a bug
         for _, writer in (silent, trickled, stopped, steady, dripped):
             writer.close()
+
+
+class Pipe(asyncio.Transport):
+    """The protocol's end of a connection, with no socket: each data_received is one read, as the test
+    chooses, and what the protocol writes is kept."""
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self.protocol, self.sent, self.closed = protocol, b"", False
+        self.wrote, self.closing = asyncio.Event(), asyncio.Event()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += bytes(data)
+        self.wrote.set()
+
+    def close(self) -> None:
+        if not self.closed:
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+        self.closed = True
+        self.closing.set()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def echo_app(release: asyncio.Event | None = None) -> Callable[..., Any]:
+    """An app that reads the whole body and answers how many headers and body bytes it got; /slow answers
+    only once `release` is set."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        size, message = 0, {"more_body": True}
+        while message.get("more_body"):
+            message = await receive()
+            size += len(message.get("body", b""))
+        if scope["path"] == "/slow" and release is not None:
+            await release.wait()
+        body = b"%d headers, %d bytes" % (len(scope["headers"]), size)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def connected(app: Callable[..., Any]) -> AsyncIterator[tuple[BoundedHttpTools, Pipe]]:
+    config = uvicorn.Config(app, http=BoundedHttpTools, lifespan="off", log_level="warning")
+    protocol = BoundedHttpTools(config=config, server_state=ServerState(), app_state={})
+    pipe = Pipe(protocol)
+    protocol.connection_made(pipe)
+    try:
+        yield protocol, pipe
+    finally:
+        pipe.close()
+        await asyncio.sleep(0)
+
+
+async def closed_with(pipe: Pipe, seconds: float = 5) -> list[bytes]:
+    """The statuses written once the protocol closes the connection, which it must within `seconds`."""
+    await asyncio.wait_for(pipe.closing.wait(), seconds)
+    return re.findall(rb"HTTP/1.1 (\d+)", pipe.sent)
+
+
+CHUNKED = b"POST /x HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+async def test_trailers_are_dropped_and_bounded_as_a_head_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn added each trailer field (after a chunked body's last chunk) to the request's headers, and
+    nothing bounded them: 300 MB of trailers took the server's memory from 120 to 454 MB."""
+    monkeypatch.setattr(server, "BODY_WINDOW_S", 0.3)
+    monkeypatch.setattr(server, "MIN_BODY_BYTES", 16)
+    async with connected(echo_app()) as (protocol, pipe):
+        protocol.data_received(CHUNKED + b"2\r\nab\r\n0\r\n")
+        protocol.data_received(b"X-T: 1\r\n\r\nGET /y HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n")
+        assert await closed_with(pipe) == [b"200", b"200"]
+        assert pipe.sent.count(b"2 headers, 2 bytes") == 1  # the trailer is no header
+    field, huge = b"X-T: " + b"a" * 1000 + b"\r\n", b"a" * 10_000
+    for first, more in ((b"0\r\n", field * 10), (b"0\r\nX-T: ", huge)):  # many fields; one never ending
+        async with connected(echo_app()) as (protocol, pipe):
+            protocol.data_received(CHUNKED + b"2\r\nab\r\n" + first)
+            reads = 0
+            while not pipe.closed and reads < 1000:  # 10 MB
+                protocol.data_received(more)
+                reads += 1
+            assert reads * len(more) <= MAX_HEAD_BYTES + len(more)
+            assert await closed_with(pipe) == [b"431"]
+            assert len(protocol.headers) == 2
+    # A large chunked body, its chunk headers at the ends of reads and its last chunk in a large read, is
+    # no trailer section.
+    async with connected(echo_app()) as (protocol, pipe):
+        protocol.data_received(CHUNKED + b"186a0\r\n")  # 100,000 bytes
+        for _ in range(5):
+            protocol.data_received(b"a" * 100_000 + b"\r\n186a0\r\n")
+        protocol.data_received(b"a" * 100_000 + b"\r\n" + (b"186a0\r\n" + b"a" * 100_000 + b"\r\n") * 2 + b"0\r\n")
+        protocol.data_received(b"\r\nGET /y HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n")
+        assert await closed_with(pipe) == [b"200", b"200"]
+        assert b"2 headers, 800000 bytes" in pipe.sent
+    # Trailers sent a field now and then are no progress of the body (they kept the connection as long).
+    async with connected(echo_app()) as (protocol, pipe):
+        protocol.data_received(CHUNKED + b"2\r\nab\r\n0\r\n")
+        for _ in range(30):  # 3 s, ten windows
+            protocol.data_received(b"X-Trailer: 0123456\r\n")  # 20 bytes in 0.1 s: 60 a window
+            await asyncio.sleep(0.1)
+            if pipe.closed:
+                break
+        assert pipe.closed and pipe.sent == b""
+
+
+async def test_a_head_behind_a_pending_response_still_has_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A head begun while the previous response was pending had no time limit at all: a byte a minute held
+    the connection for days."""
+    monkeypatch.setattr(server, "HEAD_TIMEOUT_S", 0.2)
+    release = asyncio.Event()
+    async with connected(echo_app(release)) as (protocol, pipe):
+        protocol.data_received(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        for _ in range(20):  # 1 s, five times HEAD_TIMEOUT_S: the pending response is not cut off
+            protocol.data_received(b"a")
+            await asyncio.sleep(0.05)
+        assert not pipe.closed and pipe.sent == b""
+        release.set()
+
+        async def trickle() -> None:
+            while not pipe.closed:
+                protocol.data_received(b"a")
+                await asyncio.sleep(0.05)
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            assert await closed_with(pipe, 3) == [b"200", b"408"]
+        finally:
+            trickling.cancel()
+
+
+async def test_a_head_pipelined_after_a_large_body_is_not_counted_with_it() -> None:
+    """A read holding a 100 kB body and the start of the next head counted all as head: a false 431, and the
+    first request's answer lost."""
+    post = b"POST /x HTTP/1.1\r\nHost: x\r\ncontent-length: 100000\r\n\r\n" + b"a" * 100_000
+    async with connected(echo_app()) as (protocol, pipe):
+        protocol.data_received(post + b"GET /y HTTP/1.1\r\nHost: x\r\n")
+        protocol.data_received(b"connection: close\r\n\r\n")
+        assert await closed_with(pipe) == [b"200", b"200"]
+    async with connected(echo_app()) as (protocol, pipe):  # a pipelined head too large is cut off still
+        protocol.data_received(post + b"GET /y HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        while b"100000 bytes" not in pipe.sent:  # the first request answered (else the 431 comes first)
+            pipe.wrote.clear()
+            await asyncio.wait_for(pipe.wrote.wait(), 5)
+        reads = 0
+        while not pipe.closed and reads < 1000:
+            protocol.data_received(b"a" * 10_000)
+            reads += 1
+        assert reads * 10_000 <= MAX_HEAD_BYTES + 10_000
+        assert await closed_with(pipe) == [b"200", b"431"]
