@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +46,9 @@ FEED_LOCK_S = 30  # renewed while a round runs
 # The streams hold at most this many windows of work in all (~38 MB at the default FEED_WINDOW), shared
 # equally by the sources that have any: a window per source alone grew Redis with the accounts at work.
 WINDOWS_IN_ALL = 4
+# A source's part of a round: none of its images is started past it (they wait for the next round), so one
+# person's images that are slow to decode hold the others' feeding up for this long and one decode more.
+SOURCE_ROUND_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -106,9 +110,31 @@ async def _job(services: Services, first: Prediction, ids: list[str]) -> Job | N
     return Job(ids[0], image.sha256, settings.model_id, image.pixels, also=tuple(ids[1:]))
 
 
+async def _in_turns(
+    services: Services, images: list[list[Prediction]]
+) -> tuple[list[Job | BaseException | None], list[str]]:
+    """The jobs of a source's images (each image's predictions), or why one failed, and the ids of the
+    predictions left for the next round. As many are made at once as the decode pool has processes, so the
+    sources fed side by side take turns at it (a source's slow decodes held every other's behind them), and
+    none is started past SOURCE_ROUND_S. Every one made, or failed, when this returns: none is still taking
+    pixels when they are put back."""
+    turns, deadline, later = asyncio.Semaphore(services.settings.decode_processes), time.monotonic(), []
+    deadline += SOURCE_ROUND_S
+
+    async def in_turn(same: list[Prediction]) -> Job | None:
+        ids = [str(p.id) for p in same]
+        async with turns:
+            if time.monotonic() > deadline:
+                later.extend(ids)
+                return None
+            return await _job(services, same[0], ids)
+
+    return await asyncio.gather(*(in_turn(same) for same in images), return_exceptions=True), later
+
+
 async def _feed_source(services: Services, source: Source, room: int) -> int:
     """Put up to `room` more of a source's waiting images on its user's bulk stream, oldest first; the
-    same image waiting several times makes one job."""
+    same image waiting several times makes one job. How many went on."""
     waiting = await _of(source).filter(enqueued_at__isnull=True).order_by("created_at").limit(room)
     by_image: dict[str, list[Prediction]] = defaultdict(list)
     for prediction in waiting:
@@ -119,11 +145,7 @@ async def _feed_source(services: Services, source: Source, room: int) -> int:
     made: list[Job | None] = []
     enqueued: list[Job] = []
     try:
-        # Decoded side by side: the decode pool has a process per core.
-        # Every job made, or failed, before going on: none is still taking pixels when they are put back.
-        results = await asyncio.gather(
-            *(_job(services, same[0], [str(p.id) for p in same]) for same in by_image.values()), return_exceptions=True
-        )
+        results, later = await _in_turns(services, list(by_image.values()))
         made = [job for job in results if not isinstance(job, BaseException)]
         for error in results:
             if isinstance(error, BaseException):
@@ -138,7 +160,9 @@ async def _feed_source(services: Services, source: Source, room: int) -> int:
                 services.kept.keep(job.prediction_id, job.pixels)
         await Prediction.filter(id__in=back, status=Status.QUEUED).update(enqueued_at=None)
         raise
-    return len(waiting)
+    if later:
+        await Prediction.filter(id__in=later, status=Status.QUEUED).update(enqueued_at=None)
+    return len(waiting) - len(later)
 
 
 async def _finish_collections() -> None:
@@ -167,13 +191,18 @@ async def _has_work() -> bool:
 async def feed(services: Services) -> int:
     """One round: top up every source's window. Returns how many predictions went onto streams."""
     waiting = await _counts(enqueued_at__isnull=True)
-    fed = 0
+    fed: list[int | BaseException] = []
     if waiting:
         in_flight = await _counts(enqueued_at__isnull=False)
-        for source, room in rooms(services.settings.feed_window, waiting, in_flight).items():
-            fed += await _feed_source(services, source, room)
+        room = rooms(services.settings.feed_window, waiting, in_flight)
+        # Side by side, each source's images in turns (`_in_turns`): one after another, a source's slow
+        # decodes held every later source's feeding behind them.
+        fed = await asyncio.gather(*(_feed_source(services, s, n) for s, n in room.items()), return_exceptions=True)
+        for error in fed:
+            if isinstance(error, BaseException):
+                raise error
     await _finish_collections()
-    return fed
+    return sum(n for n in fed if isinstance(n, int))
 
 
 def rooms(window: int, waiting: dict[Source, int], in_flight: dict[Source, int]) -> dict[Source, int]:

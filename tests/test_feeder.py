@@ -20,7 +20,7 @@ from app.jobs.producer import jobs_ahead
 from app.models import Prediction, Status
 from app.settings import Settings
 from tests import samples
-from tests.conftest import running_worker
+from tests.conftest import reset_queue, running_worker
 from tests.helpers import beat, eventually, forget_worker, sign_up
 from tests.web.test_collections_api import as_files, create, described, finished
 
@@ -302,6 +302,63 @@ async def test_a_feed_round_that_fails_leaves_its_images_waiting(
         await redis.delete(keys.FEED_LOCK)
     prediction = await Prediction.get(id=response.json()["id"])
     assert prediction.status == Status.QUEUED and prediction.enqueued_at is None  # fed again next round
+
+
+async def test_one_persons_slow_decodes_do_not_hold_up_the_others_feeding(
+    client: Client, app: Litestar, redis: Redis, no_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a round fed its sources one after another, decoding again each image whose pixels
+    were not kept; one person's images slow to decode (a 7000 x 7000 JPEG of 100 scans passes the checks and
+    takes seconds) held everyone else's feeding behind all of theirs. Sources are now fed side by side,
+    each taking turns at the decode pool, and a source starts no image past SOURCE_ROUND_S."""
+    from app import feeder
+    from app.jobs import producer
+    from app.models import Collection, CollectionStatus
+
+    services, slow_s = app.state.services, 0.25
+    monkeypatch.setattr(feeder, "SOURCE_ROUND_S", 0.5)
+    await redis.set(keys.FEED_LOCK, "this test", ex=300)  # the app's own feeder stays out: this test feeds
+    try:
+        users = {}
+        for who, count in (("slow", 40), ("other", 3)):
+            auth = await sign_up(client)
+            users[who] = await user_id(client, auth)
+            await create(client, auth, files=as_files(pngs(27_000 + len(users) * 100, count)))
+
+        async def read() -> bool:
+            owners = list(users.values())
+            return not await Collection.filter(user_id__in=owners, status=CollectionStatus.READING).exists()
+
+        await eventually(read, seconds=60, what="both archives read")
+        services.kept._kept.clear()  # as when the kept pixels went to others, or their time passed
+        check, decoding = services.decoder.check, asyncio.Semaphore(services.settings.decode_processes)
+
+        async def slow_for_one(data: bytes, owner: Any = None, disk: Any = None) -> Any:
+            if owner == users["slow"]:
+                async with decoding:  # the decode processes, each busy for slow_s
+                    await asyncio.sleep(slow_s)
+            return await check(data, owner=owner, disk=disk)
+
+        monkeypatch.setattr(services.decoder, "check", slow_for_one)
+        order, enqueue_bulk = [], producer.enqueue_bulk
+
+        async def in_order(redis_: Redis, owner: int, jobs: list[Any], enqueued: Any = None) -> None:
+            order.append(owner)
+            await enqueue_bulk(redis_, owner, jobs, enqueued)
+
+        monkeypatch.setattr(producer, "enqueue_bulk", in_order)
+        first = await feeder.feed(services)
+        assert order == [users["other"], users["slow"]]  # not behind the slow one's decodes
+        slow = Prediction.filter(user_id=users["slow"], status=Status.QUEUED)
+        on_streams = await slow.filter(enqueued_at__isnull=False).count()
+        # The slow one's images started within its half second: 2 at a time, 0.25 s each, a turn more at most.
+        assert first == 3 + on_streams and 4 <= on_streams <= 8
+        assert await slow.filter(enqueued_at__isnull=True).count() == 40 - on_streams  # the next rounds'
+        await feeder.feed(services)
+        assert await slow.filter(enqueued_at__isnull=False).count() > on_streams
+    finally:
+        await redis.delete(keys.FEED_LOCK)
+        await reset_queue(redis)
 
 
 async def test_results_wake_the_feeder_to_top_the_window_up(
