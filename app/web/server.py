@@ -1,9 +1,9 @@
-"""How uvicorn serves the app: its command line, and an HTTP protocol that bounds what one connection may
-hold. uvicorn's own httptools protocol reads a head of any size (64 MB took seconds and stalled every other
-request); this one answers 431 and closes once the head passes MAX_HEAD_BYTES. uvicorn also keeps a
-connection that sends nothing, or a head a byte at a time, or a body that stops, for as long as the client
-likes, so that such connections, costing their sender nothing, could pile up to the file descriptor limit;
-this one closes a head not complete within HEAD_TIMEOUT_S (408) and a body that brings less than
+"""How uvicorn serves the app: HEAD answered as GET (`HeadAsGet`), and an HTTP protocol that bounds what one
+connection may hold. uvicorn's own httptools protocol reads a head of any size (64 MB took seconds and
+stalled every other request); this one answers 431 and closes once the head passes MAX_HEAD_BYTES.
+uvicorn also keeps a connection that sends nothing, or a head a byte at a time, or a body that stops, for
+as long as the client likes, so that such connections, costing their sender nothing, could pile up to the
+file descriptor limit; this one closes a head not complete within HEAD_TIMEOUT_S (408) and a body that brings less than
 MIN_BODY_BYTES in a BODY_WINDOW_S (a byte now and then held a connection as well as none). A chunked body's
 trailer fields, which uvicorn added to the request's headers without end, are dropped, and bounded as a head
 is (431)."""
@@ -11,8 +11,9 @@ is (431)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.web.limits import MAX_HEADER_BYTES
@@ -130,3 +131,24 @@ class BoundedHttpTools(HttpToolsProtocol):
         else:
             return  # between requests: uvicorn's keep-alive timeout closes an idle connection
         self.transport.close()
+
+
+class HeadAsGet:
+    """ASGI: a HEAD request is answered as its GET would be, without the body (RFC 9110 wants HEAD wherever
+    GET works). Litestar's routing answered it 405, before any of its middleware, and an uptime monitor that
+    sends HEAD took the service for down."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headless(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = cast("Message", {**message, "body": b""})
+            await send(message)
+
+        await self.app(cast("Scope", {**scope, "method": "GET"}), receive, headless)

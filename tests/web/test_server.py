@@ -66,6 +66,34 @@ async def test_an_oversized_head_is_cut_off_and_others_go_on(tmp_path: Path, mig
         assert posted.status_code == 400
 
 
+def head_then_get(url: str, path: str) -> tuple[http.client.HTTPResponse, bytes, http.client.HTTPResponse, bytes]:
+    """HEAD then GET of `path` on one kept-alive connection: each response and its body."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        connection.request("HEAD", path)
+        head = connection.getresponse()
+        head_body = head.read()
+        connection.request("GET", path)
+        get = connection.getresponse()
+        return head, head_body, get, get.read()
+    finally:
+        connection.close()
+
+
+async def test_head_is_answered_as_get_without_the_body(tmp_path: Path, migrated: None) -> None:
+    """Found in review: HEAD answered 405 on every route (Litestar's routing, before any middleware), so an
+    uptime monitor that sends HEAD took the service for down."""
+    with live_server(tmp_path / "web.log") as url:
+        for path, status in (("/health/live", 200), ("/login", 200), ("/api/users/me", 401)):
+            head, head_body, get, body = await asyncio.to_thread(head_then_get, url, path)
+            assert (head.status, get.status, head_body) == (status, status, b"")
+            assert head.getheader("content-type") == get.getheader("content-type")
+        assert head.getheader("content-length") == str(len(body))
+        posted = await asyncio.to_thread(httpx.post, f"{url}/health/live")
+        assert posted.status_code == 405  # other methods are still the routes' own
+
+
 def two_requests(url: str, pause: float) -> int:
     """Two requests on one kept-alive connection, `pause` seconds apart: the second's status."""
     parts = urlsplit(url)
