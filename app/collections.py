@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -82,12 +83,13 @@ async def _start(
     reserved = max(sum(len(u.data) for u in uploads), expanded)
     await quotas.check_collection(services, user, total, reserved)
     packed = not (len(uploads) == 1 and archives.is_archive(uploads[0]))
-    data = await asyncio.to_thread(archives.pack, uploads) if packed else uploads[0].data
     collection_id = uuid4()
     relative = f"{ARCHIVES_DIR}/{collection_id}{PACKED_SUFFIX if packed else '.zip'}"
     stored = services.settings.upload_dir / relative
+    data = functools.partial(archives.pack, uploads) if packed else uploads[0].data
     await asyncio.to_thread(files.write_atomic, stored, data)
     try:
+        size = stored.stat().st_size
         collection = await Collection.create(
             id=collection_id,
             user=user,
@@ -100,7 +102,7 @@ async def _start(
     except BaseException:  # no row would ever point at the archive: nothing would remove it
         stored.unlink(missing_ok=True)
         raise
-    services.disk.wrote(len(data))
+    services.disk.wrote(size)
     services.nudge_feeder()
     return collection
 

@@ -9,7 +9,9 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from app.background import Every
 
@@ -21,13 +23,17 @@ PARTIAL_PREFIX = ".partial-"
 STALE_PARTIAL_S = 3600.0
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, then rename: a concurrent reader never sees half a file."""
+def write_atomic(path: Path, data: bytes | Callable[[IO[bytes]], object]) -> None:
+    """Write `data` (bytes, or what a function writes to the file) to a temp file beside `path`, then
+    rename: a concurrent reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL_PREFIX)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            if isinstance(data, bytes):
+                out.write(data)
+            else:
+                data(out)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -43,6 +43,11 @@ def test_csv_neutralises_formulas_in_file_names() -> None:
     assert rows[1][0] == "'=HYPERLINK(evil).jpg" and rows[1][5] == "tabby:0.5" and rows[1][7] == ""
 
 
+def packed_to(path: Path, uploads: list[Upload]) -> None:
+    with path.open("wb") as out:
+        pack(uploads, out)
+
+
 def read_all(path: Path, packed: bool = False) -> list[tuple[str, bytes | str]]:
     """Every entry's name and bytes, or the reason it could not be read."""
     reader = Reader(path, packed, max_entry_bytes=1_000_000)
@@ -202,7 +207,7 @@ def test_uploads_are_counted_as_they_are_packed(tmp_path: Path) -> None:
         [Upload("x.png", b"X"), Upload("sub/", b"S"), Upload(".hidden.zip", inner), Upload(".DS_Store", b"")]
     )
     assert count_images(uploads, 10, 10_000)[0] == 2
-    (tmp_path / "p.zip").write_bytes(pack(uploads))
+    packed_to(tmp_path / "p.zip", uploads)
     assert read_all(tmp_path / "p.zip", packed=True) == [("x.png", b"X"), ("sub", b"S")]
 
 
@@ -211,7 +216,7 @@ def test_an_upload_named_with_a_nul_is_packed_and_read(tmp_path: Path) -> None:
     packed as the folder 'x/', which reading skips: the image was lost unsaid."""
     uploads = wanted([Upload("x/\0y.jpg", b"Y"), Upload("ok.jpg", b"K")])
     assert count_images(uploads, 10, 10_000)[0] == 2
-    (tmp_path / "p.zip").write_bytes(pack(uploads))
+    packed_to(tmp_path / "p.zip", uploads)
     assert read_all(tmp_path / "p.zip", packed=True) == [("x/y.jpg", b"Y"), ("ok.jpg", b"K")]
 
 
@@ -219,7 +224,7 @@ def test_packed_uploads_open_their_archives_one_level_deep(tmp_path: Path) -> No
     inner = samples.zipped({"in/a.png": b"A", "in/deeper.zip": samples.zipped({"z.png": b"Z"})})
     uploads = wanted([Upload("x.png", b"X"), Upload("set.zip", inner), Upload(".hidden", b"H")])
     assert count_images(uploads, 10, 10_000)[0] == 3
-    (tmp_path / "p.zip").write_bytes(pack(uploads))
+    packed_to(tmp_path / "p.zip", uploads)
     found = dict(read_all(tmp_path / "p.zip", packed=True))
     assert found["x.png"] == b"X" and found["in/a.png"] == b"A"
     assert "nested archive" in str(found["in/deeper.zip"]) and len(found) == 3
@@ -280,7 +285,7 @@ def test_a_packed_archive_is_read_in_place_whatever_its_order(tmp_path: Path) ->
     uploads = wanted([Upload("a.png", b"A"), Upload("backwards.zip", inner.getvalue())])
     assert count_images(uploads, 100, 10**9)[0] == 41
     path = tmp_path / "p.files.zip"
-    path.write_bytes(pack(uploads))
+    packed_to(path, uploads)
     before = bytes_read()
     found = read_all(path, packed=True)
     assert found[0] == ("a.png", b"A") and found[1:] == [(f"{i:02}.png", bytes([i]) * 10) for i in reversed(range(40))]

@@ -10,6 +10,7 @@ import io
 import os
 import secrets
 import time
+import tracemalloc
 import zipfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from redis.asyncio.lock import Lock
 from tortoise.exceptions import DBConnectionError
 
 from app import collections, keys, predictions, quotas
+from app.archives import Upload
 from app.models import Collection, CollectionStatus, Prediction, User
 from app.settings import Settings
 from app.web.limits import UPLOADS_RESERVED, BodiesHeld, BodyBudget, Person
@@ -661,6 +663,25 @@ async def test_collections_held_leave_room_for_single_uploads(app: Litestar, set
     holding.set()
     assert await asyncio.gather(*held) == [200] * (2 + UPLOADS_RESERVED)
     assert bodies.held == 0 and bodies.large == 0 and not bodies.by_sender
+
+
+async def test_a_collections_uploads_are_packed_straight_to_disk(
+    app: Litestar, client: Client, auth: dict[str, str]
+) -> None:
+    """Found in review: several uploads were packed into one zip in memory, then written: a second copy of
+    the collection's bytes (up to 512 MB) beside the request's, which the body budget counts once."""
+    user = await User.get(id=(await client.get("/api/users/me", headers=auth)).json()["id"])
+    uploads = [Upload(f"{i}.png", os.urandom(4 << 20)) for i in range(3)]
+    tracemalloc.start()
+    try:
+        collection = await collections._start(app.state.services, user, uploads, "packed", (3, 12 << 20))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak / 2**20:.1f} MB held to store 12 MB of uploads"
+    stored = app.state.services.settings.upload_dir / collection.archive_path
+    with zipfile.ZipFile(stored) as packed:
+        assert [packed.read(f"{i}.png") for i in range(3)] == [u.data for u in uploads]
 
 
 def test_an_empty_body_leaves_no_count_behind() -> None:
