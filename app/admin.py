@@ -3,7 +3,9 @@
 `prune --older-than 90d` is the retention policy: it deletes the originals (and their thumbnails) of
 finished predictions created before the cutoff and keeps their results; each such prediction's
 `image_path` becomes "" (its page shows no image). An original still used by a queued prediction, by
-one newer than the cutoff, or stored again in the last IN_FLIGHT (an upload in progress) is kept.
+one newer than the cutoff, or stored again in the last IN_FLIGHT (an upload in progress) is kept. It also
+deletes the stored collection archives no collection reads any more (a process stopped at the wrong moment
+left them), once older than IN_FLIGHT.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from uuid import UUID
 from tortoise.expressions import Q
 
 from app import db, files, thumbnails
-from app.models import Prediction, Status
+from app.collections import ARCHIVES_DIR
+from app.models import Collection, Prediction, Status
 from app.quotas import size_text
 from app.settings import get_settings
 
@@ -48,7 +51,8 @@ class PruneReport:
     predictions: int = 0  # finished predictions whose original was let go (their results stay)
     originals: int = 0  # files deleted
     kept: int = 0  # originals kept: still used by a queued or newer prediction, or stored again just now
-    bytes_freed: int = 0  # originals and their thumbnails
+    archives: int = 0  # collection archives nothing reads any more
+    bytes_freed: int = 0  # originals and their thumbnails, and those archives
     seen: set[str] = field(default_factory=set)  # hashes already dealt with in this run
 
     def summary(self, age: str, dry_run: bool) -> str:
@@ -56,7 +60,7 @@ class PruneReport:
         return (
             f"{verb} {self.predictions} finished predictions older than {age} (their results stay):"
             f" {self.originals} originals deleted, {size_text(self.bytes_freed)} freed with their thumbnails;"
-            f" {self.kept} originals kept, still in use"
+            f" {self.kept} originals kept, still in use; {self.archives} archives left by a stopped process"
         )
 
 
@@ -103,10 +107,27 @@ async def _prune_batch(
     report.predictions += len(rows)
 
 
+async def _prune_archives(upload_dir: Path, dry_run: bool, report: PruneReport) -> None:
+    """Delete the stored archives no collection points at: a collection's start stopped between storing its
+    archive and making its row, or a reading stopped between finishing and deleting it."""
+    folder = upload_dir / ARCHIVES_DIR
+    read = set(await Collection.exclude(archive_path="").values_list("archive_path", flat=True))
+    used_since = time.time() - IN_FLIGHT.total_seconds()  # a start in progress: its row is still to come
+    names = await asyncio.to_thread(lambda: sorted(p.name for p in folder.iterdir()) if folder.is_dir() else [])
+    for name in names:
+        if f"{ARCHIVES_DIR}/{name}" in read or name.startswith(files.PARTIAL_PREFIX):  # partials: the disk walk's
+            continue
+        freed = await asyncio.to_thread(files.remove_file, folder / name, used_since, dry_run)
+        if freed:
+            report.archives += 1
+            report.bytes_freed += freed
+
+
 async def prune(upload_dir: Path, older_than: timedelta, dry_run: bool = False) -> PruneReport:
     """Apply the retention policy to the predictions created more than `older_than` ago."""
     cutoff = datetime.now(UTC) - older_than
     report = PruneReport()
+    await _prune_archives(upload_dir, dry_run, report)
     query = Prediction.filter(status__in=FINISHED, created_at__lt=cutoff).exclude(image_path="")
     after: Q | None = None
     while True:

@@ -143,3 +143,41 @@ async def test_the_command(
     assert (await Prediction.get(id=old["id"])).image_path == ""
     wrong = await run([*command[:-1], "90"])
     assert wrong.returncode == 2 and "90d or 12h" in wrong.stderr
+
+
+async def test_prune_deletes_the_archives_no_collection_reads(
+    client: Client, auth: dict[str, str], settings: Settings
+) -> None:
+    """Found in review: a collection's start stopped between storing its archive and making its row (a
+    cancelled request, a process stopped), or a reading stopped between finishing and deleting the archive,
+    left the archive under UPLOAD_DIR for good."""
+    from app.collections import ARCHIVES_DIR
+    from app.files import PARTIAL_PREFIX
+    from app.models import Collection, CollectionStatus
+
+    folder = settings.upload_dir / ARCHIVES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    user = await User.get(id=(await client.get("/api/users/me", headers=auth)).json()["id"])
+    read = await Collection.create(
+        user=user, total=1, status=CollectionStatus.READING, archive_path=f"{ARCHIVES_DIR}/being-read.zip"
+    )
+    then = time.time() - 3600
+    paths = {name: folder / name for name in ("left.zip", "being-read.zip", "just-stored.zip", f"{PARTIAL_PREFIX}x")}
+    for name, path in paths.items():
+        path.write_bytes(b"PK" + name.encode())
+        if name != "just-stored.zip":  # its start is still under way: its row is still to come
+            os.utime(path, (then, then))
+    try:
+        dry = await admin.prune(settings.upload_dir, timedelta(days=90), dry_run=True)
+        assert dry.archives >= 1 and paths["left.zip"].exists()
+        report = await admin.prune(settings.upload_dir, timedelta(days=90))
+        assert report.archives >= 1 and report.bytes_freed >= len(b"PKleft.zip")
+        assert [name for name, path in paths.items() if path.exists()] == [
+            "being-read.zip",
+            "just-stored.zip",
+            f"{PARTIAL_PREFIX}x",
+        ]
+    finally:
+        await Collection.filter(id=read.id).update(status=CollectionStatus.DONE, archive_path="")
+        for path in paths.values():
+            path.unlink(missing_ok=True)
