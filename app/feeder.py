@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from app import images, keys
 from app.background import renewing
 from app.collections import read_archive, reading_lock_of
 from app.jobs import producer
-from app.jobs.protocol import Job
+from app.jobs.protocol import Job, bulk_streams
 from app.jobs.results import publish_result
 from app.models import Collection, CollectionStatus, Prediction, Status, mark_failed
 from app.predictions import earlier_result
@@ -194,7 +195,7 @@ async def feed(services: Services) -> int:
     fed: list[int | BaseException] = []
     if waiting:
         in_flight = await _counts(enqueued_at__isnull=False)
-        room = rooms(services.settings.feed_window, waiting, in_flight)
+        room = rooms(services.settings.feed_window, waiting, in_flight, await _on_bulk_streams(services))
         # Side by side, each source's images in turns (`_in_turns`): one after another, a source's slow
         # decodes held every later source's feeding behind them.
         fed = await asyncio.gather(*(_feed_source(services, s, n) for s, n in room.items()), return_exceptions=True)
@@ -205,14 +206,29 @@ async def feed(services: Services) -> int:
     return sum(n for n in fed if isinstance(n, int))
 
 
-def rooms(window: int, waiting: dict[Source, int], in_flight: dict[Source, int]) -> dict[Source, int]:
-    """How many more jobs each source may put on the streams now: up to its window, and its equal share of
-    WINDOWS_IN_ALL windows among the sources with work; those with the fewest in flight first, while any
-    room is left (past WINDOWS_IN_ALL x window sources, the others wait for a turn)."""
+async def _on_bulk_streams(services: Services) -> int:
+    """The jobs the bulk streams hold now (waiting, or in a worker's hands), which WINDOWS_IN_ALL bounds:
+    asked of Redis, not counted from the rows marked fed. Those include synchronous uploads, and rows
+    whose jobs a restarted Redis lost (until REQUEUE_AFTER hands them back): counted, they held everyone's
+    feeding up for that long."""
+    streams = await bulk_streams(services.redis)
+    async with services.redis.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xlen(stream)
+        return sum(await pipe.execute())
+
+
+def rooms(window: int, waiting: dict[Source, int], in_flight: dict[Source, int], held: int) -> dict[Source, int]:
+    """How many more jobs each source with work waiting may put on the streams now, which hold `held`: up
+    to its window, and its equal share of WINDOWS_IN_ALL windows; those with the fewest in flight first,
+    the others in a random order (past WINDOWS_IN_ALL x window sources, the rest wait for another turn),
+    while any room is left."""
     budget = WINDOWS_IN_ALL * window
-    share = min(window, max(budget // len(set(waiting) | set(in_flight)), 1))
-    left, found = budget - sum(in_flight.values()), {}
-    for source in sorted(waiting, key=lambda s: in_flight.get(s, 0)):
+    share = min(window, max(budget // max(len(waiting), 1), 1))
+    left, found = budget - held, {}
+    # In turns past the budget: in a fixed order, the same sources won every round.
+    shuffled = random.sample(list(waiting), len(waiting))
+    for source in sorted(shuffled, key=lambda s: in_flight.get(s, 0)):
         room = min(share - in_flight.get(source, 0), waiting[source], left)
         if room > 0:
             found[source] = room

@@ -90,14 +90,59 @@ async def test_a_collection_keeps_at_most_a_window_of_jobs_in_redis(
 
 def test_the_streams_hold_a_few_windows_in_all_shared_equally() -> None:
     one, two, three = Source(1, None), Source(2, "c2"), Source(3, "c3")
-    assert rooms(8, {one: 100}, {}) == {one: 8}  # alone: a window
-    assert rooms(8, {one: 100}, {one: 5}) == {one: 3}
-    assert rooms(8, {one: 2, two: 100}, {}) == {one: 2, two: 8}  # never more than it has waiting
+    assert rooms(8, {one: 100}, {}, 0) == {one: 8}  # alone: a window
+    assert rooms(8, {one: 100}, {one: 5}, 5) == {one: 3}
+    assert rooms(8, {one: 2, two: 100}, {}, 0) == {one: 2, two: 8}  # never more than it has waiting
+    assert rooms(8, {one: 100, two: 100}, {}, WINDOWS_IN_ALL * 8 - 3) in ({one: 3}, {two: 3})  # what is left
     many = {Source(i, None): 5 for i in range(WINDOWS_IN_ALL * 8 + 3)}
-    fed = rooms(8, many, {})
+    fed = rooms(8, many, {}, 0)
     assert set(fed.values()) == {1} and len(fed) == WINDOWS_IN_ALL * 8  # the rest wait for a turn
     first = {Source(i, None): 1 for i in range(3)}  # those with some in flight go after those with none
-    assert rooms(1, {**first, three: 5}, {Source(0, None): 1, Source(1, None): 1}) == {Source(2, None): 1, three: 1}
+    assert rooms(1, {**first, three: 5}, {Source(0, None): 1, Source(1, None): 1}, 2) == {Source(2, None): 1, three: 1}
+
+
+def test_synchronous_uploads_take_no_share_of_the_bulk_windows() -> None:
+    """Found in review: a synchronous upload's row looks fed (it has `enqueued_at`), so 256 people with one
+    upload each in flight took the whole budget from a collection. What the streams hold is Redis's count."""
+    collection, uploads = Source(999, "c"), {Source(i, None): 1 for i in range(WINDOWS_IN_ALL * 64)}
+    assert rooms(64, {collection: 1000}, uploads, 0) == {collection: 64}
+
+
+def test_past_the_budget_sources_take_turns() -> None:
+    """Found in review: sources tied on what they had in flight were taken in the database's order, so
+    past the budget the same ones won every round and the others waited until those ran out of work."""
+    sources = [Source(i, None) for i in range(WINDOWS_IN_ALL + 2)]
+    waiting, fed = dict.fromkeys(sources, 100), dict.fromkeys(sources, 0)
+    for _ in range(50):  # each round: every job in flight finished since the last
+        for source, n in rooms(1, waiting, {}, 0).items():
+            fed[source] += n
+            waiting[source] -= n
+    assert min(fed.values()) > 0, fed
+
+
+async def test_a_restarted_redis_does_not_hold_up_everyones_feeding(
+    client: Client, redis: Redis, no_worker: None, settings_of: Any
+) -> None:
+    """Found in review: the rows whose jobs a Redis restarted empty lost stay marked fed until REQUEUE_AFTER
+    (300 s) hands them back; counted as what the streams hold, they kept anyone else from being fed."""
+    settings_of(feed_window=4)
+    owners = [await sign_up(client) for _ in range(4)]
+    for n, auth in enumerate(owners):
+        await create(client, auth, files=as_files(pngs(24_300 + 10 * n, 6)))
+    streams = [keys.bulk_jobs(await user_id(client, auth)) for auth in owners]
+
+    async def full() -> bool:
+        return sum([await redis.xlen(stream) for stream in streams]) >= 12
+
+    try:
+        await eventually(full, seconds=30, what="the streams filled")
+        await redis.delete(*streams)  # as a Redis restarted without persistence: the jobs are gone
+        newcomer = await sign_up(client)
+        await create(client, newcomer, files=as_files(pngs(24_400, 3)))
+        stream = keys.bulk_jobs(await user_id(client, newcomer))
+        await eventually(lambda: has_length(redis, stream, 3), seconds=10, what="the newcomer fed")
+    finally:
+        await reset_queue(redis)
 
 
 async def test_redis_holds_a_few_windows_whatever_the_number_of_accounts(
