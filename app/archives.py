@@ -159,20 +159,23 @@ def wanted(uploads: list[Upload]) -> list[Upload]:
 
 def count_images(uploads: list[Upload], max_files: int, max_bytes: int) -> tuple[int, int]:
     """How many images the uploads (`wanted`) hold, and their bytes once expanded, each zip archive judged
-    from its central directory; 413 past `max_files` or `max_bytes`, for all of them together. Each archive
-    gets what the uploads before it left, so counting stops at the first that goes past: given the whole
-    budget each, 8 zips of 10,000 entries were all parsed before the 413."""
-    count, used = 0, 0
+    from its central directory; 413 past `max_files` images, `max_bytes`, or RECORDS_PER_FILE x
+    `max_files` directory records, for all of them together. Counting stops at the first upload that goes
+    past: given the whole bound each, 8 zips of 10,000 entries were all parsed before the 413."""
+    count, used, records, most = 0, 0, 0, RECORDS_PER_FILE * max_files
     for upload in uploads:
-        if count >= max_files:  # one more image, in a file or an archive, is one too many
-            raise refuse(f"At most {max_files} images in one collection; this one has more", 413)
         if is_archive(upload):
-            entries = check_zip(upload.data, max_files - count, max(max_bytes - used, 0))
+            records += listed_records(upload.data, most - records)
+            if records > most:
+                raise refuse(f"The archives list more than {most} entries, files and folders, the most accepted", 413)
+            entries = check_zip(upload.data, max_files, max(max_bytes - used, 0))
             count += len(entries)
             used += sum(e.file_size for e in entries)
         else:
             count += 1
             used += len(upload.data)
+        if count > max_files:
+            raise refuse(f"At most {max_files} images in one collection; this one has more", 413)
         if used > max_bytes:
             raise refuse(f"The collection expands to more than {max_bytes} bytes, the most accepted", 413)
     return count, used

@@ -236,7 +236,8 @@ def many_entries(count: int) -> bytes:
 
 def test_counting_stops_at_the_first_archive_past_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """Found in review: each archive was given the whole bound, and the total compared with it only after
-    all were parsed: 8 zips of 10,000 entries each (7 MB) were all parsed before the 413."""
+    all were parsed: 8 zips of 10,000 entries each (7 MB) were all parsed before the 413. Archives of hidden
+    files only, which hold no image, count by their directory's records."""
     import app.archives
 
     parsed: list[bytes] = []
@@ -247,13 +248,31 @@ def test_counting_stops_at_the_first_archive_past_the_bound(monkeypatch: pytest.
         return check(data, *bounds)
 
     monkeypatch.setattr(app.archives, "check_zip", counted)
-    uploads = [Upload(f"{i}.zip", many_entries(600)) for i in range(8)]
-    with pytest.raises(CollectionRejected, match="600 files; at most 400") as refused:
-        count_images(uploads, 1000, 10**9)
+    with pytest.raises(CollectionRejected, match="At most 1000 images in one collection") as refused:
+        count_images([Upload(f"{i}.zip", many_entries(600)) for i in range(8)], 1000, 10**9)
     assert refused.value.status_code == 413 and len(parsed) == 2
+    parsed.clear()
+    hidden = samples.zipped({f".{i}": b"" for i in range(600)}, zipfile.ZIP_STORED)
+    with pytest.raises(CollectionRejected, match="list more than 2000 entries") as listed:
+        count_images([Upload(f"{i}.zip", hidden) for i in range(8)], 1000, 10**9)
+    assert listed.value.status_code == 413 and len(parsed) == 3
     with pytest.raises(CollectionRejected, match="At most 3 images in one collection") as full:
         count_images([Upload(f"{i}.png", b"x") for i in range(3)] + [Upload("more.zip", many_entries(1))], 3, 10**9)
     assert full.value.status_code == 413
+
+
+def test_what_an_archive_skips_leaves_room_for_images() -> None:
+    """Found in review: an archive's entries were judged against the images the loose files left, hidden
+    files and resource forks included: 6 photos and a Mac's zip of 3 (with 3 resource forks) were 413 at 10."""
+    mac = samples.zipped({**{f"{i}.png": b"x" for i in range(3)}, **{f"__MACOSX/._{i}.png": b"r" for i in range(3)}})
+    loose = [Upload(f"{i}.png", b"y") for i in range(6)]
+    assert count_images([*loose, Upload("mac.zip", mac)], 10, 10**6)[0] == 9
+    assert (
+        count_images(
+            [*loose, Upload("mac.zip", mac), Upload("empty.zip", samples.zipped({".DS_Store": b""}))], 9, 10**6
+        )[0]
+        == 9
+    )
 
 
 def test_an_archive_sent_first_is_in_the_collections_expanded_bytes() -> None:
