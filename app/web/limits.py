@@ -33,6 +33,7 @@ MAX_FORM_FIELDS = 20  # the pages' forms have at most 6
 # sending collections a byte now and then (each minute must bring 64 kB) filled it for days otherwise.
 LARGEST_BODIES_HELD = 2
 UPLOADS_RESERVED = 16
+RESERVE_EACH = 2  # of those uploads, one sender's most: a third person's 16 took the room all the same
 # Requests from no one signed in (signing in and up) are small: one address holds at most this many of the
 # largest those routes take. Normal ones are about 100 bytes, so a proxy's address passes on thousands at once.
 ADDRESS_BODIES_HELD = 16
@@ -97,7 +98,12 @@ class BodiesHeld:
                 {},
             )
         large = size + (before if before <= self.upload else 0) if before + size > self.upload else 0
-        if self.held + size > self.budget or (large and self.large + large > self.budget - self.reserved):
+        into_reserve = self.held + size > self.budget - self.reserved
+        if (
+            self.held + size > self.budget
+            or (large and self.large + large > self.budget - self.reserved)
+            or (into_reserve and self.by_sender.get(sender, 0) + size > RESERVE_EACH * self.upload)
+        ):
             raise predictions.unavailable(
                 "The server is receiving as many uploads as it can hold just now; try again shortly", BUSY_RETRY_S
             )

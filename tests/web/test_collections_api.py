@@ -31,7 +31,7 @@ from app import collections, keys, predictions, quotas
 from app.archives import Upload
 from app.models import Collection, CollectionStatus, Prediction, User
 from app.settings import Settings
-from app.web.limits import UPLOADS_RESERVED, BodiesHeld, BodyBudget, Person
+from app.web.limits import RESERVE_EACH, UPLOADS_RESERVED, BodiesHeld, BodyBudget, Person
 from tests import broken_zips, samples
 from tests.conftest import CountingClassifier, running_worker
 from tests.helpers import eventually, sign_up
@@ -652,13 +652,27 @@ async def test_collections_held_leave_room_for_single_uploads(app: Litestar, set
 
     largest, upload = settings.max_collection_bytes, settings.max_upload_bytes
     held = [asyncio.create_task(sending(f"collector {i}", largest)) for i in range(2)]
-    held += [asyncio.create_task(sending(f"photographer {i}", upload)) for i in range(UPLOADS_RESERVED)]
 
-    async def all_held() -> bool:
-        return bodies.held == 2 * largest + UPLOADS_RESERVED * upload or any(task.done() for task in held)
+    async def holding_all(expected: int) -> None:
+        async def check() -> bool:
+            return bodies.held == expected or any(task.done() for task in held)
 
-    await eventually(all_held, what="every body held")
-    assert not any(task.done() for task in held), [task.result() for task in held if task.done()]
+        await eventually(check, what="every body held")
+        assert not any(task.done() for task in held), [task.result() for task in held if task.done()]
+
+    await holding_all(2 * largest)
+    # One person's uploads take no more than RESERVE_EACH of the room kept for uploads (found in review:
+    # a third person's 16 took it all).
+    hoarded = [asyncio.create_task(sending("hoarder", upload)) for _ in range(RESERVE_EACH + 2)]
+
+    async def refused_two() -> bool:
+        return sum(task.done() for task in hoarded) >= 2
+
+    await eventually(refused_two, what="the hoarder's uploads past RESERVE_EACH refused")
+    assert [task.result() for task in hoarded if task.done()] == [503, 503]
+    held += [task for task in hoarded if not task.done()]
+    held += [asyncio.create_task(sending(f"photographer {i}", upload)) for i in range(UPLOADS_RESERVED - RESERVE_EACH)]
+    await holding_all(2 * largest + UPLOADS_RESERVED * upload)
     assert await sending("a third collector", largest) == 503  # past what collections may hold
     holding.set()
     assert await asyncio.gather(*held) == [200] * (2 + UPLOADS_RESERVED)
