@@ -316,15 +316,18 @@ class Reader:
 
     @staticmethod
     def _is_zip(top: zipfile.ZipFile, entry: zipfile.ZipInfo) -> bool:
-        with top.open(entry) as member:
-            return member.read(4) in ZIP_MAGIC or entry.filename.lower().endswith(".zip")
+        try:
+            with top.open(entry) as member:
+                return member.read(4) in ZIP_MAGIC or entry.filename.lower().endswith(".zip")
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError):
+            return False  # damaged on disk since it was checked: reading the entry says so, and the rest go on
 
     def _open_inner(self, top: zipfile.ZipFile, entry: zipfile.ZipInfo) -> zipfile.ZipFile | None:
         try:
             if entry.compress_type != zipfile.ZIP_STORED:  # `pack` stores; gone bad on disk since
                 return None
             return zipfile.ZipFile(Window(self._file, _data_offset(self._file, entry), entry.file_size))
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError):
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, struct.error):
             return None  # checked when it was uploaded; gone bad on disk since
 
     def __len__(self) -> int:

@@ -309,3 +309,17 @@ def test_a_packed_archive_is_read_in_place_whatever_its_order(tmp_path: Path) ->
     found = read_all(path, packed=True)
     assert found[0] == ("a.png", b"A") and found[1:] == [(f"{i:02}.png", bytes([i]) * 10) for i in reversed(range(40))]
     assert bytes_read() - before < path.stat().st_size  # 40 x 4 MB read before
+
+
+def test_a_packed_file_damaged_on_disk_reads_the_rest(tmp_path: Path) -> None:
+    """Found in review: a member of a packed file whose local header was damaged on disk since it was stored
+    stopped the whole reading (BadZipFile while the reader was made), to be retried every 30 s for good."""
+    path = tmp_path / "p.files.zip"
+    packed_to(path, wanted([Upload("a.png", b"A"), Upload("b.png", b"B"), Upload("c.png", b"C")]))
+    data = bytearray(path.read_bytes())
+    second = data.index(b"PK\x03\x04", 1)
+    data[second : second + 4] = b"XXXX"  # b.png's local header
+    path.write_bytes(bytes(data))
+    found = dict(read_all(path, packed=True))
+    assert found["a.png"] == b"A" and found["c.png"] == b"C"
+    assert found["b.png"] == "Corrupt data: Bad magic number for file header"
