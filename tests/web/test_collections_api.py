@@ -696,7 +696,8 @@ async def test_a_collections_uploads_are_packed_straight_to_disk(
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 4 << 20, f"{peak / 2**20:.1f} MB held to store 12 MB of uploads"
+    # Packed in memory: 13.5 MB. The margin is for what the app's background tasks allocate meanwhile.
+    assert peak < 8 << 20, f"{peak / 2**20:.1f} MB held to store 12 MB of uploads"
     stored = app.state.services.settings.upload_dir / collection.archive_path
     with zipfile.ZipFile(stored) as packed:
         assert [packed.read(f"{i}.png") for i in range(3)] == [u.data for u in uploads]
