@@ -28,7 +28,7 @@ from app import images, keys
 from app.background import renewing
 from app.collections import read_archive, reading_lock_of
 from app.jobs import producer
-from app.jobs.protocol import Job, bulk_streams
+from app.jobs.protocol import Job
 from app.jobs.results import publish_result
 from app.models import Collection, CollectionStatus, Prediction, Status, mark_failed
 from app.predictions import earlier_result
@@ -195,7 +195,10 @@ async def feed(services: Services) -> int:
     fed: list[int | BaseException] = []
     if waiting:
         in_flight = await _counts(enqueued_at__isnull=False)
-        room = rooms(services.settings.feed_window, waiting, in_flight, await _on_bulk_streams(services))
+        # What the streams hold as Redis counts it, not the rows marked fed. Those include synchronous
+        # uploads, and rows whose jobs a restarted Redis lost (until REQUEUE_AFTER hands them back):
+        # counted, they held everyone's feeding up for that long.
+        room = rooms(services.settings.feed_window, waiting, in_flight, await producer.bulk_depth(services.redis))
         # Side by side, each source's images in turns (`_in_turns`): one after another, a source's slow
         # decodes held every later source's feeding behind them.
         fed = await asyncio.gather(*(_feed_source(services, s, n) for s, n in room.items()), return_exceptions=True)
@@ -204,18 +207,6 @@ async def feed(services: Services) -> int:
                 raise error
     await _finish_collections()
     return sum(n for n in fed if isinstance(n, int))
-
-
-async def _on_bulk_streams(services: Services) -> int:
-    """The jobs the bulk streams hold now (waiting, or in a worker's hands), which WINDOWS_IN_ALL bounds:
-    asked of Redis, not counted from the rows marked fed. Those include synchronous uploads, and rows
-    whose jobs a restarted Redis lost (until REQUEUE_AFTER hands them back): counted, they held everyone's
-    feeding up for that long."""
-    streams = await bulk_streams(services.redis)
-    async with services.redis.pipeline(transaction=False) as pipe:
-        for stream in streams:
-            pipe.xlen(stream)
-        return sum(await pipe.execute())
 
 
 def rooms(window: int, waiting: dict[Source, int], in_flight: dict[Source, int], held: int) -> dict[Source, int]:

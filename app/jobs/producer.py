@@ -15,7 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app import keys
-from app.jobs.protocol import Heartbeat, Job, all_streams, in_pieces, interactive_streams
+from app.jobs.protocol import Heartbeat, Job, all_streams, bulk_streams, in_pieces, interactive_streams
 
 # A worker that has not reported a rate yet is assumed to clear this many images a second.
 ASSUMED_WORKER_RATE = 10.0
@@ -85,6 +85,11 @@ async def _lengths(redis: Redis, streams: list[str]) -> list[int]:
 async def queue_depth(redis: Redis) -> int:
     """Jobs on every stream, waiting or in flight (bulk work waiting in the database is not counted)."""
     return sum(await _lengths(redis, await all_streams(redis)))
+
+
+async def bulk_depth(redis: Redis) -> int:
+    """Jobs on the bulk streams, waiting or in flight: what the feeder bounds (app/feeder.py)."""
+    return sum(await _lengths(redis, await bulk_streams(redis)))
 
 
 async def dead_jobs(redis: Redis) -> int:
