@@ -33,6 +33,7 @@ from app.jobs.results import publish_result
 from app.models import Collection, CollectionStatus, Prediction, Status, mark_failed
 from app.predictions import earlier_result
 from app.services import Services
+from app.settings import FEED_WINDOWS_IN_ALL
 
 log = logging.getLogger(__name__)
 # How often the feeder looks when work is in flight, and when there is none; between two rounds, at least
@@ -46,7 +47,7 @@ MAX_FAILED_ROUND_S = 10.0
 FEED_LOCK_S = 30  # renewed while a round runs
 # The streams hold at most this many windows of work in all (~38 MB at the default FEED_WINDOW), shared
 # equally by the sources that have any: a window per source alone grew Redis with the accounts at work.
-WINDOWS_IN_ALL = 4
+WINDOWS_IN_ALL = FEED_WINDOWS_IN_ALL
 # A source's part of a round: none of its images is started past it (they wait for the next round), so one
 # person's images that are slow to decode hold the others' feeding up for this long and one decode more.
 SOURCE_ROUND_S = 1.0
@@ -119,8 +120,8 @@ async def _in_turns(
     sources fed side by side take turns at it (a source's slow decodes held every other's behind them), and
     none is started past SOURCE_ROUND_S. Every one made, or failed, when this returns: none is still taking
     pixels when they are put back."""
-    turns, deadline, later = asyncio.Semaphore(services.settings.decode_processes), time.monotonic(), []
-    deadline += SOURCE_ROUND_S
+    turns = asyncio.Semaphore(services.settings.decode_processes)
+    deadline, later = time.monotonic() + SOURCE_ROUND_S, []
 
     async def in_turn(same: list[Prediction]) -> Job | None:
         ids = [str(p.id) for p in same]

@@ -27,6 +27,7 @@ DEV_ADMIN_PASSWORD = "admin"
 # INFERENCE_BACKEND values ("auto" picks one), OPENVINO_PRECISION values ("": OpenVINO's default for the CPU).
 BACKENDS = ("auto", "tensorflow", "openvino", "stand-in")
 OPENVINO_PRECISIONS = ("", "f32", "bf16", "f16")
+FEED_WINDOWS_IN_ALL = 4  # how many FEED_WINDOWs the bulk streams hold in all (app/feeder.py says why)
 ENV_FILE = ".env"
 
 
@@ -190,8 +191,8 @@ class Settings:
     )
     feed_window: int = Field(
         default=64,
-        description="The most jobs of one collection, or of one user's async jobs, on a Redis stream at once, and"
-        " 4 of these windows in all, shared equally; the rest wait in the database (Redis holds ~150 kB a job)",
+        description="The most jobs of one collection, or of one user's async jobs, on a Redis stream at once; at most"
+        f" {FEED_WINDOWS_IN_ALL} windows in all, shared equally, the rest in the database (Redis holds ~150 kB a job)",
     )
     async_queue_limit: int = Field(
         default=10_000,
