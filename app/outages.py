@@ -6,7 +6,7 @@ from __future__ import annotations
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from tortoise.exceptions import DBConnectionError
+from tortoise.exceptions import DBConnectionError, OperationalError
 
 # Redis at its `maxmemory` refuses writes: full for now, not down (and never a 500).
 FULL_ERRORS: tuple[type[BaseException], ...] = (OutOfMemoryError,)
@@ -22,3 +22,9 @@ try:  # asyncpg is there with PostgreSQL
     DEPENDENCY_ERRORS += (asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError)
 except ImportError:  # pragma: no cover
     pass
+
+
+def database_busy(exc: BaseException) -> bool:
+    """SQLite's write lock held by another connection for longer than its busy timeout (5 s): the database is
+    busy for now, not down and not wrong. Its other errors (a bad statement) are OperationalErrors too."""
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc)

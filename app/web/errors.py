@@ -18,7 +18,7 @@ from litestar.status_codes import (
     HTTP_507_INSUFFICIENT_STORAGE,
 )
 
-from app.outages import DEPENDENCY_ERRORS, FULL_ERRORS
+from app.outages import DEPENDENCY_ERRORS, FULL_ERRORS, database_busy
 from app.web.deps import AnyRequest
 from app.web.rendering import render, wants_partial
 from app.web.sessions import login_url, signed_out
@@ -113,6 +113,14 @@ def error_body(exc: Exception) -> tuple[int, str, dict[str, str], Any]:
         log.warning("Redis is out of memory: %r", exc)
         detail = "The service is full for now (its queue has no memory left); try again later"
         return HTTP_503_SERVICE_UNAVAILABLE, detail, {"Retry-After": "30"}, None
+    if database_busy(exc):
+        log.warning("the database stayed locked: %r", exc)
+        return (
+            HTTP_503_SERVICE_UNAVAILABLE,
+            "The database is busy just now; try again shortly",
+            {"Retry-After": "5"},
+            None,
+        )
     if isinstance(exc, DEPENDENCY_ERRORS):
         log.warning("dependency unavailable: %r", exc)
         return (

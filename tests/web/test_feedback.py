@@ -164,3 +164,36 @@ async def test_feedback_is_edited_while_another_connection_commits(
     assert statuses == {200: 300}
     last = edited.json()
     assert (last["id"], last["comment"], last["is_correct"]) == (first.json()["id"], "c299", True)
+
+
+def sqlite_holds_the_write_lock(path: str, taken: threading.Event, seconds: float) -> None:
+    """Another program's long write (a migration, a backup tool, someone at the sqlite3 prompt)."""
+    db = sqlite3.connect(path, timeout=5, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    taken.set()
+    time.sleep(seconds)
+    db.execute("ROLLBACK")
+    db.close()
+
+
+async def test_a_database_locked_past_the_busy_timeout_is_a_503(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
+) -> None:
+    """SQLite waits 5 s for a write lock another connection holds, then fails the write with "database is
+    locked": that was a 500. It is busy for now, as a dependency that is down: 503 with Retry-After."""
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("SQLite's lock: PostgreSQL locks rows, and waits for them")
+    prediction = await classified(client, auth, 960)
+    path = settings.database_url.removeprefix("sqlite://").partition("?")[0]
+    taken = threading.Event()
+    holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, 7.0))
+    try:
+        assert await asyncio.to_thread(taken.wait, 10)
+        url = f"/api/predictions/{prediction['id']}/feedback"
+        response = await client.post(url, headers=auth, json={"is_correct": True})
+    finally:
+        await holder
+    assert response.status_code == 503, response.text
+    assert "busy" in response.json()["detail"] and int(response.headers["Retry-After"]) > 0
+    again = await client.post(url, headers=auth, json={"is_correct": True})
+    assert again.status_code == 200, again.text
