@@ -19,7 +19,7 @@ from app.jobs.consumer import Consumer, Delivery, Limits
 from app.jobs.protocol import PIXELS_SHAPE, Heartbeat, Job
 from app.jobs.results import Top, publish_done, result_fields
 from app.models import Status, finish_queued
-from app.outages import DEPENDENCY_ERRORS
+from app.outages import DEPENDENCY_ERRORS, database_busy
 from app.settings import Settings
 from app.worker.classifier import ClassifierLike
 from app.worker.stats import observe_batch
@@ -146,14 +146,15 @@ class Worker:
         await self._beat()  # fresh stats at once
 
     async def _retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:
-        """While the database or Redis is down, again and again, the batch still claimed: a failed store is no
-        failed delivery, so no outage dead-letters a job that was classified. Given up when the worker stops."""
+        """While the database or Redis is down (or SQLite stays locked), again and again, the batch still claimed:
+        a failed store is no failed delivery, so no outage dead-letters a job that was classified. Given up when
+        the worker stops."""
         pause = 0.5
         while True:
             try:
                 return await action()
-            except DEPENDENCY_ERRORS as exc:
-                if self._stop.is_set():
+            except Exception as exc:
+                if not (isinstance(exc, DEPENDENCY_ERRORS) or database_busy(exc)) or self._stop.is_set():
                     raise
                 log.warning("could not %s (%r); trying again in %.1f s", what, exc, pause)
             with contextlib.suppress(TimeoutError):

@@ -17,7 +17,7 @@ from uuid import uuid4
 import numpy as np
 import pytest
 from redis.asyncio import Redis
-from tortoise.exceptions import DBConnectionError
+from tortoise.exceptions import DBConnectionError, OperationalError
 
 from app import keys
 from app.jobs import consumer
@@ -137,6 +137,33 @@ async def test_a_database_outage_while_storing_fails_no_job(
     async with running_worker(redis, classifier, settings):
         rows = await all_finished([str(p.id) for p, _ in made], seconds=outage_s + 20)
     assert [row.status for row in rows] == [Status.DONE] * 3
+    assert await redis.xlen(keys.DEAD_JOBS) == 0
+
+
+async def test_a_database_locked_while_storing_fails_no_job(
+    redis: Redis, classifier: Any, settings: Settings, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite fails a write with "database is locked" when another connection holds its lock past the busy
+    timeout. The worker gave up on such a store at once: the jobs were taken over, inferred again, and after
+    MAX_DELIVERIES such stores failed for good. It is busy for now: stored again, as in an outage."""
+    await reset_queue(redis)
+    user = await a_user()
+    made = [await queued(user, settings, 330 + seed) for seed in range(3)]
+    locked_until = time.monotonic() + 1.5 * settings.max_deliveries * settings.claim_idle_ms / 1000
+    stored = loop.finish_queued
+
+    async def finish_queued(*args: Any) -> int:
+        if time.monotonic() < locked_until:
+            raise OperationalError("database is locked")
+        return await stored(*args)
+
+    monkeypatch.setattr(loop, "finish_queued", finish_queued)
+    for _, job in made:
+        await enqueue(redis, user.id, job)
+    async with running_worker(redis, classifier, settings) as counting:
+        rows = await all_finished([str(p.id) for p, _ in made], seconds=locked_until - time.monotonic() + 20)
+    assert [row.status for row in rows] == [Status.DONE] * 3
+    assert counting.images == 3  # inferred once: stored again, not taken over
     assert await redis.xlen(keys.DEAD_JOBS) == 0
 
 
