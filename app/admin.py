@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
@@ -53,7 +53,7 @@ class PruneReport:
     kept: int = 0  # originals kept: still used by a queued or newer prediction, or stored again just now
     archives: int = 0  # collection archives nothing reads any more
     bytes_freed: int = 0  # originals and their thumbnails, and those archives
-    seen: set[str] = field(default_factory=set)  # hashes already dealt with in this run
+    last: str = ""  # the hash dealt with last: a run goes image by image, so the next batch may go on with it
 
     def summary(self, age: str, dry_run: bool) -> str:
         verb = "Would prune" if dry_run else "Pruned"
@@ -88,14 +88,11 @@ async def _remove(upload_dir: Path, sha: str, relative_path: str, used_since: fl
 
 
 async def _prune_batch(
-    rows: list[tuple[UUID, datetime, str, str]], cutoff: datetime, upload_dir: Path, dry_run: bool, report: PruneReport
+    rows: list[tuple[UUID, str, str]], cutoff: datetime, upload_dir: Path, dry_run: bool, report: PruneReport
 ) -> None:
-    used = await _still_used({sha for _, _, sha, _ in rows}, cutoff)
+    used = await _still_used({sha for _, sha, _ in rows}, cutoff)
     used_since = time.time() - IN_FLIGHT.total_seconds()
-    for sha, relative_path in sorted({(sha, path) for _, _, sha, path in rows}):
-        if sha in report.seen:
-            continue
-        report.seen.add(sha)
+    for sha, relative_path in sorted({(sha, path) for _, sha, path in rows if sha != report.last}):
         freed = None if sha in used else await _remove(upload_dir, sha, relative_path, used_since, dry_run)
         if freed is None:
             report.kept += 1
@@ -105,6 +102,7 @@ async def _prune_batch(
     if not dry_run:
         await Prediction.filter(id__in=[row[0] for row in rows]).update(image_path="")
     report.predictions += len(rows)
+    report.last = rows[-1][1]
 
 
 async def _prune_archives(upload_dir: Path, dry_run: bool, report: PruneReport) -> None:
@@ -132,16 +130,15 @@ async def prune(upload_dir: Path, older_than: timedelta, dry_run: bool = False) 
     after: Q | None = None
     while True:
         page = query.filter(after) if after is not None else query
+        # Image by image (the index on image_sha256): an image met again is always the one dealt with last.
         rows = (
-            await page.order_by("created_at", "id")
-            .limit(PRUNE_BATCH)
-            .values_list("id", "created_at", "image_sha256", "image_path")
+            await page.order_by("image_sha256", "id").limit(PRUNE_BATCH).values_list("id", "image_sha256", "image_path")
         )
         if not rows:
             return report
         await _prune_batch(rows, cutoff, upload_dir, dry_run, report)
-        last_id, last_at = rows[-1][0], rows[-1][1]
-        after = Q(created_at__gt=last_at) | Q(created_at=last_at, id__gt=last_id)
+        last_id, last_sha = rows[-1][0], rows[-1][1]
+        after = Q(image_sha256__gt=last_sha) | Q(image_sha256=last_sha, id__gt=last_id)
 
 
 async def _prune_command(age: timedelta, dry_run: bool) -> PruneReport:
