@@ -163,9 +163,7 @@ def store_failed(failure: NotStored) -> HTTPException:
 
 def _rendered(data: bytes, max_pixels: int, max_cost: int) -> bytes | Refusal:
     """In a decode process: the thumbnail of an original."""
-    return _sandboxed(
-        lambda: thumbnails.render_thumbnail(images.open_image(data, max_pixels, max_cost, draft=thumbnails.DRAFT))
-    )
+    return _sandboxed(lambda: thumbnails.preview(data, max_pixels, max_cost))
 
 
 def _accepted(outcome: Result | Refusal) -> Result:

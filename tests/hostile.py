@@ -145,3 +145,13 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def long_cmyk_jpeg() -> bytes:
+    """A 1000 x 50000 CMYK JPEG (50 MP, under MAX_IMAGE_PIXELS): drafted to 224 for the model it decodes at
+    1/4 scale (25 MB by decode_cost), drafted to 768 for its preview at full scale (381 MB, over the default
+    DECODE_COST_MB of 192). About 2 MB; 200 MB to make."""
+    image = Image.new("CMYK", (1000, 50_000), (10, 200, 30, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=50)
+    return buffer.getvalue()

@@ -7,6 +7,7 @@ import asyncio
 import ctypes
 import dataclasses
 import errno
+import io
 import os
 import resource
 import signal
@@ -242,6 +243,20 @@ async def test_thumbnails_are_rendered_in_the_pool_and_kept(tmp_path: Path) -> N
             await pool.thumbnail("f" * 64, "ff/hostile.webp")
         with pytest.raises(FileNotFoundError):
             await pool.thumbnail("e" * 64, "ee/gone.jpg")
+
+
+async def test_a_preview_over_the_decode_budget_is_rendered_from_the_uploads_draft(tmp_path: Path) -> None:
+    """Found in review: a long JPEG passed its upload's check drafted to 224 (1/4 scale) but its preview,
+    drafted to 768 (full scale here), was over the same decode budget: every preview of an accepted upload
+    was refused as "too large to decode"."""
+    data = hostile.long_cmyk_jpeg()
+    checked = images.check(data, 10**7, Settings().max_image_pixels, Settings().decode_cost_mb * 2**20)
+    (tmp_path / checked.relative_path).parent.mkdir(parents=True)
+    (tmp_path / checked.relative_path).write_bytes(data)
+    async with decode_pool(upload_dir=tmp_path) as pool:
+        preview = await pool.thumbnail(checked.sha256, checked.relative_path)
+    assert max(Image.open(io.BytesIO(preview)).size) == thumbnails.THUMBNAIL_SIZE
+    assert thumbnails.thumbnail_path(tmp_path, checked.sha256).read_bytes() == preview
 
 
 async def test_a_preview_asked_for_many_times_at_once_is_rendered_once(

@@ -23,7 +23,7 @@ from app.jobs.protocol import Heartbeat
 from app.models import Feedback, Prediction, Status, User
 from app.settings import Settings
 from app.web.app import create_app
-from tests import samples
+from tests import hostile, samples
 from tests.conftest import CountingClassifier, reset_queue, serve
 from tests.helpers import beat, unique_email
 from tests.page_helpers import (
@@ -473,6 +473,39 @@ async def test_a_missing_original_is_404(user_browser: Client) -> None:
     prediction = await make_prediction(await user_of(user_browser))
     response = await user_browser.get(f"/predictions/{prediction.id}/image")
     assert response.status_code == 404 and "no longer stored" in response.text
+
+
+async def test_the_preview_of_an_accepted_upload_is_served(
+    client: httpx.AsyncClient, auth: dict[str, str], no_worker: None
+) -> None:
+    """Found in review: a long CMYK JPEG was accepted (202) but its preview answered 400 "too large to
+    decode" (drafted larger than the upload's check drafted it): a broken image on every page showing it."""
+    accepted = await client.post(
+        "/api/predictions",
+        headers=auth,
+        files={"file": ("long.jpg", hostile.long_cmyk_jpeg())},
+        params={"wait": "false"},
+    )
+    assert accepted.status_code == 202, accepted.text
+    prediction_id = accepted.json()["id"]
+    try:
+        image = await client.get(f"/predictions/{prediction_id}/image", headers=auth)
+    finally:
+        await Prediction.filter(id=prediction_id).update(status=Status.FAILED)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/webp", image.text
+
+
+async def test_an_original_that_no_longer_passes_has_no_preview_not_a_400(
+    user_browser: Client, settings: Settings
+) -> None:
+    """Found in review: a stored original the decode processes refuse (here: over the decode budget, as
+    after DECODE_COST_MB was lowered) answered 400, a client error, for a page's <img>: "no preview" is 404."""
+    data = hostile.huge_webp()
+    prediction = await make_prediction(await user_of(user_browser), image_path=f"{uuid4().hex}.webp")
+    settings.upload_dir.mkdir(parents=True, exist_ok=True)
+    (settings.upload_dir / prediction.image_path).write_bytes(data)
+    response = await user_browser.get(f"/predictions/{prediction.id}/image")
+    assert response.status_code == 404 and "No preview" in response.text, response.text
 
 
 # ---- feedback ----------------------------------------------------------------------------------------

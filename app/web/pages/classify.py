@@ -24,7 +24,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
-from app import collections, feedback, labels, predictions, stages, thumbnails
+from app import collections, feedback, images, labels, predictions, stages, thumbnails
 from app.archives import Upload
 from app.models import Collection, Feedback, Prediction, Status, User
 from app.web.deps import AnyRequest, services
@@ -181,6 +181,8 @@ async def prediction_image(request: AnyRequest, prediction_id: FromPath[UUID]) -
         data = await decoder.thumbnail(prediction.image_sha256, prediction.image_path, owner=request.user.id)
     except OSError:
         raise HTTPException(status_code=404, detail="The image is no longer stored") from None
+    except images.ImageRejected as exc:  # stored, but the decode processes refuse it now (lower limits)
+        raise HTTPException(status_code=404, detail=f"No preview can be made of this image: {exc.detail}") from None
     # Private: a shared cache must never hand one person's photo to another.
     return Response(data, media_type=thumbnails.MEDIA_TYPE, headers={"Cache-Control": "private, max-age=86400"})
 
