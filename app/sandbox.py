@@ -250,9 +250,10 @@ class DecodePool:
         """The preview of a stored original (WebP), rendered once in a decode process and kept beside the
         originals; asked for again while it is rendered, the same rendering answers (twenty requests at once
         rendered it twenty times, each holding the original); it goes on when they have all gone, for the next
-        to find kept. FileNotFoundError if the original is gone; images.ImageRejected if it no longer passes."""
+        to find kept. FileNotFoundError if the original is gone (another OSError if it cannot be read);
+        images.ImageRejected if it no longer passes."""
         kept = thumbnails.thumbnail_path(self.settings.upload_dir, sha256)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # not kept (or not readable): rendered again
             return await asyncio.to_thread(kept.read_bytes)
         rendering = self._previews.get(sha256)
         if rendering is None:
@@ -272,7 +273,10 @@ class DecodePool:
             rendered: bytes = await self._run(
                 _rendered, data, settings.max_image_pixels, settings.decode_cost_mb * 2**20
             )
-        await asyncio.to_thread(files.write_atomic, kept, rendered)
+        try:
+            await asyncio.to_thread(files.write_atomic, kept, rendered)
+        except OSError as exc:  # the disk's fault, not the original's: served all the same, rendered again next time
+            log.warning("could not keep a preview: %s", exc)
         return rendered
 
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:

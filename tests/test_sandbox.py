@@ -259,6 +259,23 @@ async def test_a_preview_over_the_decode_budget_is_rendered_from_the_uploads_dra
     assert thumbnails.thumbnail_path(tmp_path, checked.sha256).read_bytes() == preview
 
 
+async def test_a_preview_that_cannot_be_kept_is_still_returned(tmp_path: Path) -> None:
+    """Found in review: when keeping a rendered preview failed (a full disk; here a file where its folder
+    goes), the preview was lost and the OSError read as "the original is gone"."""
+    data = samples.photo(1307, (1200, 900))
+    checked = images.check(data, 10**7, 10**8, 10**9)
+    (tmp_path / checked.relative_path).parent.mkdir(parents=True)
+    (tmp_path / checked.relative_path).write_bytes(data)
+    kept = thumbnails.thumbnail_path(tmp_path, checked.sha256)
+    kept.parent.parent.mkdir()
+    kept.parent.write_bytes(b"")  # a file where the preview's folder must go: writing it fails for real
+    async with decode_pool(upload_dir=tmp_path) as pool:
+        preview = await pool.thumbnail(checked.sha256, checked.relative_path)
+        assert Image.open(io.BytesIO(preview)).size == (384, 288)
+        assert await pool.thumbnail(checked.sha256, checked.relative_path) == preview  # rendered again
+    assert kept.parent.read_bytes() == b""
+
+
 async def test_a_preview_asked_for_many_times_at_once_is_rendered_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,7 +18,7 @@ import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
 
-from app import db, labels
+from app import db, labels, thumbnails
 from app.jobs.protocol import Heartbeat
 from app.models import Feedback, Prediction, Status, User
 from app.settings import Settings
@@ -506,6 +506,40 @@ async def test_an_original_that_no_longer_passes_has_no_preview_not_a_400(
     (settings.upload_dir / prediction.image_path).write_bytes(data)
     response = await user_browser.get(f"/predictions/{prediction.id}/image")
     assert response.status_code == 404 and "No preview" in response.text, response.text
+
+
+async def test_a_preview_that_cannot_be_kept_is_still_served(
+    client: httpx.AsyncClient, auth: dict[str, str], settings: Settings, no_worker: None
+) -> None:
+    """Found in review: the original stored, only keeping its rendered preview failing (a full disk; here a
+    file where the preview's folder goes), the route answered 404 "The image is no longer stored": false."""
+    accepted = await client.post(
+        "/api/predictions",
+        headers=auth,
+        files={"file": ("p.png", samples.photo(7_334, fmt="PNG"))},
+        params={"wait": "false"},
+    )
+    assert accepted.status_code == 202, accepted.text
+    body = accepted.json()
+    blocker = thumbnails.thumbnail_path(settings.upload_dir, body["image_sha256"]).parent
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    assert not blocker.exists(), "pick another seed: that folder exists"
+    blocker.write_bytes(b"")
+    try:
+        image = await client.get(f"/predictions/{body['id']}/image", headers=auth)
+    finally:
+        blocker.unlink()
+        await Prediction.filter(id=body["id"]).update(status=Status.FAILED)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/webp", image.text
+
+
+async def test_an_original_that_cannot_be_read_is_503_not_gone(user_browser: Client, settings: Settings) -> None:
+    """Found in review: every OSError from the original was answered 404 "The image is no longer stored";
+    one that is there but cannot be read (here a folder in its place) is the server's trouble."""
+    prediction = await make_prediction(await user_of(user_browser), image_path=f"{uuid4().hex}.jpg")
+    (settings.upload_dir / prediction.image_path).mkdir(parents=True)
+    response = await user_browser.get(f"/predictions/{prediction.id}/image")
+    assert response.status_code == 503 and response.headers["retry-after"] == "30", response.text
 
 
 # ---- feedback ----------------------------------------------------------------------------------------

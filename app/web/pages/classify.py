@@ -6,6 +6,7 @@ Errors are shown in the page, next to what caused them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from uuid import UUID
@@ -13,7 +14,7 @@ from uuid import UUID
 import msgspec
 from litestar import Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import ClientException, HTTPException
+from litestar.exceptions import ClientException, HTTPException, ServiceUnavailableException
 from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 from litestar.status_codes import (
@@ -33,6 +34,7 @@ from app.web.pages.collections import waiting_without_worker
 from app.web.rendering import go, render, wants_partial
 from app.web.uploads import UploadForm, collection_name, is_collection, read_parts
 
+log = logging.getLogger(__name__)
 LABEL_OPTIONS = 20
 
 
@@ -179,8 +181,13 @@ async def prediction_image(request: AnyRequest, prediction_id: FromPath[UUID]) -
     try:  # rendered in a decode process (app/sandbox.py), like every decode of uploaded bytes
         decoder = services(request).decoder
         data = await decoder.thumbnail(prediction.image_sha256, prediction.image_path, owner=request.user.id)
-    except OSError:
+    except FileNotFoundError:
         raise HTTPException(status_code=404, detail="The image is no longer stored") from None
+    except OSError as exc:  # stored, but the disk will not give it back just now
+        log.error("could not read an original: %s", exc)
+        raise ServiceUnavailableException(
+            detail="The image cannot be read just now; try again later", headers={"Retry-After": "30"}
+        ) from None
     except images.ImageRejected as exc:  # stored, but the decode processes refuse it now (lower limits)
         raise HTTPException(status_code=404, detail=f"No preview can be made of this image: {exc.detail}") from None
     # Private: a shared cache must never hand one person's photo to another.
