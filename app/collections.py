@@ -28,7 +28,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 from tortoise.functions import Count
 
-from app import archives, files, keys, predictions, quotas, text
+from app import archives, files, keys, predictions, quotas, sandbox, text
 from app.archives import Upload, refuse
 from app.background import Every, renewing
 from app.exports import CSV_PAGE, RESULT_CSV_COLUMNS, csv_text, result_row
@@ -87,7 +87,10 @@ async def _start(
     relative = f"{ARCHIVES_DIR}/{collection_id}{PACKED_SUFFIX if packed else '.zip'}"
     stored = services.settings.upload_dir / relative
     data = functools.partial(archives.pack, uploads) if packed else uploads[0].data
-    await asyncio.to_thread(files.write_atomic, stored, data)
+    try:
+        await asyncio.to_thread(files.write_atomic, stored, data)
+    except OSError as exc:  # the disk's fault: answered as a single upload's original is (507 when full, else 503)
+        raise sandbox.store_failed(sandbox.NotStored(exc.errno, str(exc))) from None
     try:
         size = stored.stat().st_size
         collection = await Collection.create(

@@ -149,8 +149,9 @@ def _decoded(sent: bytes | int, max_pixels: int, max_cost: int, keep_in: str | N
 
 
 def store_failed(failure: NotStored) -> HTTPException:
-    """507 when the disk is full, else 503: the upload was fine, the server could not keep it."""
-    log.error("could not store an original: %s", failure.detail)
+    """507 when the disk is full, else 503: the upload (an original, a collection's archive) was fine, the
+    server could not keep it."""
+    log.error("could not store an upload: %s", failure.detail)
     if failure.errno in (errno.ENOSPC, errno.EDQUOT):
         return HTTPException(
             status_code=HTTP_507_INSUFFICIENT_STORAGE,

@@ -14,6 +14,7 @@ import tracemalloc
 import zipfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -552,6 +553,27 @@ async def test_an_archive_whose_collection_cannot_be_recorded_is_not_left_behind
     response = await client.post("/api/collections", headers=auth, files=as_files(images))
     assert response.status_code == 503, response.text
     assert set(stored.glob("*")) - before == set()
+
+
+async def test_a_collection_the_disk_cannot_take_is_503_not_500(
+    app: Litestar, client: Client, auth: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    """Found in review: a collection's archive that could not be written (a full disk: ENOSPC) was a 500
+    "Internal server error" without Retry-After, where a single upload's original gets 507 (full) or 503.
+    Here a file where UPLOAD_DIR's folders must go makes the write fail for real (ENOTDIR: 503)."""
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_bytes(b"")
+    services = app.state.services
+    services.settings = dataclasses.replace(settings, upload_dir=in_the_way)
+    try:
+        images = as_files([(f"{i}.png", samples.photo(9640 + i, (16, 12), "PNG")) for i in range(2)])
+        response = await client.post("/api/collections", headers=auth, files=images)
+    finally:
+        services.settings = settings
+    assert response.status_code == 503 and response.headers["retry-after"] == "30", response.text
+    assert "cannot be written" in response.json()["detail"]
+    me = (await client.get("/api/users/me", headers=auth)).json()
+    assert await Collection.filter(user_id=me["id"]).count() == 0  # nothing started, nothing to clean up
 
 
 async def test_a_store_full_for_a_while_pauses_the_reading_and_fails_no_image(
