@@ -176,24 +176,45 @@ def sqlite_holds_the_write_lock(path: str, taken: threading.Event, seconds: floa
     db.close()
 
 
-async def test_a_database_locked_past_the_busy_timeout_is_a_503(
+async def postgres_holds_the_row(url: str, prediction_id: str, taken: threading.Event, seconds: float) -> None:
+    """The same on PostgreSQL, which locks rows: the feedback row an edit updates, held in a transaction."""
+    db = await asyncpg.connect(url)
+    try:
+        async with db.transaction():
+            await db.execute("SELECT id FROM feedback WHERE prediction_id = $1 FOR UPDATE", prediction_id)
+            taken.set()
+            await asyncio.sleep(seconds)
+    finally:
+        await db.close()
+
+
+async def test_an_edit_while_another_connection_holds_the_lock_is_never_a_500(
     client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
 ) -> None:
     """SQLite waits 5 s for a write lock another connection holds, then fails the write with "database is
-    locked": that was a 500. It is busy for now, as a dependency that is down: 503 with Retry-After."""
-    if not settings.database_url.startswith("sqlite"):
-        pytest.skip("SQLite's lock: PostgreSQL locks rows, and waits for them")
+    locked": that was a 500. It is busy for now, as a dependency that is down: 503 with Retry-After.
+    PostgreSQL waits for the row instead, and the edit is made once it is free."""
     prediction = await classified(client, auth, 960)
-    path = settings.database_url.removeprefix("sqlite://").partition("?")[0]
-    taken = threading.Event()
-    holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, 7.0))
+    url = f"/api/predictions/{prediction['id']}/feedback"
+    assert (await client.post(url, headers=auth, json={"is_correct": False})).status_code == 200
+    taken, on_sqlite = threading.Event(), settings.database_url.startswith("sqlite")
+    if on_sqlite:
+        path = settings.database_url.removeprefix("sqlite://").partition("?")[0]
+        holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, 7.0))
+    else:
+        postgres = settings.database_url.replace("postgres://", "postgresql://")
+        holder = asyncio.create_task(postgres_holds_the_row(postgres, str(prediction["id"]), taken, 2.0))
     try:
         assert await asyncio.to_thread(taken.wait, 10)
-        url = f"/api/predictions/{prediction['id']}/feedback"
+        started = time.monotonic()
         response = await client.post(url, headers=auth, json={"is_correct": True})
     finally:
         await holder
-    assert response.status_code == 503, response.text
-    assert "busy" in response.json()["detail"] and int(response.headers["Retry-After"]) > 0
-    again = await client.post(url, headers=auth, json={"is_correct": True})
-    assert again.status_code == 200, again.text
+    if on_sqlite:
+        assert response.status_code == 503, response.text
+        assert "busy" in response.json()["detail"] and int(response.headers["Retry-After"]) > 0
+        response = await client.post(url, headers=auth, json={"is_correct": True})
+    else:
+        assert time.monotonic() - started > 1.0  # it waited for the row
+    assert response.status_code == 200, response.text
+    assert response.json()["is_correct"] is True
