@@ -20,15 +20,20 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from app.settings import Settings
-from app.worker.agreement import Agreement
-from app.worker.choice import Choice, Trial, timing_batch
+from app.worker.choice import Choice, timing_batch
 
 log = logging.getLogger(__name__)
 
 # Part of the key: bump it when the probe, its rule or the file's shape changes (earlier decisions then
 # no longer apply).
 CHOICE_FORMAT = 1
+# A decision's file is a few kilobytes: a larger one is not ours, and is not worth reading.
+MAX_CACHE_BYTES = 1 << 20
+# Checks the stored decision's types: valid JSON of the wrong types is as unreadable as a damaged file.
+_CHOICE = TypeAdapter(Choice)
 
 
 def installed(package: str) -> bool:
@@ -95,12 +100,10 @@ def cache_path(settings: Settings, key: dict[str, Any] | None = None) -> Path:
 
 
 def _parse(data: dict[str, Any]) -> Choice:
-    trials = tuple(
-        Trial(**{**t, "agreement": Agreement(**t["agreement"]) if t["agreement"] else None}) for t in data["trials"]
-    )
-    choice = Choice(**{**data, "trials": trials, "cached": True})
+    choice = _CHOICE.validate_python({**data, "cached": True})
     if choice.backend not in {"tensorflow", "openvino"}:
         raise ValueError(f"unknown backend {choice.backend!r}")
+    choice.summary  # noqa: B018 - the worker logs it at once: a measured_at out of range must fail here
     return choice
 
 
@@ -109,11 +112,13 @@ def read(settings: Settings) -> Choice | None:
     key = cache_key(settings)
     path = cache_path(settings, key)
     try:
+        if path.stat().st_size > MAX_CACHE_BYTES:
+            raise ValueError(f"larger than {MAX_CACHE_BYTES} bytes")
         stored = json.loads(path.read_text())
         return _parse(stored["choice"]) if stored["key"] == key else None
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         log.warning("unreadable backend choice %s (%r): probing again", path, exc)
         return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -235,6 +236,45 @@ def test_a_damaged_cache_probes_again(auto: Settings, damage: str) -> None:
     load_chosen(auto, fakes())
     path = choice_cache.cache_path(auto)
     path.write_text(damage.replace("KEY", json.dumps(choice_cache.cache_key(auto))))
+    again = fakes()
+    _, chosen = load_chosen(auto, again)
+    assert again.asked == [TF, OV, OV32] and not chosen.cached
+    assert json.loads(path.read_text())["choice"]["engine"] == "openvino-1-bf16"  # written anew
+
+
+def _retyped(field: str, value: object, trial: int | None = None, agreement: bool = False) -> Callable[[str], str]:
+    """The stored file's text with one field of the choice (or of one of its trials, or of that trial's
+    agreement) set to `value`: still valid JSON."""
+
+    def edit(text: str) -> str:
+        stored = json.loads(text)
+        target = stored["choice"] if trial is None else stored["choice"]["trials"][trial]
+        (target["agreement"] if agreement else target)[field] = value
+        return json.dumps(stored)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _retyped("measured_at", "yesterday"),
+        _retyped("measured_at", 1e300),
+        _retyped("images_per_second", "fast", trial=0),
+        _retyped("top1_agreement", "x", trial=1, agreement=True),
+        _retyped("trials", {"not": "a list"}),
+        lambda text: "[" * 200_000 + "]" * 200_000,
+        lambda text: text + " " * choice_cache.MAX_CACHE_BYTES,
+    ],
+    ids=["measured_at-str", "measured_at-huge", "speed-str", "agreement-str", "trials-dict", "nested", "too-large"],
+)
+def test_a_cache_of_the_wrong_types_or_too_deep_probes_again(auto: Settings, edit: Callable[[str], str]) -> None:
+    """Found in review: valid JSON of the wrong types passed the reading, then failed the worker's start in
+    Choice.summary (TypeError, ValueError); deep nesting raised RecursionError out of the reading. The file
+    stayed, so every restart died: a crash loop instead of a probe."""
+    load_chosen(auto, fakes())
+    path = choice_cache.cache_path(auto)
+    path.write_text(edit(path.read_text()))
     again = fakes()
     _, chosen = load_chosen(auto, again)
     assert again.asked == [TF, OV, OV32] and not chosen.cached
