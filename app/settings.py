@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, create_model
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
+from pydantic.types import NonNegativeInt, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import readme_table
@@ -51,28 +52,22 @@ def model_id(name: str, weights: str) -> str:
 
 def is_loopback(host: str) -> bool:
     """An address (or `localhost`) that only this machine can reach."""
-    if host == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: it may resolve to anything
         return False
 
 
 def _hostname_pid() -> str:
-    """`<hostname>-<pid>`"""
     return f"{os.uname().nodename}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
 class Settings:
     """The settings of a process. `Settings()` is every default; `load_settings()` reads the environment.
+    Each setting's environment variable is its name in capitals."""
 
-    Each setting's environment variable is its name in capitals.
-    """
-
-    # Not a setting: the one model the workers run.
-    model_name: ClassVar[str] = "resnet50"
+    model_name: ClassVar[str] = "resnet50"  # not a setting: the one model the workers run
 
     environment: str = Field(
         default="dev",
@@ -81,6 +76,7 @@ class Settings:
     )
     database_url: str = Field(
         default="sqlite://data/app.sqlite3",
+        pattern=r"^(sqlite|postgres|postgresql|asyncpg|psycopg)://",  # SQLite, PostgreSQL: what the migrations cover
         description="The Tortoise database URL: `postgres://user:password@host:5432/dbname` in production",
     )
     redis_url: str = Field(
@@ -91,15 +87,15 @@ class Settings:
     secret_key: str = Field(
         default=DEV_SECRET, description="Signs the JWTs and the CSRF tokens: 32+ random characters in production"
     )
-    token_minutes: int = Field(default=24 * 60, description="How long a sign-in lasts, in minutes")
+    token_minutes: PositiveInt = Field(default=24 * 60, description="How long a sign-in lasts, in minutes")
     upload_dir: Path = Field(
         default=Path("data/uploads"), description="Where originals are stored, once each, named by their sha256"
     )
-    max_upload_bytes: int = Field(default=10 * 1024**2, description="The largest upload taken, in bytes (413 past it)")
-    max_image_pixels: int = Field(
+    max_upload_bytes: PositiveInt = Field(default=10 * 1024**2, description="The largest upload in bytes (413 past it)")
+    max_image_pixels: PositiveInt = Field(
         default=64_000_000, description="The largest accepted image, in pixels (past it: a decompression bomb, 400)"
     )
-    decode_cost_mb: int = Field(
+    decode_cost_mb: PositiveInt = Field(
         default=192,
         description="The most memory, in MB, one image may take to decode, judged from its header before decoding"
         " (past it: 400): pixels x frames x 4 bytes for RGB, 5 for grey or palette, 8 with alpha (its RGB copy"
@@ -107,31 +103,33 @@ class Settings:
         " copy (3 or 4 more). 192 passes a 12 MP PNG (46 to 92), a 24 MP one with alpha (183), a 48 MP JPEG (3) and"
         " a 24 MP HEIC (163); it refuses a 7999x7999 WebP (244) or GIF (305), or a 48 MP HEIC (325)",
     )
-    decode_processes: int = Field(default=2, description="Processes decoding uploads, per web process (apart from it)")
-    decode_timeout: float = Field(
+    decode_processes: PositiveInt = Field(default=2, description="Decoding processes per web process, apart from it")
+    decode_timeout: PositiveFloat = Field(
         default=5.0, description="Seconds one image may take to decode; then its process is killed and replaced (400)"
     )
-    decode_memory_mb: int = Field(
+    decode_memory_mb: PositiveInt = Field(
         default=512,
         description="Address space, in MB, a decode process may take above its own at start (past it: 400, and a"
         " new process): room for the copies of the costliest image `DECODE_COST_MB` admits, and for the"
         " full-size coefficients of a progressive JPEG (up to 384 MB at 64 MP)",
     )
-    max_collection_files: int = Field(
+    max_collection_files: PositiveInt = Field(
         default=10_000, description="The most images in one collection (`POST /api/collections`; 413 past it)"
     )
-    max_collection_bytes: int = Field(
+    max_collection_bytes: PositiveInt = Field(
         default=512 * 1024 * 1024,
         description="The most bytes in one collection request, or in its zip archive once expanded (413 past it)",
     )
-    quota_queued: int = Field(default=1_000, description="Per user: most uploads and async jobs waiting (429)")
-    quota_collections: int = Field(default=3, description="Per user: most collections in progress (429)")
-    quota_images_per_day: int = Field(default=20_000, description="Per user: most images in 24 hours (429)")
-    quota_stored_bytes: int = Field(
+    quota_queued: PositiveInt = Field(default=1_000, description="Per user: most uploads and async jobs waiting (429)")
+    quota_collections: PositiveInt = Field(default=3, description="Per user: most collections in progress (429)")
+    quota_images_per_day: PositiveInt = Field(default=20_000, description="Per user: most images in 24 hours (429)")
+    quota_stored_bytes: PositiveInt = Field(
         default=2 * 1024**3, description="Per user: most bytes of originals and unread collections' images (413)"
     )
-    max_stored_bytes: int = Field(default=50 * 1024**3, description="The most bytes kept under `UPLOAD_DIR`")
-    stored_high_water: float = Field(default=0.9, description="Past this part of `MAX_STORED_BYTES`, uploads get 507")
+    max_stored_bytes: PositiveInt = Field(default=50 * 1024**3, description="The most bytes kept under `UPLOAD_DIR`")
+    stored_high_water: float = Field(
+        default=0.9, gt=0, le=1, description="Past this part of `MAX_STORED_BYTES`, uploads get 507"
+    )
     model_weights: str = Field(
         default="imagenet",
         description="`imagenet` (Keras downloads the weights once), a path to a weights `.h5` file, or `random`"
@@ -161,7 +159,7 @@ class Settings:
         description="openvino and auto: the converted models, a directory per model id, weights and OpenVINO version"
         " (about 100 MB each), and auto's decisions (`backend-choice-*.json`); safe to delete",
     )
-    model_threads: int = Field(
+    model_threads: NonNegativeInt = Field(
         default=0,
         description="Inference threads per worker (0: the backend's choice, every core); with several workers"
         " on one machine, cores / workers",
@@ -172,12 +170,12 @@ class Settings:
     batch_latency_ms: float = Field(
         default=500.0, gt=0, description="`MAX_BATCH=0`: the longest a batch may take, in ms (README: GPUs)"
     )
-    claim_idle_ms: int = Field(
+    claim_idle_ms: PositiveInt = Field(
         default=30_000,
         description="A job unacknowledged this long (ms) is taken over by another worker: longer than the"
         " slowest batch",
     )
-    max_deliveries: int = Field(
+    max_deliveries: PositiveInt = Field(
         default=3, description="Deliveries before a job is dead-lettered and its prediction marked failed"
     )
     batch_timeout: float = Field(
@@ -186,26 +184,26 @@ class Settings:
         description="Seconds one batched inference may take; past it the backend is hung:"
         " the worker exits (code 3; `make run` starts another) and other workers take its jobs over",
     )
-    wait_timeout: float = Field(
+    wait_timeout: PositiveFloat = Field(
         default=30.0, description="Seconds a request waits for its result before answering 504 with the id"
     )
-    feed_window: int = Field(
+    feed_window: PositiveInt = Field(
         default=64,
         description="The most jobs of one collection, or of one user's async jobs, on a Redis stream at once; at most"
         f" {FEED_WINDOWS_IN_ALL} windows in all, shared equally, the rest in the database (Redis holds ~150 kB a job)",
     )
-    async_queue_limit: int = Field(
+    async_queue_limit: PositiveInt = Field(
         default=10_000,
         description="The most single uploads and async jobs waiting, everyone's together: async jobs past it get 503"
         " with Retry-After, but for anyone holding under an equal share, up to twice it (sync ones: `WAIT_TIMEOUT`)",
     )
-    requeue_after: float = Field(
+    requeue_after: PositiveFloat = Field(
         default=300.0,
         description="A prediction still queued this many seconds after it was put on a stream goes back to the"
         " feeder, which enqueues it again from its stored original (a Redis restart loses no accepted work)",
     )
     result_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a result answers its owner's new uploads of it")
-    heartbeat_ttl: int = Field(
+    heartbeat_ttl: PositiveInt = Field(
         default=10, description="Seconds a worker's heartbeat lives; workers refresh it three times as often"
     )
     admin_email: Lowercase = Field(
@@ -214,19 +212,19 @@ class Settings:
     admin_password: str = Field(
         default=DEV_ADMIN_PASSWORD, description="The admin account's password: a real one (8+ characters) in production"
     )
-    login_attempts_per_account: int = Field(
+    login_attempts_per_account: PositiveInt = Field(
         default=5, description="Failed sign-ins allowed per account within `LOGIN_WINDOW_SECONDS` (then 429)"
     )
-    login_attempts_per_address: int = Field(
+    login_attempts_per_address: PositiveInt = Field(
         default=20, description="Failed sign-ins allowed per client address within `LOGIN_WINDOW_SECONDS` (then 429)"
     )
-    registrations_per_address: int = Field(
+    registrations_per_address: PositiveInt = Field(
         default=20, description="Sign-ups allowed per address per hour (then 429): bounds probing for taken emails"
     )
-    sign_ins_per_account: int = Field(
+    sign_ins_per_account: PositiveInt = Field(
         default=30, description="Sign-ins of any outcome allowed per account within `LOGIN_WINDOW_SECONDS` (then 429)"
     )
-    login_window_seconds: int = Field(default=900, description="The window of the failed sign-in limits, in seconds")
+    login_window_seconds: PositiveInt = Field(default=900, description="The failed sign-in limits' window, in seconds")
     htmx_url: str = Field(
         default="https://unpkg.com/htmx.org@2.0.4/dist/htmx.min.js",
         description="Where the pages load htmx from: the pinned file on its CDN (the pages fall back to the copy"
@@ -238,8 +236,8 @@ class Settings:
         " same file as the local copy); empty: none",
     )
     host: str = Field(default="127.0.0.1", description="`make run` only: the address the web app listens on")
-    port: int = Field(default=8000, description="`make run` only: the port the web app listens on")
-    web_processes: int = Field(default=1, description="`make run` only: how many web processes it starts")
+    port: int = Field(default=8000, ge=1, le=65535, description="`make run` only: the port the web app listens on")
+    web_processes: PositiveInt = Field(default=1, description="`make run` only: how many web processes it starts")
     prometheus_multiproc_dir: str = Field(
         default="",
         description="A directory where the web processes of one machine share their request metrics"
@@ -331,6 +329,8 @@ def load_settings() -> Settings:
         settings = TypeAdapter(Settings).validate_python(values)
     except ValidationError as exc:
         raise SettingsError(_explain(exc)) from None
+    except UnicodeDecodeError as exc:  # pydantic-settings reads .env as UTF-8, and says nothing of which file
+        raise SettingsError(f"{Path.cwd() / ENV_FILE} is not UTF-8 text (at byte {exc.start})") from None
     settings.check()
     return settings
 

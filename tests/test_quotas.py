@@ -299,7 +299,7 @@ async def test_a_full_disk_refuses_uploads_with_507_and_the_admin_page_warns(
     no_worker: None,
 ) -> None:
     photo = samples.photo(13_005, fmt="PNG")
-    with changed(app, settings, max_stored_bytes=0):
+    with changed(app, settings, max_stored_bytes=1):  # a high-water mark of 0 bytes
         refused = await upload(client, auth, photo)
         page = await upload_page(user_browser, photo, name="full.png")
         admin = await client.get("/admin", headers=admin_auth)

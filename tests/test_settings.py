@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,58 @@ def test_bad_values_raise_settings_error_naming_the_variable(
     with pytest.raises(SettingsError) as raised:
         load_settings()
     assert str(raised.value).startswith(problem)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HEARTBEAT_TTL", "0"),  # Redis refuses SET EX 0: the worker ran but was never seen, /health/ready 503
+        ("DECODE_PROCESSES", "0"),
+        ("FEED_WINDOW", "0"),  # no room on any stream: collections accepted and never fed
+        ("CLAIM_IDLE_MS", "0"),
+        ("MAX_DELIVERIES", "0"),  # every job dead-lettered
+        ("WAIT_TIMEOUT", "-5"),
+        ("DECODE_TIMEOUT", "0"),
+        ("DECODE_MEMORY_MB", "0"),
+        ("TOKEN_MINUTES", "0"),
+        ("REQUEUE_AFTER", "0"),
+        ("QUOTA_QUEUED", "0"),
+        ("LOGIN_WINDOW_SECONDS", "0"),
+        ("MODEL_THREADS", "-1"),
+        ("PORT", "0"),
+        ("PORT", "70000"),
+        ("WEB_PROCESSES", "0"),
+        ("STORED_HIGH_WATER", "0"),
+        ("STORED_HIGH_WATER", "3"),
+        ("DATABASE_URL", "mysql:/x"),
+    ],
+)
+def test_impossible_values_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """Found in review: these were accepted and failed later, deep inside (a worker never seen, a feeder that
+    never feeds, every job dead-lettered, a port uvicorn cannot bind, a database Tortoise cannot open)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=rf"^{name} is not valid .*, got '{re.escape(value)}'"):
+        load_settings()
+
+
+def test_the_edges_that_work_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    edges = {"MAX_BATCH": "0", "MODEL_THREADS": "0", "RESULT_TTL": "0", "STORED_HIGH_WATER": "1", "PORT": "65535"}
+    for name, value in (edges | {"HEARTBEAT_TTL": "1"}).items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.max_batch, settings.model_threads, settings.stored_high_water, settings.port) == (0, 0, 1, 65535)
+    for url in ("sqlite://:memory:", "postgres://u:p@db:5432/app", "postgresql://u@db/app", "psycopg://u@db/app"):
+        monkeypatch.setenv("DATABASE_URL", url)
+        assert load_settings().database_url == url
+
+
+def test_a_dotenv_not_in_utf8_is_a_settings_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Found in review: a `.env` saved in Latin-1 raised a bare UnicodeDecodeError from inside
+    pydantic-settings, naming no file."""
+    (tmp_path / ".env").write_bytes(b"ADMIN_PASSWORD=caf\xe9-caf\xe9\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match=rf"^{re.escape(str(tmp_path / '.env'))} is not UTF-8 text"):
+        load_settings()
 
 
 def test_empty_means_the_default_except_where_it_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,8 +251,6 @@ def test_model_id() -> None:
 
 
 def test_email_check_is_linear_on_hostile_input() -> None:
-    import re
-
     from app.accounts import EMAIL_PATTERN, email_problem
 
     # A pattern with overlapping parts backtracks quadratically on this; ours must answer at once.
