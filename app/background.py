@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.asyncio.lock import Lock
@@ -17,10 +19,14 @@ from redis.exceptions import LockError
 
 log = logging.getLogger(__name__)
 
+# While an action keeps failing, a warning this often: seen (a worker whose heartbeat fails is invisible to
+# the web app), without a line every round.
+WARN_EVERY = 60.0
+
 
 class Every:
     """Run `action` every `seconds` in a task of its own until `stop()`; an error in one round is
-    logged and the next round goes ahead."""
+    logged (a warning at the first and every WARN_EVERY seconds while it lasts) and the next round goes ahead."""
 
     def __init__(self, seconds: float, action: Callable[[], Awaitable[object]], name: str, wait_first: bool = False):
         self._done = asyncio.Event()
@@ -29,11 +35,22 @@ class Every:
     async def _run(self, seconds: float, action: Callable[[], Awaitable[object]], wait_first: bool) -> None:
         if wait_first:
             await self._pause(seconds)
+        name, failures, warned_at = self._task.get_name(), 0, -math.inf
         while not self._done.is_set():
             try:
                 await action()
-            except Exception:
-                log.debug("%s: round failed", self._task.get_name(), exc_info=True)
+            except Exception as exc:
+                failures += 1
+                # Stopping: a cancellation that came out as an error is no failure worth a warning.
+                if self._done.is_set() or time.monotonic() - warned_at < WARN_EVERY:
+                    log.debug("%s: round failed", name, exc_info=True)
+                else:
+                    warned_at = time.monotonic()
+                    log.warning("%s: round failed (%d in a row): %r", name, failures, exc)
+            else:
+                if failures:
+                    log.info("%s: working again after %d failed rounds", name, failures)
+                failures, warned_at = 0, -math.inf
             await self._pause(seconds)
 
     async def _pause(self, seconds: float) -> None:

@@ -2,6 +2,8 @@
 
 import asyncio
 
+import pytest
+
 from app.background import Every
 
 
@@ -47,3 +49,26 @@ async def test_wait_first_waits_before_the_first_round() -> None:
     await asyncio.sleep(0.05)
     await loop.stop()
     assert rounds == 0
+
+
+async def test_a_failing_action_is_a_warning_once_not_every_round(caplog: pytest.LogCaptureFixture) -> None:
+    """Found in review: a worker whose heartbeat write kept failing said so only at DEBUG, so it ran unseen by
+    the web app (/health/ready 503) with nothing in the log at the default level."""
+    failing = True
+
+    async def beat() -> None:
+        if failing:
+            raise ConnectionError("Redis refused the heartbeat")
+
+    with caplog.at_level("INFO", logger="app.background"):
+        loop = Every(0.01, beat, name="heartbeat")
+        await asyncio.sleep(0.1)  # about ten failed rounds
+        failing = False
+        await asyncio.sleep(0.05)
+        failing = True
+        await asyncio.sleep(0.05)
+        await loop.stop()
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "app.background"]
+    warnings = [message for level, message in logged if level == "WARNING"]
+    assert len(warnings) == 2 and warnings[0].startswith("heartbeat: round failed (1 in a row): ConnectionError(")
+    assert any(level == "INFO" and "heartbeat: working again after" in message for level, message in logged)
