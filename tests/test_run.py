@@ -1,5 +1,5 @@
 """`make run` (python -m app.run) on the embedded default, when what it needs is not to be had: one line
-saying what to do and a failing exit status, not "serving ..." and status 0."""
+saying what to do and a failing exit status, not "serving ..." and status 0, nor a traceback."""
 
 from __future__ import annotations
 
@@ -49,3 +49,31 @@ def test_a_web_app_that_stops_on_its_own_gives_its_status(tmp_path: Path) -> Non
     finally:
         worker.process.kill()
         worker.process.wait()
+
+
+def test_a_data_directory_it_cannot_make_is_one_clear_line(tmp_path: Path) -> None:
+    """Found in review: a file named `data` (or `data/metrics`) gave a FileExistsError traceback."""
+    (tmp_path / "data").write_text("")  # the tests run as root: a file where the directory goes, not chmod
+    result = make_run(tmp_path, free_port())
+    assert result.returncode == 1
+    assert result.stderr == "make run: cannot use data as a directory (File exists): move what is there away\n"
+
+
+def test_a_metrics_directory_it_cannot_make_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "metrics").write_text("")
+    result = make_run(tmp_path, free_port())
+    assert result.returncode == 1
+    assert result.stderr == "make run: cannot use data/metrics as a directory (File exists): move what is there away\n"
+
+
+def test_a_damaged_embedded_redis_file_is_named_with_the_cause(tmp_path: Path) -> None:
+    """Found in review: a data/redis.db cut short gave a redis-py ConnectionError traceback ("Connection refused"
+    on a temporary socket) naming neither the file nor the cause."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "redis.db").write_bytes(b"REDIS0009garbage")
+    result = make_run(tmp_path, free_port())
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.startswith("make run: the embedded Redis did not start from data/redis.db (")
+    assert "reading RDB file" in result.stderr and "mv data/redis.db data/redis.db.damaged" in result.stderr
+    assert (tmp_path / "data" / "redis.db").read_bytes() == b"REDIS0009garbage"  # left as it was
