@@ -1,9 +1,10 @@
 """Limits on how often one account or one address may try something (sign in, sign up), counted in Redis.
 
 A window starts at its first event: SET NX EX creates the counter with its TTL and INCR keeps it (Redis
-6.2 has no EXPIRE ... NX). Each attempt is counted before it is decided, in one step: attempts sent at once
-would otherwise all pass a check made before any of them was counted. Past the limit: 429 with
-Retry-After, until the window ends.
+6.2 has no EXPIRE ... NX). An attempt is checked against every limit and, only if none is used up, counted
+against each, in one script: attempts sent at once would otherwise all pass a check made before any of
+them was counted, and one refused must count nothing (an address already refused would still lock out the
+accounts it names). Past the limit: 429 with Retry-After, until the window ends.
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ from app.settings import Settings
 
 SIGN_UP_WINDOW = 3600  # REGISTRATIONS_PER_ADDRESS counts sign-ups per hour
 _GIVE_BACK = "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end return 0"
+# KEYS: the counters; ARGV: each one's most, then window. Returns 0, or the used-up limit's index and TTL.
+_TAKE = """
+for i, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') >= tonumber(ARGV[2 * i - 1]) then
+    return {i, redis.call('TTL', key)}
+  end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, 0, 'EX', ARGV[2 * i], 'NX')
+  redis.call('INCR', key)
+end
+return {0, 0}
+"""
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,7 @@ class Throttle:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        self._take = redis.register_script(_TAKE)
 
     def sign_in_limits(self, email: str, address: str) -> SignInLimits:
         settings, window = self.settings, self.settings.login_window_seconds
@@ -58,19 +73,15 @@ class Throttle:
         return Limit(keys.register_throttle_address(address), most, SIGN_UP_WINDOW, "sign-ups from this address")
 
     async def take(self, limits: Sequence[Limit]) -> None:
-        """Count one attempt against each of `limits`; 429 if that goes past any of them."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for limit in limits:
-                pipe.set(limit.key, 0, ex=limit.window, nx=True)
-                pipe.incr(limit.key)
-                pipe.ttl(limit.key)
-            replies = await pipe.execute()
-        for limit, count, ttl in zip(limits, replies[1::3], replies[2::3], strict=True):
-            if count > limit.most:
-                retry = max(int(ttl), 1)
-                raise TooManyRequestsException(
-                    f"Too many {limit.what}; try again in {retry} seconds", headers={"Retry-After": str(retry)}
-                )
+        """Count one attempt against each of `limits`; 429, counting nothing, if any is used up."""
+        args = [n for limit in limits for n in (limit.most, limit.window)]
+        used_up, ttl = await self._take(keys=[limit.key for limit in limits], args=args)
+        if used_up:
+            retry = max(int(ttl), 1)
+            raise TooManyRequestsException(
+                f"Too many {limits[used_up - 1].what}; try again in {retry} seconds",
+                headers={"Retry-After": str(retry)},
+            )
 
     async def give_back(self, limits: Sequence[Limit]) -> None:
         """Uncount an attempt that turned out not to count (a sign-in that succeeded, or that an outage

@@ -15,6 +15,7 @@ import httpx
 import jwt
 import pytest
 from litestar import Litestar
+from redis.asyncio import Redis
 from tortoise.exceptions import DBConnectionError
 
 from app import passwords
@@ -397,3 +398,36 @@ async def test_an_email_too_long_once_normalised_is_refused(client: httpx.AsyncC
     for email in (longer, reshaped, reversed_, hidden):
         response = await client.post("/api/auth/register", json={"email": email, "password": "correct horse"})
         assert response.status_code == 400 and "valid email" in response.json()["detail"], response.text
+
+
+async def test_sign_ins_refused_for_their_address_leave_nothing_in_redis(client: Client, redis: Redis) -> None:
+    """Found in review: every limit was counted before any was checked, so each sign-in refused for its
+    address still made two counters naming its email (up to ~4.5 kB each), kept 900 s, bounded only by the
+    request rate."""
+    from app import keys
+
+    await redis.set(keys.login_throttle_address("127.0.0.1"), 10_000, ex=60)  # the test client's
+    before = [key async for key in redis.scan_iter(match="throttle:*account:*", count=1000)]
+    for _ in range(20):
+        response = await client.post("/api/auth/login", json={"email": unique_email(), "password": PASSWORD})
+        assert_error(response, 429)
+    after = [key async for key in redis.scan_iter(match="throttle:*account:*", count=1000)]
+    assert len(after) == len(before)
+
+
+async def test_an_address_refused_for_its_own_failures_cannot_still_lock_out_accounts(
+    app: Litestar, client: Client, settings: Settings, redis: Redis
+) -> None:
+    """Found in review: a sign-in refused for its address still counted against the account it named, so
+    six requests from a blocked address locked anyone out for the window."""
+    from app import keys
+
+    victim = unique_email()
+    await sign_up(client, victim)
+    attacker = "198.51.100.99"
+    await redis.set(keys.login_throttle_address(attacker), 10_000, ex=600)  # long past its limit
+    async with from_address(app, attacker) as prober:
+        for _ in range(settings.login_attempts_per_account + 1):
+            refused = await prober.post("/api/auth/login", json={"email": victim, "password": "wrong wrong"})
+            assert_error(refused, 429)
+    assert (await client.post("/api/auth/login", json={"email": victim, "password": PASSWORD})).status_code == 200
