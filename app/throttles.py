@@ -9,6 +9,7 @@ accounts it names). Past the limit: 429 with Retry-After, until the window ends.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -36,6 +37,20 @@ return {0, 0}
 """
 
 
+def address_key(address: str) -> str:
+    """Who an address counts as: an IPv6 host has a whole /64 to send from, so its network; an IPv4
+    address written as IPv6 is that IPv4 address; anything unparsable as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv4Address):
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
 @dataclass(frozen=True)
 class Limit:
     key: str
@@ -57,7 +72,7 @@ class Throttle:
         self._take = redis.register_script(_TAKE)
 
     def sign_in_limits(self, email: str, address: str) -> SignInLimits:
-        settings, window = self.settings, self.settings.login_window_seconds
+        settings, window, address = self.settings, self.settings.login_window_seconds, address_key(address)
         failed = "failed sign-ins"
         return SignInLimits(
             Limit(keys.login_throttle_account(email), settings.login_attempts_per_account, window, failed),
@@ -70,7 +85,9 @@ class Throttle:
 
     def sign_up_limit(self, address: str) -> Limit:
         most = self.settings.registrations_per_address
-        return Limit(keys.register_throttle_address(address), most, SIGN_UP_WINDOW, "sign-ups from this address")
+        return Limit(
+            keys.register_throttle_address(address_key(address)), most, SIGN_UP_WINDOW, "sign-ups from this address"
+        )
 
     async def take(self, limits: Sequence[Limit]) -> None:
         """Count one attempt against each of `limits`; 429, counting nothing, if any is used up."""

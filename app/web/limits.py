@@ -20,6 +20,7 @@ from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE, HTTP_431_RE
 from litestar.types import ASGIApp, Empty, Receive, ReceiveMessage, Scope, Send
 
 from app import predictions, quotas
+from app.throttles import address_key
 from app.web.deps import address_of
 
 MAX_HEADERS = 100
@@ -132,7 +133,8 @@ class Person:
 
 @dataclass(frozen=True)
 class Address:
-    """A sender not signed in, known by the address its requests come from (behind a proxy, everyone's)."""
+    """A sender not signed in, known by the address its requests come from (`address_key`: an IPv6 host by
+    its /64; behind a proxy, everyone's)."""
 
     host: str
 
@@ -141,7 +143,7 @@ def sender_of(scope: Scope) -> Person | Address:
     user = scope.get("user")  # set by the sign-in middleware, which runs before BodyBudget
     if user is not None:
         return Person(user.id)
-    return Address(address_of(scope))
+    return Address(address_key(address_of(scope)))
 
 
 class BodyBudget:

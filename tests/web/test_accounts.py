@@ -431,3 +431,39 @@ async def test_an_address_refused_for_its_own_failures_cannot_still_lock_out_acc
             refused = await prober.post("/api/auth/login", json={"email": victim, "password": "wrong wrong"})
             assert_error(refused, 429)
     assert (await client.post("/api/auth/login", json={"email": victim, "password": PASSWORD})).status_code == 200
+
+
+async def test_one_ipv6_network_cannot_multiply_the_per_address_limits(app: Litestar, client: Client) -> None:
+    """Found in review: the limits were keyed on the whole client address, and an IPv6 host has a /64 of
+    them: ten addresses of one network got ten times the failed sign-ins and sign-ups of one."""
+    throttle = app.state.services.throttle
+    original = throttle.settings
+    throttle.settings = dataclasses.replace(original, login_attempts_per_address=2, registrations_per_address=2)
+    codes, sign_ups = [], []
+    try:
+        for host in range(1, 7):
+            async with from_address(app, f"2001:db8:1:2::{host:x}") as prober:
+                wrong = {"email": unique_email(), "password": "wrong wrong"}
+                codes.append((await prober.post("/api/auth/login", json=wrong)).status_code)
+                new = {"email": unique_email(), "password": PASSWORD}
+                sign_ups.append((await prober.post("/api/auth/register", json=new)).status_code)
+    finally:
+        throttle.settings = original
+    assert codes == [401, 401] + [429] * 4, codes
+    assert sign_ups == [201, 201] + [429] * 4, sign_ups
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"), ("::ffff:198.51.100.7", "198.51.100.7")],
+)
+def test_one_network_is_one_sender_of_bodies(one: str, other: str) -> None:
+    """Found in review: the per-address share of bodies was keyed on the whole address, so one IPv6 host
+    (a /64) held as many shares as it liked."""
+    from app.web.limits import Address, Person, sender_of
+
+    def sender(host: str) -> Address | Person:
+        return sender_of({"client": (host, 1)})  # type: ignore[arg-type]
+
+    assert sender(one) == sender(other)
+    assert sender("198.51.100.7") != sender("198.51.100.8")
