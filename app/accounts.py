@@ -4,6 +4,7 @@ Used by the API and the pages."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import unicodedata
 from typing import Annotated
@@ -30,6 +31,7 @@ NAME_MAX = 100
 Name = Annotated[str, msgspec.Meta(max_length=NAME_MAX)]
 
 BAD_CREDENTIALS = "Wrong email or password"
+log = logging.getLogger(__name__)
 
 
 def normalize_email(email: str) -> str:
@@ -119,7 +121,8 @@ async def _verified(email: str, password: str) -> tuple[User, str | None]:
 
 
 async def ensure_admin(settings: Settings) -> User:
-    """The admin account from settings exists and is an admin (its password is set on creation only)."""
+    """The admin account from settings exists and is an admin (its password is set on creation only); an
+    account that already had the email is made admin only if its password is ADMIN_PASSWORD."""
     user = await User.get_or_none(email=settings.admin_email)
     if user is None:
         try:
@@ -131,7 +134,18 @@ async def ensure_admin(settings: Settings) -> User:
             )
         except IntegrityError:  # another web process starting at the same time made it first
             user = await User.get(email=settings.admin_email)
-    if not user.is_admin:
-        user.is_admin = True
-        await user.save(update_fields=["is_admin"])
+    if user.is_admin:
+        return user
+    # Sign-up is open and unverified: an account someone else registered under this email first would
+    # otherwise become admin with their password. Only ADMIN_PASSWORD shows the account is the operator's.
+    # Not a refusal to start: anyone could then stop the service by signing up with the admin's email.
+    if not (await passwords.verify_password(user.password_hash, settings.admin_password))[0]:
+        log.error(
+            "ADMIN_EMAIL %s names an existing account whose password is not ADMIN_PASSWORD: it is not made admin"
+            " (delete or rename that account, or set ADMIN_EMAIL to another email)",
+            settings.admin_email,
+        )
+        return user
+    user.is_admin = True
+    await user.save(update_fields=["is_admin"])
     return user

@@ -287,6 +287,24 @@ async def test_admin_is_ensured(client: Client, admin_auth: dict[str, str]) -> N
     assert me.status_code == 200 and me.json()["is_admin"] is True
 
 
+async def test_an_account_someone_registered_is_not_made_admin_by_admin_email(
+    client: Client, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: an existing account ADMIN_EMAIL named was made admin whoever had made it, and sign-up
+    is open and unverified: whoever registered that email first became admin with their own password. Only
+    ADMIN_PASSWORD proves the account is the operator's."""
+    from app import accounts
+
+    email = unique_email()
+    stranger = await sign_up(client, email)
+    admin = dataclasses.replace(settings, admin_email=email, admin_password="the operator's password")
+    await accounts.ensure_admin(admin)
+    assert (await client.get("/api/users/me", headers=stranger)).json()["is_admin"] is False
+    assert any(r.levelname == "ERROR" and email in r.getMessage() for r in caplog.records), caplog.text
+    await accounts.ensure_admin(dataclasses.replace(admin, admin_password=PASSWORD))  # the operator's own
+    assert (await User.get(email=email)).is_admin
+
+
 async def test_sign_ups_are_limited_per_address(app: Litestar, client: Client) -> None:
     """Every attempt counts, a taken email (409) included: that bounds how fast anyone can probe for accounts."""
     throttle = app.state.services.throttle
