@@ -4,6 +4,7 @@ cookie for the pages, their revocation, CSRF, and where a sign-in leads."""
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -206,8 +207,9 @@ def issue_token(request: AnyRequest, user: User, csrf_cookie: str = "") -> str:
 
 
 async def revoke(request: AnyRequest, token: Token) -> None:
-    # Remember the revocation only as long as the token would have lived.
-    ttl = max(1, int(token.exp.timestamp() - time.time()))
+    # Remember the revocation only as long as the token would have lived: rounded up, and a second more, so
+    # no part of its last second is left unrevoked.
+    ttl = max(1, math.ceil(token.exp.timestamp() - time.time()) + 1)
     if isinstance(token.jti, str):
         await services(request).redis.set(keys.revoked_token(token.jti), "1", ex=ttl)
 

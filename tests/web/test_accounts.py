@@ -282,6 +282,18 @@ async def test_logout_revokes_the_token(client: Client) -> None:
     assert_error(await client.get("/api/users/me", headers=headers), 401)
 
 
+async def test_a_revoked_token_stays_revoked_until_it_expires(client: Client, settings: Settings) -> None:
+    """Found in review: the revocation was kept int(exp - now) seconds, rounded down, so a signed-out token
+    was accepted again in about the last second of its life."""
+    admin = await User.get(email=settings.admin_email)
+    await asyncio.sleep(1.05 - time.time() % 1)  # just past a whole second: the most rounded down
+    exp = int(time.time()) + 2
+    headers = {"Authorization": f"Bearer {_token(settings, sub=str(admin.id), exp=exp, jti=str(uuid.uuid4()))}"}
+    assert (await client.post("/api/auth/logout", headers=headers)).status_code == 200
+    await asyncio.sleep(exp - time.time() - 0.5)
+    assert_error(await client.get("/api/users/me", headers=headers), 401)
+
+
 async def test_admin_is_ensured(client: Client, admin_auth: dict[str, str]) -> None:
     me = await client.get("/api/users/me", headers=admin_auth)
     assert me.status_code == 200 and me.json()["is_admin"] is True
