@@ -16,13 +16,13 @@ from tortoise.exceptions import IntegrityError
 
 from app import passwords, text
 from app.models import User
+from app.passwords import PASSWORD_MAX, PASSWORD_MIN
 from app.settings import Settings
 from app.throttles import Throttle
 
 # Domain labels exclude the dot, so matching is linear: no backtracking on hostile input. No control
 # characters anywhere (NUL breaks PostgreSQL text).
 EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s.\x00-\x1f\x7f]+(?:\.[^@\s.\x00-\x1f\x7f]+)+$"
-PASSWORD_MIN, PASSWORD_MAX = 8, 128
 
 Email = Annotated[str, msgspec.Meta(pattern=EMAIL_PATTERN, max_length=254, examples=["ada@example.com"])]
 NewPassword = Annotated[str, msgspec.Meta(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)]

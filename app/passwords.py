@@ -10,6 +10,7 @@ from functools import cache
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+PASSWORD_MIN, PASSWORD_MAX = 8, 128  # characters: what sign-up takes, and sign-in (ADMIN_PASSWORD too)
 # argon2 releases the GIL while it hashes: each thread is up to one busy core, tens of ms per password.
 SIGN_IN_THREADS = 2
 NEW_PASSWORD_THREADS = 1

@@ -21,6 +21,7 @@ from pydantic.types import NonNegativeInt, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import readme_table
+from app.passwords import PASSWORD_MAX, PASSWORD_MIN
 from app.readme_table import TABLE_END, TABLE_START  # noqa: F401 - the table's markers, for the tests
 
 DEV_SECRET = "dev-secret-change-me-0123456789abcdef"
@@ -268,22 +269,20 @@ class Settings:
         """Refuse unknown values and unsafe production settings, saying why."""
         if self.environment not in {"dev", "production"}:
             raise SettingsError(f"ENVIRONMENT must be 'dev' or 'production', got {self.environment!r}")
-        if self.inference_backend not in BACKENDS:
-            raise SettingsError(
-                f"INFERENCE_BACKEND must be one of {', '.join(BACKENDS)}, got {self.inference_backend!r}"
-            )
-        if self.openvino_precision not in OPENVINO_PRECISIONS:
+        if (backend := self.inference_backend) not in BACKENDS:
+            raise SettingsError(f"INFERENCE_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if (precision := self.openvino_precision) not in OPENVINO_PRECISIONS:
             choices = ", ".join(OPENVINO_PRECISIONS[1:])
-            raise SettingsError(
-                f"OPENVINO_PRECISION must be empty or one of {choices}, got {self.openvino_precision!r}"
-            )
+            raise SettingsError(f"OPENVINO_PRECISION must be empty or one of {choices}, got {precision!r}")
+        if len(self.admin_password) > PASSWORD_MAX:  # sign-in takes no longer one: the admin could never sign in
+            raise SettingsError(f"ADMIN_PASSWORD must be at most {PASSWORD_MAX} characters")
         if not self.exposed:
             return
         where = "In production" if self.production else f"Listening on {self.host}"
         if self.secret_key == DEV_SECRET or len(self.secret_key) < 32:
             raise SettingsError(f"{where} SECRET_KEY must be set to a random string of 32+ characters")
-        if self.admin_password == DEV_ADMIN_PASSWORD or len(self.admin_password) < 8:
-            raise SettingsError(f"{where} ADMIN_PASSWORD must be set to a real password (8+ characters)")
+        if self.admin_password == DEV_ADMIN_PASSWORD or len(self.admin_password) < PASSWORD_MIN:
+            raise SettingsError(f"{where} ADMIN_PASSWORD must be set to a real password ({PASSWORD_MIN}+ characters)")
         if self.production and self.inference_backend == "stand-in":
             raise SettingsError("In production INFERENCE_BACKEND must be auto, tensorflow or openvino, not stand-in")
 

@@ -259,3 +259,14 @@ def test_email_check_is_linear_on_hostile_input() -> None:
     assert email_problem(hostile) == "Enter a valid email address"
     assert email_problem("ada@example.co.uk") is None
     assert email_problem("ada@localhost") == "Enter a valid email address"
+
+
+def test_an_admin_password_no_sign_in_takes_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: an ADMIN_PASSWORD longer than sign-in takes (128 characters) made an admin who could
+    never sign in (the API answered 400, the page "Wrong email or password")."""
+    monkeypatch.setenv("ADMIN_PASSWORD", "f00d" * 50)
+    with pytest.raises(SettingsError, match="ADMIN_PASSWORD must be at most 128 characters") as raised:
+        load_settings()
+    assert "f00d" not in str(raised.value)  # the message does not show the secret
+    monkeypatch.setenv("ADMIN_PASSWORD", "f" * 128)
+    assert load_settings().admin_password == "f" * 128
