@@ -123,17 +123,18 @@ async def _verified(email: str, password: str) -> tuple[User, str | None]:
 async def ensure_admin(settings: Settings) -> User:
     """The admin account from settings exists and is an admin (its password is set on creation only); an
     account that already had the email is made admin only if its password is ADMIN_PASSWORD."""
-    user = await User.get_or_none(email=settings.admin_email)
+    email = normalize_email(settings.admin_email)  # as sign-in looks it up
+    user = await User.get_or_none(email=email)
     if user is None:
         try:
             return await User.create(
-                email=settings.admin_email,
+                email=email,
                 name="Administrator",
                 password_hash=await passwords.hash_password(settings.admin_password),
                 is_admin=True,
             )
         except IntegrityError:  # another web process starting at the same time made it first
-            user = await User.get(email=settings.admin_email)
+            user = await User.get(email=email)
     if user.is_admin:
         return user
     # Sign-up is open and unverified: an account someone else registered under this email first would
@@ -143,7 +144,7 @@ async def ensure_admin(settings: Settings) -> User:
         log.error(
             "ADMIN_EMAIL %s names an existing account whose password is not ADMIN_PASSWORD: it is not made admin"
             " (delete or rename that account, or set ADMIN_EMAIL to another email)",
-            settings.admin_email,
+            email,
         )
         return user
     user.is_admin = True

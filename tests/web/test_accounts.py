@@ -317,6 +317,20 @@ async def test_an_account_someone_registered_is_not_made_admin_by_admin_email(
     assert (await User.get(email=email)).is_admin
 
 
+async def test_the_admin_can_sign_in_when_admin_email_is_not_in_normal_form(client: Client, settings: Settings) -> None:
+    """Found in review: ADMIN_EMAIL was stored only lowercased, while sign-in looks emails up NFKC-normalised
+    and case-folded: an admin email with 'ß' or a full-width letter made an admin no sign-in found."""
+    from app import accounts
+
+    email = "stra\u00dfe-\uff41" + unique_email()
+    admin = dataclasses.replace(settings, admin_email=email, admin_password="correct horse battery")
+    await accounts.ensure_admin(admin)
+    await accounts.ensure_admin(admin)  # the next start finds it
+    signed = await client.post("/api/auth/login", json={"email": email, "password": admin.admin_password})
+    assert signed.status_code == 200, signed.text
+    assert (await User.get(email=accounts.normalize_email(email))).is_admin
+
+
 async def test_sign_ups_are_limited_per_address(app: Litestar, client: Client) -> None:
     """Every attempt counts, a taken email (409) included: that bounds how fast anyone can probe for accounts."""
     throttle = app.state.services.throttle
