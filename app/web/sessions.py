@@ -222,6 +222,7 @@ async def is_revoked(token: Token, connection: Any) -> bool:
 
 # Where a sign-in may send people afterwards: never back to the account forms themselves.
 ACCOUNT_PATHS = ("/login", "/register", "/logout")
+NEXT_MAX = 2000  # characters of `next` the account pages take; a longer page address is not come back to
 
 
 def safe_next(target: str | None) -> str:
@@ -253,7 +254,7 @@ def login_url(request: AnyRequest) -> str:
     else:  # a form post or a swap: come back to the page it was made from
         here = current_page(request)
     target = safe_next(here)
-    return "/login" if target == "/" else f"/login?{urlencode({'next': target})}"
+    return "/login" if target == "/" or len(target) > NEXT_MAX else f"/login?{urlencode({'next': target})}"
 
 
 def signed_in(request: AnyRequest, user: User, target: str) -> Response[Any]:

@@ -16,10 +16,10 @@ from app import accounts
 from app.web.deps import AnyRequest, client_address, services
 from app.web.limits import MAX_FORM_BYTES
 from app.web.rendering import render
-from app.web.sessions import revoke, safe_next, signed_in, signed_out
+from app.web.sessions import NEXT_MAX, revoke, safe_next, signed_in, signed_out
 
 FormBody = Body(media_type=RequestEncodingType.URL_ENCODED)
-NextPath = Annotated[str, QueryParameter(name="next", max_length=2000, description="Where to go after signing in")]
+NextPath = Annotated[str, QueryParameter(name="next", max_length=NEXT_MAX, description="Where to go after signing in")]
 
 
 class LoginForm(msgspec.Struct):
