@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from tortoise import connections
 from tortoise.functions import Count
 
-from app import images, keys, quotas, schemas, text
+from app import images, keys, quotas, schemas, text, usage
 from app.jobs import producer
 from app.jobs.protocol import Job
 from app.jobs.results import RESULT_FIELDS
@@ -188,9 +188,11 @@ async def submit(
     started = time.perf_counter()
     # The user's quotas first: refused cheaply, before anything is decoded or stored (even a cache hit).
     with stage("database"):
-        await quotas.check_upload(services, user, len(data))
+        await quotas.check_upload(services, user, data)
     image, cached = await accept(services, user, data)
     record = record_of(services, user, image, file_name)
+    with stage("database"):  # the same image sent again stores nothing more
+        record["image_bytes"] = await usage.charged_bytes(user.id, image.sha256, len(data), image.new)
     if cached is not None:
         with stage("database"):
             return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)

@@ -9,6 +9,7 @@ started one at a time per person (app/collections.py), each checked against the 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -166,11 +167,12 @@ async def check_collection(services: Services, user: User, images: int, incoming
     await check_storage(services, user, incoming_bytes)
 
 
-async def check_upload(services: Services, user: User, incoming_bytes: int) -> None:
+async def check_upload(services: Services, user: User, data: bytes) -> None:
     """Before one upload is decoded or stored: images waiting (429), images of the day (429), the disk
     (507) and bytes stored (413). Judged on the figures this process keeps (app/usage.py): when they say
-    no, the checks above read them fresh and give the refusal, with the numbers."""
-    settings = services.settings
+    no, the checks above read them fresh and give the refusal, with the numbers. An original the person
+    keeps already is charged nothing there (hashed only then: most uploads fit at once)."""
+    settings, incoming_bytes = services.settings, len(data)
     kept = await services.usage.get(user.id)
     fits = (
         kept.queued < settings.quota_queued
@@ -183,5 +185,6 @@ async def check_upload(services: Services, user: User, incoming_bytes: int) -> N
         await check_images(services, user, 1)
     check_disk(services, incoming_bytes)
     if not fits:
+        incoming_bytes = await usage.charged_bytes(user.id, hashlib.sha256(data).hexdigest(), incoming_bytes)
         await check_stored(services, user, incoming_bytes)
     services.usage.counted(user.id, incoming_bytes)

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tortoise import connections
 from tortoise.functions import Sum
 
-from app.models import Collection, CollectionStatus, Prediction, Status
+from app.models import Collection, CollectionStatus, Prediction, Status, placeholders
 
 USAGE_TTL = 2.0
 MAX_PEOPLE = 10_000  # past it, the figures kept are dropped: a flood of accounts costs queries, not memory
@@ -48,6 +49,32 @@ async def stored_bytes(user_id: int) -> int:
     )
     done = {str(c): int(total or 0) for c, total in read}
     return originals + sum(max(held - done.get(str(c), 0), 0) for c, held in reading)
+
+
+def kept_original_sql(dialect: str) -> str:
+    """The lookup of `keeps_original`, its values in the order (sha256, user). `+user_id` as in
+    predictions.earlier_result_sql: by the image's rows, not all of the person's."""
+    sha_mark, user_mark = placeholders(dialect, 2)
+    return (
+        f"SELECT 1 FROM {Prediction._meta.db_table} WHERE image_sha256 = {sha_mark} AND +user_id = {user_mark}"
+        " AND image_path <> '' LIMIT 1"
+    )
+
+
+async def keeps_original(user_id: int, sha256: str) -> bool:
+    """Whether a prediction of this person still keeps this original (one not pruned)."""
+    connection = connections.get("default")
+    return bool(
+        await connection.execute_query_dict(kept_original_sql(connection.capabilities.dialect), [sha256, user_id])
+    )
+
+
+async def charged_bytes(user_id: int, sha256: str, size: int, new: bool = False) -> int:
+    """The bytes an upload of this original adds to what its person stores: none when they keep it already,
+    as it is stored once by its hash. `new`: this upload stored it, so nobody kept it (no query)."""
+    if new or not await keeps_original(user_id, sha256):
+        return size
+    return 0
 
 
 async def _sum(rows: Any, field: str) -> int:

@@ -338,3 +338,36 @@ async def test_the_admin_page_shows_what_each_user_stores(
     assert row, page
     cells = re.findall(r'<td class="num[^"]*">([^<]*)</td>', row.group(0))
     assert cells == ["3", "3.0 KiB", "0"]  # predictions, stored, feedback
+
+
+async def test_sending_the_same_image_again_is_not_charged_again(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, no_worker: None
+) -> None:
+    """Found in review: the original is stored once, by its hash, but each upload of it was charged its
+    bytes, so sending the same photo again was refused with 413 ("N more do not fit") though it stored
+    nothing more, and what a person stores (the admin's Users table too) was counted once per upload."""
+    user = await user_of_token(client, auth)
+    photo = samples.photo(13_011, fmt="PNG")
+    try:
+        with changed(app, settings, quota_stored_bytes=2 * len(photo) - 1) as services:
+            first = await upload(client, auth, photo, wait="false")
+            assert first.status_code == 202, first.text
+            services.usage.forget(user.id)  # the slow path: the figures read fresh say it does not fit
+            again = await upload(client, auth, photo, wait="false")
+        assert again.status_code == 202, again.text
+        assert await usage.stored_bytes(user.id) == len(photo)
+        assert (await Prediction.get(id=again.json()["id"])).image_bytes == 0
+    finally:
+        await finish_queued(user)
+
+
+async def test_a_cache_hit_is_not_charged_again(
+    client: Client, auth: dict[str, str], worker: CountingClassifier
+) -> None:
+    """Found in review: a cache hit stores nothing (its original is the one of the first upload), but was
+    charged the image's bytes again."""
+    photo = samples.photo(13_012, fmt="PNG")
+    first, again = [await upload(client, auth, photo) for _ in range(2)]
+    assert first.status_code == again.status_code == 200, again.text
+    assert (await Prediction.get(id=again.json()["id"])).cached
+    assert await usage.stored_bytes((await user_of_token(client, auth)).id) == len(photo)
