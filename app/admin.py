@@ -38,7 +38,10 @@ def parse_age(text: str) -> timedelta:
     match = re.fullmatch(r"(\d{1,6})([dh])", text.strip().lower())
     if not match:
         raise argparse.ArgumentTypeError(f"an age in days or hours, like 90d or 12h; got {text!r}")
-    return int(match[1]) * AGE_UNITS[match[2]]
+    age = int(match[1]) * AGE_UNITS[match[2]]
+    if age > datetime.now(UTC) - datetime.min.replace(tzinfo=UTC):  # its cutoff could not be written down
+        raise argparse.ArgumentTypeError(f"{text.strip()} ago is before year 1, where the calendar starts")
+    return age
 
 
 def age_text(age: timedelta) -> str:

@@ -68,6 +68,18 @@ def test_other_ages_are_refused(text: str) -> None:
         admin.parse_age(text)
 
 
+async def test_an_age_beyond_the_calendar_is_a_usage_error() -> None:
+    """Found in review: `--older-than 800000d` passed parse_age (up to 6 digits), but its cutoff falls
+    before year 1: the command opened the database and died with an OverflowError traceback instead of
+    argparse's usage error."""
+    with pytest.raises(argparse.ArgumentTypeError):
+        admin.parse_age("800000d")
+    assert admin.parse_age("999999h") == timedelta(hours=999_999)  # 114 years: still a date
+    done = await run([sys.executable, "-m", "app.admin", "prune", "--older-than", "800000d", "--dry-run"])
+    assert "Traceback" not in done.stderr, done.stderr[-400:]
+    assert done.returncode == 2 and "usage:" in done.stderr and "year 1" in done.stderr
+
+
 async def test_prune_deletes_old_originals_and_keeps_the_results(
     client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
 ) -> None:
