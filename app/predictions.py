@@ -319,3 +319,9 @@ def result_dict(prediction: Prediction) -> dict[str, Any]:
     """The API's JSON of a prediction, as a dict (for the pages and the CSV)."""
     # The pages show `cached` to admins only (templates/partials/result.html).
     return schemas.as_dict(schemas.prediction_out(prediction, show_cached=True))
+
+
+def page_result(prediction: Prediction) -> dict[str, Any]:
+    """What the pages show of a prediction: `result_dict`, and whether its original is still stored (not if
+    pruned, or refused at upload), so they ask for no image that answers 404. Not in the API's JSON."""
+    return {**result_dict(prediction), "has_image": bool(prediction.image_path)}

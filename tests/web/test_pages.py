@@ -550,6 +550,22 @@ async def test_an_original_that_cannot_be_read_is_503_not_gone(user_browser: Cli
     assert response.status_code == 503 and response.headers["retry-after"] == "30", response.text
 
 
+async def test_pages_ask_for_no_image_of_a_pruned_prediction(user_browser: Client) -> None:
+    """Found in review: history and a prediction's page showed <img src=".../image"> for a prediction whose
+    original is gone (pruned: image_path ""; or never stored), and that URL answers 404: a broken image.
+    They show the crossed-out tile the collection page shows, and the image of one still stored."""
+    user = await user_of(user_browser)
+    pruned, kept = await make_prediction(user, image_path=""), await make_prediction(user)
+    for path in ("/history", f"/predictions/{pruned.id}"):
+        for headers in ({}, HX):
+            page = await user_browser.get(path, headers=headers)
+            assert f'src="/predictions/{pruned.id}/image"' not in page.text, path
+            assert "thumb-missing" in page.text, path
+    assert f'src="/predictions/{kept.id}/image"' in (await user_browser.get("/history")).text
+    assert f'src="/predictions/{kept.id}/image"' in (await user_browser.get(f"/predictions/{kept.id}")).text
+    assert "no longer stored" in (await user_browser.get(f"/predictions/{pruned.id}")).text
+
+
 # ---- feedback ----------------------------------------------------------------------------------------
 
 

@@ -87,7 +87,7 @@ async def result_context(
     """`warming`: the prediction waits for a worker to come up (the page says so, and admins how to start one)."""
     if prediction is None:
         return {"result": None, "error": error, "feedback": None}
-    result = predictions.result_dict(prediction)
+    result = predictions.page_result(prediction)
     given = await Feedback.get_or_none(prediction=prediction, user=user)
     view = feedback_view(result, given, feedback_values, feedback_errors, saved)
     return {"result": result, "error": error, "feedback": view, "warming": warming}

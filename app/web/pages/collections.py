@@ -93,8 +93,7 @@ async def collection_context(
     progress = await collections.progress(collection)
     query = collections.items(collection, filters.status, filters.label)
     items, pager = await paginate(query, page, RESULTS_PER_PAGE)
-    # An image refused at upload was never stored: it has no thumbnail to ask for.
-    results = [{**predictions.result_dict(p), "has_image": bool(p.image_path)} for p in items]
+    results = [predictions.page_result(p) for p in items]
     finished = progress["done"] + progress["failed"]
     reading = collection.status == CollectionStatus.READING
     return {

@@ -32,7 +32,7 @@ async def history(request: AnyRequest, page: Page = 1) -> Template:
     given = await Feedback.filter(user=request.user, prediction_id__in=[p.id for p in items])
     by_prediction = {str(f.prediction_id): feedback.feedback_dict(f) for f in given}  # type: ignore[attr-defined]
     rows = [
-        {"result": (result := predictions.result_dict(p)), "feedback": by_prediction.get(result["id"])} for p in items
+        {"result": (result := predictions.page_result(p)), "feedback": by_prediction.get(result["id"])} for p in items
     ]
     context = {"rows": rows, "pager": pager, **await collections_context(request.user, 1, HISTORY_COLLECTIONS)}
     return render(request, "pages/history.html", "partials/history.html", context)
