@@ -79,3 +79,21 @@ async def test_feedback_rows_show_the_image_judged(admin_browser: Client) -> Non
         assert f'<img src="/predictions/{kept.id}/image" alt="" width="48" height="48" loading="lazy">' in kept_row
         assert f'src="/predictions/{pruned.id}/image"' not in page  # nothing to show: a placeholder instead
     assert '<span class="thumb-missing" aria-hidden="true"></span>' in page
+
+
+async def test_admin_lists_past_their_last_page_say_so(admin_browser: Client) -> None:
+    """Found in review: the admin's feedback list past its last page said "No feedback yet." (with a filter
+    that matches, "No feedback matches these filters."), both false, and the users list showed an empty
+    table; they say there is nothing on that page and link to the first, as the history does."""
+    user = await User.create(email=unique_email(), password_hash="x")
+    await Feedback.create(prediction=await make_prediction(user, "axolotl"), user=user, is_correct=False)
+    for path, first in (
+        ("/admin/feedback?page=999999", 'href="/admin/feedback"'),
+        ("/admin/feedback?label=axolotl&wrong_only=true&page=999999", 'href="/admin/feedback?'),
+        ("/admin/users?page=999999", 'href="/admin/users"'),
+    ):
+        for headers in ({}, HX):
+            page = await admin_browser.get(path, headers=headers)
+            assert page.status_code == 200, path
+            assert "No feedback" not in page.text and "<tbody>" not in page.text, path
+            assert "There is nothing on page 999999." in page.text and first in page.text, path
