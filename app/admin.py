@@ -90,6 +90,27 @@ async def _remove(upload_dir: Path, sha: str, relative_path: str, used_since: fl
     return freed + (thumbnail_freed or 0)
 
 
+async def _pass_on_charges(rows: list[tuple[UUID, str, str]], used: set[str]) -> None:
+    """A person's original is charged to one of their predictions of it, the others 0 (usage.charged_bytes):
+    when that one lets it go and a newer one of theirs keeps it, the newer one is charged it instead."""
+    batch = [row[0] for row in rows]
+    kept = [row_id for row_id, sha, _ in rows if sha in used]
+    charged = await Prediction.filter(id__in=kept, image_bytes__gt=0).values_list(
+        "user_id", "image_sha256", "image_bytes"
+    )
+    for user_id, sha, size in charged:
+        heir = await (
+            Prediction.filter(user_id=user_id, image_sha256=sha, image_bytes=0)
+            .exclude(image_path="")
+            .exclude(id__in=batch)
+            .order_by("-created_at")
+            .first()
+            .values_list("id", flat=True)
+        )
+        if heir is not None:
+            await Prediction.filter(id=heir).update(image_bytes=size)
+
+
 async def _prune_batch(
     rows: list[tuple[UUID, str, str]], cutoff: datetime, upload_dir: Path, dry_run: bool, report: PruneReport
 ) -> None:
@@ -103,6 +124,7 @@ async def _prune_batch(
             report.originals += 1 if freed else 0
             report.bytes_freed += freed
     if not dry_run:
+        await _pass_on_charges(rows, used)
         await Prediction.filter(id__in=[row[0] for row in rows]).update(image_path="")
     report.predictions += len(rows)
     report.last = rows[-1][1]

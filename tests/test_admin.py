@@ -145,6 +145,23 @@ async def test_a_dry_run_deletes_nothing(
     assert "Would prune" in report.summary("90d", dry_run=True)
 
 
+async def test_a_kept_original_stays_charged_when_its_first_prediction_is_pruned(
+    client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
+) -> None:
+    """Found while fixing the charge of an image sent again (now 0): the original is charged to the
+    first prediction of it; pruning that one, while a newer one keeps the original, left it charged to
+    none, so the person stored it for free."""
+    photo = samples.photo(14_031, fmt="PNG")
+    first, again = await classify(client, auth, photo), await classify(client, auth, photo)
+    user_id = (await Prediction.get(id=first["id"])).user_id  # type: ignore[attr-defined]
+    assert await usage.stored_bytes(user_id) == len(photo)
+    await make_old(settings, first)
+    await admin.prune(settings.upload_dir, timedelta(days=90))
+    assert (await Prediction.get(id=first["id"])).image_path == ""
+    assert (await Prediction.get(id=again["id"])).image_path != ""  # newer: its original stays
+    assert await usage.stored_bytes(user_id) == len(photo)
+
+
 async def test_the_command(
     client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
 ) -> None:
