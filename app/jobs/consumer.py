@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 
 from app import keys
 from app.background import Every
+from app.jobs.cleanup_scripts import FORGET_IF_EMPTY, FORGET_IF_IDLE, FORGET_IF_QUIET
 from app.jobs.protocol import (
     JOBS_PER_COMMAND,
     Heartbeat,
@@ -46,30 +47,6 @@ DEAD_LETTER_MAXLEN = 100_000
 
 # How often the consumers of workers gone (each worker process is one) are removed from the groups.
 SWEEP_CONSUMERS_EVERY = 60.0
-
-# Drop a user from the bulk set once their stream is empty, and the stream itself (its group with it): Redis
-# would otherwise keep one for every user ever seen. Atomic: an enqueue after it makes the stream and adds
-# the user again, and the worker that meets the stream without a group makes one from its first entry.
-_FORGET_IF_EMPTY = """
-if redis.call('XLEN', KEYS[2]) == 0 then
-  redis.call('SREM', KEYS[1], ARGV[1])
-  redis.call('DEL', KEYS[2])
-end
-"""
-# Remove a consumer only if it still has nothing pending (atomic: a worker that reads meanwhile keeps it).
-_FORGET_IF_IDLE = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
-  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-end
-"""
-# The same for an interactive stream, once its user has been quiet a while.
-_FORGET_IF_QUIET = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) < tonumber(ARGV[2]) and redis.call('XLEN', KEYS[2]) == 0 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('DEL', KEYS[2])
-end
-"""
 
 
 @dataclass(frozen=True)
@@ -201,7 +178,7 @@ class Consumer:
         quiet_since = time.time() - INTERACTIVE_LINGER_S
         for user in await self.redis.zrangebyscore(keys.JOB_USERS, "-inf", quiet_since):
             user_id = as_text(user)
-            await self.redis.eval(_FORGET_IF_QUIET, 2, keys.JOB_USERS, keys.jobs(user_id), user_id, quiet_since)
+            await self.redis.eval(FORGET_IF_QUIET, 2, keys.JOB_USERS, keys.jobs(user_id), user_id, quiet_since)
 
     async def forget_gone_consumers(self) -> None:
         """Remove from each stream's group the consumers with nothing pending whose worker is gone (no live
@@ -215,7 +192,7 @@ class Consumer:
             for consumer in consumers:
                 name = as_text(consumer["name"])
                 if consumer["pending"] == 0 and name not in live and name != self.name:
-                    await self.redis.eval(_FORGET_IF_IDLE, 1, stream, keys.WORKERS_GROUP, name)
+                    await self.redis.eval(FORGET_IF_IDLE, 1, stream, keys.WORKERS_GROUP, name)
 
     async def _reclaim_stream(self, stream: str, count: int, first: bool) -> tuple[list[Delivery], bool]:
         """The stream's jobs to take over, and whether the one job taken must be run alone. A job taken over
@@ -301,7 +278,7 @@ class Consumer:
     async def _forget_if_empty(self, streams: list[str]) -> None:
         for stream in streams:
             if stream.startswith(keys.bulk_jobs("")):
-                await self.redis.eval(_FORGET_IF_EMPTY, 2, keys.BULK_USERS, stream, stream.rsplit(":", 1)[1])
+                await self.redis.eval(FORGET_IF_EMPTY, 2, keys.BULK_USERS, stream, stream.rsplit(":", 1)[1])
 
     def keep_claimed(self, deliveries: list[Delivery]) -> Every:
         """While a batch is in hand, keep claiming its entries (JUSTID: no delivery is counted), so a
