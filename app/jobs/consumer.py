@@ -44,6 +44,8 @@ INTERACTIVE_LINGER_S = 300
 # How often pending entries are checked for dead workers' jobs.
 RECLAIM_EVERY = 1.0
 DEAD_LETTER_MAXLEN = 100_000
+# Holds the jobs a worker left for one of their own model (Consumer.decline) until they are taken over.
+DECLINED = "declined:other-model"
 
 # How often the consumers of workers gone (each worker process is one) are removed from the groups.
 SWEEP_CONSUMERS_EVERY = 60.0
@@ -210,6 +212,7 @@ class Consumer:
             return [], False
         limit = self.limits.max_deliveries
         exhausted = [p["message_id"] for p in pending if p["times_delivered"] >= limit]
+        declined = {p["message_id"] for p in pending if as_text(p["consumer"]) == DECLINED}
         if exhausted:
             # Claimed first: if two workers look at once, only the one that wins the claim dead-letters it.
             mine = cast(
@@ -220,7 +223,7 @@ class Consumer:
             )
             for entry_id in mine:
                 try:
-                    await self._dead_letter(stream, entry_id)
+                    await self._dead_letter(stream, entry_id, entry_id in declined)
                 except DEPENDENCY_ERRORS as exc:  # still pending: dead-lettered at a later look
                     log.warning("could not dead-letter job %s of %s (%r)", entry_id, stream, exc)
         # Lost with its worker before (or on its last try, with MAX_DELIVERIES=2): suspected of killing workers.
@@ -242,12 +245,15 @@ class Consumer:
         taken = [Delivery(stream, entry_id, fields) for entry_id, fields in claimed if fields]
         return taken, alone and bool(taken)  # another worker may have won the claim
 
-    async def _dead_letter(self, stream: str, entry_id: bytes) -> None:
+    async def _dead_letter(self, stream: str, entry_id: bytes, declined: bool) -> None:
         """Its predictions failed first, then its dead-letter entry and its acknowledgement, together: a
-        database that refuses the first leaves it pending for a later look, with nothing written twice."""
+        database that refuses the first leaves it pending for a later look, with nothing written twice.
+        `declined`: its last delivery went to a worker of another model, which left it."""
         entries = cast("list[Entry]", await self.redis.xrange(stream, min=entry_id, max=entry_id))
         fields: dict[bytes, bytes] = entries[0][1] if entries else {}
-        error = f"Could not be classified after {self.limits.max_deliveries} attempts"
+        model = as_text(fields.get(b"model", b"?"))
+        why = f"No worker of model {model} took it" if declined else "Could not be classified"
+        error = f"{why} after {self.limits.max_deliveries} attempts"
         ids = [x for x in fields.get(b"id", b"").decode(errors="replace").split(",") if x]
         ids += [x for x in fields.get(b"also", b"").decode(errors="replace").split(",") if x]
         log.error("dead-lettering job %s of %s (predictions %s)", entry_id, stream, ids)
@@ -265,9 +271,7 @@ class Consumer:
     async def ack(self, deliveries: list[Delivery], prediction_ids: Sequence[str] = ()) -> None:
         """Acknowledge and delete (finished entries must not accumulate), and drop the predictions'
         queued markers, in one transaction."""
-        by_stream: dict[str, list[bytes]] = {}
-        for delivery in deliveries:
-            by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
+        by_stream = _by_stream(deliveries)
         if not by_stream and not prediction_ids:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -283,9 +287,7 @@ class Consumer:
     def keep_claimed(self, deliveries: list[Delivery]) -> Every:
         """While a batch is in hand, keep claiming its entries (JUSTID: no delivery is counted), so a
         slow batch is never mistaken for a dead worker's and classified twice."""
-        by_stream: dict[str, list[Any]] = {}
-        for delivery in deliveries:
-            by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
+        by_stream = _by_stream(deliveries)
 
         async def claim() -> None:
             for stream, entry_ids in by_stream.items():
@@ -294,6 +296,14 @@ class Consumer:
                 )
 
         return Every(self.limits.claim_idle_ms / 3000, claim, name="keep-claimed", wait_first=True)
+
+    async def decline(self, deliveries: list[Delivery]) -> None:
+        """Leave these jobs (another model's) unacknowledged, held by DECLINED (JUSTID: no delivery is counted)
+        till taken over after CLAIM_IDLE; so their dead-letter, after MAX_DELIVERIES, says why."""
+        for stream, entry_ids in _by_stream(deliveries).items():
+            await self.redis.xclaim(
+                stream, keys.WORKERS_GROUP, DECLINED, min_idle_time=0, message_ids=entry_ids, justid=True
+            )
 
     async def beat(self, heartbeat: Heartbeat, ttl: int) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -307,6 +317,13 @@ class Consumer:
             pipe.delete(keys.heartbeat(self.name))
             pipe.zrem(keys.WORKER_NAMES, self.name)
             await pipe.execute()
+
+
+def _by_stream(deliveries: list[Delivery]) -> dict[str, list[Any]]:
+    by_stream: dict[str, list[Any]] = {}
+    for delivery in deliveries:
+        by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
+    return by_stream
 
 
 def acknowledge(pipe: Any, entries: dict[str, list[bytes]], prediction_ids: Iterable[str]) -> None:

@@ -109,6 +109,7 @@ class Worker:
             except ValueError as exc:
                 # Left unacknowledged: reclaimed, retried, and dead-lettered after MAX_DELIVERIES.
                 log.error("bad job %s: %s", delivery.entry_id, exc)
+        jobs = await self._of_my_model(jobs)
         if not jobs:
             return
         keeper = self.consumer.keep_claimed([d for d, _ in jobs])
@@ -122,6 +123,20 @@ class Worker:
             raise
         done = [(d, job, top) for (d, job), top in zip(jobs, results, strict=True) if top is not None]
         self._finishing = asyncio.create_task(self._finish(done, keeper, len(jobs), seconds))
+
+    async def _of_my_model(self, jobs: list[tuple[Delivery, Job]]) -> list[tuple[Delivery, Job]]:
+        """The jobs this worker's model answers. Another model's are neither classified nor stored (their rows
+        would say the other's weights) but declined: a worker of that model takes them over after CLAIM_IDLE;
+        with none, they are dead-lettered after MAX_DELIVERIES, saying so (app/jobs/consumer.py)."""
+        mine = self.classifier.info.id
+        others = [(delivery, job) for delivery, job in jobs if job.model_id != mine]
+        if others:
+            models = ", ".join(sorted({job.model_id for _, job in others}))
+            log.error(
+                "%d jobs of model %s left for a worker of that model: this worker runs %s", len(others), models, mine
+            )
+            await self.consumer.decline([delivery for delivery, _ in others])
+        return [(delivery, job) for delivery, job in jobs if job.model_id == mine]
 
     async def _wait_finished(self) -> None:
         """Wait for the previous batch to be stored and acknowledged. If that failed, its jobs stay

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from uuid import uuid4
 
 import numpy as np
+import pytest
 from redis.asyncio import Redis
 
 from app import keys, labels
@@ -17,6 +18,7 @@ from app.jobs.producer import enqueue, queue_depth
 from app.jobs.protocol import PIXELS_SHAPE, Job
 from app.models import Prediction, Status, User
 from app.settings import Settings
+from app.worker.classifier import StandInClassifier
 from tests.conftest import reset_queue, running_worker
 
 
@@ -101,3 +103,52 @@ async def test_a_job_delivered_twice_finishes_once(
     await row.refresh_from_db()
     assert row.status == Status.DONE and row.finished_at == finished_at  # the first result stands
     assert await queue_depth(redis) == 0
+
+
+async def pending(redis: Redis, stream: str) -> int:
+    return int((await redis.xpending(stream, keys.WORKERS_GROUP))["pending"])
+
+
+async def test_a_worker_of_another_model_leaves_the_job_to_a_worker_of_its_model(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    """Found in review: a worker ignored the job's model and answered it with its own weights, into rows (and
+    the result cache) that say the web app's; in a rolling deploy the right worker now takes it over."""
+    await reset_queue(redis)
+    user = await a_user()
+    made = [await queued(user, settings, 400 + seed) for seed in range(2)]
+    for _, job in made:
+        await enqueue(redis, user.id, job)
+    other = StandInClassifier("imagenet")
+    assert other.info.id != settings.model_id
+    async with running_worker(redis, other, settings) as wrong:
+        for _ in range(100):
+            if await pending(redis, keys.jobs(user.id)) == 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # time to have classified and stored them, were it going to
+    assert wrong.calls == 0
+    assert [row.status for row in await Prediction.filter(id__in=[p.id for p, _ in made])] == [Status.QUEUED] * 2
+    async with running_worker(redis, classifier, settings) as right:  # the deploy's new worker, after CLAIM_IDLE
+        rows = await all_finished([str(p.id) for p, _ in made])
+    assert right.images == 2 and [row.status for row in rows] == [Status.DONE] * 2
+
+
+async def test_a_job_no_worker_of_its_model_takes_fails_saying_so(
+    redis: Redis, settings: Settings, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: with no worker of the job's model, a worker of another one answered it. Now it is left
+    alone each time (once per delivery, no spinning) and fails after MAX_DELIVERIES, saying why."""
+    await reset_queue(redis)
+    user = await a_user()
+    prediction, job = await queued(user, settings, 410)
+    await enqueue(redis, user.id, job)
+    async with running_worker(redis, StandInClassifier("imagenet"), settings) as wrong:
+        [row] = await all_finished([str(prediction.id)], seconds=(settings.max_deliveries + 3) * 1.5 + 5)
+    assert wrong.calls == 0 and row.status == Status.FAILED
+    expected = f"No worker of model {settings.model_id} took it"
+    assert row.error is not None and row.error.startswith(expected), row.error
+    [(_, dead)] = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(keys.DEAD_JOBS))
+    assert dead[b"error"].decode().startswith(expected)
+    left = [r for r in caplog.records if "left for a worker of that model" in r.getMessage()]
+    assert len(left) == settings.max_deliveries, [r.getMessage() for r in left]
