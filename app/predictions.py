@@ -51,7 +51,7 @@ def unavailable(detail: str, retry_after: int) -> ServiceUnavailableException:
 async def _check_capacity(services: Services, user: User) -> None:
     """Refuse a synchronous upload that cannot finish within the wait timeout, instead of queueing it
     forever. Users take turns, so the wait counts the user's own backlog, not everyone's."""
-    capacity = await services.backlog.capacity(services.redis, user.id)
+    capacity = await services.backlog.capacity(services.redis, user.id, services.settings.model_id)
     if capacity.workers == 0:
         raise NoWorker(detail=NO_WORKER, headers={"Retry-After": str(NO_WORKER_RETRY_AFTER)})
     seconds = capacity.seconds_to_clear()

@@ -110,6 +110,11 @@ async def live_workers(redis: Redis) -> list[Heartbeat]:
     return [Heartbeat(**{k: v for k, v in json.loads(raw).items() if k in known}) for raw in beats if raw]
 
 
+def of_model(workers: list[Heartbeat], model_id: str) -> list[Heartbeat]:
+    """The workers that answer jobs of `model_id`: a worker leaves another model's (app/worker/loop.py)."""
+    return [worker for worker in workers if worker.model_id == model_id]
+
+
 @dataclass(frozen=True)
 class Capacity:
     workers: int
@@ -143,16 +148,17 @@ class Backlog:
         return Capacity(self.workers, mine + sum(others.values()), ahead, self.rate)
 
 
-async def read_backlog(redis: Redis) -> Backlog:
-    workers = await live_workers(redis)
+async def read_backlog(redis: Redis, model_id: str) -> Backlog:
+    """Only the workers of `model_id` count: the others never take its jobs."""
+    workers = of_model(await live_workers(redis), model_id)
     rate = sum(w.images_per_second or ASSUMED_WORKER_RATE for w in workers)
     streams = await interactive_streams(redis)
     lengths = dict(zip(streams, await _lengths(redis, streams), strict=True))
     return Backlog(len(workers), rate, lengths, time.monotonic())
 
 
-async def capacity(redis: Redis, user_id: int) -> Capacity:
-    return (await read_backlog(redis)).capacity(user_id)
+async def capacity(redis: Redis, user_id: int, model_id: str) -> Capacity:
+    return (await read_backlog(redis, model_id)).capacity(user_id)
 
 
 class BacklogView:
@@ -165,10 +171,10 @@ class BacklogView:
         self.ttl = ttl
         self._backlog: Backlog | None = None
 
-    async def capacity(self, redis: Redis, user_id: int) -> Capacity:
+    async def capacity(self, redis: Redis, user_id: int, model_id: str) -> Capacity:
         backlog = self._backlog
         if backlog is None or not backlog.workers or time.monotonic() - backlog.read_at > self.ttl:
-            backlog = self._backlog = await read_backlog(redis)
+            backlog = self._backlog = await read_backlog(redis, model_id)
         return backlog.capacity(user_id)
 
     def enqueued(self, user_id: int) -> None:

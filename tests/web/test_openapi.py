@@ -80,7 +80,9 @@ async def test_the_models_name_every_field(spec: dict[str, Any]) -> None:
         "id", "name", "created_at", "status", "progress", "error", "results", "page", "per_page", "matching",
     }  # fmt: skip
     assert properties(spec, "Progress") == {"total", "queued", "done", "failed"}
-    assert properties(spec, "Readiness") == {"database", "redis", "workers", "queue_depth", "status", "backends"}
+    assert properties(spec, "Readiness") == {
+        "database", "redis", "workers", "queue_depth", "status", "backends", "model", "other_workers",
+    }  # fmt: skip
     assert properties(spec, "WorkerBackend") == {"worker", "backend", "engine", "choice"}
 
 

@@ -18,8 +18,9 @@ from app.jobs.producer import enqueue, live_workers, queue_depth
 from app.jobs.protocol import PIXELS_BYTES, Heartbeat, Job
 from app.models import Prediction, Status, User
 from app.settings import Settings
+from app.worker.classifier import StandInClassifier
 from tests import samples
-from tests.conftest import CountingClassifier
+from tests.conftest import CountingClassifier, running_worker
 from tests.helpers import beat, eventually, forget_worker, pending, sign_up
 from tests.page_helpers import prediction_values
 
@@ -286,6 +287,26 @@ async def test_no_live_worker_is_503_at_once(
     assert await queue_depth(redis) == 0
 
 
+async def test_a_worker_of_another_model_is_no_worker_for_this_app(
+    client: Client, auth: dict[str, str], no_worker: None, redis: Redis, settings: Settings
+) -> None:
+    """Found in review: the capacity check and /health/ready counted any worker, whatever its model, so with only
+    a worker of other weights an upload was queued for a worker that never takes it, and the app said ready."""
+    other = StandInClassifier("imagenet")
+    assert other.info.id != settings.model_id
+    async with running_worker(redis, other, settings) as counting:
+        response = await upload(client, auth, samples.photo(610))
+        ready = await client.get("/health/ready")
+    assert response.status_code == 503 and "warming up" in response.json()["detail"]
+    assert await queue_depth(redis) == 0 and counting.calls == 0
+    assert ready.status_code == 503
+    body = ready.json()
+    assert (body["status"], body["workers"], body["backends"]) == ("not ready", 0, [])
+    # Why: the worker alive runs another model than this app's.
+    assert body["model"] == settings.model_id
+    assert list(body["other_workers"].values()) == [other.info.id]
+
+
 async def test_live_workers_are_those_whose_heartbeat_has_not_expired(no_worker: None, redis: Redis) -> None:
     for name, ttl in (("short", 1), ("long", 30), ("leaving", 30)):
         await beat(redis, Heartbeat(name=name, model_id="m", started_at=time.time()), ttl=ttl)
@@ -393,6 +414,8 @@ async def test_health(client: Client, no_worker: None, redis: Redis, classifier:
         "queue_depth": 0,
         "status": "not ready",
         "backends": [],
+        "model": settings.model_id,
+        "other_workers": {},
     }
     async with running_worker(redis, classifier, settings):
         ready = await client.get("/health/ready")
@@ -405,6 +428,8 @@ async def test_health(client: Client, no_worker: None, redis: Redis, classifier:
         "workers": 1,
         "queue_depth": 0,
         "status": "ready",
+        "model": settings.model_id,
+        "other_workers": {},
     }
     assert backend["worker"].startswith("test-") and backend["engine"] == "stand-in"
 

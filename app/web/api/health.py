@@ -10,7 +10,7 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from tortoise import connections
 
-from app.jobs.producer import live_workers, queue_depth
+from app.jobs.producer import live_workers, of_model, queue_depth
 from app.jobs.protocol import Heartbeat
 from app.web.api.schemas import Health, Readiness, WorkerBackend
 from app.web.deps import services
@@ -33,7 +33,7 @@ async def _database_ok() -> bool:
 @get(
     "/health/ready",
     tags=["health"],
-    summary="Database, Redis and at least one worker are available",
+    summary="Database, Redis and at least one worker of this app's model are available",
     responses={HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(Readiness, description="Something is missing")},
 )
 async def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
@@ -41,15 +41,18 @@ async def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
     redis = False
     beats: list[Heartbeat] = []
     depth: int | None = None
+    model = services(request).settings.model_id
     with contextlib.suppress(Exception):
         redis_client = services(request).redis
         beats, depth = await live_workers(redis_client), await queue_depth(redis_client)
         redis = True
-    ok = database and redis and len(beats) > 0
-    backends = [
-        WorkerBackend(b.name, b.backend, b.engine, b.backend_choice) for b in sorted(beats, key=lambda b: b.name)
-    ]
-    checks = Readiness(database, redis, len(beats), depth, status="ready" if ok else "not ready", backends=backends)
+    mine = sorted(of_model(beats, model), key=lambda b: b.name)
+    ok = database and redis and len(mine) > 0
+    backends = [WorkerBackend(b.name, b.backend, b.engine, b.backend_choice) for b in mine]
+    counted = {b.name for b in mine}
+    others = {b.name: b.model_id for b in sorted(beats, key=lambda b: b.name) if b.name not in counted}
+    status = "ready" if ok else "not ready"
+    checks = Readiness(database, redis, len(mine), depth, status, backends, model, others)
     if ok:
         return Response(checks)
     # Like every 503 of this service, it says when to ask again.

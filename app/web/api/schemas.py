@@ -99,8 +99,9 @@ class WorkerBackend(msgspec.Struct):
 
 
 class Readiness(msgspec.Struct):
-    """What the service needs to classify; `status` is "ready" or "not ready" (then with a 503). `backends`:
-    each live worker's inference backend and why."""
+    """What the service needs to classify; `status` is "ready" or "not ready" (then with a 503). `workers`: the
+    live workers of `model`, this app's; `backends`: each one's inference backend and why. `other_workers`: live
+    workers of another model (name: model id), not counted, as they leave this app's jobs."""
 
     database: bool
     redis: bool
@@ -108,3 +109,5 @@ class Readiness(msgspec.Struct):
     queue_depth: int | None
     status: str
     backends: list[WorkerBackend] = msgspec.field(default_factory=list)
+    model: str = ""
+    other_workers: dict[str, str] = msgspec.field(default_factory=dict)
