@@ -44,8 +44,8 @@ INTERACTIVE_LINGER_S = 300
 # How often pending entries are checked for dead workers' jobs.
 RECLAIM_EVERY = 1.0
 DEAD_LETTER_MAXLEN = 100_000
-# Holds the jobs a worker left for one of their own model (Consumer.decline) until they are taken over.
-DECLINED = "declined:other-model"
+# With a model id, the consumer that holds the jobs a worker left for one of that model (Consumer.decline).
+DECLINED = "declined-for:"
 
 # How often the consumers of workers gone (each worker process is one) are removed from the groups.
 SWEEP_CONSUMERS_EVERY = 60.0
@@ -68,8 +68,10 @@ class Limits:
 class Consumer:
     """One worker's membership of the consumer group, on every jobs stream."""
 
-    def __init__(self, redis: Redis, name: str, limits: Limits) -> None:
+    def __init__(self, redis: Redis, name: str, limits: Limits, model_id: str = "") -> None:
+        """`model_id`: the worker's; the jobs held for another model are not taken over here."""
         self.redis = redis
+        self.model_id = model_id
         self.name = name
         self.limits = limits
         self._last_reclaim = 0.0
@@ -211,8 +213,12 @@ class Consumer:
             await ensure_group(self.redis, stream)  # new since the last look: nothing of it is pending
             return [], False
         limit = self.limits.max_deliveries
-        exhausted = [p["message_id"] for p in pending if p["times_delivered"] >= limit]
-        declined = {p["message_id"] for p in pending if as_text(p["consumer"]) == DECLINED}
+        # Held for another model's workers: not taken again here (that would use up its deliveries before one
+        # of them came), but given up on once none took it in MAX_DELIVERIES x CLAIM_IDLE.
+        held = [p for p in pending if _held_for_other(as_text(p["consumer"]), self.model_id)]
+        declined = {p["message_id"] for p in held if p["time_since_delivered"] >= limit * idle}
+        pending = [p for p in pending if p not in held]
+        exhausted = [p["message_id"] for p in pending if p["times_delivered"] >= limit] + sorted(declined)
         if exhausted:
             # Claimed first: if two workers look at once, only the one that wins the claim dead-letters it.
             mine = cast(
@@ -248,12 +254,13 @@ class Consumer:
     async def _dead_letter(self, stream: str, entry_id: bytes, declined: bool) -> None:
         """Its predictions failed first, then its dead-letter entry and its acknowledgement, together: a
         database that refuses the first leaves it pending for a later look, with nothing written twice.
-        `declined`: its last delivery went to a worker of another model, which left it."""
+        `declined`: held for workers of its model, none of which took it."""
         entries = cast("list[Entry]", await self.redis.xrange(stream, min=entry_id, max=entry_id))
         fields: dict[bytes, bytes] = entries[0][1] if entries else {}
-        model = as_text(fields.get(b"model", b"?"))
-        why = f"No worker of model {model} took it" if declined else "Could not be classified"
-        error = f"{why} after {self.limits.max_deliveries} attempts"
+        error = f"Could not be classified after {self.limits.max_deliveries} attempts"
+        if declined:
+            seconds = self.limits.max_deliveries * self.limits.claim_idle_ms / 1000
+            error = f"No worker of model {as_text(fields.get(b'model', b'?'))} took it in {seconds:g} s"
         ids = [x for x in fields.get(b"id", b"").decode(errors="replace").split(",") if x]
         ids += [x for x in fields.get(b"also", b"").decode(errors="replace").split(",") if x]
         log.error("dead-lettering job %s of %s (predictions %s)", entry_id, stream, ids)
@@ -297,12 +304,13 @@ class Consumer:
 
         return Every(self.limits.claim_idle_ms / 3000, claim, name="keep-claimed", wait_first=True)
 
-    async def decline(self, deliveries: list[Delivery]) -> None:
-        """Leave these jobs (another model's) unacknowledged, held by DECLINED (JUSTID: no delivery is counted)
-        till taken over after CLAIM_IDLE; so their dead-letter, after MAX_DELIVERIES, says why."""
+    async def decline(self, deliveries: list[Delivery], model_id: str) -> None:
+        """Leave these jobs of `model_id` (not this worker's) unacknowledged, held for a worker of that model
+        (JUSTID: no delivery is counted), which takes them over after CLAIM_IDLE."""
         for stream, entry_ids in _by_stream(deliveries).items():
+            holder = DECLINED + model_id
             await self.redis.xclaim(
-                stream, keys.WORKERS_GROUP, DECLINED, min_idle_time=0, message_ids=entry_ids, justid=True
+                stream, keys.WORKERS_GROUP, holder, min_idle_time=0, message_ids=entry_ids, justid=True
             )
 
     async def beat(self, heartbeat: Heartbeat, ttl: int) -> None:
@@ -317,6 +325,10 @@ class Consumer:
             pipe.delete(keys.heartbeat(self.name))
             pipe.zrem(keys.WORKER_NAMES, self.name)
             await pipe.execute()
+
+
+def _held_for_other(consumer: str, model_id: str) -> bool:
+    return consumer.startswith(DECLINED) and consumer != DECLINED + model_id
 
 
 def _by_stream(deliveries: list[Delivery]) -> dict[str, list[Any]]:

@@ -47,8 +47,8 @@ class Worker:
         if settings.max_batch < 1:  # 0 would read every waiting job at once
             raise ValueError("MAX_BATCH=0 is resolved before the loop starts: app.worker.batching.worker_batch_size")
         limits = Limits(settings.max_batch, settings.claim_idle_ms, settings.max_deliveries)
-        self.consumer = Consumer(redis, self.name, limits)
         info = classifier.info
+        self.consumer = Consumer(redis, self.name, limits, info.id)
         self.heartbeat = Heartbeat(
             name=self.name,
             model_id=info.id,
@@ -127,15 +127,19 @@ class Worker:
     async def _of_my_model(self, jobs: list[tuple[Delivery, Job]]) -> list[tuple[Delivery, Job]]:
         """The jobs this worker's model answers. Another model's are neither classified nor stored (their rows
         would say the other's weights) but declined: a worker of that model takes them over after CLAIM_IDLE;
-        with none, they are dead-lettered after MAX_DELIVERIES, saying so (app/jobs/consumer.py)."""
+        with none, they are dead-lettered after MAX_DELIVERIES x CLAIM_IDLE, saying so (app/jobs/consumer.py)."""
         mine = self.classifier.info.id
         others = [(delivery, job) for delivery, job in jobs if job.model_id != mine]
+        models = sorted({job.model_id for _, job in others})
         if others:
-            models = ", ".join(sorted({job.model_id for _, job in others}))
             log.error(
-                "%d jobs of model %s left for a worker of that model: this worker runs %s", len(others), models, mine
+                "%d jobs of model %s left for a worker of that model: this worker runs %s",
+                len(others),
+                ", ".join(models),
+                mine,
             )
-            await self.consumer.decline([delivery for delivery, _ in others])
+        for model in models:
+            await self.consumer.decline([delivery for delivery, job in others if job.model_id == model], model)
         return [(delivery, job) for delivery, job in jobs if job.model_id == mine]
 
     async def _wait_finished(self) -> None:

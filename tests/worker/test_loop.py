@@ -134,11 +134,29 @@ async def test_a_worker_of_another_model_leaves_the_job_to_a_worker_of_its_model
     assert right.images == 2 and [row.status for row in rows] == [Status.DONE] * 2
 
 
+async def test_a_worker_of_another_model_does_not_take_a_job_again(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    """Found in review: a worker of another model took a declined job over again at each CLAIM_IDLE, using up its
+    deliveries, so in a rolling deploy the job was dead-lettered before a worker of its model came."""
+    await reset_queue(redis)
+    user = await a_user()
+    prediction, job = await queued(user, settings, 420)
+    await enqueue(redis, user.id, job)
+    async with running_worker(redis, StandInClassifier("imagenet"), settings):
+        await asyncio.sleep(2.5 * settings.claim_idle_ms / 1000)  # two looks for idle jobs, at least
+        [entry] = await redis.xpending_range(keys.jobs(user.id), keys.WORKERS_GROUP, "-", "+", 10)
+        assert entry["times_delivered"] == 1
+        async with running_worker(redis, classifier, settings) as right:  # the new worker, alongside
+            [row] = await all_finished([str(prediction.id)])
+    assert row.status == Status.DONE and right.images == 1
+
+
 async def test_a_job_no_worker_of_its_model_takes_fails_saying_so(
     redis: Redis, settings: Settings, client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found in review: with no worker of the job's model, a worker of another one answered it. Now it is left
-    alone each time (once per delivery, no spinning) and fails after MAX_DELIVERIES, saying why."""
+    once, never taken again (no spinning), and fails after MAX_DELIVERIES x CLAIM_IDLE, saying why."""
     await reset_queue(redis)
     user = await a_user()
     prediction, job = await queued(user, settings, 410)
@@ -151,4 +169,4 @@ async def test_a_job_no_worker_of_its_model_takes_fails_saying_so(
     [(_, dead)] = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(keys.DEAD_JOBS))
     assert dead[b"error"].decode().startswith(expected)
     left = [r for r in caplog.records if "left for a worker of that model" in r.getMessage()]
-    assert len(left) == settings.max_deliveries, [r.getMessage() for r in left]
+    assert len(left) == 1, [r.getMessage() for r in left]
