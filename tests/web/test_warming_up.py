@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from app import predictions
 from app.models import Prediction, Status
 from app.settings import Settings
+from app.worker.classifier import StandInClassifier
 from tests import samples
 from tests.conftest import reset_queue, running_worker
 from tests.helpers import eventually
@@ -55,6 +56,20 @@ async def test_an_upload_waits_warming_up_and_is_classified_once_a_worker_starts
     done = await user_browser.get(f"/predictions/{prediction.id}", headers=HX)
     assert "Warming up" not in done.text and "load delay" not in done.text
     assert f">{prediction.label}</h2>" in done.text
+    await reset_queue(redis)
+
+
+async def test_a_worker_of_another_model_does_not_end_the_warming_up(
+    user_browser: Client, no_worker: None, redis: Redis, settings: Settings
+) -> None:
+    """Found in review: the pages counted any live worker, so with only a worker of another model (which leaves
+    this app's jobs) the waiting image's page stopped saying why it waits."""
+    async with running_worker(redis, StandInClassifier("imagenet"), settings):
+        response = await upload_page(user_browser, samples.photo(7105), name="other-model.jpg")
+        assert response.status_code == 202 and "Warming up…" in response.text
+        prediction = await waiting("other-model.jpg")
+        again = await user_browser.get(f"/predictions/{prediction.id}", headers=HX)
+    assert "Warming up…" in again.text
     await reset_queue(redis)
 
 

@@ -20,7 +20,7 @@ from litestar.response import Stream, Template
 from tortoise.functions import Count
 
 from app import collections, predictions
-from app.jobs.producer import live_workers
+from app.jobs.producer import live_workers, of_model
 from app.models import Collection, CollectionStatus, Prediction, Status
 from app.outages import DEPENDENCY_ERRORS
 from app.schemas import UNTRAINED_WEIGHTS, weights_trained
@@ -70,11 +70,13 @@ async def label_counts(collection: Collection) -> list[tuple[str, int]]:
 
 
 async def waiting_without_worker(request: AnyRequest, queued: int) -> bool:
-    """Images wait and no worker is alive to take them: worth saying, rather than polling in silence."""
+    """Images wait and no worker of this app's model is alive to take them: worth saying, rather than polling in
+    silence."""
     if not queued:
         return False
     try:
-        return not await live_workers(services(request).redis)
+        found = services(request)
+        return not of_model(await live_workers(found.redis), found.settings.model_id)
     except DEPENDENCY_ERRORS:  # Redis down: the page still shows what the database knows
         return False
 
