@@ -211,7 +211,8 @@ class Settings:
         default="admin@example.com", description="The admin account's email, ensured at start"
     )
     admin_password: str = Field(
-        default=DEV_ADMIN_PASSWORD, description="The admin account's password: a real one (8+ characters) in production"
+        default=DEV_ADMIN_PASSWORD,
+        description="The admin account's password, at most 128 characters: a real one (8+) in production",
     )
     login_attempts_per_account: PositiveInt = Field(
         default=5, description="Failed sign-ins allowed per account within `LOGIN_WINDOW_SECONDS` (then 429)"
