@@ -31,6 +31,8 @@ OPENVINO_CACHE_FORMAT = 1
 STALE_TEMP_SECONDS = 3600
 # OpenVINO's devices that run on others: `AUTO`, `AUTO:GPU,CPU`, `MULTI:GPU,CPU`, `HETERO:GPU,CPU`, `BATCH:GPU(4)`.
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+# Those that pass the CPU's own properties on to it (DEVICE_PROPERTIES); BATCH refuses them.
+PASSING_CPU_PROPERTIES = ("AUTO", "MULTI", "HETERO")
 
 
 class OpenVINOClassifier(Classifier):
@@ -201,12 +203,13 @@ def load_openvino(
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
     if precision:
         config["INFERENCE_PRECISION_HINT"] = precision
+    # OpenVINO pins its threads to the first cores of the process's affinity, the same ones in every process:
+    # two workers of one thread each would share one core. The kernel places them instead.
+    cpu: dict[str, Any] = {"ENABLE_CPU_PINNING": False} | ({"INFERENCE_NUM_THREADS": threads} if threads > 0 else {})
     if device == "CPU":  # the CPU's properties: other devices refuse them
-        if threads > 0:
-            config["INFERENCE_NUM_THREADS"] = threads
-        # OpenVINO pins its threads to the first cores of the process's affinity, the same ones in every
-        # process: two workers of one thread each would share one core. The kernel places them instead.
-        config["ENABLE_CPU_PINNING"] = False
+        config |= cpu
+    elif device.split(":")[0] in PASSING_CPU_PROPERTIES:  # one that may run on the CPU takes them for it
+        config["DEVICE_PROPERTIES"] = {"CPU": cpu}
 
     model = None
     cache_hit = xml.is_file() and xml.with_suffix(".bin").is_file()
