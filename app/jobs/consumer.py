@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 from app import keys
 from app.background import Every
 from app.jobs.cleanup_scripts import FORGET_IF_EMPTY, FORGET_IF_IDLE, FORGET_IF_QUIET
+from app.jobs.pending import DECLINED, idle_entries
 from app.jobs.protocol import (
     JOBS_PER_COMMAND,
     Heartbeat,
@@ -44,8 +45,6 @@ INTERACTIVE_LINGER_S = 300
 # How often pending entries are checked for dead workers' jobs.
 RECLAIM_EVERY = 1.0
 DEAD_LETTER_MAXLEN = 100_000
-# With a model id, the consumer that holds the jobs a worker left for one of that model (Consumer.decline).
-DECLINED = "declined-for:"
 
 # How often the consumers of workers gone (each worker process is one) are removed from the groups.
 SWEEP_CONSUMERS_EVERY = 60.0
@@ -202,23 +201,16 @@ class Consumer:
         """The stream's jobs to take over, and whether the one job taken must be run alone. A job taken over
         before and lost again may be one that kills workers (a segfault, the OOM killer): it is taken alone,
         and only when nothing else is (`first`), so that it uses up its own deliveries and no batch-mate's."""
-        idle = self.limits.claim_idle_ms
-        try:
-            pending: list[dict[str, Any]] = await self.redis.xpending_range(
-                stream, keys.WORKERS_GROUP, min="-", max="+", count=count, idle=idle
-            )
+        idle, limit = self.limits.claim_idle_ms, self.limits.max_deliveries
+        try:  # held for another model's workers: given up on once none took it in MAX_DELIVERIES x CLAIM_IDLE
+            found = await idle_entries(self.redis, stream, self.model_id, count, idle, limit * idle)
         except ResponseError as exc:
             if not missing_group(exc):
                 raise
             await ensure_group(self.redis, stream)  # new since the last look: nothing of it is pending
             return [], False
-        limit = self.limits.max_deliveries
-        # Held for another model's workers: not taken again here (that would use up its deliveries before one
-        # of them came), but given up on once none took it in MAX_DELIVERIES x CLAIM_IDLE.
-        held = [p for p in pending if _held_for_other(as_text(p["consumer"]), self.model_id)]
-        declined = {p["message_id"] for p in held if p["time_since_delivered"] >= limit * idle}
-        pending = [p for p in pending if p not in held]
-        exhausted = [p["message_id"] for p in pending if p["times_delivered"] >= limit] + sorted(declined)
+        pending, declined = found.pending, found.declined
+        exhausted = [p["message_id"] for p in pending if p["times_delivered"] >= limit] + declined
         if exhausted:
             # Claimed first: if two workers look at once, only the one that wins the claim dead-letters it.
             mine = cast(
@@ -325,10 +317,6 @@ class Consumer:
             pipe.delete(keys.heartbeat(self.name))
             pipe.zrem(keys.WORKER_NAMES, self.name)
             await pipe.execute()
-
-
-def _held_for_other(consumer: str, model_id: str) -> bool:
-    return consumer.startswith(DECLINED) and consumer != DECLINED + model_id
 
 
 def _by_stream(deliveries: list[Delivery]) -> dict[str, list[Any]]:

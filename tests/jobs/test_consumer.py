@@ -4,6 +4,7 @@ workers last looked loses none of the batch's jobs. On a Redis server of the mod
 from __future__ import annotations
 
 import asyncio
+from unittest.mock import ANY
 
 import pytest
 from redis.asyncio import Redis
@@ -135,3 +136,28 @@ async def test_a_stream_deleted_as_a_worker_reads_it_is_not_made_again(redis62: 
     assert await consumer.next_batch() == []
     assert await consumer._xread([keys.jobs(10)], 1) == []
     assert not await redis62.exists(keys.jobs(10))
+
+
+async def test_a_dead_workers_job_behind_a_batch_of_jobs_held_for_another_model_is_taken_over(
+    redis62: Redis,
+) -> None:
+    """Found in review: the look for idle jobs read the first MAX_BATCH pending entries of each stream, jobs held
+    for another model's workers among them, so with that many held at its head (two web versions live at once)
+    a dead worker's job behind them was never taken over until those were taken or dead-lettered."""
+    limits = Limits(max_batch=4, claim_idle_ms=100, max_deliveries=100)  # held ones fail only after 10 s
+    stream = keys.jobs(1)
+    await new_group(redis62, stream)
+    for job in jobs(limits.max_batch + 2):
+        await enqueue(redis62, 1, job)
+    old = Consumer(redis62, "old", limits, "m")
+    await old.decline(await old._xread([stream], limits.max_batch + 1), "other")
+    [lost] = await Consumer(redis62, "dead", limits, "m")._xread([stream], 1)
+    await asyncio.sleep(2 * limits.claim_idle_ms / 1000)
+    taken = await Consumer(redis62, "alive", limits, "m").next_batch()
+    assert [d.entry_id for d in taken] == [lost.entry_id]
+    assert await redis62.xpending(stream, keys.WORKERS_GROUP) == {
+        "pending": limits.max_batch + 2,
+        "min": ANY,
+        "max": ANY,
+        "consumers": [{"name": b"alive", "pending": 1}, {"name": b"declined-for:other", "pending": 5}],
+    }
