@@ -10,7 +10,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
@@ -110,9 +110,17 @@ async def live_workers(redis: Redis) -> list[Heartbeat]:
     return [Heartbeat(**{k: v for k, v in json.loads(raw).items() if k in known}) for raw in beats if raw]
 
 
-def of_model(workers: list[Heartbeat], model_id: str) -> list[Heartbeat]:
-    """The workers that answer jobs of `model_id`: a worker leaves another model's (app/worker/loop.py)."""
-    return [worker for worker in workers if worker.model_id == model_id]
+class Workers(NamedTuple):
+    """The live workers, by name: `mine` answer jobs of the app's model; `others` run another model and leave
+    them (app/worker/loop.py), so they are no capacity of this app's."""
+
+    mine: list[Heartbeat]
+    others: list[Heartbeat]
+
+
+async def workers_of(redis: Redis, model_id: str) -> Workers:
+    workers = sorted(await live_workers(redis), key=lambda worker: worker.name)
+    return Workers([w for w in workers if w.model_id == model_id], [w for w in workers if w.model_id != model_id])
 
 
 @dataclass(frozen=True)
@@ -150,7 +158,7 @@ class Backlog:
 
 async def read_backlog(redis: Redis, model_id: str) -> Backlog:
     """Only the workers of `model_id` count: the others never take its jobs."""
-    workers = of_model(await live_workers(redis), model_id)
+    workers = (await workers_of(redis, model_id)).mine
     rate = sum(w.images_per_second or ASSUMED_WORKER_RATE for w in workers)
     streams = await interactive_streams(redis)
     lengths = dict(zip(streams, await _lengths(redis, streams), strict=True))

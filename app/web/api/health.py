@@ -10,8 +10,7 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from tortoise import connections
 
-from app.jobs.producer import live_workers, of_model, queue_depth
-from app.jobs.protocol import Heartbeat
+from app.jobs.producer import Workers, queue_depth, workers_of
 from app.web.api.schemas import Health, Readiness, WorkerBackend
 from app.web.deps import services
 
@@ -39,20 +38,18 @@ async def _database_ok() -> bool:
 async def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
     database = await _database_ok()
     redis = False
-    beats: list[Heartbeat] = []
+    workers = Workers([], [])
     depth: int | None = None
     model = services(request).settings.model_id
     with contextlib.suppress(Exception):
         redis_client = services(request).redis
-        beats, depth = await live_workers(redis_client), await queue_depth(redis_client)
+        workers, depth = await workers_of(redis_client, model), await queue_depth(redis_client)
         redis = True
-    mine = sorted(of_model(beats, model), key=lambda b: b.name)
-    ok = database and redis and len(mine) > 0
-    backends = [WorkerBackend(b.name, b.backend, b.engine, b.backend_choice) for b in mine]
-    counted = {b.name for b in mine}
-    others = {b.name: b.model_id for b in sorted(beats, key=lambda b: b.name) if b.name not in counted}
+    ok = database and redis and len(workers.mine) > 0
+    backends = [WorkerBackend(b.name, b.backend, b.engine, b.backend_choice) for b in workers.mine]
+    others = {b.name: b.model_id for b in workers.others}
     status = "ready" if ok else "not ready"
-    checks = Readiness(database, redis, len(mine), depth, status, backends, model, others)
+    checks = Readiness(database, redis, len(workers.mine), depth, status, backends, model, others)
     if ok:
         return Response(checks)
     # Like every 503 of this service, it says when to ask again.

@@ -20,7 +20,7 @@ from litestar.response import Stream, Template
 from tortoise.functions import Count
 
 from app import collections, predictions
-from app.jobs.producer import live_workers, of_model
+from app.jobs.producer import workers_of
 from app.models import Collection, CollectionStatus, Prediction, Status
 from app.outages import DEPENDENCY_ERRORS
 from app.schemas import UNTRAINED_WEIGHTS, weights_trained
@@ -76,7 +76,7 @@ async def waiting_without_worker(request: AnyRequest, queued: int) -> bool:
         return False
     try:
         found = services(request)
-        return not of_model(await live_workers(found.redis), found.settings.model_id)
+        return not (await workers_of(found.redis, found.settings.model_id)).mine
     except DEPENDENCY_ERRORS:  # Redis down: the page still shows what the database knows
         return False
 
