@@ -19,8 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from app.jobs.producer import live_workers, queue_depth
-from app.jobs.protocol import BATCH_SIZE_BUCKETS, INFERENCE_SECONDS_BUCKETS, Heartbeat
+from app.jobs.producer import Workers, queue_depth, workers_of
+from app.jobs.protocol import BATCH_SIZE_BUCKETS, INFERENCE_SECONDS_BUCKETS
 from app.jobs.results import cache_hits
 from app.models import Prediction, Status
 from app.settings import Settings, is_loopback
@@ -42,11 +42,13 @@ def _histogram(
 
 
 class QueueCollector(Collector):
-    """A snapshot of Redis taken by the scrape."""
+    """A snapshot of Redis taken by the scrape. The worker count and the histograms are of the workers of this
+    app's model (its capacity); the series of each worker cover every live one, with its model as a label."""
 
-    def __init__(self, depth: int, workers: list[Heartbeat], hits: int, waiting: int = 0) -> None:
+    def __init__(self, depth: int, workers: Workers, hits: int, waiting: int = 0) -> None:
         self.depth = depth
-        self.workers = workers
+        self.workers = workers.mine
+        self.everyone = workers.mine + workers.others
         self.hits = hits
         self.waiting = waiting
 
@@ -58,18 +60,20 @@ class QueueCollector(Collector):
             "The workers' whole backlog: jobs on the streams and images waiting in the database for them",
             value=self.depth + self.waiting,
         )
-        yield GaugeMetricFamily("app_workers_live", "Workers with a live heartbeat", value=len(self.workers))
+        yield GaugeMetricFamily(
+            "app_workers_live", "Live workers of this app's model (the others leave its jobs)", value=len(self.workers)
+        )
         yield CounterMetricFamily("app_cache_hits", "Uploads answered from the result cache", value=self.hits)
         # Speed while busy, not throughput: rate(app_worker_images_total[1m]) is that.
         rate = GaugeMetricFamily(
             "app_worker_images_per_second",
             "Speed when busy: images/s of inference over recent batches",
-            labels=["worker"],
+            labels=["worker", "model"],
         )
-        images = CounterMetricFamily("app_worker_images", "Images classified", labels=["worker"])
-        for worker in self.workers:
-            rate.add_metric([worker.name], worker.images_per_second)
-            images.add_metric([worker.name], worker.images)
+        images = CounterMetricFamily("app_worker_images", "Images classified", labels=["worker", "model"])
+        for worker in self.everyone:
+            rate.add_metric([worker.name, worker.model_id], worker.images_per_second)
+            images.add_metric([worker.name, worker.model_id], worker.images)
         yield rate
         yield images
         yield _histogram(
@@ -111,8 +115,7 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     redis = services(request).redis
     snapshot = CollectorRegistry()
     waiting = await Prediction.filter(status=Status.QUEUED, enqueued_at__isnull=True).count()
-    snapshot.register(
-        QueueCollector(await queue_depth(redis), await live_workers(redis), await cache_hits(redis), waiting)
-    )
+    workers = await workers_of(redis, settings.model_id)
+    snapshot.register(QueueCollector(await queue_depth(redis), workers, await cache_hits(redis), waiting))
     body = _request_metrics(settings.prometheus_multiproc_dir) + generate_latest(snapshot)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -97,3 +97,20 @@ async def test_admin_lists_past_their_last_page_say_so(admin_browser: Client) ->
             assert page.status_code == 200, path
             assert "No feedback" not in page.text and "<tbody>" not in page.text, path
             assert "There is nothing on page 999999." in page.text and first in page.text, path
+
+
+async def test_workers_of_another_model_are_listed_apart_and_not_counted(
+    admin_browser: Client, no_worker: None, redis: Redis, settings: Settings
+) -> None:
+    """Found in review: the status counted a worker of another model as one of this app's, and told nothing of
+    it: its jobs never go there, so with only such a worker nothing is classified, yet the page showed 1."""
+    other = Heartbeat(name="other-model-worker", model_id="another-model", started_at=time.time())
+    await beat(redis, other, ttl=30)
+    try:
+        page = (await admin_browser.get("/admin/status", headers=HX)).text
+    finally:
+        await forget_worker(redis, other.name)
+    assert "<dt>Workers</dt><dd>0 <small>and 1 of another model</small></dd>" in page
+    row = re.search(r"<td>other-model-worker</td>\s*<td>(.*?)</td>", page, flags=re.S)
+    assert row and row.group(1).startswith("another-model") and "jobs do not go to it" in row.group(1)
+    assert f"No worker of this app's model, {settings.model_id}, is running." in page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import httpx
 from litestar import Litestar
@@ -10,12 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from app import keys
+from app.jobs.protocol import BATCH_SIZE_BUCKETS, Heartbeat
 from app.models import Prediction, Status, User
 from app.settings import Settings
 from app.web.metrics import may_read_metrics
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import eventually
+from tests.helpers import beat, eventually, forget_worker
 
 
 def samples_of(text: str) -> dict[str, float]:
@@ -103,3 +105,31 @@ async def test_the_backlog_counts_images_waiting_in_the_database(
         await redis.delete(keys.FEED_LOCK)
         await Prediction.filter(id__in=[r.id for r in rows]).update(status=Status.FAILED)
     assert after["app_backlog{}"] == before["app_backlog{}"] + 2 == after["app_queue_depth{}"] + 2
+
+
+async def test_only_the_workers_of_this_apps_model_count_and_the_others_say_their_model(
+    client: httpx.AsyncClient, no_worker: None, redis: Redis, settings: Settings
+) -> None:
+    """Found in review: /metrics counted every live worker as this app's, a worker of another model too (it
+    leaves this app's jobs: no capacity of it), with nothing to tell them apart."""
+    counts = [1] + [0] * len(BATCH_SIZE_BUCKETS)  # one batch, in the first bucket
+    mine = Heartbeat("mine", settings.model_id, time.time(), batches=1, images=1, batch_size_counts=counts)
+    other = Heartbeat("other", "another-model", time.time(), batches=1, images=7, batch_size_counts=counts)
+    assert other.model_id != settings.model_id
+    for worker in (mine, other):
+        await beat(redis, worker, ttl=30)
+    try:
+        text = (await client.get("/metrics")).text
+    finally:
+        for worker in (mine, other):
+            await forget_worker(redis, worker.name)
+    metrics = samples_of(text)
+    assert metrics["app_workers_live{}"] == 1
+    assert (metrics["app_batch_size_count{}"], metrics["app_batch_size_sum{}"]) == (1, 1)
+    images = {
+        (s.labels["worker"], s.labels["model"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "app_worker_images_total"
+    }
+    assert images == {("mine", settings.model_id): 1, ("other", "another-model"): 7}

@@ -17,7 +17,7 @@ from tortoise.functions import Count, Sum
 from app import quotas
 from app.exports import CSV_PAGE, csv_bool, csv_text, spreadsheet_safe
 from app.feedback import FeedbackFilter
-from app.jobs.producer import dead_jobs, live_workers, queue_depth
+from app.jobs.producer import dead_jobs, queue_depth, workers_of
 from app.models import Feedback, Prediction, Status, User
 from app.outages import DEPENDENCY_ERRORS
 from app.schemas import weights_trained
@@ -138,22 +138,27 @@ async def throughput_context() -> dict[str, Any]:
 
 
 async def status_context(request: AnyRequest) -> dict[str, Any]:
-    redis = services(request).redis
+    """The workers of this app's model first and counted; those of another model listed after, marked: this
+    app's jobs do not go to them."""
+    redis, model_id = services(request).redis, services(request).settings.model_id
     context: dict[str, Any] = {
         **disk_context(services(request)),
         **(await throughput_context()),
         "queued": await Prediction.filter(status=Status.QUEUED).count(),
         "redis_ok": True,
         "now": time.time(),
+        "model_id": model_id,
     }
     try:
+        workers = await workers_of(redis, model_id)
         context.update(
-            workers=sorted(await live_workers(redis), key=lambda w: w.name),
+            workers=workers.mine + workers.others,
+            workers_mine=len(workers.mine),
             depth=await queue_depth(redis),
             dead=await dead_jobs(redis),
         )
     except DEPENDENCY_ERRORS:  # the panel says Redis is down rather than replacing itself with an error
-        context.update(redis_ok=False, workers=[], depth=None, dead=None)
+        context.update(redis_ok=False, workers=[], workers_mine=0, depth=None, dead=None)
     return context
 
 
