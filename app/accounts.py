@@ -88,7 +88,8 @@ async def register(email: str, password: str, name: str, address: str, throttle:
 
 async def authenticate(email: str, password: str, address: str, throttle: Throttle) -> User:
     """The user for these credentials; the same 401, after the same work, for an unknown email and a wrong
-    password; 429 past the failed sign-in limits, or past the account's sign-ins of any outcome."""
+    password; 429 past the failed sign-in limits, or past the account's sign-ins of any outcome from this
+    address (app/throttles.py sign_in_limits)."""
     email = normalize_email(email)
     limits = throttle.sign_in_limits(email, address)
     await throttle.take(limits)  # counted as failed unless it turns out otherwise
@@ -100,8 +101,10 @@ async def authenticate(email: str, password: str, address: str, throttle: Thrott
         with contextlib.suppress(Exception):
             await throttle.give_back(limits)
         raise
-    await throttle.forget(limits.failed_by_account)  # a success clears the account's count of failures
-    await throttle.give_back([limits.failed_by_address])  # the address's runs on, without this attempt
+    await throttle.forget(limits.failed_by_account_address)  # a success clears its address's failures here
+    # The others run on without this attempt. Not cleared account-wide: each sign-in of the owner would give
+    # anyone guessing from many addresses a fresh allowance.
+    await throttle.give_back([limits.failed_by_address, limits.failed_by_account])
     if new_hash:
         user.password_hash = new_hash
         await user.save(update_fields=["password_hash"])

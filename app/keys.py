@@ -51,15 +51,24 @@ def heartbeat(worker_name: str) -> str:
 
 
 def login_throttle_account(email: str) -> str:
+    """Failed sign-ins to an account from every address together."""
     return f"throttle:login:account:{email.lower()}"
+
+
+# The two below name an account and an address (app/throttles.py address_key), the address first: an IP
+# address or /64, the server's to know, never begins another followed by ":", so no two pairs make one key.
+def login_throttle_account_address(email: str, address: str) -> str:
+    """Failed sign-ins to an account from one address."""
+    return f"throttle:login:account-addr:{address}:{email.lower()}"
+
+
+def sign_ins_account_address(email: str, address: str) -> str:
+    """Sign-ins of any outcome to an account from one address."""
+    return f"throttle:sign-ins:account-addr:{address}:{email.lower()}"
 
 
 def login_throttle_address(address: str) -> str:
     return f"throttle:login:addr:{address}"
-
-
-def sign_ins_account(email: str) -> str:
-    return f"throttle:sign-ins:account:{email.lower()}"
 
 
 def register_throttle_address(address: str) -> str:

@@ -1,9 +1,6 @@
-"""Every setting, declared once: its type, its default and what it does.
-
-`load_settings()` reads them from the environment and a `.env` file in the working directory (the
-environment wins; an empty value means the default) through pydantic-settings: the only reader of the
-environment. `make settings-table` writes the README's table of them from the declarations below.
-"""
+"""Every setting, declared once: its type, its default and what it does. `load_settings()` reads them from
+the environment and a `.env` file in the working directory (the environment wins; empty means the default)
+through pydantic-settings, the only reader of the environment. `make settings-table` writes README's table."""
 
 from __future__ import annotations
 
@@ -65,8 +62,7 @@ def _hostname_pid() -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """The settings of a process. `Settings()` is every default; `load_settings()` reads the environment.
-    Each setting's environment variable is its name in capitals."""
+    """A process's settings (`Settings()`: every default); each one's environment variable is its name in capitals."""
 
     model_name: ClassVar[str] = "resnet50"  # not a setting: the one model the workers run
 
@@ -215,7 +211,11 @@ class Settings:
         description="The admin account's password, at most 128 characters: a real one (8+) in production",
     )
     login_attempts_per_account: PositiveInt = Field(
-        default=5, description="Failed sign-ins allowed per account within `LOGIN_WINDOW_SECONDS` (then 429)"
+        default=5, description="Failed sign-ins allowed per account and address in `LOGIN_WINDOW_SECONDS` (then 429)"
+    )
+    login_failures_per_account_all: PositiveInt = Field(
+        default=100,
+        description="Failed sign-ins per account from all addresses in `LOGIN_WINDOW_SECONDS` (then 429 for all)",
     )
     login_attempts_per_address: PositiveInt = Field(
         default=20, description="Failed sign-ins allowed per client address within `LOGIN_WINDOW_SECONDS` (then 429)"
@@ -224,9 +224,9 @@ class Settings:
         default=20, description="Sign-ups allowed per address per hour (then 429): bounds probing for taken emails"
     )
     sign_ins_per_account: PositiveInt = Field(
-        default=30, description="Sign-ins of any outcome allowed per account within `LOGIN_WINDOW_SECONDS` (then 429)"
+        default=30, description="Sign-ins of any outcome per account and address in `LOGIN_WINDOW_SECONDS` (then 429)"
     )
-    login_window_seconds: PositiveInt = Field(default=900, description="The failed sign-in limits' window, in seconds")
+    login_window_seconds: PositiveInt = Field(default=900, description="The sign-in limits' window, in seconds")
     htmx_url: str = Field(
         default="https://unpkg.com/htmx.org@2.0.4/dist/htmx.min.js",
         description="Where the pages load htmx from: the pinned file on its CDN (the pages fall back to the copy"

@@ -60,9 +60,10 @@ class Limit:
 
 
 class SignInLimits(NamedTuple):
-    failed_by_account: Limit
+    failed_by_account_address: Limit
     failed_by_address: Limit
-    by_account: Limit
+    failed_by_account: Limit
+    by_account_address: Limit
 
 
 class Throttle:
@@ -72,15 +73,33 @@ class Throttle:
         self._take = redis.register_script(_TAKE)
 
     def sign_in_limits(self, email: str, address: str) -> SignInLimits:
-        settings, window, address = self.settings, self.settings.login_window_seconds, address_key(address)
-        failed = "failed sign-ins"
+        """An account's own limits count per address too: counted per account alone, anyone naming one (the
+        admin's too) kept its owner out with five wrong passwords a window. Only the bound of all addresses
+        together, far higher, stops everyone: it bounds guessing one password from many addresses."""
+        settings, address = self.settings, address_key(address)
+
+        def limit(key: str, most: int, what: str) -> Limit:
+            return Limit(key, most, settings.login_window_seconds, what)
+
+        failed, here = "failed sign-ins", "to this account from this address"
         return SignInLimits(
-            Limit(keys.login_throttle_account(email), settings.login_attempts_per_account, window, failed),
-            Limit(keys.login_throttle_address(address), settings.login_attempts_per_address, window, failed),
+            limit(
+                keys.login_throttle_account_address(email, address),
+                settings.login_attempts_per_account,
+                f"{failed} {here}",
+            ),
+            limit(
+                keys.login_throttle_address(address), settings.login_attempts_per_address, f"{failed} from this address"
+            ),
+            limit(
+                keys.login_throttle_account(email),
+                settings.login_failures_per_account_all,
+                f"{failed} to this account from all addresses together",
+            ),
             # Right or wrong: each costs a password hash (133 ms here, on threads every sign-in shares) and,
             # once signed out, a revoked token kept in Redis for its life. Uncounted, one account signing in
             # and out in a loop kept those threads and grew Redis for as long as it went on.
-            Limit(keys.sign_ins_account(email), settings.sign_ins_per_account, window, "sign-ins to this account"),
+            limit(keys.sign_ins_account_address(email, address), settings.sign_ins_per_account, f"sign-ins {here}"),
         )
 
     def sign_up_limit(self, address: str) -> Limit:

@@ -48,8 +48,8 @@ ERROR_DESCRIPTIONS = {
     409: "Conflict: the email is taken, or the prediction is not finished yet",
     413: "Too large: the body, the image or the collection, or past your storage quota (`extra` has the numbers)",
     415: f"Not a supported image: send {ACCEPTED}",
-    429: "Too many sign-ins or sign-ups from here, too much sent at once, or past a quota (`extra` has the"
-    " numbers): see `Retry-After`",
+    429: "Too many sign-ins or sign-ups from here, failed sign-ins to the account from everywhere, too much sent"
+    " at once, or past a quota (`extra` has the numbers): see `Retry-After`",
     431: "Too many or too large headers",
     503: "No worker yet, the queue is full, the server holds as many uploads as it can, or a service this"
     " depends on is down; retry after `Retry-After`",

@@ -105,15 +105,87 @@ async def test_unknown_email_and_wrong_password_answer_alike(client: Client) -> 
     assert assert_error(wrong, 401)["detail"] == assert_error(unknown, 401)["detail"]
 
 
-async def test_failed_logins_are_throttled_per_account(client: Client, settings: Settings) -> None:
+async def test_failed_logins_are_throttled_per_account_and_address(client: Client, settings: Settings) -> None:
     email = unique_email()
     await sign_up(client, email)
     for _ in range(settings.login_attempts_per_account):
         assert (await client.post("/api/auth/login", json={"email": email, "password": "nope nope"})).status_code == 401
-    # Even the right password is refused until the window passes.
+    # Even the right password is refused from this address until the window passes.
     response = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
-    assert_error(response, 429)
+    assert "to this account from this address" in str(assert_error(response, 429)["detail"])
     assert int(response.headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("attacker", "neighbour", "owner"),
+    [
+        ("198.51.100.31", "198.51.100.31", "198.51.100.32"),
+        ("2001:db8:5:1::1", "2001:db8:5:1::2", "2001:db8:5:2::1"),  # the attacker's /64, and another
+    ],
+)
+async def test_an_address_locked_out_of_an_account_does_not_lock_out_its_owner(
+    app: Litestar, client: Client, settings: Settings, attacker: str, neighbour: str, owner: str
+) -> None:
+    """Found in review: failed sign-ins were counted per account alone, so anyone could keep anyone (the
+    admin too) out of their account with five wrong passwords a window, for as long as they kept at it.
+    They now lock out only the address they came from."""
+    email = unique_email()
+    await sign_up(client, email)
+    async with from_address(app, attacker) as prober:
+        for _ in range(settings.login_attempts_per_account):
+            wrong = await prober.post("/api/auth/login", json={"email": email, "password": "wrong wrong"})
+            assert wrong.status_code == 401
+    async with from_address(app, neighbour) as prober:
+        assert_error(await prober.post("/api/auth/login", json={"email": email, "password": PASSWORD}), 429)
+    async with from_address(app, owner) as signing_in:
+        assert (
+            await signing_in.post("/api/auth/login", json={"email": email, "password": PASSWORD})
+        ).status_code == 200
+
+
+async def test_anyone_using_up_an_accounts_sign_ins_does_not_lock_out_its_owner(
+    app: Litestar, client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: SIGN_INS_PER_ACCOUNT counted every sign-in naming the account, from anywhere, so
+    anyone could use it up with wrong passwords (under the failed limit of each of a few addresses)."""
+    throttle = app.state.services.throttle
+    monkeypatch.setattr(throttle, "settings", dataclasses.replace(settings, sign_ins_per_account=3))
+    email = unique_email()
+    assert (await client.post("/api/auth/register", json={"email": email, "password": PASSWORD})).status_code == 201
+    async with from_address(app, "198.51.100.34") as prober:
+        for _ in range(3):
+            wrong = await prober.post("/api/auth/login", json={"email": email, "password": "wrong wrong"})
+            assert wrong.status_code == 401
+        refused = await prober.post("/api/auth/login", json={"email": email, "password": PASSWORD})
+    assert "sign-ins to this account from this address" in str(assert_error(refused, 429)["detail"])
+    assert (await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})).status_code == 200
+
+
+async def test_failed_sign_ins_from_many_addresses_are_still_bounded_together(
+    app: Litestar, client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted per address alone, guessing one password from many addresses would have no bound: all of
+    them together have LOGIN_FAILURES_PER_ACCOUNT_ALL, then everyone is refused, the owner too. The owner
+    signing in meanwhile does not start that count afresh."""
+    throttle = app.state.services.throttle
+    monkeypatch.setattr(throttle, "settings", dataclasses.replace(settings, login_failures_per_account_all=6))
+    email = unique_email()
+    assert (await client.post("/api/auth/register", json={"email": email, "password": PASSWORD})).status_code == 201
+    wrong, right = {"email": email, "password": "wrong wrong"}, {"email": email, "password": PASSWORD}
+    codes = []
+    for host in range(41, 44):  # two failures from each, well under its own limit
+        async with from_address(app, f"198.51.100.{host}") as guesser:
+            codes += [(await guesser.post("/api/auth/login", json=wrong)).status_code for _ in range(2)]
+        if host == 42:
+            assert (await client.post("/api/auth/login", json=right)).status_code == 200
+    assert codes == [401] * 6
+    for address in ("198.51.100.44", "2001:db8:5:3::1"):
+        async with from_address(app, address) as guesser:
+            refused = await guesser.post("/api/auth/login", json=wrong)
+        assert "to this account from all addresses together" in str(assert_error(refused, 429)["detail"])
+    refused = await client.post("/api/auth/login", json=right)
+    assert "from all addresses together" in str(assert_error(refused, 429)["detail"])
+    assert int(refused.headers["Retry-After"]) > 0
 
 
 async def test_sign_ins_to_one_account_are_bounded_whatever_their_outcome(
@@ -451,11 +523,11 @@ async def test_sign_ins_refused_for_their_address_leave_nothing_in_redis(client:
     from app import keys
 
     await redis.set(keys.login_throttle_address("127.0.0.1"), 10_000, ex=60)  # the test client's
-    before = [key async for key in redis.scan_iter(match="throttle:*account:*", count=1000)]
+    before = [key async for key in redis.scan_iter(match="throttle:*account*", count=1000)]
     for _ in range(20):
         response = await client.post("/api/auth/login", json={"email": unique_email(), "password": PASSWORD})
         assert_error(response, 429)
-    after = [key async for key in redis.scan_iter(match="throttle:*account:*", count=1000)]
+    after = [key async for key in redis.scan_iter(match="throttle:*account*", count=1000)]
     assert len(after) == len(before)
 
 
