@@ -238,13 +238,18 @@ def safe_next(target: str | None) -> str:
 
 
 def current_page(request: AnyRequest) -> str:
-    """The path of the page a swap or a form post was made from (htmx's HX-Current-URL), or "/". The
-    header is the client's to write: one that does not parse as a URL is no page."""
+    """The path and query of the page a swap or a form post was made from (htmx's HX-Current-URL), or "/".
+    Its scheme and host are not compared with the request's (htmx's `current_url_abs_path` does): behind
+    a proxy that ends TLS the page is https and the request http, and every swap went back to "/". Only
+    the path is used, and `safe_next` keeps it here. The header is the client's to write: one that does
+    not parse as a URL is no page."""
     htmx = getattr(request, "htmx", None)
     try:
-        return (htmx.current_url_abs_path if htmx else None) or "/"
+        page = urlsplit((htmx.current_url if htmx else None) or "")
     except ValueError:
         return "/"
+    here = page.path + (f"?{page.query}" if page.query else "")
+    return here or "/"
 
 
 def login_url(request: AnyRequest) -> str:

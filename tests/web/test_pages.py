@@ -62,6 +62,31 @@ async def test_signed_out_pages_redirect_to_login_and_back(browser: Client, path
     assert swapped.status_code == 200 and swapped.headers["HX-Redirect"] == "/login?next=%2Fhistory"
 
 
+BACK_TO_PAGE = "/login?next=%2Fhistory%3Fpage%3D2"
+
+
+@pytest.mark.parametrize(
+    ("current", "redirect"),
+    [
+        ("https://testserver/history?page=2#top", BACK_TO_PAGE),  # behind a proxy that ends TLS
+        ("http://images.example.com:8080/history?page=2", BACK_TO_PAGE),  # the proxy's host, not the app's
+        ("/history?page=2", BACK_TO_PAGE),
+        ("https://testserver/login?next=%2Fhistory", "/login"),  # never back to the account forms
+        ("https://testserver//evil.example/x", "/login"),  # read as a path, another host
+        ("https://testserver/history?label=" + "a" * 2100, "/login"),  # past NEXT_MAX
+    ],
+)
+async def test_a_signed_out_swap_goes_to_sign_in_and_back_to_its_page(
+    browser: Client, current: str, redirect: str
+) -> None:
+    """Found in review: a swap's page was taken from HX-Current-URL only when its scheme and host were the
+    request's own, so behind a proxy that ends TLS (the page https, the request http) a session that expired
+    with a page open went to /login without `next`, and signing in led to / instead of back to the page."""
+    for method, path in [("GET", "/history"), ("POST", "/")]:
+        response = await browser.request(method, path, headers=HX | {"HX-Current-URL": current})
+        assert response.status_code == 200 and response.headers["HX-Redirect"] == redirect, (method, path)
+
+
 async def test_a_long_page_address_still_leads_to_the_sign_in_form(browser: Client) -> None:
     """Found in review: a signed-out visit to a page whose address was over 2,000 characters was sent to
     /login?next=<that address>, which answered 400 (`next` is at most 2,000 characters) instead of the form."""
