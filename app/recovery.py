@@ -5,6 +5,8 @@ originals (the database is the system of record, Redis is not)."""
 from __future__ import annotations
 
 import logging
+import math
+import time
 from datetime import UTC, datetime, timedelta
 
 from app import keys
@@ -14,33 +16,56 @@ from app.models import Prediction, Status
 from app.services import Services
 
 log = logging.getLogger(__name__)
+# Rows read at a time: a round goes on batch after batch while they come full, so memory stays bounded
+# and a Redis restarted empty has its 10,000 lost jobs handed back in one round, not BATCH a round (50 min).
 BATCH = 200
 
 
-async def requeue_stale(services: Services) -> int:
+async def requeue_stale(services: Services, until: float = math.inf) -> int:
     """Hand back to the feeder the predictions that went on a stream more than REQUEUE_AFTER ago and whose
-    job Redis no longer has. Should one turn out a duplicate, it costs a model call but never a second
-    result: workers only finish queued rows."""
+    job Redis no longer has, BATCH at a time while batches come full and time.monotonic() is before `until`.
+    Should one turn out a duplicate, it costs a model call but never a second result: workers only finish
+    queued rows. The feeder puts them on the streams within its own bounds (app/feeder.py)."""
     cutoff = datetime.now(UTC) - timedelta(seconds=services.settings.requeue_after)
-    stale = await Prediction.filter(status=Status.QUEUED, enqueued_at__lt=cutoff).order_by("created_at").limit(BATCH)
-    lost = []
-    for prediction in stale:
-        if await producer.has_job(services.redis, str(prediction.id)):
-            # Still on a stream (waiting, or reclaimable from a dead worker): look again later.
-            await Prediction.filter(id=prediction.id).update(enqueued_at=datetime.now(UTC))
-        else:
-            lost.append(prediction.id)
+    handed_back = 0
+    while True:
+        looked, lost = await _requeue_batch(services, cutoff)
+        handed_back += lost
+        if looked < BATCH or time.monotonic() >= until:
+            break
+    if handed_back:
+        log.warning("handed %d stale queued predictions back to the feeder", handed_back)
+    return handed_back
+
+
+async def _requeue_batch(services: Services, cutoff: datetime) -> tuple[int, int]:
+    """One batch: how many stale predictions it looked at, and how many of them it handed back. Each one
+    looked at leaves the next batch's query (marked just looked at, or handed back)."""
+    stale = await (
+        Prediction.filter(status=Status.QUEUED, enqueued_at__lt=cutoff)
+        .order_by("created_at")
+        .limit(BATCH)
+        .values_list("id", flat=True)
+    )
+    ids = [str(prediction_id) for prediction_id in stale]
+    on_streams = await producer.with_jobs(services.redis, ids)
+    # Still on a stream (waiting, or reclaimable from a dead worker): look again later.
+    still = [i for i in ids if i in on_streams]
+    lost = [i for i in ids if i not in on_streams]
+    if still:
+        await Prediction.filter(id__in=still).update(enqueued_at=datetime.now(UTC))
     if lost:
         await Prediction.filter(id__in=lost, status=Status.QUEUED).update(enqueued_at=None)
-        services.nudge_feeder()
-        log.warning("handed %d of %d stale queued predictions back to the feeder", len(lost), len(stale))
-    return len(lost)
+        services.nudge_feeder()  # feeding starts while later batches are looked at
+    return len(ids), len(lost)
 
 
 async def _requeue_round(services: Services, every: float) -> None:
+    lock_s = max(int(every), 1)
     try:
-        if await services.redis.set(keys.REQUEUE_LOCK, "1", nx=True, ex=max(int(every), 1)):
-            await requeue_stale(services)
+        if await services.redis.set(keys.REQUEUE_LOCK, "1", nx=True, ex=lock_s):
+            # Done well within the lock's time, so that no other process starts a round meanwhile.
+            await requeue_stale(services, until=time.monotonic() + lock_s / 2)
     except Exception:  # a dependency is down: try again next round
         log.warning("could not look for stale predictions", exc_info=True)
 

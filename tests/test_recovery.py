@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
 
 from app import keys, recovery
 from app.feeder import feed
+from app.files import store_original
 from app.jobs import producer
 from app.jobs.protocol import all_streams, connect
-from app.models import Prediction, Status
+from app.models import Prediction, Status, User
 from app.settings import Settings
 from app.throttles import Throttle
 from tests import samples
-from tests.conftest import running_worker
+from tests.conftest import reset_queue, running_worker
 from tests.helpers import eventually
 
 
@@ -64,8 +68,6 @@ async def test_stale_queued_predictions_go_back_to_the_feeder(
 async def test_a_missing_original_fails_the_prediction_clearly(
     client: httpx.AsyncClient, auth: dict[str, str], app: Litestar, no_worker: None, redis: Redis
 ) -> None:
-    from app.models import User
-
     user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
     prediction = await Prediction.create(
         user=user, image_sha256="f" * 64, image_path="ff/missing.jpg", model_name="resnet50", model_weights="random"
@@ -120,3 +122,71 @@ async def test_lost_collection_items_go_back_on_their_owners_bulk_stream(
 
     await eventually(back_on_the_bulk_stream, what="the items back on their owner's bulk stream")
     assert not await redis.exists(keys.jobs(user_id))  # not ahead of anyone's single uploads
+
+
+async def lost_predictions(user: User, settings: Settings, count: int) -> list[Prediction]:
+    """`count` predictions of distinct stored images, put on a stream long ago and lost with it."""
+    made = []
+    for seed in range(count):
+        data = samples.photo(31_000 + seed, (64, 48), "PNG")
+        sha256 = hashlib.sha256(data).hexdigest()
+        store_original(data, f"{sha256[:2]}/{sha256}.png", settings.upload_dir)
+        made.append(
+            await Prediction.create(
+                user=user,
+                image_sha256=sha256,
+                image_path=f"{sha256[:2]}/{sha256}.png",
+                model_name=settings.model_name,
+                model_weights=settings.model_weights,
+                enqueued_at=datetime.now(UTC) - timedelta(days=30),
+            )
+        )
+    return made
+
+
+async def test_one_round_hands_back_every_lost_prediction_a_batch_at_a_time(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    app: Litestar,
+    no_worker: None,
+    redis: Redis,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: after Redis restarted empty, a round handed back BATCH (200) lost predictions, and
+    rounds come a minute apart: 10,000 accepted jobs took 50 minutes to be queued again. A round now goes
+    on batch after batch, each read LIMITed to BATCH (bounded memory), and the feeder still puts no more
+    than its window on the stream."""
+    monkeypatch.setattr(recovery, "BATCH", 3)
+    read: list[int] = []
+    one_batch = recovery._requeue_batch
+
+    async def counted(*args: Any) -> tuple[int, int]:
+        looked, lost = await one_batch(*args)
+        read.append(looked)
+        return looked, lost
+
+    monkeypatch.setattr(recovery, "_requeue_batch", counted)
+    services = app.state.services
+    services.settings = dataclasses.replace(settings, feed_window=4)
+    user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
+    await redis.set(keys.FEED_LOCK, "this test", ex=60)  # the feeder stays out until they are all handed back
+    try:
+        made = await lost_predictions(user, settings, 10)
+        assert await recovery.requeue_stale(services, until=0) == 3  # past its time: one batch, no more
+        assert await recovery.requeue_stale(services) == 7  # the rest in one call
+        assert read == [3, 3, 3, 1]  # each batch read at most BATCH rows
+        assert await Prediction.filter(id__in=[p.id for p in made], enqueued_at__isnull=True).count() == 10
+        await redis.delete(keys.FEED_LOCK)
+        stream = keys.bulk_jobs(user.id)
+
+        async def a_window_fed() -> bool:
+            return await redis.xlen(stream) >= 4
+
+        await eventually(a_window_fed, seconds=10, what="the feeder to enqueue a window of them again")
+        await asyncio.sleep(0.6)  # more feeder rounds: still its window, no more
+        assert await redis.xlen(stream) == 4
+    finally:
+        services.settings = settings
+        await redis.delete(keys.FEED_LOCK)
+        await reset_queue(redis)

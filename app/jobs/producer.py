@@ -59,6 +59,15 @@ async def has_job(redis: Redis, prediction_id: str) -> bool:
     return bool(await redis.exists(keys.queued_marker(prediction_id)))
 
 
+async def with_jobs(redis: Redis, prediction_ids: list[str]) -> set[str]:
+    """Those of `prediction_ids` whose job is on a stream, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for prediction_id in prediction_ids:
+            pipe.exists(keys.queued_marker(prediction_id))
+        found = await pipe.execute()
+    return {prediction_id for prediction_id, n in zip(prediction_ids, found, strict=True) if n}
+
+
 async def enqueue_bulk(redis: Redis, user_id: int, jobs: list[Job], enqueued: list[Job] | None = None) -> None:
     """Bulk work goes on the user's own stream, which workers read only when interactive work is done;
     JOBS_PER_COMMAND at a time, each with its markers or not at all. `enqueued` gets the jobs that went on,
