@@ -28,3 +28,8 @@ def database_busy(exc: BaseException) -> bool:
     """SQLite's write lock held by another connection for longer than its busy timeout (5 s): the database is
     busy for now, not down and not wrong. Its other errors (a bad statement) are OperationalErrors too."""
     return isinstance(exc, OperationalError) and "database is locked" in str(exc)
+
+
+def dependency_down(exc: BaseException) -> bool:
+    """Redis or the database is down or busy for now (what the web app answers with 503)."""
+    return isinstance(exc, DEPENDENCY_ERRORS) or database_busy(exc)

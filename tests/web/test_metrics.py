@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import httpx
+import pytest
 from litestar import Litestar
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
+from tortoise import connections
+from tortoise.exceptions import DBConnectionError
 
 from app import keys
-from app.jobs.protocol import BATCH_SIZE_BUCKETS, Heartbeat
+from app.jobs.protocol import BATCH_SIZE_BUCKETS, Heartbeat, connect
 from app.models import Prediction, Status, User
 from app.settings import Settings
 from app.web.metrics import may_read_metrics
@@ -133,3 +137,50 @@ async def test_only_the_workers_of_this_apps_model_count_and_the_others_say_thei
         if s.name == "app_worker_images_total"
     }
     assert images == {("mine", settings.model_id): 1, ("other", "another-model"): 7}
+
+
+REDIS_FIGURES = ("app_queue_depth{}", "app_backlog{}", "app_workers_live{}", "app_cache_hits_total{}")
+
+
+async def test_with_redis_down_the_metrics_still_answer_without_its_figures(
+    client: httpx.AsyncClient, app: Litestar
+) -> None:
+    """Found in review: /metrics answered 503 as a whole while Redis was down, which hid the request
+    metrics (latency, errors) just when an operator needs them. Now 200, with `app_redis_up 0`, the
+    database's figures, and none of the figures from Redis (left out, not zero)."""
+    assert (await client.get("/api/labels", params={"q": "cat"})).status_code == 200  # a request to count
+    services = app.state.services
+    working = services.redis
+    services.redis = connect("redis://127.0.0.1:1/0")  # nothing listens there
+    try:
+        response = await client.get("/metrics")
+    finally:
+        await services.redis.aclose()
+        services.redis = working
+    assert response.status_code == 200, response.text
+    metrics = samples_of(response.text)
+    assert metrics["app_redis_up{}"] == 0 and metrics["app_database_up{}"] == 1
+    assert "app_waiting{}" in metrics
+    assert not [name for name in REDIS_FIGURES if name in metrics]
+    assert any(k.startswith("app_requests_total{") and "path=/api/labels" in k for k in metrics)
+    again = samples_of((await client.get("/metrics")).text)
+    assert again["app_redis_up{}"] == 1 and all(name in again for name in REDIS_FIGURES)
+
+
+async def test_with_the_database_down_the_metrics_still_answer_without_its_figures(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Likewise the database: `app_database_up 0`, Redis's figures, and no `app_waiting` or `app_backlog`
+    (which counts the images waiting there)."""
+
+    async def database_away(*args: Any, **kwargs: Any) -> None:
+        raise DBConnectionError("the database went away")
+
+    monkeypatch.setattr(connections.get("default"), "execute_query", database_away)
+    response = await client.get("/metrics")
+    monkeypatch.undo()
+    assert response.status_code == 200, response.text
+    metrics = samples_of(response.text)
+    assert metrics["app_database_up{}"] == 0 and metrics["app_redis_up{}"] == 1
+    assert "app_waiting{}" not in metrics and "app_backlog{}" not in metrics
+    assert "app_queue_depth{}" in metrics and "app_workers_live{}" in metrics
