@@ -169,15 +169,13 @@ class Settings:
     )
     claim_idle_ms: PositiveInt = Field(
         default=30_000,
-        description="A job unacknowledged this long (ms) is taken over by another worker: longer than the"
-        " slowest batch",
+        description="A job unacknowledged this long (ms) goes to another worker: longer than the slowest batch",
     )
     max_deliveries: PositiveInt = Field(
         default=3, description="Deliveries before a job is dead-lettered and its prediction marked failed"
     )
-    batch_timeout: float = Field(
+    batch_timeout: PositiveFloat = Field(
         default=120.0,
-        gt=0,
         description="Seconds one batched inference may take; past it the backend is hung:"
         " the worker exits (code 3; `make run` starts another) and other workers take its jobs over",
     )
@@ -199,7 +197,9 @@ class Settings:
         description="A prediction still queued this many seconds after it was put on a stream goes back to the"
         " feeder, which enqueues it again from its stored original (a Redis restart loses no accepted work)",
     )
-    result_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a result answers its owner's new uploads of it")
+    result_ttl: NonNegativeInt = Field(
+        default=7 * 24 * 3600, le=36_500 * 86_400, description="Seconds a result answers its owner's new uploads of it"
+    )  # 100 years: far longer, the time it counts from fell before the year 1 (500 for an image seen before)
     heartbeat_ttl: PositiveInt = Field(
         default=10, description="Seconds a worker's heartbeat lives; workers refresh it three times as often"
     )

@@ -90,12 +90,15 @@ def test_bad_values_raise_settings_error_naming_the_variable(
         ("WEB_PROCESSES", "0"),
         ("STORED_HIGH_WATER", "0"),
         ("STORED_HIGH_WATER", "3"),
+        ("RESULT_TTL", "-1"),  # behaved as 0
+        ("RESULT_TTL", "100000000000"),  # 3,000 years: every upload of an image seen before answered 500
         ("DATABASE_URL", "mysql:/x"),
     ],
 )
 def test_impossible_values_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     """Found in review: these were accepted and failed later, deep inside (a worker never seen, a feeder that
-    never feeds, every job dead-lettered, a port uvicorn cannot bind, a database Tortoise cannot open)."""
+    never feeds, every job dead-lettered, a port uvicorn cannot bind, a database Tortoise cannot open, a result
+    cache no upload could read)."""
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=rf"^{name} is not valid .*, got '{re.escape(value)}'"):
         load_settings()
