@@ -300,6 +300,21 @@ async def test_text_instead_of_a_file_is_400(client: Client, auth: dict[str, str
     assert "not valid UTF-8" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [("photos.tar", samples.tarred({"a.jpg": samples.photo(6290)})), ("photo.jpg", samples.photo(6291))],
+)
+async def test_an_archive_that_is_no_zip_is_415(
+    client: Client, auth: dict[str, str], no_worker: None, name: str, data: bytes
+) -> None:
+    """Found in review: a tar archive (or an image) sent as `archive` was taken as one image: 202, and a
+    collection of one item that then failed as "not a supported image"."""
+    response = await client.post("/api/collections", headers=auth, files={"archive": (name, data)})
+    assert response.status_code == 415, response.text
+    assert "`archive` must be a zip archive" in response.json()["detail"]
+    assert (await client.get("/api/collections", headers=auth)).json()["total"] == 0
+
+
 async def test_nobody_reads_another_users_collection(client: Client, auth: dict[str, str], no_worker: None) -> None:
     body = await create(client, auth, files=as_files([("a.jpg", samples.photo(6300))]))
     stranger = await sign_up(client)
