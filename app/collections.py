@@ -202,8 +202,7 @@ async def _read_entries(services: Services, collection: Collection, path: Path, 
     are recorded in the entries' order. Each step in its owner's turn among all the readings of the process
     (`services.reading`), its entries read only then: read first, each reading waiting for the decode
     processes held them, 64 MB for 8 collections of 4 MB entries."""
-    packed = path.name.endswith(PACKED_SUFFIX)
-    reader = await asyncio.to_thread(archives.Reader, path, packed, services.settings.max_upload_bytes)
+    reader = await _open(services, path)
     try:
         user = await User.get(id=collection.user_id)  # type: ignore[attr-defined]
         # One item per entry, in order: a reading taken over from a stopped process resumes after them.
@@ -224,6 +223,18 @@ async def _read_entries(services: Services, collection: Collection, path: Path, 
     finally:
         reader.close()
     return True
+
+
+async def _open(services: Services, path: Path) -> archives.Reader:
+    """The stored archive's reader. Gone, it is refused for good (as a damaged one); it cannot be opened
+    just now (too many files open), the reading pauses: ended, it lost every image not read yet."""
+    packed = path.name.endswith(PACKED_SUFFIX)
+    try:
+        return await asyncio.to_thread(archives.Reader, path, packed, services.settings.max_upload_bytes)
+    except FileNotFoundError as exc:
+        raise refuse(f"it is gone ({exc.strerror})") from exc
+    except OSError as exc:
+        raise ReadingPaused(f"The archive cannot be opened just now ({exc.strerror or exc})") from exc
 
 
 async def _record(
@@ -272,7 +283,7 @@ async def read_archive(services: Services, collection: Collection, lock: Lock) -
             paused = f"Reading paused: {str(exc).rstrip('.')}. It resumes by itself."
             await Collection.filter(id=collection.id, status=CollectionStatus.READING).update(error=paused)
         return
-    except (OSError, archives.CollectionRejected) as exc:  # the stored archive is gone or damaged since
+    except archives.CollectionRejected as exc:  # the stored archive is gone or damaged since
         log.warning("could not read collection %s", collection.id, exc_info=True)
         error = f"The archive could not be read to the end: {exc}"
     finally:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import csv
 import dataclasses
+import errno
 import io
 import os
 import secrets
@@ -28,7 +29,7 @@ from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from tortoise.exceptions import DBConnectionError
 
-from app import collections, keys, predictions, quotas
+from app import archives, collections, keys, predictions, quotas
 from app.archives import Upload
 from app.models import Collection, CollectionStatus, Prediction, User
 from app.settings import Settings
@@ -632,6 +633,36 @@ async def test_a_store_full_for_a_while_pauses_the_reading_and_fails_no_image(
     assert (await described(client, auth, body["id"]))["error"] is None
 
 
+async def test_an_archive_that_cannot_be_opened_for_a_while_pauses_the_reading(
+    client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: any OSError opening the stored archive (too many files open, with many collections
+    read at once) ended its reading for good, and its archive was removed: 6 images accepted, none ever read."""
+    monkeypatch.setattr(collections, "READING_LOCK_S", 1)  # a paused reading resumes once its lock lapses
+    reader, busy = archives.Reader, asyncio.Event()
+    busy.set()
+
+    def too_many_files_open(*args: Any) -> archives.Reader:
+        if busy.is_set():
+            raise OSError(errno.EMFILE, "Too many open files")
+        return reader(*args)
+
+    monkeypatch.setattr(archives, "Reader", too_many_files_open)
+    images = [(f"{i}.png", samples.photo(9630 + i, (16, 12), "PNG")) for i in range(6)]
+    body = await create(client, auth, files=as_files(images))
+
+    async def paused() -> bool:
+        return str((await described(client, auth, body["id"]))["error"]).startswith("Reading paused")
+
+    await eventually(paused, seconds=30, what="the reading paused")
+    described_paused = await described(client, auth, body["id"])
+    assert described_paused["status"] == "reading", described_paused
+    assert "The archive cannot be opened just now (Too many open files)" in described_paused["error"]
+    busy.clear()
+    await all_read(client, [(auth, body["id"])])
+    assert await progress(client, auth, body["id"]) == {"total": 6, "queued": 6, "done": 0, "failed": 0}
+
+
 async def test_the_bodies_a_process_holds_at_once_are_bounded_in_all_and_by_person(
     app: Litestar, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -823,7 +854,7 @@ async def test_collections_read_at_once_hold_a_bounded_number_of_entries(
     for _ in range(8):
         me = await client.get("/api/users/me", headers=await sign_up(client))
         people.append(await User.get(id=me.json()["id"]))
-    archives = [samples.zipped({f"{i}.bin": os.urandom(4 << 20) for i in range(2)}, zipfile.ZIP_STORED) for _ in people]
+    zips = [samples.zipped({f"{i}.bin": os.urandom(4 << 20) for i in range(2)}, zipfile.ZIP_STORED) for _ in people]
     async with contextlib.AsyncExitStack() as held:  # the decode processes busy with someone else's images
         for slot in range(services.settings.decode_processes):
             await held.enter_async_context(services.decoder.turns.slot(("someone else", slot)))
@@ -831,7 +862,7 @@ async def test_collections_read_at_once_hold_a_bounded_number_of_entries(
         try:
             started = [
                 await collections._start(services, person, [Upload("e.zip", archive)], "", (2, 8 << 20))
-                for person, archive in zip(people, archives, strict=True)
+                for person, archive in zip(people, zips, strict=True)
             ]
             await asyncio.sleep(3)  # long enough for every reading to read what it will before its turn
             held_now, _ = tracemalloc.get_traced_memory()
