@@ -36,7 +36,7 @@ from app.settings import Settings
 from app.web.limits import RESERVE_EACH, UPLOADS_RESERVED, BodiesHeld, BodyBudget, Person
 from tests import broken_zips, samples
 from tests.conftest import CountingClassifier, running_worker
-from tests.helpers import eventually, sign_up
+from tests.helpers import eventually, from_address, sign_up
 from tests.page_helpers import prediction_values
 
 Client = httpx.AsyncClient
@@ -680,21 +680,23 @@ async def test_the_bodies_a_process_holds_at_once_are_bounded_in_all_and_by_pers
         await gate.wait()
         return await create(*args)
 
-    async def send(headers: dict[str, str]) -> httpx.Response:
-        return await client.post("/api/collections", headers=headers, files=images)
+    async def send(headers: dict[str, str], sender: Client = client) -> httpx.Response:
+        return await sender.post("/api/collections", headers=headers, files=images)
 
     monkeypatch.setattr(collections, "create", held_until_let_go)
     budget, share = bodies.budget, bodies.share
     bodies.budget, bodies.share = bodies.held + int(2.5 * size), int(1.5 * size)
     try:
         held = []
-        for headers in (auth, other):  # one body each: both held
-            held.append(asyncio.create_task(send(headers)))
-            await asyncio.wait_for(entered.acquire(), 30)
-        past_share = await send(auth)  # a second of the same person's
-        past_budget = await send(await sign_up(client))  # a third person's, past what the process holds
-        gate.set()
-        answers = await asyncio.gather(*held)
+        # One body each, both held: from two addresses (one address's requests hold one person's share).
+        async with from_address(app, "198.51.100.31") as elsewhere, from_address(app, "198.51.100.32") as third:
+            for sender, headers in ((client, auth), (elsewhere, other)):
+                held.append(asyncio.create_task(send(headers, sender)))
+                await asyncio.wait_for(entered.acquire(), 30)
+            past_share = await send(auth)  # a second of the same person's
+            past_budget = await send(await sign_up(third), third)  # a third person's, past what the process holds
+            gate.set()
+            answers = await asyncio.gather(*held)
     finally:
         bodies.budget, bodies.share = budget, share
         gate.set()
@@ -711,6 +713,7 @@ async def test_collections_held_leave_room_for_single_uploads(app: Litestar, set
     64 kB), held the whole budget, and everyone's uploads met 503 for days. Bodies larger than a single
     upload may hold all but UPLOADS_RESERVED uploads' room."""
     bodies, holding, piece = app.state.bodies, asyncio.Event(), b"x" * (4 << 20)
+    addresses: dict[str, str] = {}
 
     async def holder(scope: Any, receive: Any, send: Any) -> None:  # reads the whole body, then holds it
         while (await receive()).get("more_body"):
@@ -726,7 +729,9 @@ async def test_collections_held_leave_room_for_single_uploads(app: Litestar, set
             return next(messages)
 
         try:
-            scope: Any = {"type": "http", "user": SimpleNamespace(id=who)}
+            # Each person from an address of their own: one address's requests hold one person's share.
+            address = addresses.setdefault(who, f"203.0.113.{len(addresses) + 1}")
+            scope: Any = {"type": "http", "user": SimpleNamespace(id=who), "client": (address, 1)}
             await BodyBudget(holder, bodies)(scope, receive, cast(Any, None))
         except HTTPException as refused:
             return refused.status_code
