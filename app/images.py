@@ -54,10 +54,12 @@ FORMATS = {
 # and the AVIF opener gives way (SyntaxError) to the next when the file is not AV1.
 OPENED = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "AVIF", "HEIF"]
 JPEGS = {"JPEG", "MPO"}
-# Decoded whole (no scaled-down decode) by libheif or libavif, which hand Pillow an 8-bit interleaved copy
-# of the image that Pillow copies again into its own: bytes per pixel of that copy (None: one per band; AVIF
-# is always RGBA). Counted in decode_cost; like every codec's working planes, their YUV planes are not.
-HANDED_OVER: dict[str, int | None] = {"HEIF": None, "AVIF": 4}
+# What a decoder holds besides Pillow's image, in bytes per pixel (None: one per band). libheif and libavif
+# decode whole (no scaled-down decode) and hand Pillow an 8-bit interleaved copy (AVIF's is always RGBA);
+# libwebp's animation decoder, which Pillow uses for every WebP, keeps two RGBA canvases from the moment the
+# file is opened and hands over an RGBA copy of the frame (12 in all, measured). Like every codec's working
+# planes, the YUV planes of HEIC, AVIF and lossy WebP are not counted.
+DECODER_HOLDS: dict[str, int | None] = {"HEIF": None, "AVIF": 4, "WEBP": 12}
 ACCEPTED = "JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF"
 # The major brands (of the `ftyp` box) the HEIF and AVIF openers claim: such a file that neither can read is
 # a broken HEIC or AVIF (400), not a format we refuse (415).
@@ -162,39 +164,12 @@ def jpeg_scans(data: bytes, limit: int = MAX_SCANS) -> int:
     return scans
 
 
-def gif_frames(data: bytes, limit: int) -> int:
-    """The frames (image descriptors) of a GIF, counted up to limit + 1 by walking its blocks: Pillow's
-    n_frames walks them all, 0.6 s for the 200,000 frames 10 MB can hold."""
-    if len(data) < 13:
-        return 1
-    at, count = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0), 0
-    while count <= limit and at < len(data) and data[at] != 0x3B:  # 0x3B: the trailer
-        if data[at] == 0x2C:  # an image: its descriptor, local colour table, LZW code size, then data
-            count += 1
-            flags = data[at + 9] if at + 9 < len(data) else 0
-            at += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1
-        elif data[at] == 0x21:  # an extension: its label, then data
-            at += 2
-        else:
-            break  # not a GIF block: Pillow stops there too
-        while at < len(data) and data[at]:  # sub-blocks, each its length then its bytes, up to an empty one
-            at += data[at] + 1
-        at += 1
-    return max(count, 1)
-
-
-def frames(image: Image.Image, data: bytes, limit: int) -> int:
-    """The frames of an image, counted up to limit + 1 at the most (past it, their number does not matter)."""
-    if image.format == "GIF":
-        return gif_frames(data, limit)
-    return min(int(getattr(image, "n_frames", 1)), limit + 1)
-
-
-def decode_cost(image: Image.Image, frame_count: int = 1) -> int:
-    """What decoding `image` costs in memory, in bytes, judged from its header: pixels x frames x the bytes
-    Pillow keeps per pixel in its mode (4 for any mode of several bands), plus 4 for the RGB copy every
-    image other than RGB becomes, plus the copy a HEIF or AVIF decoder hands over (HANDED_OVER). A JPEG
-    counts at the size it is drafted to (call `draft` first)."""
+def decode_cost(image: Image.Image) -> int:
+    """What decoding `image` costs in memory, in bytes, judged from its header: pixels x the bytes Pillow
+    keeps per pixel in its mode (4 for any mode of several bands), plus 4 for the RGB copy every image other
+    than RGB becomes, plus what its decoder holds (DECODER_HOLDS). Only the first frame of an animation is
+    ever decoded, so its other frames cost nothing. A JPEG counts at the size it is drafted to (call `draft`
+    first)."""
     try:
         mode = ImageMode.getmode(image.mode)
         bands = len(mode.bands)
@@ -202,9 +177,9 @@ def decode_cost(image: Image.Image, frame_count: int = 1) -> int:
     except (KeyError, ValueError):  # a mode Pillow only reads from, never keeps: count the most
         bands, stored = 4, 4
     per_pixel = stored + (0 if image.mode == "RGB" else 4)
-    if image.format in HANDED_OVER:
-        per_pixel += HANDED_OVER[image.format] or bands
-    return image.width * image.height * per_pixel * frame_count
+    if image.format in DECODER_HOLDS:
+        per_pixel += DECODER_HOLDS[image.format] or bands
+    return image.width * image.height * per_pixel
 
 
 def open_image(data: bytes, max_pixels: int, max_cost: int, draft: int = SIZE) -> Image.Image:
@@ -238,15 +213,10 @@ def open_image(data: bytes, max_pixels: int, max_cost: int, draft: int = SIZE) -
             )
         # Draft mode decodes a scaled-down JPEG directly: a 24 MP photo costs little.
         image.draft("RGB", (draft, draft))
-    try:
-        count = frames(image, data, max_cost // max(decode_cost(image), 1))
-    except BAD_DATA as exc:  # counting the frames read a bad one
-        raise corrupt(exc) from exc
-    if (cost := decode_cost(image, count)) > max_cost:
-        many = f", at least {count} frames" if count > 1 else ""
+    if (cost := decode_cost(image)) > max_cost:
         raise reject(
             HTTP_400_BAD_REQUEST,
-            f"The image is too large to decode: {image.width}x{image.height} pixels ({image.mode}{many}) would"
+            f"The image is too large to decode: {image.width}x{image.height} pixels ({image.mode}) would"
             f" take {cost // 2**20} MB, more than {max_cost // 2**20} MB",
         )
     return image

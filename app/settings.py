@@ -94,11 +94,11 @@ class Settings:
     )
     decode_cost_mb: PositiveInt = Field(
         default=192,
-        description="The most memory, in MB, one image may take to decode, judged from its header before decoding"
-        " (past it: 400): pixels x frames x 4 bytes for RGB, 5 for grey or palette, 8 with alpha (its RGB copy"
-        " counted), a JPEG at the 1/2 to 1/8 scale it is decoded at, a HEIC or AVIF at full size plus its decoder's"
-        " copy (3 or 4 more). 192 passes a 12 MP PNG (46 to 92), a 24 MP one with alpha (183), a 48 MP JPEG (3) and"
-        " a 24 MP HEIC (163); it refuses a 7999x7999 WebP (244) or GIF (305), or a 48 MP HEIC (325)",
+        description="The most memory, in MB, one image may take to decode, judged from its header (past it: 400):"
+        " pixels of the first frame (the only one decoded) x 4 bytes for RGB, 5 for grey or palette, 8 with alpha"
+        " (RGB copy counted); a JPEG at its 1/2 to 1/8 decode scale; a HEIC, AVIF or WebP 3, 4 or 12 more (its"
+        " decoder's copies). 192 passes a 12 MP PNG (46 to 92) or WebP (183), a 24 MP PNG with alpha (183), a 48 MP"
+        " JPEG (3), a 24 MP HEIC (163); it refuses a 7999x7999 GIF (305), a 24 MP WebP (366), a 48 MP HEIC (325)",
     )
     decode_processes: PositiveInt = Field(default=2, description="Decoding processes per web process, apart from it")
     decode_timeout: PositiveFloat = Field(

@@ -200,6 +200,20 @@ async def test_a_decode_past_the_memory_limit_is_refused_and_its_process_replace
         assert await pid_of(pool) != before
 
 
+async def test_a_gif_of_200000_frames_costs_its_first_frame_only() -> None:
+    """A GIF frame takes about 20 bytes: 4.6 MB hold 200,000 of them on a 1000x1000 canvas. Only the first
+    is decoded, in milliseconds and a few MB (it was refused, as if every frame were decoded)."""
+    data = hostile.many_frame_gif()
+    async with decode_pool(decode_memory_mb=32) as pool:
+        before = await pid_of(pool)
+        started = time.monotonic()
+        checked = await pool.check(data)
+        seconds = time.monotonic() - started
+        assert checked.extension == "gif" and checked.pixels == bytes(224 * 224 * 3)  # all black
+        assert await pid_of(pool) == before  # within its 32 MB
+    assert seconds < 0.5, f"{seconds:.2f} s"
+
+
 async def test_cancelling_a_decode_stops_its_process() -> None:
     async with decode_pool(decode_timeout=30) as pool:
         before = await pid_of(pool)

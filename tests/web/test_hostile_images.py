@@ -18,7 +18,6 @@ REASONS = {
     "huge_webp": "too large to decode",
     "huge_png": "too large to decode",
     "huge_gif": "too large to decode",
-    "many_frame_gif": "too large to decode",
     "text_bomb_png": "metadata is too large",
 }
 # Peak and lasting growth of this process's resident memory allowed for one hostile upload: the request
