@@ -57,8 +57,9 @@ JPEGS = {"JPEG", "MPO"}
 # What a decoder holds besides Pillow's image, in bytes per pixel (None: one per band). libheif and libavif
 # decode whole (no scaled-down decode) and hand Pillow an 8-bit interleaved copy (AVIF's is always RGBA);
 # libwebp's animation decoder, which Pillow uses for every WebP, keeps two RGBA canvases from the moment the
-# file is opened and hands over an RGBA copy of the frame (12 in all, measured). Like every codec's working
-# planes, the YUV planes of HEIC, AVIF and lossy WebP are not counted.
+# file is opened (so a WebP is judged from its header first: webp_canvas) and hands over an RGBA copy of the
+# frame (12 in all, measured). Like every codec's working planes, the YUV planes of HEIC, AVIF and lossy WebP
+# are not counted.
 DECODER_HOLDS: dict[str, int | None] = {"HEIF": None, "AVIF": 4, "WEBP": 12}
 ACCEPTED = "JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF"
 # The major brands (of the `ftyp` box) the HEIF and AVIF openers claim: such a file that neither can read is
@@ -165,27 +166,73 @@ def jpeg_scans(data: bytes, limit: int = MAX_SCANS) -> int:
 
 
 def decode_cost(image: Image.Image) -> int:
-    """What decoding `image` costs in memory, in bytes, judged from its header: pixels x the bytes Pillow
-    keeps per pixel in its mode (4 for any mode of several bands), plus 4 for the RGB copy every image other
-    than RGB becomes, plus what its decoder holds (DECODER_HOLDS). Only the first frame of an animation is
-    ever decoded, so its other frames cost nothing. A JPEG counts at the size it is drafted to (call `draft`
-    first)."""
+    """What decoding `image` costs in memory, in bytes, judged from its header (see `cost_of`). A JPEG counts
+    at the size it is drafted to (call `draft` first)."""
+    return cost_of(image.width, image.height, image.mode, image.format)
+
+
+def cost_of(width: int, height: int, mode: str, fmt: str | None) -> int:
+    """What decoding a width x height image of this mode and format costs in memory, in bytes: pixels x the
+    bytes Pillow keeps per pixel in its mode (4 for any mode of several bands), plus 4 for the RGB copy every
+    image other than RGB becomes, plus what its decoder holds (DECODER_HOLDS). Only the first frame of an
+    animation is ever decoded, so its other frames cost nothing."""
     try:
-        mode = ImageMode.getmode(image.mode)
-        bands = len(mode.bands)
-        stored = 4 if bands > 1 else int(mode.typestr[-1])
+        found = ImageMode.getmode(mode)
+        bands = len(found.bands)
+        stored = 4 if bands > 1 else int(found.typestr[-1])
     except (KeyError, ValueError):  # a mode Pillow only reads from, never keeps: count the most
         bands, stored = 4, 4
-    per_pixel = stored + (0 if image.mode == "RGB" else 4)
-    if image.format in DECODER_HOLDS:
-        per_pixel += DECODER_HOLDS[image.format] or bands
-    return image.width * image.height * per_pixel
+    per_pixel = stored + (0 if mode == "RGB" else 4)
+    if fmt in DECODER_HOLDS:
+        per_pixel += DECODER_HOLDS[fmt] or bands
+    return width * height * per_pixel
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise reject(
+            HTTP_400_BAD_REQUEST,
+            f"The image is too large to decode safely: {width}x{height} pixels is more than {max_pixels}",
+        )
+
+
+def check_cost(width: int, height: int, mode: str, fmt: str | None, max_cost: int) -> None:
+    if (cost := cost_of(width, height, mode, fmt)) > max_cost:
+        raise reject(
+            HTTP_400_BAD_REQUEST,
+            f"The image is too large to decode: {width}x{height} pixels ({mode}) would"
+            f" take {cost // 2**20} MB, more than {max_cost // 2**20} MB",
+        )
+
+
+def webp_canvas(data: bytes) -> tuple[int, int, str] | None:
+    """A WebP's canvas (width, height, and the mode Pillow opens it in), read from its first chunk: VP8 (lossy,
+    no alpha), VP8L (lossless) or VP8X (extended: an animation, or a still image with metadata or lossy alpha).
+    None for any other file or a header cut short: Pillow judges those. The mode is RGB unless the header says
+    alpha (a VP8X still image may yet carry an ALPH chunk: RGBA then, so this cost is never more than Pillow's)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    kind = data[12:16]
+    if kind == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":  # key frame's start code
+        width, height = int.from_bytes(data[26:28], "little"), int.from_bytes(data[28:30], "little")
+        return width & 0x3FFF, height & 0x3FFF, "RGB"  # the top 2 bits are an upscaling hint, not the size
+    if kind == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:  # signature, then 14 + 14 + 1 bits
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1, "RGBA" if bits >> 28 & 1 else "RGB"
+    if kind == b"VP8X" and len(data) >= 30:  # flags (alpha: 0x10), 3 reserved bytes, then 24 + 24 bits
+        width, height = int.from_bytes(data[24:27], "little"), int.from_bytes(data[27:30], "little")
+        return width + 1, height + 1, "RGBA" if data[20] & 0x10 else "RGB"
+    return None
 
 
 def open_image(data: bytes, max_pixels: int, max_cost: int, draft: int = SIZE) -> Image.Image:
     """`data` opened, its header checked: its format, its pixels, its scans (JPEG) and its decode cost,
     a JPEG drafted to be decoded at no less than draft x draft. Nothing is decoded yet."""
     Image.MAX_IMAGE_PIXELS = max_pixels
+    if (canvas := webp_canvas(data)) is not None:
+        # Opening a WebP already reserves libwebp's canvases (DECODER_HOLDS): judged before, not after.
+        check_pixels(canvas[0], canvas[1], max_pixels)
+        check_cost(*canvas, "WEBP", max_cost)
     try:
         image = Image.open(io.BytesIO(data), formats=OPENED)
     except Image.DecompressionBombError as exc:
@@ -200,11 +247,7 @@ def open_image(data: bytes, max_pixels: int, max_cost: int, draft: int = SIZE) -
         # A format plugin recognised the file but could not read its header.
         raise corrupt(exc) from exc
     # Pillow only warns between 1x and 2x the limit: the limit is the limit.
-    if image.width * image.height > max_pixels:
-        raise reject(
-            HTTP_400_BAD_REQUEST,
-            f"The image is too large to decode safely: {image.width}x{image.height} pixels is more than {max_pixels}",
-        )
+    check_pixels(image.width, image.height, max_pixels)
     if image.format in JPEGS:
         if jpeg_scans(data) > MAX_SCANS:
             raise reject(
@@ -213,12 +256,7 @@ def open_image(data: bytes, max_pixels: int, max_cost: int, draft: int = SIZE) -
             )
         # Draft mode decodes a scaled-down JPEG directly: a 24 MP photo costs little.
         image.draft("RGB", (draft, draft))
-    if (cost := decode_cost(image)) > max_cost:
-        raise reject(
-            HTTP_400_BAD_REQUEST,
-            f"The image is too large to decode: {image.width}x{image.height} pixels ({image.mode}) would"
-            f" take {cost // 2**20} MB, more than {max_cost // 2**20} MB",
-        )
+    check_cost(image.width, image.height, image.mode, image.format, max_cost)
     return image
 
 

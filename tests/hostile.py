@@ -101,6 +101,14 @@ def huge_webp(side: int = 7999) -> bytes:
     return buffer.getvalue()
 
 
+def webp_claiming(width: int, height: int) -> bytes:
+    """huge_webp whose header (VP8L) claims width x height: what is judged before libwebp reserves its
+    canvases, without encoding such an image (its pixels no longer decode)."""
+    data = huge_webp(64)
+    bits = int.from_bytes(data[21:25], "little") >> 28 << 28 | (width - 1) | (height - 1) << 14
+    return data[:21] + bits.to_bytes(4, "little") + data[25:]
+
+
 def slow_jpeg(side: int = 7999, repeats: int = 90) -> bytes:
     """A scan-bombed JPEG at the limit on scans (100) and within the cost budget (drafted to 1/8), on
     the largest canvas accepted: every check made from the header passes it, and decoding it takes about

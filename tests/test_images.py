@@ -240,6 +240,31 @@ def test_a_webp_counts_what_its_decoder_holds() -> None:
     assert "6000x4000 pixels (RGB) would take 366 MB, more than 192 MB" in detail
 
 
+def webp_kinds() -> list[tuple[bytes, bytes]]:
+    """Small real WebPs of every header kind, at odd sizes (the sizes are stored minus 1 in VP8L and VP8X)."""
+    rgb, rgba = Image.new("RGB", (641, 479), (10, 120, 10)), Image.new("RGBA", (333, 97), (10, 120, 10, 128))
+    orientation = Image.Exif()
+    orientation[0x0112] = 1  # upright: metadata makes it a VP8X
+    return [
+        (b"VP8 ", samples.encode(rgb, "WEBP")),
+        (b"VP8L", samples.encode(rgb, "WEBP", lossless=True)),
+        (b"VP8L", samples.encode(rgba, "WEBP", lossless=True)),
+        (b"VP8X", samples.encode(rgba, "WEBP")),  # lossy with alpha: an ALPH chunk
+        (b"VP8X", samples.encode(rgb, "WEBP", exif=orientation.tobytes())),
+        (b"VP8X", animation("WEBP", 3, (1001, 17))),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_a_webps_canvas_is_read_from_its_header_as_pillow_reads_it(index: int) -> None:
+    kind, data = webp_kinds()[index]
+    opened = Image.open(io.BytesIO(data))
+    assert data[12:16] == kind
+    assert images.webp_canvas(data) == (opened.width, opened.height, opened.mode)
+    assert images.webp_canvas(data[:24]) is None  # cut short: left to Pillow
+    pixels_of(data)  # still accepted
+
+
 def test_huge_text_chunks_are_refused_clearly(hostile_files: dict[str, Path]) -> None:
     assert "metadata is too large" in reject(hostile_files["text_bomb_png"].read_bytes(), 400)
 

@@ -214,6 +214,32 @@ async def test_a_gif_of_200000_frames_costs_its_first_frame_only() -> None:
     assert seconds < 0.5, f"{seconds:.2f} s"
 
 
+async def test_a_webp_too_large_is_refused_from_its_header_before_libwebp_reserves_its_canvases() -> None:
+    """Opening a WebP made libwebp reserve two RGBA canvases, before any check: 488 MB of address space for
+    7999x7999 (38 bytes). Past a decode process's limit that answered "truncated or corrupt: could not create
+    decoder object"; an 11000x11000 one (past MAX_IMAGE_PIXELS, under Pillow's own bound of twice it) did so
+    within the default 512 MB. Now both are judged from the header, in 64 MB, and normal WebPs still pass."""
+    async with decode_pool(decode_memory_mb=64) as pool:
+        before = await pid_of(pool)
+        with pytest.raises(images.ImageRejected) as caught:
+            await pool.check(hostile.huge_webp())
+        assert caught.value.detail == (
+            "The image is too large to decode: 7999x7999 pixels (RGB) would take 976 MB, more than 192 MB"
+        )
+        with pytest.raises(images.ImageRejected) as caught:
+            await pool.check(hostile.webp_claiming(11000, 11000))
+        assert (
+            caught.value.detail == "The image is too large to decode safely: 11000x11000 pixels is more than 64000000"
+        )
+        still = samples.encode(Image.new("RGB", (1200, 900), (200, 30, 30)), "WEBP")
+        frames = [Image.new("RGBA", (800, 600), color) for color in ((200, 30, 30, 255), (30, 30, 200, 255))]
+        moving = samples.encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=40)
+        for data in (still, moving):
+            checked = await pool.check(data)
+            assert checked.extension == "webp" and list(checked.pixels[:3]) == pytest.approx([200, 30, 30], abs=8)
+        assert await pid_of(pool) == before
+
+
 async def test_cancelling_a_decode_stops_its_process() -> None:
     async with decode_pool(decode_timeout=30) as pool:
         before = await pid_of(pool)
