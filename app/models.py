@@ -130,6 +130,8 @@ class Feedback(Model):
     class Meta:
         table = "feedback"
         unique_together = (("prediction", "user"),)
+        # Newest first: a person's (GET /api/feedback), everyone's (an admin's, and the admin page's).
+        indexes = (("user_id", "updated_at"), ("updated_at",))
 
 
 async def mark_failed(prediction_ids: Iterable[str], error: str) -> list[str]:

@@ -9,13 +9,19 @@ rules, without statistics: its plan is the one it runs.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
+from app import feedback
+from app.feedback import FeedbackFilter
+from app.models import User
 from app.web.pages import admin
+
+SOMEONE = User(id=1)  # plans need no rows: only the id is read
 
 
 async def plan(query: Any) -> str:
@@ -31,17 +37,41 @@ async def plan(query: Any) -> str:
     return "\n".join(row["QUERY PLAN"] for row in rows)
 
 
-def reads_a_range(steps: str, table: str, column: str) -> bool:
-    """Whether the plan reads `table` by an index on `column` (SQLite's SEARCH, PostgreSQL's index scan)."""
+async def reads_a_range(steps: str, table: str, column: str) -> bool:
+    """Whether the plan reads `table` by an index that starts with `column`: SQLite's SEARCH on it, or
+    PostgreSQL's index scans all by such an index (a condition on an index's later column reads all of it)."""
     if "Seq Scan" in steps or "Sort" in steps:
         return False
-    if "QUERY PLAN" in steps or "Index" in steps:  # PostgreSQL
-        return f"({column} " in steps or f"({column} =" in steps
-    return any(line.startswith(f"SEARCH {table} ") and f"({column}" in line for line in steps.splitlines())
+    if connections.get("default").capabilities.dialect == "sqlite":
+        return any(line.startswith(f"SEARCH {table} ") and f"({column}" in line for line in steps.splitlines())
+    used = re.findall(r"(?: using|Bitmap Index Scan on) (\S+)", steps)
+    _, rows = await connections.get("default").execute_query(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = $1 AND indexname = ANY($2)", [table, used]
+    )
+    return bool(rows) and all(row["indexdef"].split("(", 1)[1].startswith(f"{column}") for row in rows)
+
+
+def in_index_order(steps: str, table: str) -> bool:
+    """Whether the plan reads `table` in an index's order, sorting nothing: a page of it stops at its limit."""
+    if "Sort" in steps or "TEMP B-TREE FOR ORDER BY" in steps or f"Seq Scan on {table}" in steps:
+        return False
+    return f"SCAN {table}\n" not in f"{steps}\n"
 
 
 async def test_the_status_panel_counts_the_last_minute_by_an_index(client: httpx.AsyncClient) -> None:
     """The admin's status panel refreshes itself every two seconds; its throughput counted the predictions
     finished in the last minute by reading every finished prediction (the status index matches nearly all)."""
     steps = await plan(admin.recently_finished().count())
-    assert reads_a_range(steps, "predictions", "finished_at"), steps
+    assert await reads_a_range(steps, "predictions", "finished_at"), steps
+
+
+async def test_feedback_pages_read_by_an_index_in_its_order(client: httpx.AsyncClient) -> None:
+    """A person's feedback (GET /api/feedback) read everyone's, and an admin's (the API, the admin page's list)
+    sorted all of it, for each page."""
+    mine = feedback.newest_first(SOMEONE, FeedbackFilter())
+    for query in (mine.limit(50), mine.count(), feedback.newest_first(SOMEONE, FeedbackFilter(wrong_only=True))):
+        steps = await plan(query)
+        assert await reads_a_range(steps, "feedback", "user_id") and in_index_order(steps, "feedback"), steps
+    everyone = feedback.newest_first(None, FeedbackFilter()).select_related("prediction", "user").limit(25)
+    steps = await plan(everyone)
+    assert in_index_order(steps, "feedback"), steps

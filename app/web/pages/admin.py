@@ -17,7 +17,7 @@ from tortoise.queryset import QuerySet
 
 from app import quotas
 from app.exports import CSV_PAGE, csv_bool, csv_text, spreadsheet_safe
-from app.feedback import FeedbackFilter
+from app.feedback import FeedbackFilter, newest_first
 from app.jobs.producer import dead_jobs, queue_depth, workers_of
 from app.models import Feedback, Prediction, Status, User
 from app.outages import DEPENDENCY_ERRORS
@@ -81,7 +81,7 @@ async def users_context(page: int) -> dict[str, Any]:
 
 
 async def feedback_context(filters: FeedbackFilter, page: int) -> dict[str, Any]:
-    query = filters.apply(Feedback.all()).select_related("prediction", "user").order_by("-updated_at")
+    query = newest_first(None, filters).select_related("prediction", "user")
     items, pager = await paginate(query, page, FEEDBACK_PER_PAGE)
     labelled = Feedback.all().distinct().order_by("prediction__label").values_list("prediction__label", flat=True)
     return {
