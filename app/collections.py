@@ -27,6 +27,7 @@ from redis.exceptions import LockError, LockNotOwnedError
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 from tortoise.functions import Count
+from tortoise.queryset import QuerySet
 
 from app import archives, files, keys, predictions, quotas, sandbox, text
 from app.archives import Upload, refuse
@@ -299,6 +300,12 @@ async def progress_of(collections: list[Collection]) -> dict[str, dict[str, int]
 
 async def progress(collection: Collection) -> dict[str, int]:
     return (await progress_of([collection]))[str(collection.id)]
+
+
+def of_person(user: User) -> QuerySet[Collection]:
+    """A person's collections, the newest first, by the index on (user_id, created_at): without it every
+    person's were read for each history page."""
+    return Collection.filter(user_id=user.id).order_by("-created_at")
 
 
 async def visible_collection(user: User, collection_id: Any) -> Collection:

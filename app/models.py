@@ -64,6 +64,8 @@ class Collection(Model):
     class Meta:
         table = "collections"
         ordering = ["-created_at"]
+        # A person's, newest first: the history page, GET /api/collections (app.collections.of_person).
+        indexes = (("user_id", "created_at"),)
 
 
 class Prediction(Model):

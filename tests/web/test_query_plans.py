@@ -16,7 +16,7 @@ import httpx
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
-from app import feedback
+from app import collections, feedback
 from app.feedback import FeedbackFilter
 from app.models import User
 from app.web.pages import admin
@@ -75,3 +75,12 @@ async def test_feedback_pages_read_by_an_index_in_its_order(client: httpx.AsyncC
     everyone = feedback.newest_first(None, FeedbackFilter()).select_related("prediction", "user").limit(25)
     steps = await plan(everyone)
     assert in_index_order(steps, "feedback"), steps
+
+
+async def test_a_persons_collections_are_read_by_an_index_in_its_order(client: httpx.AsyncClient) -> None:
+    """Every history page (and GET /api/collections) read every person's collections to find and count the
+    newest of one person's."""
+    newest = collections.of_person(SOMEONE)
+    for query in (newest.limit(4), newest.count()):
+        steps = await plan(query)
+        assert await reads_a_range(steps, "collections", "user_id") and in_index_order(steps, "collections"), steps
