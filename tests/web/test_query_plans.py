@@ -18,8 +18,9 @@ from tortoise.transactions import in_transaction
 
 from app import collections, feedback
 from app.feedback import FeedbackFilter
-from app.models import User
-from app.web.pages import admin
+from app.models import Collection, CollectionStatus, Prediction, User
+from app.web.pages import admin, history
+from tests.helpers import unique_email
 
 SOMEONE = User(id=1)  # plans need no rows: only the id is read
 
@@ -49,6 +50,13 @@ async def reads_a_range(steps: str, table: str, column: str) -> bool:
         "SELECT indexdef FROM pg_indexes WHERE tablename = $1 AND indexname = ANY($2)", [table, used]
     )
     return bool(rows) and all(row["indexdef"].split("(", 1)[1].startswith(f"{column}") for row in rows)
+
+
+async def statistics_taken(table: str) -> None:
+    """PostgreSQL's statistics of `table` brought up to date, as its autovacuum does as rows come."""
+    connection = connections.get("default")
+    if connection.capabilities.dialect != "sqlite":
+        await connection.execute_script(f"ANALYZE {table}")
 
 
 def in_index_order(steps: str, table: str) -> bool:
@@ -84,3 +92,28 @@ async def test_a_persons_collections_are_read_by_an_index_in_its_order(client: h
     for query in (newest.limit(4), newest.count()):
         steps = await plan(query)
         assert await reads_a_range(steps, "collections", "user_id") and in_index_order(steps, "collections"), steps
+
+
+def searches_on(steps: str, column: str) -> bool:
+    """Whether an index search's condition names `column` (not a filter applied to each row it reads)."""
+    if "QUERY PLAN" in steps or "Cond:" in steps:  # PostgreSQL
+        return any("Index Cond:" in line and column in line for line in steps.splitlines())
+    return any(line.startswith("SEARCH ") and f"{column}=" in line for line in steps.splitlines())
+
+
+async def test_the_history_reads_single_images_only(client: httpx.AsyncClient) -> None:
+    """The history lists a person's images sent alone: by the index on (user_id, created_at), each page and its
+    count read past every image of the person's collections (10,000 a collection) to find them. Planned for
+    someone with a collection of 2,000 newer than their 12 single images (PostgreSQL chooses by statistics)."""
+    person = await User.create(email=unique_email(), password_hash="x")
+    collection = await Collection.create(user=person, total=2000, status=CollectionStatus.DONE)
+    row = {"user": person, "image_path": "", "model_name": "resnet50", "model_weights": "random"}
+    singles = [Prediction(image_sha256=f"{i:064x}", **row) for i in range(12)]
+    items = [Prediction(image_sha256=f"{i:064x}", collection=collection, entry=i, **row) for i in range(2000)]
+    await Prediction.bulk_create([*singles, *items], batch_size=1000)
+    await statistics_taken("predictions")
+    query = history.single_images(person)
+    for asked in (query.limit(12), query.count()):
+        steps = await plan(asked)
+        assert await reads_a_range(steps, "predictions", "user_id") and in_index_order(steps, "predictions"), steps
+        assert searches_on(steps, "collection_id"), steps
