@@ -110,12 +110,14 @@ class Prediction(Model):
         # finished results: an upload of it again (app.predictions.earlier_result); without both columns SQLite
         # chose the status index and read every finished row per upload. The predictions finished lately: the
         # admin's status panel, every two seconds (app.web.pages.admin.recently_finished). A person's single
-        # images by time: the history page, which read all their collections' images to find them.
+        # images by time: the history page, which read all their collections' images to find them. The images
+        # of a person or collection waiting in the database, oldest first: the feeder (app.feeder.waiting_of).
         indexes = (
             ("user_id", "created_at"),
             ("image_sha256", "status"),
             ("finished_at",),
             ("user_id", "collection_id", "created_at"),
+            ("status", "user_id", "collection_id", "created_at"),
         )
         unique_together = (("collection", "entry"),)
 

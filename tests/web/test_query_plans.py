@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from uuid import uuid4
 
 import httpx
 from tortoise import connections
@@ -18,6 +19,7 @@ from tortoise.transactions import in_transaction
 
 from app import collections, feedback
 from app.feedback import FeedbackFilter
+from app.feeder import Source, waiting_of
 from app.models import Collection, CollectionStatus, Prediction, User
 from app.web.pages import admin, history
 from tests.helpers import unique_email
@@ -117,3 +119,12 @@ async def test_the_history_reads_single_images_only(client: httpx.AsyncClient) -
         steps = await plan(asked)
         assert await reads_a_range(steps, "predictions", "user_id") and in_index_order(steps, "predictions"), steps
         assert searches_on(steps, "collection_id"), steps
+
+
+async def test_the_feeder_reads_only_the_images_waiting(client: httpx.AsyncClient) -> None:
+    """Each feeding round takes a person's (or a collection's) oldest images waiting in the database. SQLite read
+    them by the person's index: every image they ever sent, finished ones too, each round."""
+    for source in (Source(SOMEONE.id, None), Source(SOMEONE.id, uuid4())):
+        steps = await plan(waiting_of(source).limit(50))
+        assert await reads_a_range(steps, "predictions", "status") and in_index_order(steps, "predictions"), steps
+        assert searches_on(steps, "user_id") and searches_on(steps, "collection_id"), steps
