@@ -38,6 +38,7 @@ class User(Model):
 
     class Meta:
         table = "users"
+        indexes = (("created_at",),)  # newest first: the admin's list of accounts (app.web.pages.admin.accounts)
 
 
 # Many images classified together (a folder, a zip); each image is a Prediction of it.

@@ -128,3 +128,9 @@ async def test_the_feeder_reads_only_the_images_waiting(client: httpx.AsyncClien
         steps = await plan(waiting_of(source).limit(50))
         assert await reads_a_range(steps, "predictions", "status") and in_index_order(steps, "predictions"), steps
         assert searches_on(steps, "user_id") and searches_on(steps, "collection_id"), steps
+
+
+async def test_the_admins_list_of_accounts_is_read_in_an_indexs_order(client: httpx.AsyncClient) -> None:
+    """The admin's users list sorted every account for each page of 20."""
+    steps = await plan(admin.accounts().limit(20))
+    assert in_index_order(steps, "users"), steps

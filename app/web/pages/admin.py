@@ -68,8 +68,13 @@ async def usage_by_user(user_ids: list[int]) -> dict[int, tuple[int, int]]:
     return {int(user_id): (int(n), int(stored or 0)) for user_id, n, stored in rows}
 
 
+def accounts() -> QuerySet[User]:
+    """Every account, the newest first: by the index on created_at (without it, all were sorted for each page)."""
+    return User.all().order_by("-created_at")
+
+
 async def users_context(page: int) -> dict[str, Any]:
-    users, pager = await paginate(User.all().order_by("-created_at"), page, USERS_PER_PAGE)
+    users, pager = await paginate(accounts(), page, USERS_PER_PAGE)
     ids = [u.id for u in users]
     # Two grouped queries, not one joining both tables: that join multiplies rows per user.
     usage, given = await usage_by_user(ids), await counts_by_user(Feedback, ids)
