@@ -187,6 +187,21 @@ async def _finish_collections() -> None:
         await Collection.filter(id__in=finished, status=CollectionStatus.CLASSIFYING).update(
             status=CollectionStatus.DONE
         )
+        await _count_finished(finished)
+
+
+async def _count_finished(collection_ids: list[Any]) -> None:
+    """Store what done collections' images came to (Collection.done_count, failed_count): they change no more."""
+    rows = await (
+        Prediction.filter(collection_id__in=collection_ids)
+        .group_by("collection_id", "status")
+        .annotate(n=Count("id"))
+        .values_list("collection_id", "status", "n")
+    )
+    counts = {(str(collection_id), str(status)): int(n) for collection_id, status, n in rows}
+    for collection_id in collection_ids:
+        done, failed = (counts.get((str(collection_id), status.value), 0) for status in (Status.DONE, Status.FAILED))
+        await Collection.filter(id=collection_id).update(done_count=done, failed_count=failed)
 
 
 async def _has_work() -> bool:

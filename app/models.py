@@ -58,6 +58,10 @@ class Collection(Model):
     # rolling upgrade) can still create collections once the column is there.
     archive_bytes = fields.BigIntField(default=0, db_default=0)
     error = fields.TextField(null=True)  # why reading the archive stopped, if it did
+    # Its images done and failed, counted as it is done (they change no more after), so that the history and the
+    # API read two numbers, not its 10,000 images, each time. Null before then, and if done before 0013.
+    done_count = fields.IntField(null=True)
+    failed_count = fields.IntField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
 
     predictions: fields.ReverseRelation[Prediction]
