@@ -18,10 +18,14 @@ from app.jobs.results import ResultWaiter
 from app.sandbox import DecodePool
 from app.settings import Settings
 from app.throttles import Throttle
+from app.turns import Turns
 from app.usage import UsageCache
 
 # Kept pixels older than this are let go: their item was fed by another web process, or is far behind.
 KEPT_PIXELS_S = 120.0
+# Steps of the collections' readings (each a decode process's worth of entries) a process takes at once:
+# two, so that one is decoded while the other is read or recorded.
+READING_STEPS = 2
 
 
 class KeptPixels:
@@ -71,6 +75,8 @@ class Services:
     backlog: BacklogView = field(default_factory=BacklogView)
     # Pixels of waiting images for the feeder, at most a feed window of them (app/feeder.py).
     kept: KeptPixels = field(init=False)
+    # The steps of the collections' readings, in turns by person (app/collections.py).
+    reading: Turns = field(default_factory=lambda: Turns(READING_STEPS))
     # Held from counting the async queue to adding to it (app/predictions.py): uploads sent at once all
     # counted the same queue, and all got in past its bound.
     admitting: asyncio.Lock = field(default_factory=asyncio.Lock)

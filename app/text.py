@@ -40,6 +40,12 @@ def invisible_problem(value: str, what: str) -> str | None:
     return None
 
 
+def visible_only(value: str) -> str:
+    """`value` without the characters `invisible_problem` refuses: for a name made from a file's (a folder's,
+    a zip's), which nobody typed, so nobody can be asked to change it."""
+    return "".join(c for c in value if unicodedata.category(c) not in _INVISIBLE)
+
+
 def clean_file_name(name: str, limit: int = 255) -> str:
     """A client's file name as a label (never a path): control characters and direction marks dropped, cut
     to `limit`."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from uuid import uuid4
 
 import httpx
+from litestar import Litestar
 from redis.asyncio import Redis
 
 from app import keys
@@ -25,6 +27,14 @@ def alive(pid: int) -> bool:
 
 def unique_email() -> str:
     return f"user-{uuid4().hex[:12]}@example.com"
+
+
+@contextlib.asynccontextmanager
+async def from_address(app: Litestar, address: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client whose requests come from `address`: its throttles, and its share of bodies, are its own."""
+    transport = httpx.ASGITransport(app=app, client=(address, 40001))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as prober:
+        yield prober
 
 
 async def sign_up(client: httpx.AsyncClient, email: str | None = None) -> dict[str, str]:

@@ -275,6 +275,18 @@ def test_what_an_archive_skips_leaves_room_for_images() -> None:
     )
 
 
+def test_a_macs_resource_forks_count_against_no_limit() -> None:
+    """Found in review: an archive's files were counted, and their bytes, before its resource forks and hidden
+    files were left out, so a Mac's zip of 6 photos (and their 6 forks) was 413 at 10 ("The archive has 12
+    files"), and forks never read took the bytes the photos needed."""
+    photos = {f"{i}.png": b"x" * 100 for i in range(6)}
+    forks = {f"__MACOSX/._{i}.png": b"\x00" * 40_000 for i in range(6)}  # zeros: they expand over 200x too
+    assert count_images([Upload("mac.zip", samples.zipped({**photos, **forks}))], 10, 600) == (6, 600)
+    with pytest.raises(CollectionRejected, match="11 images; at most 10") as refused:
+        check_zip(samples.zipped({**photos, **{f"{i}.png": b"y" for i in range(6, 11)}, **forks}), 10, 10**6)
+    assert refused.value.status_code == 413
+
+
 def test_an_archive_sent_first_is_in_the_collections_expanded_bytes() -> None:
     """Found in review: an archive took only the budget the uploads before it left, and nothing compared
     the sum with the bound, so an archive first and plain files after came to twice MAX_COLLECTION_BYTES."""

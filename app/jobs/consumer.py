@@ -45,6 +45,9 @@ INTERACTIVE_LINGER_S = 300
 # How often pending entries are checked for dead workers' jobs.
 RECLAIM_EVERY = 1.0
 DEAD_LETTER_MAXLEN = 100_000
+# While bulk work waits, interactive jobs take all but 1/BULK_PART of a batch (smaller batches: all but one
+# in BULK_PART): first always, one person's flood of uploads held everyone's collections back as it lasted.
+BULK_PART = 8
 
 # How often the consumers of workers gone (each worker process is one) are removed from the groups.
 SWEEP_CONSUMERS_EVERY = 60.0
@@ -78,6 +81,7 @@ class Consumer:
         # Where the next read starts, for each kind of stream (interactive, bulk): its own, or one kind's
         # count would move the other's start (and the same streams would be passed over every time).
         self._turns = {"interactive": 0, "bulk": 0}
+        self._reads = 0
 
     async def next_batch(self) -> list[Delivery]:
         """Jobs of dead workers first (once a second), else whatever is waiting."""
@@ -120,14 +124,17 @@ class Consumer:
 
     async def _read(self) -> list[Delivery]:
         """Whatever is waiting, up to MAX_BATCH, with no artificial delay: interactive jobs first, then
-        bulk work, each taken in turns across users, so bulk work fills the batches but never comes first
-        and no one user starves another."""
-        size = self.limits.max_batch
+        bulk work, each taken in turns across users, so bulk work fills the batches, and has a part of them
+        (BULK_PART) however many interactive jobs wait, and no one user starves another."""
+        size, self._reads = self.limits.max_batch, self._reads + 1
+        first = size - (size // BULK_PART or int(self._reads % BULK_PART == 0))  # BULK_PART says why
         interactive = await interactive_streams(self.redis)
-        deliveries = await self._take_turns("interactive", interactive, size)
-        room = size - len(deliveries)
-        if room:
-            deliveries += await self._take_turns("bulk", await bulk_streams(self.redis), room)
+        deliveries = await self._take_turns("interactive", interactive, first)
+        full = len(deliveries) == first
+        if len(deliveries) < size:
+            deliveries += await self._take_turns("bulk", await bulk_streams(self.redis), size - len(deliveries))
+        if full and len(deliveries) < size:  # no bulk work took the part held for it
+            deliveries += await self._take_turns("interactive", interactive, size - len(deliveries))
         if not deliveries and interactive:
             # One call to block on them all: with more than 8 streams, one job of each that has one.
             count = max(1, min(size, JOBS_PER_COMMAND) // len(interactive))

@@ -47,7 +47,7 @@ ERROR_DESCRIPTIONS = {
     404: "No such object, or not yours",
     409: "Conflict: the email is taken, or the prediction is not finished yet",
     413: "Too large: the body, the image or the collection, or past your storage quota (`extra` has the numbers)",
-    415: f"Not a supported image: send {ACCEPTED}",
+    415: f"Not a supported image: send {ACCEPTED}; or a collection's `archive` that is no zip",
     429: "Too many sign-ins or sign-ups from here, failed sign-ins to the account from everywhere, too much sent"
     " at once, or past a quota (`extra` has the numbers): see `Retry-After`",
     431: "Too many or too large headers",

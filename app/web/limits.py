@@ -75,8 +75,9 @@ class RequestLimits:
 class BodiesHeld:
     """The bytes of request bodies a web process holds, in all and by sender, and the most it may (one
     count for the process: Litestar makes a middleware instance per route). A sender is a person signed in,
-    or else the address a request came from. Bodies larger than a single upload (`upload`) may hold all but
-    `reserved` of the budget."""
+    or else the address a request came from; and all of an address's requests together (its `Network`) hold
+    no more than one person may. Bodies larger than a single upload (`upload`) may hold all but `reserved`
+    of the budget."""
 
     budget: int  # the process's
     share: int  # one person's
@@ -85,19 +86,18 @@ class BodiesHeld:
     reserved: int = 0  # for bodies no larger than that
     held: int = 0
     large: int = 0  # of it, by bodies larger than `upload`
-    by_sender: dict[Hashable, int] = field(default_factory=dict)
+    by_sender: dict[Hashable, int] = field(default_factory=dict)  # and by network
 
-    def take(self, sender: Person | Address, size: int, before: int = 0) -> None:
-        """Count `size` more bytes of `sender`'s, of a body that brought `before` bytes so far; 429 past a
-        sender's share, so that one sender cannot fill the budget and crowd everyone else out, and 503 past
-        the process's budget, or past what it leaves single uploads for a larger body."""
+    def take(self, sender: Person | Address, size: int, before: int = 0, network: Network | None = None) -> None:
+        """Count `size` more bytes of `sender`'s (from `network`), of a body that brought `before` bytes so
+        far; 429 past a sender's share or its network's, so that no one sender, nor a few accounts of one,
+        can fill the budget and crowd everyone else out, and 503 past the process's budget, or past what it
+        leaves single uploads for a larger body."""
         share, who = (self.share, "account") if isinstance(sender, Person) else (self.address_share, "address")
         if self.by_sender.get(sender, 0) + size > share:
-            raise quotas.too_many(
-                f"You are sending as much at once as one {who} may; send more once those are answered",
-                BUSY_RETRY_S,
-                {},
-            )
+            raise _too_much(f"You are sending as much at once as one {who} may")
+        if network is not None and self.by_sender.get(network, 0) + size > self.share:
+            raise _too_much("Your address is sending as much at once as one account may")
         large = size + (before if before <= self.upload else 0) if before + size > self.upload else 0
         into_reserve = self.held + size > self.budget - self.reserved
         if (
@@ -110,18 +110,24 @@ class BodiesHeld:
             )
         self.held += size
         self.large += large
-        if size:
-            self.by_sender[sender] = self.by_sender.get(sender, 0) + size
+        for holder in (sender, network) if size else ():
+            if holder is not None:
+                self.by_sender[holder] = self.by_sender.get(holder, 0) + size
 
-    def give_back(self, sender: Person | Address, size: int) -> None:
-        """Uncount a whole body of `sender`'s, of `size` bytes."""
+    def give_back(self, sender: Person | Address, size: int, network: Network | None = None) -> None:
+        """Uncount a whole body of `sender`'s (from `network`), of `size` bytes."""
         self.held -= size
         if size > self.upload:
             self.large -= size
-        if size:
-            left = self.by_sender.pop(sender) - size
-            if left:
-                self.by_sender[sender] = left
+        for holder in (sender, network) if size else ():
+            if holder is not None:
+                left = self.by_sender.pop(holder) - size
+                if left:
+                    self.by_sender[holder] = left
+
+
+def _too_much(what: str) -> HTTPException:
+    return quotas.too_many(f"{what}; send more once those are answered", BUSY_RETRY_S, {})
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,14 @@ class Person:
 class Address:
     """A sender not signed in, known by the address its requests come from (`address_key`: an IPv6 host by
     its /64; behind a proxy, everyone's)."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class Network:
+    """Every request from one address (`address_key`), signed in or not: sign-up is open, so one person's
+    share per account let a few accounts of one address hold the whole budget."""
 
     host: str
 
@@ -162,19 +176,20 @@ class BodyBudget:
             await self.app(scope, receive, send)
             return
         bodies, mine, sender = self.bodies, 0, sender_of(scope)
+        network = Network(address_key(address_of(scope)))
 
         async def counted() -> ReceiveMessage:
             nonlocal mine
             message = await receive()
             size = len(message.get("body", b"")) if message["type"] == "http.request" else 0
-            bodies.take(sender, size, mine)
+            bodies.take(sender, size, mine, network)
             mine += size
             return message
 
         try:
             await self.app(scope, counted, send)
         finally:
-            bodies.give_back(sender, mine)
+            bodies.give_back(sender, mine, network)
 
 
 def parse_form(body: bytes) -> dict[str, str | list[str]]:

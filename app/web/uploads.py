@@ -10,7 +10,7 @@ from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException
 
 from app.archives import Upload, is_archive
-from app.text import clean_file_name
+from app.text import clean_file_name, visible_only
 
 
 @dataclass
@@ -46,8 +46,10 @@ def is_collection(chosen: list[Upload]) -> bool:
 
 
 def collection_name(chosen: list[Upload]) -> str:
-    """The name of the zip or the folder chosen, if that is what it was; else none."""
+    """The name of the zip or the folder chosen, if that is what it was; else none. Without the invisible
+    characters a typed name may not have (a zero-width joiner in an emoji, a soft hyphen): kept, they had
+    the whole upload refused for a name the person never typed."""
     if len(chosen) == 1:
-        return clean_file_name(PurePosixPath(chosen[0].name).stem)
+        return visible_only(clean_file_name(PurePosixPath(chosen[0].name).stem))
     folders = {PurePosixPath(u.name).parts[0] if "/" in u.name else "" for u in chosen}
-    return clean_file_name(folders.pop()) if len(folders) == 1 else ""
+    return visible_only(clean_file_name(folders.pop())) if len(folders) == 1 else ""

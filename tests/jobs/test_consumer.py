@@ -4,6 +4,7 @@ workers last looked loses none of the batch's jobs. On a Redis server of the mod
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from unittest.mock import ANY
 
 import pytest
@@ -30,9 +31,12 @@ async def test_more_users_than_a_batch_each_get_a_turn_beside_bulk_work(redis62:
     first, second = await consumer.next_batch(), await consumer.next_batch()
     assert len(first) == BATCH and len(second) == BATCH
     read = {d.stream for d in first + second}
-    # Every interactive stream within two batches (the first 32, then the other 8), and bulk work fills up.
+    # Every interactive stream within two batches (28 of the first, with bulk work's part of it, then the
+    # other 12), and bulk work fills up.
     assert {keys.jobs(user) for user in users} <= read
-    assert sum(d.stream == keys.bulk_jobs(99) for d in second) == BATCH - 8
+    bulk_part = BATCH // consumer_module.BULK_PART
+    assert sum(d.stream == keys.bulk_jobs(99) for d in first) == bulk_part
+    assert sum(d.stream == keys.bulk_jobs(99) for d in second) == BATCH - (40 - (BATCH - bulk_part))
 
 
 async def test_a_stream_new_since_the_last_look_is_read_with_the_rest_of_the_batch(redis62: Redis) -> None:
@@ -161,3 +165,33 @@ async def test_a_dead_workers_job_behind_a_batch_of_jobs_held_for_another_model_
         "max": ANY,
         "consumers": [{"name": b"alive", "pending": 1}, {"name": b"declined-for:other", "pending": 5}],
     }
+
+
+async def test_one_users_flood_of_uploads_leaves_room_for_everyone_elses_bulk_work(redis62: Redis) -> None:
+    """Found in review: interactive jobs took the whole batch whenever enough waited, so one person sending
+    synchronous uploads as fast as the workers took them (a few dozen at once) held every other person's
+    collections and async jobs back for as long as they kept on. Bulk work waiting now gets a part of each
+    batch; interactive jobs take the rest, and the whole batch when no bulk work waits."""
+    await new_group(redis62, keys.jobs(1))
+    for job in jobs(4 * BATCH):
+        await enqueue(redis62, 1, job)
+    consumer = Consumer(redis62, "w1", LIMITS)
+    alone = await consumer.next_batch()
+    assert [d.stream for d in alone] == [keys.jobs(1)] * BATCH  # no bulk work: none of the batch held back
+    await new_group(redis62, keys.bulk_jobs(2))
+    await enqueue_bulk(redis62, 2, jobs(40))
+    beside = await consumer.next_batch()
+    bulk = sum(d.stream == keys.bulk_jobs(2) for d in beside)
+    assert len(beside) == BATCH and bulk == BATCH // consumer_module.BULK_PART, Counter(d.stream for d in beside)
+
+
+async def test_a_batch_of_one_gives_bulk_work_a_turn_too(redis62: Redis) -> None:
+    """The part of a batch held for bulk work, with batches smaller than BULK_PART: one batch in so many."""
+    await new_group(redis62, keys.jobs(1))
+    await new_group(redis62, keys.bulk_jobs(2))
+    for job in jobs(20):
+        await enqueue(redis62, 1, job)
+    await enqueue_bulk(redis62, 2, jobs(1))
+    consumer = Consumer(redis62, "w1", Limits(max_batch=1, claim_idle_ms=60_000, max_deliveries=3))
+    read = [(await consumer.next_batch())[0].stream for _ in range(consumer_module.BULK_PART + 1)]
+    assert read.count(keys.bulk_jobs(2)) == 1 and read[-1] == keys.jobs(1), read

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -22,18 +21,10 @@ from app import passwords
 from app.models import User
 from app.settings import Settings
 from app.web.app import ACCOUNT_BODY_BYTES
-from tests.helpers import sign_up, unique_email
+from tests.helpers import eventually, from_address, sign_up, unique_email
 
 Client = httpx.AsyncClient
 PASSWORD = "correct horse"
-
-
-@contextlib.asynccontextmanager
-async def from_address(app: Litestar, address: str) -> AsyncIterator[Client]:
-    """A client whose requests come from `address`: its throttles are its own."""
-    transport = httpx.ASGITransport(app=app, client=(address, 40001))  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as prober:
-        yield prober
 
 
 def assert_error(response: httpx.Response, status: int) -> dict[str, object]:
@@ -500,6 +491,54 @@ async def test_one_address_holds_at_most_its_share_of_bodies_while_no_one_is_sig
     assert "as much at once as one address may" in past_share.json()["detail"]
     assert signed_in.status_code == 404, signed_in.text  # their own share: the body was read
     assert (await held).status_code == 401
+    assert bodies.held == 0 and not bodies.by_sender
+
+
+async def test_a_few_accounts_from_one_address_hold_at_most_one_persons_share_of_bodies(
+    app: Litestar, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """Found in review: a signed-in sender's share of bodies was per account, and anyone may sign up (20 an
+    hour from one address), so a few accounts from one address sending bodies slowly (64 kB a minute is
+    enough) held the whole process's budget, and everyone else's uploads, even their sign-ins, met 503.
+    Together the requests of one address now hold at most one person's share: past it 429."""
+    bodies, let_go = app.state.bodies, asyncio.Event()
+    size, json = 100_000, {"content-type": "application/json"}
+    body = b'{"is_correct": true}' + b" " * (size - 20)
+
+    async def held_body() -> AsyncIterator[bytes]:
+        yield body
+        await let_go.wait()
+
+    def url() -> str:
+        return f"/api/predictions/{uuid.uuid4()}/feedback"
+
+    def send_held(headers: dict[str, str]) -> asyncio.Task[httpx.Response]:
+        return asyncio.create_task(client.post(url(), headers=headers | json, content=held_body()))
+
+    def held(at_least: int, unless: asyncio.Task[httpx.Response] | None = None) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return bool(bodies.held >= at_least or (unless is not None and unless.done()))
+
+        return check
+
+    second = await sign_up(client)  # a second account, from the same address
+    saved = bodies.share, bodies.budget
+    bodies.share, bodies.budget = int(1.5 * size), int(2.5 * size)  # one body each; room for two in all
+    try:
+        first = send_held(auth)
+        await eventually(held(size), 30, "the first body held")
+        crowding = send_held(second)
+        await eventually(held(2 * size, unless=crowding), 30, "the second body held or refused")
+        async with from_address(app, "198.51.100.20") as elsewhere:
+            someone = await elsewhere.post(url(), headers=await sign_up(elsewhere) | json, content=body)
+        let_go.set()
+        answers = [await first, await crowding, someone]
+    finally:
+        bodies.share, bodies.budget = saved
+        let_go.set()
+    assert [a.status_code for a in answers] == [404, 429, 404], [a.text for a in answers]
+    assert "as much at once as one account may" in answers[1].json()["detail"]
+    assert int(answers[1].headers["Retry-After"]) > 0
     assert bodies.held == 0 and not bodies.by_sender
 
 

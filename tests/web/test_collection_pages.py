@@ -348,6 +348,27 @@ async def test_a_folder_through_the_classify_form(user_browser: Client, no_worke
     assert (collection.total, collection.name) == (2, "holiday")  # hidden files are not the user's images
 
 
+@pytest.mark.parametrize(
+    ("chosen", "name"),
+    [
+        ("Family \U0001f468\u200d\U0001f469\u200d\U0001f467/", "Family \U0001f468\U0001f469\U0001f467"),
+        ("Soft\u00adhyphen/", "Softhyphen"),
+        ("\ufeffnotes\u2028.zip", "notes"),
+    ],
+)
+async def test_a_folder_or_zip_named_with_invisible_characters_is_taken(
+    user_browser: Client, no_worker: None, chosen: str, name: str
+) -> None:
+    """Found in review: the name made from a folder's (or a zip's) kept the zero-width joiners of an emoji,
+    a soft hyphen or a line separator, which a typed collection name may not have, and the whole upload was
+    400 ("The collection name must not contain control or invisible characters") for a name nobody typed."""
+    files: Files = [("files", (chosen, samples.zipped({"x.jpg": samples.photo(9510)}), ZIP_TYPE))]
+    if not chosen.endswith(".zip"):
+        files = [*image_files(1, 9511, folder=chosen), *image_files(1, 9512, folder=chosen + "day2/")]
+    collection = await created(await post_files(user_browser, files))
+    assert (collection.name, collection.total) == (name, len(files))
+
+
 async def test_images_and_a_zip_together(user_browser: Client, no_worker: None) -> None:
     archive = samples.zipped({"x.jpg": samples.photo(9500)})
     files = [*image_files(1, 9501), ("files", ("more.zip", archive, ZIP_TYPE))]

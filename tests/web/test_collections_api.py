@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import csv
 import dataclasses
+import errno
 import io
 import os
 import secrets
@@ -28,14 +29,14 @@ from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from tortoise.exceptions import DBConnectionError
 
-from app import collections, keys, predictions, quotas
+from app import archives, collections, keys, predictions, quotas
 from app.archives import Upload
 from app.models import Collection, CollectionStatus, Prediction, User
 from app.settings import Settings
 from app.web.limits import RESERVE_EACH, UPLOADS_RESERVED, BodiesHeld, BodyBudget, Person
 from tests import broken_zips, samples
 from tests.conftest import CountingClassifier, running_worker
-from tests.helpers import eventually, sign_up
+from tests.helpers import eventually, from_address, sign_up
 from tests.page_helpers import prediction_values
 
 Client = httpx.AsyncClient
@@ -298,6 +299,31 @@ async def test_text_instead_of_a_file_is_400(client: Client, auth: dict[str, str
     response = await client.post("/api/collections", headers=headers, content=body)
     assert response.status_code == 400, response.text
     assert "not valid UTF-8" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [("photos.tar", samples.tarred({"a.jpg": samples.photo(6290)})), ("photo.jpg", samples.photo(6291))],
+)
+async def test_an_archive_that_is_no_zip_is_415(
+    client: Client, auth: dict[str, str], no_worker: None, name: str, data: bytes
+) -> None:
+    """Found in review: a tar archive (or an image) sent as `archive` was taken as one image: 202, and a
+    collection of one item that then failed as "not a supported image"."""
+    response = await client.post("/api/collections", headers=auth, files={"archive": (name, data)})
+    assert response.status_code == 415, response.text
+    assert "`archive` must be a zip archive" in response.json()["detail"]
+    assert (await client.get("/api/collections", headers=auth)).json()["total"] == 0
+
+
+async def test_a_form_of_too_many_parts_is_413_saying_so(client: Client, auth: dict[str, str], no_worker: None) -> None:
+    """Found in review: past the parts a form may have (MAX_COLLECTION_FILES + 8), Litestar's parser answered
+    400 "Request Entity Too Large", which named neither the bound nor the status; a few files fewer got the
+    collection's clear 413."""
+    files = [("files", (f"{i}.jpg", b"x")) for i in range(10_010)]
+    response = await client.post("/api/collections", headers=auth, files=files)
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"].startswith("The form has more than 10008 parts (files and fields)")
 
 
 async def test_nobody_reads_another_users_collection(client: Client, auth: dict[str, str], no_worker: None) -> None:
@@ -607,6 +633,36 @@ async def test_a_store_full_for_a_while_pauses_the_reading_and_fails_no_image(
     assert (await described(client, auth, body["id"]))["error"] is None
 
 
+async def test_an_archive_that_cannot_be_opened_for_a_while_pauses_the_reading(
+    client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: any OSError opening the stored archive (too many files open, with many collections
+    read at once) ended its reading for good, and its archive was removed: 6 images accepted, none ever read."""
+    monkeypatch.setattr(collections, "READING_LOCK_S", 1)  # a paused reading resumes once its lock lapses
+    reader, busy = archives.Reader, asyncio.Event()
+    busy.set()
+
+    def too_many_files_open(*args: Any) -> archives.Reader:
+        if busy.is_set():
+            raise OSError(errno.EMFILE, "Too many open files")
+        return reader(*args)
+
+    monkeypatch.setattr(archives, "Reader", too_many_files_open)
+    images = [(f"{i}.png", samples.photo(9630 + i, (16, 12), "PNG")) for i in range(6)]
+    body = await create(client, auth, files=as_files(images))
+
+    async def paused() -> bool:
+        return str((await described(client, auth, body["id"]))["error"]).startswith("Reading paused")
+
+    await eventually(paused, seconds=30, what="the reading paused")
+    described_paused = await described(client, auth, body["id"])
+    assert described_paused["status"] == "reading", described_paused
+    assert "The archive cannot be opened just now (Too many open files)" in described_paused["error"]
+    busy.clear()
+    await all_read(client, [(auth, body["id"])])
+    assert await progress(client, auth, body["id"]) == {"total": 6, "queued": 6, "done": 0, "failed": 0}
+
+
 async def test_the_bodies_a_process_holds_at_once_are_bounded_in_all_and_by_person(
     app: Litestar, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -624,21 +680,23 @@ async def test_the_bodies_a_process_holds_at_once_are_bounded_in_all_and_by_pers
         await gate.wait()
         return await create(*args)
 
-    async def send(headers: dict[str, str]) -> httpx.Response:
-        return await client.post("/api/collections", headers=headers, files=images)
+    async def send(headers: dict[str, str], sender: Client = client) -> httpx.Response:
+        return await sender.post("/api/collections", headers=headers, files=images)
 
     monkeypatch.setattr(collections, "create", held_until_let_go)
     budget, share = bodies.budget, bodies.share
     bodies.budget, bodies.share = bodies.held + int(2.5 * size), int(1.5 * size)
     try:
         held = []
-        for headers in (auth, other):  # one body each: both held
-            held.append(asyncio.create_task(send(headers)))
-            await asyncio.wait_for(entered.acquire(), 30)
-        past_share = await send(auth)  # a second of the same person's
-        past_budget = await send(await sign_up(client))  # a third person's, past what the process holds
-        gate.set()
-        answers = await asyncio.gather(*held)
+        # One body each, both held: from two addresses (one address's requests hold one person's share).
+        async with from_address(app, "198.51.100.31") as elsewhere, from_address(app, "198.51.100.32") as third:
+            for sender, headers in ((client, auth), (elsewhere, other)):
+                held.append(asyncio.create_task(send(headers, sender)))
+                await asyncio.wait_for(entered.acquire(), 30)
+            past_share = await send(auth)  # a second of the same person's
+            past_budget = await send(await sign_up(third), third)  # a third person's, past what the process holds
+            gate.set()
+            answers = await asyncio.gather(*held)
     finally:
         bodies.budget, bodies.share = budget, share
         gate.set()
@@ -655,6 +713,7 @@ async def test_collections_held_leave_room_for_single_uploads(app: Litestar, set
     64 kB), held the whole budget, and everyone's uploads met 503 for days. Bodies larger than a single
     upload may hold all but UPLOADS_RESERVED uploads' room."""
     bodies, holding, piece = app.state.bodies, asyncio.Event(), b"x" * (4 << 20)
+    addresses: dict[str, str] = {}
 
     async def holder(scope: Any, receive: Any, send: Any) -> None:  # reads the whole body, then holds it
         while (await receive()).get("more_body"):
@@ -670,7 +729,9 @@ async def test_collections_held_leave_room_for_single_uploads(app: Litestar, set
             return next(messages)
 
         try:
-            scope: Any = {"type": "http", "user": SimpleNamespace(id=who)}
+            # Each person from an address of their own: one address's requests hold one person's share.
+            address = addresses.setdefault(who, f"203.0.113.{len(addresses) + 1}")
+            scope: Any = {"type": "http", "user": SimpleNamespace(id=who), "client": (address, 1)}
             await BodyBudget(holder, bodies)(scope, receive, cast(Any, None))
         except HTTPException as refused:
             return refused.status_code
@@ -783,3 +844,40 @@ async def test_a_collections_csv_is_made_a_page_at_a_time(
     response = await client.get(f"/api/collections/{collection.id}/results.csv", headers=auth)
     assert response.status_code == 200 and response.headers["content-type"] == "text/csv; charset=utf-8"
     assert response.text == "".join(pages)
+
+
+async def test_collections_read_at_once_hold_a_bounded_number_of_entries(
+    client: Client, app: Litestar, no_worker: None
+) -> None:
+    """Found in review: every collection being read held its next entries (up to MAX_UPLOAD_BYTES each, as
+    many as there are decode processes) while it waited for the decode processes, so the memory of the web
+    process grew with the number of collections read at once: 8 people's collections of 4 MB entries held
+    64 MB here, a hundred 10 MB ones 2 GB. Readings now take turns, by person, a bounded number of steps at
+    once, and a step's entries are read only once its turn comes."""
+    services = app.state.services
+    people = []
+    for _ in range(8):
+        me = await client.get("/api/users/me", headers=await sign_up(client))
+        people.append(await User.get(id=me.json()["id"]))
+    zips = [samples.zipped({f"{i}.bin": os.urandom(4 << 20) for i in range(2)}, zipfile.ZIP_STORED) for _ in people]
+    async with contextlib.AsyncExitStack() as held:  # the decode processes busy with someone else's images
+        for slot in range(services.settings.decode_processes):
+            await held.enter_async_context(services.decoder.turns.slot(("someone else", slot)))
+        tracemalloc.start()
+        try:
+            started = [
+                await collections._start(services, person, [Upload("e.zip", archive)], "", (2, 8 << 20))
+                for person, archive in zip(people, zips, strict=True)
+            ]
+            await asyncio.sleep(3)  # long enough for every reading to read what it will before its turn
+            held_now, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    # Turns of 2 steps of `decode_processes` entries: 16 MB at most. The margin is for the app's other work.
+    assert held_now < 24 << 20, f"{held_now / 2**20:.1f} MB held by 8 collections waiting to be read"
+
+    async def all_read() -> bool:
+        return not await Collection.filter(id__in=[c.id for c in started], status=CollectionStatus.READING).exists()
+
+    await eventually(all_read, seconds=60, what="the collections read")
+    assert await Prediction.filter(collection_id__in=[c.id for c in started]).count() == 16

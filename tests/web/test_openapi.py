@@ -115,7 +115,7 @@ EXPECTED_ERRORS = {
     "POST /api/predictions/{prediction_id}/feedback": SIGNED_IN | {404, 409, 413},
     "GET /api/feedback": SIGNED_IN,
     "GET /api/labels": {400, 431},
-    "POST /api/collections": SIGNED_IN | {413, 429, 507},
+    "POST /api/collections": SIGNED_IN | {413, 415, 429, 507},
     "GET /api/collections": SIGNED_IN,
     "GET /api/collections/{collection_id}": SIGNED_IN | {404},
     "GET /api/collections/{collection_id}/results.csv": SIGNED_IN | {404},

@@ -34,7 +34,14 @@ class CollectionForm:
 
 
 async def read_uploads(form: CollectionForm) -> list[archives.Upload]:
-    return await read_parts(form.files, "files") + await read_parts(form.archive, "archive")
+    """The uploads of the form; 415 for an `archive` that is no zip: taken as one image, a tar archive was
+    accepted (202) as a collection of one item, which then failed as "not a supported image"."""
+    archive = await read_parts(form.archive, "archive")
+    if archive and not archives.is_archive(archive[0]):
+        raise archives.refuse(
+            "`archive` must be a zip archive (tar, 7z, rar and others are not opened); send images as `files`", 415
+        )
+    return await read_parts(form.files, "files") + archive
 
 
 @post(
@@ -42,7 +49,7 @@ async def read_uploads(form: CollectionForm) -> list[archives.Upload]:
     tags=["collections"],
     summary="Classify many images: several multipart `files`, or one zip `archive`",
     status_code=HTTP_202_ACCEPTED,
-    responses=errors(429, 507),
+    responses=errors(415, 429, 507),
 )
 async def create_collection(request: AuthedRequest, data: MultipartBody[CollectionForm]) -> Response[CollectionOut]:
     uploads = await read_uploads(data)
