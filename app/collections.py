@@ -27,7 +27,6 @@ from redis.exceptions import LockError, LockNotOwnedError
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 from tortoise.functions import Count
-from tortoise.queryset import QuerySet
 
 from app import archives, files, keys, predictions, quotas, sandbox, text
 from app.archives import Upload, refuse
@@ -301,27 +300,17 @@ async def read_archive(services: Services, collection: Collection, lock: Lock) -
 async def progress_of(collections: list[Collection]) -> dict[str, dict[str, int]]:
     """Progress of several collections by id: of those done, as counted then; the others' in one grouped query."""
     found = {str(c.id): {"total": c.total, **{str(status): 0 for status in Status}} for c in collections}
-    counting = []
-    for c in collections:
-        if c.done_count is None or c.failed_count is None:
-            counting.append(c.id)
-        else:
-            found[str(c.id)].update({Status.DONE.value: c.done_count, Status.FAILED.value: c.failed_count})
+    counting = [c.id for c in collections if c.done_count is None or c.failed_count is None]
+    for c in (c for c in collections if c.id not in counting):
+        found[str(c.id)].update({Status.DONE.value: c.done_count or 0, Status.FAILED.value: c.failed_count or 0})
     grouped = Prediction.filter(collection_id__in=counting).group_by("collection_id", "status").annotate(n=Count("id"))
-    rows = await grouped.values("collection_id", "status", "n") if counting else []
-    for row in rows:
+    for row in await grouped.values("collection_id", "status", "n") if counting else []:
         found[str(row["collection_id"])][str(row["status"])] = row["n"]
     return found
 
 
 async def progress(collection: Collection) -> dict[str, int]:
     return (await progress_of([collection]))[str(collection.id)]
-
-
-def of_person(user: User) -> QuerySet[Collection]:
-    """A person's collections, the newest first, by the index on (user_id, created_at): without it every
-    person's were read for each history page."""
-    return Collection.filter(user_id=user.id).order_by("-created_at")
 
 
 async def visible_collection(user: User, collection_id: Any) -> Collection:

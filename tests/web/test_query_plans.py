@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from uuid import uuid4
 
 import httpx
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
-from app import collections, feedback
+from app import feedback
 from app.feedback import FeedbackFilter
 from app.feeder import Source, waiting_of
-from app.models import Collection, CollectionStatus, Prediction, User
+from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.web.pages import admin, history
 from tests.helpers import unique_email
 
@@ -90,7 +89,7 @@ async def test_feedback_pages_read_by_an_index_in_its_order(client: httpx.AsyncC
 async def test_a_persons_collections_are_read_by_an_index_in_its_order(client: httpx.AsyncClient) -> None:
     """Every history page (and GET /api/collections) read every person's collections to find and count the
     newest of one person's."""
-    newest = collections.of_person(SOMEONE)
+    newest = Collection.of_person(SOMEONE)
     for query in (newest.limit(4), newest.count()):
         steps = await plan(query)
         assert await reads_a_range(steps, "collections", "user_id") and in_index_order(steps, "collections"), steps
@@ -109,7 +108,7 @@ async def test_the_history_reads_single_images_only(client: httpx.AsyncClient) -
     someone with a collection of 2,000 newer than their 12 single images (PostgreSQL chooses by statistics)."""
     person = await User.create(email=unique_email(), password_hash="x")
     collection = await Collection.create(user=person, total=2000, status=CollectionStatus.DONE)
-    row = {"user": person, "image_path": "", "model_name": "resnet50", "model_weights": "random"}
+    row = {"user": person, "image_path": "", "model_name": "resnet50", "model_weights": "random", "status": Status.DONE}
     singles = [Prediction(image_sha256=f"{i:064x}", **row) for i in range(12)]
     items = [Prediction(image_sha256=f"{i:064x}", collection=collection, entry=i, **row) for i in range(2000)]
     await Prediction.bulk_create([*singles, *items], batch_size=1000)
@@ -123,11 +122,29 @@ async def test_the_history_reads_single_images_only(client: httpx.AsyncClient) -
 
 async def test_the_feeder_reads_only_the_images_waiting(client: httpx.AsyncClient) -> None:
     """Each feeding round takes a person's (or a collection's) oldest images waiting in the database. SQLite read
-    them by the person's index: every image they ever sent, finished ones too, each round."""
-    for source in (Source(SOMEONE.id, None), Source(SOMEONE.id, uuid4())):
-        steps = await plan(waiting_of(source).limit(50))
-        assert await reads_a_range(steps, "predictions", "status") and in_index_order(steps, "predictions"), steps
-        assert searches_on(steps, "user_id") and searches_on(steps, "collection_id"), steps
+    them by the person's index: every image they ever sent, finished ones too, each round. Planned for someone
+    with 2,000 images done and 5 waiting, alone and in a collection (PostgreSQL chooses by statistics)."""
+    person = await User.create(email=unique_email(), password_hash="x")
+    collection = await Collection.create(user=person, total=2005, status=CollectionStatus.CLASSIFYING)
+    row = {"user": person, "image_path": "", "model_name": "resnet50", "model_weights": "random"}
+    await Prediction.bulk_create(
+        [
+            Prediction(image_sha256=f"{i:064x}", status=Status.DONE if i >= 5 else Status.QUEUED, **row, **extra)
+            for extra in ({}, {"collection": collection})
+            for i in range(2005)
+        ],
+        batch_size=1000,
+    )
+    await statistics_taken("predictions")
+    try:
+        for source in (Source(person.id, None), Source(person.id, collection.id)):
+            steps = await plan(waiting_of(source).limit(50))
+            assert await reads_a_range(steps, "predictions", "status"), steps
+            assert in_index_order(steps, "predictions"), steps
+            assert searches_on(steps, "user_id") and searches_on(steps, "collection_id"), steps
+    finally:  # not left for the app's feeder
+        await Prediction.filter(user=person, status=Status.QUEUED).update(status=Status.FAILED)
+        await Collection.filter(id=collection.id).update(status=CollectionStatus.DONE)
 
 
 async def test_the_admins_list_of_accounts_is_read_in_an_indexs_order(client: httpx.AsyncClient) -> None:

@@ -14,7 +14,7 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from app import archives, collections
-from app.models import Status
+from app.models import Collection, Status
 from app.schemas import CollectionOut, collection_out, prediction_out
 from app.web.api.schemas import CollectionDetail, CollectionPage
 from app.web.contract import errors
@@ -63,7 +63,7 @@ async def create_collection(request: AuthedRequest, data: MultipartBody[Collecti
 
 @get("/api/collections", tags=["collections"], summary="Your collections, newest first")
 async def list_collections(request: AuthedRequest, page: Page = 1, per_page: PerPage = 20) -> CollectionPage:
-    items, pager = await paginate(collections.of_person(request.user), page, per_page)
+    items, pager = await paginate(Collection.of_person(request.user), page, per_page)
     progress = await collections.progress_of(items)  # one query for the page, not one per collection
     described = [collection_out(c, progress[str(c.id)]) for c in items]
     return CollectionPage(described, page, per_page, pager.total)

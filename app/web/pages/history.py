@@ -9,7 +9,7 @@ from litestar.response import Template
 from tortoise.queryset import QuerySet
 
 from app import collections, feedback, predictions
-from app.models import Feedback, Prediction, User
+from app.models import Collection, Feedback, Prediction, User
 from app.web.deps import AnyRequest, Page, paginate
 from app.web.rendering import render
 
@@ -19,7 +19,7 @@ COLLECTIONS_PER_PAGE = 20
 
 
 async def collections_context(user: User, page: int, per_page: int) -> dict[str, Any]:
-    items, pager = await paginate(collections.of_person(user), page, per_page)
+    items, pager = await paginate(Collection.of_person(user), page, per_page)
     progress = await collections.progress_of(items)
     rows = [{"collection": c, "progress": progress[str(c.id)]} for c in items]
     return {"collections": rows, "collections_pager": pager}
