@@ -298,15 +298,13 @@ async def read_archive(services: Services, collection: Collection, lock: Lock) -
 
 
 async def progress_of(collections: list[Collection]) -> dict[str, dict[str, int]]:
-    """Progress of several collections in one grouped query, by collection id."""
+    """Progress of several collections by id: of those done, as counted then; the others' in one grouped query."""
     found = {str(c.id): {"total": c.total, **{str(status): 0 for status in Status}} for c in collections}
-    rows = await (
-        Prediction.filter(collection_id__in=[c.id for c in collections])
-        .group_by("collection_id", "status")
-        .annotate(n=Count("id"))
-        .values("collection_id", "status", "n")
-    )
-    for row in rows:
+    counting = [c.id for c in collections if c.done_count is None or c.failed_count is None]
+    for c in (c for c in collections if c.id not in counting):
+        found[str(c.id)].update({Status.DONE.value: c.done_count or 0, Status.FAILED.value: c.failed_count or 0})
+    grouped = Prediction.filter(collection_id__in=counting).group_by("collection_id", "status").annotate(n=Count("id"))
+    for row in await grouped.values("collection_id", "status", "n") if counting else []:
         found[str(row["collection_id"])][str(row["status"])] = row["n"]
     return found
 

@@ -82,6 +82,14 @@ def _of(source: Source) -> Any:
     return query.filter(collection_id=source.collection_id)
 
 
+def waiting_of(source: Source) -> Any:
+    """A source's images waiting in the database, oldest first: by the index on (status, user_id,
+    collection_id, created_at), which holds them together and in order. SQLite read them by the person's
+    index instead, every image they ever sent, each round. Ordered by collection_id too (one value here) so
+    that PostgreSQL sees the index's order for a person's single images (`IS NULL` does not fix a column)."""
+    return _of(source).filter(enqueued_at__isnull=True).order_by("collection_id", "created_at")
+
+
 async def _finish_from_cache(services: Services, ids: list[str], cached: dict[str, Any]) -> None:
     await Prediction.filter(id__in=ids, status=Status.QUEUED).update(
         **cached, status=Status.DONE, cached=True, finished_at=datetime.now(UTC)
@@ -137,11 +145,11 @@ async def _in_turns(
 async def _feed_source(services: Services, source: Source, room: int) -> int:
     """Put up to `room` more of a source's waiting images on its user's bulk stream, oldest first; the
     same image waiting several times makes one job. How many went on."""
-    waiting = await _of(source).filter(enqueued_at__isnull=True).order_by("created_at").limit(room)
+    fed = await waiting_of(source).limit(room)
     by_image: dict[str, list[Prediction]] = defaultdict(list)
-    for prediction in waiting:
+    for prediction in fed:
         by_image[prediction.image_sha256].append(prediction)
-    ids = [str(p.id) for p in waiting]
+    ids = [str(p.id) for p in fed]
     # Marked first, so no other round feeds them meanwhile; unmarked again below if this round fails.
     await Prediction.filter(id__in=ids).update(enqueued_at=datetime.now(UTC))
     made: list[Job | None] = []
@@ -164,7 +172,7 @@ async def _feed_source(services: Services, source: Source, room: int) -> int:
         raise
     if later:
         await Prediction.filter(id__in=later, status=Status.QUEUED).update(enqueued_at=None)
-    return len(waiting) - len(later)
+    return len(fed) - len(later)
 
 
 async def _finish_collections() -> None:
@@ -179,6 +187,21 @@ async def _finish_collections() -> None:
         await Collection.filter(id__in=finished, status=CollectionStatus.CLASSIFYING).update(
             status=CollectionStatus.DONE
         )
+        await _count_finished(finished)
+
+
+async def _count_finished(collection_ids: list[Any]) -> None:
+    """Store what done collections' images came to (Collection.done_count, failed_count): they change no more."""
+    rows = await (
+        Prediction.filter(collection_id__in=collection_ids)
+        .group_by("collection_id", "status")
+        .annotate(n=Count("id"))
+        .values_list("collection_id", "status", "n")
+    )
+    counts = {(str(collection_id), str(status)): int(n) for collection_id, status, n in rows}
+    for collection_id in collection_ids:
+        done, failed = (counts.get((str(collection_id), status.value), 0) for status in (Status.DONE, Status.FAILED))
+        await Collection.filter(id=collection_id).update(done_count=done, failed_count=failed)
 
 
 async def _has_work() -> bool:

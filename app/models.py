@@ -12,6 +12,7 @@ from uuid import UUID
 from tortoise import connections, fields
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.models import Model
+from tortoise.queryset import QuerySet
 
 
 class Status(StrEnum):
@@ -38,6 +39,7 @@ class User(Model):
 
     class Meta:
         table = "users"
+        indexes = (("created_at",),)  # newest first: the admin's list of accounts (app.web.pages.admin.accounts)
 
 
 # Many images classified together (a folder, a zip); each image is a Prediction of it.
@@ -57,6 +59,10 @@ class Collection(Model):
     # rolling upgrade) can still create collections once the column is there.
     archive_bytes = fields.BigIntField(default=0, db_default=0)
     error = fields.TextField(null=True)  # why reading the archive stopped, if it did
+    # Its images done and failed, counted as it is done (they change no more after), so that the history and the
+    # API read two numbers, not its 10,000 images, each time. Null before then, and if done before 0013.
+    done_count = fields.IntField(null=True)
+    failed_count = fields.IntField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
 
     predictions: fields.ReverseRelation[Prediction]
@@ -64,6 +70,13 @@ class Collection(Model):
     class Meta:
         table = "collections"
         ordering = ["-created_at"]
+        indexes = (("user_id", "created_at"),)  # a person's, newest first: `of_person`
+
+    @classmethod
+    def of_person(cls, user: User) -> QuerySet[Collection]:
+        """A person's collections, the newest first (the history page, GET /api/collections), by the index on
+        (user_id, created_at): without it every person's were read for each history page."""
+        return cls.filter(user_id=user.id).order_by("-created_at")
 
 
 class Prediction(Model):
@@ -106,8 +119,17 @@ class Prediction(Model):
         ordering = ["-created_at"]
         # A user's predictions by time: the history pages and the per-user quotas (app/quotas.py). An image's
         # finished results: an upload of it again (app.predictions.earlier_result); without both columns SQLite
-        # chose the status index and read every finished row per upload.
-        indexes = (("user_id", "created_at"), ("image_sha256", "status"))
+        # chose the status index and read every finished row per upload. The predictions finished lately: the
+        # admin's status panel, every two seconds (app.web.pages.admin.recently_finished). A person's single
+        # images by time: the history page, which read all their collections' images to find them. The images
+        # of a person or collection waiting in the database, oldest first: the feeder (app.feeder.waiting_of).
+        indexes = (
+            ("user_id", "created_at"),
+            ("image_sha256", "status"),
+            ("finished_at",),
+            ("user_id", "collection_id", "created_at"),
+            ("status", "user_id", "collection_id", "created_at"),
+        )
         unique_together = (("collection", "entry"),)
 
 
@@ -129,6 +151,8 @@ class Feedback(Model):
     class Meta:
         table = "feedback"
         unique_together = (("prediction", "user"),)
+        # Newest first: a person's (GET /api/feedback), everyone's (an admin's, and the admin page's).
+        indexes = (("user_id", "updated_at"), ("updated_at",))
 
 
 async def mark_failed(prediction_ids: Iterable[str], error: str) -> list[str]:

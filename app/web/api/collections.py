@@ -63,8 +63,7 @@ async def create_collection(request: AuthedRequest, data: MultipartBody[Collecti
 
 @get("/api/collections", tags=["collections"], summary="Your collections, newest first")
 async def list_collections(request: AuthedRequest, page: Page = 1, per_page: PerPage = 20) -> CollectionPage:
-    query = Collection.filter(user=request.user).order_by("-created_at")
-    items, pager = await paginate(query, page, per_page)
+    items, pager = await paginate(Collection.of_person(request.user), page, per_page)
     progress = await collections.progress_of(items)  # one query for the page, not one per collection
     described = [collection_out(c, progress[str(c.id)]) for c in items]
     return CollectionPage(described, page, per_page, pager.total)

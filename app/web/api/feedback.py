@@ -13,7 +13,6 @@ from litestar.status_codes import HTTP_200_OK
 
 from app import feedback, labels, predictions
 from app.feedback import COMMENT_MAX
-from app.models import Feedback
 from app.schemas import FeedbackOut, feedback_out
 from app.web.api.schemas import FeedbackPage, LabelOut
 from app.web.contract import errors
@@ -53,9 +52,9 @@ async def list_feedback(
     wrong_only: Annotated[bool, QueryParameter()] = False,
     label: Annotated[str | None, QueryParameter(max_length=100, description="Predicted label")] = None,
 ) -> FeedbackPage:
-    query = Feedback.all() if request.user.is_admin else Feedback.filter(user=request.user)
-    query = feedback.FeedbackFilter(wrong_only, label or "").apply(query)
-    items, pager = await paginate(query.order_by("-updated_at"), page, per_page)
+    filters = feedback.FeedbackFilter(wrong_only, label or "")
+    query = feedback.newest_first(None if request.user.is_admin else request.user, filters)
+    items, pager = await paginate(query, page, per_page)
     return FeedbackPage([feedback_out(f) for f in items], page, per_page, pager.total)
 
 

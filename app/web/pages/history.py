@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import get
 from litestar.response import Template
+from tortoise.queryset import QuerySet
 
 from app import collections, feedback, predictions
 from app.models import Collection, Feedback, Prediction, User
@@ -18,17 +19,25 @@ COLLECTIONS_PER_PAGE = 20
 
 
 async def collections_context(user: User, page: int, per_page: int) -> dict[str, Any]:
-    items, pager = await paginate(Collection.filter(user=user).order_by("-created_at"), page, per_page)
+    items, pager = await paginate(Collection.of_person(user), page, per_page)
     progress = await collections.progress_of(items)
     rows = [{"collection": c, "progress": progress[str(c.id)]} for c in items]
     return {"collections": rows, "collections_pager": pager}
 
 
+def single_images(user: User) -> QuerySet[Prediction]:
+    """A person's images sent alone, newest first. Images of a collection are listed on its own page: here they
+    would bury the single ones. By the index on (user_id, collection_id, created_at): by the one on (user_id,
+    created_at), each page read past all the person's collections' images. Ordered by collection_id too (null
+    in all of them) so that PostgreSQL sees the index's order: `IS NULL` does not fix a column as `=` does,
+    and it sorted all the person's single images for each page."""
+    singles = Prediction.filter(user_id=user.id, collection_id__isnull=True)
+    return singles.order_by("-collection_id", "-created_at")
+
+
 @get("/history", name="history", include_in_schema=False)
 async def history(request: AnyRequest, page: Page = 1) -> Template:
-    # Images of a collection are listed on its own page: here they would bury the single ones.
-    query = Prediction.filter(user=request.user, collection_id__isnull=True).order_by("-created_at")
-    items, pager = await paginate(query, page, HISTORY_PER_PAGE)
+    items, pager = await paginate(single_images(request.user), page, HISTORY_PER_PAGE)
     given = await Feedback.filter(user=request.user, prediction_id__in=[p.id for p in items])
     by_prediction = {str(f.prediction_id): feedback.feedback_dict(f) for f in given}  # type: ignore[attr-defined]
     rows = [

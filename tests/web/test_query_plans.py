@@ -1,0 +1,153 @@
+"""Requests whose cost must not grow with everyone's data: the database's plan for each of their queries
+reads an index range, never a whole table, and sorts nothing (an index gives the order).
+
+PostgreSQL is asked to avoid whole-table reads and sorts wherever it can (`enable_seqscan`, `enable_sort`
+off): on a test's few rows it would choose them anyway, which hides whether an index could serve. One left in
+the plan then means no index serves the query, and on a year's data it reads every row. SQLite plans by its
+rules, without statistics: its plan is the one it runs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+from tortoise import connections
+from tortoise.transactions import in_transaction
+
+from app import feedback
+from app.feedback import FeedbackFilter
+from app.feeder import Source, waiting_of
+from app.models import Collection, CollectionStatus, Prediction, Status, User
+from app.web.pages import admin, history
+from tests.helpers import unique_email
+
+SOMEONE = User(id=1)  # plans need no rows: only the id is read
+
+
+async def plan(query: Any) -> str:
+    """The database's plan for a Tortoise query (a QuerySet, or its count), one step a line."""
+    sql = query.sql(params_inline=True)
+    connection = connections.get("default")
+    if connection.capabilities.dialect == "sqlite":
+        _, rows = await connection.execute_query(f"EXPLAIN QUERY PLAN {sql}")
+        return "\n".join(row["detail"] for row in rows)
+    async with in_transaction() as transaction:
+        await transaction.execute_script("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
+        _, rows = await transaction.execute_query(f"EXPLAIN {sql}")
+    return "\n".join(row["QUERY PLAN"] for row in rows)
+
+
+async def reads_a_range(steps: str, table: str, column: str) -> bool:
+    """Whether the plan reads `table` by an index that starts with `column`: SQLite's SEARCH on it, or
+    PostgreSQL's index scans all by such an index (a condition on an index's later column reads all of it)."""
+    if "Seq Scan" in steps or "Sort" in steps:
+        return False
+    if connections.get("default").capabilities.dialect == "sqlite":
+        return any(line.startswith(f"SEARCH {table} ") and f"({column}" in line for line in steps.splitlines())
+    used = re.findall(r"(?: using|Bitmap Index Scan on) (\S+)", steps)
+    _, rows = await connections.get("default").execute_query(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = $1 AND indexname = ANY($2)", [table, used]
+    )
+    return bool(rows) and all(row["indexdef"].split("(", 1)[1].startswith(f"{column}") for row in rows)
+
+
+async def statistics_taken(table: str) -> None:
+    """PostgreSQL's statistics of `table` brought up to date, as its autovacuum does as rows come."""
+    connection = connections.get("default")
+    if connection.capabilities.dialect != "sqlite":
+        await connection.execute_script(f"ANALYZE {table}")
+
+
+def in_index_order(steps: str, table: str) -> bool:
+    """Whether the plan reads `table` in an index's order, sorting nothing: a page of it stops at its limit."""
+    if "Sort" in steps or "TEMP B-TREE FOR ORDER BY" in steps or f"Seq Scan on {table}" in steps:
+        return False
+    return f"SCAN {table}\n" not in f"{steps}\n"
+
+
+async def test_the_status_panel_counts_the_last_minute_by_an_index(client: httpx.AsyncClient) -> None:
+    """The admin's status panel refreshes itself every two seconds; its throughput counted the predictions
+    finished in the last minute by reading every finished prediction (the status index matches nearly all)."""
+    steps = await plan(admin.recently_finished().count())
+    assert await reads_a_range(steps, "predictions", "finished_at"), steps
+
+
+async def test_feedback_pages_read_by_an_index_in_its_order(client: httpx.AsyncClient) -> None:
+    """A person's feedback (GET /api/feedback) read everyone's, and an admin's (the API, the admin page's list)
+    sorted all of it, for each page."""
+    mine = feedback.newest_first(SOMEONE, FeedbackFilter())
+    for query in (mine.limit(50), mine.count(), feedback.newest_first(SOMEONE, FeedbackFilter(wrong_only=True))):
+        steps = await plan(query)
+        assert await reads_a_range(steps, "feedback", "user_id") and in_index_order(steps, "feedback"), steps
+    everyone = feedback.newest_first(None, FeedbackFilter()).select_related("prediction", "user").limit(25)
+    steps = await plan(everyone)
+    assert in_index_order(steps, "feedback"), steps
+
+
+async def test_a_persons_collections_are_read_by_an_index_in_its_order(client: httpx.AsyncClient) -> None:
+    """Every history page (and GET /api/collections) read every person's collections to find and count the
+    newest of one person's."""
+    newest = Collection.of_person(SOMEONE)
+    for query in (newest.limit(4), newest.count()):
+        steps = await plan(query)
+        assert await reads_a_range(steps, "collections", "user_id") and in_index_order(steps, "collections"), steps
+
+
+def searches_on(steps: str, column: str) -> bool:
+    """Whether an index search's condition names `column` (not a filter applied to each row it reads)."""
+    if "QUERY PLAN" in steps or "Cond:" in steps:  # PostgreSQL
+        return any("Index Cond:" in line and column in line for line in steps.splitlines())
+    return any(line.startswith("SEARCH ") and f"{column}=" in line for line in steps.splitlines())
+
+
+async def test_the_history_reads_single_images_only(client: httpx.AsyncClient) -> None:
+    """The history lists a person's images sent alone: by the index on (user_id, created_at), each page and its
+    count read past every image of the person's collections (10,000 a collection) to find them. Planned for
+    someone with a collection of 2,000 newer than their 12 single images (PostgreSQL chooses by statistics)."""
+    person = await User.create(email=unique_email(), password_hash="x")
+    collection = await Collection.create(user=person, total=2000, status=CollectionStatus.DONE)
+    row = {"user": person, "image_path": "", "model_name": "resnet50", "model_weights": "random", "status": Status.DONE}
+    singles = [Prediction(image_sha256=f"{i:064x}", **row) for i in range(12)]
+    items = [Prediction(image_sha256=f"{i:064x}", collection=collection, entry=i, **row) for i in range(2000)]
+    await Prediction.bulk_create([*singles, *items], batch_size=1000)
+    await statistics_taken("predictions")
+    query = history.single_images(person)
+    for asked in (query.limit(12), query.count()):
+        steps = await plan(asked)
+        assert await reads_a_range(steps, "predictions", "user_id") and in_index_order(steps, "predictions"), steps
+        assert searches_on(steps, "collection_id"), steps
+
+
+async def test_the_feeder_reads_only_the_images_waiting(client: httpx.AsyncClient) -> None:
+    """Each feeding round takes a person's (or a collection's) oldest images waiting in the database. SQLite read
+    them by the person's index: every image they ever sent, finished ones too, each round. Planned for someone
+    with 2,000 images done and 5 waiting, alone and in a collection (PostgreSQL chooses by statistics)."""
+    person = await User.create(email=unique_email(), password_hash="x")
+    collection = await Collection.create(user=person, total=2005, status=CollectionStatus.CLASSIFYING)
+    row = {"user": person, "image_path": "", "model_name": "resnet50", "model_weights": "random"}
+    await Prediction.bulk_create(
+        [
+            Prediction(image_sha256=f"{i:064x}", status=Status.DONE if i >= 5 else Status.QUEUED, **row, **extra)
+            for extra in ({}, {"collection": collection})
+            for i in range(2005)
+        ],
+        batch_size=1000,
+    )
+    await statistics_taken("predictions")
+    try:
+        for source in (Source(person.id, None), Source(person.id, collection.id)):
+            steps = await plan(waiting_of(source).limit(50))
+            assert await reads_a_range(steps, "predictions", "status"), steps
+            assert in_index_order(steps, "predictions"), steps
+            assert searches_on(steps, "user_id") and searches_on(steps, "collection_id"), steps
+    finally:  # not left for the app's feeder
+        await Prediction.filter(user=person, status=Status.QUEUED).update(status=Status.FAILED)
+        await Collection.filter(id=collection.id).update(status=CollectionStatus.DONE)
+
+
+async def test_the_admins_list_of_accounts_is_read_in_an_indexs_order(client: httpx.AsyncClient) -> None:
+    """The admin's users list sorted every account for each page of 20."""
+    steps = await plan(admin.accounts().limit(20))
+    assert in_index_order(steps, "users"), steps
