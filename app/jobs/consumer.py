@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 
 from app import keys
 from app.background import Every
-from app.jobs.cleanup_scripts import FORGET_IF_EMPTY, FORGET_IF_IDLE, FORGET_IF_QUIET
+from app.jobs.cleanup import forget_gone_consumers, forget_if_empty, forget_quiet_users
 from app.jobs.pending import DECLINED, idle_entries
 from app.jobs.protocol import (
     JOBS_PER_COMMAND,
@@ -40,8 +40,6 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 # When nothing waits anywhere, block this long on the interactive streams, then look everywhere again
 # (a user new since the last look is seen then).
 IDLE_BLOCK_MS = 100
-# A user's interactive stream stays among those blocked on for this long after their last upload.
-INTERACTIVE_LINGER_S = 300
 # How often pending entries are checked for dead workers' jobs.
 RECLAIM_EVERY = 1.0
 DEAD_LETTER_MAXLEN = 100_000
@@ -82,11 +80,23 @@ class Consumer:
         # count would move the other's start (and the same streams would be passed over every time).
         self._turns = {"interactive": 0, "bulk": 0}
         self._reads = 0
+        self._first = limits.max_batch  # of the batch being read, its part for interactive jobs (`_read`)
+        self.reclaimed = False
 
-    async def next_batch(self) -> list[Delivery]:
-        """Jobs of dead workers first (once a second), else whatever is waiting."""
+    async def next_batch(self, ahead: bool = False) -> list[Delivery]:
+        """Jobs of dead workers first (once a second; `reclaimed` says so), else whatever is waiting. `ahead`:
+        read while the batch before is inferred, never blocking (`_read`), `top_up` filling it after."""
+        taken = await self._or_new_groups(self._reclaim())
+        self.reclaimed = bool(taken)
+        return taken or await self._or_new_groups(self._read(wait=not ahead, ahead=ahead))
+
+    async def top_up(self, have: int) -> list[Delivery]:
+        """The rest of a batch read ahead that holds `have` jobs: what is waiting now, never blocking."""
+        return await self._or_new_groups(self._read(wait=False, have=have))
+
+    async def _or_new_groups(self, reading: Awaitable[list[Delivery]]) -> list[Delivery]:
         try:
-            return await self._reclaim() or await self._read()
+            return await reading
         except ResponseError as exc:
             if not missing_group(exc):
                 raise
@@ -122,26 +132,33 @@ class Consumer:
             if fields
         ]
 
-    async def _read(self) -> list[Delivery]:
-        """Whatever is waiting, up to MAX_BATCH, with no artificial delay: interactive jobs first, then
-        bulk work, each taken in turns across users, so bulk work fills the batches, and has a part of them
-        (BULK_PART) however many interactive jobs wait, and no one user starves another."""
-        size, self._reads = self.limits.max_batch, self._reads + 1
-        first = size - (size // BULK_PART or int(self._reads % BULK_PART == 0))  # BULK_PART says why
+    async def _read(self, wait: bool = True, ahead: bool = False, have: int = 0) -> list[Delivery]:
+        """Up to MAX_BATCH jobs less the `have` in hand: interactive first, then bulk work, each in turns across
+        users, so bulk work fills the batches, has a part of them (BULK_PART) however many interactive jobs wait,
+        and no one user starves another. `ahead`: while someone uploads (an interactive stream), the interactive
+        part only: the rest is read once the batch before is inferred, so an upload meanwhile comes first.
+        With nothing waiting and `wait`, a short block for what comes; no other delay."""
+        size = self.limits.max_batch
+        if not have:  # a new batch: its part for interactive jobs
+            self._reads += 1
+            self._first = size - (size // BULK_PART or int(self._reads % BULK_PART == 0))  # BULK_PART says why
         interactive = await interactive_streams(self.redis)
-        deliveries = await self._take_turns("interactive", interactive, first)
-        full = len(deliveries) == first
-        if len(deliveries) < size:
-            deliveries += await self._take_turns("bulk", await bulk_streams(self.redis), size - len(deliveries))
-        if full and len(deliveries) < size:  # no bulk work took the part held for it
-            deliveries += await self._take_turns("interactive", interactive, size - len(deliveries))
-        if not deliveries and interactive:
+        deliveries = await self._take_turns("interactive", interactive, max(0, self._first - have))
+        if ahead and interactive:
+            return deliveries
+        full = have + len(deliveries) >= self._first
+        if room := size - have - len(deliveries):
+            deliveries += await self._take_turns("bulk", await bulk_streams(self.redis), room)
+        if full and (room := size - have - len(deliveries)):  # no bulk work took the part held for it
+            deliveries += await self._take_turns("interactive", interactive, room)
+        if deliveries or not wait:
+            return deliveries
+        if interactive:
             # One call to block on them all: with more than 8 streams, one job of each that has one.
             count = max(1, min(size, JOBS_PER_COMMAND) // len(interactive))
-            deliveries = await self._xread(interactive, count, block=IDLE_BLOCK_MS)
-        elif not deliveries:
-            await asyncio.sleep(IDLE_BLOCK_MS / 1000)
-        return deliveries
+            return await self._xread(interactive, count, block=IDLE_BLOCK_MS)
+        await asyncio.sleep(IDLE_BLOCK_MS / 1000)
+        return []
 
     async def _take_turns(self, kind: str, streams: list[str], room: int) -> list[Delivery]:
         """Up to `room` jobs, an equal share from each stream. COUNT is per stream: with more streams
@@ -172,10 +189,10 @@ class Consumer:
         if now - self._last_reclaim < RECLAIM_EVERY:
             return []
         self._last_reclaim = now
-        await self._forget_quiet_users()
+        await forget_quiet_users(self.redis)
         if now - self._last_sweep >= SWEEP_CONSUMERS_EVERY:
             self._last_sweep = now
-            await self.forget_gone_consumers()
+            await forget_gone_consumers(self.redis, self.name)
         claimed: list[Delivery] = []
         for stream in await all_streams(self.redis):
             taken, alone = await self._reclaim_stream(stream, self.limits.max_batch - len(claimed), not claimed)
@@ -183,26 +200,6 @@ class Consumer:
             if alone or len(claimed) >= self.limits.max_batch:
                 break
         return claimed
-
-    async def _forget_quiet_users(self) -> None:
-        quiet_since = time.time() - INTERACTIVE_LINGER_S
-        for user in await self.redis.zrangebyscore(keys.JOB_USERS, "-inf", quiet_since):
-            user_id = as_text(user)
-            await self.redis.eval(FORGET_IF_QUIET, 2, keys.JOB_USERS, keys.jobs(user_id), user_id, quiet_since)
-
-    async def forget_gone_consumers(self) -> None:
-        """Remove from each stream's group the consumers with nothing pending whose worker is gone (no live
-        heartbeat): each worker process ever started would otherwise stay one, on every stream it read."""
-        live = {as_text(name) for name in await self.redis.zrangebyscore(keys.WORKER_NAMES, time.time(), "+inf")}
-        for stream in await all_streams(self.redis):
-            try:
-                consumers = await self.redis.xinfo_consumers(stream, keys.WORKERS_GROUP)
-            except ResponseError:  # no such stream or group (yet): no consumers
-                continue
-            for consumer in consumers:
-                name = as_text(consumer["name"])
-                if consumer["pending"] == 0 and name not in live and name != self.name:
-                    await self.redis.eval(FORGET_IF_IDLE, 1, stream, keys.WORKERS_GROUP, name)
 
     async def _reclaim_stream(self, stream: str, count: int, first: bool) -> tuple[list[Delivery], bool]:
         """The stream's jobs to take over, and whether the one job taken must be run alone. A job taken over
@@ -270,7 +267,7 @@ class Consumer:
             pipe.xadd(keys.DEAD_JOBS, dead_fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
             acknowledge(pipe, {stream: [entry_id]}, ids)
             await pipe.execute()
-        await self._forget_if_empty([stream])
+        await forget_if_empty(self.redis, [stream])
         for prediction_id in failed:
             await publish_result(self.redis, prediction_id, Status.FAILED)
 
@@ -283,12 +280,7 @@ class Consumer:
         async with self.redis.pipeline(transaction=True) as pipe:
             acknowledge(pipe, by_stream, prediction_ids)
             await pipe.execute()
-        await self._forget_if_empty(list(by_stream))
-
-    async def _forget_if_empty(self, streams: list[str]) -> None:
-        for stream in streams:
-            if stream.startswith(keys.bulk_jobs("")):
-                await self.redis.eval(FORGET_IF_EMPTY, 2, keys.BULK_USERS, stream, stream.rsplit(":", 1)[1])
+        await forget_if_empty(self.redis, list(by_stream))
 
     def keep_claimed(self, deliveries: list[Delivery]) -> Every:
         """While a batch is in hand, keep claiming its entries (JUSTID: no delivery is counted), so a

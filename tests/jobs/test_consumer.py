@@ -11,7 +11,9 @@ import pytest
 from redis.asyncio import Redis
 
 from app import keys
+from app.jobs import cleanup
 from app.jobs import consumer as consumer_module
+from app.jobs.cleanup import forget_gone_consumers
 from app.jobs.consumer import Consumer, Limits
 from app.jobs.producer import enqueue, enqueue_bulk
 from app.jobs.protocol import Heartbeat
@@ -79,7 +81,7 @@ async def test_a_users_emptied_streams_are_deleted(redis62: Redis, monkeypatch: 
     await consumer.ack(taken)
     assert not await redis62.exists(keys.bulk_jobs(7))  # at once: bulk streams are forgotten when empty
     assert not await redis62.sismember(keys.BULK_USERS, "7")
-    monkeypatch.setattr(consumer_module, "INTERACTIVE_LINGER_S", 0)  # interactive ones once quiet a while
+    monkeypatch.setattr(cleanup, "INTERACTIVE_LINGER_S", 0)  # interactive ones once quiet a while
     consumer._last_reclaim = 0.0
     await consumer.next_batch()
     assert not await redis62.exists(keys.jobs(8))
@@ -101,7 +103,7 @@ async def test_the_consumers_of_workers_gone_are_removed(redis62: Redis) -> None
         if name != "gone-with-a-job":
             await reader.ack(done)
     await readers["live"].beat(Heartbeat(name="live", model_id="m", started_at=0.0), ttl=60)
-    await Consumer(redis62, "sweeper", LIMITS).forget_gone_consumers()
+    await forget_gone_consumers(redis62, "sweeper")
     consumers = await redis62.xinfo_consumers(stream, keys.WORKERS_GROUP)
     assert sorted(c["name"] for c in consumers) == [b"gone-with-a-job", b"live"]
 

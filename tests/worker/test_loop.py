@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import threading
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import uuid4
@@ -12,13 +15,15 @@ from uuid import uuid4
 import numpy as np
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from app import keys, labels
-from app.jobs.producer import enqueue, queue_depth
+from app.jobs.producer import enqueue, enqueue_bulk, queue_depth
 from app.jobs.protocol import PIXELS_SHAPE, Job
 from app.models import Prediction, Status, User
 from app.settings import Settings
 from app.worker.classifier import StandInClassifier
+from app.worker.loop import Worker
 from tests.conftest import reset_queue, running_worker
 
 
@@ -170,3 +175,115 @@ async def test_a_job_no_worker_of_its_model_takes_fails_saying_so(
     assert dead[b"error"].decode().startswith(expected)
     left = [r for r in caplog.records if "left for a worker of that model" in r.getMessage()]
     assert len(left) == 1, [r.getMessage() for r in left]
+
+
+class HeldClassifier:
+    """The stand-in, whose first batch waits for `release`: a model still running, for as long as a test likes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.started, self.release = inner, threading.Event(), threading.Event()
+        self.batches: list[int] = []
+
+    @property
+    def info(self) -> Any:
+        return self.inner.info
+
+    def predict(self, pixels: Any) -> Any:
+        self.batches.append(len(pixels))
+        self.started.set()
+        self.release.wait(20)
+        return self.inner.predict(pixels)
+
+
+async def pending_for(redis: Redis, streams: list[str], consumer: str) -> int:
+    """The jobs of `streams` that `consumer` holds."""
+    held = 0
+    for stream in streams:
+        with contextlib.suppress(ResponseError):  # no such stream or group
+            held += len(await redis.xpending_range(stream, keys.WORKERS_GROUP, "-", "+", 100, consumername=consumer))
+    return held
+
+
+async def test_the_next_batch_is_read_while_the_model_runs_and_bulk_work_is_not(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    """While a batch is inferred, the interactive jobs waiting are read (their pixels take this thread ~7 ms
+    for 32, which the cores would otherwise sit idle through), so the next batch starts the moment this one
+    ends. Bulk work is not read ahead: an upload coming meanwhile still goes before it."""
+    await reset_queue(redis)
+    user, other = await a_user(), await a_user()
+    made = [await queued(user, settings, 101), await queued(other, settings, 102)]
+    bulk = await queued(other, settings, 103)
+    for owner, (_, job) in zip((user, other), made, strict=True):
+        await enqueue(redis, owner.id, job)
+    await enqueue_bulk(redis, other.id, [bulk[1]])
+    interactive = [keys.jobs(user.id), keys.jobs(other.id)]
+    held = HeldClassifier(classifier)
+    stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
+    task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
+    try:
+        assert await asyncio.to_thread(held.started.wait, 20)
+        for _ in range(200):  # one job in hand, the other read ahead: both claimed while the model is held
+            if await pending_for(redis, interactive, name) == 2:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # time enough to read the bulk job too, were it read ahead
+        assert await pending_for(redis, interactive, name) == 2
+        assert await pending_for(redis, [keys.bulk_jobs(other.id)], name) == 0
+        assert held.batches == [1]
+    finally:
+        held.release.set()
+        rows = await all_finished([str(p.id) for p, _ in [*made, bulk]])
+        stop.set()
+        await task
+    assert all(row.status == Status.DONE for row in rows)
+    assert held.batches == [1, 1, 1]
+
+
+async def test_with_no_one_uploading_bulk_work_is_read_ahead(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    await reset_queue(redis)
+    user = await a_user()
+    made = [await queued(user, settings, seed) for seed in (121, 122)]
+    await enqueue_bulk(redis, user.id, [job for _, job in made])
+    held = HeldClassifier(classifier)
+    stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
+    task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
+    try:
+        assert await asyncio.to_thread(held.started.wait, 20)
+        for _ in range(200):
+            if await pending_for(redis, [keys.bulk_jobs(user.id)], name) == 2:  # one in hand, one read ahead
+                break
+            await asyncio.sleep(0.02)
+        assert await pending_for(redis, [keys.bulk_jobs(user.id)], name) == 2
+    finally:
+        held.release.set()
+        rows = await all_finished([str(p.id) for p, _ in made])
+        stop.set()
+        await task
+    assert [row.status for row in rows] == [Status.DONE, Status.DONE] and held.batches == [1, 1]
+
+
+async def test_a_batch_read_ahead_is_classified_before_the_worker_stops(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    await reset_queue(redis)
+    user = await a_user()
+    made = [await queued(user, settings, seed) for seed in (111, 112)]
+    for _, job in made:
+        await enqueue(redis, user.id, job)
+    held = HeldClassifier(classifier)
+    stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
+    task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
+    assert await asyncio.to_thread(held.started.wait, 20)
+    for _ in range(200):
+        if await pending_for(redis, [keys.jobs(user.id)], name) == 2:  # the second job read ahead
+            break
+        await asyncio.sleep(0.02)
+    stop.set()
+    held.release.set()
+    await task
+    rows = await Prediction.filter(id__in=[p.id for p, _ in made])
+    assert [row.status for row in rows] == [Status.DONE, Status.DONE]
+    assert await pending_for(redis, [keys.jobs(user.id)], name) == 0 and held.batches == [1, 1]
