@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -263,6 +264,46 @@ async def test_with_no_one_uploading_bulk_work_is_read_ahead(
         stop.set()
         await task
     assert [row.status for row in rows] == [Status.DONE, Status.DONE] and held.batches == [1, 1]
+
+
+class RecordingClassifier:
+    """The stand-in, recording the images of each batch (by their pixels' SHA-256)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.batches = inner, cast(list[set[str]], [])
+
+    @property
+    def info(self) -> Any:
+        return self.inner.info
+
+    def predict(self, pixels: Any) -> Any:
+        self.batches.append({hashlib.sha256(image.tobytes()).hexdigest() for image in pixels})
+        time.sleep(0.05)  # long enough for the next batch to be read ahead
+        return self.inner.predict(pixels)
+
+
+async def test_read_ahead_batches_keep_bulk_works_part(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    """One person's flood of uploads still leaves bulk work its part of each batch (BULK_PART) when batches
+    are read ahead: only their interactive part is, the bulk part being topped up after."""
+    await reset_queue(redis)
+    flooder, collector = await a_user(), await a_user()
+    uploads = [await queued(flooder, settings, seed) for seed in range(200, 240)]
+    bulk = [await queued(collector, settings, seed) for seed in range(300, 303)]
+    for _, job in uploads:
+        await enqueue(redis, flooder.id, job)
+    await enqueue_bulk(redis, collector.id, [job for _, job in bulk])
+    recording = RecordingClassifier(classifier)
+    stop = asyncio.Event()
+    task = asyncio.create_task(Worker(redis, recording, replace(settings, max_batch=8), name="test-part").run(stop))
+    try:
+        await all_finished([str(p.id) for p, _ in [*uploads, *bulk]])
+    finally:
+        stop.set()
+        await task
+    bulk_shas = {job.sha256 for _, job in bulk}
+    assert [len(batch & bulk_shas) for batch in recording.batches[:3]] == [1, 1, 1]  # 8 // BULK_PART each
 
 
 async def test_a_batch_read_ahead_is_classified_before_the_worker_stops(
