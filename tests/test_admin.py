@@ -245,6 +245,8 @@ async def test_prune_holds_no_more_as_it_meets_more_images(
     user = await User.create(email=f"prune-{time.time_ns()}@example.com", password_hash="x")
     monkeypatch.setattr(admin, "PRUNE_BATCH", 50)
     held = []
+    # Old originals that earlier tests left, still used by a newer prediction, are kept at every run.
+    left_kept = (await admin.prune(settings.upload_dir, OLD)).kept
     for count in (200, 2000):
         await old_predictions(user, count, copies=2)
         tracemalloc.start()
@@ -254,5 +256,5 @@ async def test_prune_holds_no_more_as_it_meets_more_images(
         snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, pathlib.__file__)])
         held.append(sum(stat.size for stat in snapshot.statistics("filename")))
         tracemalloc.stop()
-        assert (report.predictions, report.kept, report.originals) == (2 * count, 0, 0)  # no originals were left
+        assert (report.predictions, report.kept, report.originals) == (2 * count, left_kept, 0)  # none were left
     assert held[1] < held[0] + 100_000, held
