@@ -12,10 +12,11 @@ from uuid import uuid4
 import httpx
 from litestar import Litestar
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from app import keys
 from app.jobs.consumer import Consumer, Limits
-from app.jobs.protocol import Heartbeat, all_streams
+from app.jobs.protocol import Heartbeat, all_streams, as_text
 
 FAKE_LIMITS = Limits(max_batch=1, claim_idle_ms=60_000, max_deliveries=1)
 
@@ -72,3 +73,13 @@ async def pending(redis: Redis) -> int:
         if await redis.exists(stream):
             total += (await redis.xpending(stream, keys.WORKERS_GROUP))["pending"]
     return total
+
+
+async def pending_for(redis: Redis, consumer: str, streams: list[str] | None = None) -> int:
+    """Jobs of `streams` (of every stream if None) delivered to `consumer` and not yet acknowledged."""
+    held = 0
+    for stream in await all_streams(redis) if streams is None else streams:
+        with contextlib.suppress(ResponseError):  # no such stream or group (yet)
+            consumers = await redis.xinfo_consumers(stream, keys.WORKERS_GROUP)
+            held += sum(int(c["pending"]) for c in consumers if as_text(c["name"]) == consumer)
+    return held

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import threading
 import time
@@ -16,7 +15,6 @@ from uuid import uuid4
 import numpy as np
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from app import keys, labels
 from app.jobs.producer import enqueue, enqueue_bulk, queue_depth
@@ -26,6 +24,7 @@ from app.settings import Settings
 from app.worker.classifier import StandInClassifier
 from app.worker.loop import Worker
 from tests.conftest import reset_queue, running_worker
+from tests.helpers import eventually, pending_for
 
 
 async def queued(user: User, settings: Settings, seed: int) -> tuple[Prediction, Job]:
@@ -196,13 +195,8 @@ class HeldClassifier:
         return self.inner.predict(pixels)
 
 
-async def pending_for(redis: Redis, streams: list[str], consumer: str) -> int:
-    """The jobs of `streams` that `consumer` holds."""
-    held = 0
-    for stream in streams:
-        with contextlib.suppress(ResponseError):  # no such stream or group
-            held += len(await redis.xpending_range(stream, keys.WORKERS_GROUP, "-", "+", 100, consumername=consumer))
-    return held
+async def has_pending(redis: Redis, consumer: str, streams: list[str], count: int) -> bool:
+    return await pending_for(redis, consumer, streams) == count
 
 
 async def test_the_next_batch_is_read_while_the_model_runs_and_bulk_work_is_not(
@@ -224,13 +218,11 @@ async def test_the_next_batch_is_read_while_the_model_runs_and_bulk_work_is_not(
     task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
     try:
         assert await asyncio.to_thread(held.started.wait, 20)
-        for _ in range(200):  # one job in hand, the other read ahead: both claimed while the model is held
-            if await pending_for(redis, interactive, name) == 2:
-                break
-            await asyncio.sleep(0.02)
+        # One job in hand, the other read ahead: both claimed while the model is held.
+        await eventually(lambda: has_pending(redis, name, interactive, 2), 5, "the next batch read ahead")
         await asyncio.sleep(0.3)  # time enough to read the bulk job too, were it read ahead
-        assert await pending_for(redis, interactive, name) == 2
-        assert await pending_for(redis, [keys.bulk_jobs(other.id)], name) == 0
+        assert await pending_for(redis, name, interactive) == 2
+        assert await pending_for(redis, name, [keys.bulk_jobs(other.id)]) == 0
         assert held.batches == [1]
     finally:
         held.release.set()
@@ -253,11 +245,8 @@ async def test_with_no_one_uploading_bulk_work_is_read_ahead(
     task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
     try:
         assert await asyncio.to_thread(held.started.wait, 20)
-        for _ in range(200):
-            if await pending_for(redis, [keys.bulk_jobs(user.id)], name) == 2:  # one in hand, one read ahead
-                break
-            await asyncio.sleep(0.02)
-        assert await pending_for(redis, [keys.bulk_jobs(user.id)], name) == 2
+        # One in hand, one read ahead.
+        await eventually(lambda: has_pending(redis, name, [keys.bulk_jobs(user.id)], 2), 5, "bulk work read ahead")
     finally:
         held.release.set()
         rows = await all_finished([str(p.id) for p, _ in made])
@@ -318,13 +307,10 @@ async def test_a_batch_read_ahead_is_classified_before_the_worker_stops(
     stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
     task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
     assert await asyncio.to_thread(held.started.wait, 20)
-    for _ in range(200):
-        if await pending_for(redis, [keys.jobs(user.id)], name) == 2:  # the second job read ahead
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: has_pending(redis, name, [keys.jobs(user.id)], 2), 5, "the second job read ahead")
     stop.set()
     held.release.set()
     await task
     rows = await Prediction.filter(id__in=[p.id for p, _ in made])
     assert [row.status for row in rows] == [Status.DONE, Status.DONE]
-    assert await pending_for(redis, [keys.jobs(user.id)], name) == 0 and held.batches == [1, 1]
+    assert await pending_for(redis, name, [keys.jobs(user.id)]) == 0 and held.batches == [1, 1]

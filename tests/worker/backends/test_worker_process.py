@@ -19,12 +19,11 @@ from redis.asyncio import Redis
 
 from app import keys
 from app.jobs.producer import live_workers, queue_depth
-from app.jobs.protocol import all_streams
 from app.models import Prediction, Status
 from app.settings import Settings
 from tests import samples
 from tests.conftest import running_worker
-from tests.helpers import pending
+from tests.helpers import pending, pending_for
 
 JOBS = 48
 
@@ -49,14 +48,6 @@ async def wait_for(condition: Any, seconds: float, what: str) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-
-
-async def pending_for(redis: Redis, consumer: str) -> int:
-    held = 0
-    for stream in await all_streams(redis):
-        consumers = await redis.xinfo_consumers(stream, keys.WORKERS_GROUP) if await redis.exists(stream) else []
-        held += sum(int(c["pending"]) for c in consumers if c["name"] in (consumer, consumer.encode()))
-    return held
 
 
 async def submit_many(client: httpx.AsyncClient, headers: dict[str, str], first_seed: int) -> list[str]:
