@@ -20,6 +20,7 @@ from app.background import Every
 from app.jobs.cleanup import forget_gone_consumers, forget_if_empty, forget_quiet_users
 from app.jobs.pending import DECLINED, idle_entries
 from app.jobs.protocol import (
+    BULK_PART,
     JOBS_PER_COMMAND,
     Heartbeat,
     all_streams,
@@ -43,9 +44,6 @@ IDLE_BLOCK_MS = 100
 # How often pending entries are checked for dead workers' jobs.
 RECLAIM_EVERY = 1.0
 DEAD_LETTER_MAXLEN = 100_000
-# While bulk work waits, interactive jobs take all but 1/BULK_PART of a batch (smaller batches: all but one
-# in BULK_PART): first always, one person's flood of uploads held everyone's collections back as it lasted.
-BULK_PART = 8
 
 # How often the consumers of workers gone (each worker process is one) are removed from the groups.
 SWEEP_CONSUMERS_EVERY = 60.0

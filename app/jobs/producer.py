@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 
 from app import keys
-from app.jobs.protocol import Heartbeat, Job, all_streams, bulk_streams, in_pieces, interactive_streams
+from app.jobs.protocol import BULK_PART, Heartbeat, Job, all_streams, bulk_streams, in_pieces, interactive_streams
 
 # A worker that has not reported a rate yet is assumed to clear this many images a second.
 ASSUMED_WORKER_RATE = 10.0
@@ -169,6 +169,8 @@ async def read_backlog(redis: Redis, model_id: str) -> Backlog:
     """Only the workers of `model_id` count: the others never take its jobs."""
     workers = (await workers_of(redis, model_id)).mine
     rate = sum(w.images_per_second or ASSUMED_WORKER_RATE for w in workers)
+    if await redis.scard(keys.BULK_USERS):  # bulk work waits: it has a part of every batch (BULK_PART)
+        rate *= 1 - 1 / BULK_PART
     streams = await interactive_streams(redis)
     lengths = dict(zip(streams, await _lengths(redis, streams), strict=True))
     return Backlog(len(workers), rate, lengths, time.monotonic())

@@ -21,6 +21,9 @@ PIXELS_BYTES = PIXELS_SHAPE[0] * PIXELS_SHAPE[1] * PIXELS_SHAPE[2]
 # in transit Redis holds it in a buffer beside the stream, so a batch of 32 in one piece (4.8 MB) raised
 # Redis's memory by half the bulk window's level for a moment. Pieces of 8 hold 1.2 MB.
 JOBS_PER_COMMAND = 8
+# While bulk work waits, interactive jobs take all but 1/BULK_PART of a batch (smaller batches: all but one
+# in BULK_PART): first always, one person's flood of uploads held everyone's collections back as it lasted.
+BULK_PART = 8
 Item = TypeVar("Item")
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from app import keys
-from app.jobs.producer import BacklogView, enqueue
-from app.jobs.protocol import Heartbeat, Job
+from app.jobs.producer import BacklogView, enqueue, enqueue_bulk
+from app.jobs.protocol import BULK_PART, Heartbeat, Job
 from tests.helpers import beat, forget_worker
 
 
@@ -37,3 +37,19 @@ async def test_with_no_worker_seen_it_reads_every_time(redis: Redis) -> None:
         assert (await view.capacity(redis, 9103, "m")).workers == 1  # a worker that came is seen at once
     finally:
         await forget_worker(redis, "backlog-late")
+
+
+async def test_while_bulk_work_waits_uploads_are_counted_on_its_share_of_the_workers(redis: Redis) -> None:
+    """Bulk work that waits has a part of every batch (BULK_PART): counted at the workers' whole rate, an
+    upload admitted at the edge of WAIT_TIMEOUT ended in a 504 rather than the 503 it should have had."""
+    await redis.delete(keys.BULK_USERS)
+    await beat(redis, Heartbeat(name="backlog-bulk", model_id="m-bulk", started_at=0.0, images_per_second=16.0), 30)
+    view = BacklogView(ttl=0.0)
+    try:
+        assert (await view.capacity(redis, 9104, "m-bulk")).images_per_second == 16.0
+        await enqueue_bulk(redis, 9105, [Job("p-bulk", "b" * 64, "m-bulk", b"x")])
+        assert (await view.capacity(redis, 9104, "m-bulk")).images_per_second == 16.0 * (1 - 1 / BULK_PART)
+    finally:
+        await redis.delete(keys.bulk_jobs(9105), keys.queued_marker("p-bulk"))
+        await redis.srem(keys.BULK_USERS, "9105")
+        await forget_worker(redis, "backlog-bulk")
