@@ -264,8 +264,16 @@ async def timed_upload(client: Client, headers: dict[str, str], seed: int) -> ht
 
 
 async def test_a_flood_from_one_user_does_not_hold_up_another(
-    client: Client, redis: Redis, no_worker: None, classifier: Any, settings: Settings
+    app: Any,
+    client: Client,
+    redis: Redis,
+    no_worker: None,
+    classifier: Any,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Several batches' worth from one person: more than one sender may have open at once (RequestsOpen).
+    monkeypatch.setattr(app.state.requests_open, "each", 4 * settings.max_batch)
     flooder, other = await sign_up(client), await sign_up(client)
     flood_stream = keys.jobs(await user_id(client, flooder))
 

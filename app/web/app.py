@@ -47,6 +47,7 @@ from app.web.limits import (
     BodyBudget,
     LimitedRequest,
     RequestLimits,
+    RequestsOpen,
     parse_forms,
 )
 from app.web.pages import accounts as account_pages
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         upload=upload,
         reserved=UPLOADS_RESERVED * upload,
     )
+    requests = RequestsOpen()
     return Litestar(
         route_handlers=[
             # Signing in and up take bodies from anyone: small ones, so that an address's share of BodyBudget is too.
@@ -142,11 +144,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         lifespan=[lifespan],
         on_app_init=[jwt_auth.on_app_init, measure_uploads],
-        state=State({"jwt_auth": jwt_auth, "settings": settings, "signed_in": SignedIn(), "bodies": bodies}),
+        state=State(
+            {
+                "jwt_auth": jwt_auth,
+                "settings": settings,
+                "signed_in": SignedIn(),
+                "bodies": bodies,
+                "requests_open": requests,
+            }
+        ),
         plugins=[HTMXPlugin(), ApiContract(jwt_auth)],
         middleware=[
             RequestLimits,
-            DefineMiddleware(BodyBudget, bodies=bodies),
+            DefineMiddleware(BodyBudget, bodies=bodies, requests=requests),
             PrometheusConfig(
                 app_name="app", prefix="app", group_path=True, exclude=["^/metrics", "^/static"]
             ).middleware,

@@ -1,7 +1,8 @@
 """Bounds on what one request may be, checked before any handler runs: header count and size (431),
 control characters in the path and query (400), JSON nesting depth (400), URL-encoded form size, field
 count and encoding (413, 400). Other body sizes are Litestar's `request_max_body_size` (see app/web/app.py);
-the bytes of all the bodies a process holds at once, `BodyBudget` (503)."""
+the bytes of all the bodies a process holds at once, `BodyBudget` (503), which also bounds the requests one
+sender has open at once (429)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ RESERVE_EACH = 2  # of those uploads, one sender's most: a third person's 16 too
 # Requests from no one signed in (signing in and up) are small: one address holds at most this many of the
 # largest those routes take. Normal ones are about 100 bytes, so a proxy's address passes on thousands at once.
 ADDRESS_BODIES_HELD = 16
+# The requests one sender (and one address) has open at once, whatever their route: each is a socket and a
+# coroutine, and 1 kB uploads waiting for a decode turn let one sender hold thousands, up to the process's file
+# descriptors. A browser has a few open; `make bench` has 100 Locust users on 10 accounts from one address.
+OPEN_EACH = 32
+OPEN_PER_NETWORK = 256
+UNCOUNTED = ("/health/", "/metrics")  # probes must answer, however busy a sender is
 BUSY_RETRY_S = 10
 _CONTROL_BYTES = bytes(range(0x20)) + b"\x7f"
 
@@ -126,6 +133,31 @@ class BodiesHeld:
                     self.by_sender[holder] = left
 
 
+@dataclass
+class RequestsOpen:
+    """The requests a web process has open, by sender and by network (one count for the process), and the
+    most each may."""
+
+    each: int = OPEN_EACH
+    per_network: int = OPEN_PER_NETWORK
+    by_holder: dict[Hashable, int] = field(default_factory=dict)
+
+    def open(self, sender: Person | Address, network: Network) -> None:
+        """Count one more request of `sender`'s, from `network`; 429 past either's bound."""
+        if self.by_holder.get(sender, 0) >= self.each:
+            raise _too_much("You have as many requests open at once as one sender may")
+        if self.by_holder.get(network, 0) >= self.per_network:
+            raise _too_much("Your address has as many requests open at once as it may")
+        for holder in (sender, network):
+            self.by_holder[holder] = self.by_holder.get(holder, 0) + 1
+
+    def close(self, sender: Person | Address, network: Network) -> None:
+        for holder in (sender, network):
+            left = self.by_holder.pop(holder) - 1
+            if left:
+                self.by_holder[holder] = left
+
+
 def _too_much(what: str) -> HTTPException:
     return quotas.too_many(f"{what}; send more once those are answered", BUSY_RETRY_S, {})
 
@@ -165,18 +197,20 @@ class BodyBudget:
     in all and by sender (`BodiesHeld`); a request past a bound is answered before its body is kept. Each
     request was bounded on its own (`request_max_body_size`), but not all of them together: ten 512 MB
     collections sent at once were all held. Counted as received, not as declared, so a client that declares
-    much and sends little holds no room."""
+    much and sends little holds no room. The requests themselves are counted too (`RequestsOpen`)."""
 
-    def __init__(self, app: ASGIApp, bodies: BodiesHeld) -> None:
+    def __init__(self, app: ASGIApp, bodies: BodiesHeld, requests: RequestsOpen) -> None:
         self.app = app
         self.bodies = bodies
+        self.requests = requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(UNCOUNTED):
             await self.app(scope, receive, send)
             return
         bodies, mine, sender = self.bodies, 0, sender_of(scope)
         network = Network(address_key(address_of(scope)))
+        self.requests.open(sender, network)
 
         async def counted() -> ReceiveMessage:
             nonlocal mine
@@ -190,6 +224,7 @@ class BodyBudget:
             await self.app(scope, counted, send)
         finally:
             bodies.give_back(sender, mine, network)
+            self.requests.close(sender, network)
 
 
 def parse_form(body: bytes) -> dict[str, str | list[str]]:

@@ -731,8 +731,13 @@ async def test_collections_held_leave_room_for_single_uploads(app: Litestar, set
         try:
             # Each person from an address of their own: one address's requests hold one person's share.
             address = addresses.setdefault(who, f"203.0.113.{len(addresses) + 1}")
-            scope: Any = {"type": "http", "user": SimpleNamespace(id=who), "client": (address, 1)}
-            await BodyBudget(holder, bodies)(scope, receive, cast(Any, None))
+            scope: Any = {
+                "type": "http",
+                "path": "/api/collections",
+                "user": SimpleNamespace(id=who),
+                "client": (address, 1),
+            }
+            await BodyBudget(holder, bodies, app.state.requests_open)(scope, receive, cast(Any, None))
         except HTTPException as refused:
             return refused.status_code
         return 200

@@ -3,7 +3,9 @@ shape (JSON for /api, a page for people), never a 5xx or a look inside, and the 
 
 from __future__ import annotations
 
+import asyncio
 import unicodedata
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +16,7 @@ from app.models import User
 from app.web.limits import MAX_FORM_BYTES, MAX_FORM_FIELDS
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import sign_up, unique_email
+from tests.helpers import eventually, from_address, sign_up, unique_email
 from tests.page_helpers import Client, csrf, sign_up_page
 
 INTERNALS = ("Traceback", "litestar.", "tortoise", "asyncpg", "sqlite3", 'File "/')
@@ -296,3 +298,51 @@ async def test_marks_that_reverse_text_are_refused_in_names_and_comments_and_dro
     emoji = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # a family: people joined by U+200D, which stays
     kept = await client.post(url, headers=auth, json={"is_correct": True, "comment": f"our {emoji}"})
     assert kept.status_code == 200 and kept.json()["comment"] == f"our {emoji}"
+
+
+async def test_the_requests_one_sender_has_open_at_once_are_bounded(app: Any, client: httpx.AsyncClient) -> None:
+    """Found in review: nothing bounded how many requests one sender had open at once (only their bodies'
+    bytes), so tiny uploads let one sender hold thousands, each a socket, up to the process's file
+    descriptors. Past a sender's bound, or its address's, a request is answered 429 with Retry-After while
+    other senders' pass and probes answer; the counts return to zero however the requests end."""
+    requests, gate = app.state.requests_open, asyncio.Event()
+    person = await sign_up(client)  # from the same address as the requests held below
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"{"
+        await gate.wait()
+        yield b"}"
+
+    def hold() -> asyncio.Task[httpx.Response]:
+        headers = {"content-type": "application/json"}
+        return asyncio.create_task(client.post("/api/auth/login", content=slow_body(), headers=headers))
+
+    async def both_open() -> bool:
+        return sum(requests.by_holder.values()) == 4  # two requests, each counted by sender and by address
+
+    saved = requests.each, requests.per_network
+    requests.each, requests.per_network = 2, 3
+    held = [hold(), hold()]
+    try:
+        await eventually(both_open, what="two requests open")
+        past_sender = await client.post("/api/auth/login", json={})  # the same address's third, no one signed in
+        signed_in = await client.get("/api/users/me", headers=person)  # a sender of its own: the address's third
+        probe = await client.get("/health/live")
+        requests.per_network = 2
+        past_network = await client.get("/api/users/me", headers=person)
+        async with from_address(app, "198.51.100.61") as elsewhere:
+            other_address = await elsewhere.post("/api/auth/login", json={})
+        held[1].cancel()  # a client that goes away
+        gate.set()
+        answers = await asyncio.gather(*held, return_exceptions=True)
+    finally:
+        requests.each, requests.per_network = saved
+        gate.set()
+    for refused, what in ((past_sender, "one sender may"), (past_network, "Your address has")):
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0, refused.text
+        assert what in refused.json()["detail"] and "requests open at once" in refused.json()["detail"]
+    assert signed_in.status_code == 200 and probe.status_code == 200, (signed_in.text, probe.text)
+    assert other_address.status_code == 400, other_address.text  # read and refused as a bad body, not 429
+    assert isinstance(answers[0], httpx.Response) and answers[0].status_code == 400, answers[0]
+    assert isinstance(answers[1], asyncio.CancelledError), answers[1]
+    assert requests.by_holder == {}  # nothing left counted, after an answer, an error or a disconnect
