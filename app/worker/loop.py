@@ -29,6 +29,8 @@ log = logging.getLogger("app.worker")
 Finished = list[tuple[Delivery, Job, Top]]
 # While the database or Redis is down, a finished batch is stored again after a pause that doubles up to this.
 MAX_RETRY_PAUSE_S = 4.0
+# The next batch is read this far into an inference, by the time the last one took (Worker._infer).
+READ_AHEAD_AT = 0.75
 
 
 class Wedged(Exception):
@@ -63,6 +65,7 @@ class Worker:
         # The next batch, read while this one is inferred, kept claimed until it starts.
         self._ahead: list[Delivery] = []
         self._ahead_keeper: Every | None = None
+        self._last_seconds = 0.0  # the last inference's
         self._stop = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -134,10 +137,17 @@ class Worker:
     async def _infer(self, jobs: list[Job]) -> tuple[list[Top | None], float]:
         """The batch's results, and the seconds its inference took; meanwhile the batch before it is stored
         and the next one read (neither raises: the inference is always awaited)."""
+        started = time.perf_counter()
         inference = asyncio.create_task(self._timed_predict(jobs))
         await self._wait_finished()
-        await self._read_ahead()
-        return await inference
+        # Late in the inference (as long as the last took): read earlier, jobs another worker could start at
+        # once would wait here for this one's whole batch. One that ends sooner goes on as without.
+        late = READ_AHEAD_AT * self._last_seconds - (time.perf_counter() - started)
+        await asyncio.wait([inference], timeout=max(late, 0.0))
+        if not inference.done():
+            await self._read_ahead()
+        results, self._last_seconds = await inference
+        return results, self._last_seconds
 
     async def _timed_predict(self, jobs: list[Job]) -> tuple[list[Top | None], float]:
         started = time.perf_counter()

@@ -178,10 +178,12 @@ async def test_a_job_no_worker_of_its_model_takes_fails_saying_so(
 
 
 class HeldClassifier:
-    """The stand-in, whose first batch waits for `release`: a model still running, for as long as a test likes."""
+    """The stand-in, whose `held`th batch waits for `release` (a model still running, for as long as a test
+    likes), and the batches before it take `before_s` each."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, held: int = 1, before_s: float = 0.0) -> None:
         self.inner, self.started, self.release = inner, threading.Event(), threading.Event()
+        self.held, self.before_s = held, before_s
         self.batches: list[int] = []
 
     @property
@@ -190,8 +192,11 @@ class HeldClassifier:
 
     def predict(self, pixels: Any) -> Any:
         self.batches.append(len(pixels))
-        self.started.set()
-        self.release.wait(20)
+        if len(self.batches) < self.held:
+            time.sleep(self.before_s)
+        elif len(self.batches) == self.held:
+            self.started.set()
+            self.release.wait(20)
         return self.inner.predict(pixels)
 
 
@@ -293,6 +298,33 @@ async def test_read_ahead_batches_keep_bulk_works_part(
         await task
     bulk_shas = {job.sha256 for _, job in bulk}
     assert [len(batch & bulk_shas) for batch in recording.batches[:3]] == [1, 1, 1]  # 8 // BULK_PART each
+
+
+async def test_the_next_batch_is_read_late_in_the_inference(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    """As the inference nears its end (READ_AHEAD_AT of the time the last one took), not as it begins: a job
+    that comes early in it stays free for another worker to start at once, rather than wait for this batch."""
+    await reset_queue(redis)
+    user = await a_user()
+    made = [await queued(user, settings, seed) for seed in (131, 132, 133)]
+    for _, job in made[:2]:
+        await enqueue(redis, user.id, job)
+    held = HeldClassifier(classifier, held=2, before_s=1.2)  # read ahead at 0.9 s into the held batch
+    stop, name, stream = asyncio.Event(), f"test-{uuid4().hex[:8]}", keys.jobs(user.id)
+    task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
+    try:
+        assert await asyncio.to_thread(held.started.wait, 20)  # the second job's batch, read ahead of the first
+        await enqueue(redis, user.id, made[2][1])
+        await asyncio.sleep(0.3)
+        assert await pending_for(redis, name, [stream]) == 1  # only the batch in hand: the new job is free
+        await eventually(lambda: has_pending(redis, name, [stream], 2), 5, "the third job read ahead late")
+    finally:
+        held.release.set()
+        rows = await all_finished([str(p.id) for p, _ in made])
+        stop.set()
+        await task
+    assert [row.status for row in rows] == [Status.DONE] * 3 and held.batches == [1, 1, 1]
 
 
 async def test_a_batch_read_ahead_is_classified_before_the_worker_stops(
