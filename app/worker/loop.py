@@ -141,11 +141,13 @@ class Worker:
         inference = asyncio.create_task(self._timed_predict(jobs))
         await self._wait_finished()
         # Late in the inference (as long as the last took): read earlier, jobs another worker could start at
-        # once would wait here for this one's whole batch. One that ends sooner goes on as without.
-        late = READ_AHEAD_AT * self._last_seconds - (time.perf_counter() - started)
-        await asyncio.wait([inference], timeout=max(late, 0.0))
-        if not inference.done():
-            await self._read_ahead()
+        # once would wait here for this one's whole batch. One that ends sooner goes on as without, and so
+        # does the first (no telling when it ends).
+        if self._last_seconds:
+            late = READ_AHEAD_AT * self._last_seconds - (time.perf_counter() - started)
+            await asyncio.wait([inference], timeout=max(late, 0.0))
+            if not inference.done():
+                await self._read_ahead()
         results, self._last_seconds = await inference
         return results, self._last_seconds
 

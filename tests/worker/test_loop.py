@@ -212,30 +212,31 @@ async def test_the_next_batch_is_read_while_the_model_runs_and_bulk_work_is_not(
     ends. Bulk work is not read ahead: an upload coming meanwhile still goes before it."""
     await reset_queue(redis)
     user, other = await a_user(), await a_user()
-    made = [await queued(user, settings, 101), await queued(other, settings, 102)]
+    made = [await queued(user, settings, 101), await queued(user, settings, 104), await queued(other, settings, 102)]
     bulk = await queued(other, settings, 103)
-    for owner, (_, job) in zip((user, other), made, strict=True):
+    for owner, (_, job) in zip((user, user, other), made, strict=True):
         await enqueue(redis, owner.id, job)
     await enqueue_bulk(redis, other.id, [bulk[1]])
     interactive = [keys.jobs(user.id), keys.jobs(other.id)]
-    held = HeldClassifier(classifier)
+    held = HeldClassifier(classifier, held=2, before_s=0.4)  # read ahead 0.3 s into the held batch
     stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
     task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
     try:
         assert await asyncio.to_thread(held.started.wait, 20)
-        # One job in hand, the other read ahead: both claimed while the model is held.
+        await asyncio.sleep(0.4)  # past the read ahead; the batch before is acknowledged by then
+        # One job in hand, the last read ahead: both claimed while the model is held.
         await eventually(lambda: has_pending(redis, name, interactive, 2), 5, "the next batch read ahead")
         await asyncio.sleep(0.3)  # time enough to read the bulk job too, were it read ahead
         assert await pending_for(redis, name, interactive) == 2
         assert await pending_for(redis, name, [keys.bulk_jobs(other.id)]) == 0
-        assert held.batches == [1]
+        assert held.batches == [1, 1]
     finally:
         held.release.set()
         rows = await all_finished([str(p.id) for p, _ in [*made, bulk]])
         stop.set()
         await task
     assert all(row.status == Status.DONE for row in rows)
-    assert held.batches == [1, 1, 1]
+    assert held.batches == [1, 1, 1, 1]
 
 
 async def test_with_no_one_uploading_bulk_work_is_read_ahead(
@@ -243,13 +244,14 @@ async def test_with_no_one_uploading_bulk_work_is_read_ahead(
 ) -> None:
     await reset_queue(redis)
     user = await a_user()
-    made = [await queued(user, settings, seed) for seed in (121, 122)]
+    made = [await queued(user, settings, seed) for seed in (121, 122, 123)]
     await enqueue_bulk(redis, user.id, [job for _, job in made])
-    held = HeldClassifier(classifier)
+    held = HeldClassifier(classifier, held=2, before_s=0.4)
     stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
     task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
     try:
         assert await asyncio.to_thread(held.started.wait, 20)
+        await asyncio.sleep(0.4)  # past the read ahead; the batch before is acknowledged by then
         # One in hand, one read ahead.
         await eventually(lambda: has_pending(redis, name, [keys.bulk_jobs(user.id)], 2), 5, "bulk work read ahead")
     finally:
@@ -257,7 +259,7 @@ async def test_with_no_one_uploading_bulk_work_is_read_ahead(
         rows = await all_finished([str(p.id) for p, _ in made])
         stop.set()
         await task
-    assert [row.status for row in rows] == [Status.DONE, Status.DONE] and held.batches == [1, 1]
+    assert [row.status for row in rows] == [Status.DONE] * 3 and held.batches == [1, 1, 1]
 
 
 class RecordingClassifier:
@@ -314,7 +316,7 @@ async def test_the_next_batch_is_read_late_in_the_inference(
     stop, name, stream = asyncio.Event(), f"test-{uuid4().hex[:8]}", keys.jobs(user.id)
     task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
     try:
-        assert await asyncio.to_thread(held.started.wait, 20)  # the second job's batch, read ahead of the first
+        assert await asyncio.to_thread(held.started.wait, 20)  # the second job's batch
         await enqueue(redis, user.id, made[2][1])
         await asyncio.sleep(0.3)
         assert await pending_for(redis, name, [stream]) == 1  # only the batch in hand: the new job is free
@@ -327,22 +329,48 @@ async def test_the_next_batch_is_read_late_in_the_inference(
     assert [row.status for row in rows] == [Status.DONE] * 3 and held.batches == [1, 1, 1]
 
 
-async def test_a_batch_read_ahead_is_classified_before_the_worker_stops(
+async def test_nothing_is_read_ahead_of_a_workers_first_inference(
     redis: Redis, classifier: Any, settings: Settings, client: Any
 ) -> None:
+    """There is no telling when the first ends: read at once, its next batch waited for it, though another
+    worker might have started it (two workers sharing 24 uploads now and then took them all in one)."""
     await reset_queue(redis)
     user = await a_user()
-    made = [await queued(user, settings, seed) for seed in (111, 112)]
+    made = [await queued(user, settings, seed) for seed in (141, 142)]
     for _, job in made:
         await enqueue(redis, user.id, job)
     held = HeldClassifier(classifier)
     stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
     task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
+    try:
+        assert await asyncio.to_thread(held.started.wait, 20)
+        await asyncio.sleep(0.5)
+        assert await pending_for(redis, name, [keys.jobs(user.id)]) == 1
+    finally:
+        held.release.set()
+        rows = await all_finished([str(p.id) for p, _ in made])
+        stop.set()
+        await task
+    assert [row.status for row in rows] == [Status.DONE] * 2
+
+
+async def test_a_batch_read_ahead_is_classified_before_the_worker_stops(
+    redis: Redis, classifier: Any, settings: Settings, client: Any
+) -> None:
+    await reset_queue(redis)
+    user = await a_user()
+    made = [await queued(user, settings, seed) for seed in (111, 112, 113)]
+    for _, job in made:
+        await enqueue(redis, user.id, job)
+    held = HeldClassifier(classifier, held=2, before_s=0.4)
+    stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
+    task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
     assert await asyncio.to_thread(held.started.wait, 20)
-    await eventually(lambda: has_pending(redis, name, [keys.jobs(user.id)], 2), 5, "the second job read ahead")
+    await asyncio.sleep(0.4)  # past the read ahead; the batch before is acknowledged by then
+    await eventually(lambda: has_pending(redis, name, [keys.jobs(user.id)], 2), 5, "the third job read ahead")
     stop.set()
     held.release.set()
     await task
     rows = await Prediction.filter(id__in=[p.id for p, _ in made])
-    assert [row.status for row in rows] == [Status.DONE, Status.DONE]
-    assert await pending_for(redis, name, [keys.jobs(user.id)]) == 0 and held.batches == [1, 1]
+    assert [row.status for row in rows] == [Status.DONE] * 3
+    assert await pending_for(redis, name, [keys.jobs(user.id)]) == 0 and held.batches == [1, 1, 1]
