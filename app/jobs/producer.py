@@ -56,7 +56,7 @@ async def enqueue(redis: Redis, user_id: int, job: Job) -> None:
 
 
 async def has_job(redis: Redis, prediction_id: str) -> bool:
-    return bool(await redis.exists(keys.queued_marker(prediction_id)))
+    return prediction_id in await with_jobs(redis, [prediction_id])
 
 
 async def with_jobs(redis: Redis, prediction_ids: list[str]) -> set[str]:
