@@ -126,11 +126,8 @@ class BodiesHeld:
         self.held -= size
         if size > self.upload:
             self.large -= size
-        for holder in (sender, network) if size else ():
-            if holder is not None:
-                left = self.by_sender.pop(holder) - size
-                if left:
-                    self.by_sender[holder] = left
+        if size:
+            _count_down(self.by_sender, (sender, network), size)
 
 
 @dataclass
@@ -152,10 +149,16 @@ class RequestsOpen:
             self.by_holder[holder] = self.by_holder.get(holder, 0) + 1
 
     def close(self, sender: Person | Address, network: Network) -> None:
-        for holder in (sender, network):
-            left = self.by_holder.pop(holder) - 1
+        _count_down(self.by_holder, (sender, network), 1)
+
+
+def _count_down(counts: dict[Hashable, int], holders: tuple[Hashable | None, ...], amount: int) -> None:
+    """`amount` off each holder's count; a count at 0 is dropped, so the counts hold only senders with some."""
+    for holder in holders:
+        if holder is not None:
+            left = counts.pop(holder) - amount
             if left:
-                self.by_holder[holder] = left
+                counts[holder] = left
 
 
 def _too_much(what: str) -> HTTPException:
@@ -185,11 +188,11 @@ class Network:
     host: str
 
 
-def sender_of(scope: Scope) -> Person | Address:
+def senders_of(scope: Scope) -> tuple[Person | Address, Network]:
+    """Who sends a request (a person signed in, else its address), and from which network."""
+    host = address_key(address_of(scope))
     user = scope.get("user")  # set by the sign-in middleware, which runs before BodyBudget
-    if user is not None:
-        return Person(user.id)
-    return Address(address_key(address_of(scope)))
+    return Person(user.id) if user is not None else Address(host), Network(host)
 
 
 class BodyBudget:
@@ -208,8 +211,8 @@ class BodyBudget:
         if scope["type"] != "http" or scope["path"].startswith(UNCOUNTED):
             await self.app(scope, receive, send)
             return
-        bodies, mine, sender = self.bodies, 0, sender_of(scope)
-        network = Network(address_key(address_of(scope)))
+        bodies, mine = self.bodies, 0
+        sender, network = senders_of(scope)
         self.requests.open(sender, network)
 
         async def counted() -> ReceiveMessage:

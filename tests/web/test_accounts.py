@@ -615,10 +615,10 @@ async def test_one_ipv6_network_cannot_multiply_the_per_address_limits(app: Lite
 def test_one_network_is_one_sender_of_bodies(one: str, other: str) -> None:
     """Found in review: the per-address share of bodies was keyed on the whole address, so one IPv6 host
     (a /64) held as many shares as it liked."""
-    from app.web.limits import Address, Person, sender_of
+    from app.web.limits import Address, Network, Person, senders_of
 
-    def sender(host: str) -> Address | Person:
-        return sender_of({"client": (host, 1)})  # type: ignore[arg-type]
+    def sender(host: str) -> tuple[Address | Person, Network]:
+        return senders_of({"client": (host, 1)})  # type: ignore[arg-type]
 
     assert sender(one) == sender(other)
     assert sender("198.51.100.7") != sender("198.51.100.8")

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -204,6 +206,28 @@ async def has_pending(redis: Redis, consumer: str, streams: list[str], count: in
     return await pending_for(redis, consumer, streams) == count
 
 
+@contextlib.asynccontextmanager
+async def held_worker(
+    redis: Redis, settings: Settings, held: HeldClassifier, made: list[tuple[Prediction, Job]]
+) -> AsyncIterator[str]:
+    """A worker running `held` one job a batch, its name given once the held batch has started. After, the
+    batch is released and the worker stopped once the jobs `made` are finished."""
+    stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
+    task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
+    try:
+        assert await asyncio.to_thread(held.started.wait, 20)
+        yield name
+    finally:
+        held.release.set()
+        await all_finished([str(p.id) for p, _ in made])
+        stop.set()
+        await task
+
+
+async def statuses(made: list[tuple[Prediction, Job]]) -> list[Status]:
+    return [row.status for row in await Prediction.filter(id__in=[p.id for p, _ in made])]
+
+
 async def test_the_next_batch_is_read_while_the_model_runs_and_bulk_work_is_not(
     redis: Redis, classifier: Any, settings: Settings, client: Any
 ) -> None:
@@ -219,10 +243,7 @@ async def test_the_next_batch_is_read_while_the_model_runs_and_bulk_work_is_not(
     await enqueue_bulk(redis, other.id, [bulk[1]])
     interactive = [keys.jobs(user.id), keys.jobs(other.id)]
     held = HeldClassifier(classifier, held=2, before_s=0.4)  # read ahead 0.3 s into the held batch
-    stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
-    task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
-    try:
-        assert await asyncio.to_thread(held.started.wait, 20)
+    async with held_worker(redis, settings, held, [*made, bulk]) as name:
         await asyncio.sleep(0.4)  # past the read ahead; the batch before is acknowledged by then
         # One job in hand, the last read ahead: both claimed while the model is held.
         await eventually(lambda: has_pending(redis, name, interactive, 2), 5, "the next batch read ahead")
@@ -230,13 +251,7 @@ async def test_the_next_batch_is_read_while_the_model_runs_and_bulk_work_is_not(
         assert await pending_for(redis, name, interactive) == 2
         assert await pending_for(redis, name, [keys.bulk_jobs(other.id)]) == 0
         assert held.batches == [1, 1]
-    finally:
-        held.release.set()
-        rows = await all_finished([str(p.id) for p, _ in [*made, bulk]])
-        stop.set()
-        await task
-    assert all(row.status == Status.DONE for row in rows)
-    assert held.batches == [1, 1, 1, 1]
+    assert await statuses([*made, bulk]) == [Status.DONE] * 4 and held.batches == [1, 1, 1, 1]
 
 
 async def test_with_no_one_uploading_bulk_work_is_read_ahead(
@@ -247,19 +262,11 @@ async def test_with_no_one_uploading_bulk_work_is_read_ahead(
     made = [await queued(user, settings, seed) for seed in (121, 122, 123)]
     await enqueue_bulk(redis, user.id, [job for _, job in made])
     held = HeldClassifier(classifier, held=2, before_s=0.4)
-    stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
-    task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
-    try:
-        assert await asyncio.to_thread(held.started.wait, 20)
+    async with held_worker(redis, settings, held, made) as name:
         await asyncio.sleep(0.4)  # past the read ahead; the batch before is acknowledged by then
         # One in hand, one read ahead.
         await eventually(lambda: has_pending(redis, name, [keys.bulk_jobs(user.id)], 2), 5, "bulk work read ahead")
-    finally:
-        held.release.set()
-        rows = await all_finished([str(p.id) for p, _ in made])
-        stop.set()
-        await task
-    assert [row.status for row in rows] == [Status.DONE] * 3 and held.batches == [1, 1, 1]
+    assert await statuses(made) == [Status.DONE] * 3 and held.batches == [1, 1, 1]
 
 
 class RecordingClassifier:
@@ -313,20 +320,13 @@ async def test_the_next_batch_is_read_late_in_the_inference(
     for _, job in made[:2]:
         await enqueue(redis, user.id, job)
     held = HeldClassifier(classifier, held=2, before_s=1.2)  # read ahead at 0.9 s into the held batch
-    stop, name, stream = asyncio.Event(), f"test-{uuid4().hex[:8]}", keys.jobs(user.id)
-    task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
-    try:
-        assert await asyncio.to_thread(held.started.wait, 20)  # the second job's batch
+    stream = keys.jobs(user.id)
+    async with held_worker(redis, settings, held, made) as name:  # the second job's batch started
         await enqueue(redis, user.id, made[2][1])
         await asyncio.sleep(0.3)
         assert await pending_for(redis, name, [stream]) == 1  # only the batch in hand: the new job is free
         await eventually(lambda: has_pending(redis, name, [stream], 2), 5, "the third job read ahead late")
-    finally:
-        held.release.set()
-        rows = await all_finished([str(p.id) for p, _ in made])
-        stop.set()
-        await task
-    assert [row.status for row in rows] == [Status.DONE] * 3 and held.batches == [1, 1, 1]
+    assert await statuses(made) == [Status.DONE] * 3 and held.batches == [1, 1, 1]
 
 
 async def test_nothing_is_read_ahead_of_a_workers_first_inference(
@@ -340,18 +340,10 @@ async def test_nothing_is_read_ahead_of_a_workers_first_inference(
     for _, job in made:
         await enqueue(redis, user.id, job)
     held = HeldClassifier(classifier)
-    stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
-    task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
-    try:
-        assert await asyncio.to_thread(held.started.wait, 20)
+    async with held_worker(redis, settings, held, made) as name:
         await asyncio.sleep(0.5)
         assert await pending_for(redis, name, [keys.jobs(user.id)]) == 1
-    finally:
-        held.release.set()
-        rows = await all_finished([str(p.id) for p, _ in made])
-        stop.set()
-        await task
-    assert [row.status for row in rows] == [Status.DONE] * 2
+    assert await statuses(made) == [Status.DONE] * 2
 
 
 async def test_a_batch_read_ahead_is_classified_before_the_worker_stops(
