@@ -169,6 +169,16 @@ def test_any_batch_size(openvino_f32: OpenVINOClassifier, images: np.ndarray) ->
         assert np.allclose([p for _, p in single], [p for _, p in batched[i]], atol=1e-5)
 
 
+def test_a_batch_is_split_between_the_streams(openvino_f32: OpenVINOClassifier, cache_dir: Path) -> None:
+    """On the CPU each batch is split between OpenVINO's streams (THROUGHPUT), each part inferred at once: one
+    stream of every thread slowed down more than the cores work beside it took (test_any_batch_size: the
+    parts' results are each image's). A worker of one thread has one stream."""
+    assert len(os.sched_getaffinity(0)) >= 2, "one core makes one stream"
+    assert openvino_f32.streams >= 2
+    one_thread = load_classifier("random", 1, (), backend="openvino", precision="f32", cache_dir=cache_dir)
+    assert isinstance(one_thread, OpenVINOClassifier) and one_thread.streams == 1
+
+
 def test_agrees_with_tensorflow_at_f32(
     openvino_f32: OpenVINOClassifier, images: np.ndarray, reference: list[list[tuple[int, float]]]
 ) -> None:
