@@ -269,14 +269,15 @@ async def _entry(reader: archives.Reader, index: int) -> tuple[str, bytes | arch
 
 async def read_archive(services: Services, collection: Collection, lock: Lock) -> None:
     """Read a stored collection's images into items, holding its reading lock (in the background: see
-    app/feeder.py)."""
+    app/feeder.py), renewed while it waits for its place among the readings open (`open_readings`)."""
     path = services.settings.upload_dir / collection.archive_path
     error, holding = None, Holding(lock)
     try:
         if collection.error:  # a pause's, said while it lasted
             await Collection.filter(id=collection.id).update(error=None)
-        if not await _read_entries(services, collection, path, holding):
-            return
+        async with services.open_readings.slot(collection.user_id):  # type: ignore[attr-defined]
+            if not await _read_entries(services, collection, path, holding):
+                return
     except ReadingPaused as exc:
         log.warning("reading of collection %s paused (%s): it resumes once its lock lapses", collection.id, exc)
         if await holding.still_ours():  # else the reader who took over says how it goes

@@ -26,6 +26,10 @@ KEPT_PIXELS_S = 120.0
 # Steps of the collections' readings (each a decode process's worth of entries) a process takes at once:
 # two, so that one is decoded while the other is read or recorded.
 READING_STEPS = 2
+# Collections a process reads at once, each holding its archive open and, for a zip, its directory in
+# memory (6.7 MB for 10,000 entries); at most READING_STEPS of them one person's, which keep that
+# person's turns of steps busy. The others wait for a place, in turns by person, their archives shut.
+OPEN_READINGS = 16
 
 
 class KeptPixels:
@@ -77,6 +81,8 @@ class Services:
     kept: KeptPixels = field(init=False)
     # The steps of the collections' readings, in turns by person (app/collections.py).
     reading: Turns = field(default_factory=lambda: Turns(READING_STEPS))
+    # The collections' readings with their archives open, in turns by person (app/collections.py).
+    open_readings: Turns = field(default_factory=lambda: Turns(OPEN_READINGS, per_owner=READING_STEPS))
     # Held from counting the async queue to adding to it (app/predictions.py): uploads sent at once all
     # counted the same queue, and all got in past its bound.
     admitting: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -1,20 +1,25 @@
-"""Fair turns at a bounded resource: at most `slots` holders at once, the rest served in turns across their
-owners (users). The decode pool (app/sandbox.py) takes its decodes' slots here."""
+"""Fair turns at a bounded resource: at most `slots` holders at once, and at most `per_owner` of them one
+owner's (a user's); the rest served in turns across their owners. The decode pool (app/sandbox.py) takes
+its decodes' slots here, and the collections' readings their steps and their open archives
+(app/collections.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Hashable
 
 
 class Turns:
-    """At most `slots` decodes at once; those waiting are served in turns across their owners (users), so
-    one user's many slow images hold up that user, not everyone queued behind them."""
+    """At most `slots` holders at once, `per_owner` of them (all of them if not given) one owner's; those
+    waiting are served in turns across their owners, so one user's many slow images (or collections) hold
+    up that user, not everyone queued behind them."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, per_owner: int | None = None) -> None:
         self.free = slots
+        self.per_owner = per_owner or slots
+        self.held: Counter[Hashable] = Counter()
         # Owners in the order they are served (a dict keeps insertion order); each with its waiting calls.
         self.waiting: dict[Hashable, deque[asyncio.Future[None]]] = {}
 
@@ -24,11 +29,12 @@ class Turns:
         try:
             yield
         finally:
-            self._hand_on()
+            self._give_back(owner)
 
     async def _take(self, owner: Hashable) -> None:
-        if self.free > 0 and not self.waiting:
-            self.free -= 1
+        # Slots left free are no waiting owner's to take (each is at its share): this one may.
+        if self.free > 0 and self.held[owner] < self.per_owner and owner not in self.waiting:
+            self._hold(owner)
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting.setdefault(owner, deque()).append(turn)
@@ -36,23 +42,36 @@ class Turns:
             await turn
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
-                self._hand_on()  # given a slot just as the caller gave up: the next one gets it
+                self._give_back(owner)  # given a slot just as the caller gave up: the next one gets it
             else:
                 self._forget(owner, turn)
             raise
 
+    def _hold(self, owner: Hashable) -> None:
+        self.free -= 1
+        self.held[owner] += 1
+
+    def _give_back(self, owner: Hashable) -> None:
+        self.free += 1
+        self.held[owner] -= 1
+        if self.held[owner] <= 0:
+            del self.held[owner]
+        self._hand_on()
+
     def _hand_on(self) -> None:
-        """A slot is free: the next owner in turn gets it, and goes to the back of the line."""
-        while self.waiting:
-            owner = next(iter(self.waiting))
+        """Free slots go to the owners next in turn, each then to the back of the line; an owner holding its
+        share keeps its place until one of its slots is given back."""
+        while self.free > 0:
+            owner = next((o for o in self.waiting if self.held[o] < self.per_owner), None)
+            if owner is None:
+                return
             queue = self.waiting.pop(owner)
             turn = queue.popleft()
             if queue:
                 self.waiting[owner] = queue
             if not turn.done():
                 turn.set_result(None)
-                return
-        self.free += 1
+                self._hold(owner)
 
     def _forget(self, owner: Hashable, turn: asyncio.Future[None]) -> None:
         queue = self.waiting.get(owner)

@@ -379,6 +379,32 @@ async def test_a_caller_that_gives_up_leaves_no_slot_taken() -> None:
     assert turns.free == 1 and not turns.waiting
 
 
+async def test_one_owner_holds_at_most_its_share_of_the_slots() -> None:
+    """Collections' readings hold their archives open in such slots: one person's many must leave room."""
+    turns = Turns(3, per_owner=2)
+    got: list[str] = []
+    done = {name: asyncio.Event() for name in ("a1", "a2", "a3", "b1")}
+
+    async def hold(owner: str, name: str) -> None:
+        async with turns.slot(owner):
+            got.append(name)
+            await done[name].wait()
+
+    holders = [asyncio.create_task(hold("a", name)) for name in ("a1", "a2", "a3")]
+    await asyncio.sleep(0.01)
+    assert got == ["a1", "a2"]  # the third waits, a slot free
+    holders.append(asyncio.create_task(hold("b", "b1")))
+    await asyncio.sleep(0.01)
+    assert got == ["a1", "a2", "b1"]  # the free slot was b's to take at once
+    done["a1"].set()
+    await asyncio.sleep(0.01)
+    assert got == ["a1", "a2", "b1", "a3"]
+    for event in done.values():
+        event.set()
+    await asyncio.gather(*holders)
+    assert turns.free == 3 and not turns.held and not turns.waiting
+
+
 async def test_one_users_slow_images_do_not_hold_up_anothers() -> None:
     async with decode_pool() as pool:
         slow = [asyncio.create_task(pool.check(SLOW, owner="hostile")) for _ in range(4)]
