@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import re
 import stat
 import struct
 import zipfile
@@ -39,6 +40,8 @@ RECORDS_PER_FILE = 2
 # expands a bzip2 or LZMA chunk whole, with no bound: 785 bytes of bzip2 became 1 GiB in the web process.
 CHUNK = 64 * 1024
 READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+# A Windows drive's root ('C:\\x', 'c:/x', 'C:'), absolute as '/x' is; 'a:b.jpg' is a name (never a path here).
+DRIVE_ROOT = re.compile(r"[A-Za-z]:([/\\]|$)")
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def is_archive(upload: Upload) -> bool:
 
 def _unsafe(name: str) -> bool:
     path = PurePosixPath(name.replace("\\", "/"))
-    return name.startswith(("/", "\\")) or ".." in path.parts or (len(name) > 1 and name[1] == ":")
+    return name.startswith(("/", "\\")) or ".." in path.parts or DRIVE_ROOT.match(name) is not None
 
 
 def _open_zip(source: bytes | IO[bytes]) -> zipfile.ZipFile:

@@ -70,10 +70,34 @@ def test_zip_names_are_labels_and_junk_is_skipped(tmp_path: Path) -> None:
     assert read_all(tmp_path / "a.zip") == [("a/b.jpg", b"1")]
 
 
-@pytest.mark.parametrize("name", ["/abs.jpg", "../up.jpg", "a/../../up.jpg", "..\\\\win.jpg", "C:/x.jpg"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/abs.jpg",
+        "../up.jpg",
+        "a/../../up.jpg",
+        "..\\\\win.jpg",
+        "C:/x.jpg",
+        "C:\\evil.jpg",
+        "c:\\x",
+        "C:",
+        "\\\\srv\\x",
+    ],
+)
 def test_unsafe_zip_paths_are_refused(name: str) -> None:
     with pytest.raises(CollectionRejected, match="unsafe"):
         check_zip(samples.zipped({name: b"x"}), 10, 10_000)
+
+
+@pytest.mark.parametrize("name", ["a:b.jpg", "ab:c.jpg", "C:evil.jpg", "photos/12:30.jpg"])
+def test_a_colon_in_a_name_is_part_of_the_name(name: str, tmp_path: Path) -> None:
+    """Found in review: a colon second in a name ('a:b.jpg', an ordinary POSIX name, or a Mac's 'a/b.jpg')
+    was taken for a Windows drive and the whole archive refused. Only a drive's root is absolute; the
+    rest is a name, kept as a label (no name in an archive is ever used as a path)."""
+    archive = samples.zipped({name: b"1", "ok.jpg": b"2"})
+    assert [e.filename for e in check_zip(archive, 10, 10_000)] == [name, "ok.jpg"]
+    (tmp_path / "a.zip").write_bytes(archive)
+    assert read_all(tmp_path / "a.zip") == [(name, b"1"), ("ok.jpg", b"2")]
 
 
 def test_limits_are_judged_from_the_directory_alone() -> None:

@@ -158,6 +158,18 @@ async def test_zip_archives(client: Client, auth: dict[str, str], worker: Counti
     assert await finished(client, auth, body["id"]) == {"total": 3, "queued": 0, "done": 2, "failed": 1}
 
 
+async def test_a_colon_in_an_entrys_name_is_no_drive(
+    client: Client, auth: dict[str, str], worker: CountingClassifier
+) -> None:
+    """Found in review: 'a:b.jpg' (an ordinary name, a Mac's 'a/b.jpg') had the whole archive refused as a
+    Windows drive path."""
+    archive = samples.zipped({"a:b.jpg": samples.photo(6210), "ab:c.jpg": samples.photo(6211)})
+    body = await create(client, auth, files={"archive": ("colons.zip", archive)})
+    assert await finished(client, auth, body["id"]) == {"total": 2, "queued": 0, "done": 2, "failed": 0}
+    results = (await client.get(f"/api/collections/{body['id']}", headers=auth, params={"per_page": 10})).json()
+    assert sorted(item["file_name"] for item in results["results"]) == ["a:b.jpg", "ab:c.jpg"]
+
+
 def bomb() -> bytes:
     return samples.zipped({"zeros.jpg": b"\x00" * 30_000_000})
 
@@ -171,10 +183,21 @@ def bomb() -> bytes:
         (samples.zipped({"../../evil.jpg": samples.photo(1)}), 400, "unsafe paths"),
         (samples.zipped({"ok/../../evil.jpg": samples.photo(1)}), 400, "unsafe paths"),
         (samples.zipped({"..\\..\\evil.jpg": samples.photo(1)}), 400, "unsafe paths"),
+        (samples.zipped({"C:\\evil.jpg": samples.photo(1)}), 400, "unsafe paths"),
         (samples.zipped({f"{i}.jpg": b"x" for i in range(30)}, zipfile.ZIP_STORED), 413, "at most 20"),
         (broken_zips.from_the_future(), 400, "Not a readable zip"),
     ],
-    ids=["not-a-zip", "bomb", "absolute", "dotdot", "inner-dotdot", "backslash", "too-many", "zip-version-9.9"],
+    ids=[
+        "not-a-zip",
+        "bomb",
+        "absolute",
+        "dotdot",
+        "inner-dotdot",
+        "backslash",
+        "drive",
+        "too-many",
+        "zip-version-9.9",
+    ],
 )
 async def test_hostile_zips_are_refused(
     client: Client,
