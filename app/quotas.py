@@ -1,5 +1,6 @@
 """Per-user quotas and the disk bound: how many images one person may have waiting, collections in
-progress, images sent in a day and bytes of originals stored; and how full UPLOAD_DIR may get.
+progress, images sent in a day and bytes of originals stored; how full UPLOAD_DIR may get, and, once it is
+crowded, how much of it one person may hold.
 
 Each check is one query on an index (predictions by user and time, by status; collections by status),
 or none (the disk: a figure kept in memory). A check and the work it lets through are not one
@@ -25,10 +26,14 @@ from app.settings import Settings
 QUEUED_RETRY_SECONDS = 30
 COLLECTIONS_RETRY_SECONDS = 60
 IN_PROGRESS = (CollectionStatus.READING, CollectionStatus.CLASSIFYING)
+# The part of the high-water mark past which the store is crowded: new originals are then stored only for
+# people holding less than an equal share of it, else a few accounts filled it and everyone got 507.
+CROWDED = 0.8
 
 
 class StorageFull(HTTPException):
-    """UPLOAD_DIR is past its high-water mark: no new original is stored until space is freed."""
+    """UPLOAD_DIR is past its high-water mark (no new original is stored until space is freed), or
+    crowded and the person holds an equal share of it or more."""
 
     status_code = HTTP_507_INSUFFICIENT_STORAGE
 
@@ -74,11 +79,35 @@ def check_disk(services: Services, incoming_bytes: int) -> None:
         )
 
 
+async def over_share(services: Services, stored: int, incoming_bytes: int) -> int | None:
+    """The equal share of the store that someone storing `stored` bytes holds already, when it is crowded
+    and `incoming_bytes` are new to it; else None. Shared among the people who store originals, counting
+    this person once if they store nothing yet; the count is asked only when crowded, and kept a while."""
+    settings = services.settings
+    if not incoming_bytes or services.disk.used + incoming_bytes <= CROWDED * high_water_mark(settings):
+        return None
+    share = high_water_mark(settings) // max(1, await services.storers.count() + (stored == 0))
+    return share if stored >= share else None
+
+
+async def check_share(services: Services, stored: int, incoming_bytes: int) -> None:
+    """507 when the store is crowded and this person, storing `stored` bytes, holds their share of it."""
+    share = await over_share(services, stored, incoming_bytes)
+    if share is not None:
+        raise StorageFull(
+            detail=f"The image store is nearly full ({size_text(services.disk.used)} used), and you store"
+            f" {size_text(stored)} of originals, an equal share of it ({size_text(share)}) or more: until"
+            " space is freed, only people storing less than that store new images. Old ones are removed by"
+            " the retention policy, or ask an administrator",
+            extra=_numbers("disk_share", stored, share),
+        )
+
+
 # ---- one person's quotas ------------------------------------------------------------------------------
 
 
-async def check_stored(services: Services, user: User, incoming_bytes: int) -> None:
-    """413 when `incoming_bytes` more would take `user` past their storage quota."""
+async def check_stored(services: Services, user: User, incoming_bytes: int) -> int:
+    """413 when `incoming_bytes` more would take `user` past their storage quota; else the bytes they store."""
     limit = services.settings.quota_stored_bytes
     used = await usage.stored_bytes(user.id)
     if used + incoming_bytes > limit:
@@ -89,12 +118,14 @@ async def check_stored(services: Services, user: User, incoming_bytes: int) -> N
             " or ask an administrator",
             extra=_numbers("stored_bytes", used, limit),
         )
+    return used
 
 
 async def check_storage(services: Services, user: User, incoming_bytes: int) -> None:
-    """Before storing anything: the disk (507), then the person's share of it (413)."""
+    """Before storing anything: the disk (507), the person's quota (413), then, when the disk is crowded,
+    their share of it (507)."""
     check_disk(services, incoming_bytes)
-    await check_stored(services, user, incoming_bytes)
+    await check_share(services, await check_stored(services, user, incoming_bytes), incoming_bytes)
 
 
 async def _seconds_until_room(user: User, now: datetime, excess: int) -> int:
@@ -169,15 +200,17 @@ async def check_collection(services: Services, user: User, images: int, incoming
 
 async def check_upload(services: Services, user: User, data: bytes) -> None:
     """Before one upload is decoded or stored: images waiting (429), images of the day (429), the disk
-    (507) and bytes stored (413). Judged on the figures this process keeps (app/usage.py): when they say
-    no, the checks above read them fresh and give the refusal, with the numbers. An original the person
-    keeps already is charged nothing there (hashed only then: most uploads fit at once)."""
+    (507), bytes stored (413) and, when the disk is crowded, the person's share of it (507). Judged on the
+    figures this process keeps (app/usage.py): when they say no, the checks above read them fresh and give
+    the refusal, with the numbers. An original the person keeps already is charged nothing there (hashed
+    only then: most uploads fit at once)."""
     settings, incoming_bytes = services.settings, len(data)
     kept = await services.usage.get(user.id)
     fits = (
         kept.queued < settings.quota_queued
         and kept.sent + 1 <= settings.quota_images_per_day
         and kept.stored + incoming_bytes <= settings.quota_stored_bytes
+        and await over_share(services, kept.stored, incoming_bytes) is None
     )
     if not fits:
         services.usage.forget(user.id)
@@ -186,5 +219,5 @@ async def check_upload(services: Services, user: User, data: bytes) -> None:
     check_disk(services, incoming_bytes)
     if not fits:
         incoming_bytes = await usage.charged_bytes(user.id, hashlib.sha256(data).hexdigest(), incoming_bytes)
-        await check_stored(services, user, incoming_bytes)
+        await check_storage(services, user, incoming_bytes)
     services.usage.counted(user.id, incoming_bytes)

@@ -19,7 +19,7 @@ from app.sandbox import DecodePool
 from app.settings import Settings
 from app.throttles import Throttle
 from app.turns import Turns
-from app.usage import UsageCache
+from app.usage import Storers, UsageCache
 
 # Kept pixels older than this are let go: their item was fed by another web process, or is far behind.
 KEPT_PIXELS_S = 120.0
@@ -75,6 +75,8 @@ class Services:
     disk: DiskUsage = field(default_factory=DiskUsage)
     # People's recent use, for the quotas of single uploads (app/usage.py).
     usage: UsageCache = field(default_factory=UsageCache)
+    # How many people store originals, for their shares of a crowded store (app/quotas.py).
+    storers: Storers = field(default_factory=Storers)
     # The workers' backlog, for the wait estimate of synchronous uploads (app/jobs/producer.py).
     backlog: BacklogView = field(default_factory=BacklogView)
     # Pixels of waiting images for the feeder, at most a feed window of them (app/feeder.py).

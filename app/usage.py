@@ -9,6 +9,7 @@ arrives in those seconds; the quotas are fair shares, not security boundaries.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,9 @@ from app.models import Collection, CollectionStatus, Prediction, Status, placeho
 
 USAGE_TTL = 2.0
 MAX_PEOPLE = 10_000  # past it, the figures kept are dropped: a flood of accounts costs queries, not memory
+# How long a web process keeps the count of the people storing originals: asked only while the store is
+# crowded (app/quotas.py), and a count a minute old is near enough to share the store by.
+STORERS_TTL = 60.0
 DAY = timedelta(hours=24)
 
 
@@ -75,6 +79,34 @@ async def charged_bytes(user_id: int, sha256: str, size: int, new: bool = False)
     if new or not await keeps_original(user_id, sha256):
         return size
     return 0
+
+
+def storers_sql() -> str:
+    """The people keeping originals, or collections' images not read yet: one count, duplicates merged by
+    the UNION (an account that stores nothing is not among them, so it does not shrink anyone's share)."""
+    predictions, collections = Prediction._meta.db_table, Collection._meta.db_table
+    return (
+        f"SELECT COUNT(*) AS storers FROM (SELECT user_id FROM {predictions} WHERE image_path <> ''"
+        f" UNION SELECT user_id FROM {collections} WHERE archive_path <> '') AS holding"
+    )
+
+
+async def storers() -> int:
+    rows = await connections.get("default").execute_query_dict(storers_sql())
+    return int(rows[0]["storers"])
+
+
+class Storers:
+    """One web process's count of the people storing originals, read at most every STORERS_TTL seconds."""
+
+    def __init__(self, ttl: float = STORERS_TTL) -> None:
+        self.ttl = ttl
+        self._count, self._read_at = 0, -math.inf
+
+    async def count(self) -> int:
+        if time.monotonic() - self._read_at > self.ttl:
+            self._count, self._read_at = await storers(), time.monotonic()
+        return self._count
 
 
 async def _sum(rows: Any, field: str) -> int:

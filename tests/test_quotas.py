@@ -4,6 +4,7 @@ UPLOAD_DIR: each refusal says the numbers, with Retry-After where waiting helps.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import re
 from collections.abc import Iterator
@@ -20,12 +21,13 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from app import keys, quotas, usage
+from app.files import DiskUsage
 from app.models import Collection, CollectionStatus, Prediction, Status, User, mark_failed
 from app.services import Services
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import eventually
+from tests.helpers import eventually, sign_up
 from tests.page_helpers import upload_page, user_of
 
 Client = httpx.AsyncClient
@@ -310,6 +312,55 @@ async def test_a_full_disk_refuses_uploads_with_507_and_the_admin_page_warns(
     assert page.status_code == 507 and "The image store is full" in page.text
     assert admin.status_code == 200 and "The image store is full" in admin.text
     assert "The image store is full" not in (await client.get("/admin", headers=admin_auth)).text
+
+
+@contextmanager
+def disk_holding(services: Services, used: int) -> Iterator[None]:
+    """The store as holding `used` bytes, and the count of who stores read afresh."""
+    disk, storers = services.disk, services.storers
+    services.disk, services.storers = DiskUsage(), usage.Storers()
+    services.disk.wrote(used)
+    try:
+        yield
+    finally:
+        services.disk, services.storers = disk, storers
+
+
+async def test_a_crowded_store_is_shared_equally_among_those_who_store(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, worker: CountingClassifier
+) -> None:
+    """Found in review: each account may store QUOTA_STORED_BYTES, and sign-up is open, so a few accounts
+    (an hour of sign-ups) filled the store to its high-water mark and everyone else got 507 until an
+    administrator freed space. Past CROWDED of the mark, those holding an equal share or more are refused."""
+    quota, heavy_stores = 10**6, 500_000  # each heavy account is within its own quota
+    kept_photo = samples.photo(13_030, fmt="PNG")
+    heavy_auths = [await sign_up(client) for _ in range(3)]
+    heavy = [await user_of_token(client, a) for a in heavy_auths]
+    for user in heavy:
+        await add_rows(user, 1, image_path="aa/heavy.png", image_bytes=heavy_stores)
+    kept_sha = hashlib.sha256(kept_photo).hexdigest()  # kept by the first, charged once (with the rest)
+    await add_rows(heavy[0], 1, image_path="bb/kept.png", image_bytes=0, image_sha256=kept_sha)
+    little = await user_of_token(client, auth)
+    await add_rows(little, 1, image_path="aa/little.png", image_bytes=1000)
+    fresh = await sign_up(client)
+    storers = await usage.storers()  # these four, and those of earlier tests
+    mark = 250_000 * storers  # each one's share: 250,000 bytes
+    crowded = dict(max_stored_bytes=mark, stored_high_water=1.0, quota_stored_bytes=quota)
+    with changed(app, settings, **crowded) as services, disk_holding(services, int(mark * 0.9)):
+        for who in (fresh, auth):  # storing nothing or little: still let in
+            accepted = await upload(client, who, samples.photo(13_031, fmt="PNG"))
+            assert accepted.status_code == 200, accepted.text
+        refused = await upload(client, heavy_auths[1], samples.photo(13_032, fmt="PNG"))
+        body = assert_refusal(refused, 507, "disk_share", heavy_stores, mark // storers)
+        assert "The image store is nearly full" in body["detail"] and "an equal share of it" in body["detail"]
+        with pytest.raises(quotas.StorageFull) as caught:  # and the same for a collection, up front
+            await quotas.check_collection(services, heavy[2], 1, 1000)
+        assert caught.value.extra == {"quota": "disk_share", "used": heavy_stores, "limit": mark // storers}
+        await quotas.check_collection(services, little, 1, 1000)
+        await quotas.check_upload(services, heavy[0], kept_photo)  # kept already: it stores nothing new
+    with changed(app, settings, **crowded) as services, disk_holding(services, mark):
+        full = await upload(client, fresh, samples.photo(13_033, fmt="PNG"))  # past the mark: no one
+        assert_refusal(full, 507, "disk", mark, mark)
 
 
 async def test_the_app_measures_the_upload_directory_and_counts_what_it_writes(

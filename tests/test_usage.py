@@ -17,7 +17,8 @@ from app.models import Prediction, Status, User
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.test_quotas import add_rows, changed, finish_queued, upload, user_of_token
+from tests.helpers import unique_email
+from tests.test_quotas import add_rows, changed, disk_holding, finish_queued, upload, user_of_token
 
 
 @contextmanager
@@ -84,3 +85,30 @@ async def test_the_figures_count_on_and_are_read_again_after_the_ttl(client: htt
     kept = cache._people[user.id]
     assert (kept.queued, kept.sent, kept.stored) == (1, 1, 100)
     assert (await cache.get(user.id)).stored == 0  # past the TTL: the database's figures again
+
+
+async def test_who_stores_is_counted_only_when_crowded_and_once_a_while(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    app: Litestar,
+    settings: Settings,
+    worker: CountingClassifier,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    services = app.state.services
+    mark = 10**9
+    with changed(app, settings, max_stored_bytes=mark, stored_high_water=1.0), disk_holding(services, mark // 2):
+        with queries(caplog) as calm:
+            assert (await upload(client, auth, samples.photo(1704))).status_code == 200
+        with disk_holding(services, int(mark * 0.9)), queries(caplog) as crowded:
+            for seed in (1705, 1706):
+                assert (await upload(client, auth, samples.photo(seed))).status_code == 200
+    assert not [s for s in calm if "holding" in s]
+    assert len([s for s in crowded if "holding" in s]) == 1, crowded  # kept for the next upload
+
+    storers = usage.Storers()
+    before = await storers.count()
+    newcomer = await User.create(email=unique_email(), password_hash="x")
+    await add_rows(newcomer, 1, image_path="aa/new.png", image_bytes=10)
+    assert await storers.count() == before  # kept for STORERS_TTL
+    assert await usage.Storers(ttl=0.0).count() == before + 1

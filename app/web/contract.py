@@ -54,7 +54,8 @@ ERROR_DESCRIPTIONS = {
     503: "No worker yet, the queue is full, the server holds as many uploads as it can, or a service this"
     " depends on is down; retry after `Retry-After`",
     504: "No result within the wait timeout: fetch the prediction later from `Location` (its id is in `extra`)",
-    507: "The image store is full until an administrator frees space",
+    507: "The image store is full until an administrator frees space, or nearly full and you store an equal"
+    " share of it or more (`extra` has the numbers)",
 }
 RETRY_AFTER = "Retry-After"
 LOCATION = "Location"
