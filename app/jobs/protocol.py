@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
 
 from app import keys
@@ -114,9 +114,23 @@ class Heartbeat:
 COMMAND_TIMEOUT_S = 15
 
 
+# A client's connections. A command past them waits up to CONNECTION_WAIT_S for one: redis-py's own pool
+# raised MaxConnectionsError past 100, and a burst of uploads from many senders got 503s for it.
+REDIS_CONNECTIONS = 100
+CONNECTION_WAIT_S = 10
+
+
 def connect(url: str, command_timeout: float | None = COMMAND_TIMEOUT_S) -> Redis:
     """A client; `command_timeout=None` for a subscription, which waits for messages indefinitely."""
-    return Redis.from_url(url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=command_timeout)
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=CONNECTION_WAIT_S,
+        health_check_interval=30,
+        socket_connect_timeout=5,
+        socket_timeout=command_timeout,
+    )
+    return Redis.from_pool(pool)  # closed with the client
 
 
 async def ensure_group(redis: Redis, stream: str) -> bool:
