@@ -112,3 +112,16 @@ async def test_who_stores_is_counted_only_when_crowded_and_once_a_while(
     await add_rows(newcomer, 1, image_path="aa/new.png", image_bytes=10)
     assert await storers.count() == before  # kept for STORERS_TTL
     assert await usage.Storers(ttl=0.0).count() == before + 1
+
+
+async def test_uploads_at_once_past_the_ttl_count_who_stores_once(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: the count reads every original's row (no index serves it), and each upload that
+    found it stale read it again until the first reading came back: 20 uploads at once, 20 such reads."""
+    storers = usage.Storers()
+    with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+        counts = await asyncio.gather(*(storers.count() for _ in range(20)))
+    reads = [r.getMessage() for r in caplog.records if "AS holding" in r.getMessage()]
+    assert len(set(counts)) == 1
+    assert len(reads) == 1, reads
