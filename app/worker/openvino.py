@@ -48,11 +48,14 @@ class OpenVINOClassifier(Classifier):
     def _top5(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The batch split between the streams, each part inferred at once by its own request."""
         parts = np.array_split(np.ascontiguousarray(pixels), min(len(self._requests), max(len(pixels), 1)))
-        requests = self._requests[: len(parts)]
-        for request, part in zip(requests, parts, strict=True):
-            request.start_async({0: part}, share_inputs=True)  # shared: no copy of the batch
-        for request in requests:
-            request.wait()
+        requests, started = self._requests[: len(parts)], []
+        try:
+            for request, part in zip(requests, parts, strict=True):
+                request.start_async({0: part}, share_inputs=True)  # shared: no copy of the batch
+                started.append(request)
+        finally:  # every part started is waited for, even if another failed: none runs on into the next batch
+            for request in started:
+                request.wait()
         # The outputs of compile_graph (values, then indices), copied out of the requests' buffers.
         values, indices = (np.concatenate([r.get_output_tensor(i).data for r in requests]) for i in (0, 1))
         return values, indices

@@ -8,12 +8,14 @@ one difference a near tie) and probabilities within 0.015.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -177,6 +179,32 @@ def test_a_batch_is_split_between_the_streams(openvino_f32: OpenVINOClassifier, 
     assert openvino_f32.streams >= 2
     one_thread = load_classifier("random", 1, (), backend="openvino", precision="f32", cache_dir=cache_dir)
     assert isinstance(one_thread, OpenVINOClassifier) and one_thread.streams == 1
+
+
+class Request:
+    """A stand-in for an OpenVINO request that records its calls; `fails` on being started."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.fails, self.calls = fails, cast(list[str], [])
+
+    def start_async(self, inputs: Any, share_inputs: bool) -> None:
+        self.calls.append("start")
+        if self.fails:
+            raise RuntimeError("could not start")
+
+    def wait(self) -> None:
+        self.calls.append("wait")
+
+
+def test_a_part_that_fails_to_start_leaves_none_running(openvino_default: OpenVINOClassifier) -> None:
+    """Found in review: a part that failed to start left the parts started before it running, into the next
+    batch's use of their requests. Each part started is now waited for."""
+    split = copy.copy(openvino_default)
+    first, second = Request(), Request(fails=True)
+    split._requests = [first, second]
+    with pytest.raises(RuntimeError, match="could not start"):
+        split.predict(np.zeros((2, 224, 224, 3), np.uint8))
+    assert first.calls == ["start", "wait"] and second.calls == ["start"]
 
 
 def test_agrees_with_tensorflow_at_f32(
