@@ -155,6 +155,20 @@ class Feedback(Model):
         indexes = (("user_id", "updated_at"), ("updated_at",))
 
 
+# Feedback counted per predicted label, for the admin's agreement table and label filter, which read every
+# feedback row joined to its prediction on each view. Kept by the database itself, in the transaction of each
+# change, whatever makes it (feedback given or changed, a prediction or account deleted with its feedback): by
+# triggers on feedback and predictions, made with the table by migration 0014. A label with no feedback left
+# has no row. A prediction without a label counts under "".
+class FeedbackByLabel(Model):
+    label = fields.CharField(max_length=100, primary_key=True)
+    total = fields.IntField()
+    agreed = fields.IntField()  # feedback saying the prediction was right
+
+    class Meta:
+        table = "feedback_by_label"
+
+
 async def mark_failed(prediction_ids: Iterable[str], error: str) -> list[str]:
     """Finish the predictions still queued as failed, with the reason; the ids that were (a malformed
     id, from a damaged job, is skipped)."""

@@ -17,9 +17,10 @@ from tortoise.backends.asyncpg.client import AsyncpgDBClient
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.backends.sqlite.client import SqliteClient
 from tortoise.context import TortoiseContext
+from tortoise.migrations.api.migrate import migrate
 
 from app import db
-from app.models import Collection, User
+from app.models import Collection, Feedback, Prediction, User
 from app.settings import Settings
 
 TABLES = {"users", "predictions", "feedback"}
@@ -129,3 +130,27 @@ async def test_a_column_added_since_the_release_before_has_a_database_default(
     values = [str(collection_id), user.id, "old", 1, "reading", "", datetime.now(UTC)]
     await connections.get("default").execute_query(f"INSERT INTO collections ({columns}) VALUES ({marks})", values)
     assert (await Collection.get(id=collection_id)).archive_bytes == 0
+
+
+async def upgrade_with_feedback(url: str) -> None:
+    """A database at 0013 holding feedback, then migrated on: the counts per label start as its feedback's."""
+    async with TortoiseContext():  # which closes the migration's connection
+        await migrate(config=db.tortoise_config(url), target="app.0013_collection_counts")
+    async with TortoiseContext() as context:
+        await context.init(config=db.tortoise_config(url))
+        ada = await User.create(email="ada@example.com", password_hash="x")
+        for label, right in [("hen", True), ("hen", False), ("hen", True), ("tench", False), (None, True)]:
+            made = await Prediction.create(
+                user=ada, image_sha256="0" * 64, image_path="", model_name="m", model_weights="w", label=label
+            )
+            await Feedback.create(prediction=made, user=ada, is_correct=right)
+    await db.apply_migrations(url)
+
+
+def test_the_counts_per_label_are_filled_from_the_feedback_already_there(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'upgraded.sqlite3'}"
+    upgrade = "import asyncio, sys; from tests.test_db import upgrade_with_feedback as u; asyncio.run(u(sys.argv[1]))"
+    subprocess.run([sys.executable, "-c", upgrade, url], check=True, cwd=ROOT)  # a process of its own: see above
+    with contextlib.closing(sqlite3.connect(tmp_path / "upgraded.sqlite3")) as connection:
+        counts = set(connection.execute("SELECT label, total, agreed FROM feedback_by_label"))
+    assert counts == {("hen", 3, 2), ("tench", 1, 0), ("", 1, 1)}
