@@ -10,6 +10,8 @@ import contextlib
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Hashable
 
+NO_ONE = object()  # no owner waiting may take a slot
+
 
 class Turns:
     """At most `slots` holders at once, `per_owner` of them (all of them if not given) one owner's; those
@@ -62,8 +64,8 @@ class Turns:
         """Free slots go to the owners next in turn, each then to the back of the line; an owner holding its
         share keeps its place until one of its slots is given back."""
         while self.free > 0:
-            owner = next((o for o in self.waiting if self.held[o] < self.per_owner), None)
-            if owner is None:
+            owner = next((o for o in self.waiting if self.held[o] < self.per_owner), NO_ONE)
+            if owner is NO_ONE:  # not None: a caller may name no owner (None), and be waiting
                 return
             queue = self.waiting.pop(owner)
             turn = queue.popleft()

@@ -405,6 +405,22 @@ async def test_one_owner_holds_at_most_its_share_of_the_slots() -> None:
     assert turns.free == 3 and not turns.held and not turns.waiting
 
 
+async def test_callers_of_no_owner_take_their_turns() -> None:
+    """Found by CI: with the share per owner (11291ce), a slot given back went to no one when the callers
+    waiting had no owner (None, as the decode pool's callers that name none): None was also what the search
+    for the next owner said when it found none. Six decodes in three slots hung."""
+    turns = Turns(3)
+    got: list[int] = []
+
+    async def hold(i: int) -> None:
+        async with turns.slot(None):
+            await asyncio.sleep(0.01)
+            got.append(i)
+
+    await asyncio.wait_for(asyncio.gather(*(hold(i) for i in range(6))), 5)
+    assert sorted(got) == list(range(6)) and turns.free == 3 and not turns.held and not turns.waiting
+
+
 async def test_one_users_slow_images_do_not_hold_up_anothers() -> None:
     async with decode_pool() as pool:
         slow = [asyncio.create_task(pool.check(SLOW, owner="hostile")) for _ in range(4)]
