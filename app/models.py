@@ -123,6 +123,7 @@ class Prediction(Model):
         # admin's status panel, every two seconds (app.web.pages.admin.recently_finished). A person's single
         # images by time: the history page, which read all their collections' images to find them. The images
         # of a person or collection waiting in the database, oldest first: the feeder (app.feeder.waiting_of).
+        # Those keeping an original, by person: a partial index, made by migration 0015 (app.usage.storers_sql).
         indexes = (
             ("user_id", "created_at"),
             ("image_sha256", "status"),

@@ -84,10 +84,16 @@ async def charged_bytes(user_id: int, sha256: str, size: int, new: bool = False)
 
 def storers_sql() -> str:
     """The people keeping originals, or collections' images not read yet: one count, duplicates merged by
-    the UNION (an account that stores nothing is not among them, so it does not shrink anyone's share)."""
+    the UNION (an account that stores nothing is not among them, so it does not shrink anyone's share).
+
+    It walks the partial index of the predictions keeping an original by person (migration 0015), from one
+    person to the next: a search per person, not a row per original (0.2 to 0.35 s a million before)."""
     predictions, collections = Prediction._meta.db_table, Collection._meta.db_table
+    after = f"SELECT MIN(user_id) FROM {predictions} WHERE image_path <> ''"
     return (
-        f"SELECT COUNT(*) AS storers FROM (SELECT user_id FROM {predictions} WHERE image_path <> ''"
+        f"WITH RECURSIVE keeping (user_id) AS ({after} UNION ALL"
+        f" SELECT ({after} AND user_id > keeping.user_id) FROM keeping WHERE keeping.user_id IS NOT NULL)"
+        " SELECT COUNT(*) AS storers FROM (SELECT user_id FROM keeping WHERE user_id IS NOT NULL"
         f" UNION SELECT user_id FROM {collections} WHERE archive_path <> '') AS holding"
     )
 
@@ -99,8 +105,8 @@ async def storers() -> int:
 
 class Storers:
     """One web process's count of the people storing originals, read at most every STORERS_TTL seconds, by
-    one upload at a time: it reads every original's row (0.3 s for a million), and each upload that found it
-    stale read it again until the first reading came back (20 at once, 20 reads)."""
+    one upload at a time: each upload that found it stale read it again until the first reading came back
+    (20 at once, 20 reads)."""
 
     def __init__(self, ttl: float = STORERS_TTL) -> None:
         self.ttl = ttl

@@ -13,7 +13,7 @@ import pytest
 from litestar import Litestar
 
 from app import usage
-from app.models import Prediction, Status, User
+from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
@@ -125,3 +125,26 @@ async def test_uploads_at_once_past_the_ttl_count_who_stores_once(
     reads = [r.getMessage() for r in caplog.records if "AS holding" in r.getMessage()]
     assert len(set(counts)) == 1
     assert len(reads) == 1, reads
+
+
+async def test_who_stores_is_each_person_keeping_an_original_or_an_archive_once(client: httpx.AsyncClient) -> None:
+    """Counted: a person keeping originals (once, however many), one whose collection is being read (its archive
+    kept), one with both. Not counted: one whose originals were all pruned, one whose collection was read."""
+    before = await usage.storers()
+    keeping, reading, both, pruned, read = [
+        await User.create(email=unique_email(), password_hash="x") for _ in range(5)
+    ]
+    await add_rows(keeping, 3, image_path="aa/kept.png", image_bytes=10)
+    await add_rows(both, 1, image_path="aa/both.png", image_bytes=10)
+    await add_rows(pruned, 3, image_bytes=10)  # image_path ""
+    archives = [
+        await Collection.create(
+            user=person, total=3, status=CollectionStatus.READING, archive_path="x.zip", archive_bytes=30
+        )
+        for person in (reading, both)
+    ]
+    await Collection.create(user=read, total=3, status=CollectionStatus.DONE)
+    try:
+        assert await usage.storers() == before + 3
+    finally:  # read, as far as other tests can tell
+        await Collection.filter(id__in=[c.id for c in archives]).update(status=CollectionStatus.DONE, archive_path="")

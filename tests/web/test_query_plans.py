@@ -16,7 +16,7 @@ import httpx
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
-from app import feedback
+from app import feedback, usage
 from app.feedback import FeedbackFilter
 from app.feeder import Source, waiting_of
 from app.models import Collection, CollectionStatus, Prediction, Status, User
@@ -28,14 +28,20 @@ SOMEONE = User(id=1)  # plans need no rows: only the id is read
 
 async def plan(query: Any) -> str:
     """The database's plan for a Tortoise query (a QuerySet, or its count), one step a line."""
-    sql = query.sql(params_inline=True)
+    return await plan_of(query.sql(params_inline=True))
+
+
+async def plan_of(sql: str, run: bool = False) -> str:
+    """The database's plan for a statement, one step a line. `run`: on PostgreSQL, run it to show the rows each
+    step read, and the plans of subqueries in its results (a plain EXPLAIN leaves them out)."""
     connection = connections.get("default")
     if connection.capabilities.dialect == "sqlite":
         _, rows = await connection.execute_query(f"EXPLAIN QUERY PLAN {sql}")
         return "\n".join(row["detail"] for row in rows)
+    explain = "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)" if run else "EXPLAIN"
     async with in_transaction() as transaction:
         await transaction.execute_script("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
-        _, rows = await transaction.execute_query(f"EXPLAIN {sql}")
+        _, rows = await transaction.execute_query(f"{explain} {sql}")
     return "\n".join(row["QUERY PLAN"] for row in rows)
 
 
@@ -169,3 +175,52 @@ async def test_the_admins_agreement_and_label_filter_read_only_the_counts_per_la
     assert tables_read(agreement) == {"feedback_by_label"}, agreement
     labels = await plan(admin.labels_with_feedback())
     assert tables_read(labels) == {"feedback_by_label"} and in_index_order(labels, "feedback_by_label"), labels
+
+
+async def indexes_of(table: str) -> dict[str, bool]:
+    """`table`'s indexes by name: whether each holds only some of its rows (a partial index, CREATE INDEX ...
+    WHERE)."""
+    connection = connections.get("default")
+    if connection.capabilities.dialect == "sqlite":
+        query = "SELECT name, sql AS definition FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+    else:
+        query = "SELECT indexname AS name, indexdef AS definition FROM pg_indexes WHERE tablename = $1"
+    _, rows = await connection.execute_query(query, [table])
+    return {row["name"]: " WHERE " in (row["definition"] or "") for row in rows}
+
+
+def steps_reading(steps: str, table: str, indexes: dict[str, bool]) -> list[tuple[str, str | None]]:
+    """The steps that read `table`, each with the index it goes by (None: the table itself)."""
+    found: list[tuple[str, str | None]] = []
+    for line in steps.splitlines():
+        sqlite = re.match(rf"(?:SCAN|SEARCH) {table}\b(?:.* INDEX (\S+))?", line)
+        by_index = re.search(rf"Index (?:Only )?Scan using (\S+) on {table}\b|Bitmap Index Scan on (\S+)", line)
+        if sqlite:
+            found.append((line, sqlite.group(1)))
+        elif by_index and (by_index.group(1) or by_index.group(2) in indexes):
+            found.append((line, by_index.group(1) or by_index.group(2)))
+        elif f"Seq Scan on {table} " in f"{line} ":
+            found.append((line, None))
+    return found
+
+
+async def test_who_stores_is_counted_a_person_at_a_time(client: httpx.AsyncClient) -> None:
+    """The count of the people storing originals (each web process's, once a minute while the image store is
+    crowded) read every kept original's row: 0.2 to 0.35 s a million, on SQLite and PostgreSQL. It searches a
+    partial index of the rows storing something for the next person, a row a search. Planned with people
+    keeping a few originals each, and statistics taken (PostgreSQL chooses by them)."""
+    for _ in range(3):
+        person = await User.create(email=unique_email(), password_hash="x")
+        row = {"user": person, "model_name": "resnet50", "model_weights": "random", "status": Status.DONE}
+        await Prediction.bulk_create(
+            [Prediction(image_sha256=f"{i:064x}", image_path="aa/p.png", **row) for i in range(3)]
+        )
+    await statistics_taken("predictions")
+    steps = await plan_of(usage.storers_sql(), run=True)
+    for table in ("predictions", "collections"):
+        indexes = await indexes_of(table)
+        reading = steps_reading(steps, table, indexes)
+        assert reading and all(index and indexes[index] for _, index in reading), steps
+        if table == "predictions":  # a row a search, not a scan of every row kept: SQLite's SEARCH (of a MIN,
+            # one row by its rules), and the rows each step of PostgreSQL's plan, run, read
+            assert all(line.startswith("SEARCH") or re.search(r"actual rows=[01] ", line) for line, _ in reading), steps
