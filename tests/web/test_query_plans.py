@@ -111,13 +111,18 @@ def searches_on(steps: str, column: str) -> bool:
 async def test_the_history_reads_single_images_only(client: httpx.AsyncClient) -> None:
     """The history lists a person's images sent alone: by the index on (user_id, created_at), each page and its
     count read past every image of the person's collections (10,000 a collection) to find them. Planned for
-    someone with a collection of 2,000 newer than their 12 single images (PostgreSQL chooses by statistics)."""
-    person = await User.create(email=unique_email(), password_hash="x")
+    someone with a collection of 2,000 newer than their 12 single images, among someone else's 2,000 single
+    images (PostgreSQL chooses by statistics: with few single images in all, it read every person's by the
+    collection index, whatever earlier tests had left)."""
+    person, other = [await User.create(email=unique_email(), password_hash="x") for _ in range(2)]
     collection = await Collection.create(user=person, total=2000, status=CollectionStatus.DONE)
-    row = {"user": person, "image_path": "", "model_name": "resnet50", "model_weights": "random", "status": Status.DONE}
-    singles = [Prediction(image_sha256=f"{i:064x}", **row) for i in range(12)]
-    items = [Prediction(image_sha256=f"{i:064x}", collection=collection, entry=i, **row) for i in range(2000)]
-    await Prediction.bulk_create([*singles, *items], batch_size=1000)
+    row = {"image_path": "", "model_name": "resnet50", "model_weights": "random", "status": Status.DONE}
+    singles = [Prediction(image_sha256=f"{i:064x}", user=person, **row) for i in range(12)]
+    items = [
+        Prediction(image_sha256=f"{i:064x}", user=person, collection=collection, entry=i, **row) for i in range(2000)
+    ]
+    others = [Prediction(image_sha256=f"{i:064x}", user=other, **row) for i in range(2000)]
+    await Prediction.bulk_create([*singles, *items, *others], batch_size=1000)
     await statistics_taken("predictions")
     query = history.single_images(person)
     for asked in (query.limit(12), query.count()):
