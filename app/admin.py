@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
+from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 
 from app import db, files, thumbnails
@@ -90,14 +92,17 @@ async def _remove(upload_dir: Path, sha: str, relative_path: str, used_since: fl
     return freed + (thumbnail_freed or 0)
 
 
-async def _pass_on_charges(rows: list[tuple[UUID, str, str]], used: set[str]) -> None:
-    """A person's original is charged to one of their predictions of it, the others 0 (usage.charged_bytes):
-    when that one lets it go and a newer one of theirs keeps it, the newer one is charged it instead."""
+async def _let_go(rows: list[tuple[UUID, str, str]], used: set[str]) -> None:
+    """The batch's predictions let their originals go. A person's original is charged to one of their
+    predictions of it, the others 0 (usage.charged_bytes): when that one lets it go and a newer one of theirs
+    keeps it, the newer one is charged it instead, once the batch's are let go (the index
+    predictions_charged_once allows one charged prediction per person and original kept)."""
     batch = [row[0] for row in rows]
     kept = [row_id for row_id, sha, _ in rows if sha in used]
     charged = await Prediction.filter(id__in=kept, image_bytes__gt=0).values_list(
         "user_id", "image_sha256", "image_bytes"
     )
+    await Prediction.filter(id__in=batch).update(image_path="")
     for user_id, sha, size in charged:
         heir = await (
             Prediction.filter(user_id=user_id, image_sha256=sha, image_bytes=0)
@@ -108,7 +113,8 @@ async def _pass_on_charges(rows: list[tuple[UUID, str, str]], used: set[str]) ->
             .values_list("id", flat=True)
         )
         if heir is not None:
-            await Prediction.filter(id=heir).update(image_bytes=size)
+            with contextlib.suppress(IntegrityError):  # an upload of it meanwhile was charged it
+                await Prediction.filter(id=heir).update(image_bytes=size)
 
 
 async def _prune_batch(
@@ -124,8 +130,7 @@ async def _prune_batch(
             report.originals += 1 if freed else 0
             report.bytes_freed += freed
     if not dry_run:
-        await _pass_on_charges(rows, used)
-        await Prediction.filter(id__in=[row[0] for row in rows]).update(image_path="")
+        await _let_go(rows, used)
     report.predictions += len(rows)
     report.last = rows[-1][1]
 

@@ -151,11 +151,11 @@ async def _add_item(
 ) -> None:
     """One accepted image of the collection: done from the cache, or waiting for the feeder."""
     image, cached = outcome
-    record = predictions.record_of(services, user, image, name) | {"collection": collection, "entry": entry}
+    record = await predictions.record_of(services, user, image, name) | {"collection": collection, "entry": entry}
     if cached is not None:
         await predictions.create_cached(record, cached)
     else:
-        item = await Prediction.create(**record, status=Status.QUEUED)
+        item = await predictions.create(record, status=Status.QUEUED)
         services.kept.keep(str(item.id), image.pixels)
 
 

@@ -93,7 +93,9 @@ class Prediction(Model):
     entry = fields.IntField(null=True)
     image_sha256 = fields.CharField(max_length=64, db_index=True)
     image_path = fields.CharField(max_length=255)  # "" once the original is pruned
-    image_bytes = fields.BigIntField(default=0)  # size of the original, for the storage quotas
+    # The original's size, for the storage quotas, on one of its person's predictions that keep it (0 on the
+    # others: app/usage.py charged_bytes); a partial unique index holds it to one (migrations/0016).
+    image_bytes = fields.BigIntField(default=0)
     file_name = fields.CharField(max_length=255, default="")
     status = fields.CharEnumField(Status, max_length=10, default=Status.QUEUED, db_index=True)
     label = fields.CharField(max_length=100, null=True)

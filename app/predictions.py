@@ -14,6 +14,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavail
 from litestar.status_codes import HTTP_504_GATEWAY_TIMEOUT
 from redis.exceptions import RedisError
 from tortoise import connections
+from tortoise.exceptions import IntegrityError
 from tortoise.functions import Count
 
 from app import images, keys, quotas, schemas, text, usage
@@ -153,22 +154,37 @@ async def newest_of_each(user: User, sha256s: list[str]) -> list[Prediction]:
     return await Prediction.filter(id__in=[row["id"] for row in rows])
 
 
-def record_of(services: Services, user: User, image: images.CheckedImage, file_name: str) -> dict[str, Any]:
-    """The fields of a new Prediction for an accepted image."""
+async def record_of(services: Services, user: User, image: images.CheckedImage, file_name: str) -> dict[str, Any]:
+    """The fields of a new Prediction for an accepted image, charged its bytes unless its person keeps that
+    original already (a query only when this upload did not store it)."""
+    with stage("database"):
+        charged = await usage.charged_bytes(user.id, image.sha256, len(image.data), image.new)
     return {
         "user": user,
         "image_sha256": image.sha256,
         "image_path": image.relative_path,
-        "image_bytes": len(image.data),
+        "image_bytes": charged,
         "file_name": text.clean_file_name(file_name),
         "model_name": services.settings.model_name,
         "model_weights": services.settings.model_weights,
     }
 
 
+async def create(record: dict[str, Any], **fields: Any) -> Prediction:
+    """A new Prediction of `record`. Charged 0 when another one of its person's, made meanwhile, was charged
+    the original (an upload of the same image at once: both found it new); the index predictions_charged_once
+    (migrations/0016) refuses the second charge, so it costs nothing unless it happens."""
+    try:
+        return await Prediction.create(**record, **fields)
+    except IntegrityError:
+        if not record["image_bytes"]:
+            raise  # not the charge: another constraint (a collection's entry recorded twice)
+        return await Prediction.create(**(record | {"image_bytes": 0}), **fields)
+
+
 async def create_cached(record: dict[str, Any], cached: dict[str, Any], latency_ms: float | None = None) -> Prediction:
-    return await Prediction.create(
-        **record, **cached, status=Status.DONE, cached=True, latency_ms=latency_ms, finished_at=datetime.now(UTC)
+    return await create(
+        record, **cached, status=Status.DONE, cached=True, latency_ms=latency_ms, finished_at=datetime.now(UTC)
     )
 
 
@@ -190,9 +206,7 @@ async def submit(
     with stage("database"):
         await quotas.check_upload(services, user, data)
     image, cached = await accept(services, user, data)
-    record = record_of(services, user, image, file_name)
-    with stage("database"):  # the same image sent again stores nothing more
-        record["image_bytes"] = await usage.charged_bytes(user.id, image.sha256, len(data), image.new)
+    record = await record_of(services, user, image, file_name)
     if cached is not None:
         with stage("database"):
             return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
@@ -206,7 +220,7 @@ async def submit(
             raise
         return await _defer(services, record, image)
     with stage("database"):
-        prediction = await Prediction.create(**record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
+        prediction = await create(record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
     job = Job(str(prediction.id), image.sha256, services.settings.model_id, image.pixels)
     # Before the job exists, so its result cannot come before anyone listens (`wait` takes it up).
     expected = services.waiter.expect(job.prediction_id)
@@ -228,7 +242,7 @@ async def _defer(services: Services, record: dict[str, Any], image: images.Check
     with stage("database"):
         async with services.admitting:
             await _check_async_room(services, record["user"])
-            prediction = await Prediction.create(**record, status=Status.QUEUED)
+            prediction = await create(record, status=Status.QUEUED)
     services.kept.keep(str(prediction.id), image.pixels)
     services.nudge_feeder()
     return prediction

@@ -3,6 +3,7 @@ UPLOAD_DIR: each refusal says the numbers, with Retry-After where waiting helps.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import io
@@ -10,7 +11,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, cast
 from uuid import uuid4
 
 import httpx
@@ -50,11 +51,10 @@ async def user_of_token(client: Client, auth: dict[str, str]) -> User:
 
 async def add_rows(user: User, n: int, **fields: Any) -> list[Prediction]:
     """Predictions straight in the database. Queued ones are marked as on a stream, so the feeder
-    leaves them alone. Of an image no other test uses: "0" * 64, once, is also one of the images of
+    leaves them alone. Each of an image no other test uses: "0" * 64, once, is also one of the images of
     tests/test_admin.py's prune run, which then kept it as still in use."""
     values: dict[str, Any] = {
         "user": user,
-        "image_sha256": uuid4().hex * 2,
         "image_path": "",
         "model_name": "resnet50",
         "model_weights": "random",
@@ -62,7 +62,7 @@ async def add_rows(user: User, n: int, **fields: Any) -> list[Prediction]:
     }
     if fields.get("status") == Status.QUEUED:
         values["enqueued_at"] = datetime.now(UTC)
-    return [await Prediction.create(**(values | fields)) for _ in range(n)]
+    return [await Prediction.create(**(values | {"image_sha256": uuid4().hex * 2} | fields)) for _ in range(n)]
 
 
 async def upload(client: Client, auth: dict[str, str], data: bytes, **params: Any) -> httpx.Response:
@@ -424,3 +424,63 @@ async def test_a_cache_hit_is_not_charged_again(
     assert first.status_code == again.status_code == 200, again.text
     assert (await Prediction.get(id=again.json()["id"])).cached
     assert await usage.stored_bytes((await user_of_token(client, auth)).id) == len(photo)
+
+
+class CountingLock(asyncio.Lock):
+    """A lock that counts who asked for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    async def acquire(self) -> Literal[True]:
+        self.asked += 1
+        return await super().acquire()
+
+
+async def test_one_image_sent_at_once_is_charged_once(
+    client: Client, auth: dict[str, str], app: Litestar, no_worker: None
+) -> None:
+    """Found in review: uploads at once of an image the person did not keep all found it new (each stored
+    it, or looked for the others' predictions before they were made), and each was charged its bytes. Held
+    where async uploads wait to be added, all four are charged before any prediction is made."""
+    services: Services = app.state.services
+    user = await user_of_token(client, auth)
+    photo = samples.photo(13_013, fmt="PNG")
+    admitting, services.admitting = services.admitting, CountingLock()
+    try:
+        async with services.admitting:
+            sending = asyncio.gather(*(upload(client, auth, photo, wait="false") for _ in range(4)))
+
+            async def all_charged() -> bool:
+                return cast(CountingLock, services.admitting).asked == 5  # with this test's
+
+            await eventually(all_charged, seconds=30, what="the four uploads charged")
+        assert {a.status_code for a in await sending} == {202}
+        assert await usage.stored_bytes(user.id) == len(photo)
+        charged = await Prediction.filter(user=user, image_sha256=hashlib.sha256(photo).hexdigest()).values_list(
+            "image_bytes", flat=True
+        )
+        assert sorted(charged) == [0, 0, 0, len(photo)]
+    finally:
+        services.admitting = admitting
+        await finish_queued(user)
+
+
+async def test_a_collections_images_kept_already_are_not_charged_again(
+    client: Client, auth: dict[str, str], worker: CountingClassifier
+) -> None:
+    """Found in review: a collection's images were each charged their bytes, also one its person keeps
+    already (sent before, or twice in the collection), though each original is stored once."""
+    user = await user_of_token(client, auth)
+    sent, new = samples.photo(13_015, fmt="PNG"), samples.photo(13_016, fmt="PNG")
+    assert (await upload(client, auth, sent)).status_code == 200
+    images = [("sent.png", sent), ("new.png", new), ("new-again.png", new)]
+    started = await client.post("/api/collections", headers=auth, files=[("files", image) for image in images])
+    assert started.status_code == 202, started.text
+
+    async def read() -> bool:
+        return (await Collection.get(id=started.json()["id"])).status != CollectionStatus.READING
+
+    await eventually(read, seconds=60, what="the collection read")
+    assert await usage.stored_bytes(user.id) == len(sent) + len(new)
