@@ -155,7 +155,7 @@ async def _add_item(
     if cached is not None:
         await predictions.create_cached(record, cached)
     else:
-        item = await predictions.create(record, status=Status.QUEUED)
+        item = await predictions.insert(record, status=Status.QUEUED)
         services.kept.keep(str(item.id), image.pixels)
 
 

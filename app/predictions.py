@@ -170,7 +170,7 @@ async def record_of(services: Services, user: User, image: images.CheckedImage, 
     }
 
 
-async def create(record: dict[str, Any], **fields: Any) -> Prediction:
+async def insert(record: dict[str, Any], **fields: Any) -> Prediction:
     """A new Prediction of `record`. Charged 0 when another one of its person's, made meanwhile, was charged
     the original (an upload of the same image at once: both found it new); the index predictions_charged_once
     (migrations/0016) refuses the second charge, so it costs nothing unless it happens."""
@@ -183,7 +183,7 @@ async def create(record: dict[str, Any], **fields: Any) -> Prediction:
 
 
 async def create_cached(record: dict[str, Any], cached: dict[str, Any], latency_ms: float | None = None) -> Prediction:
-    return await create(
+    return await insert(
         record, **cached, status=Status.DONE, cached=True, latency_ms=latency_ms, finished_at=datetime.now(UTC)
     )
 
@@ -220,7 +220,7 @@ async def submit(
             raise
         return await _defer(services, record, image)
     with stage("database"):
-        prediction = await create(record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
+        prediction = await insert(record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
     job = Job(str(prediction.id), image.sha256, services.settings.model_id, image.pixels)
     # Before the job exists, so its result cannot come before anyone listens (`wait` takes it up).
     expected = services.waiter.expect(job.prediction_id)
@@ -242,7 +242,7 @@ async def _defer(services: Services, record: dict[str, Any], image: images.Check
     with stage("database"):
         async with services.admitting:
             await _check_async_room(services, record["user"])
-            prediction = await create(record, status=Status.QUEUED)
+            prediction = await insert(record, status=Status.QUEUED)
     services.kept.keep(str(prediction.id), image.pixels)
     services.nudge_feeder()
     return prediction

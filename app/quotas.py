@@ -26,14 +26,14 @@ from app.settings import Settings
 QUEUED_RETRY_SECONDS = 30
 COLLECTIONS_RETRY_SECONDS = 60
 IN_PROGRESS = (CollectionStatus.READING, CollectionStatus.CLASSIFYING)
-# The part of the high-water mark past which the store is crowded: new originals are then stored only for
-# people holding less than an equal share of it, else a few accounts filled it and everyone got 507.
+# The part of the high-water mark past which the store is crowded: new originals are then stored only up
+# to an equal share of it per person, else a few accounts filled it and everyone got 507.
 CROWDED = 0.8
 
 
 class StorageFull(HTTPException):
     """UPLOAD_DIR is past its high-water mark (no new original is stored until space is freed), or
-    crowded and the person holds an equal share of it or more."""
+    crowded and what comes in would take the person past an equal share of it."""
 
     status_code = HTTP_507_INSUFFICIENT_STORAGE
 
@@ -80,25 +80,28 @@ def check_disk(services: Services, incoming_bytes: int) -> None:
 
 
 async def over_share(services: Services, stored: int, incoming_bytes: int) -> int | None:
-    """The equal share of the store that someone storing `stored` bytes holds already, when it is crowded
-    and `incoming_bytes` are new to it; else None. Shared among the people who store originals, counting
-    this person once if they store nothing yet; the count is asked only when crowded, and kept a while."""
+    """The equal share of the store that `incoming_bytes` new to it would take someone storing `stored`
+    bytes past, when it is crowded; else None. What comes in counts, as for the storage quota: judged on
+    `stored` alone, someone a byte under it started a collection of MAX_COLLECTION_BYTES. Shared among the
+    people who store originals, counting this person once if they store nothing yet; the count is asked
+    only when crowded, and kept a while."""
     settings = services.settings
     if not incoming_bytes or services.disk.used + incoming_bytes <= CROWDED * high_water_mark(settings):
         return None
     share = high_water_mark(settings) // max(1, await services.storers.count() + (stored == 0))
-    return share if stored >= share else None
+    return share if stored + incoming_bytes > share else None
 
 
 async def check_share(services: Services, stored: int, incoming_bytes: int) -> None:
-    """507 when the store is crowded and this person, storing `stored` bytes, holds their share of it."""
+    """507 when the store is crowded and `incoming_bytes` more would take this person, storing `stored`
+    bytes, past their share of it."""
     share = await over_share(services, stored, incoming_bytes)
     if share is not None:
         raise StorageFull(
             detail=f"The image store is nearly full ({size_text(services.disk.used)} used), and you store"
-            f" {size_text(stored)} of originals, an equal share of it ({size_text(share)}) or more: until"
-            " space is freed, only people storing less than that store new images. Old ones are removed by"
-            " the retention policy, or ask an administrator",
+            f" {size_text(stored)} of originals: {size_text(incoming_bytes)} more would take you past an equal"
+            f" share of it ({size_text(share)}). Until space is freed, each person stores new images up to"
+            " that share. Old ones are removed by the retention policy, or ask an administrator",
             extra=_numbers("disk_share", stored, share),
         )
 

@@ -3,7 +3,7 @@ from tortoise.migrations import operations as ops
 
 # A person's original is charged (image_bytes > 0) to one of their predictions that keep it, the others 0
 # (app/usage.py charged_bytes). Two uploads of one image at once both found it new and both were charged:
-# this index makes the second insert fail, and it is then made charged 0 (app/predictions.py create).
+# this index makes the second insert fail, and it is then made charged 0 (app/predictions.py insert).
 # The duplicates charged before it are charged 0 first, all but one per person and original.
 UNCHARGE_DUPLICATES = """UPDATE predictions SET image_bytes = 0
 WHERE image_bytes > 0 AND image_path <> '' AND EXISTS (

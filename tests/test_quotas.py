@@ -331,7 +331,7 @@ async def test_a_crowded_store_is_shared_equally_among_those_who_store(
 ) -> None:
     """Found in review: each account may store QUOTA_STORED_BYTES, and sign-up is open, so a few accounts
     (an hour of sign-ups) filled the store to its high-water mark and everyone else got 507 until an
-    administrator freed space. Past CROWDED of the mark, those holding an equal share or more are refused."""
+    administrator freed space. Past CROWDED of the mark, what would take someone past an equal share is refused."""
     quota, heavy_stores = 10**6, 500_000  # each heavy account is within its own quota
     kept_photo = samples.photo(13_030, fmt="PNG")
     heavy_auths = [await sign_up(client) for _ in range(3)]
@@ -361,6 +361,35 @@ async def test_a_crowded_store_is_shared_equally_among_those_who_store(
     with changed(app, settings, **crowded) as services, disk_holding(services, mark):
         full = await upload(client, fresh, samples.photo(13_033, fmt="PNG"))  # past the mark: no one
         assert_refusal(full, 507, "disk", mark, mark)
+
+
+async def test_a_crowded_store_counts_what_comes_in_against_the_share(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, no_worker: None
+) -> None:
+    """Found in review: only what a person stored already was judged against the share, so someone under it
+    by a byte could start a collection of up to MAX_COLLECTION_BYTES, or send an upload, and go past it."""
+    share = 100_000
+    photos = [samples.photo(13_040 + i, fmt="PNG") for i in range(2)]
+    near = await user_of_token(client, auth)
+    await add_rows(near, 1, image_path="aa/near.png", image_bytes=share - 1)
+    fits_auth = await sign_up(client)
+    fits = await user_of_token(client, fits_auth)
+    await add_rows(fits, 1, image_path="aa/fits.png", image_bytes=share - len(photos[0]))
+    mark = share * await usage.storers()  # these two among them: counted already
+    crowded = dict(max_stored_bytes=mark, stored_high_water=1.0, quota_stored_bytes=10**6)
+    try:
+        with changed(app, settings, **crowded) as services, disk_holding(services, int(mark * 0.9)):
+            files = [("files", (f"{i}.png", photo)) for i, photo in enumerate(photos)]
+            refused = await client.post("/api/collections", headers=auth, files=files)
+            body = assert_refusal(refused, 507, "disk_share", share - 1, share)
+            assert "you store 97.7 KiB of originals: " in body["detail"], body["detail"]
+            assert "more would take you past an equal share of it (97.7 KiB)" in body["detail"]
+            single = await upload(client, auth, photos[0], wait="false")
+            assert_refusal(single, 507, "disk_share", share - 1, share)
+            exactly = await upload(client, fits_auth, photos[0], wait="false")  # up to the share: let in
+            assert exactly.status_code == 202, exactly.text
+    finally:
+        await finish_queued(fits)
 
 
 async def test_the_app_measures_the_upload_directory_and_counts_what_it_writes(
