@@ -23,9 +23,10 @@ PARTIAL_PREFIX = ".partial-"
 STALE_PARTIAL_S = 3600.0
 
 
-def write_atomic(path: Path, data: bytes | Callable[[IO[bytes]], object]) -> None:
+def write_atomic(path: Path, data: bytes | Callable[[IO[bytes]], object], modified_ns: int | None = None) -> None:
     """Write `data` (bytes, or what a function writes to the file) to a temp file beside `path`, then
-    rename: a concurrent reader never sees half a file."""
+    rename: a concurrent reader never sees half a file. With `modified_ns`, the file has that modification
+    time as it appears."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL_PREFIX)
     try:
@@ -34,6 +35,8 @@ def write_atomic(path: Path, data: bytes | Callable[[IO[bytes]], object]) -> Non
                 out.write(data)
             else:
                 data(out)
+        if modified_ns is not None:
+            os.utime(tmp, ns=(modified_ns, modified_ns))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -98,17 +101,31 @@ def measure_forever(usage: DiskUsage, upload_dir: Path, seconds: float = SCAN_SE
     return Every(seconds, lambda: usage.measure(upload_dir), name="disk-usage")
 
 
-def store_original(data: bytes, relative_path: str, upload_dir: Path) -> bool:
+def store_original(data: bytes, relative_path: str, upload_dir: Path) -> int | None:
     """Keep an original once, under its hash-derived `relative_path` (blocking: call it in a thread or a
     decode process). Storing it again marks it as just used (its modification time), which a retention
-    run respects. True when it was written (it was not there)."""
-    path = upload_dir / relative_path
+    run respects. When it was written (it was not there), that time in nanoseconds, for `forget_original`;
+    else None. Both times are the clock's to the nanosecond, not the file system's coarser one: a use just
+    after the write must not look like the write."""
+    path, now = upload_dir / relative_path, time.time_ns()
     try:
-        os.utime(path)
-        return False
+        os.utime(path, ns=(now, now))
+        return None
     except FileNotFoundError:
-        write_atomic(path, data)
-    return True
+        write_atomic(path, data, modified_ns=now)
+    return now
+
+
+def forget_original(path: Path, written_ns: int) -> int:
+    """Remove an original that the upload which wrote it (at `written_ns`, from `store_original`) was refused
+    after all: no row will name it, so no retention run would ever remove it. Kept if stored again since (its
+    time changed): another upload of the same image names it. The bytes freed. Blocking."""
+    with contextlib.suppress(FileNotFoundError):
+        stat = path.stat()
+        if stat.st_mtime_ns == written_ns:
+            path.unlink()
+            return stat.st_size
+    return 0
 
 
 def remove_file(path: Path, used_since: float | None = None, dry_run: bool = False) -> int | None:

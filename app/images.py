@@ -107,9 +107,14 @@ class CheckedImage:
     extension: str
     data: bytes
     pixels: bytes  # SIZE x SIZE x 3 uint8 RGB
-    # Its original was stored by this upload: it was not kept before, so no earlier result of it is either
-    # (app.predictions.accept). False when the original was there already, or not stored at all.
-    new: bool = False
+    # When this upload stored its original (files.store_original), None when the original was there already or
+    # not stored at all. Stored by this upload, it was not kept before, so no earlier result of it is either
+    # (app.predictions.accept); refused after all, the upload removes it (files.forget_original).
+    written_ns: int | None = None
+
+    @property
+    def new(self) -> bool:
+        return self.written_ns is not None
 
     @property
     def relative_path(self) -> str:

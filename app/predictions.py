@@ -17,7 +17,7 @@ from tortoise import connections
 from tortoise.exceptions import IntegrityError
 from tortoise.functions import Count
 
-from app import images, keys, quotas, schemas, text, usage
+from app import files, images, keys, quotas, schemas, text, usage
 from app.jobs import producer
 from app.jobs.protocol import Job
 from app.jobs.results import RESULT_FIELDS
@@ -206,21 +206,27 @@ async def submit(
     with stage("database"):
         await quotas.check_upload(services, user, data)
     image, cached = await accept(services, user, data)
-    record = await record_of(services, user, image, file_name)
-    if cached is not None:
-        with stage("database"):
-            return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
-    if not wait:
-        return await _defer(services, record, image)
     try:
-        with stage("redis"):
-            await _check_capacity(services, user)
-    except NoWorker:
-        if not defer_without_worker:
-            raise
-        return await _defer(services, record, image)
-    with stage("database"):
-        prediction = await insert(record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
+        record = await record_of(services, user, image, file_name)
+        if cached is not None:
+            with stage("database"):
+                return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
+        if not wait:
+            return await _defer(services, record, image)
+        try:
+            with stage("redis"):
+                await _check_capacity(services, user)
+        except NoWorker:
+            if not defer_without_worker:
+                raise
+            return await _defer(services, record, image)
+        with stage("database"):
+            prediction = await insert(record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
+    # Refused (no worker, busy, a full queue) or failed, with no row made. Not on a cancellation: the row may
+    # have been made as it came; an original left then goes with the retention run (admin._prune_unnamed).
+    except Exception:
+        await services.decoder.forget(image, services.disk)
+        raise
     job = Job(str(prediction.id), image.sha256, services.settings.model_id, image.pixels)
     # Before the job exists, so its result cannot come before anyone listens (`wait` takes it up).
     expected = services.waiter.expect(job.prediction_id)

@@ -112,11 +112,12 @@ class NotStored(NamedTuple):
 
 class Decoded(NamedTuple):
     """What a decode process answers for an upload: the checks' results (the pixels went into shared
-    memory), whether it stored the original (new), and the CPU seconds of each stage there (app/stages.py)."""
+    memory), when it stored the original (None: it was there already), and the CPU seconds of each stage
+    there (app/stages.py)."""
 
     sha256: str
     extension: str
-    stored: bool
+    stored: int | None
     seconds: dict[str, float]
     not_stored: NotStored | None = None
 
@@ -136,7 +137,7 @@ def _decoded(sent: bytes | int, max_pixels: int, max_cost: int, keep_in: str | N
         decoded = time.process_time()
         sha256 = hashlib.sha256(data).hexdigest()
         hashed = time.process_time()
-        stored, failed = False, None
+        stored, failed = None, None
         if keep_in is not None:
             try:
                 stored = files.store_original(data, images.stored_path(sha256, extension), Path(keep_in))
@@ -245,7 +246,16 @@ class DecodePool:
             raise store_failed(decoded.not_stored)
         if disk is not None and decoded.stored:
             disk.wrote(len(data))
-        return images.CheckedImage(decoded.sha256, decoded.extension, data, pixels, new=decoded.stored)
+        return images.CheckedImage(decoded.sha256, decoded.extension, data, pixels, written_ns=decoded.stored)
+
+    async def forget(self, image: images.CheckedImage, disk: files.DiskUsage) -> None:
+        """Remove the original `check` stored for an upload refused after all (files.forget_original): no row
+        names it, so no retention run would, and no quota counts it (one account stored without end while no
+        worker was alive)."""
+        if image.written_ns is not None:
+            path = self.settings.upload_dir / image.relative_path
+            with contextlib.suppress(OSError):  # left for the disk's walk to count: the refusal stands as it was
+                disk.wrote(-await asyncio.to_thread(files.forget_original, path, image.written_ns))
 
     async def thumbnail(self, sha256: str, relative_path: str, owner: Hashable = None) -> bytes:
         """The preview of a stored original (WebP), rendered once in a decode process and kept beside the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from redis.exceptions import ResponseError
 from app import keys
 from app.jobs.consumer import Consumer, Limits
 from app.jobs.protocol import Heartbeat, all_streams, as_text
+from app.settings import Settings
 
 FAKE_LIMITS = Limits(max_batch=1, claim_idle_ms=60_000, max_deliveries=1)
 
@@ -36,6 +38,12 @@ async def from_address(app: Litestar, address: str) -> AsyncIterator[httpx.Async
     transport = httpx.ASGITransport(app=app, client=(address, 40001))  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as prober:
         yield prober
+
+
+def originals_of(settings: Settings, data: bytes) -> list[str]:
+    """The names of the originals of `data` kept under UPLOAD_DIR (one, or none)."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    return [path.name for path in settings.upload_dir.glob(f"{sha256[:2]}/{sha256}.*")]
 
 
 async def sign_up(client: httpx.AsyncClient, email: str | None = None) -> dict[str, str]:

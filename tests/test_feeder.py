@@ -21,7 +21,7 @@ from app.models import Prediction, Status
 from app.settings import Settings
 from tests import samples
 from tests.conftest import reset_queue, running_worker
-from tests.helpers import beat, eventually, forget_worker, sign_up
+from tests.helpers import beat, eventually, forget_worker, originals_of, sign_up
 from tests.web.test_collections_api import as_files, create, described, finished
 
 Client = httpx.AsyncClient
@@ -225,6 +225,25 @@ async def test_a_full_queue_still_takes_those_holding_less_than_an_equal_share(
     # Someone else still gets in, up to an equal share (among the two of them, half the queue's length).
     assert [await send(other, 10 + i) for i in range(3)] == [202, 202, 503]
     assert await send(auth, 20) == 503
+    await waiting.delete()
+
+
+async def test_an_async_upload_a_full_queue_refuses_leaves_no_original(
+    client: Client, auth: dict[str, str], no_worker: None, settings_of: Any, settings: Settings
+) -> None:
+    """Found in review: an async upload past the queue's bound was refused after its original was stored, which
+    stayed for good (no row named it, so no retention run removed it) and counted against no quota."""
+    waiting = Prediction.filter(status=Status.QUEUED, collection_id=None)
+    await waiting.delete()
+    settings_of(async_queue_limit=1)
+    sent = [samples.photo(21_200 + i, (64, 48), "PNG") for i in range(3)]
+    form = {"wait": "false"}
+    statuses = [
+        (await client.post("/api/predictions", headers=auth, params=form, files={"file": ("a.png", data)})).status_code
+        for data in sent
+    ]
+    assert statuses == [202, 503, 503]
+    assert [len(originals_of(settings, data)) for data in sent] == [1, 0, 0]
     await waiting.delete()
 
 

@@ -20,6 +20,18 @@ def test_store_once_by_hash_atomically(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left behind
 
 
+def test_an_original_is_forgotten_only_if_not_stored_again_since_it_was_written(tmp_path: Path) -> None:
+    """A refused upload removes the original it wrote (app.sandbox.DecodePool.forget), not one another upload
+    of the same image stored again meanwhile, even at once: that one's row names it."""
+    one, two = tmp_path / "ab" / "one.jpg", tmp_path / "ab" / "two.jpg"
+    written = files.store_original(b"a" * 10, "ab/one.jpg", tmp_path)
+    assert written is not None and files.forget_original(one, written) == 10 and not one.exists()
+    written = files.store_original(b"b" * 10, "ab/two.jpg", tmp_path)
+    assert written is not None and files.store_original(b"b" * 10, "ab/two.jpg", tmp_path) is None
+    assert files.forget_original(two, written) == 0 and two.read_bytes() == b"b" * 10
+    assert files.forget_original(one, written) == 0  # gone already
+
+
 async def test_disk_usage_walks_the_directory_and_counts_what_is_written(tmp_path: Path) -> None:
     (tmp_path / "ab").mkdir()
     (tmp_path / "ab" / "old.jpg").write_bytes(b"x" * 100)

@@ -82,7 +82,7 @@ async def test_the_decode_process_keeps_an_original_that_passed_once_and_counts_
         stored = tmp_path / checked.relative_path
         assert stored.read_bytes() == data and disk.used == len(data) and checked.new
         # the second upload stored nothing: it may be looked up in the result cache
-        assert await pool.check(data, disk=disk) == dataclasses.replace(checked, new=False)
+        assert await pool.check(data, disk=disk) == dataclasses.replace(checked, written_ns=None)
         assert disk.used == len(data)  # there already: not counted twice
         with pytest.raises(images.ImageRejected):
             await pool.check(b"GIF89a" + b"\0" * 40, disk=disk)

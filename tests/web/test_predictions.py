@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -21,7 +22,7 @@ from app.settings import Settings
 from app.worker.classifier import StandInClassifier
 from tests import samples
 from tests.conftest import CountingClassifier, running_worker
-from tests.helpers import beat, eventually, forget_worker, pending, sign_up
+from tests.helpers import beat, eventually, forget_worker, originals_of, pending, sign_up
 from tests.page_helpers import prediction_values
 
 Client = httpx.AsyncClient
@@ -285,6 +286,23 @@ async def test_no_live_worker_is_503_at_once(
     assert int(response.headers["Retry-After"]) > 0
     assert time.monotonic() - started < 5
     assert await queue_depth(redis) == 0
+
+
+async def test_an_upload_refused_after_storing_its_original_leaves_none_behind(
+    client: Client, auth: dict[str, str], no_worker: None, settings: Settings
+) -> None:
+    """Found in review: with no worker alive (as with the service busy, or the async queue full) an upload was
+    refused after its original was stored. No row named that original, so no retention run removed it, and
+    no quota counted it: one account could store without end, past QUOTA_STORED_BYTES and the day's images."""
+    sent = [samples.photo(610 + i) for i in range(3)]
+    for data in sent:
+        assert (await upload(client, auth, data)).status_code == 503
+    assert [originals_of(settings, data) for data in sent] == [[], [], []]
+    # An original another upload stored stays: its row names it.
+    other, kept = await sign_up(client), samples.photo(613)
+    assert (await upload(client, other, kept, wait="false")).status_code == 202
+    assert (await upload(client, auth, kept)).status_code == 503
+    assert originals_of(settings, kept) == [f"{hashlib.sha256(kept).hexdigest()}.jpg"]
 
 
 async def test_a_worker_of_another_model_is_no_worker_for_this_app(
