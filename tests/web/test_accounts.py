@@ -260,6 +260,18 @@ async def test_signing_in_and_up_take_at_most_a_megabyte(client: Client) -> None
         assert_error(await client.post(path, json={"email": unique_email(), "password": padding}), 413)
 
 
+async def test_a_sign_in_email_that_normalises_past_its_bound_is_refused_before_it_is_counted(
+    client: Client, redis: Redis
+) -> None:
+    """Found in review: the API's sign-in took an email of 254 characters that NFKC lengthens (U+FDFA becomes 18
+    characters) and named it, 4,300 characters, in three throttle counters kept for the window: 24 kB of Redis
+    per attempt where a valid email takes under 1 kB. The pages refused such an email at once, as sign-up does."""
+    email = "\ufdfa" * 240 + "@example.com"
+    response = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
+    assert assert_error(response, 400)["detail"] == "Enter a valid email address"
+    assert [key async for key in redis.scan_iter(match="throttle:*")] == []
+
+
 async def test_failed_logins_are_throttled_per_address(client: Client, redis: object) -> None:
     from app import keys
 
