@@ -5,7 +5,8 @@ finished predictions created before the cutoff and keeps their results; each suc
 `image_path` becomes "" (its page shows no image). An original still used by a queued prediction, by
 one newer than the cutoff, or stored again in the last IN_FLIGHT (an upload in progress) is kept. It also
 deletes the stored collection archives no collection reads any more (a process stopped at the wrong moment
-left them), once older than IN_FLIGHT.
+left them), and the originals no prediction names (uploads of one image refused at once each left it to the
+other), once older than IN_FLIGHT.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from app.settings import get_settings
 
 IN_FLIGHT = timedelta(minutes=10)  # longer than any upload takes from storing its original to its row
 PRUNE_BATCH = 500
+ORIGINALS_FOLDER = re.compile(r"[0-9a-f]{2}")  # UPLOAD_DIR/<sha256[:2]>/<sha256>.<ext> (images.stored_path)
 FINISHED = (Status.DONE, Status.FAILED)
 AGE_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1)}
 
@@ -57,6 +59,7 @@ class PruneReport:
     originals: int = 0  # files deleted
     kept: int = 0  # originals kept: still used by a queued or newer prediction, or stored again just now
     archives: int = 0  # collection archives nothing reads any more
+    unnamed: int = 0  # originals no prediction names
     bytes_freed: int = 0  # originals and their thumbnails, and those archives
     last: str = ""  # the hash dealt with last: a run goes image by image, so the next batch may go on with it
 
@@ -65,7 +68,8 @@ class PruneReport:
         return (
             f"{verb} {self.predictions} finished predictions older than {age} (their results stay):"
             f" {self.originals} originals deleted, {size_text(self.bytes_freed)} freed with their thumbnails;"
-            f" {self.kept} originals kept, still in use; {self.archives} archives left by a stopped process"
+            f" {self.kept} originals kept, still in use; {self.archives} archives left by a stopped process;"
+            f" {self.unnamed} originals no prediction names"
         )
 
 
@@ -151,11 +155,47 @@ async def _prune_archives(upload_dir: Path, dry_run: bool, report: PruneReport) 
             report.bytes_freed += freed
 
 
+def _original_folders(upload_dir: Path) -> list[Path]:
+    if not upload_dir.is_dir():
+        return []
+    return sorted(p for p in upload_dir.iterdir() if p.is_dir() and ORIGINALS_FOLDER.fullmatch(p.name))
+
+
+def _originals_in(folder: Path) -> dict[str, str]:
+    """The originals of one folder of UPLOAD_DIR: relative path -> sha256 (writes cut off left out)."""
+    found = {}
+    for path in folder.iterdir():
+        if path.is_file() and not path.name.startswith(files.PARTIAL_PREFIX):
+            found[f"{folder.name}/{path.name}"] = path.name.partition(".")[0]
+    return found
+
+
+async def _prune_unnamed(upload_dir: Path, dry_run: bool, report: PruneReport) -> None:
+    """Delete the originals no prediction names, once older than IN_FLIGHT: an upload refused after storing one
+    removes it only if no other upload stored it again since (app.predictions.remove_refused_original), so two
+    of one image refused at once each left it to the other; and a process stopped between storing an original
+    and making its row. A folder (1/256 of them) at a time, its names asked PRUNE_BATCH at a time."""
+    used_since = time.time() - IN_FLIGHT.total_seconds()
+    for folder in await asyncio.to_thread(_original_folders, upload_dir):
+        originals = sorted((await asyncio.to_thread(_originals_in, folder)).items())
+        for start in range(0, len(originals), PRUNE_BATCH):
+            batch = dict(originals[start : start + PRUNE_BATCH])
+            # By the index on image_sha256 (none is on image_path): a hash's rows, and the paths they name.
+            rows = Prediction.filter(image_sha256__in=set(batch.values())).exclude(image_path="")
+            named = set(await rows.values_list("image_path", flat=True))
+            for relative_path in sorted(batch.keys() - named):
+                freed = await _remove(upload_dir, batch[relative_path], relative_path, used_since, dry_run)
+                if freed:
+                    report.unnamed += 1
+                    report.bytes_freed += freed
+
+
 async def prune(upload_dir: Path, older_than: timedelta, dry_run: bool = False) -> PruneReport:
     """Apply the retention policy to the predictions created more than `older_than` ago."""
     cutoff = datetime.now(UTC) - older_than
     report = PruneReport()
     await _prune_archives(upload_dir, dry_run, report)
+    await _prune_unnamed(upload_dir, dry_run, report)
     query = Prediction.filter(status__in=FINISHED, created_at__lt=cutoff).exclude(image_path="")
     after: Q | None = None
     while True:

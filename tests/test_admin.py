@@ -17,12 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar
 
 from app import admin, thumbnails, usage
 from app.models import Prediction, Status, User, mark_failed
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
+from tests.helpers import originals_of
 
 Client = httpx.AsyncClient
 OLD = timedelta(days=100)
@@ -213,6 +215,43 @@ async def test_prune_deletes_the_archives_no_collection_reads(
         await Collection.filter(id=read.id).update(status=CollectionStatus.DONE, archive_path="")
         for path in paths.values():
             path.unlink(missing_ok=True)
+
+
+async def test_prune_deletes_the_originals_no_prediction_names(
+    app: Litestar, client: Client, auth: dict[str, str], no_worker: None, settings: Settings
+) -> None:
+    """Found in review: two uploads of one image refused at once (no worker alive) each left the original to
+    the other, which stored it again meanwhile (5 pairs in 10 sent at once), and no retention run removed an
+    original no row names. The first upload is held here between storing it and its refusal."""
+    services, data = app.state.services, samples.photo(640)
+    held, let_go, capacity = asyncio.Event(), asyncio.Event(), services.backlog.capacity
+
+    async def held_once(*args: Any) -> Any:
+        if not held.is_set():
+            held.set()
+            await let_go.wait()
+        return await capacity(*args)
+
+    services.backlog.capacity = held_once
+    try:
+        first = asyncio.create_task(client.post("/api/predictions", headers=auth, files={"file": ("a.jpg", data)}))
+        await held.wait()
+        second = await client.post("/api/predictions", headers=auth, files={"file": ("a.jpg", data)})
+        let_go.set()
+        assert ((await first).status_code, second.status_code) == (503, 503)
+    finally:
+        services.backlog.capacity = capacity
+    [name] = originals_of(settings, data)
+    original = settings.upload_dir / name[:2] / name
+    await admin.prune(settings.upload_dir, OLD)
+    assert original.exists()  # just stored: an upload's still under way, maybe
+    then = time.time() - 3600
+    os.utime(original, (then, then))
+    dry = await admin.prune(settings.upload_dir, OLD, dry_run=True)
+    assert original.exists()
+    report = await admin.prune(settings.upload_dir, OLD)
+    assert not original.exists()
+    assert dry.unnamed >= 1 and report.unnamed >= 1 and report.bytes_freed >= len(data)
 
 
 async def old_predictions(user: User, count: int, copies: int = 1) -> None:
