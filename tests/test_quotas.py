@@ -403,10 +403,12 @@ async def test_the_app_measures_the_upload_directory_and_counts_what_it_writes(
     await eventually(measured, seconds=30, what="the first walk of UPLOAD_DIR")
     before = services.disk.used
     photo = samples.photo(13_006, fmt="PNG")
-    await upload(client, auth, photo)  # stored, whatever happens next without a worker
+    # Async: accepted without a worker (a synchronous one is refused, and its original removed).
+    assert (await upload(client, auth, photo, wait="false")).status_code == 202
     assert services.disk.used == before + len(photo)
-    await upload(client, auth, photo)  # stored once
+    assert (await upload(client, auth, photo, wait="false")).status_code == 202  # stored once
     assert services.disk.used == before + len(photo)
+    await finish_queued(await user_of_token(client, auth))
 
 
 async def test_the_admin_page_shows_what_each_user_stores(
