@@ -17,7 +17,7 @@ from tortoise import connections
 from tortoise.exceptions import IntegrityError
 from tortoise.functions import Count
 
-from app import files, images, keys, quotas, schemas, text, usage
+from app import images, keys, quotas, schemas, text, usage
 from app.jobs import producer
 from app.jobs.protocol import Job
 from app.jobs.results import RESULT_FIELDS
