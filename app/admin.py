@@ -172,7 +172,7 @@ def _originals_in(folder: Path) -> dict[str, str]:
 
 async def _prune_unnamed(upload_dir: Path, dry_run: bool, report: PruneReport) -> None:
     """Delete the originals no prediction names, once older than IN_FLIGHT: an upload refused after storing one
-    removes it only if no other upload stored it again since (app.predictions.remove_refused_original), so two
+    removes it only if no other upload stored it again since (app.sandbox.DecodePool.forget), so two
     of one image refused at once each left it to the other; and a process stopped between storing an original
     and making its row. A folder (1/256 of them) at a time, its names asked PRUNE_BATCH at a time."""
     used_since = time.time() - IN_FLIGHT.total_seconds()
