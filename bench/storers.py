@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tortoise import Tortoise, connections
 
 from app import db, usage
+from bench.procs import exit_on_sigterm
 
 NUMBERS = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) "
 
@@ -89,5 +90,10 @@ async def measure(args: argparse.Namespace) -> None:
         await Tortoise.close_connections()
 
 
+def main(argv: list[str] | None = None) -> None:
+    exit_on_sigterm()
+    asyncio.run(measure(parse_args(argv)))
+
+
 if __name__ == "__main__":
-    asyncio.run(measure(parse_args()))
+    main()
