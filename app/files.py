@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import tempfile
 import threading
@@ -21,12 +22,17 @@ SCAN_SECONDS = 300.0
 # removed by the next walk.
 PARTIAL_PREFIX = ".partial-"
 STALE_PARTIAL_S = 3600.0
+# An original found missing, then there, then gone again (other uploads of it refused) is tried again so often.
+STORE_TRIES = 3
 
 
-def write_atomic(path: Path, data: bytes | Callable[[IO[bytes]], object], modified_ns: int | None = None) -> None:
+def write_atomic(
+    path: Path, data: bytes | Callable[[IO[bytes]], object], modified_ns: int | None = None, new: bool = False
+) -> None:
     """Write `data` (bytes, or what a function writes to the file) to a temp file beside `path`, then
     rename: a concurrent reader never sees half a file. With `modified_ns`, the file has that modification
-    time as it appears."""
+    time as it appears. `new`: FileExistsError, and `path` left as it is, if it exists by then (linked, not
+    renamed over it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL_PREFIX)
     try:
@@ -37,10 +43,26 @@ def write_atomic(path: Path, data: bytes | Callable[[IO[bytes]], object], modifi
                 data(out)
         if modified_ns is not None:
             os.utime(tmp, ns=(modified_ns, modified_ns))
-        os.replace(tmp, path)
+        if not new or not _linked(tmp, path):
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _linked(tmp: str, path: Path) -> bool:
+    """`tmp` is now `path` too, unless that exists already (FileExistsError); False on a file system without
+    hard links, where only a rename (over it) is left."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        return False
+    os.unlink(tmp)
+    return True
 
 
 class DiskUsage:
@@ -106,14 +128,19 @@ def store_original(data: bytes, relative_path: str, upload_dir: Path) -> int | N
     decode process). Storing it again marks it as just used (its modification time), which a retention
     run respects. When it was written (it was not there), that time in nanoseconds, for `forget_original`;
     else None. Both times are the clock's to the nanosecond, not the file system's coarser one: a use just
-    after the write must not look like the write."""
-    path, now = upload_dir / relative_path, time.time_ns()
-    try:
-        os.utime(path, ns=(now, now))
-        return None
-    except FileNotFoundError:
-        write_atomic(path, data, modified_ns=now)
-    return now
+    after the write must not look like the write. Written only if still not there (linked, not renamed over):
+    two uploads at once both found it missing, both wrote it (156 pairs of 200), and each took it for its own,
+    so a refused one removed the original the other's row names."""
+    path = upload_dir / relative_path
+    for _ in range(STORE_TRIES):
+        now = time.time_ns()
+        with contextlib.suppress(FileNotFoundError):  # not there, or removed just after another wrote it
+            os.utime(path, ns=(now, now))
+            return None
+        with contextlib.suppress(FileExistsError):  # another upload wrote it meanwhile: this one uses it
+            write_atomic(path, data, modified_ns=now, new=True)
+            return now
+    raise FileExistsError(errno.EEXIST, "stored and removed again by other uploads meanwhile", str(path))
 
 
 def forget_original(path: Path, written_ns: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 import tarfile
 import zipfile
@@ -27,6 +28,12 @@ def photo(seed: int = 0, size: tuple[int, int] = (320, 240), fmt: str = "JPEG") 
         image.paste(((x + seed) % 256, (seed * 7) % 256, x % 256), (x, 0, x + 8, size[1]))
     image.putpixel((0, 0), (seed % 256, (seed // 256) % 256, (seed // 65536) % 256))
     return encode(image, fmt)
+
+
+def noise(seed: int = 0, size: tuple[int, int] = (800, 600)) -> bytes:
+    """A PNG of random pixels: as many bytes as pixels times 3 (nothing to compress), so slow to write."""
+    pixels = random.Random(seed).randbytes(size[0] * size[1] * 3)
+    return encode(Image.frombytes("RGB", size, pixels), "PNG")
 
 
 def half_red_half_blue(size: tuple[int, int] = (300, 200)) -> Image.Image:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
+
+import pytest
 
 from app import files, images
 from tests import samples
@@ -65,3 +68,16 @@ async def test_the_walk_removes_writes_cut_off_long_ago_and_counts_the_rest(tmp_
     os.utime(stale, (long_ago, long_ago))
     assert await files.DiskUsage().measure(tmp_path) == 10
     assert not stale.exists() and fresh.exists()
+
+
+def test_an_original_is_stored_where_the_file_system_has_no_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It is linked into place so that two uploads at once do not both write it; without hard links, renamed."""
+
+    def no_links(*args: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "link", no_links)
+    assert files.store_original(b"c" * 10, "ab/three.jpg", tmp_path) is not None
+    assert [p.name for p in (tmp_path / "ab").iterdir()] == ["three.jpg"]

@@ -493,3 +493,38 @@ async def test_a_lookup_reads_one_row_per_image_however_often_it_was_sent(
     found = response.json()["found"]
     assert found.keys() == set(hashes[:2]) and made == 2
     assert found[often["image_sha256"]]["id"] == str(sent[-1].id)  # the newest
+
+
+async def test_an_upload_refused_at_once_with_an_accepted_one_leaves_its_original(
+    app: Litestar, client: Client, auth: dict[str, str], no_worker: None, settings: Settings
+) -> None:
+    """Found in review: two uploads of one image at once both found the original missing and both wrote it,
+    the later one over the earlier (156 pairs of 200 in two processes). When the later writer was refused
+    (no worker alive) and the other accepted, the refused one removed the original as its own
+    (files.forget_original), and the accepted upload's row named a file that was gone. Each pair is let into
+    the decode processes together here, and on once both are back; the accepted one is sent async, the
+    refused one by another person (one person's uploads are decoded in turn)."""
+    decoder, other = app.state.services.decoder, await sign_up(client)
+    check, arrived, decoded, written = decoder.check, asyncio.Barrier(2), asyncio.Barrier(2), []
+
+    async def together(*args: Any, **kwargs: Any) -> Any:
+        await arrived.wait()
+        image = await check(*args, **kwargs)
+        written.append(image.written_ns)
+        await decoded.wait()  # neither is refused (and removes it) before both stored it
+        return image
+
+    decoder.check = together
+    try:
+        for i in range(16):
+            data = samples.noise(i)
+            accepted, refused = await asyncio.gather(
+                upload(client, auth, data, "a.png", wait="false"), upload(client, other, data, "a.png")
+            )
+            assert (accepted.status_code, refused.status_code) == (202, 503)
+            assert sum(when is not None for when in written[-2:]) == 1, f"pair {i}: both wrote it"
+            prediction = await Prediction.get(id=accepted.json()["id"])
+            assert (settings.upload_dir / prediction.image_path).read_bytes() == data, f"pair {i}"
+            await prediction.delete()
+    finally:
+        decoder.check = check
