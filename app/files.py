@@ -147,23 +147,38 @@ def forget_original(path: Path, written_ns: int) -> int:
     """Remove an original that the upload which wrote it (at `written_ns`, from `store_original`) was refused
     after all: no row will name it, so no retention run would ever remove it. Kept if stored again since (its
     time changed): another upload of the same image names it. The bytes freed. Blocking."""
-    with contextlib.suppress(FileNotFoundError):
-        stat = path.stat()
-        if stat.st_mtime_ns == written_ns:
-            path.unlink()
-            return stat.st_size
-    return 0
+    return _remove_unless(path, lambda stat: stat.st_mtime_ns != written_ns) or 0
 
 
 def remove_file(path: Path, used_since: float | None = None, dry_run: bool = False) -> int | None:
     """Delete `path`: the bytes freed (or that would be, in a dry run; 0 if it is not there), or None if it
     was stored again at or after `used_since` (a timestamp) and is kept. Blocking: call it in a thread."""
+    if not dry_run:
+        return _remove_unless(path, lambda stat: used_since is not None and stat.st_mtime >= used_since)
     try:
         stat = path.stat()
-        if used_since is not None and stat.st_mtime >= used_since:
-            return None
-        if not dry_run:
-            path.unlink()
     except FileNotFoundError:
         return 0
-    return stat.st_size
+    return None if used_since is not None and stat.st_mtime >= used_since else stat.st_size
+
+
+def _remove_unless(path: Path, kept: Callable[[os.stat_result], bool]) -> int | None:
+    """Delete `path` unless `kept` by its state then: the bytes freed, None if kept, 0 if not there. Renamed
+    aside before it is looked at, so that an upload storing it again is never lost in between: looked at,
+    then deleted, a use just between (store_original's touch) was deleted with it, and that upload's row named
+    a file gone. A use before the rename is seen; one after finds it missing and writes it again."""
+    aside = path.with_name(f"{PARTIAL_PREFIX}{path.name}-{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return 0
+    try:
+        stat = os.stat(aside)
+        if not kept(stat):
+            return stat.st_size
+        with contextlib.suppress(FileExistsError):  # written again meanwhile: that one stays
+            if not _linked(str(aside), path):
+                os.replace(aside, path)
+        return None
+    finally:
+        aside.unlink(missing_ok=True)

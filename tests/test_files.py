@@ -81,3 +81,24 @@ def test_an_original_is_stored_where_the_file_system_has_no_hard_links(
     monkeypatch.setattr(files.os, "link", no_links)
     assert files.store_original(b"c" * 10, "ab/three.jpg", tmp_path) is not None
     assert [p.name for p in (tmp_path / "ab").iterdir()] == ["three.jpg"]
+
+
+def test_a_retention_run_keeps_an_original_stored_again_as_it_deletes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: remove_file looked at the original's time, then deleted it; an upload storing it again
+    just between (touching it, being there) made a row that named a file then gone."""
+    files.store_original(b"d" * 10, "ab/four.jpg", tmp_path)
+    path, then = tmp_path / "ab" / "four.jpg", time.time() - 3600
+    os.utime(path, (then, then))
+    unlink, used = Path.unlink, list[int | None]()
+
+    def unlink_after_a_use(self: Path, missing_ok: bool = False) -> None:
+        if not used:
+            used.append(files.store_original(b"d" * 10, "ab/four.jpg", tmp_path))
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink_after_a_use)
+    files.remove_file(path, used_since=time.time() - 600)
+    monkeypatch.undo()
+    assert used and path.read_bytes() == b"d" * 10

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -528,3 +529,28 @@ async def test_an_upload_refused_at_once_with_an_accepted_one_leaves_its_origina
             await prediction.delete()
     finally:
         decoder.check = check
+
+
+async def test_an_upload_of_an_original_a_refused_one_removes_keeps_it(
+    client: Client, auth: dict[str, str], no_worker: None, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a refused upload looked at the original it wrote (its time still its own), then deleted
+    it; another upload of the image that stored it again just between (touched it, being there) made its row,
+    which named a file then gone. A retention run deleted the same way. That upload is sent here as the refused
+    one deletes."""
+    loop, other, data = asyncio.get_running_loop(), await sign_up(client), samples.photo(20_750)
+    unlink, sent = Path.unlink, list[httpx.Response]()
+
+    def unlink_after_another_upload(path: Path, missing_ok: bool = False) -> None:
+        if not sent:
+            sent.append(asyncio.run_coroutine_threadsafe(upload(client, other, data, wait="false"), loop).result(30))
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink_after_another_upload)
+    assert (await upload(client, auth, data)).status_code == 503
+    monkeypatch.undo()
+    [accepted] = sent
+    assert accepted.status_code == 202
+    prediction = await Prediction.get(id=accepted.json()["id"])
+    assert (settings.upload_dir / prediction.image_path).read_bytes() == data
+    await prediction.delete()
