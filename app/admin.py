@@ -129,6 +129,7 @@ async def _prune_batch(
     for sha, relative_path in sorted({(sha, path) for _, sha, path in rows if sha != report.last}):
         freed = None if sha in used else await _remove(upload_dir, sha, relative_path, used_since, dry_run)
         if freed is None:
+            used.add(sha)  # stored again just now too: an upload's row may keep it, and be charged it
             report.kept += 1
         else:
             report.originals += 1 if freed else 0

@@ -164,6 +164,35 @@ async def test_a_kept_original_stays_charged_when_its_first_prediction_is_pruned
     assert await usage.stored_bytes(user_id) == len(photo)
 
 
+async def test_an_original_sent_again_as_prune_runs_stays_charged(
+    client: Client,
+    auth: dict[str, str],
+    worker: CountingClassifier,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: an original kept because an upload stored it again during the run (not `used` when
+    the batch was looked at) did not pass its charge on: the upload, charged 0 as its person kept it on the
+    pruned prediction, was left keeping it for free. The upload is sent here once the batch was looked at."""
+    photo = samples.photo(14_041, fmt="PNG")
+    first = await classify(client, auth, photo)
+    user_id = (await Prediction.get(id=first["id"])).user_id  # type: ignore[attr-defined]
+    await make_old(settings, first)
+    still_used, again = admin._still_used, list[dict[str, Any]]()
+
+    async def sent_again_meanwhile(*args: Any) -> set[str]:
+        used = await still_used(*args)
+        if not again:
+            again.append(await classify(client, auth, photo))
+        return used
+
+    monkeypatch.setattr(admin, "_still_used", sent_again_meanwhile)
+    report = await admin.prune(settings.upload_dir, timedelta(days=90))
+    assert again and report.kept >= 1 and original(settings, first).exists()
+    assert (await Prediction.get(id=first["id"])).image_path == ""
+    assert await usage.stored_bytes(user_id) == len(photo)
+
+
 async def test_the_command(
     client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
 ) -> None:
