@@ -153,13 +153,17 @@ def forget_original(path: Path, written_ns: int) -> int:
 def remove_file(path: Path, used_since: float | None = None, dry_run: bool = False) -> int | None:
     """Delete `path`: the bytes freed (or that would be, in a dry run; 0 if it is not there), or None if it
     was stored again at or after `used_since` (a timestamp) and is kept. Blocking: call it in a thread."""
+
+    def used(stat: os.stat_result) -> bool:
+        return used_since is not None and stat.st_mtime >= used_since
+
     if not dry_run:
-        return _remove_unless(path, lambda stat: used_since is not None and stat.st_mtime >= used_since)
+        return _remove_unless(path, used)
     try:
         stat = path.stat()
     except FileNotFoundError:
         return 0
-    return None if used_since is not None and stat.st_mtime >= used_since else stat.st_size
+    return None if used(stat) else stat.st_size
 
 
 def _remove_unless(path: Path, kept: Callable[[os.stat_result], bool]) -> int | None:

@@ -244,7 +244,7 @@ class DecodePool:
             stages.elsewhere(stage, seconds)
         if decoded.not_stored is not None:
             raise store_failed(decoded.not_stored)
-        if disk is not None and decoded.stored:
+        if disk is not None and decoded.stored is not None:
             disk.wrote(len(data))
         return images.CheckedImage(decoded.sha256, decoded.extension, data, pixels, written_ns=decoded.stored)
 
