@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import ClientException, NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import QueryParameter
 from litestar.security.jwt import Token
@@ -27,11 +27,19 @@ PerPage = Annotated[int, QueryParameter(ge=1, le=100, description="Items per pag
 Row = TypeVar("Row", bound=Model)
 
 
+# The items a list reaches back: a page's OFFSET walks every item before it and its count every item. With a
+# million predictions, one person's history page cost PostgreSQL 66 ms to count and its last one 290 ms to
+# reach (measured), and one sender may hold 32 requests at once. Past the window a page is refused (400)
+# and the count stops (`more`), as search engines bound theirs.
+LIST_WINDOW = 10_000
+
+
 @dataclass(frozen=True)
 class Pager:
     number: int
     per_page: int
-    total: int
+    total: int  # exact, up to the window
+    more: bool = False  # more items than `total`, past the window
 
     @property
     def pages(self) -> int:
@@ -42,9 +50,19 @@ class Pager:
         return (self.number - 1) * self.per_page
 
 
-async def paginate(query: QuerySet[Row], number: int, per_page: int) -> tuple[list[Row], Pager]:
-    """Page `number` of an ordered query, and where it stands among all the pages (for the API and the pages)."""
-    pager = Pager(number, per_page, await query.count())
+async def paginate(
+    query: QuerySet[Row], number: int, per_page: int, window: int | None = LIST_WINDOW
+) -> tuple[list[Row], Pager]:
+    """Page `number` of an ordered query, and where it stands among the pages of its first `window` items
+    (for the API and the pages). `window=None` for a query that bounds itself (a collection's items)."""
+    if window is None:
+        total, more = await query.count(), False
+    elif (number - 1) * per_page >= window:
+        raise ClientException(f"Lists reach back {window:,} items: page {number}, {per_page} a page, starts past them")
+    else:
+        more = bool(await query.offset(window).limit(1).values_list(query.model._meta.pk_attr, flat=True))
+        total = window if more else await query.count()
+    pager = Pager(number, per_page, total, more)
     return await query.offset(pager.offset).limit(per_page), pager
 
 

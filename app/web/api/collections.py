@@ -66,7 +66,7 @@ async def list_collections(request: AuthedRequest, page: Page = 1, per_page: Per
     items, pager = await paginate(Collection.of_person(request.user), page, per_page)
     progress = await collections.progress_of(items)  # one query for the page, not one per collection
     described = [collection_out(c, progress[str(c.id)]) for c in items]
-    return CollectionPage(described, page, per_page, pager.total)
+    return CollectionPage(described, page, per_page, pager.total, pager.more)
 
 
 @get("/api/collections/{collection_id:uuid}", tags=["collections"], summary="Progress and results")
@@ -80,7 +80,7 @@ async def read_collection(
 ) -> CollectionDetail:
     collection = await collections.visible_collection(request.user, collection_id)
     query = collections.items(collection, status, label)
-    results, pager = await paginate(query, page, per_page)
+    results, pager = await paginate(query, page, per_page, window=None)  # MAX_COLLECTION_FILES
     described = collection_out(collection, await collections.progress(collection))
     return CollectionDetail(
         **msgspec.structs.asdict(described),

@@ -82,7 +82,7 @@ async def list_predictions(request: AuthedRequest, page: Page = 1, per_page: Per
     query = Prediction.filter(user=request.user).order_by("-created_at")
     items, pager = await paginate(query, page, per_page)
     return PredictionPage(
-        [prediction_out(p, show_cached=request.user.is_admin) for p in items], page, per_page, pager.total
+        [prediction_out(p, show_cached=request.user.is_admin) for p in items], page, per_page, pager.total, pager.more
     )
 
 

@@ -40,6 +40,7 @@ class PredictionPage(msgspec.Struct):
     page: int
     per_page: int
     total: int
+    more: bool = False  # more items than `total`: counts and pages stop at LIST_WINDOW (10,000)
 
 
 class LookupOut(msgspec.Struct):
@@ -53,6 +54,7 @@ class FeedbackPage(msgspec.Struct):
     page: int
     per_page: int
     total: int
+    more: bool = False  # more items than `total`: counts and pages stop at LIST_WINDOW (10,000)
 
 
 class LabelOut(msgspec.Struct):
@@ -72,6 +74,7 @@ class CollectionPage(msgspec.Struct):
     page: int
     per_page: int
     total: int
+    more: bool = False  # more items than `total`: counts and pages stop at LIST_WINDOW (10,000)
 
 
 class CollectionDetail(CollectionOut):
