@@ -30,6 +30,7 @@ from app.jobs.protocol import (
     in_pieces,
     interactive_streams,
     missing_group,
+    with_pending,
 )
 from app.jobs.results import publish_result
 from app.models import Status, mark_failed
@@ -192,7 +193,7 @@ class Consumer:
             self._last_sweep = now
             await forget_gone_consumers(self.redis, self.name)
         claimed: list[Delivery] = []
-        for stream in await all_streams(self.redis):
+        for stream in await with_pending(self.redis, await all_streams(self.redis)):
             taken, alone = await self._reclaim_stream(stream, self.limits.max_batch - len(claimed), not claimed)
             claimed += taken
             if alone or len(claimed) >= self.limits.max_batch:

@@ -15,7 +15,16 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 
 from app import keys
-from app.jobs.protocol import BULK_PART, Heartbeat, Job, all_streams, bulk_streams, in_pieces, interactive_streams
+from app.jobs.protocol import (
+    BULK_PART,
+    Heartbeat,
+    Job,
+    all_streams,
+    bulk_streams,
+    in_pieces,
+    interactive_streams,
+    lengths,
+)
 
 # A worker that has not reported a rate yet is assumed to clear this many images a second.
 ASSUMED_WORKER_RATE = 10.0
@@ -83,22 +92,14 @@ async def enqueue_bulk(redis: Redis, user_id: int, jobs: list[Job], enqueued: li
             enqueued += piece
 
 
-async def _lengths(redis: Redis, streams: list[str]) -> list[int]:
-    # Finished entries are deleted, so a stream's length is its waiting plus in-flight jobs.
-    async with redis.pipeline(transaction=False) as pipe:
-        for stream in streams:
-            pipe.xlen(stream)
-        return [int(n) for n in await pipe.execute()]
-
-
 async def queue_depth(redis: Redis) -> int:
     """Jobs on every stream, waiting or in flight (bulk work waiting in the database is not counted)."""
-    return sum(await _lengths(redis, await all_streams(redis)))
+    return sum((await lengths(redis, await all_streams(redis))).values())
 
 
 async def bulk_depth(redis: Redis) -> int:
     """Jobs on the bulk streams, waiting or in flight: what the feeder bounds (app/feeder.py)."""
-    return sum(await _lengths(redis, await bulk_streams(redis)))
+    return sum((await lengths(redis, await bulk_streams(redis))).values())
 
 
 async def dead_jobs(redis: Redis) -> int:
@@ -155,7 +156,7 @@ class Backlog:
 
     workers: int
     rate: float
-    lengths: dict[str, int]  # stream -> jobs waiting or in flight
+    lengths: dict[str, int]  # stream -> jobs waiting or in flight, of those that have any
     read_at: float = 0.0
 
     def capacity(self, user_id: int) -> Capacity:
@@ -171,9 +172,7 @@ async def read_backlog(redis: Redis, model_id: str) -> Backlog:
     rate = sum(w.images_per_second or ASSUMED_WORKER_RATE for w in workers)
     if await redis.scard(keys.BULK_USERS):  # bulk work waits: it has a part of every batch (BULK_PART)
         rate *= 1 - 1 / BULK_PART
-    streams = await interactive_streams(redis)
-    lengths = dict(zip(streams, await _lengths(redis, streams), strict=True))
-    return Backlog(len(workers), rate, lengths, time.monotonic())
+    return Backlog(len(workers), rate, await lengths(redis, await interactive_streams(redis)), time.monotonic())
 
 
 async def capacity(redis: Redis, user_id: int, model_id: str) -> Capacity:
