@@ -62,6 +62,7 @@ class PruneReport:
     unnamed: int = 0  # originals no prediction names
     bytes_freed: int = 0  # originals and their thumbnails, and those archives
     last: str = ""  # the hash dealt with last: a run goes image by image, so the next batch may go on with it
+    last_kept: bool = False  # and whether its original was kept: the next batch's look may not say (just stored)
 
     def summary(self, age: str, dry_run: bool) -> str:
         verb = "Would prune" if dry_run else "Pruned"
@@ -125,6 +126,8 @@ async def _prune_batch(
     rows: list[tuple[UUID, str, str]], cutoff: datetime, upload_dir: Path, dry_run: bool, report: PruneReport
 ) -> None:
     used = await _still_used({sha for _, sha, _ in rows}, cutoff)
+    if report.last_kept:  # kept by the batch before, maybe as stored again just now: its charge passes on here too
+        used.add(report.last)
     used_since = time.time() - IN_FLIGHT.total_seconds()
     for sha, relative_path in sorted({(sha, path) for _, sha, path in rows if sha != report.last}):
         freed = None if sha in used else await _remove(upload_dir, sha, relative_path, used_since, dry_run)
@@ -138,6 +141,7 @@ async def _prune_batch(
         await _let_go(rows, used)
     report.predictions += len(rows)
     report.last = rows[-1][1]
+    report.last_kept = report.last in used
 
 
 async def _prune_archives(upload_dir: Path, dry_run: bool, report: PruneReport) -> None:

@@ -193,6 +193,39 @@ async def test_an_original_sent_again_as_prune_runs_stays_charged(
     assert await usage.stored_bytes(user_id) == len(photo)
 
 
+async def test_an_original_kept_by_one_batch_stays_charged_in_the_next(
+    client: Client,
+    auth: dict[str, str],
+    worker: CountingClassifier,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: an image whose predictions span two batches was kept by the first (stored again just
+    now), but the second did not know it: its own look at what is used missed it (the upload's row came
+    after), so its charged prediction let the original go without passing the charge on. Batches of one
+    prediction here; the upload comes as the second batch of the image is looked at."""
+    photo = samples.photo(14_061, fmt="PNG")
+    first, second = await classify(client, auth, photo), await classify(client, auth, photo)
+    user_id = (await Prediction.get(id=first["id"])).user_id  # type: ignore[attr-defined]
+    await make_old(settings, first, second, touch_files=False)  # its original stored a moment ago
+    monkeypatch.setattr(admin, "PRUNE_BATCH", 1)
+    still_used, batches, again = admin._still_used, list[set[str]](), list[dict[str, Any]]()
+
+    async def sent_again_meanwhile(shas: set[str], cutoff: datetime) -> set[str]:
+        used = await still_used(shas, cutoff)
+        batches.append(shas)
+        if first["image_sha256"] in shas and sum(first["image_sha256"] in b for b in batches) == 2:
+            again.append(await classify(client, auth, photo))
+        return used
+
+    monkeypatch.setattr(admin, "_still_used", sent_again_meanwhile)
+    report = await admin.prune(settings.upload_dir, timedelta(days=90))
+    assert again and report.kept >= 1 and original(settings, first).exists()
+    paths = await Prediction.filter(id__in=[first["id"], second["id"]]).values_list("image_path", flat=True)
+    assert paths == ["", ""]
+    assert await usage.stored_bytes(user_id) == len(photo)
+
+
 async def test_the_command(
     client: Client, auth: dict[str, str], worker: CountingClassifier, settings: Settings
 ) -> None:
