@@ -101,7 +101,8 @@ async def _let_go(rows: list[tuple[UUID, str, str]], used: set[str]) -> None:
     """The batch's predictions let their originals go. A person's original is charged to one of their
     predictions of it, the others 0 (usage.charged_bytes): when that one lets it go and a newer one of theirs
     keeps it, the newer one is charged it instead, once the batch's are let go (the index
-    predictions_charged_once allows one charged prediction per person and original kept)."""
+    predictions_charged_once allows one charged prediction per person and original kept). One made after the
+    search charges itself (usage.charged_if_none)."""
     batch = [row[0] for row in rows]
     kept = [row_id for row_id, sha, _ in rows if sha in used]
     charged = await Prediction.filter(id__in=kept, image_bytes__gt=0).values_list(

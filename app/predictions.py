@@ -81,18 +81,18 @@ async def _check_async_room(services: Services, user: User) -> None:
     raise unavailable(f"The queue is full ({total} images waiting, at most {limit}); try again later", 30)
 
 
+ORIGINAL_BYTES = "original_bytes"  # a record's key that is no field: its original's size (for `insert`)
 # An accepted upload: the checked image, and the earlier result of the same image if there is one.
 Accepted = tuple[images.CheckedImage, dict[str, Any] | None]
 
 
 async def accept(services: Services, user: User, data: bytes) -> Accepted:
-    """Check and store an upload, and find its result in the cache: what every upload goes through,
-    alone or in a collection, once its quotas were checked (quotas.check_upload, or for a whole collection
-    quotas.check_collection). Raises images.ImageRejected; before decoding anything, 507 when the disk is
-    full. An image whose original this upload stored is not looked up (a query less for every new image):
-    an original stays while a prediction of it is newer than a retention run's cutoff (app/admin.py), so only
-    a run with a cutoff shorter than RESULT_TTL can remove one whose result still answers; that image is then
-    classified again."""
+    """Check and store an upload, and find its result in the cache: what every upload goes through, alone or in a
+    collection, once its quotas were checked (quotas.check_upload, or for a whole collection quotas.check_collection).
+    Raises images.ImageRejected; before decoding anything, 507 when the disk is full. An image whose original this
+    upload stored is not looked up (a query less for every new image): an original stays while a prediction of it is
+    newer than a retention run's cutoff (app/admin.py), so only a run with a cutoff shorter than RESULT_TTL can remove
+    one whose result still answers; that image is then classified again."""
     quotas.check_disk(services, len(data))
     image = await services.decoder.check(data, owner=user.id, disk=services.disk)
     if image.new:
@@ -156,7 +156,7 @@ async def newest_of_each(user: User, sha256s: list[str]) -> list[Prediction]:
 
 async def record_of(services: Services, user: User, image: images.CheckedImage, file_name: str) -> dict[str, Any]:
     """The fields of a new Prediction for an accepted image, charged its bytes unless its person keeps that
-    original already (a query only when this upload did not store it)."""
+    original already (a query only when this upload did not store it), and its bytes (ORIGINAL_BYTES)."""
     with stage("database"):
         charged = await usage.charged_bytes(user.id, image.sha256, len(image.data), image.new)
     return {
@@ -164,6 +164,7 @@ async def record_of(services: Services, user: User, image: images.CheckedImage, 
         "image_sha256": image.sha256,
         "image_path": image.relative_path,
         "image_bytes": charged,
+        ORIGINAL_BYTES: len(image.data),
         "file_name": text.clean_file_name(file_name),
         "model_name": services.settings.model_name,
         "model_weights": services.settings.model_weights,
@@ -171,15 +172,17 @@ async def record_of(services: Services, user: User, image: images.CheckedImage, 
 
 
 async def insert(record: dict[str, Any], **fields: Any) -> Prediction:
-    """A new Prediction of `record`. Charged 0 when another one of its person's, made meanwhile, was charged
-    the original (an upload of the same image at once: both found it new); the index predictions_charged_once
-    (migrations/0016) refuses the second charge, so it costs nothing unless it happens."""
+    """A new Prediction of `record`. Charged 0 when another one of its person's, made meanwhile, was charged the
+    original (an upload of it at once: both found it new; the index predictions_charged_once refuses the second);
+    one charged 0 is charged after all if a retention run let the charged one go meanwhile (usage)."""
+    values = {name: value for name, value in record.items() if name != ORIGINAL_BYTES}
     try:
-        return await Prediction.create(**record, **fields)
+        prediction = await Prediction.create(**values, **fields)
     except IntegrityError:
-        if not record["image_bytes"]:
+        if not values["image_bytes"]:
             raise  # not the charge: another constraint (a collection's entry recorded twice)
-        return await Prediction.create(**(record | {"image_bytes": 0}), **fields)
+        prediction = await Prediction.create(**(values | {"image_bytes": 0}), **fields)
+    return await usage.charged_if_none(prediction, record[ORIGINAL_BYTES])
 
 
 async def create_cached(record: dict[str, Any], cached: dict[str, Any], latency_ms: float | None = None) -> Prediction:
@@ -336,8 +339,7 @@ async def visible_prediction(user: User, prediction_id: UUID | str) -> Predictio
 
 
 def result_dict(prediction: Prediction) -> dict[str, Any]:
-    """The API's JSON of a prediction, as a dict (for the pages and the CSV)."""
-    # The pages show `cached` to admins only (templates/partials/result.html).
+    """The API's JSON of a prediction, as a dict (for the pages, which show `cached` to admins only, and the CSV)."""
     return schemas.as_dict(schemas.prediction_out(prediction, show_cached=True))
 
 

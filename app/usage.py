@@ -10,6 +10,7 @@ arrives in those seconds; the quotas are fair shares, not security boundaries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tortoise import connections
+from tortoise.exceptions import IntegrityError
 from tortoise.functions import Sum
 
 from app.models import Collection, CollectionStatus, Prediction, Status, placeholders
@@ -80,6 +82,37 @@ async def charged_bytes(user_id: int, sha256: str, size: int, new: bool = False)
     if new or not await keeps_original(user_id, sha256):
         return size
     return 0
+
+
+def charged_sql(dialect: str) -> str:
+    """The lookup of `charged_if_none`, its values in the order (user, sha256): by the index
+    predictions_charged_once, which holds just these rows."""
+    user_mark, sha_mark = placeholders(dialect, 2)
+    return (
+        f"SELECT 1 FROM {Prediction._meta.db_table} WHERE user_id = {user_mark} AND image_sha256 = {sha_mark}"
+        " AND image_bytes > 0 AND image_path <> '' LIMIT 1"
+    )
+
+
+async def charged_if_none(prediction: Prediction, size: int) -> Prediction:
+    """A prediction just made, charged `size` after all if it was made charged 0 (its person kept the original,
+    or another upload of it was charged at once: a query on that path only) and none of theirs naming the original
+    is charged it any more. A retention run clears the charged one's image_path, then passes the charge to a newer
+    one naming it (app.admin._let_go): a row made after that search was missed, and kept it for free. This row is
+    made, then looks; the run clears, then searches: a search before the row was made followed the clearing, so
+    the look finds none charged; a look that found one charged came before its clearing, so the search finds the
+    row. Both charging it: the index predictions_charged_once refuses the second."""
+    if prediction.image_bytes:
+        return prediction
+    connection = connections.get("default")
+    user_id: int = prediction.user_id  # type: ignore[attr-defined]
+    sql = charged_sql(connection.capabilities.dialect)
+    if await connection.execute_query_dict(sql, [user_id, prediction.image_sha256]):
+        return prediction
+    with contextlib.suppress(IntegrityError):  # charged meanwhile: the run's heir, or an upload of it at once
+        await Prediction.filter(id=prediction.id).update(image_bytes=size)
+        prediction.image_bytes = size
+    return prediction
 
 
 def storers_sql() -> str:

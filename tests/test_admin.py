@@ -193,6 +193,37 @@ async def test_an_original_sent_again_as_prune_runs_stays_charged(
     assert await usage.stored_bytes(user_id) == len(photo)
 
 
+async def test_an_upload_charged_0_as_prune_lets_its_charge_go_is_charged(
+    client: Client,
+    auth: dict[str, str],
+    worker: CountingClassifier,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: an upload of an original its person keeps is charged 0 (kept on an older prediction);
+    a retention run between that decision and the upload's row let the older one go and found no newer one to
+    pass the charge to (the row was not made yet), so the original was kept charged to nobody. The run goes
+    here just after the decision."""
+    photo = samples.photo(14_051, fmt="PNG")
+    first = await classify(client, auth, photo)
+    user_id = (await Prediction.get(id=first["id"])).user_id  # type: ignore[attr-defined]
+    await make_old(settings, first)
+    charged_bytes, reports = usage.charged_bytes, list[admin.PruneReport]()
+
+    async def pruned_meanwhile(*args: Any) -> int:
+        charged = await charged_bytes(*args)
+        if not reports:
+            reports.append(await admin.prune(settings.upload_dir, timedelta(days=90)))
+        return charged
+
+    monkeypatch.setattr(usage, "charged_bytes", pruned_meanwhile)
+    again = await classify(client, auth, photo)
+    assert reports and reports[0].kept >= 1 and original(settings, first).exists()  # stored again by `again`
+    assert (await Prediction.get(id=first["id"])).image_path == ""
+    assert (await Prediction.get(id=again["id"])).image_path != ""
+    assert await usage.stored_bytes(user_id) == len(photo)
+
+
 async def test_an_original_kept_by_one_batch_stays_charged_in_the_next(
     client: Client,
     auth: dict[str, str],

@@ -19,7 +19,7 @@ from tortoise.transactions import in_transaction
 from app import feedback, usage
 from app.feedback import FeedbackFilter
 from app.feeder import Source, waiting_of
-from app.models import Collection, CollectionStatus, Prediction, Status, User
+from app.models import Collection, CollectionStatus, Prediction, Status, User, placeholders
 from app.web.pages import admin, history
 from tests.helpers import unique_email
 
@@ -229,3 +229,15 @@ async def test_who_stores_is_counted_a_person_at_a_time(client: httpx.AsyncClien
         if table == "predictions":  # a row a search, not a scan of every row kept: SQLite's SEARCH (of a MIN,
             # one row by its rules), and the rows each step of PostgreSQL's plan, run, read
             assert all(line.startswith("SEARCH") or re.search(r"actual rows=[01] ", line) for line, _ in reading), steps
+
+
+async def test_an_upload_charged_0_looks_for_the_charged_one_by_its_index(client: httpx.AsyncClient) -> None:
+    """An upload charged 0 (its person keeps the original) then looks whether one of theirs is still charged it
+    (usage.charged_if_none), as a retention run may have let that one go: by the index predictions_charged_once,
+    which holds only the charged rows, not by the image's rows or the person's."""
+    dialect = connections.get("default").capabilities.dialect
+    sql = usage.charged_sql(dialect)
+    for mark, value in zip(placeholders(dialect, 2), ("1", f"'{0:064x}'"), strict=True):
+        sql = sql.replace(mark, value, 1)
+    steps = await plan_of(sql)
+    assert "predictions_charged_once" in steps and "Seq Scan" not in steps, steps
