@@ -22,6 +22,7 @@ from app.models import User
 from app.settings import Settings
 from app.web.app import ACCOUNT_BODY_BYTES
 from tests.helpers import eventually, from_address, sign_up, unique_email
+from tests.page_helpers import log_in_page
 
 Client = httpx.AsyncClient
 PASSWORD = "correct horse"
@@ -261,7 +262,7 @@ async def test_signing_in_and_up_take_at_most_a_megabyte(client: Client) -> None
 
 
 async def test_a_sign_in_email_that_normalises_past_its_bound_is_refused_before_it_is_counted(
-    client: Client, redis: Redis
+    client: Client, browser: Client, redis: Redis
 ) -> None:
     """Found in review: the API's sign-in took an email of 254 characters that NFKC lengthens (U+FDFA becomes 18
     characters) and named it, 4,300 characters, in three throttle counters kept for the window: 24 kB of Redis
@@ -269,6 +270,30 @@ async def test_a_sign_in_email_that_normalises_past_its_bound_is_refused_before_
     email = "\ufdfa" * 240 + "@example.com"
     response = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
     assert assert_error(response, 400)["detail"] == "Enter a valid email address"
+    assert [key async for key in redis.scan_iter(match="throttle:*")] == []
+    page = await log_in_page(browser, email, PASSWORD)
+    assert page.status_code == 400 and "Enter a valid email address" in page.text, page.text
+    assert [key async for key in redis.scan_iter(match="throttle:*")] == []
+
+
+async def test_an_account_made_before_todays_email_checks_still_signs_in(client: Client, browser: Client) -> None:
+    """Found in review: sign-in refused (400) every email sign-up refuses today, so an account made before a
+    check was added could no longer sign in, through the API or the page: one with a zero-width space (emails
+    refuse invisible characters since 4d2990b) or an escape character (control characters since 0396e8f).
+    Sign-in refuses only what no account can have; the rest is sign-up's to refuse."""
+    for email in (f"old\u200b{unique_email()}", f"old\x1b{unique_email()}"):
+        await User.create(email=email, password_hash=await passwords.hash_password(PASSWORD))  # as it was kept
+        api = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
+        assert api.status_code == 200, api.text
+        page = await log_in_page(browser, email, PASSWORD)
+        assert page.status_code == 303, page.text
+
+
+async def test_a_sign_in_email_no_row_can_hold_is_refused(client: Client, browser: Client, redis: Redis) -> None:
+    """PostgreSQL text holds no NUL: such an email names no account, and looking it up fails (500)."""
+    email = f"a\x00{unique_email()}"
+    assert_error(await client.post("/api/auth/login", json={"email": email, "password": PASSWORD}), 400)
+    assert (await log_in_page(browser, email, PASSWORD)).status_code == 400
     assert [key async for key in redis.scan_iter(match="throttle:*")] == []
 
 

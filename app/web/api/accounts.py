@@ -11,7 +11,7 @@ from litestar.security.jwt import Token
 from litestar.status_codes import HTTP_200_OK
 
 from app import accounts
-from app.accounts import Email, Name, NewPassword, Password
+from app.accounts import Email, Name, NewPassword, Password, SignInEmail
 from app.models import User
 from app.web.api.schemas import SignedOut, TokenOut, UserOut
 from app.web.contract import errors
@@ -26,7 +26,7 @@ class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
-    email: Email
+    email: SignInEmail
     password: Password
 
 

@@ -64,7 +64,7 @@ async def login_page(request: AnyRequest, next_path: NextPath = "/") -> Template
 async def login_submit(request: AnyRequest, data: Annotated[LoginForm, FormBody]) -> Response[Any]:
     values = {"email": data.email.strip(), "next": safe_next(data.next)}
     errors: dict[str, str] = {}
-    if problem := accounts.email_problem(data.email):
+    if problem := accounts.sign_in_problem(data.email):
         errors["email"] = problem
     if not data.password:
         errors["password"] = "Enter your password"
