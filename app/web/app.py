@@ -54,7 +54,7 @@ from app.web.pages import accounts as account_pages
 from app.web.pages import admin, classify, history
 from app.web.pages import collections as collection_pages
 from app.web.rendering import configure_templates
-from app.web.server import HeadAsGet
+from app.web.server import HeadAsGet, bound_access_log
 from app.web.sessions import SignedIn, build_jwt_auth, csrf_config, is_revoked
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,4 +185,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
 def app() -> HeadAsGet:
     """Factory for `uvicorn --factory app.web.app:app`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bound_access_log()
     return HeadAsGet(create_app())

@@ -1,8 +1,8 @@
-"""Bounds on what one request may be, checked before any handler runs: header count and size (431),
-control characters in the path and query (400), JSON nesting depth (400), URL-encoded form size, field
-count and encoding (413, 400). Other body sizes are Litestar's `request_max_body_size` (see app/web/app.py);
-the bytes of all the bodies a process holds at once, `BodyBudget` (503), which also bounds the requests one
-sender has open at once (429)."""
+"""Bounds on what one request may be, checked before any handler runs: header count and size (431), the
+target's size (414) and control characters in its path and query (400), JSON nesting depth (400), URL-encoded
+form size, field count and encoding (413, 400). Other body sizes are Litestar's `request_max_body_size` (see
+app/web/app.py); the bytes of all the bodies a process holds at once, `BodyBudget` (503), which also bounds the
+requests one sender has open at once (429)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ from litestar.datastructures import FormMultiDict
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import ClientException, HTTPException
 from litestar.plugins.htmx import HTMXRequest
-from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE, HTTP_431_REQUEST_HEADER_FIELDS_TOO_LARGE
+from litestar.status_codes import (
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_414_REQUEST_URI_TOO_LONG,
+    HTTP_431_REQUEST_HEADER_FIELDS_TOO_LARGE,
+)
 from litestar.types import ASGIApp, Empty, Receive, ReceiveMessage, Scope, Send
 
 from app import predictions, quotas
@@ -26,6 +30,7 @@ from app.web.deps import address_of
 
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16 * 1024  # names and values together: browsers send 1-3 kB
+MAX_TARGET_BYTES = 8 * 1024  # path and query as sent: the app's longest are a page's filters and `next`, 1 kB
 MAX_JSON_DEPTH = 32  # every body the API takes is 3 levels deep
 # The largest form a page sends is feedback: a 1,000-character comment is at most 12 kB percent-encoded.
 MAX_FORM_BYTES = 64 * 1024
@@ -58,8 +63,14 @@ def check_headers(headers: list[tuple[bytes, bytes]]) -> None:
         )
 
 
-def check_target(path: str, query: bytes) -> None:
-    """No control characters in the path or the (decoded) query: they reach file names and the database."""
+def check_target(scope: Scope) -> None:
+    """Not past MAX_TARGET_BYTES as sent (the head's bound let 64 kB reach every handler), and no control
+    characters in the path or the (decoded) query: they reach file names and the database."""
+    path, query = scope["path"], scope.get("query_string", b"")
+    if len(scope.get("raw_path") or path.encode("utf-8", "surrogateescape")) + len(query) > MAX_TARGET_BYTES:
+        raise HTTPException(
+            status_code=HTTP_414_REQUEST_URI_TOO_LONG, detail=f"The address is longer than {MAX_TARGET_BYTES} bytes"
+        )
     raw = path.encode("utf-8", "surrogateescape") + unquote_to_bytes(query)
     if any(byte in _CONTROL_BYTES for byte in raw):
         raise ClientException("The address contains control characters")
@@ -74,7 +85,7 @@ class RequestLimits:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             check_headers(list(scope["headers"]))
-            check_target(scope["path"], scope.get("query_string", b""))
+            check_target(scope)
         await self.app(scope, receive, send)
 
 

@@ -6,11 +6,12 @@ as long as the client likes, so that such connections, costing their sender noth
 file descriptor limit; this one closes a head not complete within HEAD_TIMEOUT_S (408) and a body that brings less than
 MIN_BODY_BYTES in a BODY_WINDOW_S (a byte now and then held a connection as well as none). A chunked body's
 trailer fields, which uvicorn added to the request's headers without end, are dropped, and bounded as a head
-is (431)."""
+is (431). Its access log keeps ACCESS_TARGET_MAX characters of a request's target (`bound_access_log`)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, cast
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +29,9 @@ HEAD_TIMEOUT_S = 20.0
 # the slowest mobile link carries (nginx's client_body_timeout is 60 s of nothing at all).
 BODY_WINDOW_S = 60.0
 MIN_BODY_BYTES = 64 * 1024
+# Characters of a request's target (path and query) an access log line keeps: uvicorn wrote it as sent, so
+# one request up to MAX_HEAD_BYTES wrote a line as long.
+ACCESS_TARGET_MAX = 2_000
 TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
@@ -152,3 +156,24 @@ class HeadAsGet:
             await send(message)
 
         await self.app(cast("Scope", {**scope, "method": "GET"}), receive, headless)
+
+
+class CutAccessTarget(logging.Filter):
+    """Cuts the target in uvicorn's access log record, whose args are (client, method, target, HTTP version,
+    status) in uvicorn 0.x, to ACCESS_TARGET_MAX characters and says how many went."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            target = args[2]
+            if len(target) > ACCESS_TARGET_MAX:
+                cut = f"{target[:ACCESS_TARGET_MAX]}...[{len(target) - ACCESS_TARGET_MAX} characters cut]"
+                record.args = (*args[:2], cut, *args[3:])
+        return True
+
+
+def bound_access_log() -> None:
+    """Install `CutAccessTarget` on uvicorn's access logger, once per process."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, CutAccessTarget) for f in access.filters):
+        access.addFilter(CutAccessTarget())

@@ -88,6 +88,14 @@ def corpus() -> list[Case]:
             json={"email": "esc-name@example.com", "password": "correct horse", "name": control},
         ),
         Case(
+            "NUL in a sign-in email",
+            "POST",
+            "/api/auth/login",
+            (400,),
+            json={"email": f"x{nul}@example.com", "password": "correct horse"},
+        ),
+        Case("a 10 kB query", "GET", "/api/labels?q=" + "a" * 10_000, (414,)),
+        Case(
             "NUL in a password",
             "POST",
             "/api/auth/login",

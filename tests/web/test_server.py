@@ -25,7 +25,8 @@ from uvicorn.server import ServerState
 
 from app.run import UVICORN_ARGS
 from app.web import server
-from app.web.server import MAX_HEAD_BYTES, BoundedHttpTools
+from app.web.server import ACCESS_TARGET_MAX, MAX_HEAD_BYTES, BoundedHttpTools
+from tests.helpers import eventually
 from tests.live import free_port, live_server
 
 
@@ -92,6 +93,26 @@ async def test_head_is_answered_as_get_without_the_body(tmp_path: Path, migrated
         assert head.getheader("content-length") == str(len(body))
         posted = await asyncio.to_thread(httpx.post, f"{url}/health/live")
         assert posted.status_code == 405  # other methods are still the routes' own
+
+
+async def test_an_access_log_line_keeps_a_bounded_part_of_a_long_target(tmp_path: Path, migrated: None) -> None:
+    """Found in review: uvicorn's access log wrote each request's target as sent, so one request with a 60 kB
+    query wrote a 60 kB line, as many of them as the client liked. A line keeps ACCESS_TARGET_MAX characters
+    of it and says how many it cut; the app refuses such a target (414) before any handler reads it."""
+    log = tmp_path / "web.log"
+    target = "/health/live?q=" + "a" * 60_000
+    with live_server(log) as url:
+        long = await asyncio.to_thread(httpx.get, f"{url}{target}")
+        short = await asyncio.to_thread(httpx.get, f"{url}/health/live?q=after")
+
+        async def logged() -> bool:
+            return "/health/live?q=after" in log.read_text()
+
+        await eventually(logged, seconds=10, what="the access log line")
+    line = next(line for line in log.read_text().splitlines() if "/health/live?q=aaa" in line)
+    assert len(line) < ACCESS_TARGET_MAX + 200, len(line)
+    assert f"[{len(target) - ACCESS_TARGET_MAX} characters cut]" in line, line[-200:]
+    assert (long.status_code, long.json()["status_code"], short.status_code) == (414, 414, 200)
 
 
 def two_requests(url: str, pause: float) -> int:
