@@ -77,6 +77,9 @@ class Cost:
     profile: dict[str, float] = field(default_factory=dict)  # share of py-spy's samples
     redis_s: float = 0.0  # the Redis server's CPU
     calls: Counter[str] = field(default_factory=Counter)  # Redis commands
+    # Between the readings of the Redis server's counters, all rounds together: they count the whole
+    # server's commands, background work's in that time too (the feeder's idle rounds: app/feeder.py).
+    counted_s: float = 0.0
     database_s: float = 0.0  # PostgreSQL's CPU (0 on SQLite: in the web process)
     floor_ms: dict[str, list[float]] = field(default_factory=dict)  # FLOOR's cost per request, round by round
 
@@ -259,6 +262,7 @@ def measure_round(subject: Subject, kind: str, images: list[bytes], concurrency:
     on_postgres = system.env["DATABASE_URL"].startswith("postgres")
     web = subject.web
     before, own_before = tree_cpu(web), own_cpu(web)
+    counting = time.monotonic()
     (redis_before, calls_before), db_before = redis_use(system), database_cpu(on_postgres)
     with profiler(web, 600, raw) if profile else contextlib.nullcontext():
         if kind == COLLECTION:
@@ -267,6 +271,7 @@ def measure_round(subject: Subject, kind: str, images: list[bytes], concurrency:
             seconds = asyncio.run(upload_all(system.url, subject.token, images, concurrency))
     spent, own = tree_cpu(web) - before, own_cpu(web) - own_before
     redis_after, calls_after = redis_use(system)
+    cost.counted_s += time.monotonic() - counting
     cost.images, cost.seconds = cost.images + len(images), cost.seconds + seconds
     cost.rounds_ms.append(1000 * spent / len(images))
     cost.web_rounds_ms.append(1000 * own / len(images))

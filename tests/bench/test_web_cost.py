@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from app.feeder import IDLE_ROUND_S
 from app.stages import STAGES
 from bench import web_cost
 from bench.procs import own_cpu, tree_cpu
@@ -87,7 +89,12 @@ def test_a_small_run_measures_every_stage(tmp_path: Path) -> None:
     # so the share is judged on both rounds together.
     assert len(cost.web_rounds_ms) == 2 and min(cost.web_rounds_ms) >= 0
     assert 0 < sum(cost.web_rounds_ms) < sum(cost.rounds_ms)
-    assert cost.calls["evalsha"] == 40 and cost.redis_calls["evalsha"] == 1  # one enqueue per upload
+    # One EVALSHA per upload (its enqueue), and those of the web process's feeder: Redis counts the whole
+    # server's commands, and each idle round of the feeder, every IDLE_ROUND_S, takes and releases its lock,
+    # which redis-py releases by a script (MONITOR showed EVALSHA on lock:feed between the enqueues; a round
+    # of uploads that took over 2 s counted 21 for 20). At most one more than the rounds' time holds.
+    feeding = math.ceil(cost.counted_s / IDLE_ROUND_S) + len(cost.rounds_ms)
+    assert 40 <= cost.calls["evalsha"] <= 40 + feeding
     assert set(cost.stages_ms) == set(STAGES)
     assert cost.stages_ms["decode"] > 0 and cost.stages_ms["database"] > 0
     # A request that decodes nothing, each round: cheaper than an upload, which decodes and stores a photo.
