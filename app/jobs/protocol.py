@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from app import keys
@@ -129,6 +131,9 @@ def connect(url: str, command_timeout: float | None = COMMAND_TIMEOUT_S) -> Redi
         health_check_interval=30,
         socket_connect_timeout=5,
         socket_timeout=command_timeout,
+        # Never sent again on a lost connection: Redis may have run it, and a resent enqueue (a script, a
+        # MULTI/EXEC) puts its jobs on twice. A pool's default, but not a `Redis(...)`'s (3 retries).
+        retry=Retry(NoBackoff(), 0),
     )
     return Redis.from_pool(pool)  # closed with the client
 
