@@ -154,3 +154,29 @@ def test_the_counts_per_label_are_filled_from_the_feedback_already_there(tmp_pat
     with contextlib.closing(sqlite3.connect(tmp_path / "upgraded.sqlite3")) as connection:
         counts = set(connection.execute("SELECT label, total, agreed FROM feedback_by_label"))
     assert counts == {("hen", 3, 2), ("tench", 1, 0), ("", 1, 1)}
+
+
+async def upgrade_with_emails_as_typed(url: str) -> None:
+    """A database at 0016 whose accounts were made before emails were normalised, then migrated on."""
+    async with TortoiseContext():
+        await migrate(config=db.tortoise_config(url), target="app.0016_charged_once")
+    async with TortoiseContext() as context:
+        await context.init(config=db.tortoise_config(url))
+        typed = ["Ada@Example.com", "BOB@example.com", "bob@example.com", "carol@example.com", "\uff24an@example.com"]
+        for email in typed:  # the last with a fullwidth D
+            await User.create(email=email, password_hash="x")
+    await db.apply_migrations(url)
+
+
+def test_emails_stored_as_typed_are_spelled_as_sign_in_looks_them_up(tmp_path: Path) -> None:
+    """Found in review: accounts made before 0396e8f kept their email as typed, and sign-in looks it up
+    normalised (NFKC, case folded): `Ada@Example.com` could not sign in. One whose spelling another account has
+    since taken is left as typed."""
+    url = f"sqlite://{tmp_path / 'upgraded.sqlite3'}"
+    upgrade = (
+        "import asyncio, sys; from tests.test_db import upgrade_with_emails_as_typed as u; asyncio.run(u(sys.argv[1]))"
+    )
+    subprocess.run([sys.executable, "-c", upgrade, url], check=True, cwd=ROOT)
+    with contextlib.closing(sqlite3.connect(tmp_path / "upgraded.sqlite3")) as connection:
+        emails = [email for (email,) in connection.execute("SELECT email FROM users ORDER BY id")]
+    assert emails == ["ada@example.com", "BOB@example.com", "bob@example.com", "carol@example.com", "dan@example.com"]
