@@ -24,7 +24,7 @@ from uuid import UUID
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 
-from app import db, files, thumbnails
+from app import db, files, images, thumbnails
 from app.collections import ARCHIVES_DIR
 from app.models import Collection, Prediction, Status
 from app.quotas import size_text
@@ -32,7 +32,6 @@ from app.settings import get_settings
 
 IN_FLIGHT = timedelta(minutes=10)  # longer than any upload takes from storing its original to its row
 PRUNE_BATCH = 500
-ORIGINALS_FOLDER = re.compile(r"[0-9a-f]{2}")  # UPLOAD_DIR/<sha256[:2]>/<sha256>.<ext> (images.stored_path)
 FINISHED = (Status.DONE, Status.FAILED)
 AGE_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1)}
 
@@ -164,7 +163,7 @@ async def _prune_archives(upload_dir: Path, dry_run: bool, report: PruneReport) 
 def _original_folders(upload_dir: Path) -> list[Path]:
     if not upload_dir.is_dir():
         return []
-    return sorted(p for p in upload_dir.iterdir() if p.is_dir() and ORIGINALS_FOLDER.fullmatch(p.name))
+    return sorted(p for p in upload_dir.iterdir() if p.is_dir() and images.ORIGINALS_FOLDER.fullmatch(p.name))
 
 
 def _originals_in(folder: Path) -> dict[str, str]:

@@ -121,6 +121,10 @@ class CheckedImage:
         return stored_path(self.sha256, self.extension)
 
 
+# Originals are spread over folders named by their hash's first two characters (retention runs go folder by folder).
+ORIGINALS_FOLDER = re.compile(r"[0-9a-f]{2}")
+
+
 def stored_path(sha256: str, extension: str) -> str:
     """Where an original is kept, under UPLOAD_DIR: by its content, never by its name."""
     return f"{sha256[:2]}/{sha256}.{extension}"
