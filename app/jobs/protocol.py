@@ -171,7 +171,7 @@ async def all_streams(redis: Redis) -> list[str]:
 
 # Questions about every stream, answered inside Redis, STREAMS_PER_SCRIPT at a time: asked with a command per
 # stream, 10,000 users' streams (a user's stays 5 minutes after their last upload) had an idle worker send
-# 3,128 XPENDING a second on 0.52 of a core, and pick up a new job 486 ms late instead of 5 (measured). A
+# 3,128 XPENDING a second on 0.52 of a core, and pick up a new job 1.7 s late (median of 20), not at once. A
 # script runs whole, others' commands waiting: 1,000 streams take Redis 1 to 5 ms (measured on 6.2 and 7; the
 # consumer sweep, once a minute, up to 25 ms when it deletes 10 consumers a stream).
 STREAMS_PER_SCRIPT = 1000
