@@ -186,6 +186,8 @@ async def final_statuses(url: str, token: str, drain: float) -> Counter[str]:
             body = response.json()
             statuses |= {item["id"]: item["status"] for item in body["items"]}
             if page * 100 >= body["total"]:
+                if body.get("more"):  # lists reach back LIST_WINDOW items: the rest would go uncounted
+                    raise SystemExit(f"more than {body['total']} predictions: too many to count through the API")
                 break
     queued = [prediction_id for prediction_id, status in statuses.items() if status == "queued"]
     return Counter((statuses | await chaos.outcome(url, token, queued, drain)).values())
