@@ -217,7 +217,8 @@ async def ask_streams(redis: Redis, script: str, streams: list[str], *args: str)
 
 
 async def lengths(redis: Redis, streams: list[str]) -> dict[str, int]:
-    """The jobs waiting or in flight on each of `streams` that has any (finished entries are deleted)."""
+    """The jobs waiting or in flight on each of `streams` that has any (finished entries are deleted), in the
+    order given."""
     found = await ask_streams(redis, NON_EMPTY, streams)
     return {as_text(stream): int(n) for stream, n in zip(found[::2], found[1::2], strict=True)}
 

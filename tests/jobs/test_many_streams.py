@@ -37,14 +37,14 @@ def count_sent(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return sent
 
 
-async def quiet_users(redis: Redis, since: float) -> list[str]:
-    """QUIET_USERS users whose last upload was at `since`, each with an empty stream that workers read."""
+async def quiet_users(redis: Redis, since: float, count: int = QUIET_USERS) -> list[str]:
+    """`count` users whose last upload was at `since`, each with an empty stream that workers read."""
     async with redis.pipeline(transaction=False) as pipe:
-        for user in range(1, QUIET_USERS + 1):
+        for user in range(1, count + 1):
             pipe.xgroup_create(keys.jobs(user), keys.WORKERS_GROUP, id="0", mkstream=True)
             pipe.zadd(keys.JOB_USERS, {str(user): since})
         await pipe.execute()
-    return [keys.jobs(user) for user in range(1, QUIET_USERS + 1)]
+    return [keys.jobs(user) for user in range(1, count + 1)]
 
 
 async def test_a_look_for_a_dead_workers_jobs_among_many_quiet_streams_asks_a_few_times(
@@ -100,3 +100,18 @@ async def test_quiet_users_and_gone_workers_are_forgotten_in_a_few_commands(
     assert sorted(c["name"] for c in consumers) == [b"live", b"sweeper"]
     assert sorted(await redis62.zrange(keys.JOB_USERS, 0, -1)) == [b"1", b"2"]
     assert await redis62.exists(*streams) == 2
+
+
+async def test_a_busy_users_batches_are_full_among_many_quiet_users_streams(redis62: Redis) -> None:
+    """Found measuring: turns were taken among every user's stream, a batch's room shared out before the empty
+    ones were seen to be empty, so 100 quiet users' streams cut a busy user's batches to 1 job (and 10 to 28)."""
+    await quiet_users(redis62, time.time(), 100)
+    for job in jobs(3 * BATCH):
+        await enqueue(redis62, 101, job)
+    consumer = Consumer(redis62, "w1", Limits(BATCH, 60_000, 3))
+    sizes = []
+    for _ in range(3):
+        batch = await consumer.next_batch()
+        await consumer.ack(batch)
+        sizes.append(len(batch))
+    assert sizes == [BATCH] * 3
