@@ -50,18 +50,18 @@ class Pager:
         return (self.number - 1) * self.per_page
 
 
-async def paginate(
-    query: QuerySet[Row], number: int, per_page: int, window: int | None = LIST_WINDOW
-) -> tuple[list[Row], Pager]:
-    """Page `number` of an ordered query, and where it stands among the pages of its first `window` items
-    (for the API and the pages). `window=None` for a query that bounds itself (a collection's items)."""
-    if window is None:
+async def paginate(query: QuerySet[Row], number: int, per_page: int, bounded: bool = True) -> tuple[list[Row], Pager]:
+    """Page `number` of an ordered query, and where it stands among the pages of its first LIST_WINDOW items
+    (for the API and the pages). `bounded=False` for a query that bounds itself (a collection's items)."""
+    if not bounded:
         total, more = await query.count(), False
-    elif (number - 1) * per_page >= window:
-        raise ClientException(f"Lists reach back {window:,} items: page {number}, {per_page} a page, starts past them")
+    elif (number - 1) * per_page >= LIST_WINDOW:
+        raise ClientException(
+            f"Lists reach back {LIST_WINDOW:,} items: page {number}, {per_page} a page, starts past them"
+        )
     else:
-        more = bool(await query.offset(window).limit(1).values_list(query.model._meta.pk_attr, flat=True))
-        total = window if more else await query.count()
+        more = bool(await query.offset(LIST_WINDOW).limit(1).values_list(query.model._meta.pk_attr, flat=True))
+        total = LIST_WINDOW if more else await query.count()
     pager = Pager(number, per_page, total, more)
     return await query.offset(pager.offset).limit(per_page), pager
 

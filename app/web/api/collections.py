@@ -80,7 +80,7 @@ async def read_collection(
 ) -> CollectionDetail:
     collection = await collections.visible_collection(request.user, collection_id)
     query = collections.items(collection, status, label)
-    results, pager = await paginate(query, page, per_page, window=None)  # MAX_COLLECTION_FILES
+    results, pager = await paginate(query, page, per_page, bounded=False)  # MAX_COLLECTION_FILES
     described = collection_out(collection, await collections.progress(collection))
     return CollectionDetail(
         **msgspec.structs.asdict(described),

@@ -16,7 +16,7 @@ from app.feedback import COMMENT_MAX
 from app.schemas import FeedbackOut, feedback_out
 from app.web.api.schemas import FeedbackPage, LabelOut
 from app.web.contract import errors
-from app.web.deps import LIST_WINDOW, AuthedRequest, Page, PerPage, paginate
+from app.web.deps import AuthedRequest, Page, PerPage, paginate
 
 
 class FeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,7 +54,7 @@ async def list_feedback(
 ) -> FeedbackPage:
     filters = feedback.FeedbackFilter(wrong_only, label or "")
     query = feedback.newest_first(None if request.user.is_admin else request.user, filters)
-    items, pager = await paginate(query, page, per_page, window=None if request.user.is_admin else LIST_WINDOW)
+    items, pager = await paginate(query, page, per_page, bounded=not request.user.is_admin)
     return FeedbackPage([feedback_out(f) for f in items], page, per_page, pager.total, pager.more)
 
 

@@ -74,7 +74,7 @@ def accounts() -> QuerySet[User]:
 
 
 async def users_context(page: int) -> dict[str, Any]:
-    users, pager = await paginate(accounts(), page, USERS_PER_PAGE, window=None)  # an admin's: not bounded
+    users, pager = await paginate(accounts(), page, USERS_PER_PAGE, bounded=False)  # an admin's: not bounded
     ids = [u.id for u in users]
     # Two grouped queries, not one joining both tables: that join multiplies rows per user.
     usage, given = await usage_by_user(ids), await counts_by_user(Feedback, ids)
@@ -87,7 +87,7 @@ async def users_context(page: int) -> dict[str, Any]:
 
 async def feedback_context(filters: FeedbackFilter, page: int) -> dict[str, Any]:
     query = newest_first(None, filters).select_related("prediction", "user")
-    items, pager = await paginate(query, page, FEEDBACK_PER_PAGE, window=None)
+    items, pager = await paginate(query, page, FEEDBACK_PER_PAGE, bounded=False)
     return {
         "feedback_items": items,
         "feedback_pager": pager,

@@ -94,7 +94,7 @@ async def collection_context(
 ) -> dict[str, Any]:
     progress = await collections.progress(collection)
     query = collections.items(collection, filters.status, filters.label)
-    items, pager = await paginate(query, page, RESULTS_PER_PAGE, window=None)  # MAX_COLLECTION_FILES
+    items, pager = await paginate(query, page, RESULTS_PER_PAGE, bounded=False)  # MAX_COLLECTION_FILES
     results = [predictions.page_result(p) for p in items]
     finished = progress["done"] + progress["failed"]
     reading = collection.status == CollectionStatus.READING
