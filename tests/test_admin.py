@@ -52,6 +52,28 @@ async def run(command: list[str]) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+async def owner_of(body: dict[str, Any]) -> int:
+    user_id: int = (await Prediction.get(id=body["id"])).user_id  # type: ignore[attr-defined]
+    return user_id
+
+
+async def an_old_upload(
+    client: Client, auth: dict[str, str], settings: Settings, seed: int
+) -> tuple[bytes, dict[str, Any], int]:
+    """A photo classified once, its prediction made old: the photo, the prediction, its person's id."""
+    photo = samples.photo(seed, fmt="PNG")
+    first = await classify(client, auth, photo)
+    await make_old(settings, first)
+    return photo, first, await owner_of(first)
+
+
+async def kept_by_the_newer(older: dict[str, Any], newer: dict[str, Any], user_id: int, photo: bytes) -> None:
+    """The older prediction let its original go, the newer keeps it, and its person is charged it once."""
+    assert (await Prediction.get(id=older["id"])).image_path == ""
+    assert (await Prediction.get(id=newer["id"])).image_path != ""
+    assert await usage.stored_bytes(user_id) == len(photo)
+
+
 def original(settings: Settings, body: dict[str, Any]) -> Path:
     return settings.upload_dir / body["image_sha256"][:2] / f"{body['image_sha256']}.png"
 
@@ -155,13 +177,11 @@ async def test_a_kept_original_stays_charged_when_its_first_prediction_is_pruned
     none, so the person stored it for free."""
     photo = samples.photo(14_031, fmt="PNG")
     first, again = await classify(client, auth, photo), await classify(client, auth, photo)
-    user_id = (await Prediction.get(id=first["id"])).user_id  # type: ignore[attr-defined]
+    user_id = await owner_of(first)
     assert await usage.stored_bytes(user_id) == len(photo)
     await make_old(settings, first)
     await admin.prune(settings.upload_dir, timedelta(days=90))
-    assert (await Prediction.get(id=first["id"])).image_path == ""
-    assert (await Prediction.get(id=again["id"])).image_path != ""  # newer: its original stays
-    assert await usage.stored_bytes(user_id) == len(photo)
+    await kept_by_the_newer(first, again, user_id, photo)
 
 
 async def test_an_original_sent_again_as_prune_runs_stays_charged(
@@ -174,10 +194,7 @@ async def test_an_original_sent_again_as_prune_runs_stays_charged(
     """Found in review: an original kept because an upload stored it again during the run (not `used` when
     the batch was looked at) did not pass its charge on: the upload, charged 0 as its person kept it on the
     pruned prediction, was left keeping it for free. The upload is sent here once the batch was looked at."""
-    photo = samples.photo(14_041, fmt="PNG")
-    first = await classify(client, auth, photo)
-    user_id = (await Prediction.get(id=first["id"])).user_id  # type: ignore[attr-defined]
-    await make_old(settings, first)
+    photo, first, user_id = await an_old_upload(client, auth, settings, 14_041)
     still_used, again = admin._still_used, list[dict[str, Any]]()
 
     async def sent_again_meanwhile(*args: Any) -> set[str]:
@@ -204,10 +221,7 @@ async def test_an_upload_charged_0_as_prune_lets_its_charge_go_is_charged(
     a retention run between that decision and the upload's row let the older one go and found no newer one to
     pass the charge to (the row was not made yet), so the original was kept charged to nobody. The run goes
     here just after the decision."""
-    photo = samples.photo(14_051, fmt="PNG")
-    first = await classify(client, auth, photo)
-    user_id = (await Prediction.get(id=first["id"])).user_id  # type: ignore[attr-defined]
-    await make_old(settings, first)
+    photo, first, user_id = await an_old_upload(client, auth, settings, 14_051)
     charged_bytes, reports = usage.charged_bytes, list[admin.PruneReport]()
 
     async def pruned_meanwhile(*args: Any) -> int:
@@ -219,9 +233,7 @@ async def test_an_upload_charged_0_as_prune_lets_its_charge_go_is_charged(
     monkeypatch.setattr(usage, "charged_bytes", pruned_meanwhile)
     again = await classify(client, auth, photo)
     assert reports and reports[0].kept >= 1 and original(settings, first).exists()  # stored again by `again`
-    assert (await Prediction.get(id=first["id"])).image_path == ""
-    assert (await Prediction.get(id=again["id"])).image_path != ""
-    assert await usage.stored_bytes(user_id) == len(photo)
+    await kept_by_the_newer(first, again, user_id, photo)
 
 
 async def test_an_original_kept_by_one_batch_stays_charged_in_the_next(
@@ -237,7 +249,7 @@ async def test_an_original_kept_by_one_batch_stays_charged_in_the_next(
     prediction here; the upload comes as the second batch of the image is looked at."""
     photo = samples.photo(14_061, fmt="PNG")
     first, second = await classify(client, auth, photo), await classify(client, auth, photo)
-    user_id = (await Prediction.get(id=first["id"])).user_id  # type: ignore[attr-defined]
+    user_id = await owner_of(first)
     await make_old(settings, first, second, touch_files=False)  # its original stored a moment ago
     monkeypatch.setattr(admin, "PRUNE_BATCH", 1)
     still_used, batches, again = admin._still_used, list[set[str]](), list[dict[str, Any]]()
