@@ -8,7 +8,7 @@ import time
 from redis.asyncio import Redis
 
 from app import keys
-from app.jobs.protocol import all_streams, as_text, ask_streams, pieces
+from app.jobs.protocol import STREAMS_PER_SCRIPT, all_streams, as_text, ask_streams, in_pieces
 
 # A user's interactive stream stays among those blocked on for this long after their last upload.
 INTERACTIVE_LINGER_S = 300
@@ -57,7 +57,7 @@ end
 async def forget_quiet_users(redis: Redis) -> None:
     quiet_since = time.time() - INTERACTIVE_LINGER_S
     users = [as_text(u) for u in await redis.zrangebyscore(keys.JOB_USERS, "-inf", quiet_since)]
-    for piece in pieces(users):
+    for piece in in_pieces(users, STREAMS_PER_SCRIPT):
         streams = [keys.jobs(user) for user in piece]
         await redis.eval(FORGET_IF_QUIET, 1 + len(piece), keys.JOB_USERS, *streams, quiet_since, *piece)
 

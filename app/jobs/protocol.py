@@ -29,10 +29,10 @@ BULK_PART = 8
 Item = TypeVar("Item")
 
 
-def in_pieces(items: list[Item]) -> Iterator[list[Item]]:
-    """`items` JOBS_PER_COMMAND at a time (jobs, or the streams one read asks for)."""
-    for start in range(0, len(items), JOBS_PER_COMMAND):
-        yield items[start : start + JOBS_PER_COMMAND]
+def in_pieces(items: list[Item], size: int = JOBS_PER_COMMAND) -> Iterator[list[Item]]:
+    """`items` `size` at a time (jobs, or the streams one read or one script asks about)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def missing_group(exc: ResponseError) -> bool:
@@ -201,16 +201,10 @@ return found
 """
 
 
-def pieces(items: list[Item]) -> Iterator[list[Item]]:
-    """`items` STREAMS_PER_SCRIPT at a time."""
-    for start in range(0, len(items), STREAMS_PER_SCRIPT):
-        yield items[start : start + STREAMS_PER_SCRIPT]
-
-
 async def ask_streams(redis: Redis, script: str, streams: list[str], *args: str) -> list[Any]:
     """What `script` answers for `streams` (its KEYS) and `args`, STREAMS_PER_SCRIPT streams at a time."""
     found: list[Any] = []
-    for piece in pieces(streams):
+    for piece in in_pieces(streams, STREAMS_PER_SCRIPT):
         # EVAL, not EVALSHA: the scripts are short, and EVALSHA stays the count of enqueues (bench/web_cost.py).
         found += await redis.eval(script, len(piece), *piece, *args) or []  # a script that answers nothing: None
     return found

@@ -66,12 +66,12 @@ def check_headers(headers: list[tuple[bytes, bytes]]) -> None:
 def check_target(scope: Scope) -> None:
     """Not past MAX_TARGET_BYTES as sent (the head's bound let 64 kB reach every handler), and no control
     characters in the path or the (decoded) query: they reach file names and the database."""
-    path, query = scope["path"], scope.get("query_string", b"")
-    if len(scope.get("raw_path") or path.encode("utf-8", "surrogateescape")) + len(query) > MAX_TARGET_BYTES:
+    path, query = scope["path"].encode("utf-8", "surrogateescape"), scope.get("query_string", b"")
+    if len(scope.get("raw_path") or path) + len(query) > MAX_TARGET_BYTES:
         raise HTTPException(
             status_code=HTTP_414_REQUEST_URI_TOO_LONG, detail=f"The address is longer than {MAX_TARGET_BYTES} bytes"
         )
-    raw = path.encode("utf-8", "surrogateescape") + unquote_to_bytes(query)
+    raw = path + unquote_to_bytes(query)
     if any(byte in _CONTROL_BYTES for byte in raw):
         raise ClientException("The address contains control characters")
 
