@@ -28,8 +28,8 @@ from app.jobs.protocol import (
     bulk_streams,
     ensure_group,
     in_pieces,
+    interactive_lengths,
     interactive_streams,
-    lengths,
     missing_group,
     with_pending,
 )
@@ -142,12 +142,12 @@ class Consumer:
         if not have:  # a new batch: its part for interactive jobs
             self._reads += 1
             self._first = size - (size // BULK_PART or int(self._reads % BULK_PART == 0))  # BULK_PART says why
-        interactive = await interactive_streams(self.redis)
+        interactive = await interactive_lengths(self.redis)
         # Turns go to the streams holding jobs: taken among every user's (a user's stays 5 minutes after their
         # last upload), 100 quiet users' cut a busy one's batches to 1 job (measured).
-        waiting = list(await lengths(self.redis, interactive))
+        waiting = list(interactive.lengths)
         deliveries = await self._take_turns("interactive", waiting, max(0, self._first - have))
-        if ahead and interactive:
+        if ahead and interactive.users:
             return deliveries
         full = have + len(deliveries) >= self._first
         if room := size - have - len(deliveries):
@@ -156,10 +156,10 @@ class Consumer:
             deliveries += await self._take_turns("interactive", waiting, room)
         if deliveries or not wait:
             return deliveries
-        if interactive:
+        if interactive.users and (streams := await interactive_streams(self.redis)):
             # One call to block on them all: with more than 8 streams, one job of each that has one.
-            count = max(1, min(size, JOBS_PER_COMMAND) // len(interactive))
-            return await self._xread(interactive, count, block=IDLE_BLOCK_MS)
+            count = max(1, min(size, JOBS_PER_COMMAND) // len(streams))
+            return await self._xread(streams, count, block=IDLE_BLOCK_MS)
         await asyncio.sleep(IDLE_BLOCK_MS / 1000)
         return []
 

@@ -19,10 +19,9 @@ from app.jobs.protocol import (
     BULK_PART,
     Heartbeat,
     Job,
-    all_streams,
     bulk_streams,
     in_pieces,
-    interactive_streams,
+    interactive_lengths,
     lengths,
 )
 
@@ -94,7 +93,7 @@ async def enqueue_bulk(redis: Redis, user_id: int, jobs: list[Job], enqueued: li
 
 async def queue_depth(redis: Redis) -> int:
     """Jobs on every stream, waiting or in flight (bulk work waiting in the database is not counted)."""
-    return sum((await lengths(redis, await all_streams(redis))).values())
+    return sum((await interactive_lengths(redis)).lengths.values()) + await bulk_depth(redis)
 
 
 async def bulk_depth(redis: Redis) -> int:
@@ -172,7 +171,7 @@ async def read_backlog(redis: Redis, model_id: str) -> Backlog:
     rate = sum(w.images_per_second or ASSUMED_WORKER_RATE for w in workers)
     if await redis.scard(keys.BULK_USERS):  # bulk work waits: it has a part of every batch (BULK_PART)
         rate *= 1 - 1 / BULK_PART
-    return Backlog(len(workers), rate, await lengths(redis, await interactive_streams(redis)), time.monotonic())
+    return Backlog(len(workers), rate, (await interactive_lengths(redis)).lengths, time.monotonic())
 
 
 async def capacity(redis: Redis, user_id: int, model_id: str) -> Capacity:
