@@ -4,6 +4,9 @@ from __future__ import annotations
 
 # Sorted set: user id -> when they last enqueued an interactive job. Their streams are read first.
 JOB_USERS = "jobs:users"
+# Set of user ids whose interactive stream holds jobs (waiting or in flight): put there with each job, dropped
+# by the reader that finds the stream empty, so reads never look at every quiet user's stream.
+JOBS_WAITING = "jobs:waiting"
 BULK_USERS = "bulk:users"  # set of user ids with bulk work waiting in their own stream
 WORKERS_GROUP = "workers"  # the consumer group every worker joins
 DEAD_JOBS = "jobs:dead"  # stream of jobs that failed MAX_DELIVERIES times

@@ -282,7 +282,9 @@ async def reset_queue(redis: Redis) -> None:
 
     await Prediction.filter(status=Status.QUEUED).update(status=Status.FAILED, error="left over by an earlier test")
     await Collection.filter(status=CollectionStatus.CLASSIFYING).update(status=CollectionStatus.DONE)
-    await redis.delete(*await all_streams(redis), keys.JOB_USERS, keys.BULK_USERS, keys.DEAD_JOBS, keys.WORKER_NAMES)
+    await redis.delete(
+        *await all_streams(redis), keys.JOB_USERS, keys.JOBS_WAITING, keys.BULK_USERS, keys.DEAD_JOBS, keys.WORKER_NAMES
+    )
     async for key in redis.scan_iter(match=f"{keys.WORKER_PREFIX}*"):
         await redis.delete(key)
 

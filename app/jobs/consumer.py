@@ -27,6 +27,7 @@ from app.jobs.protocol import (
     as_text,
     bulk_streams,
     ensure_group,
+    find_waiting,
     in_pieces,
     interactive_lengths,
     interactive_streams,
@@ -40,9 +41,11 @@ from app.outages import DEPENDENCY_ERRORS
 log = logging.getLogger(__name__)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
-# When nothing waits anywhere, block this long on the interactive streams, then look everywhere again
-# (a user new since the last look is seen then).
+# When nothing waits anywhere, block this long on the interactive streams of the latest BLOCK_ON users, then
+# look everywhere again (a user new since the last look, or an earlier one, is seen then). Blocking on all of
+# 10,000 users' streams cost an idle worker 0.15 of a core (measured), on 1,000 0.02.
 IDLE_BLOCK_MS = 100
+BLOCK_ON = 1000
 # How often pending entries are checked for dead workers' jobs.
 RECLAIM_EVERY = 1.0
 DEAD_LETTER_MAXLEN = 100_000
@@ -156,7 +159,7 @@ class Consumer:
             deliveries += await self._take_turns("interactive", waiting, room)
         if deliveries or not wait:
             return deliveries
-        if interactive.users and (streams := await interactive_streams(self.redis)):
+        if interactive.users and (streams := await interactive_streams(self.redis, newest=BLOCK_ON)):
             # One call to block on them all: with more than 8 streams, one job of each that has one.
             count = max(1, min(size, JOBS_PER_COMMAND) // len(streams))
             return await self._xread(streams, count, block=IDLE_BLOCK_MS)
@@ -193,6 +196,7 @@ class Consumer:
             return []
         self._last_reclaim = now
         await forget_quiet_users(self.redis)
+        await find_waiting(self.redis)
         if now - self._last_sweep >= SWEEP_CONSUMERS_EVERY:
             self._last_sweep = now
             await forget_gone_consumers(self.redis, self.name)

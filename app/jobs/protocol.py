@@ -155,9 +155,10 @@ def as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def interactive_streams(redis: Redis) -> list[str]:
-    """Every user's interactive stream that may hold jobs, oldest user first (see `interactive_lengths`)."""
-    return [keys.jobs(as_text(u)) for u in await redis.zrange(keys.JOB_USERS, 0, -1)]
+async def interactive_streams(redis: Redis, newest: int = 0) -> list[str]:
+    """Every user's interactive stream that may hold jobs (or the `newest` users'), oldest user first. Which hold
+    jobs: `interactive_lengths`."""
+    return [keys.jobs(as_text(u)) for u in await redis.zrange(keys.JOB_USERS, -newest if newest else 0, -1)]
 
 
 async def bulk_streams(redis: Redis) -> list[str]:
@@ -217,43 +218,69 @@ async def lengths(redis: Redis, streams: list[str]) -> dict[str, int]:
     return {as_text(stream): int(n) for stream, n in zip(found[::2], found[1::2], strict=True)}
 
 
-# KEYS: JOB_USERS; ARGV: the first and last rank of the users to look at, then their streams' prefix. The
-# number of users looked at, then each of their streams that is not empty, followed by its length: the names
-# of every quiet user's stream are not sent to the client and back (for each batch, 34 ms of a worker's CPU
-# and 17 ms of Redis's with 10,000 users' streams; measured).
-INTERACTIVE_LENGTHS = """
-local users = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
-local found = {#users}
-for _, user in ipairs(users) do
+# KEYS: JOBS_WAITING, JOB_USERS; ARGV: an SSCAN cursor, STREAMS_PER_SCRIPT, the streams' prefix. The next
+# cursor, the users in JOB_USERS, then each waiting user's stream that holds jobs, followed by its length;
+# those found empty leave JOBS_WAITING (atomic: a job put on meanwhile puts its user back). Asked of every
+# user's stream, 10,000 quiet ones cost each batch of 32 40 ms of a worker's CPU, then (asked inside Redis)
+# 10 ms of the worker's and 22 of Redis's (measured).
+WAITING_LENGTHS = """
+local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local found = {scan[1], redis.call('ZCARD', KEYS[2])}
+for _, user in ipairs(scan[2]) do
   local stream = ARGV[3] .. user
   local n = redis.call('XLEN', stream)
   if n > 0 then
     found[#found + 1] = stream
     found[#found + 1] = n
+  else
+    redis.call('SREM', KEYS[1], user)
   end
 end
 return found
+"""
+# KEYS: JOBS_WAITING, JOB_USERS; ARGV: the first and last rank of the users to look at, the streams' prefix.
+# Each user among them whose stream holds jobs but who is not in JOBS_WAITING is put there: the jobs a web
+# process of a version before JOBS_WAITING put on (a rolling deploy). The number of users looked at.
+FIND_WAITING = """
+local users = redis.call('ZRANGE', KEYS[2], ARGV[1], ARGV[2])
+for _, user in ipairs(users) do
+  if redis.call('XLEN', ARGV[3] .. user) > 0 and redis.call('SISMEMBER', KEYS[1], user) == 0 then
+    redis.call('SADD', KEYS[1], user)
+  end
+end
+return #users
 """
 
 
 @dataclass(frozen=True)
 class Interactive:
     users: int  # whose interactive stream is in JOB_USERS (kept a while after their last upload)
-    lengths: dict[str, int]  # the jobs waiting or in flight on each of their streams that has any, oldest user first
+    lengths: dict[str, int]  # the jobs waiting or in flight on each of their streams that has any, by stream
 
 
 async def interactive_lengths(redis: Redis) -> Interactive:
-    """The users' interactive streams holding jobs, asked about inside Redis STREAMS_PER_SCRIPT users at a time
-    (a user new or forgotten meanwhile may be seen twice or missed: the next look has them right)."""
-    users, start, found = 0, 0, dict[str, int]()
+    """The users' interactive streams holding jobs, in a steady order (for the workers' turns): those of
+    JOBS_WAITING, STREAMS_PER_SCRIPT at a time (SSCAN may give one twice)."""
+    cursor, users, found = 0, 0, dict[str, int]()
     while True:
-        seen, *pairs = await redis.eval(
-            INTERACTIVE_LENGTHS, 1, keys.JOB_USERS, start, start + STREAMS_PER_SCRIPT - 1, keys.jobs("")
+        cursor, users, *pairs = await redis.eval(
+            WAITING_LENGTHS, 2, keys.JOBS_WAITING, keys.JOB_USERS, cursor, STREAMS_PER_SCRIPT, keys.jobs("")
         )
         found.update((as_text(stream), int(n)) for stream, n in zip(pairs[::2], pairs[1::2], strict=True))
-        users, start = users + int(seen), start + STREAMS_PER_SCRIPT
-        if seen < STREAMS_PER_SCRIPT:
-            return Interactive(users, found)
+        if int(cursor) == 0:
+            return Interactive(int(users), dict(sorted(found.items())))
+
+
+async def find_waiting(redis: Redis) -> None:
+    """Every user whose stream holds jobs in JOBS_WAITING, STREAMS_PER_SCRIPT users at a time."""
+    start = 0
+    while (
+        await redis.eval(
+            FIND_WAITING, 2, keys.JOBS_WAITING, keys.JOB_USERS, start, start + STREAMS_PER_SCRIPT - 1, keys.jobs("")
+        )
+        == STREAMS_PER_SCRIPT
+    ):
+        start += STREAMS_PER_SCRIPT
 
 
 async def with_pending(redis: Redis, streams: list[str]) -> list[str]:

@@ -352,6 +352,7 @@ async def test_full_backlog_is_503_with_retry_after(
     for _ in range(int(settings.wait_timeout) + 5):
         await redis.xadd(keys.jobs(user_id), {"filler": "1"})
     await redis.zadd(keys.JOB_USERS, {str(user_id): time.time()})
+    await redis.sadd(keys.JOBS_WAITING, str(user_id))
     response = await upload(client, auth, samples.photo(700))
     assert response.status_code == 503, response.text
     assert "busy" in response.json()["detail"]
