@@ -111,19 +111,20 @@ async def authenticate(email: str, password: str, address: str, throttle: Thrott
         raise ClientException(problem)
     email = normalize_email(email)
     limits = throttle.sign_in_limits(email, address)
-    await throttle.take(limits)  # counted as failed unless it turns out otherwise
+    await throttle.take(limits)  # in flight, filling the limits of failures as one would, until judged
     try:
         user, new_hash = await _verified(email, password)
     except NotAuthorizedException:
+        await throttle.settle(limits, failed=True)
         raise
     except BaseException:  # not the password's failure (the database away, the client gone): not counted
         with contextlib.suppress(Exception):
-            await throttle.give_back(limits)
+            await throttle.settle(limits, failed=False)
         raise
-    await throttle.forget(limits.failed_by_account_address)  # a success clears its address's failures here
-    # The others run on without this attempt. Not cleared account-wide: each sign-in of the owner would give
+    await throttle.settle(limits, failed=False)
+    # A success clears its address's failures here. Not account-wide: each sign-in of the owner would give
     # anyone guessing from many addresses a fresh allowance.
-    await throttle.give_back([limits.failed_by_address, limits.failed_by_account])
+    await throttle.forget(limits.failed_by_account_address)
     if new_hash:
         user.password_hash = new_hash
         await user.save(update_fields=["password_hash"])

@@ -74,6 +74,12 @@ def login_throttle_address(address: str) -> str:
     return f"throttle:login:addr:{address}"
 
 
+def in_flight(counter: str) -> str:
+    """Attempts begun and not yet judged, of a counter of failures (app/throttles.py): a prefix of their own,
+    as an email may end in anything and so name another counter."""
+    return f"throttle:in-flight:{counter}"
+
+
 def register_throttle_address(address: str) -> str:
     return f"throttle:register:addr:{address}"
 

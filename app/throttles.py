@@ -5,6 +5,13 @@ A window starts at its first event: SET NX EX creates the counter with its TTL a
 against each, in one script: attempts sent at once would otherwise all pass a check made before any of
 them was counted, and one refused must count nothing (an address already refused would still lock out the
 accounts it names). Past the limit: 429 with Retry-After, until the window ends.
+
+A limit of failures counts an attempt as in flight until it is judged (`settle`), and then as failed or
+not: attempts in flight fill the limit as failures would, so wrong passwords sent at once get no more tries
+than one after another, but they are not failures. They had been counted as failed until a success gave
+them back, so six correct sign-ins sent at once (or a page and the API after four typos) answered 429
+"Too many failed sign-ins ... try again in 900 seconds": now the one past the limit is told to try again in
+a second, when those in flight are judged.
 """
 
 from __future__ import annotations
@@ -21,19 +28,50 @@ from app import keys
 from app.settings import Settings
 
 SIGN_UP_WINDOW = 3600  # REGISTRATIONS_PER_ADDRESS counts sign-ups per hour
-_GIVE_BACK = "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end return 0"
-# KEYS: the counters; ARGV: each one's most, then window. Returns 0, or the used-up limit's index and TTL.
+# Longest an attempt counts as in flight: one whose process died meanwhile is never judged.
+IN_FLIGHT_TTL = 120
+IN_FLIGHT_RETRY = 1  # seconds: a limit filled by attempts in flight frees up as soon as they are judged
+# KEYS: the counters, then the in-flight counters of the limits of failures, in their order. ARGV: each
+# limit's most, window and 1 for a limit of failures (else 0), then IN_FLIGHT_TTL. Returns {0, 0, 0}, or the
+# used-up limit's index, its TTL, and 1 if attempts in flight fill it (else 0).
 _TAKE = """
-for i, key in ipairs(KEYS) do
-  if tonumber(redis.call('GET', key) or '0') >= tonumber(ARGV[2 * i - 1]) then
-    return {i, redis.call('TTL', key)}
+local n = (#ARGV - 1) / 3
+local in_flight, j = {}, n
+for i = 1, n do
+  if ARGV[3 * i] == '1' then j = j + 1; in_flight[i] = KEYS[j] end
+end
+for i = 1, n do
+  local used, most = tonumber(redis.call('GET', KEYS[i]) or '0'), tonumber(ARGV[3 * i - 2])
+  if used >= most then return {i, redis.call('TTL', KEYS[i]), 0} end
+  if in_flight[i] and used + tonumber(redis.call('GET', in_flight[i]) or '0') >= most then return {i, 0, 1} end
+end
+for i = 1, n do
+  if in_flight[i] then
+    redis.call('INCR', in_flight[i])
+    redis.call('EXPIRE', in_flight[i], ARGV[#ARGV])
+  else
+    redis.call('SET', KEYS[i], 0, 'EX', ARGV[3 * i - 1], 'NX')
+    redis.call('INCR', KEYS[i])
   end
 end
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, 0, 'EX', ARGV[2 * i], 'NX')
-  redis.call('INCR', key)
+return {0, 0, 0}
+"""
+# KEYS: counters and their in-flight counters, in pairs. ARGV: 1 if the attempt failed (else 0), then each
+# counter's window. One attempt leaves the in-flight count (gone with its TTL: nothing to take) and, failed,
+# joins the counter, at once: no moment counts it nowhere.
+_SETTLE = """
+for i = 1, #KEYS / 2 do
+  local counter, in_flight = KEYS[2 * i - 1], KEYS[2 * i]
+  if tonumber(redis.call('GET', in_flight) or '0') > 1 then
+    redis.call('DECR', in_flight)
+  else
+    redis.call('DEL', in_flight)
+  end
+  if ARGV[1] == '1' then
+    redis.call('SET', counter, 0, 'EX', ARGV[i + 1], 'NX')
+    redis.call('INCR', counter)
+  end
 end
-return {0, 0}
 """
 
 
@@ -57,6 +95,7 @@ class Limit:
     most: int
     window: int
     what: str  # what it counts, as a 429 says: "Too many <what>"
+    failures: bool = False  # counts attempts judged failed (`settle`), not every attempt as it is made
 
 
 class SignInLimits(NamedTuple):
@@ -71,6 +110,7 @@ class Throttle:
         self.redis = redis
         self.settings = settings
         self._take = redis.register_script(_TAKE)
+        self._settle = redis.register_script(_SETTLE)
 
     def sign_in_limits(self, email: str, address: str) -> SignInLimits:
         """An account's own limits count per address too: counted per account alone, anyone naming one (the
@@ -78,8 +118,8 @@ class Throttle:
         together, far higher, stops everyone: it bounds guessing one password from many addresses."""
         settings, address = self.settings, address_key(address)
 
-        def limit(key: str, most: int, what: str) -> Limit:
-            return Limit(key, most, settings.login_window_seconds, what)
+        def limit(key: str, most: int, what: str, failures: bool = True) -> Limit:
+            return Limit(key, most, settings.login_window_seconds, what, failures)
 
         failed, here = "failed sign-ins", "to this account from this address"
         return SignInLimits(
@@ -99,7 +139,12 @@ class Throttle:
             # Right or wrong: each costs a password hash (133 ms here, on threads every sign-in shares) and,
             # once signed out, a revoked token kept in Redis for its life. Uncounted, one account signing in
             # and out in a loop kept those threads and grew Redis for as long as it went on.
-            limit(keys.sign_ins_account_address(email, address), settings.sign_ins_per_account, f"sign-ins {here}"),
+            limit(
+                keys.sign_ins_account_address(email, address),
+                settings.sign_ins_per_account,
+                f"sign-ins {here}",
+                failures=False,
+            ),
         )
 
     def sign_up_limit(self, address: str) -> Limit:
@@ -109,21 +154,30 @@ class Throttle:
         )
 
     async def take(self, limits: Sequence[Limit]) -> None:
-        """Count one attempt against each of `limits`; 429, counting nothing, if any is used up."""
-        args = [n for limit in limits for n in (limit.most, limit.window)]
-        used_up, ttl = await self._take(keys=[limit.key for limit in limits], args=args)
-        if used_up:
-            retry = max(int(ttl), 1)
+        """Count one attempt against each of `limits` (in flight, for a limit of failures, until `settle`);
+        429, counting nothing, if any is used up."""
+        names = [limit.key for limit in limits] + [keys.in_flight(limit.key) for limit in limits if limit.failures]
+        args = [n for limit in limits for n in (limit.most, limit.window, int(limit.failures))] + [IN_FLIGHT_TTL]
+        used_up, ttl, in_flight = await self._take(keys=names, args=args)
+        if not used_up:
+            return
+        what = limits[used_up - 1].what
+        if in_flight:
             raise TooManyRequestsException(
-                f"Too many {limits[used_up - 1].what}; try again in {retry} seconds",
-                headers={"Retry-After": str(retry)},
+                f"Too many {what}, counting those being checked now; try again in a second",
+                headers={"Retry-After": str(IN_FLIGHT_RETRY)},
             )
+        retry = max(int(ttl), 1)
+        raise TooManyRequestsException(
+            f"Too many {what}; try again in {retry} seconds", headers={"Retry-After": str(retry)}
+        )
 
-    async def give_back(self, limits: Sequence[Limit]) -> None:
-        """Uncount an attempt that turned out not to count (a sign-in that succeeded, or that an outage
-        stopped); a window that ended meanwhile is left gone (DECR would make a counter without a TTL)."""
-        for limit in limits:
-            await self.redis.eval(_GIVE_BACK, 1, limit.key)
+    async def settle(self, limits: Sequence[Limit], failed: bool) -> None:
+        """Judge an attempt `take` counted as in flight: failed (counted against each limit of failures), or
+        not (a success, or a sign-in an outage stopped: counted nowhere)."""
+        failures = [limit for limit in limits if limit.failures]
+        names = [name for limit in failures for name in (limit.key, keys.in_flight(limit.key))]
+        await self._settle(keys=names, args=[int(failed), *(limit.window for limit in failures)])
 
     async def forget(self, limit: Limit) -> None:
         await self.redis.delete(limit.key)

@@ -22,7 +22,7 @@ from app.models import User
 from app.settings import Settings
 from app.web.app import ACCOUNT_BODY_BYTES
 from tests.helpers import eventually, from_address, sign_up, unique_email
-from tests.page_helpers import log_in_page
+from tests.page_helpers import csrf, log_in_page
 
 Client = httpx.AsyncClient
 PASSWORD = "correct horse"
@@ -213,6 +213,37 @@ async def test_failed_logins_sent_at_once_are_throttled_too(app: Litestar, clien
         )
     codes = sorted(a.status_code for a in answers)
     assert codes == [401] * settings.login_attempts_per_account + [429] * (20 - settings.login_attempts_per_account)
+    async with from_address(app, "198.51.100.21") as prober:  # the five were counted once judged
+        refused = await prober.post("/api/auth/login", json={"email": email, "password": "wrong again"})
+    assert_error(refused, 429)
+    assert int(refused.headers["Retry-After"]) > 1 and "failed sign-ins" in refused.json()["detail"]
+
+
+async def test_correct_sign_ins_sent_at_once_are_not_taken_for_failures(
+    app: Litestar, client: Client, settings: Settings
+) -> None:
+    """Found in review (helper-61): each sign-in counted as failed until judged, so correct ones sent at once
+    past the limit (here a page and the API after a few typos) answered 429 "Too many failed sign-ins ... try
+    again in 900 seconds". Those in flight still fill the limit, so a burst of guesses gets no more tries, but
+    the one past it is told to try again in a second, and then signs in."""
+    email, address = unique_email(), "198.51.100.23"
+    await sign_up(client, email)
+    right = {"email": email, "password": PASSWORD}
+    async with from_address(app, address) as api, from_address(app, address) as page:
+        for i in range(settings.login_attempts_per_account - 1):
+            typo = await api.post("/api/auth/login", json={"email": email, "password": f"typo {i}"})
+            assert typo.status_code == 401, typo.text
+        await csrf(page)
+        answers = await asyncio.gather(
+            log_in_page(page, email, PASSWORD), *(api.post("/api/auth/login", json=right) for _ in range(3))
+        )
+        refused = [a for a in answers if a.status_code == 429]
+        assert refused and all(a.status_code in (200, 303, 429) for a in answers), [a.status_code for a in answers]
+        for answer in refused:
+            assert answer.headers["Retry-After"] == "1", answer.text
+        await asyncio.sleep(1)
+        again = [await api.post("/api/auth/login", json=right) for _ in refused]
+    assert [a.status_code for a in again] == [200] * len(refused), [a.text for a in again]
 
 
 async def test_sign_ins_an_outage_stopped_do_not_count_as_failed(
