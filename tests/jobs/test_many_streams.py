@@ -141,8 +141,9 @@ async def test_jobs_put_on_by_an_older_web_process_are_found_and_an_emptied_stre
     """During a rolling deploy a web process from before JOBS_WAITING puts a job on without it; a stream once
     emptied leaves the set at the next read."""
     await quiet_users(redis62, time.time(), 3)
+    fields: dict[Any, Any] = dict(jobs(1)[0].fields())
     async with redis62.pipeline(transaction=True) as pipe:  # what the older ENQUEUE_SCRIPT did
-        pipe.xadd(keys.jobs(2), jobs(1)[0].fields())
+        pipe.xadd(keys.jobs(2), fields)
         pipe.zadd(keys.JOB_USERS, {"2": time.time()})
         await pipe.execute()
     consumer = Consumer(redis62, "w1", Limits(BATCH, 60_000, 3))
