@@ -37,11 +37,11 @@ class FeedbackFilter:
 
 
 def newest_first(user: User | None, filters: FeedbackFilter) -> QuerySet[Feedback]:
-    """One person's feedback, or everyone's (None: an admin's view), filtered, the newest first: by the indexes
-    on (user_id, updated_at) and on updated_at, which give the order (without them, every row was read and
-    sorted for each page)."""
+    """One person's feedback, or everyone's (None: an admin's view), filtered, the newest first, ties by the id:
+    by the indexes on (user_id, updated_at, id) and on (updated_at, id), which give the order (without them,
+    every row was read and sorted for each page)."""
     query = Feedback.all() if user is None else Feedback.filter(user_id=user.id)
-    return filters.apply(query).order_by("-updated_at")
+    return filters.apply(query).order_by("-updated_at", "-id")
 
 
 class NotFinished(ClientException):

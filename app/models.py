@@ -70,13 +70,14 @@ class Collection(Model):
     class Meta:
         table = "collections"
         ordering = ["-created_at"]
-        indexes = (("user_id", "created_at"),)  # a person's, newest first: `of_person`
+        indexes = (("user_id", "created_at", "id"),)  # a person's, newest first: `of_person`
 
     @classmethod
     def of_person(cls, user: User) -> QuerySet[Collection]:
         """A person's collections, the newest first (the history page, GET /api/collections), by the index on
-        (user_id, created_at): without it every person's were read for each history page."""
-        return cls.filter(user_id=user.id).order_by("-created_at")
+        (user_id, created_at, id): without it every person's were read for each history page. Ties by the id, so
+        that a page after an item (`before`) neither repeats nor skips one."""
+        return cls.filter(user_id=user.id).order_by("-created_at", "-id")
 
 
 class Prediction(Model):
@@ -127,13 +128,19 @@ class Prediction(Model):
         # of a person or collection waiting in the database, oldest first: the feeder (app.feeder.waiting_of).
         # Those keeping an original, by person: a partial index, made by migration 0015 (app.usage.storers_sql).
         indexes = (
-            ("user_id", "created_at"),
+            ("user_id", "created_at", "id"),
             ("image_sha256", "status"),
             ("finished_at",),
-            ("user_id", "collection_id", "created_at"),
+            ("user_id", "collection_id", "created_at", "id"),
             ("status", "user_id", "collection_id", "created_at"),
         )
         unique_together = (("collection", "entry"),)
+
+    @classmethod
+    def of_person(cls, user: User) -> QuerySet[Prediction]:
+        """A person's predictions, the newest first, ties by the id (GET /api/predictions), by the index on
+        (user_id, created_at, id)."""
+        return cls.filter(user_id=user.id).order_by("-created_at", "-id")
 
 
 class Feedback(Model):
@@ -155,7 +162,7 @@ class Feedback(Model):
         table = "feedback"
         unique_together = (("prediction", "user"),)
         # Newest first: a person's (GET /api/feedback), everyone's (an admin's, and the admin page's).
-        indexes = (("user_id", "updated_at"), ("updated_at",))
+        indexes = (("user_id", "updated_at", "id"), ("updated_at", "id"))
 
 
 # Feedback counted per predicted label, for the admin's agreement table and label filter, which read every

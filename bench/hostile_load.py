@@ -180,15 +180,15 @@ async def final_statuses(url: str, token: str, drain: float) -> Counter[str]:
     queued or after `drain` seconds."""
     statuses: dict[str, str] = {}
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
-        for page in range(1, 10_000):
-            response = await client.get("/api/predictions", params={"page": page, "per_page": 100})
+        params: dict[str, str | int] = {"per_page": 100}
+        while True:  # page after page by `before`: numbered pages reach back LIST_WINDOW items only
+            response = await client.get("/api/predictions", params=params)
             response.raise_for_status()
             body = response.json()
             statuses |= {item["id"]: item["status"] for item in body["items"]}
-            if page * 100 >= body["total"]:
-                if body.get("more"):  # lists reach back LIST_WINDOW items: the rest would go uncounted
-                    raise SystemExit(f"more than {body['total']} predictions: too many to count through the API")
+            if body["next_before"] is None:
                 break
+            params["before"] = body["next_before"]
     queued = [prediction_id for prediction_id, status in statuses.items() if status == "queued"]
     return Counter((statuses | await chaos.outcome(url, token, queued, drain)).values())
 

@@ -98,10 +98,10 @@ async def test_pages_and_lists_point_at_their_items(spec: dict[str, Any]) -> Non
 # ---- errors: every status each route can answer, in the one error shape, with its headers ----------------
 
 # What each operation can answer besides success, from its code paths: 400 and 431 anywhere (app/web/limits.py,
-# validation); 401 without a valid token; 404 for an id that is not the caller's; 409 a taken email or an
-# unfinished prediction; 413 a body, image or collection too large, or a storage quota; 415 not an image;
-# 429 throttles and quotas; 503 a dependency down (every signed-in request reads the user), no worker, a
-# full queue; 504 no result in time; 507 the image store full.
+# validation); 401 without a valid token; 404 for an id that is not the caller's (a list's `before` too); 409
+# a taken email or an unfinished prediction; 413 a body, image or collection too large, or a storage quota; 415
+# not an image; 429 throttles and quotas; 503 a dependency down (every signed-in request reads the user), no
+# worker, a full queue; 504 no result in time; 507 the image store full.
 SIGNED_IN = {400, 401, 431, 503}
 EXPECTED_ERRORS = {
     "POST /api/auth/register": {400, 409, 413, 429, 431, 503},
@@ -109,14 +109,14 @@ EXPECTED_ERRORS = {
     "POST /api/auth/logout": SIGNED_IN,
     "GET /api/users/me": SIGNED_IN,
     "POST /api/predictions": SIGNED_IN | {413, 415, 429, 504, 507},
-    "GET /api/predictions": SIGNED_IN,
+    "GET /api/predictions": SIGNED_IN | {404},
     "GET /api/predictions/{prediction_id}": SIGNED_IN | {404},
     "POST /api/predictions/lookup": SIGNED_IN | {413},
     "POST /api/predictions/{prediction_id}/feedback": SIGNED_IN | {404, 409, 413},
-    "GET /api/feedback": SIGNED_IN,
+    "GET /api/feedback": SIGNED_IN | {404},
     "GET /api/labels": {400, 431},
     "POST /api/collections": SIGNED_IN | {413, 415, 429, 507},
-    "GET /api/collections": SIGNED_IN,
+    "GET /api/collections": SIGNED_IN | {404},
     "GET /api/collections/{collection_id}": SIGNED_IN | {404},
     "GET /api/collections/{collection_id}/results.csv": SIGNED_IN | {404},
     "GET /health/live": {400, 431},

@@ -14,12 +14,14 @@ from typing import Any
 
 import httpx
 from tortoise import connections
+from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
 from app import feedback, usage
 from app.feedback import FeedbackFilter
 from app.feeder import Source, waiting_of
-from app.models import Collection, CollectionStatus, Prediction, Status, User, placeholders
+from app.models import Collection, CollectionStatus, Feedback, Prediction, Status, User, placeholders
+from app.web import deps
 from app.web.pages import admin, history
 from tests.helpers import unique_email
 
@@ -129,6 +131,29 @@ async def test_the_history_reads_single_images_only(client: httpx.AsyncClient) -
         steps = await plan(asked)
         assert await reads_a_range(steps, "predictions", "user_id") and in_index_order(steps, "predictions"), steps
         assert searches_on(steps, "collection_id"), steps
+
+
+async def test_a_page_after_an_item_is_read_by_an_index_in_its_order(client: httpx.AsyncClient) -> None:
+    """`before=<id>` (deps.after_item): the items after one are found by a condition on the list's order that an
+    index's range serves, in that index's order (ties by the id), not by an OFFSET over all those before. One
+    row of each: the plan is what is asked, whatever the rows."""
+    person = await User.create(email=unique_email(), password_hash="x")
+    row: dict[str, Any] = {"image_path": "", "model_name": "resnet50", "model_weights": "random", "status": Status.DONE}
+    single = await Prediction.create(image_sha256="0" * 64, user=person, **row)
+    collection = await Collection.create(user=person, total=0, status=CollectionStatus.DONE)
+    given = await Feedback.create(prediction=single, user=person, is_correct=False)
+    lists: list[tuple[QuerySet[Any], str, Any, str]] = [
+        (Prediction.of_person(person), "created_at", single.id, "predictions"),
+        (history.single_images(person), "created_at", single.id, "predictions"),
+        (Collection.of_person(person), "created_at", collection.id, "collections"),
+        (feedback.newest_first(person, FeedbackFilter(wrong_only=True)), "updated_at", given.id, "feedback"),
+    ]
+    for query, by, before, table in lists:
+        after = await deps.after_item(query, by, before)
+        for asked in (after.limit(21), after.count()):
+            steps = await plan(asked)
+            assert await reads_a_range(steps, table, "user_id") and in_index_order(steps, table), steps
+            assert re.search(rf"^(SEARCH |.*Index Cond:).*\b{by} ?<", steps, re.MULTILINE), steps  # an index range
 
 
 async def test_the_feeder_reads_only_the_images_waiting(client: httpx.AsyncClient) -> None:

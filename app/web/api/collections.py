@@ -18,7 +18,7 @@ from app.models import Collection, Status
 from app.schemas import CollectionOut, collection_out, prediction_out
 from app.web.api.schemas import CollectionDetail, CollectionPage
 from app.web.contract import errors
-from app.web.deps import AuthedRequest, Page, PerPage, paginate, services
+from app.web.deps import LIST_DESCRIPTION, AuthedRequest, Before, Page, PerPage, paginate, services
 from app.web.rendering import csv_attachment
 from app.web.uploads import read_parts
 
@@ -61,12 +61,21 @@ async def create_collection(request: AuthedRequest, data: MultipartBody[Collecti
     )
 
 
-@get("/api/collections", tags=["collections"], summary="Your collections, newest first")
-async def list_collections(request: AuthedRequest, page: Page = 1, per_page: PerPage = 20) -> CollectionPage:
-    items, pager = await paginate(Collection.of_person(request.user), page, per_page)
+@get(
+    "/api/collections",
+    tags=["collections"],
+    summary="Your collections, newest first",
+    description=LIST_DESCRIPTION,
+    responses=errors(404),
+)
+async def list_collections(
+    request: AuthedRequest, page: Page = 1, per_page: PerPage = 20, before: Before = None
+) -> CollectionPage:
+    query = Collection.of_person(request.user)
+    items, pager = await paginate(query, page, per_page, before=before, by="created_at")
     progress = await collections.progress_of(items)  # one query for the page, not one per collection
     described = [collection_out(c, progress[str(c.id)]) for c in items]
-    return CollectionPage(described, page, per_page, pager.total, pager.more)
+    return CollectionPage(described, page, per_page, pager.total, pager.more, pager.next_before)
 
 
 @get("/api/collections/{collection_id:uuid}", tags=["collections"], summary="Progress and results")

@@ -16,7 +16,7 @@ from app.feedback import COMMENT_MAX
 from app.schemas import FeedbackOut, feedback_out
 from app.web.api.schemas import FeedbackPage, LabelOut
 from app.web.contract import errors
-from app.web.deps import AuthedRequest, Page, PerPage, paginate
+from app.web.deps import LIST_DESCRIPTION, AuthedRequest, BeforeNumber, Page, PerPage, paginate
 
 
 class FeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -44,18 +44,26 @@ async def give_feedback(
     return feedback_out(given)
 
 
-@get("/api/feedback", tags=["feedback"], summary="Your feedback (an admin's: everyone's)")
+@get(
+    "/api/feedback",
+    tags=["feedback"],
+    summary="Your feedback, the last given or changed first (an admin's: everyone's)",
+    description=LIST_DESCRIPTION,
+    responses=errors(404),
+)
 async def list_feedback(
     request: AuthedRequest,
     page: Page = 1,
     per_page: PerPage = 50,
     wrong_only: Annotated[bool, QueryParameter()] = False,
     label: Annotated[str | None, QueryParameter(max_length=100, description="Predicted label")] = None,
+    before: BeforeNumber = None,
 ) -> FeedbackPage:
     filters = feedback.FeedbackFilter(wrong_only, label or "")
     query = feedback.newest_first(None if request.user.is_admin else request.user, filters)
-    items, pager = await paginate(query, page, per_page, bounded=not request.user.is_admin)
-    return FeedbackPage([feedback_out(f) for f in items], page, per_page, pager.total, pager.more)
+    bounded = not request.user.is_admin
+    items, pager = await paginate(query, page, per_page, bounded, before=before, by="updated_at")
+    return FeedbackPage([feedback_out(f) for f in items], page, per_page, pager.total, pager.more, pager.next_before)
 
 
 @get("/api/labels", tags=["labels"], summary="Search the 1,000 ImageNet class names")

@@ -17,7 +17,7 @@ from app.models import Prediction
 from app.schemas import PredictionOut, prediction_out
 from app.web.api.schemas import LookupOut, PredictionPage
 from app.web.contract import errors
-from app.web.deps import AuthedRequest, Page, PerPage, paginate, services
+from app.web.deps import LIST_DESCRIPTION, AuthedRequest, Before, Page, PerPage, paginate, services
 
 
 class PredictionForm(msgspec.Struct):
@@ -77,13 +77,20 @@ async def read_prediction(request: AuthedRequest, prediction_id: FromPath[UUID])
     )
 
 
-@get("/api/predictions", tags=["predictions"], summary="The caller's predictions, newest first")
-async def list_predictions(request: AuthedRequest, page: Page = 1, per_page: PerPage = 20) -> PredictionPage:
-    query = Prediction.filter(user=request.user).order_by("-created_at")
-    items, pager = await paginate(query, page, per_page)
-    return PredictionPage(
-        [prediction_out(p, show_cached=request.user.is_admin) for p in items], page, per_page, pager.total, pager.more
-    )
+@get(
+    "/api/predictions",
+    tags=["predictions"],
+    summary="The caller's predictions, newest first",
+    description=LIST_DESCRIPTION,
+    responses=errors(404),
+)
+async def list_predictions(
+    request: AuthedRequest, page: Page = 1, per_page: PerPage = 20, before: Before = None
+) -> PredictionPage:
+    query = Prediction.of_person(request.user)
+    items, pager = await paginate(query, page, per_page, before=before, by="created_at")
+    described = [prediction_out(p, show_cached=request.user.is_admin) for p in items]
+    return PredictionPage(described, page, per_page, pager.total, pager.more, pager.next_before)
 
 
 @post(

@@ -6,6 +6,8 @@ use them too); here are the ones only the API answers: pages of them, accounts a
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import msgspec
 
 from app.labels import Label
@@ -41,6 +43,8 @@ class PredictionPage(msgspec.Struct):
     per_page: int
     total: int
     more: bool = False  # more items than `total`: counts and pages stop at LIST_WINDOW (10,000)
+    # The last item's id when more follow it (past the window too): ask for `before=` it; null on the last page.
+    next_before: UUID | None = None
 
 
 class LookupOut(msgspec.Struct):
@@ -55,6 +59,8 @@ class FeedbackPage(msgspec.Struct):
     per_page: int
     total: int
     more: bool = False  # more items than `total`: counts and pages stop at LIST_WINDOW (10,000)
+    # The last item's id when more follow it (past the window too): ask for `before=` it; null on the last page.
+    next_before: int | None = None
 
 
 class LabelOut(msgspec.Struct):
@@ -75,6 +81,8 @@ class CollectionPage(msgspec.Struct):
     per_page: int
     total: int
     more: bool = False  # more items than `total`: counts and pages stop at LIST_WINDOW (10,000)
+    # The last item's id when more follow it (past the window too): ask for `before=` it; null on the last page.
+    next_before: UUID | None = None
 
 
 class CollectionDetail(CollectionOut):
