@@ -52,6 +52,9 @@ DEAD_LETTER_MAXLEN = 100_000
 
 # How often the consumers of workers gone (each worker process is one) are removed from the groups.
 SWEEP_CONSUMERS_EVERY = 60.0
+# How often every user's stream is looked at for jobs outside JOBS_WAITING (a web process of the version before
+# enqueues without it, in a rolling deploy), from the first look on; the other looks ask the waiting ones only.
+FIND_WAITING_EVERY = 10.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Consumer:
         self.limits = limits
         self._last_reclaim = 0.0
         self._last_sweep = time.monotonic()
+        self._last_find = -FIND_WAITING_EVERY
         # Where the next read starts, for each kind of stream (interactive, bulk): its own, or one kind's
         # count would move the other's start (and the same streams would be passed over every time).
         self._turns = {"interactive": 0, "bulk": 0}
@@ -196,12 +200,15 @@ class Consumer:
             return []
         self._last_reclaim = now
         await forget_quiet_users(self.redis)
-        await find_waiting(self.redis)
+        if now - self._last_find >= FIND_WAITING_EVERY:
+            self._last_find = now
+            await find_waiting(self.redis)
         if now - self._last_sweep >= SWEEP_CONSUMERS_EVERY:
             self._last_sweep = now
             await forget_gone_consumers(self.redis, self.name)
         claimed: list[Delivery] = []
-        for stream in await with_pending(self.redis, await all_streams(self.redis)):
+        streams = [*(await interactive_lengths(self.redis)).lengths, *await bulk_streams(self.redis)]
+        for stream in await with_pending(self.redis, streams):  # a job in flight is on a stream holding jobs
             taken, alone = await self._reclaim_stream(stream, self.limits.max_batch - len(claimed), not claimed)
             claimed += taken
             if alone or len(claimed) >= self.limits.max_batch:

@@ -169,3 +169,23 @@ async def test_an_idle_worker_blocks_on_the_latest_users_streams_only(
     assert sent["XREADGROUP"] <= 2 * 10 + 10, sent  # was 2 x QUIET_USERS: each stream and its ">"
     await enqueue(redis62, 1, jobs(1)[0])
     assert [d.stream for d in await consumer.next_batch()] == [keys.jobs(1)]
+
+
+async def test_the_looks_for_a_dead_workers_jobs_ask_redis_about_the_streams_holding_jobs(redis62: Redis) -> None:
+    """Found measuring: the look, once a second, asked Redis about every user's stream (XPENDING each): with
+    10,000 quiet users' streams it was most of what an idle worker cost. Every FIND_WAITING_EVERY it still
+    looks at every stream, for jobs a web process of the version before put on."""
+    limits = Limits(max_batch=BATCH, claim_idle_ms=0, max_deliveries=3)
+    await quiet_users(redis62, time.time())
+    dead, alive = Consumer(redis62, "dead", limits), Consumer(redis62, "alive", limits)
+    asked = []
+    for _ in ("the first look", "the next"):
+        await enqueue(redis62, QUIET_USERS - 7, jobs(1)[0])
+        [lost] = await dead._xread([keys.jobs(QUIET_USERS - 7)], 1)
+        await redis62.config_resetstat()
+        alive._last_reclaim = 0.0
+        taken = await alive._reclaim()
+        assert [d.entry_id for d in taken] == [lost.entry_id]
+        await alive.ack(taken)
+        asked.append(await calls(redis62, "xpending") + await calls(redis62, "xlen"))
+    assert asked[0] >= QUIET_USERS and asked[1] <= FEW, asked  # the next was QUIET_USERS too
