@@ -240,12 +240,14 @@ return found
 """
 # KEYS: JOBS_WAITING, JOB_USERS; ARGV: the first and last rank of the users to look at, the streams' prefix.
 # Each user among them whose stream holds jobs but who is not in JOBS_WAITING is put there: the jobs a web
-# process of a version before JOBS_WAITING put on (a rolling deploy). The number of users looked at.
+# process of a version before JOBS_WAITING put on (a rolling deploy). The number of users looked at. PCALL: a
+# full Redis (maxmemory) refuses the SADD, and an error out of the look stopped the worker's reads, so nothing
+# drained it; the user is put back at a look once there is room.
 FIND_WAITING = """
 local users = redis.call('ZRANGE', KEYS[2], ARGV[1], ARGV[2])
 for _, user in ipairs(users) do
   if redis.call('XLEN', ARGV[3] .. user) > 0 and redis.call('SISMEMBER', KEYS[1], user) == 0 then
-    redis.call('SADD', KEYS[1], user)
+    redis.pcall('SADD', KEYS[1], user)
   end
 end
 return #users

@@ -189,3 +189,30 @@ async def test_the_looks_for_a_dead_workers_jobs_ask_redis_about_the_streams_hol
         await alive.ack(taken)
         asked.append(await calls(redis62, "xpending") + await calls(redis62, "xlen"))
     assert asked[0] >= QUIET_USERS and asked[1] <= FEW, asked  # the next was QUIET_USERS too
+
+
+async def test_a_full_redis_still_has_its_jobs_taken_with_an_older_web_processs_job_outside_the_set(
+    redis62: Redis,
+) -> None:
+    """Found in review: the once-a-second look put the older web process's user back with SADD, which a full
+    Redis refuses (maxmemory, as the first write of a script); the error came out of every look, the worker
+    retried a second later, looked again, and took no job, so nothing drained the Redis that was full."""
+    for user in (1, 2):
+        await redis62.xgroup_create(keys.jobs(user), keys.WORKERS_GROUP, id="0", mkstream=True)
+    await enqueue(redis62, 1, jobs(1)[0])
+    async with redis62.pipeline(transaction=True) as pipe:  # what the older ENQUEUE_SCRIPT did
+        pipe.xadd(keys.jobs(2), dict(jobs(1)[0].fields()))  # type: ignore[arg-type]
+        pipe.zadd(keys.JOB_USERS, {"2": time.time()})
+        await pipe.execute()
+    await redis62.config_set("maxmemory-policy", "noeviction")
+    await redis62.config_set("maxmemory", int((await redis62.info("memory"))["used_memory"]))
+    try:
+        consumer = Consumer(redis62, "w1", Limits(BATCH, 60_000, 3))
+        batch = await consumer.next_batch()
+    finally:
+        await redis62.config_set("maxmemory", 0)
+    assert [d.stream for d in batch] == [keys.jobs(1)]
+    await consumer.ack(batch)
+    consumer._last_reclaim, consumer._last_find = 0.0, -consumer_module.FIND_WAITING_EVERY  # a look at every stream
+    # once there is room again finds the older process's job
+    assert [d.stream for d in await consumer.next_batch()] == [keys.jobs(2)]
