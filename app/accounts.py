@@ -111,17 +111,17 @@ async def authenticate(email: str, password: str, address: str, throttle: Thrott
         raise ClientException(problem)
     email = normalize_email(email)
     limits = throttle.sign_in_limits(email, address)
-    await throttle.take(limits)  # in flight, filling the limits of failures as one would, until judged
+    attempt = await throttle.take(limits)  # in flight, filling the limits of failures as one would, till judged
     try:
         user, new_hash = await _verified(email, password)
     except NotAuthorizedException:
-        await throttle.settle(limits, failed=True)
+        await throttle.settle(limits, attempt, failed=True)
         raise
     except BaseException:  # not the password's failure (the database away, the client gone): not counted
         with contextlib.suppress(Exception):
-            await throttle.settle(limits, failed=False)
+            await throttle.settle(limits, attempt, failed=False)
         raise
-    await throttle.settle(limits, failed=False)
+    await throttle.settle(limits, attempt, failed=False)
     # A success clears its address's failures here. Not account-wide: each sign-in of the owner would give
     # anyone guessing from many addresses a fresh allowance.
     await throttle.forget(limits.failed_by_account_address)

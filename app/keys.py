@@ -75,9 +75,10 @@ def login_throttle_address(address: str) -> str:
 
 
 def in_flight(counter: str) -> str:
-    """Attempts begun and not yet judged, of a counter of failures (app/throttles.py): a prefix of their own,
-    as an email may end in anything and so name another counter."""
-    return f"throttle:in-flight:{counter}"
+    """Attempts begun and not yet judged, of a counter of failures (app/throttles.py), each with its deadline (a
+    sorted set): a prefix of their own, as an email may end in anything and so name another counter. Not the
+    prefix of 6be07fc's counter of them, another type."""
+    return f"throttle:in-flight-attempts:{counter}"
 
 
 def register_throttle_address(address: str) -> str:

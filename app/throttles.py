@@ -20,6 +20,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
+from uuid import uuid4
 
 from litestar.exceptions import TooManyRequestsException
 from redis.asyncio import Redis
@@ -28,14 +29,20 @@ from app import keys
 from app.settings import Settings
 
 SIGN_UP_WINDOW = 3600  # REGISTRATIONS_PER_ADDRESS counts sign-ups per hour
-# Longest an attempt counts as in flight: one whose process died meanwhile is never judged.
+# Longest an attempt counts as in flight: one whose process died meanwhile is never judged. Each attempt has its
+# own deadline: kept in one counter whose TTL each attempt set again, one never judged counted for as long as
+# others came, a try of the limit gone (found in review).
 IN_FLIGHT_TTL = 120
 IN_FLIGHT_RETRY = 1  # seconds: a limit filled by attempts in flight frees up as soon as they are judged
-# KEYS: the counters, then the in-flight counters of the limits of failures, in their order. ARGV: each
-# limit's most, window and 1 for a limit of failures (else 0), then IN_FLIGHT_TTL. Returns {0, 0, 0}, or the
-# used-up limit's index, its TTL, and 1 if attempts in flight fill it (else 0).
+# KEYS: the counters, then the attempts in flight of the limits of failures (sorted sets: attempt -> deadline), in
+# their order. ARGV: each limit's most, window and 1 for a limit of failures (else 0), then IN_FLIGHT_TTL and
+# this attempt's id. Returns {0, 0, 0}, or the used-up limit's index, its TTL, and 1 if attempts in flight fill
+# it (else 0). Redis's clock: the same for every web process.
 _TAKE = """
-local n = (#ARGV - 1) / 3
+local n = (#ARGV - 2) / 3
+local ttl, attempt = tonumber(ARGV[#ARGV - 1]), ARGV[#ARGV]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local in_flight, j = {}, n
 for i = 1, n do
   if ARGV[3 * i] == '1' then j = j + 1; in_flight[i] = KEYS[j] end
@@ -43,12 +50,13 @@ end
 for i = 1, n do
   local used, most = tonumber(redis.call('GET', KEYS[i]) or '0'), tonumber(ARGV[3 * i - 2])
   if used >= most then return {i, redis.call('TTL', KEYS[i]), 0} end
-  if in_flight[i] and used + tonumber(redis.call('GET', in_flight[i]) or '0') >= most then return {i, 0, 1} end
+  if in_flight[i] and used + redis.call('ZCOUNT', in_flight[i], '(' .. now, '+inf') >= most then return {i, 0, 1} end
 end
 for i = 1, n do
   if in_flight[i] then
-    redis.call('INCR', in_flight[i])
-    redis.call('EXPIRE', in_flight[i], ARGV[#ARGV])
+    redis.call('ZREMRANGEBYSCORE', in_flight[i], '-inf', now)
+    redis.call('ZADD', in_flight[i], now + ttl, attempt)
+    redis.call('EXPIRE', in_flight[i], ttl)
   else
     redis.call('SET', KEYS[i], 0, 'EX', ARGV[3 * i - 1], 'NX')
     redis.call('INCR', KEYS[i])
@@ -56,19 +64,15 @@ for i = 1, n do
 end
 return {0, 0, 0}
 """
-# KEYS: counters and their in-flight counters, in pairs. ARGV: 1 if the attempt failed (else 0), then each
-# counter's window. One attempt leaves the in-flight count (gone with its TTL: nothing to take) and, failed,
-# joins the counter, at once: no moment counts it nowhere.
+# KEYS: counters and their attempts in flight, in pairs. ARGV: 1 if the attempt failed (else 0), its id, then
+# each counter's window. The attempt leaves those in flight and, failed, joins the counter, at once: no moment
+# counts it nowhere.
 _SETTLE = """
 for i = 1, #KEYS / 2 do
   local counter, in_flight = KEYS[2 * i - 1], KEYS[2 * i]
-  if tonumber(redis.call('GET', in_flight) or '0') > 1 then
-    redis.call('DECR', in_flight)
-  else
-    redis.call('DEL', in_flight)
-  end
+  redis.call('ZREM', in_flight, ARGV[2])
   if ARGV[1] == '1' then
-    redis.call('SET', counter, 0, 'EX', ARGV[i + 1], 'NX')
+    redis.call('SET', counter, 0, 'EX', ARGV[i + 2], 'NX')
     redis.call('INCR', counter)
   end
 end
@@ -153,14 +157,15 @@ class Throttle:
             keys.register_throttle_address(address_key(address)), most, SIGN_UP_WINDOW, "sign-ups from this address"
         )
 
-    async def take(self, limits: Sequence[Limit]) -> None:
+    async def take(self, limits: Sequence[Limit]) -> str:
         """Count one attempt against each of `limits` (in flight, for a limit of failures, until `settle`);
-        429, counting nothing, if any is used up."""
+        429, counting nothing, if any is used up. The attempt's id, for `settle`."""
+        attempt = uuid4().hex
         names = [limit.key for limit in limits] + [keys.in_flight(limit.key) for limit in limits if limit.failures]
-        args = [n for limit in limits for n in (limit.most, limit.window, int(limit.failures))] + [IN_FLIGHT_TTL]
-        used_up, ttl, in_flight = await self._take(keys=names, args=args)
+        args = [n for limit in limits for n in (limit.most, limit.window, int(limit.failures))]
+        used_up, ttl, in_flight = await self._take(keys=names, args=[*args, IN_FLIGHT_TTL, attempt])
         if not used_up:
-            return
+            return attempt
         what = limits[used_up - 1].what
         if in_flight:
             raise TooManyRequestsException(
@@ -172,12 +177,12 @@ class Throttle:
             f"Too many {what}; try again in {retry} seconds", headers={"Retry-After": str(retry)}
         )
 
-    async def settle(self, limits: Sequence[Limit], failed: bool) -> None:
-        """Judge an attempt `take` counted as in flight: failed (counted against each limit of failures), or
+    async def settle(self, limits: Sequence[Limit], attempt: str, failed: bool) -> None:
+        """Judge the `attempt` `take` counted as in flight: failed (counted against each limit of failures), or
         not (a success, or a sign-in an outage stopped: counted nowhere)."""
         failures = [limit for limit in limits if limit.failures]
         names = [name for limit in failures for name in (limit.key, keys.in_flight(limit.key))]
-        await self._settle(keys=names, args=[int(failed), *(limit.window for limit in failures)])
+        await self._settle(keys=names, args=[int(failed), attempt, *(limit.window for limit in failures)])
 
     async def forget(self, limit: Limit) -> None:
         await self.redis.delete(limit.key)

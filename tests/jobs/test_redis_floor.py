@@ -19,8 +19,8 @@ async def test_failed_sign_ins_are_counted_and_limited_on_redis_6_2(redis62: Red
     throttle = Throttle(redis62, settings)
     limits = throttle.sign_in_limits("ada@example.com", "10.0.0.1")
     for _ in range(settings.login_attempts_per_account):
-        await throttle.take(limits)  # used EXPIRE ... NX, Redis 7 only: an error
-        await throttle.settle(limits, failed=True)
+        attempt = await throttle.take(limits)  # used EXPIRE ... NX, Redis 7 only: an error
+        await throttle.settle(limits, attempt, failed=True)
     with pytest.raises(TooManyRequestsException) as refused:
         await throttle.take(limits)
     retry = int((refused.value.headers or {})["Retry-After"])

@@ -17,7 +17,7 @@ from litestar import Litestar
 from redis.asyncio import Redis
 from tortoise.exceptions import DBConnectionError
 
-from app import passwords
+from app import passwords, throttles
 from app.models import User
 from app.settings import Settings
 from app.web.app import ACCOUNT_BODY_BYTES
@@ -244,6 +244,29 @@ async def test_correct_sign_ins_sent_at_once_are_not_taken_for_failures(
         await asyncio.sleep(1)
         again = [await api.post("/api/auth/login", json=right) for _ in refused]
     assert [a.status_code for a in again] == [200] * len(refused), [a.text for a in again]
+
+
+async def test_an_attempt_never_judged_stops_counting_while_others_come_and_go(
+    app: Litestar, client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review (helper-62): attempts in flight were one counter, whose TTL each new attempt set again,
+    so one never judged (its process killed mid-hash) counted for as long as sign-ins kept coming, a try of
+    the limit gone, and the 429 it caused said "try again in a second" for up to IN_FLIGHT_TTL."""
+    monkeypatch.setattr(throttles, "IN_FLIGHT_TTL", 1)
+    email, address = unique_email(), "198.51.100.24"
+    await sign_up(client, email)
+    throttle = app.state.services.throttle
+    await throttle.take(throttle.sign_in_limits(email, address))  # its web process dies: never judged
+    async with from_address(app, address) as owner:
+        for _ in range(4):  # the owner signs in now and then, each attempt judged
+            right = await owner.post("/api/auth/login", json={"email": email, "password": PASSWORD})
+            assert right.status_code == 200, right.text
+            await asyncio.sleep(0.4)
+        typos = [
+            await owner.post("/api/auth/login", json={"email": email, "password": f"typo {i}"})
+            for i in range(settings.login_attempts_per_account)
+        ]
+    assert [t.status_code for t in typos] == [401] * settings.login_attempts_per_account, typos[-1].text
 
 
 async def test_sign_ins_an_outage_stopped_do_not_count_as_failed(
