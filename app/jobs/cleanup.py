@@ -1,9 +1,11 @@
-"""How workers forget what is no longer needed (app/jobs/consumer.py): a stream, a user, a consumer, each only
-if still empty or idle, checked and removed in one step by a Lua script."""
+"""How workers forget what is no longer needed (app/jobs/consumer.py): a finished job, a stream, a user, a
+consumer, each only if still empty or idle, checked and removed in one step by a Lua script."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -12,6 +14,34 @@ from app.jobs.protocol import STREAMS_PER_SCRIPT, all_streams, as_text, ask_stre
 
 # A user's interactive stream stays among those blocked on for this long after their last upload.
 INTERACTIVE_LINGER_S = 300
+DEAD_LETTER_MAXLEN = 100_000
+
+# KEYS: the dead-letter stream, the jobs' streams, then their predictions' markers. ARGV: the group, the number
+# of streams, DEAD_LETTER_MAXLEN, the number of the dead-letter entry's fields and values (0: none) and those,
+# then for each stream the number of its entries and their ids. 1 if the dead-letter entry went on.
+# A script, not a MULTI: a Redis at its maxmemory refuses every command queued in a MULTI, so the workers could
+# not acknowledge, delete and so free the jobs of a full Redis (found in review). XACK, XDEL and DEL need no
+# memory; the dead-letter entry does, and comes first, as a script's first write is the one a full Redis
+# refuses: then it is left out (its job is logged), not the rest.
+ACKNOWLEDGE = """
+local streams, dead = tonumber(ARGV[2]), tonumber(ARGV[4])
+local kept = 0
+if dead > 0 then
+  local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5, 4 + dead))
+  if type(added) == 'string' then kept = 1 end
+end
+local at = 5 + dead
+for i = 1, streams do
+  local last = at + tonumber(ARGV[at])
+  redis.call('XACK', KEYS[1 + i], ARGV[1], unpack(ARGV, at + 1, last))
+  redis.call('XDEL', KEYS[1 + i], unpack(ARGV, at + 1, last))
+  at = last + 1
+end
+for i = 2 + streams, #KEYS, 1000 do
+  redis.call('DEL', unpack(KEYS, i, math.min(i + 999, #KEYS)))
+end
+return kept
+"""
 
 # Drop a user from the bulk set once their stream is empty, and the stream itself (its group with it): Redis
 # would otherwise keep one for every user ever seen. Atomic: an enqueue after it makes the stream and adds
@@ -73,3 +103,17 @@ async def forget_if_empty(redis: Redis, streams: list[str]) -> None:
     for stream in streams:
         if stream.startswith(keys.bulk_jobs("")):
             await redis.eval(FORGET_IF_EMPTY, 2, keys.BULK_USERS, stream, stream.rsplit(":", 1)[1])
+
+
+async def acknowledge(
+    redis: Redis, entries: dict[str, list[Any]], prediction_ids: Iterable[str], dead: dict[Any, Any] | None = None
+) -> bool:
+    """Acknowledge and delete these entries of each stream (finished entries must not accumulate), forget the
+    markers of their predictions, and with `dead` put that entry on the dead-letter stream first, in one step.
+    False if `dead` was left out, Redis being full."""
+    ids = [part for stream_ids in entries.values() for part in (len(stream_ids), *stream_ids)]
+    markers = [keys.queued_marker(p) for p in prediction_ids]
+    record = [part for pair in (dead or {}).items() for part in pair]
+    names = [keys.DEAD_JOBS, *entries, *markers]
+    args = [keys.WORKERS_GROUP, len(entries), DEAD_LETTER_MAXLEN, len(record), *record, *ids]
+    return bool(await redis.eval(ACKNOWLEDGE, len(names), *names, *args))

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 
 from app import keys
 from app.background import Every
-from app.jobs.cleanup import forget_gone_consumers, forget_if_empty, forget_quiet_users
+from app.jobs.cleanup import acknowledge, forget_gone_consumers, forget_if_empty, forget_quiet_users
 from app.jobs.pending import DECLINED, idle_entries
 from app.jobs.protocol import (
     BULK_PART,
@@ -48,7 +48,6 @@ IDLE_BLOCK_MS = 100
 BLOCK_ON = 1000
 # How often pending entries are checked for dead workers' jobs.
 RECLAIM_EVERY = 1.0
-DEAD_LETTER_MAXLEN = 100_000
 
 # How often the consumers of workers gone (each worker process is one) are removed from the groups.
 SWEEP_CONSUMERS_EVERY = 60.0
@@ -277,23 +276,21 @@ class Consumer:
         dead_fields: dict[Any, Any] = {k: v for k, v in fields.items() if k != b"pixels"}
         dead_fields.update({b"entry": entry_id, b"stream": stream, b"error": error.encode()})
         failed = await mark_failed(ids, error)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.DEAD_JOBS, dead_fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-            acknowledge(pipe, {stream: [entry_id]}, ids)
-            await pipe.execute()
+        if not await acknowledge(self.redis, {stream: [entry_id]}, ids, dead=dead_fields):
+            log.warning(
+                "Redis is full: job %s of %s dead-lettered without its entry on %s", entry_id, stream, keys.DEAD_JOBS
+            )
         await forget_if_empty(self.redis, [stream])
         for prediction_id in failed:
             await publish_result(self.redis, prediction_id, Status.FAILED)
 
     async def ack(self, deliveries: list[Delivery], prediction_ids: Sequence[str] = ()) -> None:
         """Acknowledge and delete (finished entries must not accumulate), and drop the predictions'
-        queued markers, in one transaction."""
+        queued markers, in one step (`cleanup.acknowledge`)."""
         by_stream = _by_stream(deliveries)
         if not by_stream and not prediction_ids:
             return
-        async with self.redis.pipeline(transaction=True) as pipe:
-            acknowledge(pipe, by_stream, prediction_ids)
-            await pipe.execute()
+        await acknowledge(self.redis, by_stream, prediction_ids)
         await forget_if_empty(self.redis, list(by_stream))
 
     def keep_claimed(self, deliveries: list[Delivery]) -> Every:
@@ -337,14 +334,3 @@ def _by_stream(deliveries: list[Delivery]) -> dict[str, list[Any]]:
     for delivery in deliveries:
         by_stream.setdefault(delivery.stream, []).append(delivery.entry_id)
     return by_stream
-
-
-def acknowledge(pipe: Any, entries: dict[str, list[bytes]], prediction_ids: Iterable[str]) -> None:
-    """Acknowledge and delete these entries of each stream, and forget the markers of their (finished or
-    dead-lettered) predictions, in the caller's transaction."""
-    for stream, entry_ids in entries.items():
-        pipe.xack(stream, keys.WORKERS_GROUP, *entry_ids)
-        pipe.xdel(stream, *entry_ids)
-    markers = [keys.queued_marker(p) for p in prediction_ids]
-    if markers:
-        pipe.delete(*markers)

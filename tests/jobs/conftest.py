@@ -4,6 +4,7 @@ the run uses; its command statistics count only what a test does."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +28,14 @@ async def redis62(embedded: Any) -> AsyncIterator[Redis]:
     await client.flushdb()
     yield client
     await client.aclose()
+
+
+@asynccontextmanager
+async def full(redis: Redis) -> AsyncIterator[None]:
+    """Redis at its maxmemory (noeviction, as a queue must be) while inside: its writes that need memory refused."""
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", int((await redis.info("memory"))["used_memory"]))
+    try:
+        yield
+    finally:
+        await redis.config_set("maxmemory", 0)

@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 from unittest.mock import ANY
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -15,8 +16,9 @@ from app.jobs import cleanup
 from app.jobs import consumer as consumer_module
 from app.jobs.cleanup import forget_gone_consumers
 from app.jobs.consumer import Consumer, Limits
-from app.jobs.producer import enqueue, enqueue_bulk
+from app.jobs.producer import enqueue, enqueue_bulk, with_jobs
 from app.jobs.protocol import Heartbeat
+from tests.jobs.conftest import full
 from tests.jobs.test_pieces import BATCH, jobs, new_group
 
 LIMITS = Limits(max_batch=BATCH, claim_idle_ms=60_000, max_deliveries=3)
@@ -197,3 +199,37 @@ async def test_a_batch_of_one_gives_bulk_work_a_turn_too(redis62: Redis) -> None
     consumer = Consumer(redis62, "w1", Limits(max_batch=1, claim_idle_ms=60_000, max_deliveries=3))
     read = [(await consumer.next_batch())[0].stream for _ in range(consumer_module.BULK_PART + 1)]
     assert read.count(keys.bulk_jobs(2)) == 1 and read[-1] == keys.jobs(1), read
+
+
+async def test_a_full_redis_takes_the_acknowledgements_that_free_it(redis62: Redis) -> None:
+    """Found in review: acknowledgements went in a MULTI, and a Redis at its maxmemory refuses every command
+    queued in one. The workers classified the jobs of a full Redis and could not delete them, so nothing freed
+    it: uploads were refused for good, and the same jobs classified again and again."""
+    made = jobs(4)
+    for job in made:
+        await enqueue(redis62, 1, job)
+    consumer = Consumer(redis62, "w1", LIMITS)
+    batch = await consumer.next_batch()
+    async with full(redis62):
+        await consumer.ack(batch, [job.prediction_id for job in made])
+    assert await redis62.xlen(keys.jobs(1)) == 0
+    assert not await with_jobs(redis62, [job.prediction_id for job in made])
+
+
+async def test_a_full_redis_has_a_job_dead_lettered_without_its_entry(
+    redis62: Redis, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead-letter entry needs memory: in a full Redis it is left out, and the job is acknowledged and deleted
+    all the same (it was an error out of every look for dead workers' jobs, which took no other job then).
+    `client`: the app running, for the database its predictions are marked failed in."""
+    limits = Limits(max_batch=BATCH, claim_idle_ms=0, max_deliveries=1)
+    await enqueue(redis62, 1, jobs(1)[0])
+    await Consumer(redis62, "dead", limits)._xread([keys.jobs(1)], 1)
+    async with full(redis62):
+        assert await Consumer(redis62, "alive", limits)._reclaim() == []
+    assert await redis62.xlen(keys.jobs(1)) == 0 and await redis62.xlen(keys.DEAD_JOBS) == 0
+    assert "Redis is full" in caplog.text
+    await enqueue(redis62, 1, jobs(1)[0])  # with room, the entry is kept
+    await Consumer(redis62, "dead", limits)._xread([keys.jobs(1)], 1)
+    await Consumer(redis62, "alive", limits)._reclaim()
+    assert await redis62.xlen(keys.jobs(1)) == 0 and await redis62.xlen(keys.DEAD_JOBS) == 1

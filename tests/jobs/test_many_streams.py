@@ -18,6 +18,7 @@ from app.jobs import consumer as consumer_module
 from app.jobs.consumer import Consumer, Limits
 from app.jobs.producer import enqueue, queue_depth, read_backlog
 from app.jobs.protocol import STREAMS_PER_SCRIPT, Heartbeat
+from tests.jobs.conftest import full
 from tests.jobs.test_pieces import BATCH, calls, jobs
 
 QUIET_USERS = 2 * STREAMS_PER_SCRIPT + 500  # three pieces
@@ -204,13 +205,9 @@ async def test_a_full_redis_still_has_its_jobs_taken_with_an_older_web_processs_
         pipe.xadd(keys.jobs(2), dict(jobs(1)[0].fields()))  # type: ignore[arg-type]
         pipe.zadd(keys.JOB_USERS, {"2": time.time()})
         await pipe.execute()
-    await redis62.config_set("maxmemory-policy", "noeviction")
-    await redis62.config_set("maxmemory", int((await redis62.info("memory"))["used_memory"]))
-    try:
-        consumer = Consumer(redis62, "w1", Limits(BATCH, 60_000, 3))
+    consumer = Consumer(redis62, "w1", Limits(BATCH, 60_000, 3))
+    async with full(redis62):
         batch = await consumer.next_batch()
-    finally:
-        await redis62.config_set("maxmemory", 0)
     assert [d.stream for d in batch] == [keys.jobs(1)]
     await consumer.ack(batch)
     consumer._last_reclaim, consumer._last_find = 0.0, -consumer_module.FIND_WAITING_EVERY  # a look at every stream

@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 from app import keys
 from app.jobs.producer import MARKER_TTL, enqueue, has_job
 from app.jobs.protocol import PIXELS_BYTES, Job
+from tests.jobs.conftest import full
 from tests.jobs.test_pieces import calls
 
 
@@ -45,14 +46,10 @@ async def test_a_job_its_markers_and_its_users_turn_go_on_in_one_command(redis62
 
 
 async def test_a_full_redis_takes_nothing_of_the_job(redis62: Redis) -> None:
-    await redis62.config_set("maxmemory-policy", "noeviction")
-    await redis62.config_set("maxmemory", int((await redis62.info("memory"))["used_memory"]))
     made = job()
-    try:
+    async with full(redis62):
         with pytest.raises(ResponseError):
             await enqueue(redis62, 8, made)
-    finally:
-        await redis62.config_set("maxmemory", 0)
     # No marker without its job, no turn without a job: the web process can mark the prediction failed.
     assert await redis62.exists(keys.jobs(8), *map(keys.queued_marker, made.prediction_ids)) == 0
     assert await redis62.zscore(keys.JOB_USERS, "8") is None
