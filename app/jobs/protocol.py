@@ -222,8 +222,8 @@ async def lengths(redis: Redis, streams: list[str]) -> dict[str, int]:
 # cursor, the users in JOB_USERS, then each waiting user's stream that holds jobs, followed by its length;
 # those found empty leave JOBS_WAITING (atomic: a job put on meanwhile puts its user back). Asked of every
 # user's stream, 10,000 quiet ones cost each batch of 32 40 ms of a worker's CPU, then (asked inside Redis)
-# 10 ms of the worker's and 22 of Redis's; of the waiting ones only, 5.9 and 3.4 (5.0 and 2.3 with none;
-# measured).
+# 10 ms of the worker's and 22 of Redis's; of the waiting ones only, 5.0 to 5.2 and 2.3 to 2.5, as with none
+# (measured).
 WAITING_LENGTHS = """
 local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
 local found = {scan[1], redis.call('ZCARD', KEYS[2])}
