@@ -34,7 +34,8 @@ MARKER_TTL = 7 * 24 * 3600
 
 
 # An interactive job in one command: the job (XADD of its fields), a marker per prediction (SET, as `_add`
-# sets them) and its user's turn (ZADD), all or nothing, as a script runs whole; Redis 6.2 runs it as it is.
+# sets them), its user's turn (ZADD) and place among those with jobs waiting (SADD, keys.JOBS_WAITING), all or
+# nothing, as a script runs whole; Redis 6.2 runs it as it is.
 # The MULTI/EXEC of the same commands cost the web process 0.46 to 0.73 ms of CPU per upload in redis-py,
 # the script 0.24 to 0.36 (measured). Bulk pieces keep their transactions: Redis 6.2 checks a script's
 # memory only at its first write, so a script per job would let part of a piece through a full Redis.
