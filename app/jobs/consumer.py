@@ -322,8 +322,9 @@ class Consumer:
             await pipe.execute()
 
     async def leave(self) -> None:
-        """The worker stopping: gone from the live ones at once, not when its heartbeat expires."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+        """The worker stopping: gone from the live ones at once, not when its heartbeat expires. Not a MULTI,
+        which a full Redis refuses whole: these need no memory."""
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(keys.heartbeat(self.name))
             pipe.zrem(keys.WORKER_NAMES, self.name)
             await pipe.execute()

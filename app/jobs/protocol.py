@@ -174,7 +174,7 @@ async def all_streams(redis: Redis) -> list[str]:
 # stream, 10,000 users' streams (a user's stays 5 minutes after their last upload) had an idle worker send
 # 3,128 XPENDING a second on 0.52 of a core, and pick up a new job 1.7 s late (median of 20), not at once. A
 # script runs whole, others' commands waiting: 1,000 streams take Redis 1 to 5 ms (measured on 6.2 and 7; the
-# consumer sweep, once a minute, up to 25 ms when it deletes 10 consumers a stream).
+# consumer sweep takes fewer, cleanup.SWEPT_PER_CALL).
 STREAMS_PER_SCRIPT = 1000
 # KEYS: streams. The non-empty ones, each followed by its length (waiting plus in-flight jobs).
 NON_EMPTY = """
@@ -202,10 +202,12 @@ return found
 """
 
 
-async def ask_streams(redis: Redis, script: str, streams: list[str], *args: str) -> list[Any]:
-    """What `script` answers for `streams` (its KEYS) and `args`, STREAMS_PER_SCRIPT streams at a time."""
+async def ask_streams(
+    redis: Redis, script: str, streams: list[str], *args: str, per_call: int = STREAMS_PER_SCRIPT
+) -> list[Any]:
+    """What `script` answers for `streams` (its KEYS) and `args`, `per_call` streams at a time."""
     found: list[Any] = []
-    for piece in in_pieces(streams, STREAMS_PER_SCRIPT):
+    for piece in in_pieces(streams, per_call):
         # EVAL, not EVALSHA: the scripts are short, and EVALSHA stays the count of enqueues (bench/web_cost.py).
         found += await redis.eval(script, len(piece), *piece, *args) or []  # a script that answers nothing: None
     return found
