@@ -4,12 +4,15 @@ app answers them with 503 and Retry-After, the worker waits and retries."""
 from __future__ import annotations
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tortoise.exceptions import DBConnectionError, OperationalError
 
 # Redis at its `maxmemory` refuses writes: full for now, not down (and never a 500).
 FULL_ERRORS: tuple[type[BaseException], ...] = (OutOfMemoryError,)
+# How Redis 6.2 (the embedded default) reports a write a script made that a full Redis refused: a script error
+# quoting the OOM reply, which redis-py raises as a plain ResponseError (Redis 7 answers OOM itself).
+SCRIPT_FULL = "-OOM command not allowed"
 DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -33,3 +36,8 @@ def database_busy(exc: BaseException) -> bool:
 def dependency_down(exc: BaseException) -> bool:
     """Redis or the database is down or busy for now (what the web app answers with 503)."""
     return isinstance(exc, DEPENDENCY_ERRORS) or database_busy(exc)
+
+
+def redis_full(exc: BaseException) -> bool:
+    """Redis refused a write for memory: at its `maxmemory`, full for now (a 503), not down nor wrong."""
+    return isinstance(exc, FULL_ERRORS) or (isinstance(exc, ResponseError) and SCRIPT_FULL in str(exc))

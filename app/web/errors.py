@@ -19,7 +19,7 @@ from litestar.status_codes import (
     HTTP_507_INSUFFICIENT_STORAGE,
 )
 
-from app.outages import DEPENDENCY_ERRORS, FULL_ERRORS, database_busy
+from app.outages import DEPENDENCY_ERRORS, database_busy, redis_full
 from app.web.deps import AnyRequest
 from app.web.rendering import render, wants_partial
 from app.web.sessions import login_url, signed_out
@@ -112,7 +112,7 @@ def error_body(exc: Exception) -> tuple[int, str, dict[str, str], Any]:
         # bytes it cannot decode, or a charset with no text codec (LookupError itself; a KeyError is a bug).
         detail = "The request body is malformed: a text field is not valid UTF-8 (or in the charset it names)"
         return HTTP_400_BAD_REQUEST, detail, {}, None
-    if isinstance(exc, FULL_ERRORS):
+    if redis_full(exc):
         log.warning("Redis is out of memory: %r", exc)
         detail = "The service is full for now (its queue has no memory left); try again later"
         return HTTP_503_SERVICE_UNAVAILABLE, detail, {"Retry-After": "30"}, None

@@ -1,0 +1,46 @@
+"""What the web answers when a script of its own meets a full Redis 6.2 (the embedded one): a 503, as for any
+command refused for memory. Redis 6.2 reports a script's refused write as a script error (a ResponseError in
+redis-py), not as OOM; Redis 7 as OOM."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from app.jobs import producer
+from app.jobs.protocol import Job
+from app.settings import Settings
+from app.throttles import Throttle
+from app.web.errors import error_body
+from tests.jobs.conftest import full
+
+
+async def refused(attempt: Awaitable[Any]) -> Exception:
+    with pytest.raises(Exception) as caught:
+        await attempt
+    assert isinstance(caught.value, Exception)
+    return caught.value
+
+
+async def test_an_upload_refused_by_a_full_redis_is_a_503(redis62: Redis) -> None:
+    """Found auditing: the upload's enqueue script, refused, answered 500 on Redis 6.2 (the embedded default)."""
+    job = Job("p-full", "0" * 64, "model", bytes(224 * 224 * 3))
+    async with full(redis62):
+        exc = await refused(producer.enqueue(redis62, 5, job))
+    status, detail, headers, _ = error_body(exc)
+    assert (status, headers.get("Retry-After")) == (503, "30"), (status, detail)
+    assert "full" in detail
+
+
+async def test_a_sign_up_refused_by_a_full_redis_is_a_503(redis62: Redis, settings: Settings) -> None:
+    """Found auditing: the sign-up throttle's script, refused, answered 500 on Redis 6.2."""
+    throttle = Throttle(redis62, settings)
+    async with full(redis62):
+        exc = await refused(throttle.take([throttle.sign_up_limit("203.0.113.9")]))
+    status, detail, _, _ = error_body(exc)
+    assert status == 503, (status, detail)
+    # Not wedged: with room again the same sign-up is counted.
+    assert await throttle.take([throttle.sign_up_limit("203.0.113.9")])
