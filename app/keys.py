@@ -70,6 +70,11 @@ def sign_ins_account_address(email: str, address: str) -> str:
     return f"throttle:sign-ins:account-addr:{address}:{email.lower()}"
 
 
+def sign_ins_address(address: str) -> str:
+    """Sign-ins of any outcome, to any account, from one address."""
+    return f"throttle:sign-ins:addr:{address}"
+
+
 def login_throttle_address(address: str) -> str:
     return f"throttle:login:addr:{address}"
 

@@ -1,6 +1,5 @@
-"""Every setting, declared once: its type, its default and what it does. `load_settings()` reads them from
-the environment and a `.env` file in the working directory (the environment wins; empty means the default)
-through pydantic-settings, the only reader of the environment. `make settings-table` writes README's table."""
+"""Every setting, declared once: type, default, what it does. `load_settings()` reads the environment and a `.env`
+file (the environment wins; empty: the default) through pydantic-settings, its only reader. `make settings-table`."""
 
 from __future__ import annotations
 
@@ -203,9 +202,7 @@ class Settings:
     heartbeat_ttl: PositiveInt = Field(
         default=10, description="Seconds a worker's heartbeat lives; workers refresh it three times as often"
     )
-    admin_email: Lowercase = Field(
-        default="admin@example.com", description="The admin account's email, ensured at start"
-    )
+    admin_email: Lowercase = Field(default="admin@example.com", description="The admin's email, ensured at start")
     admin_password: str = Field(
         default=DEV_ADMIN_PASSWORD,
         description="The admin account's password, at most 128 characters: a real one (8+) in production",
@@ -225,6 +222,9 @@ class Settings:
     )
     sign_ins_per_account: PositiveInt = Field(
         default=30, description="Sign-ins of any outcome per account and address in `LOGIN_WINDOW_SECONDS` (then 429)"
+    )
+    sign_ins_per_address: PositiveInt = Field(
+        default=100, description="Sign-ins of any outcome per address, all accounts, per `LOGIN_WINDOW_SECONDS` (429)"
     )
     login_window_seconds: PositiveInt = Field(default=900, description="The sign-in limits' window, in seconds")
     htmx_url: str = Field(

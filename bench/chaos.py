@@ -157,6 +157,7 @@ class System:
             "HEARTBEAT_TTL": "3",
             "UPLOAD_DIR": str(workdir / "uploads"),
             "LOGIN_ATTEMPTS_PER_ADDRESS": "100000",
+            "SIGN_INS_PER_ADDRESS": "100000",  # every sign-in comes from this machine
         }
         self.web = self._spawn("web", ["-m", "uvicorn", *UVICORN_ARGS, "--port", str(self.port)])
         self.workers = [self._spawn(f"worker{i}", ["-m", "app.worker"], WORKER_NAME=f"chaos-{i}") for i in range(2)]

@@ -243,6 +243,7 @@ class System:
             "UPLOAD_DIR": str(workdir / "uploads"),
             "REGISTRATIONS_PER_ADDRESS": "100000",
             "LOGIN_ATTEMPTS_PER_ADDRESS": "100000",
+            "SIGN_INS_PER_ADDRESS": "100000",  # every sign-in comes from this machine
         }
         self.web = self._spawn("web", ["-m", "uvicorn", *UVICORN_ARGS, "--port", str(self.port)])
         self.worker = self._spawn("worker", ["-m", "app.worker"], WORKER_NAME="hostile-0")

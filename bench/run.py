@@ -197,6 +197,7 @@ class System:
             "UPLOAD_DIR": str(workdir / "uploads"),
             "WAIT_TIMEOUT": "60",
             "LOGIN_ATTEMPTS_PER_ADDRESS": "100000",
+            "SIGN_INS_PER_ADDRESS": "100000",  # every sign-in comes from this machine
             "REGISTRATIONS_PER_ADDRESS": "1000000",  # Locust signs up accounts from one address, every row
             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
             **(extra_env or {}),

@@ -66,6 +66,7 @@ def main() -> None:
             extra = {
                 "REGISTRATIONS_PER_ADDRESS": str(args.sign_ups + 10),  # one address sends them all here
                 "SIGN_INS_PER_ACCOUNT": str(2 * args.sign_ins + 10),  # one account signs in again and again
+                "SIGN_INS_PER_ADDRESS": str(2 * args.sign_ins + 10),  # all from one address
             }
             system = System(workdir, url, workers=0, pinned=False, extra_env=extra)
             try:

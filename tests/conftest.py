@@ -106,6 +106,7 @@ def _configure_environment() -> None:
         LOGIN_ATTEMPTS_PER_ACCOUNT="5",
         LOGIN_ATTEMPTS_PER_ADDRESS="1000",
         SIGN_INS_PER_ACCOUNT="100000",  # the admin signs in for every test that needs one
+        SIGN_INS_PER_ADDRESS="1000000",  # and hundreds of users sign in from one address
         REGISTRATIONS_PER_ADDRESS="1000000",  # the tests sign up hundreds of users from one address
         HTMX_URL="/static/vendor/htmx.min.js",
         HTMX_INTEGRITY="",
