@@ -20,7 +20,7 @@ from app.jobs.consumer import Consumer, Limits
 from app.jobs.producer import enqueue, queue_depth, read_backlog
 from app.jobs.protocol import STREAMS_PER_SCRIPT, Heartbeat
 from tests.jobs.conftest import full
-from tests.jobs.test_pieces import BATCH, calls, jobs
+from tests.jobs.test_pieces import BATCH, calls, jobs, new_group
 
 QUIET_USERS = 2 * STREAMS_PER_SCRIPT + 500  # three pieces
 FEW = 20
@@ -48,6 +48,15 @@ async def quiet_users(redis: Redis, since: float, count: int = QUIET_USERS) -> l
             pipe.zadd(keys.JOB_USERS, {str(user): since})
         await pipe.execute()
     return [keys.jobs(user) for user in range(1, count + 1)]
+
+
+async def enqueue_as_before(redis: Redis, user: int) -> None:
+    """A job as a web process of the version before JOBS_WAITING put it on (a rolling deploy): its user not in it."""
+    fields: dict[Any, Any] = dict(jobs(1)[0].fields())
+    async with redis.pipeline(transaction=True) as pipe:  # what the older ENQUEUE_SCRIPT did
+        pipe.xadd(keys.jobs(user), fields)
+        pipe.zadd(keys.JOB_USERS, {str(user): time.time()})
+        await pipe.execute()
 
 
 async def test_a_look_for_a_dead_workers_jobs_among_many_quiet_streams_asks_a_few_times(
@@ -147,11 +156,7 @@ async def test_jobs_put_on_by_an_older_web_process_are_found_and_an_emptied_stre
     """During a rolling deploy a web process from before JOBS_WAITING puts a job on without it; a stream once
     emptied leaves the set at the next read."""
     await quiet_users(redis62, time.time(), 3)
-    fields: dict[Any, Any] = dict(jobs(1)[0].fields())
-    async with redis62.pipeline(transaction=True) as pipe:  # what the older ENQUEUE_SCRIPT did
-        pipe.xadd(keys.jobs(2), fields)
-        pipe.zadd(keys.JOB_USERS, {"2": time.time()})
-        await pipe.execute()
+    await enqueue_as_before(redis62, 2)
     consumer = Consumer(redis62, "w1", Limits(BATCH, 60_000, 3))
     batch = await consumer.next_batch()  # the look for dead workers' jobs (once a second) finds it
     assert [d.stream for d in batch] == [keys.jobs(2)]
@@ -204,12 +209,9 @@ async def test_a_full_redis_still_has_its_jobs_taken_with_an_older_web_processs_
     Redis refuses (maxmemory, as the first write of a script); the error came out of every look, the worker
     retried a second later, looked again, and took no job, so nothing drained the Redis that was full."""
     for user in (1, 2):
-        await redis62.xgroup_create(keys.jobs(user), keys.WORKERS_GROUP, id="0", mkstream=True)
+        await new_group(redis62, keys.jobs(user))
     await enqueue(redis62, 1, jobs(1)[0])
-    async with redis62.pipeline(transaction=True) as pipe:  # what the older ENQUEUE_SCRIPT did
-        pipe.xadd(keys.jobs(2), dict(jobs(1)[0].fields()))  # type: ignore[arg-type]
-        pipe.zadd(keys.JOB_USERS, {"2": time.time()})
-        await pipe.execute()
+    await enqueue_as_before(redis62, 2)
     consumer = Consumer(redis62, "w1", Limits(BATCH, 60_000, 3))
     async with full(redis62):
         batch = await consumer.next_batch()
