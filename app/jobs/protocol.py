@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from app import keys
+from app.outages import redis_full
 
 PIXELS_SHAPE = (224, 224, 3)
 PIXELS_BYTES = PIXELS_SHAPE[0] * PIXELS_SHAPE[1] * PIXELS_SHAPE[2]
@@ -140,15 +141,26 @@ def connect(url: str, command_timeout: float | None = COMMAND_TIMEOUT_S) -> Redi
 
 async def ensure_group(redis: Redis, stream: str) -> bool:
     """The workers' group on `stream`, from its first entry; False if the stream is gone (its user forgotten
-    meanwhile: a stream made again here, empty, would stay for good)."""
+    meanwhile: a stream made again here, empty, would stay for good) or Redis is full and it has none yet: a group
+    needs memory, and the other streams' jobs, read meanwhile, are what frees it (an error would stop every read)."""
     try:
         await redis.xgroup_create(stream, keys.WORKERS_GROUP, id="0")
     except ResponseError as exc:
         if "requires the key to exist" in str(exc):
             return False
+        if redis_full(exc):  # refused before looking: says nothing of whether the group is there
+            return await has_group(redis, stream)
         if "BUSYGROUP" not in str(exc):
             raise
     return True
+
+
+async def has_group(redis: Redis, stream: str) -> bool:
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:  # no such stream
+        return False
+    return any(as_text(group["name"]) == keys.WORKERS_GROUP for group in groups)
 
 
 def as_text(value: Any) -> str:

@@ -229,7 +229,12 @@ class Worker:
             await keeper.stop()
         log.info("batch size=%d ms=%.1f", size, seconds * 1000)
         self.heartbeat = observe_batch(self.heartbeat, size, seconds)
-        await self._beat()  # fresh stats at once
+        try:
+            await self._beat()  # fresh stats at once
+        except Exception as exc:
+            # The batch is stored and acknowledged; only the heartbeat failed (a full Redis refuses its SET),
+            # and the heartbeat's own rounds try again.
+            log.warning("could not send a heartbeat after a batch (%r)", exc)
 
     async def _retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:
         """While the database or Redis is down (or SQLite stays locked), again and again, the batch still claimed:

@@ -31,10 +31,11 @@ async def redis62(embedded: Any) -> AsyncIterator[Redis]:
 
 
 @asynccontextmanager
-async def full(redis: Redis) -> AsyncIterator[None]:
-    """Redis at its maxmemory (noeviction, as a queue must be) while inside: its writes that need memory refused."""
+async def full(redis: Redis, stays: bool = False) -> AsyncIterator[None]:
+    """Redis at its maxmemory (noeviction, as a queue must be) while inside: its writes that need memory refused.
+    `stays`: full whatever is deleted meanwhile (else what a worker frees makes room)."""
     await redis.config_set("maxmemory-policy", "noeviction")
-    await redis.config_set("maxmemory", int((await redis.info("memory"))["used_memory"]))
+    await redis.config_set("maxmemory", 1 if stays else int((await redis.info("memory"))["used_memory"]))
     try:
         yield
     finally:

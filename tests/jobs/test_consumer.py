@@ -233,3 +233,19 @@ async def test_a_full_redis_has_a_job_dead_lettered_without_its_entry(
     await Consumer(redis62, "dead", limits)._xread([keys.jobs(1)], 1)
     await Consumer(redis62, "alive", limits)._reclaim()
     assert await redis62.xlen(keys.jobs(1)) == 0 and await redis62.xlen(keys.DEAD_JOBS) == 1
+
+
+async def test_a_full_redis_has_its_jobs_read_while_a_new_streams_group_cannot_be_made(redis62: Redis) -> None:
+    """Found in review: a group needs memory, and the workers make a stream's group when they first read it. In a
+    full Redis that error came out of every read that met a stream new since the last (a user's first upload just
+    before Redis filled), so the workers took no job, nothing freed Redis, and uploads were refused for good."""
+    older, newer = jobs(2)
+    await enqueue(redis62, 1, older)
+    await new_group(redis62, keys.jobs(1))
+    await enqueue(redis62, 2, newer)
+    consumer = Consumer(redis62, "w1", LIMITS)
+    async with full(redis62):
+        batch = await consumer.next_batch()
+        await consumer.ack(batch, [older.prediction_id])
+    assert [d.stream for d in batch] == [keys.jobs(1)]
+    assert [d.stream for d in await consumer.next_batch()] == [keys.jobs(2)]  # with room, its group is made

@@ -23,6 +23,7 @@ from app import keys
 from app.jobs import consumer
 from app.jobs.consumer import Consumer, Limits
 from app.jobs.producer import enqueue
+from app.jobs.protocol import ensure_group
 from app.models import Prediction, Status
 from app.run import Restarting
 from app.settings import Settings
@@ -31,6 +32,7 @@ from app.worker.__main__ import WEDGED_EXIT
 from app.worker.loop import Wedged, Worker
 from tests.conftest import reset_queue, running_worker
 from tests.helpers import eventually
+from tests.jobs.conftest import full
 from tests.worker.test_loop import a_user, all_finished, queued
 
 
@@ -257,3 +259,30 @@ def test_make_run_starts_a_stopped_worker_again_after_a_pause_that_grows() -> No
     child.check()
     assert child.process is not first and child.pause == 0.4  # started again; the next pause is longer
     child.process.wait()
+
+
+async def test_a_full_redis_has_its_batch_stored_and_the_log_says_only_the_heartbeat_failed(
+    redis62: Redis, classifier: Any, settings: Settings, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: a full Redis refuses the heartbeat sent after each batch (a SET), and that error came out
+    of the batch's store, logged as "could not store a batch; its jobs will be taken over and retried": the
+    batch had been stored and acknowledged, and nothing would be retried."""
+    user = await a_user()
+    prediction, job = await queued(user, settings, 420)
+    await enqueue(redis62, user.id, job)
+    await ensure_group(redis62, keys.jobs(user.id))  # a full Redis makes no group (tests/jobs/test_consumer.py)
+    stop = asyncio.Event()
+
+    async def logged() -> bool:
+        return "could not send a heartbeat after a batch" in caplog.text
+
+    async with full(redis62, stays=True):
+        task = asyncio.create_task(Worker(redis62, classifier, settings, name="full-redis").run(stop))
+        try:
+            [row] = await all_finished([str(prediction.id)])
+            await eventually(logged, what="the heartbeat's failure logged")
+        finally:
+            stop.set()
+            await task
+    assert row.status == Status.DONE and await redis62.xlen(keys.jobs(user.id)) == 0
+    assert "could not store a batch" not in caplog.text
