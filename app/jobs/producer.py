@@ -112,9 +112,13 @@ async def dead_jobs(redis: Redis) -> int:
 
 
 async def live_workers(redis: Redis) -> list[Heartbeat]:
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.zremrangebyscore(keys.WORKER_NAMES, "-inf", time.time())
-        pipe.zrange(keys.WORKER_NAMES, 0, -1)
+    """The workers whose heartbeat has not expired; the expired names are removed as they are read. Not a MULTI:
+    a full Redis refuses every command queued in one, and /health/ready, /metrics, the admin and collection
+    pages then said Redis was down or answered 503, though all they do is read."""
+    now = time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zremrangebyscore(keys.WORKER_NAMES, "-inf", now)
+        pipe.zrangebyscore(keys.WORKER_NAMES, f"({now!r}", "+inf")
         _, names = await pipe.execute()
     if not names:
         return []

@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from app import keys
-from app.jobs.producer import MARKER_TTL, enqueue, has_job
-from app.jobs.protocol import PIXELS_BYTES, Job
+from app.jobs.producer import MARKER_TTL, enqueue, has_job, read_backlog, workers_of
+from app.jobs.protocol import PIXELS_BYTES, Heartbeat, Job
+from tests.helpers import beat
 from tests.jobs.conftest import full
 from tests.jobs.test_pieces import calls
 
@@ -53,3 +54,15 @@ async def test_a_full_redis_takes_nothing_of_the_job(redis62: Redis) -> None:
     # No marker without its job, no turn without a job: the web process can mark the prediction failed.
     assert await redis62.exists(keys.jobs(8), *map(keys.queued_marker, made.prediction_ids)) == 0
     assert await redis62.zscore(keys.JOB_USERS, "8") is None
+
+
+async def test_a_full_redis_still_says_which_workers_are_live(redis62: Redis) -> None:
+    """Found auditing a full Redis: the live workers were read in a MULTI, whose every command a full Redis
+    refuses, so /health/ready said Redis was down and no worker was live, /metrics answered 503 without a figure,
+    and the admin and collection pages 503, while all they do is read."""
+    await beat(redis62, Heartbeat(name="live", model_id="m", started_at=0.0), ttl=60)
+    await redis62.zadd(keys.WORKER_NAMES, {"expired": time.time() - 1})
+    async with full(redis62, stays=True):
+        assert [w.name for w in (await workers_of(redis62, "m")).mine] == ["live"]
+        assert (await read_backlog(redis62, "m")).workers == 1
+    assert await redis62.zrange(keys.WORKER_NAMES, 0, -1) == [b"live"]  # the expired name removed
