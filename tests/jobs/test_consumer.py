@@ -110,6 +110,28 @@ async def test_the_consumers_of_workers_gone_are_removed(redis62: Redis) -> None
     assert sorted(c["name"] for c in consumers) == [b"gone-with-a-job", b"live"]
 
 
+async def test_a_full_redis_62_has_dead_workers_jobs_taken_over_while_gone_consumers_wait(redis62: Redis) -> None:
+    """Found auditing a full Redis: 6.2 counts XGROUP DELCONSUMER among the commands that need memory, so the
+    sweep of gone workers' consumers was refused, and its error came out of the look for dead workers' jobs
+    (a ResponseError out of next_batch, logged by the worker as unexpected before a pause of a second)."""
+    limits = Limits(max_batch=BATCH, claim_idle_ms=0, max_deliveries=3)
+    stream = keys.jobs(11)
+    for job in jobs(2):
+        await enqueue(redis62, 11, job)
+    await new_group(redis62, stream)
+    gone = Consumer(redis62, "gone", limits)
+    await gone.ack(await gone._xread([stream], 1))  # nothing pending: a consumer the sweep removes
+    await Consumer(redis62, "dead", limits)._xread([stream], 1)  # its job waits to be taken over
+    sweeper = Consumer(redis62, "sweeper", limits)
+    sweeper._last_sweep = -consumer_module.SWEEP_CONSUMERS_EVERY  # the sweep is due
+    async with full(redis62, stays=True):
+        taken = await sweeper._reclaim()
+    assert [d.stream for d in taken] == [stream]
+    await forget_gone_consumers(redis62, "sweeper")  # with room, the gone consumers go (the dead one's job taken)
+    consumers = await redis62.xinfo_consumers(stream, keys.WORKERS_GROUP)
+    assert [c["name"] for c in consumers] == [b"sweeper"]
+
+
 async def test_with_two_deliveries_a_dead_workers_jobs_are_retried_one_at_a_time(redis62: Redis) -> None:
     """Their second delivery is their last: a job that killed its worker must not take its batch-mates' with it."""
     limits = Limits(max_batch=BATCH, claim_idle_ms=0, max_deliveries=2)
