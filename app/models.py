@@ -179,6 +179,12 @@ class FeedbackByLabel(Model):
         table = "feedback_by_label"
 
 
+def deferred(prediction: Prediction) -> bool:
+    """Queued in the database, not on a stream: the feeder puts it there, and a worker, once one is alive,
+    takes it (a synchronous upload gets `enqueued_at` as it is enqueued)."""
+    return prediction.status == Status.QUEUED and prediction.enqueued_at is None
+
+
 async def mark_failed(prediction_ids: Iterable[str], error: str) -> list[str]:
     """Finish the predictions still queued as failed, with the reason; the ids that were (a malformed
     id, from a damaged job, is skipped)."""

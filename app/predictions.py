@@ -17,7 +17,7 @@ from tortoise import connections
 from tortoise.exceptions import IntegrityError
 from tortoise.functions import Count
 
-from app import images, keys, quotas, schemas, text, usage
+from app import images, keys, outages, quotas, schemas, text, usage
 from app.jobs import producer
 from app.jobs.protocol import Job
 from app.jobs.results import RESULT_FIELDS
@@ -203,7 +203,7 @@ async def submit(
     """Check, store and classify an upload: from the cache when possible, else through the queue. A
     synchronous one goes on the user's interactive stream at once; an async one (`wait=False`) waits in
     the database for the feeder, behind everyone's interactive uploads. With no worker alive a synchronous
-    one is refused (NoWorker), or with `defer_without_worker` made an async one (see `deferred`)."""
+    one is refused (NoWorker), or with `defer_without_worker` made an async one (see `models.deferred`)."""
     started = time.perf_counter()
     # The user's quotas first: refused cheaply, before anything is decoded or stored (even a cache hit).
     with stage("database"):
@@ -239,9 +239,13 @@ async def submit(
         services.backlog.enqueued(user.id)
     except BaseException as exc:
         # Given up on (cancelled) too: the waiter is this request's to forget. The row stays queued, and is
-        # enqueued again if its job never got there (app/recovery.py).
+        # enqueued again if its job never got there (app/recovery.py). A full Redis took nothing of the job: no row
+        # either, as refused before it (failed, it stayed in the history and counted against the quotas).
         services.waiter.forget(job.prediction_id, expected)
-        if isinstance(exc, Exception):
+        if isinstance(exc, Exception) and outages.redis_full(exc):
+            await Prediction.filter(id=prediction.id).delete()
+            await services.decoder.forget(image, services.disk)
+        elif isinstance(exc, Exception):
             await mark_failed([str(prediction.id)], "The queue was unavailable")
         raise
     return prediction
@@ -255,12 +259,6 @@ async def _defer(services: Services, record: dict[str, Any], image: images.Check
     services.kept.keep(str(prediction.id), image.pixels)
     services.nudge_feeder()
     return prediction
-
-
-def deferred(prediction: Prediction) -> bool:
-    """Queued in the database, not on a stream: the feeder puts it there, and a worker, once one is alive,
-    takes it (a synchronous upload gets `enqueued_at` as it is enqueued)."""
-    return prediction.status == Status.QUEUED and prediction.enqueued_at is None
 
 
 async def wait(services: Services, prediction: Prediction, seconds: float) -> Prediction:

@@ -4,17 +4,24 @@ redis-py), not as OOM; Redis 7 as OOM."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable
 from typing import Any
 
+import httpx
 import pytest
+from litestar import Litestar
 from redis.asyncio import Redis
 
+from app import predictions
 from app.jobs import producer
-from app.jobs.protocol import Job
+from app.jobs.protocol import Heartbeat, Job
+from app.models import Prediction, User
 from app.settings import Settings
 from app.throttles import Throttle
 from app.web.errors import error_body
+from tests import samples
+from tests.helpers import beat, originals_of, sign_up, unique_email
 from tests.jobs.conftest import full
 
 
@@ -44,3 +51,21 @@ async def test_a_sign_up_refused_by_a_full_redis_is_a_503(redis62: Redis, settin
     assert status == 503, (status, detail)
     # Not wedged: with room again the same sign-up is counted.
     assert await throttle.take([throttle.sign_up_limit("203.0.113.9")])
+
+
+async def test_an_upload_a_full_redis_refuses_leaves_no_row(
+    redis62: Redis, app: Litestar, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Found auditing: an upload whose job a full Redis refused (nothing of it went on) was kept as a failed row,
+    in its person's history and counted against their quotas, at every retry of the 503; its original stayed."""
+    email = unique_email()
+    await sign_up(client, email)
+    user = await User.get(email=email)
+    services = dataclasses.replace(app.state.services, redis=redis62, backlog=producer.BacklogView())
+    await beat(redis62, Heartbeat(name="live", model_id=settings.model_id, started_at=0.0), ttl=60)
+    data = samples.photo(97_531)
+    async with full(redis62, stays=True):
+        exc = await refused(predictions.submit(services, user, data))
+    assert error_body(exc)[0] == 503
+    assert await Prediction.filter(user=user).count() == 0
+    assert originals_of(settings, data) == []

@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app import predictions
-from app.models import Prediction, Status
+from app.models import Prediction, Status, deferred
 from app.settings import Settings
 from app.worker.classifier import StandInClassifier
 from tests import samples
@@ -40,7 +40,7 @@ async def test_an_upload_waits_warming_up_and_is_classified_once_a_worker_starts
     assert "checks again by itself" in response.text
     assert WORKER_COMMAND not in response.text and "No worker" not in response.text
     prediction = await waiting("early.jpg")
-    assert prediction.status == Status.QUEUED and predictions.deferred(prediction)
+    assert prediction.status == Status.QUEUED and deferred(prediction)
     # The result asks for itself again (htmx), and keeps saying why it waits.
     assert f'hx-get="/predictions/{prediction.id}" hx-trigger="load delay:1500ms"' in response.text
     again = await user_browser.get(f"/predictions/{prediction.id}", headers=HX)

@@ -27,7 +27,7 @@ from litestar.status_codes import (
 
 from app import collections, feedback, images, labels, predictions, stages, thumbnails
 from app.archives import Upload
-from app.models import Collection, Feedback, Prediction, Status, User
+from app.models import Collection, Feedback, Prediction, Status, User, deferred
 from app.web.deps import AnyRequest, services
 from app.web.pages.accounts import FormBody
 from app.web.pages.collections import waiting_without_worker
@@ -107,7 +107,7 @@ async def classify_upload(request: AnyRequest, upload: Upload | None) -> tuple[P
     # No worker alive yet (the first seconds after a start): the image waits in the database and the page
     # asks for it until a worker has classified it, with htmx or by reloading itself.
     prediction = await predictions.submit(svc, request.user, upload.data, upload.name, defer_without_worker=True)
-    if predictions.deferred(prediction):
+    if deferred(prediction):
         return prediction, None
     try:
         return await predictions.wait(svc, prediction, svc.settings.wait_timeout), None
@@ -158,7 +158,7 @@ async def classify_submit(
     except HTTPException as exc:  # rejected files (400/413/415), busy or no worker (503 with Retry-After)
         return upload_refused(request, exc, is_collection(chosen))
     stages.close("other")  # from here on: rendering
-    warming = prediction is not None and predictions.deferred(prediction)
+    warming = prediction is not None and deferred(prediction)
     status = HTTP_202_ACCEPTED if warming else predictions.ResultTimeout.status_code if error else HTTP_200_OK
     context = await result_context(request.user, prediction, error, warming=warming)
     return render(request, "pages/classify.html", "partials/result.html", context, status_code=status)
