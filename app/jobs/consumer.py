@@ -46,6 +46,15 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 # 10,000 users' streams cost an idle worker 0.15 of a core (measured), on 1,000 0.02.
 IDLE_BLOCK_MS = 100
 BLOCK_ON = 1000
+# KEYS: the worker's heartbeat, WORKER_NAMES; ARGV: the heartbeat, its TTL, the worker, when it expires. A script,
+# not a MULTI, which a full Redis refuses whole: HEARTBEAT_TTL after Redis filled every worker looked gone as they
+# drained it (/health/ready, /metrics, uploads told no worker runs). A script's first write, EXPIRE, needs no memory,
+# and Redis lets a script that has written finish: a full Redis takes a heartbeat (a few hundred bytes a worker).
+BEAT = """
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+"""
 # How often pending entries are checked for dead workers' jobs.
 RECLAIM_EVERY = 1.0
 
@@ -316,10 +325,8 @@ class Consumer:
             )
 
     async def beat(self, heartbeat: Heartbeat, ttl: int) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.heartbeat(heartbeat.name), json.dumps(asdict(heartbeat)), ex=ttl)
-            pipe.zadd(keys.WORKER_NAMES, {heartbeat.name: time.time() + ttl})
-            await pipe.execute()
+        names, expires = [keys.heartbeat(heartbeat.name), keys.WORKER_NAMES], time.time() + ttl
+        await self.redis.eval(BEAT, 2, *names, json.dumps(asdict(heartbeat)), ttl, heartbeat.name, expires)
 
     async def leave(self) -> None:
         """The worker stopping: gone from the live ones at once, not when its heartbeat expires. Not a MULTI,

@@ -232,8 +232,8 @@ class Worker:
         try:
             await self._beat()  # fresh stats at once
         except Exception as exc:
-            # The batch is stored and acknowledged; only the heartbeat failed (a full Redis refuses its SET),
-            # and the heartbeat's own rounds try again.
+            # The batch is stored and acknowledged; only the heartbeat failed (Redis lost meanwhile), and the
+            # heartbeat's own rounds try again.
             log.warning("could not send a heartbeat after a batch (%r)", exc)
 
     async def _retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:

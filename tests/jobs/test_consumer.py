@@ -16,7 +16,7 @@ from app.jobs import cleanup
 from app.jobs import consumer as consumer_module
 from app.jobs.cleanup import forget_gone_consumers
 from app.jobs.consumer import Consumer, Limits
-from app.jobs.producer import enqueue, enqueue_bulk, with_jobs
+from app.jobs.producer import enqueue, enqueue_bulk, live_workers, with_jobs
 from app.jobs.protocol import Heartbeat
 from tests.jobs.conftest import full
 from tests.jobs.test_pieces import BATCH, jobs, new_group
@@ -271,3 +271,16 @@ async def test_a_full_redis_has_its_jobs_read_while_a_new_streams_group_cannot_b
         await consumer.ack(batch, [older.prediction_id])
     assert [d.stream for d in batch] == [keys.jobs(1)]
     assert [d.stream for d in await consumer.next_batch()] == [keys.jobs(2)]  # with room, its group is made
+
+
+async def test_a_full_redis_takes_the_workers_heartbeats(redis62: Redis) -> None:
+    """Found auditing a full Redis: a heartbeat went in a MULTI, which a full Redis refuses whole, so HEARTBEAT_TTL
+    after Redis filled every worker looked gone while they drained it: /health/ready not ready, /metrics no worker,
+    synchronous uploads told no worker runs."""
+    worker = Consumer(redis62, "w1", LIMITS)
+    await worker.beat(Heartbeat(name="w1", model_id="m", started_at=0.0), ttl=1)
+    async with full(redis62, stays=True):
+        await asyncio.sleep(1.1)  # the heartbeat sent before Redis filled has expired
+        await worker.beat(Heartbeat(name="w1", model_id="m", started_at=0.0, images=5), ttl=60)
+        assert [(w.name, w.images) for w in await live_workers(redis62)] == [("w1", 5)]
+    assert 50 < await redis62.ttl(keys.heartbeat("w1")) <= 60
