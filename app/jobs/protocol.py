@@ -16,7 +16,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from app import keys
-from app.outages import redis_full
 
 PIXELS_SHAPE = (224, 224, 3)
 PIXELS_BYTES = PIXELS_SHAPE[0] * PIXELS_SHAPE[1] * PIXELS_SHAPE[2]
@@ -139,28 +138,26 @@ def connect(url: str, command_timeout: float | None = COMMAND_TIMEOUT_S) -> Redi
     return Redis.from_pool(pool)  # closed with the client
 
 
+# KEYS: a stream; ARGV: the workers' group. Its group, from its first entry; 0 if the stream is gone. A group needs
+# memory, and a full Redis refused it: with every job on streams new since the workers last looked (the feeder's
+# window on a bulk stream just emptied and deleted), the workers read nothing, so nothing freed Redis, for good. A
+# script's first write, PERSIST (a stream has no TTL: a write that changes nothing), needs no memory, and Redis lets
+# a script that has written finish (checked on 6.2 and 7): a full Redis takes the group (a few hundred bytes).
+MAKE_GROUP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('PERSIST', KEYS[1])
+local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0')
+if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP') then
+  return redis.error_reply(made.err)
+end
+return 1
+"""
+
+
 async def ensure_group(redis: Redis, stream: str) -> bool:
-    """The workers' group on `stream`, from its first entry; False if the stream is gone (its user forgotten
-    meanwhile: a stream made again here, empty, would stay for good) or Redis is full and it has none yet: a group
-    needs memory, and the other streams' jobs, read meanwhile, are what frees it (an error would stop every read)."""
-    try:
-        await redis.xgroup_create(stream, keys.WORKERS_GROUP, id="0")
-    except ResponseError as exc:
-        if "requires the key to exist" in str(exc):
-            return False
-        if redis_full(exc):  # refused before looking: says nothing of whether the group is there
-            return await has_group(redis, stream)
-        if "BUSYGROUP" not in str(exc):
-            raise
-    return True
-
-
-async def has_group(redis: Redis, stream: str) -> bool:
-    try:
-        groups = await redis.xinfo_groups(stream)
-    except ResponseError:  # no such stream
-        return False
-    return any(as_text(group["name"]) == keys.WORKERS_GROUP for group in groups)
+    """The workers' group on `stream`, from its first entry, in a full Redis too; False if the stream is gone (its
+    user forgotten meanwhile: a stream made again here, empty, would stay for good)."""
+    return bool(await redis.eval(MAKE_GROUP, 1, stream, keys.WORKERS_GROUP))
 
 
 def as_text(value: Any) -> str:

@@ -23,7 +23,6 @@ from app import keys
 from app.jobs import consumer
 from app.jobs.consumer import Consumer, Limits
 from app.jobs.producer import enqueue, live_workers
-from app.jobs.protocol import ensure_group
 from app.models import Prediction, Status
 from app.run import Restarting
 from app.settings import Settings
@@ -271,7 +270,6 @@ async def test_a_full_redis_has_its_batch_stored_and_the_heartbeat_after_it_sent
     user = await a_user()
     prediction, job = await queued(user, settings, 420)
     await enqueue(redis62, user.id, job)
-    await ensure_group(redis62, keys.jobs(user.id))  # a full Redis makes no group (tests/jobs/test_consumer.py)
     stop = asyncio.Event()
 
     async def counted() -> bool:
