@@ -31,6 +31,7 @@ from app.jobs import producer
 from app.jobs.protocol import Job
 from app.jobs.results import publish_result
 from app.models import Collection, CollectionStatus, Prediction, Status, mark_failed
+from app.outages import redis_full
 from app.predictions import earlier_result
 from app.services import Services
 from app.settings import FEED_WINDOWS_IN_ALL
@@ -281,9 +282,12 @@ class Feeder:
             try:
                 self.busy = await self._round()
                 pause = ROUND_GAP_S
-            except Exception:  # a dependency is down or full: try again, less and less often
+            except Exception as exc:  # a dependency is down or full: try again, less and less often
                 pause = min(max(pause * 2, FAILED_ROUND_S), MAX_FAILED_ROUND_S)
-                log.warning("feeding failed; trying again in %g s", pause, exc_info=True)
+                if redis_full(exc):  # no fault of the code's: a traceback each round said there was one
+                    log.warning("Redis is full (%r): feeding waits for room; trying again in %g s", exc, pause)
+                else:
+                    log.warning("feeding failed; trying again in %g s", pause, exc_info=True)
             await asyncio.sleep(pause)
 
     async def _round(self) -> bool:

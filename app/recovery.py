@@ -13,6 +13,7 @@ from app import keys
 from app.background import Every
 from app.jobs import producer
 from app.models import Prediction, Status
+from app.outages import redis_full
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,11 @@ async def _requeue_round(services: Services, every: float) -> None:
         if await services.redis.set(keys.REQUEUE_LOCK, "1", nx=True, ex=lock_s):
             # Done well within the lock's time, so that no other process starts a round meanwhile.
             await requeue_stale(services, until=time.monotonic() + lock_s / 2)
-    except Exception:  # a dependency is down: try again next round
-        log.warning("could not look for stale predictions", exc_info=True)
+    except Exception as exc:  # a dependency is down or full: try again next round
+        if redis_full(exc):  # no fault of the code's: no traceback
+            log.warning("Redis is full (%r): stale predictions are looked for once there is room", exc)
+        else:
+            log.warning("could not look for stale predictions", exc_info=True)
 
 
 def requeue_forever(services: Services) -> Every:

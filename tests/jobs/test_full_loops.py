@@ -1,0 +1,55 @@
+"""The web process's background loops (the feeder, the requeue of lost predictions) on a full Redis 6.2 (the
+module's own, tests/jobs/conftest.py): they wait for room, and say so in a line, not with a traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import httpx
+import pytest
+from litestar import Litestar
+from redis.asyncio import Redis
+
+from app import recovery
+from app.feeder import Feeder
+from app.services import Services
+from tests.helpers import eventually
+from tests.jobs.conftest import full
+
+
+def on(redis: Redis, app: Litestar) -> Services:
+    """The app's services, but Redis: `redis`."""
+    return dataclasses.replace(app.state.services, redis=redis)
+
+
+def records(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == logger and r.levelno >= logging.WARNING]
+
+
+async def test_a_full_redis_has_the_feeder_wait_saying_so_without_a_traceback(
+    redis62: Redis, app: Litestar, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found auditing a full Redis: each failed round (every 10 s at most, each web process) logged 'feeding
+    failed' with a traceback, as for a fault of the code's, though a full Redis is a state the app expects."""
+    async with full(redis62, stays=True):
+        feeder = Feeder(on(redis62, app))
+        try:
+
+            async def logged() -> bool:
+                return bool(records(caplog, "app.feeder"))
+
+            await eventually(logged, what="a failed round logged")
+        finally:
+            await feeder.stop()
+    [record] = records(caplog, "app.feeder")[:1]
+    assert "Redis is full" in record.getMessage() and record.exc_info is None
+
+
+async def test_a_full_redis_has_the_requeue_wait_saying_so_without_a_traceback(
+    redis62: Redis, app: Litestar, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with full(redis62, stays=True):
+        await recovery._requeue_round(on(redis62, app), every=5)
+    [record] = records(caplog, "app.recovery")
+    assert "Redis is full" in record.getMessage() and record.exc_info is None
