@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio.lock import Lock
 from tortoise.functions import Count
 
 from app import images, keys
@@ -31,7 +32,7 @@ from app.jobs import producer
 from app.jobs.protocol import Job
 from app.jobs.results import publish_result
 from app.models import Collection, CollectionStatus, Prediction, Status, mark_failed
-from app.outages import redis_full
+from app.outages import dependency_down, redis_full
 from app.predictions import earlier_result
 from app.services import Services
 from app.settings import FEED_WINDOWS_IN_ALL
@@ -252,6 +253,20 @@ def rooms(window: int, waiting: dict[Source, int], in_flight: dict[Source, int],
     return found
 
 
+async def _read(services: Services, collection: Collection, lock: Lock) -> None:
+    """`read_archive`, paused by a dependency out for now (SQLite's write lock held past its busy wait, Redis
+    down or full): its lock let go, the next round resumes it where it stopped. Uncaught, the error ended the
+    task and left the lock held: nobody read on until it lapsed (READING_LOCK_S)."""
+    try:
+        await read_archive(services, collection, lock)
+    except Exception as exc:
+        if not (dependency_down(exc) or redis_full(exc)):
+            raise
+        log.warning("reading of collection %s paused (%r); the next round resumes it", collection.id, exc)
+        with contextlib.suppress(Exception):  # Redis down: the lock lapses by itself
+            await lock.release()
+
+
 class Feeder:
     """The feeding loop of one web process, and the archives it is reading."""
 
@@ -307,7 +322,7 @@ class Feeder:
             key = str(collection.id)
             lock = reading_lock_of(self.services, key)
             if key not in self.reading and await lock.acquire():
-                self.reading[key] = asyncio.create_task(read_archive(self.services, collection, lock), name="reading")
+                self.reading[key] = asyncio.create_task(_read(self.services, collection, lock), name="reading")
 
     async def stop(self) -> None:
         self._done.set()

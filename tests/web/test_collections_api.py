@@ -10,6 +10,8 @@ import errno
 import io
 import os
 import secrets
+import sqlite3
+import threading
 import time
 import tracemalloc
 import zipfile
@@ -19,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import asyncpg
 import httpx
 import numpy as np
 import pytest
@@ -684,6 +687,66 @@ async def test_an_archive_that_cannot_be_opened_for_a_while_pauses_the_reading(
     busy.clear()
     await all_read(client, [(auth, body["id"])])
     assert await progress(client, auth, body["id"]) == {"total": 6, "queued": 6, "done": 0, "failed": 0}
+
+
+def sqlite_holds_the_write_lock(path: str, taken: threading.Event, seconds: float) -> None:
+    db = sqlite3.connect(path, timeout=5, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    taken.set()
+    time.sleep(seconds)
+    db.execute("ROLLBACK")
+    db.close()
+
+
+async def postgres_holds_the_table(url: str, taken: threading.Event, seconds: float) -> None:
+    db = await asyncpg.connect(url)
+    try:
+        async with db.transaction():
+            await db.execute("LOCK TABLE predictions IN EXCLUSIVE MODE")
+            taken.set()
+            await asyncio.sleep(seconds)
+    finally:
+        await db.close()
+
+
+async def test_a_reading_that_meets_the_database_locked_resumes_at_the_next_round(
+    app: Litestar, client: Client, auth: dict[str, str], settings: Settings, no_worker: None
+) -> None:
+    """Found under load (two web processes, two workers, SQLite): another connection held SQLite's write lock
+    past its 5 s wait as an archive was read, and "database is locked" ended the reading task ("Task exception
+    was never retrieved", at ERROR), its lock left held: nobody read on until it lapsed, 30 s later. A database
+    busy (or Redis down) pauses the reading now, its lock let go, and the feeder's next round resumes it.
+    PostgreSQL waits for the lock instead, and the reading goes on once it is free."""
+    feeder = app.state.services.feeder
+    async with held_collection(app, client, auth, 8) as (collection, mine):
+        taken, key = threading.Event(), str(collection.id)
+        if settings.database_url.startswith("sqlite"):
+            path = settings.database_url.removeprefix("sqlite://").partition("?")[0]
+            holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, 12.0))
+        else:
+            postgres = settings.database_url.replace("postgres://", "postgresql://")
+            holder = asyncio.create_task(postgres_holds_the_table(postgres, taken, 2.0))
+        try:
+            assert await asyncio.to_thread(taken.wait, 10)
+            await mine.release()  # the feeder of this process takes the reading
+            feeder.nudge()
+
+            async def reading() -> bool:
+                return key in feeder.reading
+
+            await eventually(reading, seconds=5, what="the feeder reading the archive")
+            task = feeder.reading[key]
+            await asyncio.wait([task], timeout=30)
+            assert task.done() and task.exception() is None, task
+        finally:
+            await holder
+
+        async def read() -> bool:
+            return (await Collection.get(id=collection.id)).status != CollectionStatus.READING
+
+        await eventually(read, seconds=20, what="the reading resumed and ended")  # not once its lock lapsed (30 s)
+        entries = await Prediction.filter(collection=collection).order_by("entry").values_list("entry", flat=True)
+        assert entries == list(range(8))  # each once: none skipped, none twice
 
 
 async def test_the_bodies_a_process_holds_at_once_are_bounded_in_all_and_by_person(
