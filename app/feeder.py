@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio.lock import Lock
+from redis.exceptions import LockError
 from tortoise.functions import Count
 
 from app import images, keys
@@ -253,16 +254,23 @@ def rooms(window: int, waiting: dict[Source, int], in_flight: dict[Source, int],
     return found
 
 
-async def _read(services: Services, collection: Collection, lock: Lock) -> None:
-    """`read_archive`, paused by a dependency out for now (SQLite's write lock held past its busy wait, Redis
-    down or full): its lock let go, the next round resumes it where it stopped. Uncaught, the error ended the
-    task and left the lock held: nobody read on until it lapsed (READING_LOCK_S)."""
+async def _read(services: Services, listed: Collection, lock: Lock) -> None:
+    """`read_archive` of a collection listed as being read, once its lock is taken: read afresh, since another
+    process's reader may have finished it in between (its archive removed: read as listed, it was marked
+    "could not be read to the end: it is gone"). A dependency out for now (SQLite's write lock held past its
+    busy wait, Redis down or full) pauses it: its lock let go, the next round resumes it where it stopped.
+    Uncaught, the error ended the task and left the lock held: nobody read on until it lapsed."""
     try:
+        collection = await Collection.get_or_none(id=listed.id, status=CollectionStatus.READING)
+        if collection is None:
+            with contextlib.suppress(LockError):
+                await lock.release()
+            return
         await read_archive(services, collection, lock)
     except Exception as exc:
         if not (dependency_down(exc) or redis_full(exc)):
             raise
-        log.warning("reading of collection %s paused (%r); the next round resumes it", collection.id, exc)
+        log.warning("reading of collection %s paused (%r); the next round resumes it", listed.id, exc)
         with contextlib.suppress(Exception):  # Redis down: the lock lapses by itself
             await lock.release()
 

@@ -33,6 +33,7 @@ from redis.asyncio.lock import Lock
 from tortoise.exceptions import DBConnectionError
 
 from app import archives, collections, keys, predictions, quotas
+from app import feeder as feeder_module
 from app.archives import Upload
 from app.models import Collection, CollectionStatus, Prediction, User
 from app.settings import Settings
@@ -747,6 +748,42 @@ async def test_a_reading_that_meets_the_database_locked_resumes_at_the_next_roun
         await eventually(read, seconds=20, what="the reading resumed and ended")  # not once its lock lapsed (30 s)
         entries = await Prediction.filter(collection=collection).order_by("entry").values_list("entry", flat=True)
         assert entries == list(range(8))  # each once: none skipped, none twice
+
+
+async def test_a_collection_another_process_finished_after_the_listing_is_left_alone(
+    app: Litestar, redis: Redis, client: Client, auth: dict[str, str], no_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found under load (two web processes): a feeder listed a collection as being read; another process's
+    reader then finished it (its archive removed, its lock let go); the feeder took the free lock and read
+    from its listing: "The archive could not be read to the end: it is gone" on collections read to the end
+    (7 of 7 and 175 of 175 items done). It reads the collection afresh once it holds the lock now."""
+    services, lock_of, ran = app.state.services, feeder_module.reading_lock_of, list[bool]()
+    async with held_collection(app, client, auth, 4) as (collection, mine):
+        key = str(collection.id)
+
+        def taken_once_the_other_finished(services: Any, collection_id: str) -> Lock:
+            lock = lock_of(services, collection_id)
+            acquire = lock.acquire
+
+            async def after_the_other_reader() -> bool:
+                if collection_id == key and not ran:
+                    ran.append(True)  # listed, not taken yet: the other process's reader ends it now
+                    await collections.read_archive(services, collection, mine)
+                return bool(await acquire())
+
+            lock.acquire = after_the_other_reader  # type: ignore[method-assign,assignment]
+            return lock
+
+        monkeypatch.setattr(feeder_module, "reading_lock_of", taken_once_the_other_finished)
+        services.feeder.nudge()  # it lists the collection, then tries its lock
+
+        async def taken_and_let_go() -> bool:
+            return bool(ran) and not await redis.exists(keys.reading_lock(key))
+
+        await eventually(taken_and_let_go, seconds=10, what="the feeder's reader ended")
+        found = await Collection.get(id=collection.id)
+        assert (found.status, found.error) == (CollectionStatus.CLASSIFYING, None)
+        assert await Prediction.filter(collection=collection).count() == 4
 
 
 async def test_the_bodies_a_process_holds_at_once_are_bounded_in_all_and_by_person(
