@@ -135,8 +135,10 @@ class Consumer:
             except ResponseError as exc:
                 if "UNBLOCKED" in str(exc):  # Redis 7: a stream blocked on was deleted (its user forgotten)
                     return []
-                if not missing_group(exc) or attempt == 2:
+                if not missing_group(exc):
                     raise
+                if attempt == 2:  # made again without its group meanwhile (emptied, removed, added to): read next
+                    return []  # time; the error delivered nothing, and the reads before it in the batch stand
                 streams = [stream for stream in streams if await ensure_group(self.redis, stream)]
                 if not streams:
                     return []

@@ -301,3 +301,30 @@ async def test_a_full_redis_whose_jobs_are_all_on_new_streams_is_drained(redis62
         await consumer.ack(batch, [job.prediction_id for job in made])
     assert sorted(d.stream for d in batch) == [keys.bulk_jobs(4), keys.bulk_jobs(4), keys.jobs(5)]
     assert await redis62.xlen(keys.bulk_jobs(4)) == await redis62.xlen(keys.jobs(5)) == 0  # acknowledged, deleted
+
+
+async def test_a_stream_made_again_without_its_group_during_a_read_drops_none_of_the_batch(
+    redis62: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found under load (two workers, collections read beside uploads): a bulk stream met without its group had
+    it made, then was removed and made again without one (another worker acknowledged its last entry, the
+    feeder added to it) before the read was retried; that second error came out of the whole read, and the
+    interactive jobs read before it in the same batch were dropped, held by this worker until they were taken
+    over 30 s (CLAIM_IDLE) later: 504s for uploads made at the time. The stream is read at the next read now."""
+    await new_group(redis62, keys.jobs(1))
+    await enqueue(redis62, 1, jobs(1)[0])
+    await enqueue_bulk(redis62, 2, jobs(2))  # no group yet
+    ensure, again = consumer_module.ensure_group, jobs(2)
+
+    async def made_again_meanwhile(redis: Redis, stream: str) -> bool:
+        made = await ensure(redis, stream)
+        if stream == keys.bulk_jobs(2) and again:
+            await redis.delete(stream)
+            await enqueue_bulk(redis62, 2, [again.pop()])  # made again, without its group
+        return made
+
+    monkeypatch.setattr(consumer_module, "ensure_group", made_again_meanwhile)
+    consumer = Consumer(redis62, "w1", LIMITS)
+    assert [d.stream for d in await consumer.next_batch()] == [keys.jobs(1)]
+    monkeypatch.setattr(consumer_module, "ensure_group", ensure)
+    assert [d.stream for d in await consumer.next_batch()] == [keys.bulk_jobs(2)]  # read at the next read
