@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -91,3 +93,13 @@ async def pending_for(redis: Redis, consumer: str, streams: list[str] | None = N
             consumers = await redis.xinfo_consumers(stream, keys.WORKERS_GROUP)
             held += sum(int(c["pending"]) for c in consumers if as_text(c["name"]) == consumer)
     return held
+
+
+def sqlite_holds_the_write_lock(path: str, taken: threading.Event, seconds: float) -> None:
+    """Another program's long write (a migration, a backup tool, someone at the sqlite3 prompt)."""
+    db = sqlite3.connect(path, timeout=5, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    taken.set()
+    time.sleep(seconds)
+    db.execute("ROLLBACK")
+    db.close()

@@ -10,7 +10,6 @@ import errno
 import io
 import os
 import secrets
-import sqlite3
 import threading
 import time
 import tracemalloc
@@ -40,7 +39,7 @@ from app.settings import Settings
 from app.web.limits import RESERVE_EACH, UPLOADS_RESERVED, BodiesHeld, BodyBudget, Person
 from tests import broken_zips, samples
 from tests.conftest import CountingClassifier, running_worker
-from tests.helpers import eventually, from_address, sign_up
+from tests.helpers import eventually, from_address, sign_up, sqlite_holds_the_write_lock
 from tests.page_helpers import prediction_values
 
 Client = httpx.AsyncClient
@@ -688,15 +687,6 @@ async def test_an_archive_that_cannot_be_opened_for_a_while_pauses_the_reading(
     busy.clear()
     await all_read(client, [(auth, body["id"])])
     assert await progress(client, auth, body["id"]) == {"total": 6, "queued": 6, "done": 0, "failed": 0}
-
-
-def sqlite_holds_the_write_lock(path: str, taken: threading.Event, seconds: float) -> None:
-    db = sqlite3.connect(path, timeout=5, isolation_level=None)
-    db.execute("BEGIN IMMEDIATE")
-    taken.set()
-    time.sleep(seconds)
-    db.execute("ROLLBACK")
-    db.close()
 
 
 async def postgres_holds_the_table(url: str, taken: threading.Event, seconds: float) -> None:

@@ -16,7 +16,7 @@ from app import labels
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import sign_up
+from tests.helpers import sign_up, sqlite_holds_the_write_lock
 
 Client = httpx.AsyncClient
 
@@ -164,16 +164,6 @@ async def test_feedback_is_edited_while_another_connection_commits(
     assert statuses == {200: 300}
     last = edited.json()
     assert (last["id"], last["comment"], last["is_correct"]) == (first.json()["id"], "c299", True)
-
-
-def sqlite_holds_the_write_lock(path: str, taken: threading.Event, seconds: float) -> None:
-    """Another program's long write (a migration, a backup tool, someone at the sqlite3 prompt)."""
-    db = sqlite3.connect(path, timeout=5, isolation_level=None)
-    db.execute("BEGIN IMMEDIATE")
-    taken.set()
-    time.sleep(seconds)
-    db.execute("ROLLBACK")
-    db.close()
 
 
 async def postgres_holds_the_row(url: str, prediction_id: str, taken: threading.Event, seconds: float) -> None:
