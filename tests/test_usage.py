@@ -11,8 +11,9 @@ from contextlib import contextmanager
 import httpx
 import pytest
 from litestar import Litestar
+from redis.asyncio import Redis
 
-from app import usage
+from app import keys, usage
 from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.settings import Settings
 from tests import samples
@@ -127,7 +128,9 @@ async def test_uploads_at_once_past_the_ttl_count_who_stores_once(
     assert len(reads) == 1, reads
 
 
-async def test_who_stores_is_each_person_keeping_an_original_or_an_archive_once(client: httpx.AsyncClient) -> None:
+async def test_who_stores_is_each_person_keeping_an_original_or_an_archive_once(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
     """Counted: a person keeping originals (once, however many), one whose collection is being read (its archive
     kept), one with both. Not counted: one whose originals were all pruned, one whose collection was read."""
     before = await usage.storers()
@@ -143,8 +146,12 @@ async def test_who_stores_is_each_person_keeping_an_original_or_an_archive_once(
         )
         for person in (reading, both)
     ]
+    locks = [keys.reading_lock(str(c.id)) for c in archives]
+    for lock in locks:  # no process reads them meanwhile: the app's feeder found their archives gone
+        await redis.set(lock, "this test", ex=60)
     await Collection.create(user=read, total=3, status=CollectionStatus.DONE)
     try:
         assert await usage.storers() == before + 3
     finally:  # read, as far as other tests can tell
         await Collection.filter(id__in=[c.id for c in archives]).update(status=CollectionStatus.DONE, archive_path="")
+        await redis.delete(*locks)
