@@ -309,6 +309,9 @@ class Feeder:
                 pause = min(max(pause * 2, FAILED_ROUND_S), MAX_FAILED_ROUND_S)
                 if redis_full(exc):  # no fault of the code's: a traceback each round said there was one
                     log.warning("Redis is full (%r): feeding waits for room; trying again in %g s", exc, pause)
+                    # The database's business alone: collections all done stayed "classifying" until room.
+                    with contextlib.suppress(Exception):  # the database down as well: the next round tries
+                        await _finish_collections()
                 else:
                     log.warning("feeding failed; trying again in %g s", pause, exc_info=True)
             await asyncio.sleep(pause)

@@ -11,10 +11,11 @@ import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
 
-from app import recovery
+from app import keys, recovery
 from app.feeder import Feeder
+from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.services import Services
-from tests.helpers import eventually
+from tests.helpers import eventually, unique_email
 from tests.jobs.conftest import full
 
 
@@ -53,3 +54,36 @@ async def test_a_full_redis_has_the_requeue_wait_saying_so_without_a_traceback(
         await recovery._requeue_round(on(redis62, app), every=5)
     [record] = records(caplog, "app.recovery")
     assert "Redis is full" in record.getMessage() and record.exc_info is None
+
+
+async def test_a_full_redis_does_not_hold_collections_all_done_classifying(
+    redis62: Redis, redis: Redis, app: Litestar, client: httpx.AsyncClient
+) -> None:
+    """Found auditing a full Redis: a collection was marked done only in a feeding round, which cannot take its
+    lock while Redis is full; one whose images were all classified stayed "classifying" until there was room."""
+    user = await User.create(email=unique_email(), password_hash="x")
+    collection = await Collection.create(user=user, total=1, status=CollectionStatus.CLASSIFYING)
+    await Prediction.create(
+        user=user,
+        collection=collection,
+        entry=0,
+        image_sha256="0" * 64,
+        status=Status.DONE,
+        image_path="",
+        model_name="m",
+        model_weights="random",
+    )
+    await redis.set(keys.FEED_LOCK, "another process's", ex=60)  # the app's own feeder (room in its Redis) waits
+    try:
+        async with full(redis62, stays=True):
+            feeder = Feeder(on(redis62, app))
+            try:
+
+                async def done() -> bool:
+                    return (await Collection.get(id=collection.id)).status == CollectionStatus.DONE
+
+                await eventually(done, what="the collection done")
+            finally:
+                await feeder.stop()
+    finally:
+        await redis.delete(keys.FEED_LOCK)
