@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import httpx
@@ -20,6 +21,7 @@ from redis.exceptions import ResponseError
 from app import keys
 from app.jobs.consumer import Consumer, Limits
 from app.jobs.protocol import Heartbeat, all_streams, as_text
+from app.models import Collection, CollectionStatus
 from app.settings import Settings
 
 FAKE_LIMITS = Limits(max_batch=1, claim_idle_ms=60_000, max_deliveries=1)
@@ -56,6 +58,15 @@ async def sign_up(client: httpx.AsyncClient, email: str | None = None) -> dict[s
     response = await client.post("/api/auth/login", json={"email": email, "password": "correct horse"})
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def read_elsewhere(redis: Redis, **fields: Any) -> Collection:
+    """A collection being read by another process: its reading lock is held before its row exists, so that
+    no round of the app's own feeder takes it over in between (made first, it was taken, its stand-in archive
+    read as gone and the collection ended). The caller deletes `keys.reading_lock(id)` when done."""
+    collection_id = uuid4()
+    await redis.set(keys.reading_lock(str(collection_id)), "another process's", ex=60)
+    return await Collection.create(id=collection_id, status=CollectionStatus.READING, **fields)
 
 
 async def beat(redis: Redis, heartbeat: Heartbeat, ttl: int) -> None:

@@ -25,7 +25,7 @@ from app.models import Prediction, Status, User, mark_failed
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import originals_of
+from tests.helpers import originals_of, read_elsewhere
 
 Client = httpx.AsyncClient
 OLD = timedelta(days=100)
@@ -293,17 +293,16 @@ async def test_prune_deletes_the_archives_no_collection_reads(
     left the archive under UPLOAD_DIR for good. The collection being read is another process's (its reading
     lock held): the app's own feeder, left to take it, read the stand-in archive and removed it (CI, once)."""
     from app.collections import ARCHIVES_DIR
-    from app.files import PARTIAL_PREFIX
+    from app.files import PARTIAL_PREFIX, STALE_PARTIAL_S
     from app.models import Collection, CollectionStatus
 
     folder = settings.upload_dir / ARCHIVES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     user = await User.get(id=(await client.get("/api/users/me", headers=auth)).json()["id"])
-    read = await Collection.create(
-        user=user, total=1, status=CollectionStatus.READING, archive_path=f"{ARCHIVES_DIR}/being-read.zip"
-    )
-    await redis.set(keys.reading_lock(str(read.id)), "another process's", ex=60)
-    then = time.time() - 3600
+    read = await read_elsewhere(redis, user=user, total=1, archive_path=f"{ARCHIVES_DIR}/being-read.zip")
+    # Older than a start in progress (IN_FLIGHT) and younger than a write the disk walk removes as cut off
+    # (STALE_PARTIAL_S): at an hour old, a walk of the app's own removed the partial before the check.
+    then = time.time() - (admin.IN_FLIGHT.total_seconds() + STALE_PARTIAL_S) / 2
     paths = {name: folder / name for name in ("left.zip", "being-read.zip", "just-stored.zip", f"{PARTIAL_PREFIX}x")}
     for name, path in paths.items():
         path.write_bytes(b"PK" + name.encode())
@@ -311,6 +310,7 @@ async def test_prune_deletes_the_archives_no_collection_reads(
             os.utime(path, (then, then))
     try:
         await app.state.services.feeder._take_over_reading()  # a feeder round meanwhile: it leaves it alone
+        await app.state.services.disk.measure(settings.upload_dir)  # and a walk of the disk: the partial stays
         dry = await admin.prune(settings.upload_dir, timedelta(days=90), dry_run=True)
         assert dry.archives >= 1 and paths["left.zip"].exists()
         report = await admin.prune(settings.upload_dir, timedelta(days=90))

@@ -22,13 +22,14 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from app import keys, quotas, usage
+from app.feeder import feed
 from app.files import DiskUsage
 from app.models import Collection, CollectionStatus, Prediction, Status, User, mark_failed
 from app.services import Services
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import eventually, sign_up
+from tests.helpers import eventually, read_elsewhere, sign_up
 from tests.page_helpers import upload_page, user_of
 
 Client = httpx.AsyncClient
@@ -140,9 +141,9 @@ async def test_images_of_a_collection_not_read_yet_count_for_the_day(
     # Only the images read so far were counted: a collection of 15,000 being read let another of 15,000
     # through a quota of 20,000 a day.
     user = await user_of_token(client, auth)
-    collection = await Collection.create(user=user, total=5, status=CollectionStatus.READING, archive_path="x.zip")
+    collection = await read_elsewhere(redis, user=user, total=5, archive_path="x.zip")
     lock = keys.reading_lock(str(collection.id))
-    await redis.set(lock, "this test", ex=60)  # no process reads it meanwhile
+    await app.state.services.feeder._take_over_reading()  # a feeder round meanwhile: it leaves it alone
     await add_rows(user, 1, collection=collection)  # 1 image of 5 read so far
     try:
         with changed(app, settings, quota_images_per_day=6, quota_collections=10) as services:
@@ -167,9 +168,13 @@ async def test_collections_in_progress_are_limited(
 ) -> None:
     user = await user_of_token(client, auth)
     for status in (CollectionStatus.CLASSIFYING, CollectionStatus.CLASSIFYING, CollectionStatus.DONE):
-        collection = await Collection.create(user=user, total=1, status=status)
-        if status != CollectionStatus.DONE:  # still at work: the feeder must not call it done meanwhile
+        # Classifying only once its image is queued: made classifying and empty, the app's feeder called it
+        # done (nothing left queued) if a round came before the image.
+        collection = await Collection.create(user=user, total=1, status=CollectionStatus.DONE)
+        await feed(app.state.services)  # a feeder round meanwhile: it leaves it alone
+        if status != CollectionStatus.DONE:
             await add_rows(user, 1, status=Status.QUEUED, collection=collection)
+            await Collection.filter(id=collection.id).update(status=status)
     try:
         with changed(app, settings, quota_collections=2) as services:
             with pytest.raises(TooManyRequestsException) as caught:
@@ -210,12 +215,10 @@ async def test_archives_waiting_to_be_read_count_as_stored(
     # A collection's images are stored as they are read; its archive was not counted meanwhile, so
     # collections started at once each found the whole quota free.
     user = await user_of_token(client, auth)
-    waiting = await Collection.create(
-        user=user, total=5, status=CollectionStatus.READING, archive_path="x.zip", archive_bytes=5000
-    )
-    await Collection.create(user=user, total=5, status=CollectionStatus.CLASSIFYING, archive_bytes=7000)  # read
+    waiting = await read_elsewhere(redis, user=user, total=5, archive_path="x.zip", archive_bytes=5000)
     lock = keys.reading_lock(str(waiting.id))
-    await redis.set(lock, "this test", ex=60)  # no process reads it meanwhile
+    await Collection.create(user=user, total=5, status=CollectionStatus.CLASSIFYING, archive_bytes=7000)  # read
+    await app.state.services.feeder._take_over_reading()  # a feeder round meanwhile: it leaves it alone
     try:
         assert await usage.stored_bytes(user.id) == 5000
         with changed(app, settings, quota_stored_bytes=5999, quota_collections=10) as services:
@@ -237,11 +240,8 @@ async def test_a_collection_being_read_counts_each_image_once(
     """Found in review: a collection being read held its images' bytes whole until the end, and each image
     read counted again as an original, so other uploads met 413 at half the quota."""
     user = await user_of_token(client, auth)
-    reading = await Collection.create(
-        user=user, total=3, status=CollectionStatus.READING, archive_path="x.zip", archive_bytes=3000
-    )
+    reading = await read_elsewhere(redis, user=user, total=3, archive_path="x.zip", archive_bytes=3000)
     lock = keys.reading_lock(str(reading.id))
-    await redis.set(lock, "this test", ex=60)  # no process reads it meanwhile
     try:
         await add_rows(user, 2, collection=reading, image_path="aa/read.png", image_bytes=1000)  # 2 of 3 read
         await add_rows(user, 1, image_path="bb/other.png", image_bytes=500)

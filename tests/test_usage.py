@@ -18,7 +18,7 @@ from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import unique_email
+from tests.helpers import read_elsewhere, unique_email
 from tests.test_quotas import add_rows, changed, disk_holding, finish_queued, upload, user_of_token
 
 
@@ -140,15 +140,12 @@ async def test_who_stores_is_each_person_keeping_an_original_or_an_archive_once(
     await add_rows(keeping, 3, image_path="aa/kept.png", image_bytes=10)
     await add_rows(both, 1, image_path="aa/both.png", image_bytes=10)
     await add_rows(pruned, 3, image_bytes=10)  # image_path ""
+    # Another process's readings: the app's feeder, taking them, found their archives gone.
     archives = [
-        await Collection.create(
-            user=person, total=3, status=CollectionStatus.READING, archive_path="x.zip", archive_bytes=30
-        )
+        await read_elsewhere(redis, user=person, total=3, archive_path="x.zip", archive_bytes=30)
         for person in (reading, both)
     ]
     locks = [keys.reading_lock(str(c.id)) for c in archives]
-    for lock in locks:  # no process reads them meanwhile: the app's feeder found their archives gone
-        await redis.set(lock, "this test", ex=60)
     await Collection.create(user=read, total=3, status=CollectionStatus.DONE)
     try:
         assert await usage.storers() == before + 3

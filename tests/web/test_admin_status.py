@@ -41,7 +41,7 @@ async def test_throughput_and_the_count_of_finished_predictions_agree(
         await make_prediction(user, finished_at=now, cached=True)  # answered from the cache: finished too
         await make_prediction(user, status=Status.FAILED, finished_at=now)  # failed: finished too
         await make_prediction(user, finished_at=now - timedelta(minutes=5))  # before the last minute
-        await make_prediction(user, status=Status.QUEUED)  # not finished
+        await make_prediction(user, status=Status.QUEUED, enqueued_at=now)  # not finished (on a stream: not fed)
         page = (await admin_browser.get("/admin/status", headers=HX)).text
         ended = datetime.now(UTC)
     finally:

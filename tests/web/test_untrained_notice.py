@@ -6,8 +6,12 @@ from __future__ import annotations
 import csv
 import io
 
+from litestar import Litestar
+from redis.asyncio import Redis
+
+from app import keys
 from app.models import Collection, CollectionStatus, Feedback, Prediction, User
-from tests.helpers import unique_email
+from tests.helpers import read_elsewhere, unique_email
 from tests.page_helpers import HX, Client, make_prediction, user_of
 
 NOTICE = "<strong>Untrained model.</strong>"
@@ -47,7 +51,7 @@ async def test_the_history_says_so(user_browser: Client) -> None:
     assert NOTICE in (await user_browser.get("/history", headers=HX)).text
 
 
-async def test_a_collection_page_and_its_csv_say_so(user_browser: Client) -> None:
+async def test_a_collection_page_and_its_csv_say_so(user_browser: Client, app: Litestar, redis: Redis) -> None:
     user = await user_of(user_browser)
     real = await Collection.create(user=user, name="real", total=1)
     fake = await Collection.create(user=user, name="fake", total=1)
@@ -57,8 +61,14 @@ async def test_a_collection_page_and_its_csv_say_so(user_browser: Client) -> Non
     assert NOTICE in (await user_browser.get(f"/collections/{fake.id}")).text
     assert NOTICE in (await user_browser.get(f"/collections/{fake.id}", headers=HX)).text
     # While an archive is read its page is not reloaded whole: the notice is there from the start.
-    reading = await Collection.create(user=user, name="zip", total=0, status=CollectionStatus.READING)
-    assert NOTICE in (await user_browser.get(f"/collections/{reading.id}")).text
+    # Another process's: the app's feeder, taking it, found no archive and ended it, and the page had no notice.
+    reading = await read_elsewhere(redis, user=user, name="zip", total=0)
+    try:
+        await app.state.services.feeder._take_over_reading()  # a feeder round meanwhile: it leaves it alone
+        assert NOTICE in (await user_browser.get(f"/collections/{reading.id}")).text
+    finally:
+        await Collection.filter(id=reading.id).update(status=CollectionStatus.DONE)
+        await redis.delete(keys.reading_lock(str(reading.id)))
     for collection, trained in ((real, "true"), (fake, "false")):
         response = await user_browser.get(f"/collections/{collection.id}/results.csv")
         rows = list(csv.DictReader(io.StringIO(response.text)))
