@@ -269,9 +269,10 @@ async def test_a_start_slower_than_its_lock_still_holds_the_next_back(
     """Found in review: the lock that starts one collection at a time lapsed while a large upload was
     stored (60 s), and the next start then passed the quotas before the first one's row was there."""
     monkeypatch.setattr(collections, "STARTING_LOCK_S", 0.6)
-    write_atomic = collections.files.write_atomic
+    write_atomic, storing = collections.files.write_atomic, threading.Event()
 
     def slow_disk(*args: Any) -> None:
+        storing.set()
         time.sleep(1.5)  # longer than the lock's time
         write_atomic(*args)
 
@@ -284,7 +285,11 @@ async def test_a_start_slower_than_its_lock_still_holds_the_next_back(
         slow = asyncio.create_task(
             client.post("/api/collections", headers=auth, files={"archive": ("x.zip", archives[0])})
         )
-        await asyncio.sleep(0.9)  # the first is storing its upload, past its lock's first time
+        # The first is storing its upload (its lock taken before), past its lock's first time. Not a fixed time
+        # from its request (0.9 s): a first request slower than that to reach its lock (a busy machine) let the
+        # second take it, and the first was the one refused.
+        assert await asyncio.to_thread(storing.wait, 30)
+        await asyncio.sleep(0.7)
         second = await client.post("/api/collections", headers=auth, files={"archive": ("y.zip", archives[1])})
         answers = [await slow, second]
     finally:
