@@ -8,14 +8,16 @@ from app.background import Every
 
 
 async def test_runs_every_round_until_stopped() -> None:
-    rounds = 0
+    rounds, three = 0, asyncio.Event()
 
     async def count() -> None:
         nonlocal rounds
         rounds += 1
+        if rounds == 3:
+            three.set()
 
     loop = Every(0.01, count, name="counting")
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(three.wait(), 10)  # not a fixed 0.1 s: a stalled machine ran fewer rounds in it
     await asyncio.wait_for(loop.stop(), 1)
     assert rounds >= 3
     seen = rounds
