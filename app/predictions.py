@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from tortoise import connections
 from tortoise.exceptions import IntegrityError
 from tortoise.functions import Count
+from tortoise.transactions import in_transaction
 
 from app import images, keys, outages, quotas, schemas, text, usage
 from app.jobs import producer
@@ -174,15 +175,17 @@ async def record_of(services: Services, user: User, image: images.CheckedImage, 
 async def insert(record: dict[str, Any], **fields: Any) -> Prediction:
     """A new Prediction of `record`. Charged 0 when another one of its person's, made meanwhile, was charged the
     original (an upload of it at once: both found it new; the index predictions_charged_once refuses the second);
-    one charged 0 is charged after all if a retention run let the charged one go meanwhile (usage)."""
+    one charged 0 is charged after all if a retention run let the charged one go meanwhile (usage), in one
+    transaction: made, then its charge failed ("database is locked"), it stayed as its upload was refused."""
     values = {name: value for name, value in record.items() if name != ORIGINAL_BYTES}
-    try:
+    if values["image_bytes"]:
+        try:
+            return await Prediction.create(**values, **fields)  # one statement: charged, nothing after it
+        except IntegrityError:
+            values["image_bytes"] = 0  # or another constraint (a collection's entry twice): refused again below
+    async with in_transaction():
         prediction = await Prediction.create(**values, **fields)
-    except IntegrityError:
-        if not values["image_bytes"]:
-            raise  # not the charge: another constraint (a collection's entry recorded twice)
-        prediction = await Prediction.create(**(values | {"image_bytes": 0}), **fields)
-    return await usage.charged_if_none(prediction, record[ORIGINAL_BYTES])
+        return await usage.charged_if_none(prediction, record[ORIGINAL_BYTES])
 
 
 async def create_cached(record: dict[str, Any], cached: dict[str, Any], latency_ms: float | None = None) -> Prediction:

@@ -20,6 +20,7 @@ from typing import Any
 from tortoise import connections
 from tortoise.exceptions import IntegrityError
 from tortoise.functions import Sum
+from tortoise.transactions import in_transaction
 
 from app.models import Collection, CollectionStatus, Prediction, Status, placeholders
 
@@ -86,22 +87,26 @@ async def charged_bytes(user_id: int, sha256: str, size: int, new: bool = False)
 
 def charged_sql(dialect: str) -> str:
     """The lookup of `charged_if_none`, its values in the order (user, sha256): by the index
-    predictions_charged_once, which holds just these rows."""
+    predictions_charged_once, which holds just these rows. On PostgreSQL the row found is locked until the
+    upload's transaction ends (see `charged_if_none`); SQLite's transaction holds its write lock already."""
     user_mark, sha_mark = placeholders(dialect, 2)
+    lock = "" if dialect == "sqlite" else " FOR SHARE"
     return (
         f"SELECT 1 FROM {Prediction._meta.db_table} WHERE user_id = {user_mark} AND image_sha256 = {sha_mark}"
-        " AND image_bytes > 0 AND image_path <> '' LIMIT 1"
+        f" AND image_bytes > 0 AND image_path <> '' LIMIT 1{lock}"
     )
 
 
 async def charged_if_none(prediction: Prediction, size: int) -> Prediction:
-    """A prediction just made, charged `size` after all if it was made charged 0 (its person kept the original,
-    or another upload of it was charged at once: a query on that path only) and none of theirs naming the original
-    is charged it any more. A retention run clears the charged one's image_path, then passes the charge to a newer
-    one naming it (app.admin._let_go): a row made after that search was missed, and kept it for free. This row is
-    made, then looks; the run clears, then searches: a search before the row was made followed the clearing, so
-    the look finds none charged; a look that found one charged came before its clearing, so the search finds the
-    row. Both charging it: the index predictions_charged_once refuses the second."""
+    """A prediction just made, in the transaction that made it (predictions.insert), charged `size` after all if it
+    was made charged 0 (its person kept the original, or another upload of it was charged at once: a query on that
+    path only) and none of theirs naming the original is charged it any more. A retention run clears the charged
+    one's image_path, then passes the charge to a newer one naming it (app.admin._let_go): a row made after that
+    search was missed, and kept it for free. This row is made, then looks, and is seen by others once its
+    transaction ends; the run clears, then searches. A look that found one charged came before its clearing, and
+    holds it (SQLite: the transaction's write lock; PostgreSQL: FOR SHARE, its row) until the row is seen: the
+    clearing waits, so the search finds the row. A look that found none followed the clearing: the row charges
+    itself. Both charging it: the index predictions_charged_once refuses the second."""
     if prediction.image_bytes:
         return prediction
     connection = connections.get("default")
@@ -110,7 +115,8 @@ async def charged_if_none(prediction: Prediction, size: int) -> Prediction:
     if await connection.execute_query_dict(sql, [user_id, prediction.image_sha256]):
         return prediction
     with contextlib.suppress(IntegrityError):  # charged meanwhile: the run's heir, or an upload of it at once
-        await Prediction.filter(id=prediction.id).update(image_bytes=size)
+        async with in_transaction():  # a savepoint: on PostgreSQL a refused statement ends the transaction else
+            await Prediction.filter(id=prediction.id).update(image_bytes=size)
         prediction.image_bytes = size
     return prediction
 
