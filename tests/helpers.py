@@ -60,6 +60,16 @@ async def sign_up(client: httpx.AsyncClient, email: str | None = None) -> dict[s
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+async def hold_feed_lock(redis: Redis, seconds: int = 60) -> None:
+    """The app's own feeder held off, its lock taken as another process's once a round of its in progress has
+    ended (set over it, that round still fed rows and finished collections). The caller deletes keys.FEED_LOCK."""
+
+    async def taken() -> bool:
+        return bool(await redis.set(keys.FEED_LOCK, "this test", ex=seconds, nx=True))
+
+    await eventually(taken, seconds=30, what="the app's feeder to end its round")
+
+
 async def read_elsewhere(redis: Redis, **fields: Any) -> Collection:
     """A collection being read by another process: its reading lock is held before its row exists, so that
     no round of the app's own feeder takes it over in between (made first, it was taken, its stand-in archive

@@ -21,7 +21,7 @@ from app.models import Prediction, Status
 from app.settings import Settings
 from tests import samples
 from tests.conftest import reset_queue, running_worker
-from tests.helpers import beat, eventually, forget_worker, originals_of, sign_up
+from tests.helpers import beat, eventually, forget_worker, hold_feed_lock, originals_of, sign_up
 from tests.web.test_collections_api import as_files, create, described, finished
 
 Client = httpx.AsyncClient
@@ -355,7 +355,7 @@ async def test_a_feed_round_that_fails_leaves_its_images_waiting(
     settings_of(async_queue_limit=100)
     services = app.state.services
     working = services.redis
-    await redis.set(keys.FEED_LOCK, "this test", ex=60)  # the app's own feeder stays out: this test feeds
+    await hold_feed_lock(redis)  # the app's own feeder stays out: this test feeds
     try:
         response = await client.post(
             "/api/predictions",
@@ -389,7 +389,7 @@ async def test_one_persons_slow_decodes_do_not_hold_up_the_others_feeding(
 
     services, slow_s = app.state.services, 0.25
     monkeypatch.setattr(feeder, "SOURCE_ROUND_S", 0.5)
-    await redis.set(keys.FEED_LOCK, "this test", ex=300)  # the app's own feeder stays out: this test feeds
+    await hold_feed_lock(redis, 300)  # the app's own feeder stays out: this test feeds
     try:
         users = {}
         for who, count in (("slow", 40), ("other", 3)):

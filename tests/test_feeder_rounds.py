@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from app import collections, feeder, keys
 from app.feeder import _has_work
 from app.models import Collection, CollectionStatus, Prediction, Status, User
-from tests.helpers import unique_email
+from tests.helpers import hold_feed_lock, unique_email
 
 
 async def test_synchronous_uploads_in_flight_leave_the_feeder_idle(
@@ -29,7 +29,7 @@ async def test_synchronous_uploads_in_flight_leave_the_feeder_idle(
         "model_name": "m",
         "model_weights": "random",
     }
-    await redis.set(keys.FEED_LOCK, "this test", ex=60)  # the app's feeder stays out: the rows keep waiting
+    await hold_feed_lock(redis)  # the app's feeder stays out: the rows keep waiting
     await Collection.exclude(status=CollectionStatus.DONE).update(status=CollectionStatus.DONE)  # others' leftovers
     rows = []
     try:

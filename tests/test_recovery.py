@@ -23,7 +23,7 @@ from app.settings import Settings
 from app.throttles import Throttle
 from tests import samples
 from tests.conftest import reset_queue, running_worker
-from tests.helpers import eventually
+from tests.helpers import eventually, hold_feed_lock
 
 
 async def on_a_stream(redis: Redis, *prediction_ids: str) -> bool:
@@ -170,7 +170,7 @@ async def test_one_round_hands_back_every_lost_prediction_a_batch_at_a_time(
     services = app.state.services
     services.settings = dataclasses.replace(settings, feed_window=4)
     user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
-    await redis.set(keys.FEED_LOCK, "this test", ex=60)  # the feeder stays out until they are all handed back
+    await hold_feed_lock(redis)  # the feeder stays out until they are all handed back
     try:
         made = await lost_predictions(user, settings, 10)
         assert await recovery.requeue_stale(services, until=0) == 3  # past its time: one batch, no more

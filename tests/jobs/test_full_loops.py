@@ -15,7 +15,7 @@ from app import keys, recovery
 from app.feeder import Feeder
 from app.models import Collection, CollectionStatus, Prediction, Status, User
 from app.services import Services
-from tests.helpers import eventually, unique_email
+from tests.helpers import eventually, hold_feed_lock, unique_email
 from tests.jobs.conftest import full
 
 
@@ -73,7 +73,7 @@ async def test_a_full_redis_does_not_hold_collections_all_done_classifying(
         model_name="m",
         model_weights="random",
     )
-    await redis.set(keys.FEED_LOCK, "another process's", ex=60)  # the app's own feeder (room in its Redis) waits
+    await hold_feed_lock(redis)  # the app's own feeder (room in its Redis) waits
     try:
         async with full(redis62, stays=True):
             feeder = Feeder(on(redis62, app))

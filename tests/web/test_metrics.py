@@ -21,7 +21,7 @@ from app.settings import Settings
 from app.web.metrics import may_read_metrics
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import beat, eventually, forget_worker
+from tests.helpers import beat, eventually, forget_worker, hold_feed_lock
 
 
 def samples_of(text: str) -> dict[str, float]:
@@ -95,7 +95,7 @@ async def test_the_backlog_counts_images_waiting_in_the_database(
     client: httpx.AsyncClient, auth: dict[str, str], no_worker: None, redis: Redis
 ) -> None:
     user = await User.get(email=(await client.get("/api/users/me", headers=auth)).json()["email"])
-    await redis.set(keys.FEED_LOCK, "this test", ex=60)  # the feeder stays out: the rows keep waiting
+    await hold_feed_lock(redis)  # the feeder stays out: the rows keep waiting
     try:
         before = samples_of((await client.get("/metrics")).text)
         rows = [
