@@ -14,11 +14,12 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from app import keys
+from app import db, keys
 from app.jobs.consumer import Consumer, Limits
 from app.jobs.protocol import Heartbeat, all_streams, as_text
 from app.models import Collection, CollectionStatus
@@ -42,6 +43,17 @@ async def from_address(app: Litestar, address: str) -> AsyncIterator[httpx.Async
     transport = httpx.ASGITransport(app=app, client=(address, 40001))  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as prober:
         yield prober
+
+
+def share_the_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second app (its own settings or Redis) on the tests' database: Tortoise has one set of global
+    connections, which the tests' app (`client`) opened and closes; the second app's lifespan leaves them be."""
+
+    async def already_open(*_: object) -> None:
+        pass
+
+    monkeypatch.setattr(db, "init_db", already_open)
+    monkeypatch.setattr(db, "close_db", already_open)
 
 
 def originals_of(settings: Settings, data: bytes) -> list[str]:

@@ -31,11 +31,13 @@ async def redis62(embedded: Any) -> AsyncIterator[Redis]:
 
 
 @asynccontextmanager
-async def full(redis: Redis, stays: bool = False) -> AsyncIterator[None]:
+async def full(redis: Redis, stays: bool = False, short: int = 0) -> AsyncIterator[None]:
     """Redis at its maxmemory (noeviction, as a queue must be) while inside: its writes that need memory refused.
-    `stays`: full whatever is deleted meanwhile (else what a worker frees makes room)."""
+    `stays`: full whatever is deleted meanwhile (else what a worker frees makes room). `short`: the maxmemory that
+    many bytes below what Redis holds, so that a small write cannot pass as its use ebbs (until that much is freed)."""
     await redis.config_set("maxmemory-policy", "noeviction")
-    await redis.config_set("maxmemory", 1 if stays else int((await redis.info("memory"))["used_memory"]))
+    used = int((await redis.info("memory"))["used_memory"])
+    await redis.config_set("maxmemory", 1 if stays else used - short)
     try:
         yield
     finally:

@@ -19,7 +19,7 @@ import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
 
-from app import db, labels, thumbnails
+from app import labels, thumbnails
 from app.feeder import feed
 from app.jobs.protocol import Heartbeat
 from app.models import Feedback, Prediction, Status, User
@@ -27,7 +27,7 @@ from app.settings import Settings
 from app.web.app import create_app
 from tests import hostile, samples
 from tests.conftest import CountingClassifier, reset_queue, serve
-from tests.helpers import beat, unique_email
+from tests.helpers import beat, share_the_database, unique_email
 from tests.page_helpers import (
     HX,
     PASSWORD,
@@ -188,11 +188,7 @@ async def production_browser(
     production.check()  # settings a production deployment starts with
     assert production.production
 
-    async def already_open(*_: Any) -> None:
-        """Tortoise has one set of global connections: the tests' app (`client`) opened them and closes them."""
-
-    monkeypatch.setattr(db, "init_db", already_open)
-    monkeypatch.setattr(db, "close_db", already_open)
+    share_the_database(monkeypatch)
     async with serve(create_app(production)) as browser:
         browser.base_url = httpx.URL("https://testserver")
         yield browser
