@@ -24,6 +24,7 @@ from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
 from tests.helpers import eventually
+from tests.test_quotas import upload
 
 Client = httpx.AsyncClient
 OLD = timedelta(days=100)
@@ -37,10 +38,6 @@ WAITING = (
 
 def on_sqlite(settings: Settings) -> bool:
     return settings.database_url.startswith("sqlite")
-
-
-async def upload(client: Client, auth: dict[str, str], photo: bytes, wait: str = "true") -> httpx.Response:
-    return await client.post("/api/predictions", headers=auth, params={"wait": wait}, files={"file": ("x.png", photo)})
 
 
 async def sent_again_as_a_run_lets_it_go(
@@ -173,7 +170,7 @@ async def test_a_failed_charge_leaves_no_row(
         raise OperationalError("database is locked")
 
     monkeypatch.setattr(usage, "charged_if_none", failed_after)
-    again = await upload(client, auth, photo, wait)
+    again = await upload(client, auth, photo, wait=wait)
     assert again.status_code == 503, again.text
     rows = await Prediction.filter(user_id=user_id, image_sha256=hashlib.sha256(photo).hexdigest()).values_list(
         "id", flat=True

@@ -26,6 +26,7 @@ from tests.conftest import reset_queue, running_worker, serve
 from tests.helpers import eventually, from_address, originals_of, share_the_database, sign_up, unique_email
 from tests.jobs.conftest import embedded, full
 from tests.page_helpers import PASSWORD, log_in_page, post_form, sign_up_page, upload_page
+from tests.test_quotas import upload
 
 __all__ = ["embedded"]
 
@@ -99,10 +100,6 @@ async def own(
         )
         await session_feeding.release()
         await own_redis.aclose()
-
-
-async def upload(http: httpx.AsyncClient, auth: dict[str, str], data: bytes, **params: Any) -> httpx.Response:
-    return await http.post("/api/predictions", headers=auth, files={"file": ("photo.jpg", data)}, params=params)
 
 
 def refused_for_room(response: httpx.Response) -> None:
