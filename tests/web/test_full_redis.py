@@ -14,7 +14,6 @@ import httpx
 import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
-from redis.asyncio.lock import Lock
 
 from app import keys
 from app.jobs.protocol import bulk_streams, connect
@@ -23,7 +22,15 @@ from app.settings import Settings
 from app.web.app import create_app
 from tests import samples
 from tests.conftest import reset_queue, running_worker, serve
-from tests.helpers import eventually, from_address, originals_of, share_the_database, sign_up, unique_email
+from tests.helpers import (
+    eventually,
+    from_address,
+    hold_feed_lock,
+    originals_of,
+    share_the_database,
+    sign_up,
+    unique_email,
+)
 from tests.jobs.conftest import embedded, full
 from tests.page_helpers import PASSWORD, log_in_page, post_form, sign_up_page, upload_page
 from tests.test_quotas import upload
@@ -65,15 +72,6 @@ class Own:
         return running_worker(self.redis, self.classifier, self.settings)
 
 
-async def held_for_this_module(redis: Redis) -> Lock:
-    """The session app's feed lock, taken as another process would (once a round of its own has ended): its
-    feeder shares the database, and would otherwise put this module's waiting uploads on the session's Redis,
-    where no worker reads them. Its requeue waits REQUEUE_AFTER (tests/conftest.py), longer than any run."""
-    lock = redis.lock(keys.FEED_LOCK, timeout=SESSION_FEED_LOCK_S, blocking_timeout=60)
-    assert await lock.acquire(), "the session app's feeder kept its lock"
-    return lock
-
-
 @pytest.fixture(scope="module")
 async def own(
     embedded: Any, client: httpx.AsyncClient, redis: Redis, settings: Settings, classifier: Any
@@ -83,7 +81,9 @@ async def own(
     )
     own_redis = connect(own_settings.redis_url)
     await own_redis.flushdb()
-    session_feeding = await held_for_this_module(redis)
+    # The session app's feeder held off: it shares the database, and would otherwise put this module's waiting
+    # uploads on the session's Redis, where no worker reads them. Its requeue waits REQUEUE_AFTER (tests/conftest.py).
+    await hold_feed_lock(redis, SESSION_FEED_LOCK_S)
     people: list[str] = []
     try:
         await reset_queue(own_redis)  # earlier tests' waiting work is not for this module's worker
@@ -98,7 +98,7 @@ async def own(
         await Prediction.filter(user_id__in=mine, status=Status.QUEUED).update(
             status=Status.FAILED, error="left over by test_full_redis"
         )
-        await session_feeding.release()
+        await redis.delete(keys.FEED_LOCK)
         await own_redis.aclose()
 
 
