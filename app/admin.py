@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -21,10 +20,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
-from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 
-from app import db, files, images, thumbnails
+from app import db, files, images, thumbnails, usage
 from app.collections import ARCHIVES_DIR
 from app.models import Collection, Prediction, Status
 from app.quotas import size_text
@@ -109,17 +107,7 @@ async def _let_go(rows: list[tuple[UUID, str, str]], used: set[str]) -> None:
     )
     await Prediction.filter(id__in=batch).update(image_path="")
     for user_id, sha, size in charged:
-        heir = await (
-            Prediction.filter(user_id=user_id, image_sha256=sha, image_bytes=0)
-            .exclude(image_path="")
-            .exclude(id__in=batch)
-            .order_by("-created_at")
-            .first()
-            .values_list("id", flat=True)
-        )
-        if heir is not None:
-            with contextlib.suppress(IntegrityError):  # an upload of it meanwhile was charged it
-                await Prediction.filter(id=heir).update(image_bytes=size)
+        await usage.pass_charge(user_id, sha, size, batch)
 
 
 async def _prune_batch(

@@ -246,7 +246,7 @@ async def submit(
         # either, as refused before it (failed, it stayed in the history and counted against the quotas).
         services.waiter.forget(job.prediction_id, expected)
         if isinstance(exc, Exception) and outages.redis_full(exc):
-            await Prediction.filter(id=prediction.id).delete()
+            await usage.withdraw(prediction)
             await services.decoder.forget(image, services.disk)
         elif isinstance(exc, Exception):
             await mark_failed([str(prediction.id)], "The queue was unavailable")

@@ -121,6 +121,33 @@ async def charged_if_none(prediction: Prediction, size: int) -> Prediction:
     return prediction
 
 
+async def pass_charge(user_id: int, sha256: str, size: int, besides: list[Any]) -> None:
+    """A person's original, charged to a prediction of theirs that let it go (pruned, or deleted), charged to
+    their newest other one still keeping it (charged 0: usage.charged_bytes), if any, but those `besides`. One
+    made after this search charges itself (`charged_if_none`); one charged meanwhile keeps its charge."""
+    heir = await (
+        Prediction.filter(user_id=user_id, image_sha256=sha256, image_bytes=0)
+        .exclude(image_path="")
+        .exclude(id__in=besides)
+        .order_by("-created_at")
+        .first()
+        .values_list("id", flat=True)
+    )
+    if heir is not None:
+        with contextlib.suppress(IntegrityError):  # an upload of it meanwhile was charged it
+            await Prediction.filter(id=heir).update(image_bytes=size)
+
+
+async def withdraw(prediction: Prediction) -> None:
+    """Delete a prediction just made, its upload refused after all (a full Redis took nothing of its job). Its
+    charge passes on (`pass_charge`): an upload of the same original by its person, made meanwhile, found it
+    charged and was charged 0, and kept the original for free once it was deleted."""
+    await Prediction.filter(id=prediction.id).delete()
+    if prediction.image_bytes:
+        user_id: int = prediction.user_id  # type: ignore[attr-defined]
+        await pass_charge(user_id, prediction.image_sha256, prediction.image_bytes, [prediction.id])
+
+
 def storers_sql() -> str:
     """The people keeping originals, or collections' images not read yet: one count, duplicates merged by
     the UNION (an account that stores nothing is not among them, so it does not shrink anyone's share).
