@@ -170,7 +170,9 @@ def _remove_unless(path: Path, kept: Callable[[os.stat_result], bool]) -> int | 
     """Delete `path` unless `kept` by its state then: the bytes freed, None if kept, 0 if not there. Renamed
     aside before it is looked at, so that an upload storing it again is never lost in between: looked at,
     then deleted, a use just between (store_original's touch) was deleted with it, and that upload's row named
-    a file gone. A use before the rename is seen; one after finds it missing and writes it again."""
+    a file gone. A use before the rename is seen; one after finds it missing and writes it again. Kept, it is put
+    back over any written meanwhile (the same bytes): that one's writer took it for its own (store_original), and,
+    refused, would remove it from under the use this one is kept for."""
     aside = path.with_name(f"{PARTIAL_PREFIX}{path.name}-{os.getpid()}-{threading.get_ident()}")
     try:
         os.rename(path, aside)
@@ -180,9 +182,7 @@ def _remove_unless(path: Path, kept: Callable[[os.stat_result], bool]) -> int | 
         stat = os.stat(aside)
         if not kept(stat):
             return stat.st_size
-        with contextlib.suppress(FileExistsError):  # written again meanwhile: that one stays
-            if not _linked(str(aside), path):
-                os.replace(aside, path)
+        os.replace(aside, path)
         return None
     finally:
         aside.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import errno
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +103,35 @@ def test_a_retention_run_keeps_an_original_stored_again_as_it_deletes_it(
     files.remove_file(path, used_since=time.time() - 600)
     monkeypatch.undo()
     assert used and path.read_bytes() == b"d" * 10
+
+
+@pytest.mark.parametrize("removal", ["refused upload", "retention run"])
+def test_an_original_put_back_as_kept_is_not_left_to_an_upload_that_wrote_it_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, removal: str
+) -> None:
+    """An upload stores an original again (its row names it) as a removal (a refused upload's that wrote it, or a
+    retention run's) sets it aside; found used, it is put back. A third upload, storing it just between, found it
+    missing and wrote it: the file put back was dropped for that one, which took it for its own and, refused
+    (a full Redis refused all but an async upload), forgot it: the row of the upload that stored it named a file
+    gone."""
+    data, relative = b"e" * 10, "ab/five.jpg"
+    path = tmp_path / relative
+    written = files.store_original(data, relative, tmp_path)
+    assert written is not None and files.store_original(data, relative, tmp_path) is None  # the one whose row names it
+    stat, third = os.stat, list[int | None]()
+
+    def stored_just_as_set_aside(at: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if not third and Path(at).name.startswith(f"{files.PARTIAL_PREFIX}{path.name}-"):  # set aside, looked at
+            third.append(None)
+            third[0] = files.store_original(data, relative, tmp_path)
+        return stat(at, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "stat", stored_just_as_set_aside)
+    if removal == "refused upload":
+        assert files.forget_original(path, written) == 0
+    else:
+        assert files.remove_file(path, used_since=time.time() - 600) is None
+    monkeypatch.undo()
+    assert third and third[0] is not None  # it found the original missing, and wrote it
+    files.forget_original(path, third[0])  # refused
+    assert path.read_bytes() == data
