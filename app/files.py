@@ -28,11 +28,11 @@ STORE_TRIES = 3
 
 def write_atomic(
     path: Path, data: bytes | Callable[[IO[bytes]], object], modified_ns: int | None = None, new: bool = False
-) -> None:
+) -> bool:
     """Write `data` (bytes, or what a function writes to the file) to a temp file beside `path`, then
     rename: a concurrent reader never sees half a file. With `modified_ns`, the file has that modification
     time as it appears. `new`: FileExistsError, and `path` left as it is, if it exists by then (linked, not
-    renamed over it)."""
+    renamed over it); False if that could not be made sure (no hard links: renamed, over any written meanwhile)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL_PREFIX)
     try:
@@ -43,8 +43,10 @@ def write_atomic(
                 data(out)
         if modified_ns is not None:
             os.utime(tmp, ns=(modified_ns, modified_ns))
-        if not new or not _linked(tmp, path):
-            os.replace(tmp, path)
+        if new and _linked(tmp, path):
+            return True
+        os.replace(tmp, path)
+        return not new
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -138,8 +140,8 @@ def store_original(data: bytes, relative_path: str, upload_dir: Path) -> int | N
             os.utime(path, ns=(now, now))
             return None
         with contextlib.suppress(FileExistsError):  # another upload wrote it meanwhile: this one uses it
-            write_atomic(path, data, modified_ns=now, new=True)
-            return now
+            # Renamed into place (no hard links), another's write at once may be under it: not claimed as its own.
+            return now if write_atomic(path, data, modified_ns=now, new=True) else None
     raise FileExistsError(errno.EEXIST, "stored and removed again by other uploads meanwhile", str(path))
 
 

@@ -80,8 +80,38 @@ def test_an_original_is_stored_where_the_file_system_has_no_hard_links(
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(files.os, "link", no_links)
-    assert files.store_original(b"c" * 10, "ab/three.jpg", tmp_path) is not None
+    files.store_original(b"c" * 10, "ab/three.jpg", tmp_path)
     assert [p.name for p in (tmp_path / "ab").iterdir()] == ["three.jpg"]
+
+
+@pytest.mark.parametrize("refused", ["first", "second"])
+def test_without_hard_links_neither_of_two_uploads_writing_an_original_at_once_forgets_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str
+) -> None:
+    """Found auditing: renamed into place, an original two uploads found missing at once was written by both, and
+    each took it for its own (store_original's time); the one renamed last, refused, forgot it from under the other's
+    row. Without hard links neither claims it: a refused one leaves it to the retention run (admin._prune_unnamed)."""
+
+    def no_links(*args: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    data, relative = b"f" * 10, "ab/six.jpg"
+    path, replace, second = tmp_path / relative, os.replace, list[int | None]()
+
+    def the_other_writes_first(source: Any, to: Any) -> None:
+        if not second and Path(to) == path:
+            second.append(None)
+            second[0] = files.store_original(data, relative, tmp_path)
+        replace(source, to)
+
+    monkeypatch.setattr(files.os, "link", no_links)
+    monkeypatch.setattr(files.os, "replace", the_other_writes_first)
+    first = files.store_original(data, relative, tmp_path)
+    assert second  # both found it missing, and wrote it
+    written = first if refused == "first" else second[0]
+    if written is not None:  # as DecodePool.forget does
+        files.forget_original(path, written)
+    assert path.read_bytes() == data
 
 
 def test_a_retention_run_keeps_an_original_stored_again_as_it_deletes_it(
