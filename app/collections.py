@@ -327,10 +327,11 @@ def items(collection: Collection, status: str | None = None, label: str | None =
     return query.order_by("file_name", "created_at")
 
 
-async def results_csv(user: User, collection_id: Any) -> tuple[str, AsyncIterator[str]]:
-    """(file name, CSV text as it is made) of the results of a collection its owner (or an admin) may see."""
+async def results_csv(services: Services, user: User, collection_id: Any) -> tuple[str, AsyncIterator[str]]:
+    """(file name, CSV text as it is made, in the user's turns) of a collection its owner (or an admin) may see."""
     collection = await visible_collection(user, collection_id)
-    return f"collection-{collection.id}.csv", csv_text(RESULT_CSV_COLUMNS, result_pages(collection))
+    pages = result_pages(collection)
+    return f"collection-{collection.id}.csv", csv_text(RESULT_CSV_COLUMNS, pages, services.exports, user.id)
 
 
 async def result_pages(collection: Collection) -> AsyncIterator[list[list[str]]]:

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from app.exports import EXPORT_STEPS
 from app.files import DiskUsage
 from app.jobs.producer import BacklogView
 from app.jobs.results import ResultWaiter
@@ -85,6 +86,8 @@ class Services:
     reading: Turns = field(default_factory=lambda: Turns(READING_STEPS))
     # The collections' readings with their archives open, in turns by person (app/collections.py).
     open_readings: Turns = field(default_factory=lambda: Turns(OPEN_READINGS, per_owner=READING_STEPS))
+    # The pages of the CSV exports, in turns by person (app/exports.py).
+    exports: Turns = field(default_factory=lambda: Turns(EXPORT_STEPS, per_owner=1))
     # Held from counting the async queue to adding to it (app/predictions.py): uploads sent at once all
     # counted the same queue, and all got in past its bound.
     admitting: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -107,7 +107,7 @@ async def read_collection(
     media_type="text/csv",
 )
 async def collection_csv(request: AuthedRequest, collection_id: FromPath[UUID]) -> Stream:
-    return csv_attachment(*await collections.results_csv(request.user, collection_id))
+    return csv_attachment(*await collections.results_csv(services(request), request.user, collection_id))
 
 
 routes = [create_collection, list_collections, read_collection, collection_csv]

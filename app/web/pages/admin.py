@@ -255,10 +255,11 @@ async def feedback_pages(filters: FeedbackFilter) -> AsyncIterator[list[list[str
 
 
 @get("/feedback.csv", include_in_schema=False)
-async def admin_feedback_csv(wrong_only: WrongOnly = False, label: LabelFilter = "") -> Stream:
+async def admin_feedback_csv(request: AnyRequest, wrong_only: WrongOnly = False, label: LabelFilter = "") -> Stream:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    pages = feedback_pages(FeedbackFilter(wrong_only, label.strip()))
     return Stream(
-        csv_text(FEEDBACK_CSV_COLUMNS, feedback_pages(FeedbackFilter(wrong_only, label.strip()))),
+        csv_text(FEEDBACK_CSV_COLUMNS, pages, services(request).exports, request.user.id),
         media_type="text/csv",  # Litestar adds the charset
         headers={"Content-Disposition": f'attachment; filename="feedback-{stamp}.csv"', "Cache-Control": "no-store"},
     )

@@ -134,7 +134,7 @@ async def collection_page(
 @get("/collections/{collection_id:uuid}/results.csv", include_in_schema=False)
 async def collection_csv_page(request: AnyRequest, collection_id: FromPath[UUID]) -> Stream:
     """The API's CSV, for a signed-in browser (the API takes only the bearer token, never the cookie)."""
-    return csv_attachment(*await collections.results_csv(request.user, collection_id))
+    return csv_attachment(*await collections.results_csv(services(request), request.user, collection_id))
 
 
 routes: list[Any] = [collection_page, collection_csv_page]
