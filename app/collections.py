@@ -335,15 +335,12 @@ async def results_csv(services: Services, user: User, collection_id: Any) -> tup
 
 
 async def result_pages(collection: Collection) -> AsyncIterator[list[list[str]]]:
-    """The rows of its items in the pages' order, CSV_PAGE at a time (keyset paging, the id breaking ties)."""
+    """Its items' rows in the pages' order, CSV_PAGE at a time: keyset pages, each an index's range (migration 0019)."""
     after = Q()
-    while True:
-        page = await items(collection).filter(after).order_by("file_name", "created_at", "id").limit(CSV_PAGE)
-        if not page:
-            return
+    while page := await items(collection).filter(after).order_by("file_name", "created_at", "id").limit(CSV_PAGE):
         yield [result_row(predictions.result_dict(p)) for p in page]
         last = page[-1]
-        after = (
+        after = Q(file_name__gte=last.file_name) & (  # the >= bounds the index's range; the rest steps past ties
             Q(file_name__gt=last.file_name)
             | Q(file_name=last.file_name, created_at__gt=last.created_at)
             | Q(file_name=last.file_name, created_at=last.created_at, id__gt=last.id)
