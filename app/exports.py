@@ -13,9 +13,9 @@ from app.turns import Turns
 # Rows a streamed CSV reads from the database at once: each step of the event loop stays short however
 # long the file (10,000 rows built in one step held every other request for 0.3 s).
 CSV_PAGE = 500
-# Pages of the CSVs a web process makes at once, one of them a person's, the others' in turns by person: a page of
-# a 20,000-image collection costs the database 12 ms and the event loop 15. Made all at once, one person's 32
-# downloads of it held the process's loop for 45 s, every other request waiting 0.3 s (median; measured).
+# Pages of the CSVs a web process makes at once, one of them a person's, the others' in turns by person: a page
+# costs the event loop about 15 ms. Made all at once, one person's 32 downloads of a 20,000-image collection's CSV
+# held the process's loop for 45 s, every other request waiting 0.3 s (median; measured).
 EXPORT_STEPS = 2
 # model_trained: "false" for a model with random weights (its labels are meaningless), last so that readers
 # of the older columns by position are unaffected.
