@@ -121,7 +121,10 @@ def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 
 
 def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    # Read from the scope: requests that skip authentication (OPTIONS) have no user at all.
+    # OPTIONS skips authentication, so no one is signed in: its answer is the Allow header, nothing to guard, and
+    # a 401 here made the page sign the person out (clearing their cookies).
+    if connection.scope.get("method") == "OPTIONS":
+        return
     user = connection.scope.get("user")
     if not isinstance(user, User):
         raise NotAuthorizedException("Sign in first")

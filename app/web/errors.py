@@ -75,16 +75,26 @@ def plain_detail(status: int, detail: str) -> str:
     return detail
 
 
+def named_problems(extra: Any) -> str:
+    """The values a request got wrong and why, as Litestar's validation lists them in `extra` (the JSON's)."""
+    items = extra if isinstance(extra, list) else []
+    found = [
+        f"{item['key']}: {item['message']}"
+        for item in items
+        if isinstance(item, dict) and {"key", "message"} <= item.keys()
+    ]
+    return "; ".join(found)
+
+
 def error_page(request: AnyRequest, exc: Exception) -> Response[Any]:
     """Errors for people: sign in first for 401; a message for an HTMX swap; an error page otherwise."""
-    status, detail, headers, _ = error_body(exc)
+    status, detail, headers, extra = error_body(exc)
     if status == HTTP_401_UNAUTHORIZED:
         return signed_out(request, login_url(request))  # and drop a stale or revoked cookie
-    context = {
-        "status_code": status,
-        "title": ERROR_TITLES.get(status, "Error"),
-        "detail": plain_detail(status, detail),
-    }
+    detail = plain_detail(status, detail)
+    if problems := named_problems(extra):  # a page said "Validation failed for GET /history?page=0", not why
+        detail = f"{detail}: {problems}"
+    context = {"status_code": status, "title": ERROR_TITLES.get(status, "Error"), "detail": detail}
     if wants_partial(request):
         # Shown in the page's message area, whatever the request meant to swap.
         headers = {**headers, "HX-Retarget": "#messages", "HX-Reswap": "innerHTML"}

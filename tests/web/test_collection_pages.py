@@ -259,14 +259,15 @@ def error_messages(response: httpx.Response) -> list[str]:
     return [html.unescape(message) for message in found]
 
 
-# What is wrong, said on the page: the status filter's own message; Litestar's for a parameter it validates.
+# What is wrong, said on the page: the status filter's own message; Litestar's for a parameter it validates,
+# with the parameter and why (tests/web/test_hostile_pages.py).
 @pytest.mark.parametrize(
     ("query", "message"),
     [
         ("status=lost", "Unknown status 'lost': choose queued, done or failed"),
-        ("label=" + "x" * 101, "Validation failed for GET {url}"),
-        ("page=0", "Validation failed for GET {url}"),
-        ("page=x", "Validation failed for GET {url}"),
+        ("label=" + "x" * 101, "Validation failed for GET {url}: label: Expected `str` of length <= 100"),
+        ("page=0", "Validation failed for GET {url}: page: Expected `int` >= 1"),
+        ("page=x", "Validation failed for GET {url}: page: Expected `int`, got `str`"),
     ],
 )
 async def test_bad_filters_are_400_pages(user_browser: Client, query: str, message: str) -> None:
