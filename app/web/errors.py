@@ -21,6 +21,7 @@ from litestar.status_codes import (
 
 from app.outages import DEPENDENCY_ERRORS, database_busy, redis_full
 from app.web.deps import AnyRequest
+from app.web.limits import FORM_TOO_LARGE, MAX_FORM_BYTES
 from app.web.rendering import render, wants_partial
 from app.web.sessions import login_url, signed_out
 
@@ -86,11 +87,20 @@ def named_problems(extra: Any) -> str:
     return "; ".join(found)
 
 
+def form_route(request: AnyRequest) -> bool:
+    """Whether the request's route takes a form, not an upload: its bodies are bounded as forms are."""
+    handler = request.scope.get("route_handler")
+    bound = getattr(handler, "resolve_request_max_body_size", lambda: None)()
+    return bound == MAX_FORM_BYTES
+
+
 def error_page(request: AnyRequest, exc: Exception) -> Response[Any]:
     """Errors for people: sign in first for 401; a message for an HTMX swap; an error page otherwise."""
     status, detail, headers, extra = error_body(exc)
     if status == HTTP_401_UNAUTHORIZED:
         return signed_out(request, login_url(request))  # and drop a stale or revoked cookie
+    if status == HTTP_413_REQUEST_ENTITY_TOO_LARGE and form_route(request):  # not "The upload is larger ..."
+        detail = FORM_TOO_LARGE
     detail = plain_detail(status, detail)
     if problems := named_problems(extra):  # a page said "Validation failed for GET /history?page=0", not why
         detail = f"{detail}: {problems}"

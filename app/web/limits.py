@@ -35,6 +35,7 @@ MAX_JSON_DEPTH = 32  # every body the API takes is 3 levels deep
 # The largest form a page sends is feedback: a 1,000-character comment is at most 12 kB percent-encoded.
 MAX_FORM_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 20  # the pages' forms have at most 6
+FORM_TOO_LARGE = f"A form may have at most {MAX_FORM_BYTES // 1024} kB"
 # A web process holds at most this many of the largest bodies (a collection's) at once, counted in bytes,
 # and besides them room for this many single uploads, which no body larger than one may take: two people
 # sending collections a byte now and then (each minute must bring 64 kB) filled it for days otherwise.
@@ -283,9 +284,7 @@ class LimitedRequest(HTMXRequest):
         routes take 512 MB, and a form sent there is read before any handler (for its CSRF token). One that
         declares more is refused at once, with this answer: Litestar's own limit (1 MB on the sign-in
         routes) would refuse it first, and not say why."""
-        too_large = HTTPException(
-            status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail=f"A form may have at most {MAX_FORM_BYTES // 1024} kB"
-        )
+        too_large = HTTPException(status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail=FORM_TOO_LARGE)
         declared = self.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
             raise too_large

@@ -16,6 +16,7 @@ from litestar._kwargs import extractors
 
 from app.models import Collection, CollectionStatus, Feedback, Prediction, User
 from app.settings import Settings
+from app.web.limits import MAX_FORM_BYTES
 from tests.helpers import from_address, unique_email
 from tests.page_helpers import HX, Client, csrf, is_full_page, log_in_page, make_prediction, sign_up_page, user_of
 from tests.web.test_hostile_requests import INTERNALS
@@ -271,3 +272,20 @@ async def test_a_body_of_another_type_is_no_form(
     response = await user_browser.post(f"/predictions/{world.mine.id}/feedback", content=body, headers=headers)
     assert response.status_code == 400 and "Say whether the prediction was right" in response.text
     assert parsed == [] and not await Feedback.exists(prediction_id=world.mine.id)
+
+
+@pytest.mark.parametrize("route", ["feedback", "/logout", "/login", "/register"])
+async def test_a_form_sent_as_multipart_is_bounded_like_a_urlencoded_one(
+    user_browser: Client, world: World, route: str
+) -> None:
+    """Found by this corpus: the feedback and sign-out forms took the app's 10 MB upload bound when sent as
+    multipart (URL-encoded, they are refused past MAX_FORM_BYTES, as sign-in and sign-up are either way), and
+    the feedback page echoed what it was sent: a 5 MB class name came back twice, a 10 MB page. Sign-in's and
+    sign-up's 413 said "The upload is larger than this service accepts": it says what the bound is."""
+    path = f"/predictions/{world.mine.id}/feedback" if route == "feedback" else route
+    fields = {"_csrf_token": await csrf(user_browser), "verdict": "wrong", "correct_label": "l" * 2 * MAX_FORM_BYTES}
+    for headers in ({}, HX):
+        response = await user_browser.post(path, files={k: (None, v) for k, v in fields.items()}, headers=headers)
+        assert response.status_code == 413 and len(response.content) < MAX_FORM_BYTES, response.status_code
+        assert f"at most {MAX_FORM_BYTES // 1024} kB" in response.text
+    assert (await user_browser.get("/history")).status_code == 200

@@ -109,7 +109,7 @@ async def register_submit(request: AnyRequest, data: Annotated[RegisterForm, For
     return signed_in(request, user, values["next"])
 
 
-@post("/logout", include_in_schema=False, status_code=HTTP_200_OK)
+@post("/logout", include_in_schema=False, status_code=HTTP_200_OK, request_max_body_size=MAX_FORM_BYTES)
 async def logout(request: AnyRequest) -> Response[Any]:
     await revoke(request, request.auth)
     return signed_out(request, "/login")

@@ -29,6 +29,7 @@ from app import collections, feedback, images, labels, predictions, stages, thum
 from app.archives import Upload
 from app.models import Collection, Feedback, Prediction, Status, User, deferred
 from app.web.deps import AnyRequest, services
+from app.web.limits import MAX_FORM_BYTES
 from app.web.pages.accounts import FormBody
 from app.web.pages.collections import waiting_without_worker
 from app.web.rendering import go, render, wants_partial
@@ -210,7 +211,14 @@ def feedback_problems(data: FeedbackForm) -> dict[str, str]:
     return {}
 
 
-@post("/predictions/{prediction_id:uuid}/feedback", include_in_schema=False, status_code=HTTP_200_OK)
+# A form's bound whatever its encoding (as sign-in's, app/web/pages/accounts.py): sent as multipart, it took the
+# app's 10 MB, and the page echoed it back.
+@post(
+    "/predictions/{prediction_id:uuid}/feedback",
+    include_in_schema=False,
+    status_code=HTTP_200_OK,
+    request_max_body_size=MAX_FORM_BYTES,
+)
 async def feedback_submit(
     request: AnyRequest, prediction_id: FromPath[UUID], data: Annotated[FeedbackForm, FormBody]
 ) -> Response[Any]:
