@@ -17,6 +17,7 @@ from litestar.config.csrf import CSRFConfig
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.middleware import csrf as litestar_csrf
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.middleware.csrf import generate_csrf_token
 from litestar.security.jwt import JWTCookieAuth, JWTCookieAuthenticationMiddleware, Token
@@ -150,13 +151,23 @@ class AuthMiddleware(JWTCookieAuthenticationMiddleware):
         return result
 
 
+def same_token(a: str, b: str) -> bool:
+    """compare_digest of two strs raises TypeError when one has a non-ASCII character, as a CSRF cookie, header or
+    form field anyone sends may (a 500); compared as UTF-8, such a token is a wrong one (403)."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+# Litestar's CSRF middleware compares its tokens with this name, imported from `secrets` into its module.
+litestar_csrf.compare_digest = same_token  # type: ignore[assignment]  # secrets.compare_digest is overloaded
+
+
 def check_bound_csrf(connection: ASGIConnection[Any, Any, Any, Any], token: Token) -> None:
     """Litestar's CSRF check makes the form's token match the CSRF cookie; this makes that cookie the one the
     session was signed in with, so a cookie planted from elsewhere (another site's subdomain, a network on
     the way) cannot carry a form in someone's session."""
     bound = token.extras.get(CSRF_CLAIM)
     cookie = connection.cookies.get(csrf_cookie_name(connection))
-    if not isinstance(bound, str) or not bound or not cookie or not hmac.compare_digest(bound, cookie):
+    if not isinstance(bound, str) or not bound or not cookie or not same_token(bound, cookie):
         raise PermissionDeniedException("This form does not belong to your session: reload the page and try again")
 
 
