@@ -17,6 +17,7 @@ from litestar._kwargs import extractors
 from app.models import Collection, CollectionStatus, Feedback, Prediction, User
 from app.settings import Settings
 from app.web.limits import MAX_FORM_BYTES
+from tests import samples
 from tests.helpers import from_address, unique_email
 from tests.page_helpers import HX, Client, csrf, is_full_page, log_in_page, make_prediction, sign_up_page, user_of
 from tests.web.test_hostile_requests import INTERNALS
@@ -322,3 +323,15 @@ async def test_a_csrf_token_with_non_ascii_characters_is_refused(
     assert_clean(response)
     assert response.status_code == 403, response.status_code
     assert not await Feedback.exists(prediction_id=world.mine.id)
+
+
+async def test_a_file_name_past_the_multipart_header_bound_is_not_called_too_many_parts(user_browser: Client) -> None:
+    """Found by this corpus: the multipart parser refuses a part header over 4 kB (a long file name or folder
+    path) with the same error as a form of too many parts, so one image was told "The form has more than 10008
+    parts". It is now a 400 that says what was too long."""
+    for headers in ({}, HX):
+        files = {"file": ("a" * 5000 + ".jpg", samples.photo(4400), "image/jpeg")}
+        form = {"_csrf_token": await csrf(user_browser)}
+        response = await user_browser.post("/", files=files, data=form, headers=headers)
+        assert response.status_code == 400 and "file name or folder path" in response.text, response.text[:500]
+        assert "parts" not in response.text
