@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from app import collections, feeder, keys
 from app.feeder import _has_work
 from app.models import Collection, CollectionStatus, Prediction, Status, User
-from tests.helpers import hold_feed_lock, unique_email
+from tests.helpers import eventually, hold_feed_lock, unique_email
 
 
 async def test_synchronous_uploads_in_flight_leave_the_feeder_idle(
@@ -53,27 +53,44 @@ async def test_a_long_round_keeps_the_feed_lock_and_never_deletes_another_feeder
 ) -> None:
     """Found in review: the lock lapsed under a round longer than FEED_LOCK_S (another process then fed the same
     rows), and the round's end deleted whichever process's lock was there."""
-    started, ending = asyncio.Event(), asyncio.Event()
+    # Renewed every 2 s: a stalled machine has 4 s to renew it (a 1 s lock lapsed in a stall of 0.7 s).
+    lock_s = 6
+    started, ending, ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    has_work = feeder._has_work
 
     async def slow(services: Any) -> int:
-        if await redis.pttl(keys.FEED_LOCK) > 1000:  # a round begun before FEED_LOCK_S was changed
+        if await redis.pttl(keys.FEED_LOCK) > lock_s * 1000:  # a round begun before FEED_LOCK_S was changed
             return 0
         started.set()
         await ending.wait()
         return 0
 
-    monkeypatch.setattr(feeder, "FEED_LOCK_S", 1)
+    async def after_the_round() -> bool:  # what the round asks once it has let its lock go (if still its own)
+        if ending.is_set():
+            ended.set()
+        return await has_work()
+
+    monkeypatch.setattr(feeder, "FEED_LOCK_S", lock_s)
     monkeypatch.setattr(feeder, "feed", slow)
+    monkeypatch.setattr(feeder, "_has_work", after_the_round)
     # Its next round now: it may be waiting out a longer pause that an earlier test set (up to 30 s).
     app.state.services.feeder.nudge()
     try:
-        await asyncio.wait_for(started.wait(), 10)  # the app's feeder, in a round
-        await asyncio.sleep(1.6)
-        assert await redis.get(keys.FEED_LOCK) is not None  # still held, past FEED_LOCK_S
+        await asyncio.wait_for(started.wait(), 60)  # the app's feeder, in a round
+        lowest = await redis.pttl(keys.FEED_LOCK)
+
+        async def renewed() -> bool:  # its time to live up again: left alone, it only goes down
+            nonlocal lowest
+            left = await redis.pttl(keys.FEED_LOCK)
+            assert left > 0, "the feed lock lapsed"
+            lowest, before = min(lowest, left), lowest
+            return left > before
+
+        await eventually(renewed, seconds=60, what="the round to renew its feed lock")
         await redis.set(keys.FEED_LOCK, "another process's")  # as if it had lapsed and been taken
     finally:
         ending.set()
-    await asyncio.sleep(0.5)  # the round ends
+    await asyncio.wait_for(ended.wait(), 60)  # the round has ended
     assert await redis.get(keys.FEED_LOCK) == b"another process's"
     await redis.delete(keys.FEED_LOCK)
 
