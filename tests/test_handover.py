@@ -19,7 +19,7 @@ from app import handover, images
 from app.sandbox import DecodePool
 from tests import samples
 from tests.helpers import eventually
-from tests.test_sandbox import SLOW, decode_pool
+from tests.test_sandbox import SLOW, cancelled_mid_decode, decode_pool
 
 SHM = Path("/dev/shm")
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,11 +79,7 @@ async def test_a_block_whose_decode_timed_out_is_retired_and_removed() -> None:
 async def test_a_block_whose_decode_was_cancelled_is_retired() -> None:
     async with decode_pool(decode_timeout=30) as pool:
         before = block_names(pool)
-        decoding = asyncio.create_task(pool.check(SLOW))
-        await asyncio.sleep(0.3)
-        decoding.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await decoding
+        await cancelled_mid_decode(pool)
         assert not block_names(pool) & before and in_shm(before) == set()
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from litestar.exceptions import ServiceUnavailableException
+from pebble.common import CONSTS
 from PIL import Image
 
 from app import files, images, thumbnails
@@ -51,6 +52,51 @@ async def pid_of(pool: DecodePool) -> int:
 
 def status_of(pid: int) -> dict[str, str]:
     return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+
+
+def cpu_ticks(pid: int) -> int:
+    """The CPU time process `pid` has used so far (user and system), in clock ticks: unlike a wall-clock time,
+    not stretched by a machine busy with other work."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def asked_to_end(pid: int) -> bool:
+    """SIGTERM is pending for process `pid` (sent while it is stopped, it waits for SIGCONT)."""
+    pending = status_of(pid)["ShdPnd"].strip()
+    return bool(int(pending, 16) & 1 << (signal.SIGTERM - 1))
+
+
+@pytest.fixture
+def long_sigterm_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pebble's SIGKILL comes a minute after its SIGTERM, not 3 s: a process that only SIGKILL ends would take
+    that long, far apart from one SIGTERM ends at once, however slow the machine."""
+    monkeypatch.setattr(CONSTS, "term_timeout", 60)
+
+
+async def cancelled_mid_decode(pool: DecodePool) -> int:
+    """Start decoding SLOW, and cancel it while the pool's (only, idle) process is at work on it; its pid.
+    From the moment it is seen spending CPU on the decode until pebble has asked it to end, the process is
+    stopped (SIGSTOP): however slow the machine, the cancellation lands mid-decode (after a fixed 0.3 s, the
+    decode could have not begun, or ended)."""
+    pid = await pid_of(pool)
+    used = cpu_ticks(pid)
+    decoding = asyncio.create_task(pool.check(SLOW))
+
+    async def at_work() -> bool:
+        return cpu_ticks(pid) > used
+
+    async def stopping() -> bool:
+        return asked_to_end(pid)
+
+    await eventually(at_work, seconds=60, what="the decode process to start decoding")
+    os.kill(pid, signal.SIGSTOP)
+    decoding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await decoding
+    await eventually(stopping, seconds=60, what="pebble to stop the process of the cancelled decode")
+    os.kill(pid, signal.SIGCONT)
+    return pid
 
 
 def ended(pid: int) -> Callable[[], Awaitable[bool]]:
@@ -240,15 +286,11 @@ async def test_a_webp_too_large_is_refused_from_its_header_before_libwebp_reserv
         assert await pid_of(pool) == before
 
 
-async def test_cancelling_a_decode_stops_its_process() -> None:
+async def test_cancelling_a_decode_stops_its_process(long_sigterm_grace: None) -> None:
     async with decode_pool(decode_timeout=30) as pool:
-        before = await pid_of(pool)
-        decoding = asyncio.create_task(pool.check(SLOW))
-        await asyncio.sleep(0.3)
-        decoding.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await decoding
-        await eventually(ended(before), what="the cancelled decode's process to end", seconds=2)
+        before = await cancelled_mid_decode(pool)
+        # At once (SIGTERM), not after pebble's grace (SIGKILL, a minute later).
+        await eventually(ended(before), what="the cancelled decode's process to end", seconds=30)
         await assert_serves(pool, 1303)
 
 
