@@ -19,7 +19,7 @@ from app import handover, images
 from app.sandbox import DecodePool
 from tests import samples
 from tests.helpers import eventually
-from tests.test_sandbox import SLOW, cancelled_mid_decode, decode_pool
+from tests.test_sandbox import SLOW, cancelled_mid_decode, decode_pool, with_timeout
 
 SHM = Path("/dev/shm")
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,10 +65,12 @@ async def test_an_upload_goes_in_the_block_when_it_fits_and_through_the_pipe_whe
 
 
 async def test_a_block_whose_decode_timed_out_is_retired_and_removed() -> None:
-    async with decode_pool(decode_timeout=0.3) as pool:
+    async with decode_pool() as pool:
         before = block_names(pool)
+        with_timeout(pool, 0.3)
         with pytest.raises(images.ImageRejected):
             await pool.check(SLOW)
+        with_timeout(pool, 60)
         after = block_names(pool)
         assert len(after) == 1 and not after & before
         assert in_shm(before) == set() and in_shm(after) == after
@@ -77,7 +79,7 @@ async def test_a_block_whose_decode_timed_out_is_retired_and_removed() -> None:
 
 
 async def test_a_block_whose_decode_was_cancelled_is_retired() -> None:
-    async with decode_pool(decode_timeout=30) as pool:
+    async with decode_pool() as pool:
         before = block_names(pool)
         await cancelled_mid_decode(pool)
         assert not block_names(pool) & before and in_shm(before) == set()
