@@ -307,8 +307,12 @@ async def test_an_idle_process_killed_from_outside_is_replaced() -> None:
     async with decode_pool() as pool:
         before = await pid_of(pool)
         os.kill(before, signal.SIGKILL)
-        await asyncio.sleep(0.3)  # pebble notices: it gives the whole pool up, and a new one starts
-        await assert_serves(pool, 1304)
+
+        async def given_up() -> bool:
+            return not pool._pool.active
+
+        await eventually(given_up, seconds=60, what="pebble to notice and give the whole pool up")
+        await assert_serves(pool, 1304)  # in a new one
         assert await pid_of(pool) != before
 
 
@@ -468,14 +472,18 @@ async def test_callers_of_no_owner_take_their_turns() -> None:
             await asyncio.sleep(0.01)
             got.append(i)
 
-    await asyncio.wait_for(asyncio.gather(*(hold(i) for i in range(6))), 5)
+    await asyncio.wait_for(asyncio.gather(*(hold(i) for i in range(6))), 60)
     assert sorted(got) == list(range(6)) and turns.free == 3 and not turns.held and not turns.waiting
 
 
 async def test_one_users_slow_images_do_not_hold_up_anothers() -> None:
     async with decode_pool() as pool:
         slow = [asyncio.create_task(pool.check(SLOW, owner="hostile")) for _ in range(4)]
-        await asyncio.sleep(0.2)  # the first of them is being decoded, the rest wait
+
+        async def in_line() -> bool:
+            return pool.turns.held == {"hostile": 1} and len(pool.turns.waiting.get("hostile", ())) == 3
+
+        await eventually(in_line, what="the first of them in a decode, the rest waiting")
         image = await pool.check(samples.photo(1), owner="normal")
         # One turn each: the hostile user's next image (its owner was waiting first), then this one, ahead
         # of the other two.
