@@ -109,6 +109,22 @@ async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5, w
         await asyncio.sleep(0.02)
 
 
+async def renewed(redis: Redis, lock: str) -> None:
+    """Wait until the lock `lock` (held now) is renewed: its time to live up again, as left alone it only goes
+    down; it fails as soon as the lock has lapsed. Its holder's renewal observed, not a time waited: a stalled
+    machine stretches the time, and a test sure to be past the lock's first time had to wait all of it."""
+    lowest = await redis.pttl(lock)
+
+    async def up_again() -> bool:
+        nonlocal lowest
+        left = await redis.pttl(lock)
+        assert left > 0, f"{lock} lapsed"
+        lowest, before = min(lowest, left), lowest
+        return left > before
+
+    await eventually(up_again, 60, f"{lock} renewed")
+
+
 async def pending(redis: Redis) -> int:
     """Jobs delivered to a worker and not yet acknowledged, on every stream."""
     total = 0

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from app import collections, feeder, keys
 from app.feeder import _has_work
 from app.models import Collection, CollectionStatus, Prediction, Status, User
-from tests.helpers import eventually, hold_feed_lock, unique_email
+from tests.helpers import hold_feed_lock, renewed, unique_email
 
 
 async def test_synchronous_uploads_in_flight_leave_the_feeder_idle(
@@ -77,16 +77,7 @@ async def test_a_long_round_keeps_the_feed_lock_and_never_deletes_another_feeder
     app.state.services.feeder.nudge()
     try:
         await asyncio.wait_for(started.wait(), 60)  # the app's feeder, in a round
-        lowest = await redis.pttl(keys.FEED_LOCK)
-
-        async def renewed() -> bool:  # its time to live up again: left alone, it only goes down
-            nonlocal lowest
-            left = await redis.pttl(keys.FEED_LOCK)
-            assert left > 0, "the feed lock lapsed"
-            lowest, before = min(lowest, left), lowest
-            return left > before
-
-        await eventually(renewed, seconds=60, what="the round to renew its feed lock")
+        await renewed(redis, keys.FEED_LOCK)
         await redis.set(keys.FEED_LOCK, "another process's")  # as if it had lapsed and been taken
     finally:
         ending.set()

@@ -39,7 +39,7 @@ from app.settings import Settings
 from app.web.limits import RESERVE_EACH, UPLOADS_RESERVED, BodiesHeld, BodyBudget, Person
 from tests import broken_zips, samples
 from tests.conftest import CountingClassifier, running_worker
-from tests.helpers import eventually, from_address, sign_up, sqlite_holds_the_write_lock
+from tests.helpers import eventually, from_address, renewed, sign_up, sqlite_holds_the_write_lock
 from tests.page_helpers import prediction_values
 
 Client = httpx.AsyncClient
@@ -268,12 +268,13 @@ async def test_a_start_slower_than_its_lock_still_holds_the_next_back(
 ) -> None:
     """Found in review: the lock that starts one collection at a time lapsed while a large upload was
     stored (60 s), and the next start then passed the quotas before the first one's row was there."""
-    monkeypatch.setattr(collections, "STARTING_LOCK_S", 0.6)
-    write_atomic, storing = collections.files.write_atomic, threading.Event()
+    # Renewed every 2 s: a stalled machine has 4 s to renew it (at 0.6 s, a stall of 0.4 s let it lapse).
+    monkeypatch.setattr(collections, "STARTING_LOCK_S", 6)
+    write_atomic, storing, stored = collections.files.write_atomic, threading.Event(), threading.Event()
 
     def slow_disk(*args: Any) -> None:
         storing.set()
-        time.sleep(1.5)  # longer than the lock's time
+        stored.wait(60)  # until the second start has given up: longer than the lock's time
         write_atomic(*args)
 
     monkeypatch.setattr(collections.files, "write_atomic", slow_disk)
@@ -285,16 +286,21 @@ async def test_a_start_slower_than_its_lock_still_holds_the_next_back(
         slow = asyncio.create_task(
             client.post("/api/collections", headers=auth, files={"archive": ("x.zip", archives[0])})
         )
-        # The first is storing its upload (its lock taken before), past its lock's first time. Not a fixed time
-        # from its request (0.9 s): a first request slower than that to reach its lock (a busy machine) let the
-        # second take it, and the first was the one refused.
+        # The first is storing its upload (its lock taken before). Not a fixed time from its request (0.9 s): a
+        # first request slower than that to reach its lock (a busy machine) let the second take it, and the first
+        # was the one refused. Its lock renewed (else lapsed: the second would take it and pass the quota), the
+        # second waits for it (STARTING_LOCK_S) and gives up.
         assert await asyncio.to_thread(storing.wait, 30)
-        await asyncio.sleep(0.7)
+        me = (await client.get("/api/users/me", headers=auth)).json()["id"]
+        await renewed(app.state.services.redis, keys.collection_start(me))
         second = await client.post("/api/collections", headers=auth, files={"archive": ("y.zip", archives[1])})
+        stored.set()
         answers = [await slow, second]
     finally:
+        stored.set()
         services.settings = settings
     assert [a.status_code for a in answers] == [202, 429], [a.text for a in answers]
+    assert "Another collection of yours is being started" in answers[1].json()["detail"]
     assert (await client.get("/api/collections", headers=auth)).json()["total"] == 1
 
 
