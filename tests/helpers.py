@@ -100,9 +100,10 @@ async def forget_worker(redis: Redis, name: str) -> None:
     await Consumer(redis, name, FAKE_LIMITS).leave()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5, what: str = "the condition") -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 30, what: str = "the condition") -> None:
     """Wait until `check()` is true. The worker answers (publishes) before it acknowledges the job, so
-    what follows the answer (the stream emptied, the batch counted) happens a moment after it."""
+    what follows the answer (the stream emptied, the batch counted) happens a moment after it. `seconds` bounds
+    a hang; it is no measure of speed: a stalled machine may take many seconds for what takes milliseconds."""
     deadline = time.monotonic() + seconds
     while not await check():
         assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"

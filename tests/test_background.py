@@ -18,7 +18,7 @@ async def test_runs_every_round_until_stopped() -> None:
 
     loop = Every(0.01, count, name="counting")
     await asyncio.wait_for(three.wait(), 10)  # not a fixed 0.1 s: a stalled machine ran fewer rounds in it
-    await asyncio.wait_for(loop.stop(), 1)
+    await asyncio.wait_for(loop.stop(), 30)
     assert rounds >= 3
     seen = rounds
     await asyncio.sleep(0.05)
@@ -37,7 +37,7 @@ async def test_stops_when_the_action_turns_cancellation_into_an_error() -> None:
 
     loop = Every(0.01, swallows_cancel, name="swallowing")
     await started.wait()
-    await asyncio.wait_for(loop.stop(), 2)  # a cancel alone would leave this loop running forever
+    await asyncio.wait_for(loop.stop(), 30)  # a cancel alone would leave this loop running forever
 
 
 async def test_wait_first_waits_before_the_first_round() -> None:

@@ -140,7 +140,7 @@ async def test_a_restarted_redis_does_not_hold_up_everyones_feeding(
         newcomer = await sign_up(client)
         await create(client, newcomer, files=as_files(pngs(24_400, 3)))
         stream = keys.bulk_jobs(await user_id(client, newcomer))
-        await eventually(lambda: has_length(redis, stream, 3), seconds=10, what="the newcomer fed")
+        await eventually(lambda: has_length(redis, stream, 3), seconds=30, what="the newcomer fed")
     finally:
         await reset_queue(redis)
 

@@ -145,7 +145,7 @@ async def test_a_web_process_killed_outright_leaves_no_block() -> None:
     async def removed() -> bool:
         return in_shm(names) == set()
 
-    await eventually(removed, what="the resource tracker to remove the killed process's blocks", seconds=10)
+    await eventually(removed, what="the resource tracker to remove the killed process's blocks", seconds=30)
 
 
 SMALL_SHM = """

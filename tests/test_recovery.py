@@ -183,7 +183,7 @@ async def test_one_round_hands_back_every_lost_prediction_a_batch_at_a_time(
         async def a_window_fed() -> bool:
             return await redis.xlen(stream) >= 4
 
-        await eventually(a_window_fed, seconds=10, what="the feeder to enqueue a window of them again")
+        await eventually(a_window_fed, seconds=30, what="the feeder to enqueue a window of them again")
         await asyncio.sleep(0.6)  # more feeder rounds: still its window, no more
         assert await redis.xlen(stream) == 4
     finally:

@@ -141,9 +141,9 @@ async def test_a_result_lost_while_the_subscription_is_made_again_still_answers(
     await Prediction.filter(id=prediction.id).update(status=Status.DONE, label="stored", finished_at=datetime.now(UTC))
     await redis.publish(keys.RESULTS, result_message(str(prediction.id), Status.DONE))  # nobody listens: lost
     started = time.monotonic()
-    answered = await predictions.wait(services, prediction, 10)
+    answered = await predictions.wait(services, prediction, 60)
     assert (answered.status, answered.label) == (Status.DONE, "stored")
-    assert time.monotonic() - started < 8  # once subscribed again, not at the timeout
+    assert time.monotonic() - started < 30  # once subscribed again, not at the timeout (60 s: a slow machine's margin)
     assert not future.done()  # the message itself never came
 
 
@@ -173,8 +173,8 @@ async def test_a_result_lost_between_submit_and_wait_still_answers_at_once(
     async def subscribed_again() -> bool:
         return services.waiter.subscriptions > before
 
-    await eventually(subscribed_again, seconds=10, what="the subscription made again")
+    await eventually(subscribed_again, seconds=30, what="the subscription made again")
     started = time.monotonic()
-    answered = await predictions.wait(services, prediction, 10)
+    answered = await predictions.wait(services, prediction, 60)
     assert (answered.status, answered.label) == (Status.DONE, "stored")
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 30  # not at the timeout

@@ -736,7 +736,7 @@ async def test_a_reading_that_meets_the_database_locked_resumes_at_the_next_roun
             async def reading() -> bool:
                 return key in feeder.reading
 
-            await eventually(reading, seconds=5, what="the feeder reading the archive")
+            await eventually(reading, seconds=30, what="the feeder reading the archive")
             task = feeder.reading[key]
             await asyncio.wait([task], timeout=30)
             assert task.done() and task.exception() is None, task
@@ -781,7 +781,7 @@ async def test_a_collection_another_process_finished_after_the_listing_is_left_a
         async def taken_and_let_go() -> bool:
             return bool(ran) and not await redis.exists(keys.reading_lock(key))
 
-        await eventually(taken_and_let_go, seconds=10, what="the feeder's reader ended")
+        await eventually(taken_and_let_go, seconds=30, what="the feeder's reader ended")
         found = await Collection.get(id=collection.id)
         assert (found.status, found.error) == (CollectionStatus.CLASSIFYING, None)
         assert await Prediction.filter(collection=collection).count() == 4

@@ -198,7 +198,7 @@ class HeldClassifier:
             time.sleep(self.before_s)
         elif len(self.batches) == self.held:
             self.started.set()
-            self.release.wait(20)
+            self.release.wait(60)
         return self.inner.predict(pixels)
 
 
@@ -215,7 +215,7 @@ async def held_worker(
     stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
     task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
     try:
-        assert await asyncio.to_thread(held.started.wait, 20)
+        assert await asyncio.to_thread(held.started.wait, 60)
         yield name
     finally:
         held.release.set()
@@ -246,7 +246,7 @@ async def test_the_next_batch_is_read_while_the_model_runs_and_bulk_work_is_not(
     async with held_worker(redis, settings, held, [*made, bulk]) as name:
         await asyncio.sleep(0.4)  # past the read ahead; the batch before is acknowledged by then
         # One job in hand, the last read ahead: both claimed while the model is held.
-        await eventually(lambda: has_pending(redis, name, interactive, 2), 5, "the next batch read ahead")
+        await eventually(lambda: has_pending(redis, name, interactive, 2), 30, "the next batch read ahead")
         await asyncio.sleep(0.3)  # time enough to read the bulk job too, were it read ahead
         assert await pending_for(redis, name, interactive) == 2
         assert await pending_for(redis, name, [keys.bulk_jobs(other.id)]) == 0
@@ -265,7 +265,7 @@ async def test_with_no_one_uploading_bulk_work_is_read_ahead(
     async with held_worker(redis, settings, held, made) as name:
         await asyncio.sleep(0.4)  # past the read ahead; the batch before is acknowledged by then
         # One in hand, one read ahead.
-        await eventually(lambda: has_pending(redis, name, [keys.bulk_jobs(user.id)], 2), 5, "bulk work read ahead")
+        await eventually(lambda: has_pending(redis, name, [keys.bulk_jobs(user.id)], 2), 30, "bulk work read ahead")
     assert await statuses(made) == [Status.DONE] * 3 and held.batches == [1, 1, 1]
 
 
@@ -325,7 +325,7 @@ async def test_the_next_batch_is_read_late_in_the_inference(
         await enqueue(redis, user.id, made[2][1])
         await asyncio.sleep(0.3)
         assert await pending_for(redis, name, [stream]) == 1  # only the batch in hand: the new job is free
-        await eventually(lambda: has_pending(redis, name, [stream], 2), 5, "the third job read ahead late")
+        await eventually(lambda: has_pending(redis, name, [stream], 2), 30, "the third job read ahead late")
     assert await statuses(made) == [Status.DONE] * 3 and held.batches == [1, 1, 1]
 
 
@@ -357,9 +357,9 @@ async def test_a_batch_read_ahead_is_classified_before_the_worker_stops(
     held = HeldClassifier(classifier, held=2, before_s=0.4)
     stop, name = asyncio.Event(), f"test-{uuid4().hex[:8]}"
     task = asyncio.create_task(Worker(redis, held, replace(settings, max_batch=1), name=name).run(stop))
-    assert await asyncio.to_thread(held.started.wait, 20)
+    assert await asyncio.to_thread(held.started.wait, 60)
     await asyncio.sleep(0.4)  # past the read ahead; the batch before is acknowledged by then
-    await eventually(lambda: has_pending(redis, name, [keys.jobs(user.id)], 2), 5, "the third job read ahead")
+    await eventually(lambda: has_pending(redis, name, [keys.jobs(user.id)], 2), 30, "the third job read ahead")
     stop.set()
     held.release.set()
     await task
