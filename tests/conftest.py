@@ -122,6 +122,7 @@ from uuid import uuid4  # noqa: E402
 
 import httpx  # noqa: E402
 from litestar import Litestar  # noqa: E402
+from pebble.common import CONSTS  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 from app import db, keys  # noqa: E402
@@ -367,3 +368,10 @@ async def admin_browser(browser: Client, settings: Settings) -> Client:
     response = await log_in_page(browser, settings.admin_email, settings.admin_password)
     assert response.status_code == 303, response.text
     return browser
+
+
+@pytest.fixture
+def long_sigterm_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pebble's SIGKILL comes a minute after its SIGTERM, not 3 s: a process that only SIGKILL ends would take
+    that long, far apart from one SIGTERM ends at once, however slow the machine."""
+    monkeypatch.setattr(CONSTS, "term_timeout", 60)

@@ -78,7 +78,7 @@ async def test_a_block_whose_decode_timed_out_is_retired_and_removed() -> None:
         assert (await pool.check(data)).pixels == images.check(data, 10**7, 10**8, 10**9).pixels
 
 
-async def test_a_block_whose_decode_was_cancelled_is_retired() -> None:
+async def test_a_block_whose_decode_was_cancelled_is_retired(long_sigterm_grace: None) -> None:
     async with decode_pool() as pool:
         before = block_names(pool)
         await cancelled_mid_decode(pool)
