@@ -1,10 +1,12 @@
 """Background loops stop when told to, even when a cancellation comes out of a call as an ordinary error."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from app.background import Every
+from tests.helpers import eventually
 
 
 async def test_runs_every_round_until_stopped() -> None:
@@ -56,19 +58,27 @@ async def test_wait_first_waits_before_the_first_round() -> None:
 async def test_a_failing_action_is_a_warning_once_not_every_round(caplog: pytest.LogCaptureFixture) -> None:
     """Found in review: a worker whose heartbeat write kept failing said so only at DEBUG, so it ran unseen by
     the web app (/health/ready 503) with nothing in the log at the default level."""
-    failing = True
+    failing, rounds = True, {True: 0, False: 0}  # rounds run, failed or not
 
     async def beat() -> None:
+        rounds[failing] += 1
         if failing:
             raise ConnectionError("Redis refused the heartbeat")
 
+    def more_rounds(than: int, failed: bool) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return rounds[failed] > than
+
+        return check
+
+    # Counted, not timed: after fixed sleeps, a stalled machine ran no round in one of them.
     with caplog.at_level("INFO", logger="app.background"):
         loop = Every(0.01, beat, name="heartbeat")
-        await asyncio.sleep(0.1)  # about ten failed rounds
+        await eventually(more_rounds(9, failed=True), what="ten failed rounds")
         failing = False
-        await asyncio.sleep(0.05)
-        failing = True
-        await asyncio.sleep(0.05)
+        await eventually(more_rounds(0, failed=False), what="a round that worked")
+        failing, failed = True, rounds[True]
+        await eventually(more_rounds(failed, failed=True), what="a failed round again")
         await loop.stop()
     logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "app.background"]
     warnings = [message for level, message in logged if level == "WARNING"]

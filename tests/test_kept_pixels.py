@@ -122,9 +122,14 @@ async def test_a_round_that_cannot_enqueue_keeps_its_pixels_and_backs_off(
 
     monkeypatch.setattr(producer, "enqueue_bulk", full)
     prediction_id = await async_job(client, auth, 32_000)
+
+    async def tried() -> bool:  # the feeder may be waiting out a pause an earlier test's failures set (up to 10 s)
+        return bool(tries)
+
+    await eventually(tried, what="a round to try to enqueue it")
     await asyncio.sleep(4)
     assert decodes[0] == 1  # as it was accepted, not again
-    assert 1 <= len(tries) <= 4  # a round, then pauses of 1, 2 and 4 s
+    assert len(tries) <= 4  # a round, then pauses of 1, 2 and 4 s
     monkeypatch.setattr(producer, "enqueue_bulk", enqueue_bulk)  # room again
     await until_done(client, auth, prediction_id)
     assert decodes[0] == 1 and worker.images == 1

@@ -72,8 +72,13 @@ async def test_the_archives_open_at_once_are_bounded_in_all_and_by_person(
                 images = {f"{i}.png": samples.photo(9100 + 10 * n + i, (32, 24), "PNG") for i in range(6)}
                 archive = samples.zipped(images, zipfile.ZIP_STORED)
                 started.append(await collections._start(services, person, [Upload("c.zip", archive)], "", (6, 1 << 20)))
+
+            async def opened() -> bool:  # the feeder may be waiting out a pause an earlier test's failures set
+                return seen_total > 0
+
+            await eventually(opened, what="a reading to open its archive")
             await asyncio.sleep(2)  # long enough for every reading to open what it will before its turn
-            assert 0 < seen_total <= 3, f"{seen_total} archives open at once"
+            assert seen_total <= 3, f"{seen_total} archives open at once"
         ids = [c.id for c in started]
 
         async def all_done() -> bool:

@@ -319,7 +319,9 @@ async def test_the_next_batch_is_read_late_in_the_inference(
     made = [await queued(user, settings, seed) for seed in (131, 132, 133)]
     for _, job in made[:2]:
         await enqueue(redis, user.id, job)
-    held = HeldClassifier(classifier, held=2, before_s=1.2)  # read ahead at 0.9 s into the held batch
+    # Read ahead at 2.25 s into the held batch: the look below, 0.3 s in, comes well before it even on a stalled
+    # machine (at 0.9 s, a stall of 0.6 s had it see the read ahead).
+    held = HeldClassifier(classifier, held=2, before_s=3.0)
     stream = keys.jobs(user.id)
     async with held_worker(redis, settings, held, made) as name:  # the second job's batch started
         await enqueue(redis, user.id, made[2][1])
