@@ -67,7 +67,7 @@ async def test_a_message_that_came_before_the_wait_still_answers_it(
     fields = {"label": "early", "wnid": "n00000002", "score": 0.25, "top5": [], "model_version": "v"}
     fields |= {"latency_ms": 3.0, "finished_at": datetime.now(UTC).isoformat()}
     await redis.publish(keys.RESULTS, result_message(str(prediction.id), Status.DONE, fields))
-    await asyncio.wait_for(asyncio.shield(future), 5)  # dispatched: the message is in
+    await asyncio.wait_for(asyncio.shield(future), 30)  # dispatched: the message is in
     answered = await predictions.wait(services, prediction, 1)
     # The row is still queued: only the message can say "early".
     assert (answered.status, answered.label) == (Status.DONE, "early")

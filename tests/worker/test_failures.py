@@ -37,17 +37,18 @@ from tests.worker.test_loop import a_user, all_finished, queued
 
 @dataclass
 class Hanging:
-    """A backend that stops answering (a wedged driver, a deadlock): its call returns after `seconds`."""
+    """A backend that stops answering (a wedged driver, a deadlock): its call returns once `released` (a minute
+    at most), not after a fixed time, which a stalled machine could see pass before the worker's deadline."""
 
     inner: Any
-    seconds: float
+    released: threading.Event = field(default_factory=threading.Event)
 
     @property
     def info(self) -> Any:
         return self.inner.info
 
     def predict(self, pixels: Any) -> Any:
-        time.sleep(self.seconds)
+        self.released.wait(60)
         return self.inner.predict(pixels)
 
 
@@ -82,9 +83,13 @@ async def test_a_hung_inference_stops_the_worker_and_its_jobs_are_taken_over(
     made = [await queued(user, settings, 300 + seed) for seed in range(3)]
     for _, job in made:
         await enqueue(redis, user.id, job)
-    hung = Worker(redis, Hanging(classifier, 2.0), replace(settings, batch_timeout=0.5), name="hung")
-    with pytest.raises(Wedged):
-        await asyncio.wait_for(hung.run(asyncio.Event()), 10)
+    hanging = Hanging(classifier)
+    hung = Worker(redis, hanging, replace(settings, batch_timeout=0.5), name="hung")
+    try:
+        with pytest.raises(Wedged):
+            await asyncio.wait_for(hung.run(asyncio.Event()), 60)
+    finally:
+        hanging.released.set()
     assert not await redis.exists(keys.heartbeat("hung"))  # not shown as live any more
     async with running_worker(redis, classifier, settings):
         rows = await all_finished([str(p.id) for p, _ in made])
