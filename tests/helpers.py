@@ -145,11 +145,12 @@ async def pending_for(redis: Redis, consumer: str, streams: list[str] | None = N
     return held
 
 
-def sqlite_holds_the_write_lock(path: str, taken: threading.Event, seconds: float) -> None:
-    """Another program's long write (a migration, a backup tool, someone at the sqlite3 prompt)."""
+def sqlite_holds_the_write_lock(path: str, taken: threading.Event, released: threading.Event) -> None:
+    """Another program's long write (a migration, a backup tool, someone at the sqlite3 prompt), until `released`
+    (a minute at most): a fixed time let a stalled machine's request come after it and find the lock free."""
     db = sqlite3.connect(path, timeout=5, isolation_level=None)
     db.execute("BEGIN IMMEDIATE")
     taken.set()
-    time.sleep(seconds)
+    released.wait(60)
     db.execute("ROLLBACK")
     db.close()

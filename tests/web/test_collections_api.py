@@ -721,10 +721,10 @@ async def test_a_reading_that_meets_the_database_locked_resumes_at_the_next_roun
     PostgreSQL waits for the lock instead, and the reading goes on once it is free."""
     feeder = app.state.services.feeder
     async with held_collection(app, client, auth, 8) as (collection, mine):
-        taken, key = threading.Event(), str(collection.id)
+        taken, released, key = threading.Event(), threading.Event(), str(collection.id)
         if settings.database_url.startswith("sqlite"):
             path = settings.database_url.removeprefix("sqlite://").partition("?")[0]
-            holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, 12.0))
+            holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, released))
         else:
             postgres = settings.database_url.replace("postgres://", "postgresql://")
             holder = asyncio.create_task(postgres_holds_the_table(postgres, taken, 2.0))
@@ -738,9 +738,10 @@ async def test_a_reading_that_meets_the_database_locked_resumes_at_the_next_roun
 
             await eventually(reading, seconds=30, what="the feeder reading the archive")
             task = feeder.reading[key]
-            await asyncio.wait([task], timeout=30)
+            await asyncio.wait([task], timeout=30)  # on SQLite, paused: the lock is held until it is
             assert task.done() and task.exception() is None, task
         finally:
+            released.set()
             await holder
 
         async def read() -> bool:

@@ -16,7 +16,7 @@ from app import labels
 from app.settings import Settings
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import sign_up, sqlite_holds_the_write_lock
+from tests.helpers import eventually, sign_up, sqlite_holds_the_write_lock
 
 Client = httpx.AsyncClient
 
@@ -166,14 +166,27 @@ async def test_feedback_is_edited_while_another_connection_commits(
     assert (last["id"], last["comment"], last["is_correct"]) == (first.json()["id"], "c299", True)
 
 
-async def postgres_holds_the_row(url: str, prediction_id: str, taken: threading.Event, seconds: float) -> None:
-    """The same on PostgreSQL, which locks rows: the feedback row an edit updates, held in a transaction."""
+async def postgres_holds_the_row(
+    url: str, prediction_id: str, taken: threading.Event, released: threading.Event
+) -> None:
+    """The same on PostgreSQL, which locks rows: the feedback row an edit updates, held in a transaction until
+    `released` (a minute at most)."""
     db = await asyncpg.connect(url)
     try:
         async with db.transaction():
             await db.execute("SELECT id FROM feedback WHERE prediction_id = $1 FOR UPDATE", prediction_id)
             taken.set()
-            await asyncio.sleep(seconds)
+            await asyncio.to_thread(released.wait, 60)
+    finally:
+        await db.close()
+
+
+async def waited_for(url: str) -> bool:
+    """A statement of another connection waits for a lock (the edit, for the row held)."""
+    db = await asyncpg.connect(url)
+    try:
+        waiting = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        return bool(await db.fetch(waiting))
     finally:
         await db.close()
 
@@ -187,24 +200,28 @@ async def test_an_edit_while_another_connection_holds_the_lock_is_never_a_500(
     prediction = await classified(client, auth, 960)
     url = f"/api/predictions/{prediction['id']}/feedback"
     assert (await client.post(url, headers=auth, json={"is_correct": False})).status_code == 200
-    taken, on_sqlite = threading.Event(), settings.database_url.startswith("sqlite")
+    # Held until the edit has failed (SQLite) or is seen waiting (PostgreSQL), not for a fixed time: a stalled
+    # machine's edit came once the lock was free, or had waited less than the test asked.
+    taken, released, on_sqlite = threading.Event(), threading.Event(), settings.database_url.startswith("sqlite")
+    postgres = settings.database_url.replace("postgres://", "postgresql://")
     if on_sqlite:
         path = settings.database_url.removeprefix("sqlite://").partition("?")[0]
-        holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, 7.0))
+        holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, released))
     else:
-        postgres = settings.database_url.replace("postgres://", "postgresql://")
-        holder = asyncio.create_task(postgres_holds_the_row(postgres, str(prediction["id"]), taken, 2.0))
+        holder = asyncio.create_task(postgres_holds_the_row(postgres, str(prediction["id"]), taken, released))
     try:
-        assert await asyncio.to_thread(taken.wait, 10)
-        started = time.monotonic()
-        response = await client.post(url, headers=auth, json={"is_correct": True})
+        assert await asyncio.to_thread(taken.wait, 30)
+        editing = asyncio.create_task(client.post(url, headers=auth, json={"is_correct": True}))
+        if not on_sqlite:
+            await eventually(lambda: waited_for(postgres), what="the edit to wait for the row")
+            released.set()
+        response = await editing
     finally:
+        released.set()
         await holder
     if on_sqlite:
         assert response.status_code == 503, response.text
         assert "busy" in response.json()["detail"] and int(response.headers["Retry-After"]) > 0
         response = await client.post(url, headers=auth, json={"is_correct": True})
-    else:
-        assert time.monotonic() - started > 1.0  # it waited for the row
     assert response.status_code == 200, response.text
     assert response.json()["is_correct"] is True
