@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ import pytest
 from app.feeder import IDLE_ROUND_S
 from app.stages import STAGES
 from bench import web_cost
-from bench.procs import own_cpu, tree_cpu
+from bench.procs import children, own_cpu, tree_cpu
 
 
 def test_profile_samples_go_to_the_first_stage_any_frame_names(tmp_path: Path) -> None:
@@ -39,26 +42,38 @@ def test_the_stage_histogram_is_read_from_the_metrics_text() -> None:
     assert web_cost.stage_sums(text) == {"decode": (4.0, 0.02)}
 
 
+def at_least(measure: Callable[[], float], enough: float) -> float:
+    """`measure()` once it is `enough`, or after a minute: a busy machine takes longer than any fixed sleep for a
+    process to start and burn its CPU (after 0.5 s, a burn of 0.3 s had not been counted yet)."""
+    deadline = time.monotonic() + 60
+    while (measured := measure()) < enough and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return measured
+
+
 def test_a_process_tree_counts_its_children() -> None:
-    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    # The grandchild stays once it has burned: counted while alive, not as its parent's ended child.
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\ntime.sleep(60)\n"
     parent = subprocess.Popen(
-        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"]
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"],
+        start_new_session=True,
     )
     try:
-        time.sleep(0.5)
-        spent = tree_cpu(parent.pid)
+        spent = at_least(lambda: tree_cpu(parent.pid), 0.2)
     finally:
-        parent.wait(timeout=30)
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
     assert spent >= 0.2  # the grandchild's burn, seen through its parent
 
 
 def test_a_process_alone_does_not_count_its_children() -> None:
     burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
-    run_child = f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', {burn!r}]); time.sleep(30)"
+    run_child = f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', {burn!r}]); time.sleep(60)"
     parent = subprocess.Popen([sys.executable, "-c", run_child])
     try:
-        time.sleep(1.5)  # the child burned and ended: its CPU is the parent's children's now
-        own, tree = own_cpu(parent.pid), tree_cpu(parent.pid)
+        # The child burned and ended: its CPU is the parent's children's now.
+        tree = at_least(lambda: tree_cpu(parent.pid) if not children(parent.pid) else 0.0, 0.2)
+        own = own_cpu(parent.pid)
     finally:
         parent.kill()
         parent.wait()
@@ -67,11 +82,10 @@ def test_a_process_alone_does_not_count_its_children() -> None:
 
 def test_a_process_alone_counts_its_own_threads() -> None:
     burn = "def burn():\n    end = time.process_time() + 0.4\n    while time.process_time() < end: pass\n"
-    in_a_thread = "threading.Thread(target=burn).start()\ntime.sleep(30)\n"
+    in_a_thread = "threading.Thread(target=burn).start()\ntime.sleep(60)\n"
     burner = subprocess.Popen([sys.executable, "-c", f"import threading, time\n{burn}{in_a_thread}"])
     try:
-        time.sleep(1.5)
-        own = own_cpu(burner.pid)
+        own = at_least(lambda: own_cpu(burner.pid), 0.3)
     finally:
         burner.kill()
         burner.wait()
