@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, async_playwright, expect
 from redis.asyncio import Redis
 
 from app.jobs.producer import live_workers
@@ -35,6 +35,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 WORKER_START_SECONDS = 180  # TensorFlow import, model build and warm-up
+# An assertion waits up to 30 s for what it expects, not Playwright's 5 s: on a stalled machine (CI's 2 cores
+# shared) a page may take seconds to show what it shows at once here. It passes as soon as that is shown.
+expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="session", autouse=True)
