@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -89,16 +90,21 @@ async def cancelled_mid_decode(pool: DecodePool) -> int:
     async def at_work() -> bool:  # a tick or so may be charged to it for the last task's end: two, then
         return cpu_ticks(pid) > used + 1
 
+    async def stopped() -> bool:  # SIGSTOP takes effect once the process next runs: a while, on a busy machine
+        return status_of(pid)["State"].split()[0] == "T"
+
     async def stopping() -> bool:
         return asked_to_end(pid)
 
     await eventually(at_work, seconds=60, what="the decode process to start decoding")
     os.kill(pid, signal.SIGSTOP)
+    await eventually(stopped, seconds=60, what="the decode process to stop")
     decoding.cancel()
     with pytest.raises(asyncio.CancelledError):
         await decoding
     await eventually(stopping, seconds=60, what="pebble to stop the process of the cancelled decode")
-    os.kill(pid, signal.SIGCONT)
+    with contextlib.suppress(ProcessLookupError):  # ended already by pebble's SIGTERM: what is asked
+        os.kill(pid, signal.SIGCONT)
     return pid
 
 
