@@ -27,7 +27,7 @@ class FeedbackFilter:
         if self.wrong_only:
             query = query.filter(is_correct=False)
         if self.label:
-            query = query.filter(predicted_label=self.label)
+            query = query.filter(prediction__label=self.label)
         return query
 
     def query_string(self, **extra: Any) -> str:

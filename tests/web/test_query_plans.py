@@ -96,37 +96,6 @@ async def test_feedback_pages_read_by_an_index_in_its_order(client: httpx.AsyncC
     assert in_index_order(steps, "feedback"), steps
 
 
-async def test_filtered_feedback_pages_read_only_the_rows_they_show(client: httpx.AsyncClient) -> None:
-    """Found auditing the read paths: a person's feedback by predicted label, or wrong only (GET /api/feedback,
-    the feedback pages), read every row of the person in order and joined each to its prediction to filter it,
-    about 140 ms a request on PostgreSQL for 20,000 (3 queries); the admin's list of everyone's, every row. By the
-    label copied onto the feedback (migration 0020), an index search on the filter gives the page in order.
-    Planned for two people with 40 pieces each, over 5 labels, a fifth wrong (PostgreSQL chooses by statistics)."""
-    people = [await User.create(email=unique_email(), password_hash="x") for _ in range(2)]
-    names = ["hen", "tench", "goldfish", "robin", "jay"]
-    row = {"image_path": "", "model_name": "resnet50", "model_weights": "random"}
-    made = [Prediction(user=p, image_sha256=f"{i:064x}", label=names[i % 5], **row) for p in people for i in range(40)]
-    await Prediction.bulk_create(made)
-    given = [
-        Feedback(prediction_id=p.id, user_id=p.user.id, predicted_label=p.label, is_correct=i % 5 != 1)
-        for i, p in enumerate(made)
-    ]
-    await Feedback.bulk_create(given)
-    await statistics_taken("feedback")
-    for label, wrong_only, column in (("hen", False, "predicted_label"), ("", True, "is_correct")):
-        filters = FeedbackFilter(wrong_only=wrong_only, label=label)
-        mine = feedback.newest_first(people[0], filters)
-        for query in (mine.limit(50), mine.count()):
-            steps = await plan(query)
-            assert await reads_a_range(steps, "feedback", "user_id") and in_index_order(steps, "feedback"), steps
-            assert searches_on(steps, column) and "predictions" not in steps, steps
-        everyone = feedback.newest_first(None, filters)
-        for query in (everyone.select_related("prediction", "user").limit(25), everyone.count()):
-            steps = await plan(query)
-            assert await reads_a_range(steps, "feedback", column) and in_index_order(steps, "feedback"), steps
-            assert searches_on(steps, column), steps
-
-
 async def test_a_persons_collections_are_read_by_an_index_in_its_order(client: httpx.AsyncClient) -> None:
     """Every history page (and GET /api/collections) read every person's collections to find and count the
     newest of one person's."""
