@@ -37,6 +37,7 @@ from app.web.api import predictions as predictions_api
 from app.web.apidocs import LocalSwaggerUI
 from app.web.contract import ApiContract
 from app.web.costs import measure_uploads
+from app.web.deps import AnyRequest
 from app.web.errors import handle
 from app.web.headers import security_headers
 from app.web.limits import (
@@ -53,6 +54,7 @@ from app.web.limits import (
 from app.web.pages import accounts as account_pages
 from app.web.pages import admin, classify, history
 from app.web.pages import collections as collection_pages
+from app.web.queries import OneValueQueries, refuse_repeats
 from app.web.rendering import configure_templates
 from app.web.server import HeadAsGet, bound_access_log
 from app.web.sessions import SignedIn, build_jwt_auth, csrf_config, is_revoked
@@ -62,6 +64,13 @@ ROOT = Path(__file__).resolve().parents[2]
 MULTIPART_OVERHEAD = 64 * 1024
 # An email, a password and a name, with room to refuse a hostile body for what it is (400), not its size.
 ACCOUNT_BODY_BYTES = 1024 * 1024
+
+
+async def before_handler(request: AnyRequest) -> None:
+    """What every handler's request goes through first: one value for a one-value query parameter, then a
+    form's body read within its bounds."""
+    refuse_repeats(request)
+    await parse_forms(request)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -153,7 +162,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 "requests_open": requests,
             }
         ),
-        plugins=[HTMXPlugin(), ApiContract(jwt_auth)],
+        plugins=[HTMXPlugin(), ApiContract(jwt_auth), OneValueQueries()],
         middleware=[
             RequestLimits,
             DefineMiddleware(BodyBudget, bodies=bodies, requests=requests),
@@ -167,7 +176,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         csrf_config=csrf_config(settings),
         exception_handlers={Exception: handle},
         request_class=LimitedRequest,
-        before_request=parse_forms,
+        before_request=before_handler,
         before_send=[security_headers(settings)],
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD,
         multipart_form_part_limit=settings.max_collection_files + 8,

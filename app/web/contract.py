@@ -42,7 +42,8 @@ from app.images import ACCEPTED
 from app.web.errors import ErrorOut
 
 ERROR_DESCRIPTIONS = {
-    400: "Bad input: a malformed body, field or image, or control characters in the address",
+    400: "Bad input: a malformed body, field or image, a query parameter given more than once, or control"
+    " characters in the address",
     401: "No valid bearer token; signing in: wrong email or password",
     404: "No such object, or not yours",
     409: "Conflict: the email is taken, or the prediction is not finished yet",
