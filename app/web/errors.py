@@ -21,7 +21,7 @@ from litestar.status_codes import (
 
 from app.outages import DEPENDENCY_ERRORS, database_busy, redis_full
 from app.web.deps import AnyRequest
-from app.web.limits import FORM_TOO_LARGE, MAX_FORM_BYTES
+from app.web.limits import FORM_ROUTE, FORM_TOO_LARGE
 from app.web.rendering import render, wants_partial
 from app.web.sessions import login_url, signed_out
 
@@ -88,10 +88,9 @@ def named_problems(extra: Any) -> str:
 
 
 def form_route(request: AnyRequest) -> bool:
-    """Whether the request's route takes a form, not an upload: its bodies are bounded as forms are."""
+    """Whether the request's route takes a form, not an upload, as the route says (`opt`)."""
     handler = request.scope.get("route_handler")
-    bound = getattr(handler, "resolve_request_max_body_size", lambda: None)()
-    return bound == MAX_FORM_BYTES
+    return bool(handler and handler.opt.get(FORM_ROUTE))
 
 
 def error_page(request: AnyRequest, exc: Exception) -> Response[Any]:

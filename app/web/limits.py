@@ -36,6 +36,8 @@ MAX_JSON_DEPTH = 32  # every body the API takes is 3 levels deep
 MAX_FORM_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 20  # the pages' forms have at most 6
 FORM_TOO_LARGE = f"A form may have at most {MAX_FORM_BYTES // 1024} kB"
+# The `opt` key marking a page's form route (`opt={FORM_ROUTE: True}`): its 413 says FORM_TOO_LARGE.
+FORM_ROUTE = "form"
 # A web process holds at most this many of the largest bodies (a collection's) at once, counted in bytes,
 # and besides them room for this many single uploads, which no body larger than one may take: two people
 # sending collections a byte now and then (each minute must bring 64 kB) filled it for days otherwise.

@@ -14,7 +14,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_400_BAD_REQUEST, HTTP_401_UN
 
 from app import accounts
 from app.web.deps import AnyRequest, client_address, services
-from app.web.limits import MAX_FORM_BYTES
+from app.web.limits import FORM_ROUTE, MAX_FORM_BYTES
 from app.web.rendering import render
 from app.web.sessions import NEXT_MAX, revoke, safe_next, signed_in, signed_out
 
@@ -60,7 +60,13 @@ async def login_page(request: AnyRequest, next_path: NextPath = "/") -> Template
 
 # A form's bound whatever its encoding: sent as multipart, a sign-in or sign-up (signed out, unthrottled
 # until checked) took the API's 1 MB, its fields normalised on the event loop and echoed back.
-@post("/login", include_in_schema=False, status_code=HTTP_200_OK, request_max_body_size=MAX_FORM_BYTES)
+@post(
+    "/login",
+    include_in_schema=False,
+    status_code=HTTP_200_OK,
+    request_max_body_size=MAX_FORM_BYTES,
+    opt={FORM_ROUTE: True},
+)
 async def login_submit(request: AnyRequest, data: Annotated[LoginForm, FormBody]) -> Response[Any]:
     values = {"email": data.email.strip(), "next": safe_next(data.next)}
     errors: dict[str, str] = {}
@@ -95,7 +101,13 @@ def register_problems(data: RegisterForm) -> dict[str, str]:
     return {name: problem for name, problem in problems.items() if problem}
 
 
-@post("/register", include_in_schema=False, status_code=HTTP_200_OK, request_max_body_size=MAX_FORM_BYTES)
+@post(
+    "/register",
+    include_in_schema=False,
+    status_code=HTTP_200_OK,
+    request_max_body_size=MAX_FORM_BYTES,
+    opt={FORM_ROUTE: True},
+)
 async def register_submit(request: AnyRequest, data: Annotated[RegisterForm, FormBody]) -> Response[Any]:
     values = {"email": data.email.strip(), "name": data.name.strip(), "next": safe_next(data.next)}
     if errors := register_problems(data):
@@ -109,7 +121,13 @@ async def register_submit(request: AnyRequest, data: Annotated[RegisterForm, For
     return signed_in(request, user, values["next"])
 
 
-@post("/logout", include_in_schema=False, status_code=HTTP_200_OK, request_max_body_size=MAX_FORM_BYTES)
+@post(
+    "/logout",
+    include_in_schema=False,
+    status_code=HTTP_200_OK,
+    request_max_body_size=MAX_FORM_BYTES,
+    opt={FORM_ROUTE: True},
+)
 async def logout(request: AnyRequest) -> Response[Any]:
     await revoke(request, request.auth)
     return signed_out(request, "/login")

@@ -29,7 +29,7 @@ from app import collections, feedback, images, labels, predictions, stages, thum
 from app.archives import Upload
 from app.models import Collection, Feedback, Prediction, Status, User, deferred
 from app.web.deps import AnyRequest, services
-from app.web.limits import MAX_FORM_BYTES
+from app.web.limits import FORM_ROUTE, MAX_FORM_BYTES
 from app.web.pages.accounts import FormBody
 from app.web.pages.collections import waiting_without_worker
 from app.web.rendering import go, render, wants_partial
@@ -218,6 +218,7 @@ def feedback_problems(data: FeedbackForm) -> dict[str, str]:
     include_in_schema=False,
     status_code=HTTP_200_OK,
     request_max_body_size=MAX_FORM_BYTES,
+    opt={FORM_ROUTE: True},
 )
 async def feedback_submit(
     request: AnyRequest, prediction_id: FromPath[UUID], data: Annotated[FeedbackForm, FormBody]
