@@ -10,6 +10,7 @@ from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.context import TortoiseContext
 from tortoise.migrations.api.migrate import migrate
 
+from app import db_turns
 from app.settings import get_settings
 
 # SQLite runs in WAL mode (Tortoise's default); with synchronous=NORMAL a commit no longer waits for the disk
@@ -47,12 +48,13 @@ def connection_config(url: str) -> str | dict[str, Any]:
     return config
 
 
-def tortoise_config(database_url: str | None = None) -> dict[str, Any]:
+def tortoise_config(database_url: str | None = None, in_turns: bool = False) -> dict[str, Any]:
+    """The ORM's configuration; `in_turns`, its connections taken in turns by person (the web's: app/db_turns.py)."""
     url = database_url or get_settings().database_url
     if url.startswith("sqlite://") and url != "sqlite://:memory:":
         Path(url.removeprefix("sqlite://").partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     return {
-        "connections": {"default": connection_config(url)},
+        "connections": {"default": db_turns.in_turns(connection_config(url)) if in_turns else connection_config(url)},
         "apps": {
             "app": {
                 "models": ["app.models"],
@@ -82,9 +84,9 @@ async def apply_migrations(database_url: str | None = None) -> None:
         await migrate(config=tortoise_config(database_url))
 
 
-async def init_db(database_url: str | None = None) -> None:
+async def init_db(database_url: str | None = None, in_turns: bool = False) -> None:
     # The global fallback lets requests (other tasks than the lifespan's) see the connections.
-    await Tortoise.init(config=tortoise_config(database_url), _enable_global_fallback=True)
+    await Tortoise.init(config=tortoise_config(database_url, in_turns), _enable_global_fallback=True)
 
 
 async def close_db() -> None:

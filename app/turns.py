@@ -1,7 +1,8 @@
 """Fair turns at a bounded resource: at most `slots` holders at once, and at most `per_owner` of them one
 owner's (a user's); the rest served in turns across their owners. The decode pool (app/sandbox.py) takes
 its decodes' slots here, the collections' readings their steps and their open archives
-(app/collections.py), and the CSV downloads their pages (app/exports.py)."""
+(app/collections.py), the CSV downloads their pages (app/exports.py), and the web's queries their database
+connections (app/db_turns.py)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def share_the_database(monkeypatch: pytest.MonkeyPatch) -> None:
     """A second app (its own settings or Redis) on the tests' database: Tortoise has one set of global
     connections, which the tests' app (`client`) opened and closes; the second app's lifespan leaves them be."""
 
-    async def already_open(*_: object) -> None:
+    async def already_open(*_: object, **__: object) -> None:
         pass
 
     monkeypatch.setattr(db, "init_db", already_open)

@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set: start the system with `make run` or set REDIS_URL")
-        await db.init_db(settings.database_url)
+        await db.init_db(settings.database_url, in_turns=True)  # one person's queries cannot crowd out the rest
         redis = connect(settings.redis_url)
         waiter = ResultWaiter(connect(settings.redis_url, command_timeout=None))
         decoder = DecodePool(settings)

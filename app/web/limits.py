@@ -24,7 +24,7 @@ from litestar.status_codes import (
 )
 from litestar.types import ASGIApp, Empty, Receive, ReceiveMessage, Scope, Send
 
-from app import predictions, quotas
+from app import db_turns, predictions, quotas
 from app.throttles import address_key
 from app.web.deps import address_of
 
@@ -214,7 +214,8 @@ class BodyBudget:
     in all and by sender (`BodiesHeld`); a request past a bound is answered before its body is kept. Each
     request was bounded on its own (`request_max_body_size`), but not all of them together: ten 512 MB
     collections sent at once were all held. Counted as received, not as declared, so a client that declares
-    much and sends little holds no room. The requests themselves are counted too (`RequestsOpen`)."""
+    much and sends little holds no room. The requests themselves are counted too (`RequestsOpen`), and their
+    database work is their sender's, taken in turns by sender (app/db_turns.py)."""
 
     def __init__(self, app: ASGIApp, bodies: BodiesHeld, requests: RequestsOpen) -> None:
         self.app = app
@@ -238,7 +239,8 @@ class BodyBudget:
             return message
 
         try:
-            await self.app(scope, counted, send)
+            with db_turns.owned_by(sender):  # its queries in turns with everyone else's (app/db_turns.py)
+                await self.app(scope, counted, send)
         finally:
             bodies.give_back(sender, mine, network)
             self.requests.close(sender, network)

@@ -1,0 +1,109 @@
+"""The database's connections in turns by person (app/db_turns.py): one person's many requests in the database
+hold their share of the connections, and the next person's work is served meanwhile, or next, not after all of
+theirs. Over the tests' real database, through the app's own connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Hashable
+
+import httpx
+from tortoise import connections
+from tortoise.transactions import in_transaction
+
+from app import db, db_turns
+from app.web.limits import Person
+from tests.helpers import eventually, sign_up
+
+# Each holder's transaction (a connection taken from the pool) stays open until its release is set.
+Release = asyncio.Event
+Entered = list[tuple[Hashable, Release]]
+
+
+async def hold(owner: Hashable, entered: Entered, release: Release) -> None:
+    with db_turns.owned_by(owner):
+        async with in_transaction():
+            entered.append((owner, release))
+            await release.wait()
+
+
+def pool_size() -> int:
+    """The connections the app's database client has: asyncpg's pool, or SQLite's one."""
+    return int(getattr(connections.get("default"), "pool_maxsize", 1))
+
+
+async def test_one_persons_work_in_the_database_does_not_crowd_out_the_next_person(client: httpx.AsyncClient) -> None:
+    """A's transactions, 4 more than the connections, all waiting in the database; then B's. Taken first come,
+    first served, A held every connection and B got in after all of A's (the 10th on PostgreSQL, the 6th on
+    SQLite). In turns, A holds all connections but one, B gets in at once (or, with SQLite's one connection,
+    B takes turns with A): B gets in by the time A's share and one more of A's have."""
+    share = max(1, pool_size() - db_turns.SPARE_CONNECTIONS)
+    entered: Entered = []
+    holders = [asyncio.create_task(hold("a", entered, Release())) for _ in range(pool_size() + 4)]
+    try:
+        await eventually(lambda: _true(len(entered) >= share), what="A's share in the database")
+        for _ in range(10):
+            await asyncio.sleep(0)  # A's others queue up, as far as they go without the database
+        holders.append(asyncio.create_task(hold("b", entered, Release())))
+        for _ in range(10):
+            await asyncio.sleep(0)  # and B's, behind them
+        released = 0
+        while "b" not in [owner for owner, _ in entered]:
+            seen = len(entered)
+            entered[released][1].set()  # A's that got in first lets go: the next gets in
+            released += 1
+            await eventually(more_than(entered, seen), what="the next one in the database")
+        assert [owner for owner, _ in entered].index("b") <= share + 1, entered
+    finally:
+        for _, release in entered:
+            release.set()
+        while not all(holder.done() for holder in holders):
+            for _, release in entered:
+                release.set()
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*holders)
+
+
+async def test_a_requests_database_work_is_its_persons(client: httpx.AsyncClient) -> None:
+    """While A's share of the connections is held (as A's requests would hold it), A's next request waits for
+    A's turn, and a request of B's is answered meanwhile (with SQLite's one connection, once A's let go)."""
+    a, b = await sign_up(client), await sign_up(client)
+    a_id = (await client.get("/api/users/me", headers=a)).json()["id"]
+    turns = connections.get("default").turns
+    person = Person(a_id)
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(turns.per_owner):
+            await held.enter_async_context(turns.slot(person))
+        waiting = asyncio.create_task(client.get("/api/predictions", headers=a))
+        await eventually(lambda: _true(person in turns.waiting), what="A's request waiting for A's turn")
+        if turns.free:
+            assert (await client.get("/api/predictions", headers=b)).status_code == 200
+        assert not waiting.done()
+    assert (await waiting).status_code == 200
+    assert person not in turns.held and person not in turns.waiting
+
+
+def test_a_person_holds_all_connections_but_one() -> None:
+    assert (db_turns.fair_turns(5).free, db_turns.fair_turns(5).per_owner) == (5, 4)
+    assert (db_turns.fair_turns(1).free, db_turns.fair_turns(1).per_owner) == (1, 1)
+
+
+def more_than(entered: Entered, seen: int) -> Callable[[], Awaitable[bool]]:
+    return lambda: _true(len(entered) > seen)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def test_the_webs_connections_are_in_turns_with_their_own_settings() -> None:
+    postgres = db_turns.in_turns(db.connection_config("postgres://u@h:5432/d?maxsize=20"))
+    assert isinstance(postgres, dict) and postgres["engine"] == "app.db_turns"
+    assert postgres["credentials"]["reset"] is db.keep_session and postgres["credentials"]["maxsize"] == "20"
+    sqlite = db.tortoise_config("sqlite:///tmp/x.sqlite3", in_turns=True)["connections"]["default"]
+    assert sqlite["engine"] == "app.db_turns" and sqlite["credentials"]["synchronous"] == "NORMAL"
+    assert db.tortoise_config("sqlite:///tmp/x.sqlite3")["connections"]["default"] == db.connection_config(
+        "sqlite:///tmp/x.sqlite3"
+    )  # migrations and the worker: Tortoise's own clients
+    assert db_turns.in_turns("psycopg://u@h/d") == "psycopg://u@h/d"
