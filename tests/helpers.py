@@ -82,6 +82,16 @@ async def hold_feed_lock(redis: Redis, seconds: int = 60) -> None:
     await eventually(taken, seconds=30, what="the app's feeder to end its round")
 
 
+async def drop_subscriptions(redis: Redis) -> None:
+    """Redis drops the subscriptions on this database's connections (the app's), as when it restarts: one by one,
+    by id, as CLIENT KILL TYPE pubsub would drop every subscriber of a server others may share."""
+    db = redis.get_connection_kwargs().get("db", 0)
+    ours = [found["id"] for found in await redis.client_list(_type="pubsub") if int(found["db"]) == db]
+    assert ours, "no subscription on this database to drop"
+    for client_id in ours:
+        await redis.client_kill_filter(_id=client_id)
+
+
 async def read_elsewhere(redis: Redis, **fields: Any) -> Collection:
     """A collection being read by another process: its reading lock is held before its row exists, so that
     no round of the app's own feeder takes it over in between (made first, it was taken, its stand-in archive

@@ -21,7 +21,7 @@ from app.models import Prediction, Status
 from app.settings import Settings
 from tests import samples
 from tests.conftest import reset_queue, running_worker
-from tests.helpers import beat, eventually, forget_worker, hold_feed_lock, originals_of, sign_up
+from tests.helpers import eventually, hold_feed_lock, originals_of, sign_up
 from tests.web.test_collections_api import as_files, create, described, finished
 
 Client = httpx.AsyncClient
@@ -328,22 +328,6 @@ async def test_async_jobs_and_collections_wait_behind_an_interactive_upload(
         # Taken in the first batch after it came: most of the async jobs still wait.
         assert await Prediction.filter(status=Status.QUEUED).count() >= 2 * settings.max_batch
         await eventually(no_queued, seconds=60, what="the async jobs to finish")
-
-
-async def test_redis_out_of_memory_is_503_with_retry_after(
-    client: Client, auth: dict[str, str], redis: Redis, no_worker: None
-) -> None:
-    from app.jobs.protocol import Heartbeat
-
-    await beat(redis, Heartbeat(name="fake", model_id="resnet50-random", started_at=0, images_per_second=50), 30)
-    await redis.config_set("maxmemory", "1")
-    try:
-        response = await timed_upload(client, auth, 24_000)
-    finally:
-        await redis.config_set("maxmemory", "0")
-        await forget_worker(redis, "fake")
-    assert response.status_code == 503, response.text
-    assert "full" in response.json()["detail"] and int(response.headers["Retry-After"]) > 0
 
 
 async def test_a_feed_round_that_fails_leaves_its_images_waiting(

@@ -18,7 +18,7 @@ from app.jobs.protocol import result_message
 from app.models import Prediction, Status, User
 from tests import samples
 from tests.conftest import CountingClassifier
-from tests.helpers import eventually
+from tests.helpers import drop_subscriptions, eventually
 
 
 async def queued_row(client: httpx.AsyncClient, auth: dict[str, str], sha: str) -> Prediction:
@@ -137,7 +137,7 @@ async def test_a_result_lost_while_the_subscription_is_made_again_still_answers(
     services = app.state.services
     prediction = await queued_row(client, auth, "d" * 64)
     future = services.waiter.expect(str(prediction.id))
-    await redis.client_kill_filter(_type="pubsub")  # the web process's subscription, dropped
+    await drop_subscriptions(redis)  # the web process's subscription, dropped
     await Prediction.filter(id=prediction.id).update(status=Status.DONE, label="stored", finished_at=datetime.now(UTC))
     await redis.publish(keys.RESULTS, result_message(str(prediction.id), Status.DONE))  # nobody listens: lost
     started = time.monotonic()
@@ -167,7 +167,7 @@ async def test_a_result_lost_between_submit_and_wait_still_answers_at_once(
     prediction = await queued_row(client, auth, "f" * 64)
     services.waiter.expect(str(prediction.id))  # as `submit` does
     before = services.waiter.subscriptions
-    await redis.client_kill_filter(_type="pubsub")
+    await drop_subscriptions(redis)
     await Prediction.filter(id=prediction.id).update(status=Status.DONE, label="stored", finished_at=datetime.now(UTC))
 
     async def subscribed_again() -> bool:
