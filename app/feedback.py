@@ -27,7 +27,7 @@ class FeedbackFilter:
         if self.wrong_only:
             query = query.filter(is_correct=False)
         if self.label:
-            query = query.filter(prediction__label=self.label)
+            query = query.filter(predicted_label=self.label)
         return query
 
     def query_string(self, **extra: Any) -> str:
@@ -39,7 +39,7 @@ class FeedbackFilter:
 def newest_first(user: User | None, filters: FeedbackFilter) -> QuerySet[Feedback]:
     """One person's feedback, or everyone's (None: an admin's view), filtered, the newest first, ties by the id:
     by the indexes on (user_id, updated_at, id) and on (updated_at, id), which give the order (without them,
-    every row was read and sorted for each page)."""
+    every row was read and sorted for each page); filtered, by those with the filter's column before updated_at."""
     query = Feedback.all() if user is None else Feedback.filter(user_id=user.id)
     return filters.apply(query).order_by("-updated_at", "-id")
 

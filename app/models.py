@@ -152,6 +152,10 @@ class Feedback(Model):
         "app.User", related_name="feedback", on_delete=fields.CASCADE
     )
     is_correct = fields.BooleanField()
+    # The prediction's label (fixed once it is done, and feedback is given only then), copied by the database as
+    # the row is inserted (a trigger, migration 0020): the filters by it read an index of this table, not every
+    # row of the person joined to its prediction.
+    predicted_label = fields.CharField(max_length=100, null=True)
     correct_label = fields.CharField(max_length=100, null=True)
     correct_wnid = fields.CharField(max_length=16, null=True)
     comment = fields.TextField(default="")
@@ -161,8 +165,16 @@ class Feedback(Model):
     class Meta:
         table = "feedback"
         unique_together = (("prediction", "user"),)
-        # Newest first: a person's (GET /api/feedback), everyone's (an admin's, and the admin page's).
-        indexes = (("user_id", "updated_at", "id"), ("updated_at", "id"))
+        # Newest first: a person's (GET /api/feedback), everyone's (an admin's, and the admin page's); each
+        # also by predicted label, and by whether it was right (the filters of both).
+        indexes = (
+            ("user_id", "updated_at", "id"),
+            ("updated_at", "id"),
+            ("user_id", "predicted_label", "updated_at", "id"),
+            ("user_id", "is_correct", "updated_at", "id"),
+            ("predicted_label", "updated_at", "id"),
+            ("is_correct", "updated_at", "id"),
+        )
 
 
 # Feedback counted per predicted label, for the admin's agreement table and label filter, which read every

@@ -20,7 +20,7 @@ from tortoise.context import TortoiseContext
 from tortoise.migrations.api.migrate import migrate
 
 from app import db
-from app.models import Collection, Feedback, Prediction, User
+from app.models import Collection, Prediction, User
 from app.settings import Settings
 
 TABLES = {"users", "predictions", "feedback"}
@@ -143,8 +143,18 @@ async def upgrade_with_feedback(url: str) -> None:
             made = await Prediction.create(
                 user=ada, image_sha256="0" * 64, image_path="", model_name="m", model_weights="w", label=label
             )
-            await Feedback.create(prediction=made, user=ada, is_correct=right)
+            await made_before_0020(made, ada, right)
     await db.apply_migrations(url)
+
+
+async def made_before_0020(prediction: Prediction, user: User, is_correct: bool) -> None:
+    """Feedback as the releases before migration 0020 made it: without its prediction's label."""
+    now = datetime.now(UTC).isoformat(sep=" ")
+    await connections.get("default").execute_query(
+        "INSERT INTO feedback (prediction_id, user_id, is_correct, comment, created_at, updated_at)"
+        " VALUES (?, ?, ?, '', ?, ?)",
+        [str(prediction.id), user.id, is_correct, now, now],
+    )
 
 
 def test_the_counts_per_label_are_filled_from_the_feedback_already_there(tmp_path: Path) -> None:
@@ -153,7 +163,10 @@ def test_the_counts_per_label_are_filled_from_the_feedback_already_there(tmp_pat
     subprocess.run([sys.executable, "-c", upgrade, url], check=True, cwd=ROOT)  # a process of its own: see above
     with contextlib.closing(sqlite3.connect(tmp_path / "upgraded.sqlite3")) as connection:
         counts = set(connection.execute("SELECT label, total, agreed FROM feedback_by_label"))
+        copied = sorted(connection.execute("SELECT predicted_label, is_correct FROM feedback ORDER BY id"), key=str)
     assert counts == {("hen", 3, 2), ("tench", 1, 0), ("", 1, 1)}
+    # And migration 0020 copied each prediction's label onto its feedback, which the filters read.
+    assert copied == sorted([("hen", 1), ("hen", 0), ("hen", 1), ("tench", 0), (None, 1)], key=str)
 
 
 async def upgrade_with_emails_as_typed(url: str) -> None:

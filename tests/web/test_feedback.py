@@ -225,3 +225,30 @@ async def test_an_edit_while_another_connection_holds_the_lock_is_never_a_500(
         response = await client.post(url, headers=auth, json={"is_correct": True})
     assert response.status_code == 200, response.text
     assert response.json()["is_correct"] is True
+
+
+async def test_a_persons_feedback_is_filtered_by_predicted_label_and_wrong_only(
+    client: Client, worker: CountingClassifier
+) -> None:
+    """The filters read the label copied onto the feedback as it is made (no longer the prediction's, joined):
+    each filter, and both, give the person's feedback whose prediction has that label, edited feedback too."""
+    person = await sign_up(client)
+    made = [await classified(client, person, seed) for seed in (905, 906, 907)]
+    verdicts = {made[0]["id"]: True, made[1]["id"]: False, made[2]["id"]: True}
+    for prediction_id, right in verdicts.items():
+        await client.post(f"/api/predictions/{prediction_id}/feedback", headers=person, json={"is_correct": right})
+    # An edit updates the row: its label stays the one copied when it was made.
+    await client.post(f"/api/predictions/{made[2]['id']}/feedback", headers=person, json={"is_correct": False})
+    verdicts[made[2]["id"]] = False
+
+    async def shown(**params: str) -> set[object]:
+        response = await client.get("/api/feedback", headers=person, params={"per_page": "100", **params})
+        assert response.status_code == 200, response.text
+        return {item["prediction_id"] for item in response.json()["items"]}
+
+    assert await shown(wrong_only="true") == {made[1]["id"], made[2]["id"]}
+    for label in {str(p["label"]) for p in made}:
+        labelled = {p["id"] for p in made if p["label"] == label}
+        assert await shown(label=label) == labelled
+        assert await shown(label=label, wrong_only="true") == {i for i in labelled if not verdicts[str(i)]}
+    assert await shown(label="no such label") == set()
