@@ -39,12 +39,20 @@ def model_trained(result: dict[str, Any]) -> bool | None:
     return None if result.get("untrained") is None else not result["untrained"]
 
 
+def result_cells(values: Sequence[Any], top5: Iterable[tuple[str, float]], trained: bool | None) -> list[str]:
+    """One image's row, in RESULT_CSV_COLUMNS' order, from its file name, sha256, label, wnid, score, status and
+    error (`values`), its top5's (label, score) pairs and whether its model was trained: plain values, for a long
+    CSV is read as tuples, not objects (app/collections.py result_pages)."""
+    file_name, sha256, label, wnid, score, status, error = values
+    name = spreadsheet_safe(file_name)  # the client chose it: it may be a formula
+    row = [name, sha256, label, wnid, score, ";".join(f"{t}:{s}" for t, s in top5), status, error]
+    return ["" if value is None else str(value) for value in row] + [csv_bool(trained)]
+
+
 def result_row(r: dict[str, Any]) -> list[str]:
     """One image's row, from a result shaped as `predictions.result_dict` makes it (the API's own)."""
-    top5 = ";".join(f"{t['label']}:{t['score']}" for t in r.get("top5") or [])
-    name = spreadsheet_safe(r["file_name"])  # the client chose it: it may be a formula
-    row = [name, r["image_sha256"], r["label"], r["wnid"], r["score"], top5, r["status"], r["error"]]
-    return ["" if value is None else str(value) for value in row] + [csv_bool(model_trained(r))]
+    values = (r["file_name"], r["image_sha256"], r["label"], r["wnid"], r["score"], r["status"], r["error"])
+    return result_cells(values, ((t["label"], t["score"]) for t in r.get("top5") or []), model_trained(r))
 
 
 def to_csv(results: Iterable[dict[str, Any]]) -> str:
