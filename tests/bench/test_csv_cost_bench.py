@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import run_bench
 
 
 def test_the_bench_fills_a_database_and_prints_each_csvs_cost(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'bench.sqlite3'}"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "csv_cost.py"), url, "--rows", "60", "--runs", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "filled in" in done.stdout
+    printed = run_bench("csv_cost.py", url, "--rows", "60", "--runs", "2")
+    assert "filled in" in printed
     for name in ("results.csv", "feedback.csv"):
         line = rf"^{re.escape(name)}: 60 rows; CPU s per 20,000 rows: min [\d.]+, median [\d.]+ over 2; text \w{{16}}$"
-        assert re.search(line, done.stdout, re.MULTILINE), done.stdout
+        assert re.search(line, printed, re.MULTILINE), printed

@@ -4,11 +4,9 @@ the count of the people storing something."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench import run_bench
 
 
 def test_the_bench_fills_a_database_and_counts_who_stores(tmp_path: Path) -> None:
@@ -16,16 +14,9 @@ def test_the_bench_fills_a_database_and_counts_who_stores(tmp_path: Path) -> Non
     # keep no original; persons 10 and 20 read a collection (one in ten). So 18 store something.
     url = f"sqlite://{tmp_path / 'bench.sqlite3'}"
     args = [url, "--predictions", "500", "--people", "20", "--pruned", "0.1", "--runs", "2"]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "storers.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "filled in" in done.stdout
-    assert "USING INDEX predictions_storing" in done.stdout, done.stdout
-    found = re.search(r"^storers: (\d+); median [\d.]+ ms over 2", done.stdout, re.MULTILINE)
-    assert found, done.stdout
+    printed = run_bench("storers.py", *args)
+    assert "filled in" in printed
+    assert "USING INDEX predictions_storing" in printed, printed
+    found = re.search(r"^storers: (\d+); median [\d.]+ ms over 2", printed, re.MULTILINE)
+    assert found, printed
     assert int(found.group(1)) == 18

@@ -19,6 +19,19 @@ from app.web.rendering import render
 from app.web.sessions import NEXT_MAX, revoke, safe_next, signed_in, signed_out
 
 FormBody = Body(media_type=RequestEncodingType.URL_ENCODED)
+
+
+def form_post(path: str) -> post:
+    """A page's form route: a form's bound whatever its encoding, and its 413 says so (app/web/errors.py)."""
+    return post(
+        path,
+        include_in_schema=False,
+        status_code=HTTP_200_OK,
+        request_max_body_size=MAX_FORM_BYTES,
+        opt={FORM_ROUTE: True},
+    )
+
+
 NextPath = Annotated[str, QueryParameter(name="next", max_length=NEXT_MAX, description="Where to go after signing in")]
 
 
@@ -60,13 +73,7 @@ async def login_page(request: AnyRequest, next_path: NextPath = "/") -> Template
 
 # A form's bound whatever its encoding: sent as multipart, a sign-in or sign-up (signed out, unthrottled
 # until checked) took the API's 1 MB, its fields normalised on the event loop and echoed back.
-@post(
-    "/login",
-    include_in_schema=False,
-    status_code=HTTP_200_OK,
-    request_max_body_size=MAX_FORM_BYTES,
-    opt={FORM_ROUTE: True},
-)
+@form_post("/login")
 async def login_submit(request: AnyRequest, data: Annotated[LoginForm, FormBody]) -> Response[Any]:
     values = {"email": data.email.strip(), "next": safe_next(data.next)}
     errors: dict[str, str] = {}
@@ -101,13 +108,7 @@ def register_problems(data: RegisterForm) -> dict[str, str]:
     return {name: problem for name, problem in problems.items() if problem}
 
 
-@post(
-    "/register",
-    include_in_schema=False,
-    status_code=HTTP_200_OK,
-    request_max_body_size=MAX_FORM_BYTES,
-    opt={FORM_ROUTE: True},
-)
+@form_post("/register")
 async def register_submit(request: AnyRequest, data: Annotated[RegisterForm, FormBody]) -> Response[Any]:
     values = {"email": data.email.strip(), "name": data.name.strip(), "next": safe_next(data.next)}
     if errors := register_problems(data):
@@ -121,13 +122,7 @@ async def register_submit(request: AnyRequest, data: Annotated[RegisterForm, For
     return signed_in(request, user, values["next"])
 
 
-@post(
-    "/logout",
-    include_in_schema=False,
-    status_code=HTTP_200_OK,
-    request_max_body_size=MAX_FORM_BYTES,
-    opt={FORM_ROUTE: True},
-)
+@form_post("/logout")
 async def logout(request: AnyRequest) -> Response[Any]:
     await revoke(request, request.auth)
     return signed_out(request, "/login")

@@ -29,8 +29,7 @@ from app import collections, feedback, images, labels, predictions, stages, thum
 from app.archives import Upload
 from app.models import Collection, Feedback, Prediction, Status, User, deferred
 from app.web.deps import AnyRequest, services
-from app.web.limits import FORM_ROUTE, MAX_FORM_BYTES
-from app.web.pages.accounts import FormBody
+from app.web.pages.accounts import FormBody, form_post
 from app.web.pages.collections import waiting_without_worker
 from app.web.rendering import go, render, wants_partial
 from app.web.uploads import UploadForm, collection_name, is_collection, read_parts
@@ -213,13 +212,7 @@ def feedback_problems(data: FeedbackForm) -> dict[str, str]:
 
 # A form's bound whatever its encoding (as sign-in's, app/web/pages/accounts.py): sent as multipart, it took the
 # app's 10 MB, and the page echoed it back.
-@post(
-    "/predictions/{prediction_id:uuid}/feedback",
-    include_in_schema=False,
-    status_code=HTTP_200_OK,
-    request_max_body_size=MAX_FORM_BYTES,
-    opt={FORM_ROUTE: True},
-)
+@form_post("/predictions/{prediction_id:uuid}/feedback")
 async def feedback_submit(
     request: AnyRequest, prediction_id: FromPath[UUID], data: Annotated[FeedbackForm, FormBody]
 ) -> Response[Any]:
