@@ -11,6 +11,7 @@ import httpx
 import pytest
 from litestar import Litestar
 from redis.asyncio import Redis
+from tortoise.transactions import in_transaction
 
 from app import collections, feeder, keys
 from app.feeder import _has_work
@@ -91,18 +92,20 @@ async def test_a_done_collection_is_not_counted_again(client: httpx.AsyncClient)
     (10,000 a collection, up to 100 a page: a million rows a request). Its counts are now stored as it is done,
     and read after: here its images are gone by then, and its progress still says what they came to."""
     user = await User.create(email=unique_email(), password_hash="x")
-    collection = await Collection.create(user=user, total=300, status=CollectionStatus.CLASSIFYING)
     common: dict[str, Any] = {"user": user, "image_path": "", "model_name": "m", "model_weights": "random"}
-    await Prediction.bulk_create(
-        Prediction(
-            collection=collection,
-            entry=i,
-            image_sha256=f"{i:064x}",
-            status=Status.FAILED if i % 10 == 0 else Status.DONE,
-            **common,
+    # At once: the app's own feeder, seeing it classifying with no images yet, finished it counting none.
+    async with in_transaction():
+        collection = await Collection.create(user=user, total=300, status=CollectionStatus.CLASSIFYING)
+        await Prediction.bulk_create(
+            Prediction(
+                collection=collection,
+                entry=i,
+                image_sha256=f"{i:064x}",
+                status=Status.FAILED if i % 10 == 0 else Status.DONE,
+                **common,
+            )
+            for i in range(300)
         )
-        for i in range(300)
-    )
     await feeder._finish_collections()
     await Prediction.filter(collection_id=collection.id).delete()  # nothing left to count
     done = await Collection.get(id=collection.id)

@@ -204,6 +204,7 @@ def test_a_restart_loads_only_the_cached_choice(auto: Settings, caplog: pytest.L
     stored = json.loads(cached_file.read_text())
     assert stored["key"]["model"] == "resnet50-random" and stored["choice"]["engine"] == "openvino-1-bf16"
     restart = fakes()
+    caplog.clear()  # the first load's own line, logged where an earlier test left this logger at INFO
     with caplog.at_level("INFO", logger="app.worker.backends"):
         classifier, again = load_chosen(auto, restart)
     assert restart.asked == [OV] and classifier is restart.fakes["openvino"]  # no TensorFlow, no probe
