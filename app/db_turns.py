@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from tortoise.backends.asyncpg.client import AsyncpgDBClient
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.backends.sqlite.client import SqliteClient
 
@@ -59,28 +60,28 @@ def taken_in_turn(turns: Turns, held: Any) -> Any:
     return held if owner is None else in_turn(turns, owner, held)
 
 
-class FairAsyncpgClient(AsyncpgDBClient):
+class InTurns(BaseDBAsyncClient):
+    """A client whose connections and transactions are taken in turns at its `turns` (its __init__ sets them)."""
+
+    turns: Turns
+
+    def acquire_connection(self) -> Any:
+        return taken_in_turn(self.turns, super().acquire_connection())
+
+    def _in_transaction(self) -> Any:
+        return taken_in_turn(self.turns, super()._in_transaction())
+
+
+class FairAsyncpgClient(InTurns, AsyncpgDBClient):
     def __init__(self, turns_over: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.turns = fair_turns(self.pool_maxsize)
 
-    def acquire_connection(self) -> Any:
-        return taken_in_turn(self.turns, super().acquire_connection())
 
-    def _in_transaction(self) -> Any:
-        return taken_in_turn(self.turns, super()._in_transaction())
-
-
-class FairSqliteClient(SqliteClient):
+class FairSqliteClient(InTurns, SqliteClient):
     def __init__(self, file_path: str, turns_over: str, **kwargs: Any) -> None:
         super().__init__(file_path, **kwargs)
         self.turns = fair_turns(1)  # its one connection, in turns by person
-
-    def acquire_connection(self) -> Any:
-        return taken_in_turn(self.turns, super().acquire_connection())
-
-    def _in_transaction(self) -> Any:
-        return taken_in_turn(self.turns, super()._in_transaction())
 
 
 def in_turns(config: str | dict[str, Any]) -> str | dict[str, Any]:

@@ -97,7 +97,9 @@ STORED_TOP5 = msgspec.json.Decoder(list[TopOut] | None)
 def stored_top5(stored: str | bytes | None) -> list[tuple[str, float]]:
     """(label, score) of a prediction's top5, from its column's JSON text (read as text: a long CSV skips the
     ORM's decoding), checked as `prediction_out` checks it."""
-    return [(t.label, t.score) for t in (STORED_TOP5.decode(stored) if stored else None) or []]
+    if not stored:
+        return []
+    return [(t.label, t.score) for t in STORED_TOP5.decode(stored) or []]
 
 
 def prediction_out(prediction: Prediction, *, show_cached: bool) -> PredictionOut:
