@@ -1,18 +1,18 @@
 """Fair turns at the database's connections: a Tortoise backend (the web's: app/db.py, `in_turns`) whose
 connections, and transactions, are taken in turns by the person a request is for (`owned_by`, set by
-app/web/limits.py), at a `Turns` sized to the process's connections (asyncpg's pool; SQLite's one). Taken
-first come, first served, one person's 32 list requests at once held all 5 of the pool's, and another
-person's list waited 110-470 ms (median; 1.1-1.7 s at worst); in turns, 61-118 ms (0.19-0.69 s at worst),
-on a loaded 2-core machine. A turn is held only while a connection is: not while a request waits for a
-worker's result, a decode, or a client reading a streamed page. A person waits here with at most as many
-queries as it has requests open, which app/web/limits.py bounds (OPEN_EACH; 429 past it). Work of no one's
-takes no turn, as before: the feeder's, recovery's, the health probes', the token's check (before a request
-is known to be anyone's), and the worker process's."""
+app/web/limits.py), at a `Turns` sized to the process's connections (asyncpg's pool; SQLite's one, and its
+reads' one: FairSqliteClient). Taken first come, first served, one person's 32 list requests at once held all 5
+of the pool's, and another person's list waited 110-470 ms (median; 1.1-1.7 s at worst); in turns, 61-118 ms
+(0.19-0.69 s at worst), on a loaded 2-core machine. A turn is held only while a connection is: not while a
+request waits for a worker's result, a decode, or a client reading a streamed page. A person waits here with at
+most as many queries as it has requests open, which app/web/limits.py bounds (OPEN_EACH; 429 past it). Work of
+no one's takes no turn, as before: the feeder's, recovery's, the health probes', the token's check (before a
+request is known to be anyone's), and the worker process's."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Hashable, Iterator
+from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -78,10 +78,39 @@ class FairAsyncpgClient(InTurns, AsyncpgDBClient):
         self.turns = fair_turns(self.pool_maxsize)
 
 
+def is_read(query: str) -> bool:
+    """A statement that only reads (the reads' connection is query-only: one that writes would fail there)."""
+    return query.lstrip()[:6].upper() == "SELECT"
+
+
 class FairSqliteClient(InTurns, SqliteClient):
-    def __init__(self, file_path: str, turns_over: str, **kwargs: Any) -> None:
+    """SQLite's connection, in turns by person; and, for a file, a second one (`reads`, query-only, in turns of
+    its own) for the reads made outside a transaction (a transaction's stay on its connection). A write waits
+    on the first for the file's write lock while another process holds it (the worker, the CLI), up to the
+    busy timeout (then 503): on one connection every person's reads waited behind it, 2.5 s of a 3 s hold
+    (4.5 s as the write gave up); WAL lets them go on, and now they do: 0.005-0.03 s (measured). Not Tortoise's
+    routers: they route only models' queries, and are the process's, reset by any other Tortoise set up in it."""
+
+    def __init__(self, file_path: str, turns_over: str, reads_apart: bool = True, **kwargs: Any) -> None:
         super().__init__(file_path, **kwargs)
         self.turns = fair_turns(1)  # its one connection, in turns by person
+        apart = reads_apart and file_path != ":memory:"  # a second connection to :memory: is another database
+        self.reads = FairSqliteClient(file_path, turns_over, False, **kwargs, query_only="ON") if apart else self
+
+    async def execute_query(self, query: str, values: list[Any] | None = None) -> tuple[int, Sequence[dict[str, Any]]]:
+        if self.reads is not self and is_read(query):
+            return await self.reads.execute_query(query, values)
+        return await super().execute_query(query, values)
+
+    async def execute_query_dict(self, query: str, values: list[Any] | None = None) -> list[dict[str, Any]]:
+        if self.reads is not self and is_read(query):
+            return await self.reads.execute_query_dict(query, values)
+        return await super().execute_query_dict(query, values)
+
+    async def close(self) -> None:
+        if self.reads is not self:
+            await self.reads.close()
+        await super().close()
 
 
 def in_turns(config: str | dict[str, Any]) -> str | dict[str, Any]:

@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Awaitable, Callable, Hashable
+from uuid import uuid4
 
 import httpx
+import pytest
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
 from app import db, db_turns
+from app.models import User
+from app.settings import Settings
+from app.turns import Turns
 from app.web.limits import Person
-from tests.helpers import eventually, sign_up
+from tests.helpers import eventually, sign_up, sqlite_holds_the_write_lock
+from tests.page_helpers import make_prediction
+from tests.web.test_feedback import postgres_holds_the_row, waited_for
 
 # Each holder's transaction (a connection taken from the pool) stays open until its release is set.
 Release = asyncio.Event
@@ -73,15 +81,70 @@ async def test_a_requests_database_work_is_its_persons(client: httpx.AsyncClient
     turns = connections.get("default").turns
     person = Person(a_id)
     async with contextlib.AsyncExitStack() as held:
-        for _ in range(turns.per_owner):
-            await held.enter_async_context(turns.slot(person))
+        for each in all_turns():  # SQLite's reads too, on their connection
+            for _ in range(each.per_owner):
+                await held.enter_async_context(each.slot(person))
         waiting = asyncio.create_task(client.get("/api/predictions", headers=a))
-        await eventually(lambda: _true(person in turns.waiting), what="A's request waiting for A's turn")
+        await eventually(lambda: waiting_in_turn(person), what="A's request waiting for A's turn")
         if turns.free:
             assert (await client.get("/api/predictions", headers=b)).status_code == 200
         assert not waiting.done()
     assert (await waiting).status_code == 200
-    assert person not in turns.held and person not in turns.waiting
+    assert all(person not in each.held and person not in each.waiting for each in all_turns())
+
+
+def all_turns() -> list[Turns]:
+    """The turns of the app's database client: its connections', and SQLite's reads' (app/db_turns.py)."""
+    client = connections.get("default")
+    reads = getattr(client, "reads", client)
+    return [client.turns] if reads is client else [client.turns, reads.turns]
+
+
+async def waiting_in_turn(person: Person) -> bool:
+    return any(person in each.waiting for each in all_turns())
+
+
+async def test_reads_go_on_while_a_write_waits_for_a_lock(client: httpx.AsyncClient, settings: Settings) -> None:
+    """Another connection holds SQLite's write lock (the worker's, the CLI's), and A's edit waits for it on the
+    web's connection, up to the busy timeout. Every read of everyone waited behind it (B's list, the readiness
+    probe: 2.5 s of a 3 s hold); in WAL mode they need no lock, and are answered on a connection of their own
+    while the edit still waits. On PostgreSQL the edit waits for its row, held, on one of the pool's."""
+    a, b = await sign_up(client), await sign_up(client)
+    a_id = (await client.get("/api/users/me", headers=a)).json()["id"]
+    prediction = await make_prediction(await User.get(id=a_id))
+    url = f"/api/predictions/{prediction.id}/feedback"
+    assert (await client.post(url, headers=a, json={"is_correct": False})).status_code == 200
+    taken, released, on_sqlite = threading.Event(), threading.Event(), settings.database_url.startswith("sqlite")
+    postgres = settings.database_url.replace("postgres://", "postgresql://")
+    if on_sqlite:
+        path = settings.database_url.removeprefix("sqlite://").partition("?")[0]
+        holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, released))
+    else:
+        holder = asyncio.create_task(postgres_holds_the_row(postgres, str(prediction.id), taken, released))
+    try:
+        assert await asyncio.to_thread(taken.wait, 30)
+        editing = asyncio.create_task(client.post(url, headers=a, json={"is_correct": True}))
+        writes = connections.get("default").turns
+        edit_waits = (lambda: _true(Person(a_id) in writes.held)) if on_sqlite else (lambda: waited_for(postgres))
+        await eventually(edit_waits, what="A's edit waiting for the lock")
+        listed, ready = await asyncio.gather(client.get("/api/predictions", headers=b), client.get("/health/ready"))
+        assert listed.status_code == 200 and ready.json()["database"] is True  # not ready with no worker: no matter
+        assert not editing.done(), "the reads were answered only once the edit was over"
+    finally:
+        released.set()
+        await holder
+    assert (await editing).status_code == 200
+
+
+async def test_a_transactions_reads_are_on_its_own_connection(client: httpx.AsyncClient) -> None:
+    """SQLite's reads go on a connection of their own, but a transaction's see its writes, not yet committed."""
+    email = f"in-transaction-{uuid4().hex[:8]}@example.com"
+    with pytest.raises(LookupError):
+        async with in_transaction():
+            await User.create(email=email, password_hash="x")
+            assert await User.filter(email=email).exists()
+            raise LookupError("undone")
+    assert not await User.filter(email=email).exists()
 
 
 def test_a_person_holds_all_connections_but_one() -> None:
