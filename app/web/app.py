@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from litestar import Litestar, Router
 from litestar.datastructures import State
+from litestar.file_system import BaseLocalFileSystem
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.htmx import HTMXPlugin
@@ -18,6 +21,8 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.plugins.prometheus import PrometheusConfig
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from litestar.types import PathType
+from litestar.types.file_types import FileInfo
 
 from app import accounts, db, files, passwords, recovery
 from app.background import Every
@@ -64,6 +69,19 @@ ROOT = Path(__file__).resolve().parents[2]
 MULTIPART_OVERHEAD = 64 * 1024
 # An email, a password and a name, with room to refuse a hostile body for what it is (400), not its size.
 ACCOUNT_BODY_BYTES = 1024 * 1024
+
+
+class StaticFiles(BaseLocalFileSystem):
+    """The static directory, where a path no file can have (one under a file, a name longer than the file
+    system takes) is not found: its OSError was Litestar's 500."""
+
+    async def info(self, path: PathType, **kwargs: Any) -> FileInfo:
+        try:
+            return await super().info(path, **kwargs)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ENAMETOOLONG):
+                raise FileNotFoundError(exc.errno, exc.strerror, exc.filename) from None
+            raise
 
 
 async def before_handler(request: AnyRequest) -> None:
@@ -149,7 +167,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *collection_pages.routes,
             *admin.routes,
             metrics.metrics,
-            create_static_files_router(path="/static", directories=[ROOT / "static"], include_in_schema=False),
+            create_static_files_router(
+                path="/static", directories=[ROOT / "static"], file_system=StaticFiles(), include_in_schema=False
+            ),
         ],
         lifespan=[lifespan],
         on_app_init=[jwt_auth.on_app_init, measure_uploads],

@@ -111,6 +111,9 @@ def corpus() -> list[Case]:
         ),
         Case("NUL in a label search", "GET", "/api/labels?q=a%00b", (200, 400)),
         Case("NUL in a static path", "GET", "/static/%00", (400, 404)),
+        # The file system refused these paths (ENOTDIR, ENAMETOOLONG): Litestar answered 500.
+        Case("a static path under a file", "GET", "/static/css/app.css/x", (404,)),
+        Case("a static name longer than a file name may be", "GET", "/static/" + "a" * 300, (404,)),
         Case("NUL in a page path", "GET", "/predictions/%00", (400, 404)),
         Case("NUL in a collection name", "POST", "/api/collections", (400,), signed_in=True, content=b"", headers={}),
         Case("NUL in a filter that reaches the database", "GET", "/api/feedback?label=a%00b", (400,), signed_in=True),
