@@ -5,8 +5,9 @@ lock) on exactly the routes that need a token; and operation ids a generated cli
 A route lists the errors its own code raises (`responses=errors(409, 429)`); `ApiContract` adds, when the
 app registers the route, the ones that follow from what the route is, so they are written once:
 
-- every route: 400 (a malformed request or field; control characters in the address, app/web/limits.py)
-  and 431 (too many or too large headers);
+- every route: 400 (a malformed request or field; control characters in the address, app/web/limits.py),
+  414 (too long an address) and 431 (too many or too large headers); 429 but on the probes (a sender with as
+  many requests open as it may);
 - a route that takes a body: 413 past the body limit;
 - a route with path parameters: 404 (no such object, not the caller's, or an id of the wrong form);
 - a route that needs a token: 401, and 503 when the database or Redis behind the sign-in is down.
@@ -40,6 +41,7 @@ from litestar.security.jwt import JWTCookieAuth
 
 from app.images import ACCEPTED
 from app.web.errors import ErrorOut
+from app.web.limits import UNCOUNTED
 
 ERROR_DESCRIPTIONS = {
     400: "Bad input: a malformed body, field or image, a query parameter given more than once, or control"
@@ -48,6 +50,7 @@ ERROR_DESCRIPTIONS = {
     404: "No such object, or not yours",
     409: "Conflict: the email is taken, or the prediction is not finished yet",
     413: "Too large: the body, the image or the collection, or past your storage quota (`extra` has the numbers)",
+    414: "The address (path and query) is too long",
     415: f"Not a supported image: send {ACCEPTED}; or a collection's `archive` that is no zip",
     429: "Too many sign-ins or sign-ups from here, failed sign-ins to the account from everywhere, too much sent"
     " at once, or past a quota (`extra` has the numbers): see `Retry-After`",
@@ -137,7 +140,9 @@ class ApiContract(InitPlugin, ReceiveRoutePlugin):
         for handler in route.route_handlers:
             if not handler.resolve_include_in_schema():
                 continue
-            statuses = [400, 431]
+            statuses = [400, 414, 431]
+            if not route.path.startswith(UNCOUNTED):
+                statuses.append(429)
             if route.path_parameters:
                 statuses.append(404)
             if "data" in handler.parsed_fn_signature.parameters:
