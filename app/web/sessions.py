@@ -237,8 +237,9 @@ NEXT_MAX = 2000  # characters of `next` the account pages take; a longer page ad
 
 
 def safe_next(target: str | None) -> str:
-    """A local path to continue to after signing in; anything else (another host, a scheme) goes home."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A local path to continue to after signing in; anything else (another host, a scheme, past NEXT_MAX: it
+    comes back as a Location header) goes home."""
+    if not target or len(target) > NEXT_MAX or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
     if any(ord(c) < 32 for c in target):
         return "/"
@@ -270,7 +271,7 @@ def login_url(request: AnyRequest) -> str:
     else:  # a form post or a swap: come back to the page it was made from
         here = current_page(request)
     target = safe_next(here)
-    return "/login" if target == "/" or len(target) > NEXT_MAX else f"/login?{urlencode({'next': target})}"
+    return "/login" if target == "/" else f"/login?{urlencode({'next': target})}"
 
 
 def signed_in(request: AnyRequest, user: User, target: str) -> Response[Any]:
