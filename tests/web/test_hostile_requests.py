@@ -4,6 +4,7 @@ shape (JSON for /api, a page for people), never a 5xx or a look inside, and the 
 from __future__ import annotations
 
 import asyncio
+import json
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from app.models import User
-from app.web.limits import MAX_FORM_BYTES, MAX_FORM_FIELDS
+from app.web.limits import MAX_FORM_BYTES, MAX_FORM_FIELDS, MAX_JSON_BYTES
 from tests import samples
 from tests.conftest import CountingClassifier
 from tests.helpers import eventually, from_address, sign_up, unique_email
@@ -46,7 +47,7 @@ def corpus() -> list[Case]:
             "POST",
             "/api/auth/register",
             (400,),
-            content=nested(100_000),
+            content=nested(60_000),  # 120 kB: within MAX_JSON_BYTES
             headers={"content-type": "application/json"},
         ),
         Case(
@@ -54,10 +55,28 @@ def corpus() -> list[Case]:
             "POST",
             "/api/auth/login",
             (400,),
-            content=b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+            content=b'{"a":' * 20_000 + b"1" + b"}" * 20_000,  # 120 kB
             headers={"content-type": "application/json"},
         ),
         Case("JSON of the wrong type", "POST", "/api/auth/register", (400,), json=["not", "an", "object"]),
+        # Decoded whole before it was judged: 10 MB of `{},` held the event loop 6 s and took 490 MB (measured).
+        Case(
+            "10 MB of empty JSON objects",
+            "POST",
+            "/api/predictions/lookup",
+            (413,),
+            content=b'{"sha256": [' + b"{}," * 3_400_000 + b"{}]}",
+            headers={"content-type": "application/json"},
+            signed_in=True,
+        ),
+        Case(
+            "1 MB of empty JSON objects, signed out",
+            "POST",
+            "/api/auth/login",
+            (413,),
+            content=b"[" + b"{}," * 340_000 + b"{}]",
+            headers={"content-type": "application/json"},
+        ),
         Case(
             "malformed JSON",
             "POST",
@@ -365,3 +384,12 @@ async def test_a_content_length_of_other_digits_is_a_bad_request(browser: Client
     headers = {b"content-type": FORM["content-type"].encode(), b"content-length": "\u00b2".encode("latin-1")}
     response = await browser.post("/login", content=b"ab", headers=headers)
     assert response.status_code == 400, response.text[:300]
+
+
+async def test_the_largest_json_body_the_api_takes_is_within_its_bound(client: httpx.AsyncClient) -> None:
+    # A lookup of the most hashes one may ask for, indented as a person might write it: 76 kB.
+    body = json.dumps({"sha256": ["0" * 64] * 1000}, indent=4).encode()
+    assert len(body) < MAX_JSON_BYTES
+    headers = {**await sign_up(client), "content-type": "application/json"}
+    response = await client.post("/api/predictions/lookup", content=body, headers=headers)
+    assert response.status_code == 200 and response.json() == {"found": {}}, response.text[:300]
