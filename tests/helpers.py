@@ -110,6 +110,11 @@ async def forget_worker(redis: Redis, name: str) -> None:
     await Consumer(redis, name, FAKE_LIMITS).leave()
 
 
+def status_of(pid: int) -> dict[str, str]:
+    """A process's /proc status, by field (State: "T (stopped)" once a SIGSTOP has taken effect)."""
+    return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 30, what: str = "the condition") -> None:
     """Wait until `check()` is true. The worker answers (publishes) before it acknowledges the job, so
     what follows the answer (the stream emptied, the batch counted) happens a moment after it. `seconds` bounds

@@ -28,7 +28,7 @@ from app.settings import Settings
 from app.turns import Turns
 from bench.images import make_image
 from tests import hostile, samples
-from tests.helpers import alive, eventually
+from tests.helpers import alive, eventually, status_of
 
 # 94 scans (under the limit of 100), each a pass over a 4096x4096 image: about 1.3 s to decode here.
 SLOW = hostile.scan_bomb_jpeg(repeats=84)
@@ -49,10 +49,6 @@ async def decode_pool(**changes: Any) -> AsyncIterator[DecodePool]:
 async def pid_of(pool: DecodePool) -> int:
     pid: int = await pool._run(os.getpid)
     return pid
-
-
-def status_of(pid: int) -> dict[str, str]:
-    return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
 
 
 def with_timeout(pool: DecodePool, seconds: float) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ from redis.asyncio import Redis
 
 from app.jobs.producer import live_workers
 from app.settings import Settings
+from tests.helpers import eventually, forget_worker, status_of
 from tests.web.browser.test_browser import (
     LABEL_NAMES,
     PHONE,
@@ -145,14 +145,18 @@ async def test_on_a_phone_without_javascript_the_answer_opens_at_the_result(
 
 @asynccontextmanager
 async def no_live_worker(worker: Process, redis: Redis) -> AsyncIterator[None]:
-    """The worker paused until its heartbeat has expired: to the web app, no worker is alive (as in the
-    first seconds after `make run`). It carries on where it was when the block ends."""
+    """The worker paused, its heartbeat gone as at its expiry (not waited for: HEARTBEAT_TTL): to the web app,
+    no worker is alive (as in the first seconds after `make run`). It carries on where it was when the block
+    ends, and beats again."""
     worker.send_signal(signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + 30
-        while await live_workers(redis):
-            assert time.monotonic() < deadline, "the paused worker still looks alive"
-            await asyncio.sleep(0.2)
+
+        async def stopped() -> bool:  # SIGSTOP takes effect once the process next runs: a beat may come first
+            return status_of(worker.pid)["State"].split()[0] == "T"
+
+        await eventually(stopped, what="the worker to stop")
+        await forget_worker(redis, "e2e-worker")
+        assert not await live_workers(redis), "the paused worker still looks alive"
         yield
     finally:
         worker.send_signal(signal.SIGCONT)
