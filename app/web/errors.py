@@ -129,7 +129,11 @@ def error_body(exc: Exception) -> tuple[int, str, dict[str, str], Any]:
     if isinstance(exc, UnicodeError) or type(exc) is LookupError:
         # Litestar's multipart parser decodes a text part by the charset the part names (UTF-8 by default):
         # bytes it cannot decode, or a charset with no text codec (LookupError itself; a KeyError is a bug).
-        detail = "The request body is malformed: a text field is not valid UTF-8 (or in the charset it names)"
+        # A file part named by `filename*=` alone (RFC 5987's, not a form's) is such a text part too.
+        detail = (
+            "The request body is malformed: a text field is not valid UTF-8 (or in the charset it names);"
+            ' a file part needs a plain `filename="..."`'
+        )
         return HTTP_400_BAD_REQUEST, detail, {}, None
     if redis_full(exc):
         log.warning("Redis is out of memory: %r", exc)
