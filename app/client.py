@@ -17,8 +17,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from app.exports import to_csv
+from app.remote import ClientError, Service, UsageError, chunks
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".heic", ".heif", ".avif"}
-LOOKUP_LIMIT = 1000
-# A collection refused for now (429 or 503 with Retry-After) is sent again, up to this many times.
-BUSY_ATTEMPTS = 120
-BUSY_WAIT_S = 5.0
 # Exit statuses: every image classified; some failed (the CSV says why); bad arguments or credentials; the
 # service could not be reached or refused the work; stopped with Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_DONE, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -61,19 +57,12 @@ exit status:
 """
 
 
-class ClientError(RuntimeError):
-    """The service could not be reached or refused the work."""
-
-
-class UsageError(ClientError):
-    """Bad arguments or credentials."""
-
-
 @dataclass(frozen=True)
 class LocalImage:
     path: Path
     name: str  # relative to the folder: the name the server and the CSV know it by
     sha256: str
+    unread: str = ""  # why the file could not be read, if it could not: a failed row, the rest go on
 
 
 @dataclass
@@ -130,79 +119,34 @@ def find_images(folder: Path, bar: Progress | None = None) -> list[LocalImage]:
     task = bar.add_task("reading", total=len(paths)) if bar else None
     found = []
     for path, name in paths:
-        found.append(LocalImage(path, name, hashlib.sha256(path.read_bytes()).hexdigest()))
+        try:
+            with path.open("rb") as file:  # a chunk at a time: a huge file is not held whole
+                found.append(LocalImage(path, name, hashlib.file_digest(file, "sha256").hexdigest()))
+        except OSError as exc:  # unreadable, or gone since the walk
+            found.append(LocalImage(path, name, "", f"Could not read the file: {exc.strerror or exc}"))
         if bar and task is not None:
             bar.advance(task)
     return found
 
 
-def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def read_again(images: list[LocalImage]) -> list[tuple[LocalImage, bytes]]:
+    """The images as they are now, each with its bytes: their sha256 is that of those bytes (a file may have
+    changed since it was read), or, unreadable now, with none and why."""
+    read = []
+    for image in images:
+        try:
+            content = image.path.read_bytes()
+            read.append((replace(image, sha256=hashlib.sha256(content).hexdigest()), content))
+        except OSError as exc:
+            read.append((replace(image, unread=f"Could not read the file: {exc.strerror or exc}"), b""))
+    return read
 
 
-class Service:
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        email: str | None,
-        password: str | None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=300, transport=transport)
-        if not token:
-            if not (email and password):
-                raise UsageError("give --token (or APP_TOKEN), or --email and --password (or APP_PASSWORD)")
-            token = self._login(email, password)
-        self.http.headers["Authorization"] = f"Bearer {token}"
-
-    def _check(self, response: httpx.Response) -> Any:
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            error = UsageError if response.status_code in (401, 403) else ClientError
-            raise error(f"{response.request.method} {response.request.url.path}: {response.status_code} {detail}")
-        return response.json()
-
-    def _login(self, email: str, password: str) -> str:
-        body = self._check(self.http.post("/api/auth/login", json={"email": email, "password": password}))
-        token: str = body["access_token"]
-        return token
-
-    def user_id(self) -> object:
-        """Who the credentials belong to (checks them before any work)."""
-        return self._check(self.http.get("/api/users/me"))["id"]
-
-    def lookup(self, hashes: list[str]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        for part in chunks(sorted(set(hashes)), LOOKUP_LIMIT):
-            found |= self._check(self.http.post("/api/predictions/lookup", json={"sha256": part}))["found"]
-        return found
-
-    def upload(self, images: list[LocalImage], name: str) -> str:
-        files = [("files", (image.name, image.path.read_bytes())) for image in images]
-        for _ in range(BUSY_ATTEMPTS):
-            response = self.http.post("/api/collections", files=files, data={"name": name})
-            # Too many collections in progress, or the service busy: wait as told (a little at a time,
-            # since one of ours may finish sooner), then try again.
-            if response.status_code not in (429, 503) or "Retry-After" not in response.headers:
-                break
-            time.sleep(min(float(response.headers["Retry-After"]), BUSY_WAIT_S))
-        body = self._check(response)
-        collection_id: str = body["id"]
-        return collection_id
-
-    def progress(self, collection_id: str) -> dict[str, Any] | None:
-        """The collection's `status` (reading, classifying, done) and `progress` counts; None if it is gone."""
-        response = self.http.get(f"/api/collections/{collection_id}", params={"per_page": 1})
-        if response.status_code == 404:
-            return None
-        body: dict[str, Any] = self._check(response)
-        return body
+def unclassified(image: LocalImage) -> dict[str, Any]:
+    """The row of an image with no result: unreadable, or changed while it was sent."""
+    error = image.unread or "No result from the service (changed while it was sent?): run the command again"
+    fields: dict[str, Any] = {"image_sha256": image.sha256, "label": None, "wnid": None, "score": None, "top5": []}
+    return fields | {"status": "failed", "error": error}
 
 
 def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, poll: float = 0.5) -> dict[str, int]:
@@ -211,14 +155,14 @@ def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, p
         images = find_images(folder, bar)
         if not images:
             raise UsageError(f"no images in {folder}")
-        hashes = {i.sha256 for i in images}
+        hashes = {i.sha256 for i in images if not i.unread}
         sent = SentCollections.load(service.url, service.user_id(), folder)
         # Resumed: those of this folder's images (by content), still on the service.
         sent.keep({c: h for c, h in sent.collections.items() if hashes & set(h) and service.progress(c)})
         in_progress = {h for part in sent.collections.values() for h in part}
         known = service.lookup(sorted(hashes))
         finished = {h for h, r in known.items() if r.get("status") in ("done", "failed")}
-        todo = [i for i in images if i.sha256 not in finished | in_progress]
+        todo = [i for i in images if not i.unread and i.sha256 not in finished | in_progress]
         already = sum(i.sha256 in finished for i in images)
         bar.console.print(
             f"{len(images)} images, {already} already classified, {len(images) - already - len(todo)} sent before"
@@ -228,9 +172,15 @@ def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, p
             soft_wrap=True,
         )
         sending = bar.add_task("uploading", total=len(todo))
+        latest = {i.name: i for i in images}
         for part in chunks(todo, chunk):
-            collection_id = service.upload(part, f"{name} ({len(sent.collections) + 1})")
-            sent.add(collection_id, [i.sha256 for i in part])
+            read = read_again(part)
+            latest |= {i.name: i for i, _ in read}
+            if readable := [(i, content) for i, content in read if not i.unread]:
+                collection_id = service.upload(
+                    [(i.name, content) for i, content in readable], f"{name} ({len(sent.collections) + 1})"
+                )
+                sent.add(collection_id, [i.sha256 for i, _ in readable])
             bar.advance(sending, len(part))
         classifying = bar.add_task("classifying", total=None)
         while True:
@@ -241,11 +191,12 @@ def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, p
             if all(d["status"] == "done" for d in described):
                 break
             time.sleep(poll)
-    results = service.lookup(sorted(hashes))
-    rows = [results[i.sha256] | {"file_name": i.name} for i in images if i.sha256 in results]
+    images = list(latest.values())  # as sent
+    results = service.lookup(sorted({i.sha256 for i in images if not i.unread}))
+    rows = [results.get(i.sha256, unclassified(i)) | {"file_name": i.name} for i in images]
     out.write_text(to_csv(rows))
     sent.forget()
-    failed = sum(row["status"] != "done" for row in rows) + len(images) - len(rows)
+    failed = sum(row["status"] != "done" for row in rows)
     summary = {"images": len(images), "skipped": already, "sent": len(todo), "rows": len(rows), "failed": failed}
     console.print(f"wrote {out}: {summary}", markup=False, highlight=False, soft_wrap=True)
     return summary

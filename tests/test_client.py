@@ -4,17 +4,21 @@ progress bar, resumed after Ctrl-C without making new collections, and its exit 
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import email.parser
 import email.policy
 import hashlib
+import http.server
 import importlib.metadata
 import io
 import json
 import re
 import subprocess
 import sys
+import threading
 import tomllib
+import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,6 +233,160 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_the_same_collections(
     assert main(command, httpx.MockTransport(service)) == 0
     assert "5 images, 5 already classified, 0 sent before and resumed, 0 to send" in capsys.readouterr().err
     assert len(service.collections) == 3
+
+
+class ChangingService(FakeService):
+    """A FakeService during whose credential check a file of the folder is rewritten: after the walk read it."""
+
+    def __init__(self, changed: Path) -> None:
+        super().__init__()
+        self.changed, self.working = changed, True
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/users/me":
+            self.changed.write_bytes(samples.photo(9450))
+        return super().__call__(request)
+
+
+def test_a_file_changed_after_the_walk_is_classified_as_sent(tmp_path: Path) -> None:
+    folder = tmp_path / "trip"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"p{i}.jpg").write_bytes(samples.photo(9440 + i))
+    out = tmp_path / "trip.csv"
+    service = ChangingService(folder / "p1.jpg")
+    command = ["classify", str(folder), "--out", str(out), "--token", "t", "--url", "http://svc"]
+    assert main(command, httpx.MockTransport(service)) == 0
+    rows = {row["file_name"]: row for row in read_rows(out)}
+    assert sorted(rows) == ["p0.jpg", "p1.jpg", "p2.jpg"]  # a row for each: none lost
+    assert rows["p1.jpg"]["sha256"] == hashlib.sha256(samples.photo(9450)).hexdigest()  # the bytes sent
+
+
+def test_an_unreadable_file_is_a_failed_row_and_the_rest_are_classified(tmp_path: Path) -> None:
+    folder = tmp_path / "trip"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"p{i}.jpg").write_bytes(samples.photo(9460 + i))
+    (folder / "bad.jpg").symlink_to("/proc/self/mem")  # a regular file whose read fails (EIO), even for root
+    out = tmp_path / "trip.csv"
+    service = FakeService()
+    service.working = True
+    command = ["classify", str(folder), "--out", str(out), "--token", "t", "--url", "http://svc"]
+    assert main(command, httpx.MockTransport(service)) == 1
+    rows = {row["file_name"]: row for row in read_rows(out)}
+    assert rows["bad.jpg"]["status"] == "failed" and "Could not read the file" in rows["bad.jpg"]["error"]
+    assert rows["p0.jpg"]["status"] == rows["p1.jpg"]["status"] == "done"
+
+
+def test_a_large_file_is_hashed_a_chunk_at_a_time(tmp_path: Path) -> None:
+    (tmp_path / "big.jpg").write_bytes(b"\0" * (64 << 20))
+    tracemalloc.start()
+    try:
+        [found] = client.find_images(tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found.sha256 == hashlib.sha256(b"\0" * (64 << 20)).hexdigest()
+    assert peak < 8 << 20, peak
+
+
+# ---- a server that answers oddly -------------------------------------------------------------------------
+
+ODD_DEFAULTS: dict[str, tuple[int, dict[str, str], bytes]] = {
+    "GET /api/users/me": (200, {}, b'{"id": 1}'),
+    "POST /api/predictions/lookup": (200, {}, b'{"found": {}}'),
+    "POST /api/collections": (202, {}, b'{"id": "c1"}'),
+    "GET /api/collections/c1": (200, {}, b'{"status": "done", "progress": {"total": 1, "done": 1, "failed": 0}}'),
+}
+
+
+@pytest.fixture
+def odd_server() -> Iterator[tuple[str, dict[str, list[tuple[int, dict[str, str], bytes]]], list[str]]]:
+    """A tiny HTTP server answering each "METHOD path" with its next scripted answer (or ODD_DEFAULTS');
+    an answer of status 0 drops the connection instead."""
+    scripts: dict[str, list[tuple[int, dict[str, str], bytes]]] = {}
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            route = f"{self.command} {self.path.partition('?')[0]}"
+            seen.append(route)
+            queued = scripts.get(route)
+            status, headers, body = queued.pop(0) if queued else ODD_DEFAULTS[route]
+            if not status:
+                self.close_connection = True
+                return
+            self.send_response(status)
+            for key, value in (headers | {"Content-Length": str(len(body))}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            with contextlib.suppress(ConnectionError):  # the client stopped reading
+                self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", scripts, seen
+    server.shutdown()
+    server.server_close()
+
+
+ODD_ANSWERS = {
+    "redirected": ("GET /api/users/me", 301, {"Location": "https://svc.example/api/users/me"}, b"", "301, sent on"),
+    "an HTML page": ("GET /api/users/me", 200, {}, b"<html>sign in</html>", "no JSON object"),
+    "a JSON list": ("GET /api/users/me", 200, {}, b"[1, 2]", "no JSON object"),
+    "an error as a list": ("POST /api/predictions/lookup", 500, {}, b"[1]", "500 Internal Server Error"),
+    "no id": ("POST /api/collections", 202, {}, b"{}", "not shaped as expected"),
+    "results not a mapping": ("POST /api/predictions/lookup", 200, {}, b'{"found": [1]}', "not shaped as expected"),
+    "a result short of fields": ("POST /api/predictions/lookup", 200, {}, b'{"found": {"x": {}}}', "not shaped"),
+    "no progress": ("GET /api/collections/c1", 200, {}, b'{"status": "done"}', "not shaped as expected"),
+    "40 MB": ("GET /api/users/me", 200, {}, b" " * (40 << 20), "bytes"),
+    "dropped": ("POST /api/collections", 0, {}, b"", "error:"),
+}
+
+
+@pytest.mark.parametrize("case", ODD_ANSWERS)
+def test_an_odd_answer_is_a_clear_error_and_exit_3(
+    case: str,
+    tmp_path: Path,
+    odd_server: tuple[str, dict[str, list[tuple[int, dict[str, str], bytes]]], list[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, scripts, _ = odd_server
+    route, status, headers, body, said = ODD_ANSWERS[case]
+    scripts[route] = [(status, headers, body)]
+    (tmp_path / "a.jpg").write_bytes(samples.photo(9470))
+    assert main(["classify", str(tmp_path), "--url", url, "--token", "t", "--out", str(tmp_path / "o.csv")]) == 3
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("retry_after", ["-1", "0", "0.01"])
+def test_a_busy_answer_is_sent_again_whatever_its_retry_after(
+    retry_after: str,
+    tmp_path: Path,
+    odd_server: tuple[str, dict[str, list[tuple[int, dict[str, str], bytes]]], list[str]],
+) -> None:
+    url, scripts, seen = odd_server
+    scripts["POST /api/collections"] = [(429, {"Retry-After": retry_after}, b"{}")]
+    (tmp_path / "a.jpg").write_bytes(samples.photo(9471))
+    # Sent again, then classified (the stand-in has no result for it: a failed row, exit 1).
+    assert main(["classify", str(tmp_path), "--url", url, "--token", "t", "--out", str(tmp_path / "o.csv")]) == 1
+    assert seen.count("POST /api/collections") == 2
+    [row] = read_rows(tmp_path / "o.csv")
+    assert row["file_name"] == "a.jpg" and row["status"] == "failed" and "No result" in row["error"]
+
+
+def test_a_retry_after_of_a_date_or_nonsense_waits_a_little() -> None:
+    from app.remote import BUSY_WAIT_S, busy_wait
+
+    assert busy_wait("Wed, 21 Oct 2015 07:28:00 GMT") == busy_wait("nan") == busy_wait("1e999") == BUSY_WAIT_S
+    assert busy_wait("-3") == 0 and busy_wait("2") == 2 and busy_wait("3600") == BUSY_WAIT_S
 
 
 # ---- installed as a command ----------------------------------------------------------------------------
