@@ -77,7 +77,7 @@ class SentCollections:
     @classmethod
     def load(cls, url: str, user_id: object, folder: Path) -> SentCollections:
         where = str(folder.resolve())
-        key = hashlib.sha256(f"{url}\n{user_id}\n{where}".encode()).hexdigest()[:32]
+        key = hashlib.sha256(f"{url}\n{user_id}\n{where}".encode(errors="surrogateescape")).hexdigest()[:32]
         sent = cls(Path(platformdirs.user_cache_dir("imgclass")) / f"{key}.json", where)
         try:
             saved = json.loads(sent.path.read_text())
@@ -108,6 +108,12 @@ def progress_bar(console: Console) -> Progress:
     return Progress(*columns, TimeRemainingColumn(), console=console)
 
 
+def label(name: str) -> str:
+    """A file's or folder's name for the service and the CSV: bytes that are not UTF-8 (a name from an old camera or
+    disk, which Python keeps as surrogates that cannot be sent) shown as U+FFFD."""
+    return name.encode(errors="surrogateescape").decode(errors="replace")
+
+
 def find_images(folder: Path, bar: Progress | None = None) -> list[LocalImage]:
     """The folder's images (by their name; hidden files and folders left out), each with its sha256."""
     paths = []
@@ -115,7 +121,7 @@ def find_images(folder: Path, bar: Progress | None = None) -> list[LocalImage]:
         relative = path.relative_to(folder)
         hidden = any(p.startswith(".") for p in relative.parts)
         if path.suffix.lower() in IMAGE_SUFFIXES and not hidden and path.is_file():
-            paths.append((path, relative.as_posix()))
+            paths.append((path, label(relative.as_posix())))
     task = bar.add_task("reading", total=len(paths)) if bar else None
     found = []
     for path, name in paths:
@@ -172,10 +178,10 @@ def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, p
             soft_wrap=True,
         )
         sending = bar.add_task("uploading", total=len(todo))
-        latest = {i.name: i for i in images}
+        latest = {i.path: i for i in images}  # by path: names of undecodable bytes may be alike
         for part in chunks(todo, chunk):
             read = read_again(part)
-            latest |= {i.name: i for i, _ in read}
+            latest |= {i.path: i for i, _ in read}
             if readable := [(i, content) for i, content in read if not i.unread]:
                 collection_id = service.upload(
                     [(i.name, content) for i, content in readable], f"{name} ({len(sent.collections) + 1})"
@@ -194,7 +200,7 @@ def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, p
     images = list(latest.values())  # as sent
     results = service.lookup(sorted({i.sha256 for i in images if not i.unread}))
     rows = [results.get(i.sha256, unclassified(i)) | {"file_name": i.name} for i in images]
-    out.write_text(to_csv(rows))
+    out.write_text(to_csv(rows), encoding="utf-8")
     sent.forget()
     failed = sum(row["status"] != "done" for row in rows)
     summary = {"images": len(images), "skipped": already, "sent": len(todo), "rows": len(rows), "failed": failed}
@@ -239,7 +245,7 @@ def main(argv: list[str] | None = None, transport: httpx.BaseTransport | None = 
         if args.email and not args.password and not args.token and sys.stdin.isatty():
             args.password = getpass.getpass(f"password for {args.email}: ")
         service = Service(args.url, args.token, args.email, args.password, transport)
-        summary = classify(service, args.folder, args.out, max(1, args.chunk), args.name or args.folder.name)
+        summary = classify(service, args.folder, args.out, max(1, args.chunk), label(args.name or args.folder.name))
     except KeyboardInterrupt:
         print(
             "\ninterrupted. What was sent goes on being classified; to resume (nothing is sent twice), run:\n"

@@ -13,6 +13,7 @@ import http.server
 import importlib.metadata
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -276,6 +277,21 @@ def test_an_unreadable_file_is_a_failed_row_and_the_rest_are_classified(tmp_path
     rows = {row["file_name"]: row for row in read_rows(out)}
     assert rows["bad.jpg"]["status"] == "failed" and "Could not read the file" in rows["bad.jpg"]["error"]
     assert rows["p0.jpg"]["status"] == rows["p1.jpg"]["status"] == "done"
+
+
+def test_names_that_are_not_utf8_are_sent_and_written(tmp_path: Path) -> None:
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))  # an old disk's Latin-1 names
+    folder.mkdir()
+    Path(os.fsdecode(bytes(folder) + b"/\xff1.jpg")).write_bytes(samples.photo(9480))
+    Path(os.fsdecode(bytes(folder) + b"/\xfe1.jpg")).write_bytes(samples.photo(9481))  # shown alike
+    out = tmp_path / "trip.csv"
+    service = FakeService()
+    service.working = True
+    command = ["classify", str(folder), "--out", str(out), "--token", "t", "--url", "http://svc"]
+    assert main(command, httpx.MockTransport(service)) == 0
+    rows = read_rows(out)
+    assert [row["file_name"] for row in rows] == ["\ufffd1.jpg", "\ufffd1.jpg"]
+    assert {row["sha256"] for row in rows} == {hashlib.sha256(samples.photo(n)).hexdigest() for n in (9480, 9481)}
 
 
 def test_a_large_file_is_hashed_a_chunk_at_a_time(tmp_path: Path) -> None:
