@@ -294,6 +294,23 @@ def test_names_that_are_not_utf8_are_sent_and_written(tmp_path: Path) -> None:
     assert {row["sha256"] for row in rows} == {hashlib.sha256(samples.photo(n)).hexdigest() for n in (9480, 9481)}
 
 
+def test_each_collection_sent_is_appended_to_the_state_not_rewritten(tmp_path: Path, cache_dir: Path) -> None:
+    sent = client.SentCollections.load("http://svc", 7, tmp_path)
+    sent.keep({})
+    for n in range(3):
+        before = sent.path.read_bytes()
+        sent.add(f"c{n}", [f"{n}" * 64])
+        assert sent.path.read_bytes().startswith(before)  # what was saved is left as it was
+    with sent.path.open("a") as file:
+        file.write('{"folder": "x", "collections": {"c3": ["')  # cut short by a crash
+    assert client.SentCollections.load("http://svc", 7, tmp_path).collections == {
+        f"c{n}": [f"{n}" * 64] for n in range(3)
+    }
+    # A state saved by the client before (one JSON object) is still resumed.
+    sent.path.write_text(json.dumps({"folder": "x", "collections": {"old": ["a" * 64]}}))
+    assert client.SentCollections.load("http://svc", 7, tmp_path).collections == {"old": ["a" * 64]}
+
+
 def test_a_large_file_is_hashed_a_chunk_at_a_time(tmp_path: Path) -> None:
     (tmp_path / "big.jpg").write_bytes(b"\0" * (64 << 20))
     tracemalloc.start()
