@@ -17,22 +17,26 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import platformdirs
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from app.exports import to_csv
-from app.remote import ClientError, Service, UsageError, chunks
+from app.exports import write_csv
+from app.remote import LOOKUP_LIMIT, ClientError, Service, UsageError, chunks
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".heic", ".heif", ".avif"}
 # Exit statuses: every image classified; some failed (the CSV says why); bad arguments or credentials; the
 # service could not be reached or refused the work; stopped with Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_DONE, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+# A collection gone from the service (deleted): nothing to wait for.
+GONE = {"status": "done", "progress": {"total": 0, "done": 0, "failed": 0}}
 
 EXAMPLES = """\
 examples:
@@ -57,7 +61,7 @@ exit status:
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalImage:
     path: Path
     name: str  # relative to the folder: the name the server and the CSV know it by
@@ -126,10 +130,9 @@ def label(name: str) -> str:
 def find_images(folder: Path, bar: Progress | None = None) -> list[LocalImage]:
     """The folder's images (by their name; hidden files and folders left out), each with its sha256."""
     paths = []
-    for path in sorted(folder.rglob("*")):
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):  # images only held
         relative = path.relative_to(folder)
-        hidden = any(p.startswith(".") for p in relative.parts)
-        if path.suffix.lower() in IMAGE_SUFFIXES and not hidden and path.is_file():
+        if not any(p.startswith(".") for p in relative.parts) and path.is_file():
             paths.append((path, label(relative.as_posix())))
     task = bar.add_task("reading", total=len(paths)) if bar else None
     found = []
@@ -157,6 +160,24 @@ def read_again(images: list[LocalImage]) -> list[tuple[LocalImage, bytes]]:
     return read
 
 
+def write_results(service: Service, images: list[LocalImage], out: IO[str]) -> int:
+    """Write the images' CSV rows, looked up LOOKUP_LIMIT at a time (a million images' results, held at
+    once, would take GBs); how many failed."""
+    failed = 0
+
+    def rows() -> Iterator[dict[str, Any]]:
+        nonlocal failed
+        for part in chunks(images, LOOKUP_LIMIT):
+            results = service.lookup([i.sha256 for i in part if not i.unread])
+            for image in part:
+                row = results.get(image.sha256, unclassified(image)) | {"file_name": image.name}
+                failed += row["status"] != "done"
+                yield row
+
+    write_csv(rows(), out)
+    return failed
+
+
 def unclassified(image: LocalImage) -> dict[str, Any]:
     """The row of an image with no result: unreadable, or changed while it was sent."""
     error = image.unread or "No result from the service (changed while it was sent?): run the command again"
@@ -175,8 +196,8 @@ def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, p
         # Resumed: those of this folder's images (by content), still on the service.
         sent.keep({c: h for c, h in sent.collections.items() if hashes & set(h) and service.progress(c)})
         in_progress = {h for part in sent.collections.values() for h in part}
-        known = service.lookup(sorted(hashes))
-        finished = {h for h, r in known.items() if r.get("status") in ("done", "failed")}
+        parts = chunks(sorted(hashes), LOOKUP_LIMIT)  # each part's results let go once read
+        finished = {h for part in parts for h, r in service.lookup(part).items() if r["status"] in ("done", "failed")}
         skip = finished | in_progress  # once: made for each image, a rerun of 20,000 took 15 s here
         todo = [i for i in images if not i.unread and i.sha256 not in skip]
         already = sum(i.sha256 in finished for i in images)
@@ -199,21 +220,23 @@ def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, p
                 sent.add(collection_id, [i.sha256 for i, _ in readable])
             bar.advance(sending, len(part))
         classifying = bar.add_task("classifying", total=None)
+        described: dict[str, dict[str, Any]] = {}
         while True:
-            described = [d for d in map(service.progress, sent.collections) if d]
-            counts = [d["progress"] for d in described]
+            # Only those not done yet are asked again: all asked, 2,000 collections made 2,000 requests a round.
+            for collection_id in sent.collections:
+                if described.get(collection_id, {}).get("status") != "done":
+                    described[collection_id] = service.progress(collection_id) or GONE
+            counts = [d["progress"] for d in described.values()]
             total = sum(c["total"] for c in counts)
             bar.update(classifying, total=total, completed=sum(c["done"] + c["failed"] for c in counts))
-            if all(d["status"] == "done" for d in described):
+            if all(d["status"] == "done" for d in described.values()):
                 break
             time.sleep(poll)
     images = list(latest.values())  # as sent
-    results = service.lookup(sorted({i.sha256 for i in images if not i.unread}))
-    rows = [results.get(i.sha256, unclassified(i)) | {"file_name": i.name} for i in images]
-    out.write_text(to_csv(rows), encoding="utf-8")
+    with out.open("w", encoding="utf-8", newline="") as file:
+        failed = write_results(service, images, file)
     sent.forget()
-    failed = sum(row["status"] != "done" for row in rows)
-    summary = {"images": len(images), "skipped": already, "sent": len(todo), "rows": len(rows), "failed": failed}
+    summary = {"images": len(images), "skipped": already, "sent": len(todo), "rows": len(images), "failed": failed}
     console.print(f"wrote {out}: {summary}", markup=False, highlight=False, soft_wrap=True)
     return summary
 

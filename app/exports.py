@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
-from typing import Any
+from typing import IO, Any
 
 from app.turns import Turns
 
@@ -58,10 +58,15 @@ def result_row(r: dict[str, Any]) -> list[str]:
 def to_csv(results: Iterable[dict[str, Any]]) -> str:
     """One row per image, from results shaped as `predictions.result_dict` makes them."""
     out = io.StringIO()
+    write_csv(results, out)
+    return out.getvalue()
+
+
+def write_csv(results: Iterable[dict[str, Any]], out: IO[str]) -> None:
+    """`to_csv`, written to `out` a row at a time (the results may be an iterator of any length)."""
     writer = csv.writer(out)
     writer.writerow(RESULT_CSV_COLUMNS)
     writer.writerows(result_row(r) for r in results)
-    return out.getvalue()
 
 
 async def csv_text(

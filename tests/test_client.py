@@ -311,6 +311,24 @@ def test_each_collection_sent_is_appended_to_the_state_not_rewritten(tmp_path: P
     assert client.SentCollections.load("http://svc", 7, tmp_path).collections == {"old": ["a" * 64]}
 
 
+class OneSlowCollection(FakeService):
+    """A FakeService whose first collection is done at its first look, the second at its sixth."""
+
+    def finished(self, collection_id: str) -> bool:
+        return self.working and self.looks[collection_id] >= (1 if collection_id == "c1" else 6)
+
+
+def test_a_collection_done_is_not_asked_about_again(tmp_path: Path) -> None:
+    for i in range(4):
+        (tmp_path / f"p{i}.jpg").write_bytes(samples.photo(9490 + i))
+    service = OneSlowCollection()
+    service.working = True
+    command = ["classify", str(tmp_path), "--out", str(tmp_path / "o.csv"), "--chunk", "2", "--token", "t"]
+    assert main([*command, "--url", "http://svc"], httpx.MockTransport(service)) == 0
+    assert service.requests.count("GET /api/collections/c2") == 6
+    assert service.requests.count("GET /api/collections/c1") == 1
+
+
 def test_a_large_file_is_hashed_a_chunk_at_a_time(tmp_path: Path) -> None:
     (tmp_path / "big.jpg").write_bytes(b"\0" * (64 << 20))
     tracemalloc.start()
