@@ -14,6 +14,7 @@ import getpass
 import hashlib
 import json
 import os
+import secrets
 import shlex
 import sys
 import time
@@ -74,11 +75,14 @@ class SentCollections:
     """The collections sent for one folder by one account of one service: what a rerun resumes, each with
     the sha256 of its images. Saved after each collection is created, as a line of its own appended to the
     file (rewritten whole each time, 50,000 images' state took 16 s to save, and 1,000,000's hours); a line
-    cut short by a crash is passed over. Forgotten once all are done."""
+    cut short by a crash is passed over. Each is noted as `pending` (by a tag its name ends with) before it
+    is sent, so one whose answer was lost (a timeout, a dropped connection, Ctrl-C) is found, not sent
+    again. Forgotten once all are done."""
 
     path: Path
     folder: str
     collections: dict[str, list[str]] = field(default_factory=dict)
+    pending: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, url: str, user_id: object, folder: Path) -> SentCollections:
@@ -89,28 +93,38 @@ class SentCollections:
             lines = sent.path.read_text(errors="replace").splitlines()
         except OSError:
             lines = []  # none yet, or unreadable: nothing to resume
+        answered = set()
         for line in lines:
             try:
-                saved = json.loads(line)["collections"]
-                sent.collections |= {str(c): [str(h) for h in hashes] for c, hashes in saved.items()}
+                saved = json.loads(line)
+                sent.collections |= {str(c): [str(h) for h in hashes] for c, hashes in saved["collections"].items()}
+                sent.pending |= {str(t): [str(h) for h in hashes] for t, hashes in saved.get("pending", {}).items()}
+                answered.add(saved.get("answered"))
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue
+        sent.pending = {tag: hashes for tag, hashes in sent.pending.items() if tag not in answered}
         return sent
 
     def keep(self, collections: dict[str, list[str]]) -> None:
-        self.collections = collections
+        self.collections, self.pending = collections, {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(self._line(collections))
         temporary.replace(self.path)
 
-    def add(self, collection_id: str, hashes: list[str]) -> None:
-        self.collections[collection_id] = hashes
-        with self.path.open("a") as file:
-            file.write(self._line({collection_id: hashes}))
+    def sending(self, tag: str, hashes: list[str]) -> None:
+        self._append(self._line({}, pending={tag: hashes}))
 
-    def _line(self, collections: dict[str, list[str]]) -> str:
-        return json.dumps({"folder": self.folder, "collections": collections}) + "\n"
+    def add(self, collection_id: str, hashes: list[str], tag: str = "") -> None:
+        self.collections[collection_id] = hashes
+        self._append(self._line({collection_id: hashes}, answered=tag))
+
+    def _append(self, line: str) -> None:
+        with self.path.open("a") as file:
+            file.write(line)
+
+    def _line(self, collections: dict[str, list[str]], **more: object) -> str:
+        return json.dumps({"folder": self.folder, "collections": collections, **more}) + "\n"
 
     def forget(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -193,6 +207,9 @@ def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, p
             raise UsageError(f"no images in {folder}")
         hashes = {i.sha256 for i in images if not i.unread}
         sent = SentCollections.load(service.url, service.user_id(), folder)
+        for tag, unanswered in sent.pending.items():  # sent, but the answer lost: made all the same?
+            if found := service.named(tag):
+                sent.collections[found] = unanswered
         # Resumed: those of this folder's images (by content), still on the service.
         sent.keep({c: h for c, h in sent.collections.items() if hashes & set(h) and service.progress(c)})
         in_progress = {h for part in sent.collections.values() for h in part}
@@ -214,10 +231,11 @@ def classify(service: Service, folder: Path, out: Path, chunk: int, name: str, p
             read = read_again(part)
             latest |= {i.path: i for i, _ in read}
             if readable := [(i, content) for i, content in read if not i.unread]:
-                collection_id = service.upload(
-                    [(i.name, content) for i, content in readable], f"{name} ({len(sent.collections) + 1})"
-                )
-                sent.add(collection_id, [i.sha256 for i, _ in readable])
+                tag, sent_hashes = secrets.token_hex(4), [i.sha256 for i, _ in readable]
+                sent.sending(tag, sent_hashes)
+                files = [(i.name, content) for i, content in readable]
+                collection_id = service.upload(files, f"{name[:200]} ({len(sent.collections) + 1}, {tag})")
+                sent.add(collection_id, sent_hashes, tag)
             bar.advance(sending, len(part))
         classifying = bar.add_task("classifying", total=None)
         described: dict[str, dict[str, Any]] = {}

@@ -126,6 +126,12 @@ class Service:
         with self._reading("sending a collection"):
             return str(body["id"])
 
+    def named(self, tag: str) -> str | None:
+        """The id of one's collection whose name ends with `tag`, among one's newest 100, if there is one."""
+        body = self._check(*self._send("GET", "/api/collections", params={"per_page": 100}))
+        with self._reading("finding a collection sent"):
+            return next((str(c["id"]) for c in body["items"] if str(c["name"]).endswith(f", {tag})")), None)
+
     def progress(self, collection_id: str) -> dict[str, Any] | None:
         """The collection's `status` (reading, classifying, done) and `progress` counts; None if it is gone."""
         response, answer = self._send("GET", f"/api/collections/{collection_id}", params={"per_page": 1})

@@ -141,6 +141,7 @@ class FakeService:
         self.created = 0
         self.requests: list[str] = []
         self.interrupt_at = ""  # a request and its count ("POST /api/collections #2") to stop at
+        self.names: dict[str, str] = {}
 
     def finished(self, collection_id: str) -> bool:
         return self.working and self.looks[collection_id] >= 2
@@ -161,7 +162,11 @@ class FakeService:
             self.created += 1
             collection_id = f"c{self.created}"
             self.collections[collection_id] = [hashlib.sha256(data).hexdigest() for data in uploaded(request)]
+            self.names[collection_id] = b"".join(uploaded(request, "name")).decode()
             return httpx.Response(202, json={"id": collection_id})
+        if seen == "GET /api/collections":  # newest first
+            items = [{"id": c, "name": self.names[c]} for c in reversed(self.collections)]
+            return httpx.Response(200, json={"items": items})
         collection_id = path.rpartition("/")[2]
         if collection_id not in self.collections:
             return httpx.Response(404, json={"status_code": 404, "detail": "Not found"})
@@ -188,12 +193,12 @@ class FakeService:
         }
 
 
-def uploaded(request: httpx.Request) -> Iterator[bytes]:
-    """The files of a multipart request."""
+def uploaded(request: httpx.Request, field: str = "files") -> Iterator[bytes]:
+    """The files (or another field) of a multipart request."""
     head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + request.content)
     for part in message.iter_parts():
-        if part.get_param("name", header="content-disposition") == "files":
+        if part.get_param("name", header="content-disposition") == field:
             data = part.get_payload(decode=True)
             assert isinstance(data, bytes)
             yield data
@@ -309,6 +314,38 @@ def test_each_collection_sent_is_appended_to_the_state_not_rewritten(tmp_path: P
     # A state saved by the client before (one JSON object) is still resumed.
     sent.path.write_text(json.dumps({"folder": "x", "collections": {"old": ["a" * 64]}}))
     assert client.SentCollections.load("http://svc", 7, tmp_path).collections == {"old": ["a" * 64]}
+
+
+class LostAnswerService(FakeService):
+    """A FakeService that makes its second collection but whose answer is lost (a timeout)."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        response = super().__call__(request)
+        posted = f"{request.method} {request.url.path}" == "POST /api/collections"
+        if posted and self.created == 2 and not self.working:
+            raise httpx.ReadTimeout("timed out", request=request)
+        return response
+
+
+def test_a_collection_whose_answer_was_lost_is_found_not_sent_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cache_dir: Path
+) -> None:
+    folder = tmp_path / "trip"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"p{i}.jpg").write_bytes(samples.photo(9500 + i))
+    out = tmp_path / "trip.csv"
+    service = LostAnswerService()
+    command = ["classify", str(folder), "--out", str(out), "--chunk", "2", "--token", "t", "--url", "http://svc"]
+    assert main(command, httpx.MockTransport(service)) == 3  # timed out
+    assert "timed out" in capsys.readouterr().err and service.created == 2
+
+    service.working = True
+    assert main(command, httpx.MockTransport(service)) == 0
+    assert "5 images, 0 already classified, 4 sent before and resumed, 1 to send" in capsys.readouterr().err
+    assert service.created == 3  # the second one found, not sent again
+    assert [row["status"] for row in read_rows(out)] == ["done"] * 5
+    assert not list(cache_dir.glob("*.json"))
 
 
 class OneSlowCollection(FakeService):
