@@ -17,7 +17,6 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from litestar.exceptions import ClientException, HTTPException
-from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from app import text
 
@@ -138,7 +137,9 @@ def check_zip(data: bytes, max_files: int, max_bytes: int) -> list[zipfile.ZipIn
     most = RECORDS_PER_FILE * max_files
     if listed_records(data, most) > most:
         raise refuse(f"The archive lists more than {most} entries, files and folders, the most accepted", 413)
-    entries = [e for e in _open_zip(data).infolist() if not e.is_dir()]
+    entries = [e for e in _open_zip(data).infolist() if not e.filename or not e.is_dir()]
+    if any(not e.filename for e in entries):  # zipfile's `is_dir` raises IndexError on a name of none
+        raise refuse("The archive has an entry with no name (or a name that starts with a NUL)")
     if unsafe := [e.filename for e in entries if _unsafe(e.filename)]:
         raise refuse(f"The archive has unsafe paths (absolute or with '..'): {unsafe[0]!r}")
     images = [e for e in entries if not skipped(e.filename)]
@@ -146,7 +147,7 @@ def check_zip(data: bytes, max_files: int, max_bytes: int) -> list[zipfile.ZipIn
         raise refuse(f"The archive has {len(images)} images; at most {max_files} are accepted", 413)
     total = sum(e.file_size for e in images)
     if total > max_bytes:
-        raise refuse(f"The archive expands to {total} bytes; at most {max_bytes}", HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        raise refuse(f"The archive expands to {total} bytes; at most {max_bytes}", 413)
     for entry in images:
         if entry.file_size > MAX_COMPRESSION_RATIO * max(entry.compress_size, 1):
             ratio = entry.file_size // max(entry.compress_size, 1)

@@ -89,6 +89,17 @@ def test_unsafe_zip_paths_are_refused(name: str) -> None:
         check_zip(samples.zipped({name: b"x"}), 10, 10_000)
 
 
+@pytest.mark.parametrize("name", [b"\0", b"\0photo.jpg"])
+def test_an_entry_with_no_name_is_refused(name: bytes) -> None:
+    """Found by fuzzing: an entry with no name (zipfile cuts a name at a NUL) made zipfile's `is_dir` raise
+    IndexError, a 500, where the archive deserves a 400."""
+    # Only the name's bytes changed (the same length), in the local header and the directory.
+    archive = samples.zipped({"a.jpg": b"1", "X" * len(name): b"2"}).replace(b"X" * len(name), name)
+    with pytest.raises(CollectionRejected, match="no name") as refused:
+        count_images([Upload("a.zip", archive)], 10, 10_000)
+    assert refused.value.status_code == 400
+
+
 @pytest.mark.parametrize("name", ["a:b.jpg", "ab:c.jpg", "C:evil.jpg", "photos/12:30.jpg"])
 def test_a_colon_in_a_name_is_part_of_the_name(name: str, tmp_path: Path) -> None:
     """Found in review: a colon second in a name ('a:b.jpg', an ordinary POSIX name, or a Mac's 'a/b.jpg')
