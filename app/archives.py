@@ -325,7 +325,7 @@ class Reader:
         try:
             with top.open(entry) as member:
                 return member.read(4) in ZIP_MAGIC or entry.filename.lower().endswith(".zip")
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError):
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError, RuntimeError):
             return False  # damaged on disk since it was checked: reading the entry says so, and the rest go on
 
     def _open_inner(self, top: zipfile.ZipFile, entry: zipfile.ZipInfo) -> zipfile.ZipFile | None:

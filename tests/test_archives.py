@@ -370,3 +370,17 @@ def test_a_packed_file_damaged_on_disk_reads_the_rest(tmp_path: Path) -> None:
     found = dict(read_all(path, packed=True))
     assert found["a.png"] == b"A" and found["c.png"] == b"C"
     assert found["b.png"] == "Corrupt data: Bad magic number for file header"
+
+
+def test_a_packed_file_whose_entry_became_deflated_on_disk_reads_the_rest(tmp_path: Path) -> None:
+    """Found by fuzzing: a member of a packed file whose method (stored, as `pack` writes) was damaged on
+    disk to deflate raised zlib.error while the reader was made (looking for a zip inside), stopping it all."""
+    path = tmp_path / "p.files.zip"
+    packed_to(path, wanted([Upload("a.png", b"A"), Upload("b.png", b"\xff\xff"), Upload("c.png", b"C")]))
+    data = bytearray(path.read_bytes())
+    second = data.index(b"PK\x01\x02", data.index(b"PK\x01\x02") + 1)  # b.png's directory record
+    data[second + 10 : second + 12] = struct.pack("<H", zipfile.ZIP_DEFLATED)
+    path.write_bytes(bytes(data))
+    found = dict(read_all(path, packed=True))
+    assert found["a.png"] == b"A" and found["c.png"] == b"C"
+    assert str(found["b.png"]).startswith("Corrupt data")
