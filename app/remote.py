@@ -46,6 +46,12 @@ class Service:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        try:
+            address = httpx.URL(self.url)
+        except httpx.InvalidURL as exc:
+            raise UsageError(f"--url {url}: {exc}") from exc
+        if address.scheme not in ("http", "https") or not address.host:
+            raise UsageError(f"--url {url}: give the service's address, as http://host:port or https://host")
         self.http = httpx.Client(base_url=self.url, timeout=300, transport=transport)
         if not token:
             if not (email and password):

@@ -127,6 +127,16 @@ def test_an_unreachable_service_exits_3(tmp_path: Path, capsys: pytest.CaptureFi
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("url", ["localhost:8000", "http://", "http://[::1", "ftp://images.example.com"])
+def test_a_url_that_is_no_service_address_is_a_usage_error(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(samples.photo(9302))
+    assert main(["classify", str(tmp_path), "--url", url, "--token", "t"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --url {url}:" in err and "Traceback" not in err
+
+
 # ---- Ctrl-C and resuming, against a stand-in for the service --------------------------------------------
 
 
