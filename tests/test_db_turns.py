@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Awaitable, Callable, Hashable
 from uuid import uuid4
 
@@ -20,9 +19,9 @@ from app.models import User
 from app.settings import Settings
 from app.turns import Turns
 from app.web.limits import Person
-from tests.helpers import eventually, sign_up, sqlite_holds_the_write_lock
+from tests.helpers import eventually, sign_up
 from tests.page_helpers import make_prediction
-from tests.web.test_feedback import postgres_holds_the_row, waited_for
+from tests.web.test_feedback import waited_for, write_held
 
 # Each holder's transaction (a connection taken from the pool) stays open until its release is set.
 Release = asyncio.Event
@@ -114,25 +113,15 @@ async def test_reads_go_on_while_a_write_waits_for_a_lock(client: httpx.AsyncCli
     prediction = await make_prediction(await User.get(id=a_id))
     url = f"/api/predictions/{prediction.id}/feedback"
     assert (await client.post(url, headers=a, json={"is_correct": False})).status_code == 200
-    taken, released, on_sqlite = threading.Event(), threading.Event(), settings.database_url.startswith("sqlite")
-    postgres = settings.database_url.replace("postgres://", "postgresql://")
-    if on_sqlite:
-        path = settings.database_url.removeprefix("sqlite://").partition("?")[0]
-        holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, released))
-    else:
-        holder = asyncio.create_task(postgres_holds_the_row(postgres, str(prediction.id), taken, released))
-    try:
-        assert await asyncio.to_thread(taken.wait, 30)
+    async with write_held(settings, str(prediction.id)) as held:
         editing = asyncio.create_task(client.post(url, headers=a, json={"is_correct": True}))
         writes = connections.get("default").turns
-        edit_waits = (lambda: _true(Person(a_id) in writes.held)) if on_sqlite else (lambda: waited_for(postgres))
+        on_sqlite = held.on_sqlite
+        edit_waits = (lambda: _true(Person(a_id) in writes.held)) if on_sqlite else (lambda: waited_for(held.postgres))
         await eventually(edit_waits, what="A's edit waiting for the lock")
         listed, ready = await asyncio.gather(client.get("/api/predictions", headers=b), client.get("/health/ready"))
         assert listed.status_code == 200 and ready.json()["database"] is True  # not ready with no worker: no matter
         assert not editing.done(), "the reads were answered only once the edit was over"
-    finally:
-        released.set()
-        await holder
     assert (await editing).status_code == 200
 
 

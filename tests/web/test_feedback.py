@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import asyncpg
 import httpx
@@ -181,6 +184,36 @@ async def postgres_holds_the_row(
         await db.close()
 
 
+@dataclass(frozen=True)
+class Held:
+    on_sqlite: bool
+    postgres: str  # the database's URL as asyncpg takes it
+    released: threading.Event
+
+
+@contextlib.asynccontextmanager
+async def write_held(settings: Settings, prediction_id: str) -> AsyncIterator[Held]:
+    """Another connection holds what an edit of the prediction's feedback needs, until `released` is set (or
+    the block ends): SQLite's write lock (a thread's), or on PostgreSQL the feedback row."""
+    taken, released = threading.Event(), threading.Event()
+    held = Held(
+        settings.database_url.startswith("sqlite"),
+        settings.database_url.replace("postgres://", "postgresql://"),
+        released,
+    )
+    if held.on_sqlite:
+        path = settings.database_url.removeprefix("sqlite://").partition("?")[0]
+        holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, released))
+    else:
+        holder = asyncio.create_task(postgres_holds_the_row(held.postgres, prediction_id, taken, released))
+    try:
+        assert await asyncio.to_thread(taken.wait, 30)
+        yield held
+    finally:
+        released.set()
+        await holder
+
+
 async def waited_for(url: str) -> bool:
     """A statement of another connection waits for a lock (the edit, for the row held)."""
     db = await asyncpg.connect(url)
@@ -202,24 +235,13 @@ async def test_an_edit_while_another_connection_holds_the_lock_is_never_a_500(
     assert (await client.post(url, headers=auth, json={"is_correct": False})).status_code == 200
     # Held until the edit has failed (SQLite) or is seen waiting (PostgreSQL), not for a fixed time: a stalled
     # machine's edit came once the lock was free, or had waited less than the test asked.
-    taken, released, on_sqlite = threading.Event(), threading.Event(), settings.database_url.startswith("sqlite")
-    postgres = settings.database_url.replace("postgres://", "postgresql://")
-    if on_sqlite:
-        path = settings.database_url.removeprefix("sqlite://").partition("?")[0]
-        holder = asyncio.create_task(asyncio.to_thread(sqlite_holds_the_write_lock, path, taken, released))
-    else:
-        holder = asyncio.create_task(postgres_holds_the_row(postgres, str(prediction["id"]), taken, released))
-    try:
-        assert await asyncio.to_thread(taken.wait, 30)
+    async with write_held(settings, str(prediction["id"])) as held:
         editing = asyncio.create_task(client.post(url, headers=auth, json={"is_correct": True}))
-        if not on_sqlite:
-            await eventually(lambda: waited_for(postgres), what="the edit to wait for the row")
-            released.set()
+        if not held.on_sqlite:
+            await eventually(lambda: waited_for(held.postgres), what="the edit to wait for the row")
+            held.released.set()
         response = await editing
-    finally:
-        released.set()
-        await holder
-    if on_sqlite:
+    if held.on_sqlite:
         assert response.status_code == 503, response.text
         assert "busy" in response.json()["detail"] and int(response.headers["Retry-After"]) > 0
         response = await client.post(url, headers=auth, json={"is_correct": True})
