@@ -208,31 +208,31 @@ async def submit(
     the database for the feeder, behind everyone's interactive uploads. With no worker alive a synchronous
     one is refused (NoWorker), or with `defer_without_worker` made an async one (see `models.deferred`)."""
     started = time.perf_counter()
-    # The user's quotas first: refused cheaply, before anything is decoded or stored (even a cache hit).
-    with stage("database"):
-        await quotas.check_upload(services, user, data)
-    image, cached = await accept(services, user, data)
-    try:
-        record = await record_of(services, user, image, file_name)
-        if cached is not None:
-            with stage("database"):
-                return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
-        if not wait:
-            return await _defer(services, record, image)
+    # The user's quotas first: refused cheaply, before anything is decoded or stored (even a cache hit); the upload
+    # counts as on its way until its row is made.
+    async with quotas.upload_allowance(services, user, data):
+        image, cached = await accept(services, user, data)
         try:
-            with stage("redis"):
-                await _check_capacity(services, user)
-        except NoWorker:
-            if not defer_without_worker:
-                raise
-            return await _defer(services, record, image)
-        with stage("database"):
-            prediction = await insert(record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
-    # Refused (no worker, busy, a full queue) or failed, with no row made. Not on a cancellation: the row may
-    # have been made as it came; an original left then goes with the retention run (admin._prune_unnamed).
-    except Exception:
-        await services.decoder.forget(image, services.disk)
-        raise
+            record = await record_of(services, user, image, file_name)
+            if cached is not None:
+                with stage("database"):
+                    return await create_cached(record, cached, latency_ms=(time.perf_counter() - started) * 1000)
+            if not wait:
+                return await _defer(services, record, image)
+            try:
+                with stage("redis"):
+                    await _check_capacity(services, user)
+            except NoWorker:
+                if not defer_without_worker:
+                    raise
+                return await _defer(services, record, image)
+            with stage("database"):
+                prediction = await insert(record, status=Status.QUEUED, enqueued_at=datetime.now(UTC))
+        # Refused (no worker, busy, a full queue) or failed, with no row made. Not on a cancellation: the row may
+        # have been made as it came; an original left then goes with the retention run (admin._prune_unnamed).
+        except Exception:
+            await services.decoder.forget(image, services.disk)
+            raise
     job = Job(str(prediction.id), image.sha256, services.settings.model_id, image.pixels)
     # Before the job exists, so its result cannot come before anyone listens (`wait` takes it up).
     expected = services.waiter.expect(job.prediction_id)

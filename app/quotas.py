@@ -3,15 +3,18 @@ progress, images sent in a day and bytes of originals stored; how full UPLOAD_DI
 crowded, how much of it one person may hold.
 
 Each check is one query on an index (predictions by user and time, by status; collections by status),
-or none (the disk: a figure kept in memory). A check and the work it lets through are not one
-transaction: concurrent uploads of one person can overshoot a quota by a few images. Collections are
-started one at a time per person (app/collections.py), each checked against the ones before it.
+or none (the disk: a figure kept in memory). A person's single uploads are checked one at a time per web
+process, each counting those let through before it whose rows are not made yet (`upload_allowance`): N
+processes pass a quota by what the N - 1 others let through meanwhile at most. Collections are started one
+at a time per person (app/collections.py), each checked against the ones before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -22,6 +25,7 @@ from app import usage
 from app.models import Collection, CollectionStatus, Prediction, User
 from app.services import Services
 from app.settings import Settings
+from app.stages import stage
 
 QUEUED_RETRY_SECONDS = 30
 COLLECTIONS_RETRY_SECONDS = 60
@@ -112,7 +116,9 @@ async def check_share(services: Services, stored: int, incoming_bytes: int) -> N
 async def check_stored(services: Services, user: User, incoming_bytes: int) -> int:
     """413 when `incoming_bytes` more would take `user` past their storage quota; else the bytes they store."""
     limit = services.settings.quota_stored_bytes
-    used = await usage.stored_bytes(user.id)
+    # Those on their way first: one arriving during the reading is then counted twice, not missed.
+    going = services.usage.going(user.id).stored
+    used = going + await usage.stored_bytes(user.id)
     if used + incoming_bytes > limit:
         raise ClientException(
             status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE,
@@ -156,7 +162,7 @@ async def check_images(services: Services, user: User, images: int) -> None:
             extra=_numbers("images_per_day", images, limit),
         )
     now = datetime.now(UTC)
-    sent = await usage.sent_today(user.id, now)
+    sent = services.usage.going(user.id).sent + await usage.sent_today(user.id, now)
     if sent + images > limit:
         more = f"; {images} more do not fit" if images > 1 else ""
         raise too_many(
@@ -170,7 +176,7 @@ async def check_images(services: Services, user: User, images: int) -> None:
 async def check_queued(services: Services, user: User) -> None:
     """429 when `user` already has the most single uploads and async jobs waiting for the model."""
     limit = services.settings.quota_queued
-    waiting = await usage.queued(user.id)
+    waiting = services.usage.going(user.id).queued + await usage.queued(user.id)
     if waiting >= limit:
         raise too_many(
             f"You have {waiting} images waiting to be classified, the most one account may have ({limit});"
@@ -201,12 +207,25 @@ async def check_collection(services: Services, user: User, images: int, incoming
     await check_storage(services, user, incoming_bytes)
 
 
-async def check_upload(services: Services, user: User, data: bytes) -> None:
+@contextlib.asynccontextmanager
+async def upload_allowance(services: Services, user: User, data: bytes) -> AsyncIterator[None]:
+    """`check_upload`, one of the person's at a time in this process, the upload then counted as on its way
+    until the block ends (its row made, or refused): those let through before it count, rows made or not."""
+    async with services.usage.checking(user.id):
+        with stage("database"):
+            incoming_bytes = await check_upload(services, user, data)
+    try:
+        yield
+    finally:
+        services.usage.arrived(user.id, incoming_bytes)
+
+
+async def check_upload(services: Services, user: User, data: bytes) -> int:
     """Before one upload is decoded or stored: images waiting (429), images of the day (429), the disk
     (507), bytes stored (413) and, when the disk is crowded, the person's share of it (507). Judged on the
     figures this process keeps (app/usage.py): when they say no, the checks above read them fresh and give
     the refusal, with the numbers. An original the person keeps already is charged nothing there (hashed
-    only then: most uploads fit at once)."""
+    only then: most uploads fit at once). Returns the bytes counted."""
     settings, incoming_bytes = services.settings, len(data)
     kept = await services.usage.get(user.id)
     fits = (
@@ -224,3 +243,4 @@ async def check_upload(services: Services, user: User, data: bytes) -> None:
         incoming_bytes = await usage.charged_bytes(user.id, hashlib.sha256(data).hexdigest(), incoming_bytes)
         await check_storage(services, user, incoming_bytes)
     services.usage.counted(user.id, incoming_bytes)
+    return incoming_bytes

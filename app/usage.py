@@ -3,16 +3,18 @@ most every USAGE_TTL seconds per person and web process, and counted on in betwe
 that a busy uploader's quotas cost no query per image.
 
 The figures are only ever trusted to let an upload through: before refusing one, quotas reads them fresh.
-Uploads through another web process, or a burst within USAGE_TTL, can therefore overshoot a quota by what
-arrives in those seconds; the quotas are fair shares, not security boundaries.
+Both count the uploads this process let through whose rows are not made yet (`UsageCache.going`), so a burst
+keeps to a quota; uploads through another web process can overshoot it by what that one lets through meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -222,25 +224,60 @@ async def read_usage(user_id: int) -> Usage:
 
 
 class UsageCache:
-    """One web process's recent figures, by person."""
+    """One web process's recent figures, by person, with the uploads it let through whose rows are not made yet
+    (`going`): a reading of the database misses those, and 20 uploads sent at once against a quota of 3 had all
+    read the same figures and all got in. A person's uploads are checked one at a time (`checking`)."""
 
     def __init__(self, ttl: float = USAGE_TTL) -> None:
         self.ttl = ttl
         self._people: dict[int, Usage] = {}
+        self._going: dict[int, Usage] = {}
+        self._checks: dict[int, tuple[asyncio.Lock, int]] = {}
 
     async def get(self, user_id: int) -> Usage:
         usage = self._people.get(user_id)
         if usage is None or time.monotonic() - usage.read_at > self.ttl:
             if len(self._people) >= MAX_PEOPLE:
                 self._people.clear()
-            usage = self._people[user_id] = await read_usage(user_id)
+            going = self.going(user_id)  # before reading: one arriving meanwhile is then counted twice, not missed
+            read = await read_usage(user_id)
+            usage = Usage(read.queued + going.queued, read.sent + going.sent, read.stored + going.stored, read.read_at)
+            self._people[user_id] = usage
         return usage
 
+    def going(self, user_id: int) -> Usage:
+        """This person's uploads on their way to the database, which a reading of it misses (a copy)."""
+        return dataclasses.replace(self._going.get(user_id, Usage(0, 0, 0)))
+
     def counted(self, user_id: int, size: int) -> None:
-        """One more upload went ahead."""
+        """One more upload went ahead: on its way until `arrived`."""
+        going = self._going.setdefault(user_id, Usage(0, 0, 0))
+        going.queued, going.sent, going.stored = going.queued + 1, going.sent + 1, going.stored + size
         usage = self._people.get(user_id)
         if usage is not None:
             usage.queued, usage.sent, usage.stored = usage.queued + 1, usage.sent + 1, usage.stored + size
+
+    def arrived(self, user_id: int, size: int) -> None:
+        """An upload `counted` has its row made, or was refused: the database's figures tell the rest."""
+        going = self._going[user_id]
+        going.queued, going.sent, going.stored = going.queued - 1, going.sent - 1, going.stored - size
+        if not going.queued:
+            del self._going[user_id]
+
+    @contextlib.asynccontextmanager
+    async def checking(self, user_id: int) -> AsyncIterator[None]:
+        """Held by one check of this person's uploads at a time, from the reading to `counted`."""
+        lock, holders = self._checks.get(user_id, (asyncio.Lock(), 0))
+        self._checks[user_id] = (lock, holders + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            holders = self._checks[user_id][1] - 1
+            if holders:
+                self._checks[user_id] = (lock, holders)
+            else:
+                del self._checks[user_id]
 
     def forget(self, user_id: int) -> None:
         self._people.pop(user_id, None)

@@ -107,6 +107,39 @@ async def test_too_many_waiting_uploads_is_429(
         await finish_queued(user)
 
 
+async def test_uploads_sent_at_once_keep_to_the_waiting_quota(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, no_worker: None
+) -> None:
+    """Found in review: 20 async uploads sent at once against a quota of 3 all read the same figures before any
+    row was made, and all got in (20 of 20, PostgreSQL and SQLite)."""
+    user = await user_of_token(client, auth)
+    photos = [samples.photo(13_100 + i, fmt="PNG") for i in range(20)]
+    try:
+        with changed(app, settings, quota_queued=3):
+            sent = await asyncio.gather(*(upload(client, auth, photo, wait="false") for photo in photos))
+        assert sorted(r.status_code for r in sent) == [202] * 3 + [429] * 17
+        assert await usage.queued(user.id) == 3
+    finally:
+        await finish_queued(user)
+
+
+async def test_uploads_sent_at_once_keep_to_the_days_and_storage_quotas(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, worker: CountingClassifier
+) -> None:
+    """As above, for synchronous uploads: 20 at once against 3 images a day all got in, and against a storage
+    quota of 3 images' bytes as well."""
+    user = await user_of_token(client, auth)
+    with changed(app, settings, quota_images_per_day=3):
+        sent = await asyncio.gather(*(upload(client, auth, samples.photo(13_120 + i, fmt="PNG")) for i in range(20)))
+    assert sorted(r.status_code for r in sent) == [200] * 3 + [429] * 17
+    photos = [samples.photo(13_140 + i, fmt="PNG") for i in range(20)]
+    limit = await usage.stored_bytes(user.id) + 3 * max(map(len, photos))
+    with changed(app, settings, quota_stored_bytes=limit):
+        sent = await asyncio.gather(*(upload(client, auth, photo) for photo in photos))
+    assert {r.status_code for r in sent} == {200, 413}
+    assert await usage.stored_bytes(user.id) <= limit
+
+
 # ---- images a day -------------------------------------------------------------------------------------
 
 
