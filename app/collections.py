@@ -83,30 +83,30 @@ async def _start(
     is read (its archive's bytes where they are more); the images are then stored as they are read."""
     total, expanded = contents
     reserved = max(sum(len(u.data) for u in uploads), expanded)
-    await quotas.check_collection(services, user, total, reserved)
-    packed = not (len(uploads) == 1 and archives.is_archive(uploads[0]))
-    collection_id = uuid4()
-    relative = f"{ARCHIVES_DIR}/{collection_id}{PACKED_SUFFIX if packed else '.zip'}"
-    stored = services.settings.upload_dir / relative
-    data = functools.partial(archives.pack, uploads) if packed else uploads[0].data
-    try:
-        await asyncio.to_thread(files.write_atomic, stored, data)
-    except OSError as exc:  # the disk's fault: answered as a single upload's original is (507 when full, else 503)
-        raise sandbox.store_failed(sandbox.NotStored(exc.errno, str(exc))) from None
-    try:
-        size = stored.stat().st_size
-        collection = await Collection.create(
-            id=collection_id,
-            user=user,
-            name=name,
-            total=total,
-            status=CollectionStatus.READING,
-            archive_path=relative,
-            archive_bytes=reserved,
-        )
-    except BaseException:  # no row would ever point at the archive: nothing would remove it
-        stored.unlink(missing_ok=True)
-        raise
+    async with quotas.collection_allowance(services, user, total, reserved):  # its row made, singles count it
+        packed = not (len(uploads) == 1 and archives.is_archive(uploads[0]))
+        collection_id = uuid4()
+        relative = f"{ARCHIVES_DIR}/{collection_id}{PACKED_SUFFIX if packed else '.zip'}"
+        stored = services.settings.upload_dir / relative
+        data = functools.partial(archives.pack, uploads) if packed else uploads[0].data
+        try:
+            await asyncio.to_thread(files.write_atomic, stored, data)
+        except OSError as exc:  # the disk's fault, as a single upload's original's (507 when full, else 503)
+            raise sandbox.store_failed(sandbox.NotStored(exc.errno, str(exc))) from None
+        try:
+            size = stored.stat().st_size
+            collection = await Collection.create(
+                id=collection_id,
+                user=user,
+                name=name,
+                total=total,
+                status=CollectionStatus.READING,
+                archive_path=relative,
+                archive_bytes=reserved,
+            )
+        except BaseException:  # no row would ever point at the archive: nothing would remove it
+            stored.unlink(missing_ok=True)
+            raise
     services.disk.wrote(size)
     services.nudge_feeder()
     return collection

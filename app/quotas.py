@@ -12,9 +12,10 @@ at a time per person (app/collections.py), each checked against the ones before 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -208,24 +209,46 @@ async def check_collection(services: Services, user: User, images: int, incoming
 
 
 @contextlib.asynccontextmanager
-async def upload_allowance(services: Services, user: User, data: bytes) -> AsyncIterator[None]:
-    """`check_upload`, one of the person's at a time in this process, the upload then counted as on its way
-    until the block ends (its row made, or refused): those let through before it count, rows made or not."""
+async def _allowance(
+    services: Services, user: User, check: Callable[[], Awaitable[usage.Usage]]
+) -> AsyncIterator[None]:
+    """`check` (returning what it lets through), one of the person's at a time in this process, what it let
+    through then counted as on its way until the block ends (rows made, or refused): the checks after it count
+    it, rows made or not (20 uploads sent at once against a quota of 3 had all read the same figures)."""
     async with services.usage.checking(user.id):
         with stage("database"):
-            incoming_bytes = await check_upload(services, user, data)
+            going = await check()
+        services.usage.counted(user.id, going)
     try:
         yield
     finally:
-        services.usage.arrived(user.id, incoming_bytes)
+        services.usage.arrived(user.id, going)
 
 
-async def check_upload(services: Services, user: User, data: bytes) -> int:
+def upload_allowance(services: Services, user: User, data: bytes) -> contextlib.AbstractAsyncContextManager[None]:
+    """`check_upload`, and the upload on its way until its row is made."""
+    return _allowance(services, user, functools.partial(check_upload, services, user, data))
+
+
+def collection_allowance(
+    services: Services, user: User, images: int, incoming_bytes: int
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """`check_collection`, and its images on their way until its row is made: single uploads checked meanwhile
+    count them (they cannot see the collection before)."""
+
+    async def check() -> usage.Usage:
+        await check_collection(services, user, images, incoming_bytes)
+        return usage.Usage(0, images, incoming_bytes)
+
+    return _allowance(services, user, check)
+
+
+async def check_upload(services: Services, user: User, data: bytes) -> usage.Usage:
     """Before one upload is decoded or stored: images waiting (429), images of the day (429), the disk
     (507), bytes stored (413) and, when the disk is crowded, the person's share of it (507). Judged on the
     figures this process keeps (app/usage.py): when they say no, the checks above read them fresh and give
     the refusal, with the numbers. An original the person keeps already is charged nothing there (hashed
-    only then: most uploads fit at once). Returns the bytes counted."""
+    only then: most uploads fit at once). Returns what it lets through: one waiting, one image, its bytes."""
     settings, incoming_bytes = services.settings, len(data)
     kept = await services.usage.get(user.id)
     fits = (
@@ -242,5 +265,4 @@ async def check_upload(services: Services, user: User, data: bytes) -> int:
     if not fits:
         incoming_bytes = await usage.charged_bytes(user.id, hashlib.sha256(data).hexdigest(), incoming_bytes)
         await check_storage(services, user, incoming_bytes)
-    services.usage.counted(user.id, incoming_bytes)
-    return incoming_bytes
+    return usage.Usage(1, 1, incoming_bytes)

@@ -46,10 +46,11 @@ async def stored_bytes(user_id: int) -> int:
     """The bytes of the originals kept for a person's predictions (a pruned one keeps none), and what their
     collections being read will store: each holds its images' bytes from the start (`archive_bytes`), less
     those of its images read so far, which count as originals."""
-    originals = await _sum(Prediction.filter(user_id=user_id).exclude(image_path=""), "image_bytes")
     reading = await Collection.filter(user_id=user_id).exclude(archive_path="").values_list("id", "archive_bytes")
+    # The originals last: an image read in between is then counted twice, not missed.
+    originals = Prediction.filter(user_id=user_id).exclude(image_path="")
     if not reading:
-        return originals
+        return await _sum(originals, "image_bytes")
     read = await (
         Prediction.filter(collection_id__in=[c for c, _ in reading])
         .exclude(image_path="")
@@ -58,7 +59,7 @@ async def stored_bytes(user_id: int) -> int:
         .values_list("collection_id", "total")
     )
     done = {str(c): int(total or 0) for c, total in read}
-    return originals + sum(max(held - done.get(str(c), 0), 0) for c, held in reading)
+    return await _sum(originals, "image_bytes") + sum(max(held - done.get(str(c), 0), 0) for c, held in reading)
 
 
 def kept_original_sql(dialect: str) -> str:
@@ -205,8 +206,8 @@ async def queued(user_id: int) -> int:
 async def sent_today(user_id: int, now: datetime) -> int:
     """Images sent in the last 24 hours: the predictions made, and the images of collections still being
     read, which become predictions only as they are read."""
-    made = await Prediction.filter(user_id=user_id, created_at__gte=now - DAY).count()
-    return made + await unread(user_id)
+    waiting = await unread(user_id)  # first: an image read in between is then counted twice, not missed
+    return waiting + await Prediction.filter(user_id=user_id, created_at__gte=now - DAY).count()
 
 
 async def unread(user_id: int) -> int:
@@ -221,6 +222,11 @@ async def unread(user_id: int) -> int:
 async def read_usage(user_id: int) -> Usage:
     now = datetime.now(UTC)
     return Usage(await queued(user_id), await sent_today(user_id, now), await stored_bytes(user_id), time.monotonic())
+
+
+def _shift(usage: Usage, more: Usage, sign: int) -> None:
+    usage.queued, usage.sent = usage.queued + sign * more.queued, usage.sent + sign * more.sent
+    usage.stored += sign * more.stored
 
 
 class UsageCache:
@@ -249,19 +255,16 @@ class UsageCache:
         """This person's uploads on their way to the database, which a reading of it misses (a copy)."""
         return dataclasses.replace(self._going.get(user_id, Usage(0, 0, 0)))
 
-    def counted(self, user_id: int, size: int) -> None:
-        """One more upload went ahead: on its way until `arrived`."""
-        going = self._going.setdefault(user_id, Usage(0, 0, 0))
-        going.queued, going.sent, going.stored = going.queued + 1, going.sent + 1, going.stored + size
-        usage = self._people.get(user_id)
-        if usage is not None:
-            usage.queued, usage.sent, usage.stored = usage.queued + 1, usage.sent + 1, usage.stored + size
+    def counted(self, user_id: int, going: Usage) -> None:
+        """Uploads that went ahead (waiting, images, bytes): on their way until `arrived`."""
+        _shift(self._going.setdefault(user_id, Usage(0, 0, 0)), going, 1)
+        if (usage := self._people.get(user_id)) is not None:
+            _shift(usage, going, 1)
 
-    def arrived(self, user_id: int, size: int) -> None:
-        """An upload `counted` has its row made, or was refused: the database's figures tell the rest."""
-        going = self._going[user_id]
-        going.queued, going.sent, going.stored = going.queued - 1, going.sent - 1, going.stored - size
-        if not going.queued:
+    def arrived(self, user_id: int, going: Usage) -> None:
+        """Uploads `counted` have their rows made, or were refused: the database's figures tell the rest."""
+        _shift(mine := self._going[user_id], going, -1)
+        if not mine.sent:
             del self._going[user_id]
 
     @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import io
 import re
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -138,6 +139,27 @@ async def test_uploads_sent_at_once_keep_to_the_days_and_storage_quotas(
         sent = await asyncio.gather(*(upload(client, auth, photo) for photo in photos))
     assert {r.status_code for r in sent} == {200, 413}
     assert await usage.stored_bytes(user.id) <= limit
+
+
+async def test_uploads_sent_at_once_with_a_collection_keep_to_the_days_quota(
+    client: Client, auth: dict[str, str], app: Litestar, settings: Settings, no_worker: None
+) -> None:
+    """Found in review: single uploads checked while a collection was started (between its check and its row)
+    could not see it, nor it them once checked, nor a count of the day's images one read while the collection
+    was read (its read images in neither part): 10 uploads and a collection of 3 at once against 5 a day got
+    6 to 8 images in."""
+    user = await user_of_token(client, auth)
+    first = secrets.randbelow(10**9) + 10**6  # images no other test sent (none of them a cached result)
+    archive = samples.zipped({f"{i}.png": samples.photo(first + i, fmt="PNG") for i in range(3)})
+    try:
+        with changed(app, settings, quota_images_per_day=5):
+            collection = client.post("/api/collections", headers=auth, files={"archive": ("x.zip", archive)})
+            uploads = (upload(client, auth, samples.photo(first + 10 + i, fmt="PNG"), wait="false") for i in range(10))
+            started, *sent = await asyncio.gather(collection, *uploads)
+        assert started.status_code in (202, 429) and {r.status_code for r in sent} <= {202, 429}
+        assert 3 * (started.status_code == 202) + sum(r.status_code == 202 for r in sent) <= 5
+    finally:
+        await finish_queued(user)
 
 
 # ---- images a day -------------------------------------------------------------------------------------

@@ -82,11 +82,11 @@ async def test_the_figures_count_on_and_are_read_again_after_the_ttl(client: htt
     user = await User.create(email="usage-ttl@example.com", password_hash="x")
     cache = usage.UsageCache(ttl=0.0)
     assert (await cache.get(user.id)).sent == 0
-    cache.counted(user.id, 100)
+    cache.counted(user.id, usage.Usage(1, 1, 100))
     kept = cache._people[user.id]
     assert (kept.queued, kept.sent, kept.stored) == (1, 1, 100)
     assert (await cache.get(user.id)).stored == 100  # past the TTL: read again, with the upload on its way
-    cache.arrived(user.id, 100)  # refused after all (a row made would count in the database)
+    cache.arrived(user.id, usage.Usage(1, 1, 100))  # refused after all (a row made would count in the database)
     assert (await cache.get(user.id)).stored == 0  # the database's figures again
 
 
