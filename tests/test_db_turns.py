@@ -110,7 +110,7 @@ async def test_reads_go_on_while_a_write_waits_for_a_lock(client: httpx.AsyncCli
     while the edit still waits. On PostgreSQL the edit waits for its row, held, on one of the pool's."""
     a, b = await sign_up(client), await sign_up(client)
     a_id = (await client.get("/api/users/me", headers=a)).json()["id"]
-    prediction = await make_prediction(await User.get(id=a_id))
+    prediction = await make_prediction(await User.get(id=a_id), image_path="")  # no original: the admin page shows none
     url = f"/api/predictions/{prediction.id}/feedback"
     assert (await client.post(url, headers=a, json={"is_correct": False})).status_code == 200
     async with write_held(settings, str(prediction.id)) as held:

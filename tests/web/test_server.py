@@ -25,6 +25,7 @@ from uvicorn.server import ServerState
 
 from app.run import UVICORN_ARGS
 from app.web import server
+from app.web.limits import MAX_JSON_BYTES
 from app.web.server import ACCESS_TARGET_MAX, MAX_HEAD_BYTES, BoundedHttpTools
 from tests.helpers import eventually
 from tests.live import free_port, live_server
@@ -59,8 +60,9 @@ async def test_an_oversized_head_is_cut_off_and_others_go_on(tmp_path: Path, mig
         # Headers under the read bound but over the app's own: the app's 431, in the one error shape.
         big = await asyncio.to_thread(httpx.get, f"{url}/health/live", headers={"x-big": "a" * (MAX_HEAD_BYTES // 2)})
         assert big.status_code == 431 and big.json()["status_code"] == 431
-        # A large body is not a large head.
-        body = b"{" + b'"a":1,' * 100_000 + b'"b":1}'
+        # A large body is not a large head: over the head's bound, under the JSON body's (MAX_JSON_BYTES).
+        body = b"{" + b'"a":1,' * (MAX_HEAD_BYTES // 4) + b'"b":1}'
+        assert MAX_HEAD_BYTES < len(body) < MAX_JSON_BYTES
         posted = await asyncio.to_thread(
             httpx.post, f"{url}/api/auth/login", content=body, headers={"content-type": "application/json"}
         )
