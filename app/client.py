@@ -141,6 +141,11 @@ def label(name: str) -> str:
     return name.encode(errors="surrogateescape").decode(errors="replace")
 
 
+def unreadable(exc: OSError) -> str:
+    """Why a file could not be read: its failed row's error."""
+    return f"Could not read the file: {exc.strerror or exc}"
+
+
 def find_images(folder: Path, bar: Progress | None = None) -> list[LocalImage]:
     """The folder's images (by their name; hidden files and folders left out), each with its sha256."""
     paths = []
@@ -155,7 +160,7 @@ def find_images(folder: Path, bar: Progress | None = None) -> list[LocalImage]:
             with path.open("rb") as file:  # a chunk at a time: a huge file is not held whole
                 found.append(LocalImage(path, name, hashlib.file_digest(file, "sha256").hexdigest()))
         except OSError as exc:  # unreadable, or gone since the walk
-            found.append(LocalImage(path, name, "", f"Could not read the file: {exc.strerror or exc}"))
+            found.append(LocalImage(path, name, "", unreadable(exc)))
         if bar and task is not None:
             bar.advance(task)
     return found
@@ -170,7 +175,7 @@ def read_again(images: list[LocalImage]) -> list[tuple[LocalImage, bytes]]:
             content = image.path.read_bytes()
             read.append((replace(image, sha256=hashlib.sha256(content).hexdigest()), content))
         except OSError as exc:
-            read.append((replace(image, unread=f"Could not read the file: {exc.strerror or exc}"), b""))
+            read.append((replace(image, unread=unreadable(exc)), b""))
     return read
 
 

@@ -97,15 +97,17 @@ class FairSqliteClient(InTurns, SqliteClient):
         apart = reads_apart and file_path != ":memory:"  # a second connection to :memory: is another database
         self.reads = FairSqliteClient(file_path, turns_over, False, **kwargs, query_only="ON") if apart else self
 
+    def reader(self, query: str) -> FairSqliteClient | None:
+        """The reads' connection when `query` may go there (a read, and this client has one), else None."""
+        return self.reads if self.reads is not self and is_read(query) else None
+
     async def execute_query(self, query: str, values: list[Any] | None = None) -> tuple[int, Sequence[dict[str, Any]]]:
-        if self.reads is not self and is_read(query):
-            return await self.reads.execute_query(query, values)
-        return await super().execute_query(query, values)
+        reader = self.reader(query)
+        return await (reader.execute_query(query, values) if reader else super().execute_query(query, values))
 
     async def execute_query_dict(self, query: str, values: list[Any] | None = None) -> list[dict[str, Any]]:
-        if self.reads is not self and is_read(query):
-            return await self.reads.execute_query_dict(query, values)
-        return await super().execute_query_dict(query, values)
+        reader = self.reader(query)
+        return await (reader.execute_query_dict(query, values) if reader else super().execute_query_dict(query, values))
 
     async def close(self) -> None:
         if self.reads is not self:
