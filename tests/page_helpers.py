@@ -3,14 +3,18 @@ made straight in the database, and what a full page and a partial look like."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import httpx
 
-from app import labels
+from app import files, images, labels
 from app.models import Prediction, Status, User
+from tests import samples
 from tests.helpers import unique_email
 
 Client = httpx.AsyncClient
@@ -62,7 +66,9 @@ async def make_prediction(user: User, label: str = "tabby cat", score: float = 0
 
 
 def prediction_values(user: User, label: str = "tabby cat", score: float = 0.5) -> dict[str, Any]:
-    """The fields of a finished prediction of a new image (no image stored)."""
+    """The fields of a finished prediction of a new image, with no original kept (image_path "", as once pruned):
+    a row naming a file that is not on disk shows a broken <img> on every page listing it, the admin page's
+    included, where the browser tests wait for every image (tests/web/browser/test_browser.py, images_loaded)."""
     found = labels.find(label)
     assert found is not None
     top5 = [{"label": found.name, "wnid": found.wnid, "score": score}] + [
@@ -71,7 +77,7 @@ def prediction_values(user: User, label: str = "tabby cat", score: float = 0.5) 
     values: dict[str, Any] = {
         "user": user,
         "image_sha256": uuid4().hex * 2,
-        "image_path": "none/none.jpg",
+        "image_path": "",
         "model_name": "resnet50",
         "model_weights": "random",
         "status": Status.DONE,
@@ -82,6 +88,15 @@ def prediction_values(user: User, label: str = "tabby cat", score: float = 0.5) 
         "latency_ms": 12.0,
     }
     return values
+
+
+def stored_original(upload_dir: Path) -> dict[str, Any]:
+    """A small JPEG of its own kept under UPLOAD_DIR, as the fields naming it: for a row whose page shows it."""
+    data = samples.photo(secrets.randbelow(1 << 24))  # distinct bytes per seed below 2**24 (tests/samples.py)
+    sha256 = hashlib.sha256(data).hexdigest()
+    path = images.stored_path(sha256, "jpg")
+    files.store_original(data, path, upload_dir)
+    return {"image_sha256": sha256, "image_path": path}
 
 
 def is_full_page(response: httpx.Response) -> bool:

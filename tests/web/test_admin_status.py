@@ -15,7 +15,7 @@ from app.models import Feedback, Prediction, Status, User
 from app.settings import Settings
 from app.web.pages.admin import RECENT
 from tests.helpers import beat, forget_worker, unique_email
-from tests.page_helpers import HX, Client, make_prediction
+from tests.page_helpers import HX, Client, make_prediction, stored_original
 
 
 def figure(page: str, dd_id: str) -> float:
@@ -65,10 +65,10 @@ async def test_throughput_and_the_count_of_finished_predictions_agree(
     assert "50.0 <small>images/s</small>" in page and figure(page, "throughput") != 50.0
 
 
-async def test_feedback_rows_show_the_image_judged(admin_browser: Client) -> None:
+async def test_feedback_rows_show_the_image_judged(admin_browser: Client, settings: Settings) -> None:
     user = await User.create(email=unique_email(), password_hash="x")
     # A label of its own: test_pages.py counts the feedback on goldfish and tench.
-    kept = await make_prediction(user, "axolotl")
+    kept = await make_prediction(user, "axolotl", **stored_original(settings.upload_dir))
     pruned = await make_prediction(user, "axolotl", image_path="")  # its original pruned since
     for prediction in (kept, pruned):
         await Feedback.create(prediction=prediction, user=user, is_correct=False, correct_label="eft")

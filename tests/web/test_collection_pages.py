@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from uuid import UUID, uuid4
@@ -38,6 +39,7 @@ from tests.page_helpers import (
     csrf,
     is_full_page,
     make_prediction,
+    stored_original,
     user_of,
 )
 
@@ -99,9 +101,10 @@ async def created(response: httpx.Response, htmx: bool = False) -> Collection:
     return await Collection.get(id=UUID(match.group(1)))
 
 
-async def make_collection(user: User, name: str = "", **counts: int) -> Collection:
+async def make_collection(user: User, name: str = "", originals: Path | None = None, **counts: int) -> Collection:
     """A collection straight in the database: `done=`, `failed=`, `queued=` items, and labelled ones given as
-    `<label>=n` with underscores for spaces (done, e.g. `goldfish=2`). Out of the app's feeder's way: made
+    `<label>=n` with underscores for spaces (done, e.g. `goldfish=2`); with `originals` (UPLOAD_DIR), the done
+    ones keep an original there, else none. Out of the app's feeder's way: made
     classifying, it was called done (its counts stored) by a round that came before its items were all made;
     and its queued items, waiting for the feeder, were fed and failed (their stand-in originals missing). It is
     done while its items are made, and classifying after only if some are queued, as on a stream already."""
@@ -118,11 +121,14 @@ async def make_collection(user: User, name: str = "", **counts: int) -> Collecti
         if made.status != Status.DONE:  # no label yet, or ever
             await Prediction.filter(id=made.id).update(label=None, wnid=None, score=None, top5=None)
 
+    def stored() -> dict[str, Any]:
+        return stored_original(originals) if originals else {}
+
     for label, n in labelled.items():
         for _ in range(n):
-            await item(label)
+            await item(label, **stored())
     for _ in range(plain["done"]):
-        await item()
+        await item(**stored())
     for _ in range(plain["failed"]):
         await item(status=Status.FAILED, image_path="", error="Not a supported image: send JPEG")
     for _ in range(plain["queued"]):
@@ -176,8 +182,9 @@ async def test_only_the_owner_and_admins_see_a_collection(
 # ---- the collection page -------------------------------------------------------------------------------
 
 
-async def test_collection_page_full_and_partial(user_browser: Client) -> None:
-    collection = await make_collection(await user_of(user_browser), "trip", tabby_cat=2, failed=1)
+async def test_collection_page_full_and_partial(user_browser: Client, settings: Settings) -> None:
+    user = await user_of(user_browser)
+    collection = await make_collection(user, "trip", settings.upload_dir, tabby_cat=2, failed=1)
     full = await user_browser.get(f"/collections/{collection.id}")
     assert_full(full, "collection")
     assert "<h1>trip</h1>" in full.text and "3 files" in full.text and "Created " in full.text

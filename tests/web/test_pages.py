@@ -41,6 +41,7 @@ from tests.page_helpers import (
     make_prediction,
     post_form,
     sign_up_page,
+    stored_original,
     upload_page,
     user_of,
 )
@@ -515,7 +516,8 @@ async def test_thumbnail_is_private_to_its_owner(
 
 
 async def test_a_missing_original_is_404(user_browser: Client) -> None:
-    prediction = await make_prediction(await user_of(user_browser))
+    # A row naming an original that is not on disk (deleted outside the app), unlike a pruned one ("").
+    prediction = await make_prediction(await user_of(user_browser), image_path=f"{uuid4().hex}.jpg")
     response = await user_browser.get(f"/predictions/{prediction.id}/image")
     assert response.status_code == 404 and "no longer stored" in response.text
 
@@ -587,12 +589,13 @@ async def test_an_original_that_cannot_be_read_is_503_not_gone(user_browser: Cli
     assert response.status_code == 503 and response.headers["retry-after"] == "30", response.text
 
 
-async def test_pages_ask_for_no_image_of_a_pruned_prediction(user_browser: Client) -> None:
+async def test_pages_ask_for_no_image_of_a_pruned_prediction(user_browser: Client, settings: Settings) -> None:
     """Found in review: history and a prediction's page showed <img src=".../image"> for a prediction whose
     original is gone (pruned: image_path ""; or never stored), and that URL answers 404: a broken image.
     They show the crossed-out tile the collection page shows, and the image of one still stored."""
     user = await user_of(user_browser)
-    pruned, kept = await make_prediction(user, image_path=""), await make_prediction(user)
+    pruned = await make_prediction(user, image_path="")
+    kept = await make_prediction(user, **stored_original(settings.upload_dir))
     for path in ("/history", f"/predictions/{pruned.id}"):
         for headers in ({}, HX):
             page = await user_browser.get(path, headers=headers)
@@ -682,9 +685,10 @@ async def test_label_search_options(user_browser: Client) -> None:
 # ---- history -----------------------------------------------------------------------------------------
 
 
-async def test_history_is_newest_first_and_paginated(user_browser: Client) -> None:
+async def test_history_is_newest_first_and_paginated(user_browser: Client, settings: Settings) -> None:
     user = await user_of(user_browser)
-    made = [await make_prediction(user, "tabby cat", score=0.01 * (i + 1)) for i in range(14)]
+    stored = [stored_original(settings.upload_dir) for _ in range(14)]  # each row's thumbnail, loaded lazily
+    made = [await make_prediction(user, "tabby cat", score=0.01 * (i + 1), **stored[i]) for i in range(14)]
     first = await user_browser.get("/history")
     ids = re.findall(r'href="/predictions/([0-9a-f-]{36})"', first.text)
     assert ids == [str(p.id) for p in made[::-1][:12]]
