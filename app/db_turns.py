@@ -11,6 +11,7 @@ request is known to be anyone's), and the worker process's."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
 from contextvars import ContextVar
@@ -19,7 +20,8 @@ from typing import Any
 from tortoise.backends.asyncpg.client import AsyncpgDBClient
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.backends.base.config_generator import expand_db_url
-from tortoise.backends.sqlite.client import SqliteClient
+from tortoise.backends.sqlite.client import SqliteClient, SqliteTransactionContext, SqliteTransactionWrapper
+from tortoise.connection import get_connections
 
 from app.turns import Turns
 
@@ -83,7 +85,35 @@ def is_read(query: str) -> bool:
     return query.lstrip()[:6].upper() == "SELECT"
 
 
-class FairSqliteClient(InTurns, SqliteClient):
+class SqliteTransaction(SqliteTransactionContext):
+    """Tortoise's SQLite transaction takes the connection's lock, then awaits BEGIN: a task cancelled in between
+    (a collection's reading stopped) never gave the lock back, and every later write of the process waited for
+    it for ever. Here the lock is given back, and whatever BEGIN began is rolled back."""
+
+    async def __aenter__(self) -> Any:
+        await self._trxlock.acquire()
+        try:
+            await self.ensure_connection()
+            self.token = get_connections().set(self.connection_name, self.connection)
+            await self.connection.begin()
+        except BaseException:
+            try:
+                with contextlib.suppress(Exception):  # shielded: runs to its end even if cancelled again
+                    await asyncio.shield(self.connection._connection.rollback())
+            finally:
+                with contextlib.suppress(AttributeError):  # no token: it failed before setting one
+                    get_connections().reset(self.token)
+                self._trxlock.release()
+            raise
+        return self.connection
+
+
+class CancelSafeSqliteClient(SqliteClient):
+    def _in_transaction(self) -> Any:
+        return SqliteTransaction(SqliteTransactionWrapper(self), self._lock)
+
+
+class FairSqliteClient(InTurns, CancelSafeSqliteClient):
     """SQLite's connection, in turns by person; and, for a file, a second one (`reads`, query-only, in turns of
     its own) for the reads made outside a transaction (a transaction's stay on its connection). A write waits
     on the first for the file's write lock while another process holds it (the worker, the CLI), up to the

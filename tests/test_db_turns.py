@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Hashable
+from pathlib import Path
 from uuid import uuid4
 
 import httpx
@@ -159,3 +160,30 @@ def test_the_webs_connections_are_in_turns_with_their_own_settings() -> None:
         "sqlite:///tmp/x.sqlite3"
     )  # migrations and the worker: Tortoise's own clients
     assert db_turns.in_turns("psycopg://u@h/d") == "psycopg://u@h/d"
+
+
+async def test_a_transaction_cancelled_as_it_begins_leaves_the_connection_usable(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Tortoise's SQLite transaction takes the connection's lock, then awaits BEGIN. A task cancelled there (a
+    collection's reading stopped) never gave the lock back, and every later write of the process waited for it
+    for ever (a test run hung so). A SQLite client of its own, on both databases' runs: the app's may be
+    PostgreSQL's."""
+    sqlite = db_turns.FairSqliteClient(str(tmp_path / "cancelled.sqlite3"), db_turns.SQLITE, connection_name="cancel")
+    await sqlite.create_connection(with_db=True)
+    try:
+        await sqlite.execute_script("CREATE TABLE t (x INTEGER)")
+
+        async def begin() -> None:
+            async with sqlite._in_transaction():
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(begin())
+        await asyncio.sleep(0)  # it took the lock, and waits for BEGIN
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(sqlite.execute_query("INSERT INTO t VALUES (1)"), 10)
+        assert (await sqlite.execute_query("SELECT count(*) AS n FROM t"))[1][0]["n"] == 1
+    finally:
+        await sqlite.close()
